@@ -1,0 +1,3 @@
+module github.com/outpost-edge/outpost
+
+go 1.26.8

@@ -1,0 +1,292 @@
+// Package module is Outpost's subsystem contract and the runner that starts
+// and stops subsystems in dependency order.
+//
+// Every subsystem (broker, pipeline, queue, uplink, rules, supervisor, ota,
+// telemetry) implements Module. The Runner:
+//
+//   - calls Init on every module in dependency order (a module's Deps are
+//     initialised and started before it);
+//   - calls Start in the same order; if one fails, the modules already started
+//     are stopped in reverse order and Run returns that module's error;
+//   - on shutdown, calls Stop in reverse start order, each bounded by the
+//     context's deadline, and reports every Stop error;
+//   - reconfigures only the modules whose config section changed
+//     (Reconfigurable), or restarts them alone when they cannot reconfigure in
+//     place.
+//
+// A module's Health is polled by /readyz; it must be cheap and must not block.
+package module
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Module is the contract every subsystem implements.
+type Module interface {
+	// Name is the module's unique id; it is also its config section name.
+	Name() string
+	// Init validates and applies configuration. It must not start goroutines
+	// that outlive a failed Start.
+	Init(ctx context.Context, cfg any) error
+	// Start begins work. It returns once the module is serving (or failed).
+	Start(ctx context.Context) error
+	// Stop drains in-flight work and releases resources before ctx ends.
+	Stop(ctx context.Context) error
+	// Health reports the module's current state without blocking.
+	Health() Status
+}
+
+// Deps is implemented by modules that must start after others.
+type Deps interface {
+	DependsOn() []string
+}
+
+// Reconfigurable is implemented by modules that can apply a changed config
+// section without a restart. Reconfigure must leave the running config in
+// place and return an error if the new one cannot be applied.
+type Reconfigurable interface {
+	Reconfigure(ctx context.Context, cfg any) error
+}
+
+// State is a coarse health state.
+type State int
+
+const (
+	StateStarting State = iota
+	StateReady
+	StateDegraded // working, with a problem an operator should see
+	StateFailed
+	StateStopped
+)
+
+func (s State) String() string {
+	switch s {
+	case StateStarting:
+		return "starting"
+	case StateReady:
+		return "ready"
+	case StateDegraded:
+		return "degraded"
+	case StateFailed:
+		return "failed"
+	case StateStopped:
+		return "stopped"
+	}
+	return fmt.Sprintf("state(%d)", int(s))
+}
+
+// Status is a module's health: a state and a human-readable detail.
+type Status struct {
+	State  State
+	Detail string
+}
+
+// Ready reports whether the status counts as ready for /readyz. A degraded
+// module is ready (it serves) but its detail is shown.
+func (s Status) Ready() bool { return s.State == StateReady || s.State == StateDegraded }
+
+// ErrUnknownDependency and ErrCycle are returned by NewRunner for a bad graph.
+var (
+	ErrUnknownDependency = errors.New("module: unknown dependency")
+	ErrCycle             = errors.New("module: dependency cycle")
+	ErrDuplicate         = errors.New("module: duplicate module name")
+)
+
+// StartError reports which module failed to start.
+type StartError struct {
+	Module string
+	Err    error
+}
+
+func (e *StartError) Error() string { return fmt.Sprintf("module %s: start: %v", e.Module, e.Err) }
+func (e *StartError) Unwrap() error { return e.Err }
+
+// Runner owns a set of modules and their lifecycle.
+type Runner struct {
+	log     *slog.Logger
+	order   []Module // dependency order
+	byName  map[string]Module
+	mu      sync.Mutex
+	started []Module
+}
+
+// NewRunner orders mods by their dependencies (stable: ties keep the given
+// order) and returns a runner. It fails on duplicates, unknown dependencies
+// and cycles (the error names the cycle).
+func NewRunner(log *slog.Logger, mods ...Module) (*Runner, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	r := &Runner{log: log, byName: make(map[string]Module, len(mods))}
+	for _, m := range mods {
+		if _, dup := r.byName[m.Name()]; dup {
+			return nil, fmt.Errorf("%w: %s", ErrDuplicate, m.Name())
+		}
+		r.byName[m.Name()] = m
+	}
+	const (
+		white = iota
+		grey
+		black
+	)
+	color := map[string]int{}
+	var stack []string
+	var visit func(m Module) error
+	visit = func(m Module) error {
+		switch color[m.Name()] {
+		case black:
+			return nil
+		case grey:
+			i := indexOf(stack, m.Name())
+			return fmt.Errorf("%w: %s", ErrCycle, strings.Join(append(stack[i:], m.Name()), " -> "))
+		}
+		color[m.Name()] = grey
+		stack = append(stack, m.Name())
+		if d, ok := m.(Deps); ok {
+			for _, dn := range d.DependsOn() {
+				dep, ok := r.byName[dn]
+				if !ok {
+					return fmt.Errorf("%w: %s depends on %s", ErrUnknownDependency, m.Name(), dn)
+				}
+				if err := visit(dep); err != nil {
+					return err
+				}
+			}
+		}
+		stack = stack[:len(stack)-1]
+		color[m.Name()] = black
+		r.order = append(r.order, m)
+		return nil
+	}
+	for _, m := range mods {
+		if err := visit(m); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+func indexOf(s []string, v string) int {
+	for i, x := range s {
+		if x == v {
+			return i
+		}
+	}
+	return 0
+}
+
+// Modules returns the modules in start order.
+func (r *Runner) Modules() []Module { return append([]Module(nil), r.order...) }
+
+// Get returns the module with the given name.
+func (r *Runner) Get(name string) (Module, bool) { m, ok := r.byName[name]; return m, ok }
+
+// Start initialises and starts every module in order. cfgFor returns the
+// config section for a module. If any Init or Start fails, the modules already
+// started are stopped (bounded by stopTimeout) and a *StartError is returned.
+func (r *Runner) Start(ctx context.Context, cfgFor func(name string) any, stopTimeout time.Duration) error {
+	for _, m := range r.order {
+		t0 := time.Now()
+		if err := m.Init(ctx, cfgFor(m.Name())); err != nil {
+			r.abort(stopTimeout)
+			return &StartError{Module: m.Name(), Err: fmt.Errorf("init: %w", err)}
+		}
+		if err := m.Start(ctx); err != nil {
+			r.abort(stopTimeout)
+			return &StartError{Module: m.Name(), Err: err}
+		}
+		r.mu.Lock()
+		r.started = append(r.started, m)
+		r.mu.Unlock()
+		r.log.Debug("module started", "module", m.Name(), "took", time.Since(t0))
+	}
+	return nil
+}
+
+func (r *Runner) abort(timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := r.Stop(ctx); err != nil {
+		r.log.Error("stopping after failed start", "err", err)
+	}
+}
+
+// Stop stops every started module in reverse order. Each module gets what is
+// left of ctx; a module that overruns is reported and the next one is still
+// stopped. Stop is idempotent.
+func (r *Runner) Stop(ctx context.Context) error {
+	r.mu.Lock()
+	started := r.started
+	r.started = nil
+	r.mu.Unlock()
+	var errs []error
+	for i := len(started) - 1; i >= 0; i-- {
+		m := started[i]
+		t0 := time.Now()
+		err := stopBounded(ctx, m)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("module %s: stop: %w", m.Name(), err))
+			r.log.Error("module stop failed", "module", m.Name(), "err", err, "took", time.Since(t0))
+			continue
+		}
+		r.log.Debug("module stopped", "module", m.Name(), "took", time.Since(t0))
+	}
+	return errors.Join(errs...)
+}
+
+// stopBounded returns when m.Stop returns or ctx ends, whichever is first.
+func stopBounded(ctx context.Context, m Module) error {
+	done := make(chan error, 1)
+	go func() { done <- m.Stop(ctx) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("deadline exceeded: %w", ctx.Err())
+	}
+}
+
+// Reconfigure applies a changed config section to one module: in place when
+// it is Reconfigurable, else by Stop, Init and Start of that module alone.
+func (r *Runner) Reconfigure(ctx context.Context, name string, cfg any) error {
+	m, ok := r.byName[name]
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrUnknownDependency, name)
+	}
+	if rc, ok := m.(Reconfigurable); ok {
+		return rc.Reconfigure(ctx, cfg)
+	}
+	if err := m.Stop(ctx); err != nil {
+		return fmt.Errorf("module %s: restart: stop: %w", name, err)
+	}
+	if err := m.Init(ctx, cfg); err != nil {
+		return fmt.Errorf("module %s: restart: init: %w", name, err)
+	}
+	if err := m.Start(ctx); err != nil {
+		return fmt.Errorf("module %s: restart: start: %w", name, err)
+	}
+	return nil
+}
+
+// Health returns every module's status, sorted by name.
+func (r *Runner) Health() []NamedStatus {
+	out := make([]NamedStatus, 0, len(r.order))
+	for _, m := range r.order {
+		out = append(out, NamedStatus{Name: m.Name(), Status: m.Health()})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// NamedStatus pairs a module name with its status.
+type NamedStatus struct {
+	Name string
+	Status
+}
