@@ -2,4 +2,12 @@ module github.com/outpost-edge/outpost
 
 go 1.26.8
 
-require gopkg.in/yaml.v3 v3.0.1 // indirect
+require (
+	github.com/eclipse/paho.golang v0.23.0
+	gopkg.in/yaml.v3 v3.0.1
+)
+
+require (
+	github.com/gorilla/websocket v1.5.3 // indirect
+	golang.org/x/net v0.43.0 // indirect
+)
