@@ -74,71 +74,38 @@ func Subscribe(t testing.TB, b *Broker, filter string, so ...SubOptions) *Subscr
 	} else if o.QoS != 0 {
 		qos = o.QoS
 	}
-	if o.Username == "" && len(b.opts.Users) > 0 {
-		for u, p := range b.opts.Users {
-			if o.Username == "" || u < o.Username {
-				o.Username, o.Password = u, p
-			}
-		}
-	}
-	if o.TLS == nil && b.Certs != nil {
-		cfg, err := b.Certs.ClientTLS(b.opts.RequireCertificate)
-		if err != nil {
-			t.Fatalf("mosq: subscriber tls: %v", err)
-		}
-		o.TLS = cfg
-	}
-	u, err := url.Parse(b.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if u.Scheme == "mqtts" {
-		u.Scheme = "tls"
-	}
+	base := clientConfig(t, b, &o)
 	s := &Subscriber{notify: make(chan struct{})}
 	subscribed := make(chan error, 1)
-	cfg := autopaho.ClientConfig{
-		ServerUrls:                    []*url.URL{u},
-		TlsCfg:                        o.TLS,
-		KeepAlive:                     30,
-		CleanStartOnInitialConnection: false, // Mosquitto 2.0.11 does not persist sessions begun with clean start 1
-		SessionExpiryInterval:         3600,
-		ReconnectBackoff:              autopaho.NewConstantBackoff(100 * time.Millisecond),
-		ConnectTimeout:                5 * time.Second,
-		ConnectUsername:               o.Username,
-		ConnectPassword:               []byte(o.Password),
-		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
-			go func() {
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				_, err := cm.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: filter, QoS: qos}}})
-				select {
-				case subscribed <- err:
-				default:
-				}
-			}()
-		},
-		ClientConfig: paho.ClientConfig{
-			ClientID: o.ClientID,
-			OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
-				p := pr.Packet
-				m := Message{Topic: p.Topic, Payload: append([]byte(nil), p.Payload...), Retain: p.Retain,
-					Duplicate: p.Duplicate(), QoS: p.QoS, At: time.Now()}
-				if p.Properties != nil && len(p.Properties.User) > 0 {
-					m.User = make(map[string]string, len(p.Properties.User))
-					for _, up := range p.Properties.User {
-						m.User[up.Key] = up.Value
-					}
-				}
-				s.mu.Lock()
-				s.msgs = append(s.msgs, m)
-				close(s.notify)
-				s.notify = make(chan struct{})
-				s.mu.Unlock()
-				return true, nil
-			}},
-		},
+	cfg := base
+	cfg.OnConnectionUp = func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_, err := cm.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: filter, QoS: qos}}})
+			select {
+			case subscribed <- err:
+			default:
+			}
+		}()
 	}
+	cfg.OnPublishReceived = []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+		p := pr.Packet
+		m := Message{Topic: p.Topic, Payload: append([]byte(nil), p.Payload...), Retain: p.Retain,
+			Duplicate: p.Duplicate(), QoS: p.QoS, At: time.Now()}
+		if p.Properties != nil && len(p.Properties.User) > 0 {
+			m.User = make(map[string]string, len(p.Properties.User))
+			for _, up := range p.Properties.User {
+				m.User[up.Key] = up.Value
+			}
+		}
+		s.mu.Lock()
+		s.msgs = append(s.msgs, m)
+		close(s.notify)
+		s.notify = make(chan struct{})
+		s.mu.Unlock()
+		return true, nil
+	}}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	cm, err := autopaho.NewConnection(ctx, cfg)
@@ -212,4 +179,97 @@ func (s *Subscriber) Wait(t testing.TB, timeout time.Duration, what string, done
 func (s *Subscriber) WaitN(t testing.TB, n int, timeout time.Duration) []Message {
 	t.Helper()
 	return s.Wait(t, timeout, fmt.Sprintf("%d messages", n), func(m []Message) bool { return len(m) >= n })
+}
+
+// clientConfig is the autopaho configuration shared by Subscribe and
+// NewPublisher: the broker's URL, TLS material and first user.
+func clientConfig(t testing.TB, b *Broker, o *SubOptions) autopaho.ClientConfig {
+	t.Helper()
+	if o.ClientID == "" {
+		subSeq.Lock()
+		subSeq.n++
+		o.ClientID = fmt.Sprintf("mosq-client-%d", subSeq.n)
+		subSeq.Unlock()
+	}
+	if o.Username == "" && len(b.opts.Users) > 0 {
+		for u, p := range b.opts.Users {
+			if o.Username == "" || u < o.Username {
+				o.Username, o.Password = u, p
+			}
+		}
+	}
+	if o.TLS == nil && b.Certs != nil {
+		cfg, err := b.Certs.ClientTLS(b.opts.RequireCertificate)
+		if err != nil {
+			t.Fatalf("mosq: subscriber tls: %v", err)
+		}
+		o.TLS = cfg
+	}
+	u, err := url.Parse(b.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Scheme == "mqtts" {
+		u.Scheme = "tls"
+	}
+	return autopaho.ClientConfig{
+		ServerUrls:                    []*url.URL{u},
+		TlsCfg:                        o.TLS,
+		KeepAlive:                     30,
+		CleanStartOnInitialConnection: false, // Mosquitto 2.0.11 does not persist sessions begun with clean start 1
+		SessionExpiryInterval:         3600,
+		ReconnectBackoff:              autopaho.NewConstantBackoff(100 * time.Millisecond),
+		ConnectTimeout:                5 * time.Second,
+		ConnectUsername:               o.Username,
+		ConnectPassword:               []byte(o.Password),
+		ClientConfig:                  paho.ClientConfig{ClientID: o.ClientID},
+	}
+}
+
+// Publisher publishes test messages with QoS 1 (paho.golang, reconnecting).
+type Publisher struct {
+	cm     *autopaho.ConnectionManager
+	cancel context.CancelFunc
+}
+
+// NewPublisher connects a publisher to b; it is closed at test cleanup.
+func NewPublisher(t testing.TB, b *Broker, so ...SubOptions) *Publisher {
+	t.Helper()
+	var o SubOptions
+	if len(so) > 0 {
+		o = so[0]
+	}
+	cfg := clientConfig(t, b, &o)
+	ctx, cancel := context.WithCancel(context.Background())
+	cm, err := autopaho.NewConnection(ctx, cfg)
+	if err != nil {
+		cancel()
+		t.Fatalf("mosq: publisher: %v", err)
+	}
+	p := &Publisher{cm: cm, cancel: cancel}
+	t.Cleanup(func() {
+		dctx, dcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer dcancel()
+		_ = cm.Disconnect(dctx)
+		cancel()
+	})
+	actx, acancel := context.WithTimeout(ctx, 10*time.Second)
+	defer acancel()
+	if err := cm.AwaitConnection(actx); err != nil {
+		t.Fatalf("mosq: publisher not connected to %s: %v", b.Addr, err)
+	}
+	return p
+}
+
+// Publish sends one QoS 1 message with optional user properties and waits
+// for its PUBACK; an error fails the test.
+func (p *Publisher) Publish(ctx context.Context, t testing.TB, topic string, payload []byte, user map[string]string) {
+	t.Helper()
+	pp := &paho.PublishProperties{}
+	for k, v := range user {
+		pp.User = append(pp.User, paho.UserProperty{Key: k, Value: v})
+	}
+	if _, err := p.cm.Publish(ctx, &paho.Publish{Topic: topic, QoS: 1, Payload: payload, Properties: pp}); err != nil {
+		t.Fatalf("mosq: publish %s: %v", topic, err)
+	}
 }
