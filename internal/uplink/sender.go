@@ -228,6 +228,12 @@ func (u *Uplink) serve(ctx context.Context, cli conn, lc *lockedConn) error {
 		select {
 		case <-u.ready:
 		case <-u.sess.freed:
+			// With the window full, a slot freed by one PUBACK would be
+			// refilled by one PUBLISH, one write each: let the reader catch
+			// up first.
+			if window, inflight, _, _, _, up := u.sess.state(); up && inflight > 0 && window-inflight < refillBatch(window) {
+				u.coalesce(refillBatch(window), cli)
+			}
 		case <-tc:
 		case <-cli.Done():
 			if e := cli.errs.get(); e != nil {
@@ -245,6 +251,44 @@ func (u *Uplink) serve(ctx context.Context, cli conn, lc *lockedConn) error {
 			case <-timer.C:
 			default:
 			}
+		}
+	}
+}
+
+// refillBatch is how many free slots a refill of a full window waits for:
+// an eighth of the window, at most 64. Below a window of 256 it does not
+// wait (1): there a window lasts about a millisecond at full speed and the
+// wait would idle the link.
+func refillBatch(window int) int {
+	if window < 256 {
+		return 1
+	}
+	return min(64, window/8)
+}
+
+// coalesceWait bounds the wait for a refill batch. It must stay short: a
+// broker with Nagle's algorithm on (Mosquitto's default) holds its next
+// PUBACK until our TCP ACK, which the kernel delays while we send nothing;
+// an unbounded wait fell to 500 msg/s (40 ms delayed-ACK rounds).
+const coalesceWait = 200 * time.Microsecond
+
+// coalesce waits until n slots are free, the connection ends, or
+// coalesceWait passes, so a burst of PUBACKs is answered by one write
+// instead of one write per PUBACK (measured: uplink CPU 80% → 35% of a
+// core at 120k msg/s with a window of 1000).
+func (u *Uplink) coalesce(n int, cli conn) {
+	t := time.NewTimer(coalesceWait)
+	defer t.Stop()
+	for {
+		select {
+		case <-u.sess.freed:
+			if window, inflight, _, _, _, up := u.sess.state(); !up || inflight == 0 || window-inflight >= n {
+				return
+			}
+		case <-t.C:
+			return
+		case <-cli.Done():
+			return
 		}
 	}
 }

@@ -497,7 +497,7 @@ func (u *Uplink) connect(ctx context.Context) (conn, *lockedConn, *paho.Connack,
 		}
 		nc = tc
 	}
-	lc := &lockedConn{Conn: nc, timeout: timeout}
+	lc := newLockedConn(nc, timeout)
 	errs := &connErr{}
 	cli := paho.NewClient(paho.ClientConfig{
 		ClientID:          u.cfg.ClientID,

@@ -356,7 +356,9 @@ func TestNegativePubackDeadLetters(t *testing.T) {
 
 type deadLetterFunc func(string, queue.Record, string)
 
-func (f deadLetterFunc) DeadLetter(lane string, rec queue.Record, reason string) { f(lane, rec, reason) }
+func (f deadLetterFunc) DeadLetter(lane string, rec queue.Record, reason string) {
+	f(lane, rec, reason)
+}
 
 func TestStopStartKeepsRecords(t *testing.T) {
 	b := mosq.Start(t, mosq.Options{MaxQueued: -1})

@@ -333,3 +333,44 @@ func (l *lockedBuffer) tail(n int) string {
 	}
 	return s
 }
+
+// Pid returns the process id of the running broker (0 when stopped).
+func (b *Broker) Pid() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.cmd == nil {
+		return 0
+	}
+	return b.cmd.Process.Pid
+}
+
+// CPUTime returns the user+system CPU time the running broker has used,
+// read from /proc (0 when stopped or unavailable).
+func (b *Broker) CPUTime() time.Duration {
+	pid := b.Pid()
+	if pid == 0 {
+		return 0
+	}
+	return ProcCPUTime(pid)
+}
+
+// ProcCPUTime reads utime+stime of a process from /proc/PID/stat.
+func ProcCPUTime(pid int) time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	var ut, st int64
+	fmt.Sscan(f[11], &ut)
+	fmt.Sscan(f[12], &st)
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ is 100 on Linux
+}
