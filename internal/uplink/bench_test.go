@@ -73,3 +73,62 @@ func selfCPU() time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkBridgePeer is the peer named in issue 3: a local Mosquitto with
+// persistence holding a backlog of b.N records (200-byte payload) for a
+// bridge (MQTT v5, QoS 1, cleansession false) to a cloud Mosquitto that is
+// down; the cloud starts and the bridge drains. The backlog is loaded by
+// the uplink itself while the cloud is down, followed by one marker record.
+// The drain is timed from the bridge's connection (seen in the cloud's log)
+// to the marker's arrival at a subscriber on the cloud (it subscribes to
+// the marker topic only, so it does not slow the drain). Run beside
+// BenchmarkDrain with the same -benchtime.
+func BenchmarkBridgePeer(b *testing.B) {
+	for _, inflight := range []int{20, 1000} {
+		b.Run(fmt.Sprintf("max_inflight=%d", inflight), func(b *testing.B) {
+			cloud := mosq.Start(b, mosq.Options{MaxInflight: inflight})
+			cloud.Stop()
+			local := mosq.Start(b, mosq.Options{Persistence: true, MaxQueued: -1, MaxInflight: inflight, Extra: fmt.Sprintf(
+				"connection cloud\naddress %s\nremote_clientid bridge-local\ntopic # out 1\ncleansession false\n"+
+					"bridge_protocol_version mqttv50\nnotifications false\nrestart_timeout 1\nstart_type automatic\n", cloud.Addr)})
+			h := newHarness(b, testConfig(local.URL(), LaneConfig{Name: "bulk"}), Options{}, fastQueue)
+			q := h.queues["bulk"]
+			rec := message.Encode(&message.Message{Topic: "sensors/line1/t1", Payload: bytes.Repeat([]byte("x"), 200),
+				QoS: 1, DeviceID: "t1", ClientID: "dev-1", Received: time.Now()})
+			for range b.N {
+				if _, err := q.Append(context.Background(), rec); err != nil {
+					b.Fatal(err)
+				}
+			}
+			q.Append(context.Background(), message.Encode(&message.Message{Topic: "marker", Payload: []byte("end"), QoS: 1}))
+			h.start()
+			fill := time.Now().Add(30*time.Second + time.Duration(b.N)*100*time.Microsecond)
+			for q.Len() > 0 {
+				if time.Now().After(fill) {
+					b.Fatalf("loading the local broker: %s", describe(h.u.Status()))
+				}
+				time.Sleep(time.Millisecond)
+			}
+			h.stop()
+
+			b.ResetTimer()
+			lcpu0 := local.CPUTime()
+			cloud.Start()
+			ccpu0 := cloud.CPUTime()
+			sub := mosq.Subscribe(b, cloud, "outpost/n1/marker")
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := cloud.WaitLog(ctx, " as bridge-local "); err != nil {
+				b.Fatal(err)
+			}
+			t0 := time.Now()
+			sub.WaitN(b, 1, 30*time.Second+time.Duration(b.N)*100*time.Microsecond)
+			el := sub.Messages()[0].At.Sub(t0)
+			b.StopTimer()
+			lcpu, ccpu := local.CPUTime()-lcpu0, cloud.CPUTime()-ccpu0
+			b.ReportMetric(float64(b.N+1)/el.Seconds(), "msg/s")
+			b.ReportMetric(100*lcpu.Seconds()/el.Seconds(), "local-mosquitto-cpu-%")
+			b.ReportMetric(100*ccpu.Seconds()/el.Seconds(), "cloud-mosquitto-cpu-%")
+		})
+	}
+}

@@ -135,16 +135,6 @@ func (s *session) reserve(p pend, limit int) (uint16, bool) {
 	return id, true
 }
 
-// release undoes a reserve whose packet was not written.
-func (s *session) release(id uint16) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if int(id) < len(s.slots) && s.slots[id].used {
-		s.slots[id] = pend{}
-		s.inflight--
-	}
-}
-
 func (s *session) allocLocked() (uint16, bool) {
 	n := len(s.slots) - 1
 	for range n {

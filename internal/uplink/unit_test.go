@@ -278,3 +278,18 @@ func TestLocalTopic(t *testing.T) {
 }
 
 func fmtV(c Config) string { return fmt.Sprintf("%v %+v %#v %s", c, c, c, c.Password) }
+
+func FuzzParseBroker(f *testing.F) {
+	for _, s := range []string{"mqtts://cloud.example.com:8883", "mqtt://[::1]:1883", "tcp://h", "ssl://h:0", "mqtts://u:p@h/x?y"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		b, err := parseBroker(s)
+		if err != nil {
+			return
+		}
+		if b.host == "" || b.addr == "" {
+			t.Fatalf("%q parsed to %+v", s, b)
+		}
+	})
+}
