@@ -277,6 +277,11 @@ func (p *proc) terminate(grace time.Duration, r *reaper) {
 	case <-p.done:
 	default:
 		members := p.members()
+		for _, m := range members {
+			if m != p.pid {
+				r.track(m)
+			}
+		}
 		for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGCONT} {
 			_ = syscall.Kill(-p.pid, sig)
 			for _, m := range members {
@@ -306,19 +311,17 @@ func killTree(g *cgroup.Group, pgid, leader int, r *reaper) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		ms := groupMembers(g, pgid)
-		live := ms[:0]
+		var live []int
 		for _, m := range ms {
+			if m != leader {
+				r.track(m) // zombies too: they may be re-parented to us
+			}
 			if st, _ := procState(m); st != 'Z' {
 				live = append(live, m)
 			}
 		}
 		if len(live) == 0 {
 			break
-		}
-		for _, m := range live {
-			if m != leader {
-				r.track(m)
-			}
 		}
 		if g != nil && g.Mode() != cgroup.None {
 			_, _ = g.Kill(time.Second)
@@ -334,7 +337,31 @@ func killTree(g *cgroup.Group, pgid, leader int, r *reaper) {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+	if pgid > 0 {
+		r.track(zombieChildrenIn(pgid, leader)...)
+	}
 	r.reapNow()
+}
+
+// zombieChildrenIn lists zombies re-parented to this process whose process
+// group is pgid (descendants that died before they were ever seen).
+func zombieChildrenIn(pgid, leader int) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	self, want := strconv.Itoa(os.Getpid()), strconv.Itoa(pgid)
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == leader {
+			continue
+		}
+		if f, err := procStat(pid); err == nil && f[0] == "Z" && f[1] == self && f[2] == want {
+			out = append(out, pid)
+		}
+	}
+	return out
 }
 
 // procStat returns fields of /proc/<pid>/stat after the command name:
