@@ -1,8 +1,8 @@
 // Package mqtttest runs an in-process mochi-mqtt broker with a Unix-socket
-// listener and per-component credentials and ACLs, implementing the
-// supervisor's Identity, Publisher and Subscriber interfaces. It stands in
-// for the agent's embedded broker in tests and benchmarks of the supervisor
-// and of the example components.
+// listener and per-component credentials and ACLs. It implements the
+// supervisor's Publisher and Subscriber interfaces directly, and its
+// Identity through a two-line adapter (Issue takes the filter lists). It stands in for the agent's embedded broker in tests and
+// benchmarks of the supervisor and of the example components.
 package mqtttest
 
 import (
@@ -21,7 +21,6 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
-	"github.com/outpost-edge/outpost/internal/supervisor"
 	"github.com/outpost-edge/outpost/internal/supervisor/acl"
 )
 
@@ -32,7 +31,7 @@ type Bus struct {
 
 	mu     sync.Mutex
 	users  map[string]*account // by username
-	issued map[string][]supervisor.Credentials
+	issued map[string][]Credentials
 	subID  atomic.Int64
 }
 
@@ -42,15 +41,12 @@ type account struct {
 	component string
 }
 
-var (
-	_ supervisor.Identity   = (*Bus)(nil)
-	_ supervisor.Publisher  = (*Bus)(nil)
-	_ supervisor.Subscriber = (*Bus)(nil)
-)
+// Credentials are issued to a component.
+type Credentials struct{ URL, Username, Password string }
 
 // Start starts a broker listening on the Unix socket path.
 func Start(socket string) (*Bus, error) {
-	b := &Bus{Socket: socket, users: map[string]*account{}, issued: map[string][]supervisor.Credentials{}}
+	b := &Bus{Socket: socket, users: map[string]*account{}, issued: map[string][]Credentials{}}
 	s := mqtt.New(&mqtt.Options{InlineClient: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err := s.AddHook(&hook{b: b}, nil); err != nil {
 		return nil, err
@@ -79,22 +75,22 @@ func (b *Bus) AddUser(username, password string, pub, sub []string) {
 	b.users[username] = &account{password: password, pub: pub, sub: sub}
 }
 
-// Issue implements supervisor.Identity: fresh random password, username
-// "component-<name>", ACL = namespace + requested filters; sessions of the
-// previous credentials are disconnected.
-func (b *Bus) Issue(_ context.Context, component string, a supervisor.Access) (supervisor.Credentials, error) {
+// Issue gives a component fresh credentials: a random password, username
+// "component-<name>", ACL = components/<name>/# plus the requested filters.
+// Sessions of the previous credentials are disconnected.
+func (b *Bus) Issue(_ context.Context, component string, publish, subscribe []string) (Credentials, error) {
 	var raw [24]byte
 	if _, err := rand.Read(raw[:]); err != nil {
-		return supervisor.Credentials{}, err
+		return Credentials{}, err
 	}
 	user := "component-" + component
-	ns := supervisor.ComponentNamespace(component)
-	cr := supervisor.Credentials{URL: b.URL(), Username: user, Password: hex.EncodeToString(raw[:])}
+	ns := "components/" + component + "/#"
+	cr := Credentials{URL: b.URL(), Username: user, Password: hex.EncodeToString(raw[:])}
 	b.mu.Lock()
 	b.users[user] = &account{
 		password:  cr.Password,
-		pub:       append([]string{ns}, a.Publish...),
-		sub:       append([]string{ns}, a.Subscribe...),
+		pub:       append([]string{ns}, publish...),
+		sub:       append([]string{ns}, subscribe...),
 		component: component,
 	}
 	b.issued[component] = append(b.issued[component], cr)
@@ -103,7 +99,7 @@ func (b *Bus) Issue(_ context.Context, component string, a supervisor.Access) (s
 	return cr, nil
 }
 
-// Revoke implements supervisor.Identity.
+// Revoke removes a component's credentials and disconnects its sessions.
 func (b *Bus) Revoke(component string) {
 	user := "component-" + component
 	b.mu.Lock()
@@ -113,10 +109,10 @@ func (b *Bus) Revoke(component string) {
 }
 
 // Issued returns every credential issued to a component, oldest first.
-func (b *Bus) Issued(component string) []supervisor.Credentials {
+func (b *Bus) Issued(component string) []Credentials {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return append([]supervisor.Credentials(nil), b.issued[component]...)
+	return append([]Credentials(nil), b.issued[component]...)
 }
 
 func (b *Bus) disconnect(user string) {
@@ -127,12 +123,12 @@ func (b *Bus) disconnect(user string) {
 	}
 }
 
-// Publish implements supervisor.Publisher.
+// Publish publishes with the broker's inline client (supervisor.Publisher).
 func (b *Bus) Publish(topic string, payload []byte, retain bool, qos byte) error {
 	return b.Server.Publish(topic, payload, retain, qos)
 }
 
-// Subscribe implements supervisor.Subscriber.
+// Subscribe subscribes with the inline client (supervisor.Subscriber).
 func (b *Bus) Subscribe(filter string, fn func(topic string, payload []byte)) (func(), error) {
 	id := int(b.subID.Add(1))
 	err := b.Server.Subscribe(filter, id, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
