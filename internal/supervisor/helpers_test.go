@@ -224,16 +224,19 @@ func (e *testEnv) status(name string) Status {
 func (e *testEnv) waitState(name string, timeout time.Duration, states ...State) Status {
 	e.t.Helper()
 	var st Status
-	waitFor(e.t, timeout, fmt.Sprintf("%s in %v", name, states), func() bool {
+	deadline := time.Now().Add(timeout)
+	for {
 		st, _ = e.s.Component(name)
 		for _, s := range states {
 			if st.State == s {
-				return true
+				return st
 			}
 		}
-		return false
-	})
-	return st
+		if time.Now().After(deadline) {
+			e.t.Fatalf("timed out after %s waiting for %s in %v; last status %+v", timeout, name, states, st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // records reads the helper record file: lines "name what unixnano pid".

@@ -49,6 +49,7 @@ func (c *component) runOnce(ctx context.Context, r *recipe.Recipe, ov Override, 
 	}
 	c.output = ""
 	c.mu.Unlock()
+	c.out.resetTail()
 	c.setState(StateStarting, "")
 
 	var p *proc

@@ -524,10 +524,11 @@ func (s *Supervisor) Reload(ctx context.Context) error {
 	// falls back to it, until stable.
 	var g *recipe.Graph
 	var rejected map[string]error
+	kept := map[string]error{} // changed recipes rejected in favour of the running one
 	for i := 0; i < 10; i++ {
 		g, rejected = recipe.Resolve(cand)
 		fellBack := false
-		for name := range rejected {
+		for name, rerr := range rejected {
 			prev, ok := old[name]
 			if !ok {
 				continue
@@ -536,11 +537,19 @@ func (s *Supervisor) Reload(ctx context.Context) error {
 				if r.Name == name && r != prev {
 					cand[j] = prev
 					fellBack = true
+					if r.Hash != prev.Hash {
+						kept[name] = rerr
+					}
 				}
 			}
 		}
 		if !fellBack {
 			break
+		}
+	}
+	for name, rerr := range kept {
+		if _, still := rejected[name]; !still {
+			rejected[name] = rerr
 		}
 	}
 	invalid := map[string]error{}

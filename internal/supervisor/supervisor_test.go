@@ -48,6 +48,7 @@ func TestDependencyOrder(t *testing.T) {
 	if st := e.status("flaky"); st.State != StateFinished {
 		t.Fatalf("flaky: %+v", st)
 	}
+	waitFor(t, 10*time.Second, "ui start record", func() bool { _, ok := e.find("ui", "start"); return ok })
 	dbReady, _ := e.find("db", "ready")
 	apiStart, _ := e.find("api", "start")
 	apiReady, _ := e.find("api", "ready")
