@@ -142,7 +142,7 @@ func TestHungComponentRestarted(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	const interval = 2 * time.Second
+	const interval = 3 * time.Second
 	e.write("web", helperRecipe("web", "http",
 		fmt.Sprintf("health:\n  http: http://%s/healthz\n  interval: %s\n  timeout: 500ms\n  failure_threshold: 1\n  start_period: 20s\n  start_interval: 20ms\nrestart: {initial_backoff: 10ms}\n", addr, interval),
 		"SUPTEST_ADDR="+addr))
