@@ -354,5 +354,8 @@ func readPidFile(path string) (int, bool) {
 	if err != nil || strconv.FormatUint(ticks, 10) != f[1] {
 		return 0, false
 	}
+	if st, _ := procState(pid); st == 'Z' {
+		return 0, false
+	}
 	return pid, true
 }
