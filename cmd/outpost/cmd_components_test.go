@@ -64,7 +64,9 @@ func TestComponentsCommand(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	run := func(args ...string) (string, int) {
-		return captureStdout(t, func() int { return dispatch(append([]string{"components", "--api", srv.URL}, args...), io.Discard, io.Discard) })
+		return captureStdout(t, func() int {
+			return dispatch(append([]string{"components", "--api", srv.URL}, args...), io.Discard, io.Discard)
+		})
 	}
 	if out, code := run("list"); code != exitOK || !strings.Contains(out, "napper") || !strings.Contains(out, "running") {
 		t.Fatalf("list: %d %q", code, out)

@@ -81,8 +81,8 @@ type Config struct {
 	// StateDir holds per-component state: artifacts, data, config, pid files.
 	StateDir string `yaml:"state_dir"` // default /var/lib/outpost/components
 	// LogDir holds one log file per component, <name>.log, rotated.
-	LogDir string    `yaml:"log_dir"` // default /var/log/outpost/components
-	Log    LogConfig `yaml:"log"`
+	LogDir string       `yaml:"log_dir"` // default /var/log/outpost/components
+	Log    LogConfig    `yaml:"log"`
 	Cgroup CgroupConfig `yaml:"cgroup"`
 	// GracePeriod is the time between SIGTERM and SIGKILL on stop.
 	GracePeriod config.Duration `yaml:"grace_period"` // default 10s

@@ -151,10 +151,10 @@ func TestComponentACL(t *testing.T) {
 		}
 	}
 	for topic, allowed := range map[string]bool{
-		"components/alpha/out": true,
-		"shared/alpha-out":     true,
-		"components/beta/cmd":  false,
-		"shared/in/x":          false,
+		"components/alpha/out":                true,
+		"shared/alpha-out":                    true,
+		"components/beta/cmd":                 false,
+		"shared/in/x":                         false,
 		"outpost/local/components/beta/state": false,
 	} {
 		code := a.publish(t, topic, 1)
