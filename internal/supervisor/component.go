@@ -423,7 +423,13 @@ func (c *component) install(ctx context.Context, r *recipe.Recipe, ov Override, 
 	return writeFileSync(marker, []byte(key+"\n"), 0o644)
 }
 
+// writeFileSync writes a file atomically (temp file + rename); with sync
+// set the data is fsynced first.
 func writeFileSync(path string, data []byte, perm os.FileMode) error {
+	return writeFileAtomic(path, data, perm, true)
+}
+
+func writeFileAtomic(path string, data []byte, perm os.FileMode, sync bool) error {
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, perm)
 	if err != nil {
@@ -433,9 +439,11 @@ func writeFileSync(path string, data []byte, perm os.FileMode) error {
 		f.Close()
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
+	if sync {
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return err
+		}
 	}
 	if err := f.Close(); err != nil {
 		return err
@@ -637,7 +645,7 @@ func (c *component) environ(r *recipe.Recipe, ov Override, creds *Credentials) (
 			return nil, fmt.Errorf("configuration: %w", err)
 		}
 		p := filepath.Join(home, "config.json")
-		if err := writeFileSync(p, b, 0o640); err != nil {
+		if err := writeFileAtomic(p, b, 0o640, false); err != nil { // rewritten at every start
 			return nil, err
 		}
 		if cred, _ := resolveCredential(r); cred != nil {

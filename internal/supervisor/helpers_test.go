@@ -113,6 +113,7 @@ func helperMain(mode string) int {
 // parent.
 type testEnv struct {
 	t       *testing.T
+	tb      testing.TB
 	dir     string
 	recipes string
 	record  string
@@ -127,7 +128,7 @@ func newEnv(t *testing.T) *testEnv {
 	t.Helper()
 	testSeq++
 	dir := t.TempDir()
-	e := &testEnv{t: t, dir: dir, recipes: filepath.Join(dir, "recipes"), record: filepath.Join(dir, "record.txt")}
+	e := &testEnv{t: t, tb: t, dir: dir, recipes: filepath.Join(dir, "recipes"), record: filepath.Join(dir, "record.txt")}
 	if err := os.MkdirAll(e.recipes, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -151,20 +152,20 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 func (e *testEnv) start() *Supervisor {
-	e.t.Helper()
+	e.tb.Helper()
 	e.s = New(e.opts)
 	if err := e.s.Init(context.Background(), e.cfg); err != nil {
-		e.t.Fatal(err)
+		e.tb.Fatal(err)
 	}
 	if err := e.s.Start(context.Background()); err != nil {
-		e.t.Fatal(err)
+		e.tb.Fatal(err)
 	}
 	s := e.s
-	e.t.Cleanup(func() {
+	e.tb.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if err := s.Stop(ctx); err != nil {
-			e.t.Errorf("stop: %v", err)
+			e.tb.Errorf("stop: %v", err)
 		}
 		if s.cg != nil && s.cg.Mode() != cgroup.None {
 			names, _ := s.cg.Names()
@@ -190,19 +191,19 @@ func helperRecipe(name, mode string, extra string, env ...string) string {
 }
 
 func (e *testEnv) write(name, body string) {
-	e.t.Helper()
+	e.tb.Helper()
 	p := filepath.Join(e.recipes, name+".yaml")
 	tmp := p + ".tmp~"
 	if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
-		e.t.Fatal(err)
+		e.tb.Fatal(err)
 	}
 	if err := os.Rename(tmp, p); err != nil {
-		e.t.Fatal(err)
+		e.tb.Fatal(err)
 	}
 }
 
 // waitFor polls cond until it holds or the timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -216,13 +217,13 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 func (e *testEnv) status(name string) Status {
 	st, err := e.s.Component(name)
 	if err != nil {
-		e.t.Fatal(err)
+		e.tb.Fatal(err)
 	}
 	return st
 }
 
 func (e *testEnv) waitState(name string, timeout time.Duration, states ...State) Status {
-	e.t.Helper()
+	e.tb.Helper()
 	var st Status
 	deadline := time.Now().Add(timeout)
 	for {
@@ -233,7 +234,7 @@ func (e *testEnv) waitState(name string, timeout time.Duration, states ...State)
 			}
 		}
 		if time.Now().After(deadline) {
-			e.t.Fatalf("timed out after %s waiting for %s in %v; last status %+v", timeout, name, states, st)
+			e.tb.Fatalf("timed out after %s waiting for %s in %v; last status %+v", timeout, name, states, st)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -90,8 +91,9 @@ func executable(p string) error {
 }
 
 // spawn starts the process in its own process group and, when a group is
-// given, inside its cgroup before it runs any of its own code (see shim.go
-// for v1). stdin is /dev/null.
+// given, inside its cgroup from its first instruction: on v2 with
+// CLONE_INTO_CGROUP, on v1 by forking from a thread that was moved into the
+// group (startInGroupV1). stdin is /dev/null.
 func spawn(s procSpec) (*proc, error) {
 	if len(s.argv) == 0 {
 		return nil, errors.New("empty command")
@@ -111,25 +113,7 @@ func spawn(s procSpec) (*proc, error) {
 			Setpgid: true,
 		},
 	}
-	var syncW *os.File
-	useShim := s.group != nil && s.group.NeedsEnter()
-	switch {
-	case useShim:
-		r, w, err := os.Pipe()
-		if err != nil {
-			return nil, err
-		}
-		defer r.Close()
-		syncW = w
-		spec := "::"
-		if s.cred != nil {
-			spec = shimSpec(s.cred.uid, s.cred.gid, s.cred.groups)
-		}
-		cmd.Path = "/proc/self/exe"
-		cmd.Args = append([]string{"outpost-shim", prog}, s.argv...)
-		cmd.Env = append(append([]string{}, s.env...), shimEnv+"="+spec)
-		cmd.ExtraFiles = []*os.File{r}
-	case s.group != nil: // v2: create the process inside its group
+	if s.group != nil && !s.group.NeedsEnter() { // v2: create the process inside its group
 		fd, err := s.group.OpenDir()
 		if err != nil {
 			return nil, err
@@ -138,7 +122,7 @@ func spawn(s procSpec) (*proc, error) {
 		cmd.SysProcAttr.UseCgroupFD = true
 		cmd.SysProcAttr.CgroupFD = int(fd.Fd())
 	}
-	if !useShim && s.cred != nil {
+	if s.cred != nil {
 		cmd.SysProcAttr.Credential = &syscall.Credential{
 			Uid: uint32(s.cred.uid), Gid: uint32(s.cred.gid), Groups: toU32(s.cred.groups),
 		}
@@ -147,26 +131,17 @@ func spawn(s procSpec) (*proc, error) {
 	if s.group != nil {
 		p.oomBase = s.group.OOMKills()
 	}
-	if err := cmd.Start(); err != nil {
-		if syncW != nil {
-			syncW.Close()
-		}
-		return nil, err
+	var err2 error
+	if s.group != nil && s.group.NeedsEnter() {
+		err2 = startInGroupV1(cmd, s.group)
+	} else {
+		err2 = cmd.Start()
+	}
+	if err2 != nil {
+		return nil, err2
 	}
 	p.pid = cmd.Process.Pid
 	p.started = time.Now()
-	if useShim {
-		err := s.group.Enter(p.pid)
-		if err == nil {
-			_, err = syncW.Write([]byte{1})
-		}
-		syncW.Close()
-		if err != nil {
-			_ = syscall.Kill(-p.pid, syscall.SIGKILL)
-			_ = cmd.Wait()
-			return nil, fmt.Errorf("enter cgroup: %w", err)
-		}
-	}
 	p.startTicks, _ = procStartTicks(p.pid)
 	go func() {
 		_ = cmd.Wait()
@@ -499,3 +474,31 @@ func (r *reaper) pending() int {
 }
 
 func syscallKill(pid, sig int) error { return syscall.Kill(pid, syscall.Signal(sig)) }
+
+// startInGroupV1 starts cmd so that the child is born inside g (cgroup v1,
+// which has no CLONE_INTO_CGROUP). A fresh OS thread is locked, moved into
+// the group (v1 places threads individually: writing a thread id to
+// "tasks"), and forks the child, which inherits the thread's groups. The
+// thread is moved back at once (while it is in the group, cgroup.procs
+// lists the agent's own pid, which Pids filters out), and the goroutine
+// exits still locked, so the Go runtime destroys that thread rather than
+// reuse it.
+func startInGroupV1(cmd *exec.Cmd, g *cgroup.Group) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// No UnlockOSThread: the thread dies with this goroutine.
+		restore, err := g.EnterThread(syscall.Gettid())
+		if err != nil {
+			errc <- fmt.Errorf("enter cgroup: %w", err)
+			return
+		}
+		err = cmd.Start()
+		if rerr := restore(); rerr != nil && err == nil {
+			// The thread dies anyway; the child was born in the group.
+			_ = rerr
+		}
+		errc <- err
+	}()
+	return <-errc
+}

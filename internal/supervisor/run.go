@@ -323,7 +323,8 @@ func (c *component) pidFile() string {
 
 func (c *component) writePidFile(p *proc) {
 	line := fmt.Sprintf("%d %d %s\n", p.pid, p.startTicks, bootID())
-	if err := writeFileSync(c.pidFile(), []byte(line), 0o644); err != nil {
+	// Not fsynced: after a power loss there is nothing left to stop.
+	if err := writeFileAtomic(c.pidFile(), []byte(line), 0o644, false); err != nil {
 		c.log.Warn("cannot write pid file", "err", err)
 	}
 }

@@ -27,6 +27,21 @@ func TestSmokeStartStop(t *testing.T) {
 	if h := e.s.Health(); h.State != module.StateReady {
 		t.Fatalf("health %+v", h)
 	}
+	// The component is born in its cgroup; the agent is not in it.
+	if m, _ := e.s.CgroupMode(); m != cgroup.None {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", st.PID))
+		if !strings.Contains(string(b), e.cfg.Cgroup.Parent+"/a\n") {
+			t.Fatalf("component not in its cgroup:\n%s", b)
+		}
+		self, _ := os.ReadFile("/proc/self/task/" + fmt.Sprint(syscall.Gettid()) + "/cgroup")
+		if strings.Contains(string(self), e.cfg.Cgroup.Parent) {
+			t.Fatalf("agent thread left in a component cgroup:\n%s", self)
+		}
+		pids, _ := e.s.comps["a"].group.Pids()
+		if len(pids) != 1 || pids[0] != st.PID {
+			t.Fatalf("cgroup members %v, want [%d]", pids, st.PID)
+		}
+	}
 }
 
 // Dependency order on start (a component starts only after its hard

@@ -14,8 +14,8 @@
 //
 // Every component gets <hierarchy>/<parent>/<name>. On v2 a process is
 // created directly inside its group (clone3 CLONE_INTO_CGROUP via
-// syscall.SysProcAttr.UseCgroupFD); on v1 the caller starts it paused and
-// calls Enter before letting it run, so no child escapes.
+// syscall.SysProcAttr.UseCgroupFD); on v1 the caller forks it from a thread
+// it moved into the group first (EnterThread), so no child escapes.
 //
 // Limits: memory (v2 memory.max with memory.swap.max=0; v1
 // memory.limit_in_bytes and memory.memsw.limit_in_bytes when swap accounting
@@ -62,7 +62,9 @@ type Manager struct {
 	reason string
 	v2     string            // <mount>/<parent>
 	v1     map[string]string // controller -> <mount>/<parent>
+	v1mnt  map[string]mount  // controller -> its mount
 	parent string
+	self   int // this process's pid, never reported as a member
 }
 
 type mount struct {
@@ -128,7 +130,7 @@ func unescape(s string) string {
 // relative to each hierarchy's root, e.g. "outpost"). want is "auto" (or
 // ""), "v2", "v1" or "none".
 func Detect(parent, want string) *Manager {
-	m := &Manager{mode: None, parent: parent}
+	m := &Manager{mode: None, parent: parent, self: os.Getpid()}
 	if want == "none" {
 		m.reason = "cgroups disabled by configuration"
 		return m
@@ -164,6 +166,7 @@ func Detect(parent, want string) *Manager {
 	}
 	if want == "" || want == "auto" || want == "v1" {
 		v1 := map[string]string{}
+		v1mnt := map[string]mount{}
 		for _, mt := range ms {
 			if mt.fs != "cgroup" {
 				continue
@@ -171,6 +174,7 @@ func Detect(parent, want string) *Manager {
 			for _, c := range []string{"memory", "cpu", "pids", "freezer"} {
 				if mt.opts[c] && v1[c] == "" {
 					v1[c] = filepath.Join(mt.dir, parent)
+					v1mnt[c] = mt
 				}
 			}
 		}
@@ -184,7 +188,7 @@ func Detect(parent, want string) *Manager {
 				}
 			}
 			if err == nil {
-				m.mode, m.v1 = V1, v1
+				m.mode, m.v1, m.v1mnt = V1, v1, v1mnt
 				return m
 			}
 			problems = append(problems, fmt.Sprintf("cgroup v1: %v", err))
@@ -434,8 +438,9 @@ func (g *Group) Create(l Limits) error {
 	return errors.Join(errs...)
 }
 
-// NeedsEnter reports whether processes must be moved in with Enter (v1);
-// on v2 they are created inside the group with the FD from OpenDir.
+// NeedsEnter reports whether processes must be placed with Enter or
+// EnterThread (v1); on v2 they are created inside the group with the FD
+// from OpenDir.
 func (g *Group) NeedsEnter() bool { return g.m.mode == V1 }
 
 // Enter moves a process into the group in every hierarchy (v1).
@@ -447,6 +452,66 @@ func (g *Group) Enter(pid int) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// EnterThread moves one thread of this process (by thread id) into the
+// group in every hierarchy (v1 only, where threads are placed
+// individually), so that a process it forks is born inside the group.
+// restore moves the thread back where it was; call it right after the fork,
+// before anything lists the group's members.
+func (g *Group) EnterThread(tid int) (restore func() error, err error) {
+	if g.m.mode != V1 {
+		return nil, ErrUnavailable
+	}
+	orig, err := threadGroups(tid)
+	if err != nil {
+		return nil, err
+	}
+	var back []string // tasks files to write tid to on restore
+	for c := range g.dirs {
+		mt := g.m.v1mnt[c]
+		rel, ok := orig[c]
+		if !ok {
+			return nil, fmt.Errorf("cgroup: thread %d has no %s group", tid, c)
+		}
+		rel = strings.TrimPrefix(rel, strings.TrimSuffix(mt.croot, "/"))
+		back = append(back, filepath.Join(mt.dir, rel, "tasks"))
+	}
+	restore = func() error {
+		var errs []error
+		for _, f := range back {
+			if err := os.WriteFile(f, []byte(strconv.Itoa(tid)), 0); err != nil {
+				errs = append(errs, fmt.Errorf("cgroup: restore thread %d to %s: %w", tid, f, err))
+			}
+		}
+		return errors.Join(errs...)
+	}
+	for c, d := range g.dirs {
+		if err := os.WriteFile(filepath.Join(d, "tasks"), []byte(strconv.Itoa(tid)), 0); err != nil {
+			_ = restore()
+			return nil, fmt.Errorf("cgroup: enter thread %s (%s): %w", d, c, err)
+		}
+	}
+	return restore, nil
+}
+
+// threadGroups reads /proc/self/task/<tid>/cgroup: controller -> path.
+func threadGroups(tid int) (map[string]string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/cgroup", tid))
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) != 3 {
+			continue
+		}
+		for _, c := range strings.Split(f[1], ",") {
+			out[c] = f[2]
+		}
+	}
+	return out, nil
 }
 
 // OpenDir opens the group directory for CLONE_INTO_CGROUP (v2 only).
@@ -471,7 +536,7 @@ func (g *Group) Pids() ([]int, error) {
 			continue
 		}
 		for _, f := range strings.Fields(string(b)) {
-			if pid, err := strconv.Atoi(f); err == nil && !seen[pid] {
+			if pid, err := strconv.Atoi(f); err == nil && !seen[pid] && pid != g.m.self {
 				seen[pid] = true
 				out = append(out, pid)
 			}
