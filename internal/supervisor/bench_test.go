@@ -2,16 +2,16 @@ package supervisor
 
 import (
 	"context"
-	"log/slog"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -28,10 +28,7 @@ import (
 func buildIdle(b testing.TB) string {
 	b.Helper()
 	out := filepath.Join(b.TempDir(), "idle")
-	cmd := exec.Command(filepath.Join(os.Getenv("GOROOT"), "bin", "go"), "build", "-o", out, "./testdata/idle")
-	if _, err := os.Stat(cmd.Path); err != nil {
-		cmd = exec.Command("go", "build", "-o", out, "./testdata/idle")
-	}
+	cmd := exec.Command("go", "build", "-o", out, "./testdata/idle")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if o, err := cmd.CombinedOutput(); err != nil {
 		b.Fatalf("build idle: %v %s", err, o)
@@ -116,24 +113,24 @@ func newBenchEnv(b *testing.B) *testEnv {
 // in-process test broker) side by side with Mosquitto on the same kind of
 // socket when it is installed.
 func BenchmarkIPC(b *testing.B) {
-	brokers := map[string]func(b *testing.B) (sock, user, pass string, stop func()){
-		"mochi": func(b *testing.B) (string, string, string, func()) {
+	brokers := map[string]func(b *testing.B) (sock, user, pass string, cpu func() time.Duration, stop func()){
+		"mochi": func(b *testing.B) (string, string, string, func() time.Duration, func()) {
 			dir, _ := os.MkdirTemp("", "opipc")
 			bus, err := mqtttest.Start(filepath.Join(dir, "mqtt.sock"))
 			if err != nil {
 				b.Fatal(err)
 			}
 			bus.AddUser("bench", "pw", []string{"components/#"}, []string{"components/#"})
-			return bus.Socket, "bench", "pw", func() { bus.Close(); os.RemoveAll(dir) }
+			return bus.Socket, "bench", "pw", func() time.Duration { return procCPU(os.Getpid()) }, func() { bus.Close(); os.RemoveAll(dir) }
 		},
-		"mosquitto": func(b *testing.B) (string, string, string, func()) {
+		"mosquitto": func(b *testing.B) (string, string, string, func() time.Duration, func()) {
 			if _, err := exec.LookPath("mosquitto"); err != nil {
 				b.Skip("mosquitto not installed (apt-get install mosquitto)")
 			}
 			dir, _ := os.MkdirTemp("", "opmosq")
 			sock := filepath.Join(dir, "mqtt.sock")
 			conf := filepath.Join(dir, "m.conf")
-			os.WriteFile(conf, []byte("listener 0 "+sock+"\nallow_anonymous true\nmax_queued_messages 100000\n"), 0o644)
+			os.WriteFile(conf, []byte("user root\nlistener 0 "+sock+"\nallow_anonymous true\nmax_queued_messages 100000\n"), 0o644)
 			cmd := exec.Command("mosquitto", "-c", conf)
 			if err := cmd.Start(); err != nil {
 				b.Fatal(err)
@@ -144,7 +141,8 @@ func BenchmarkIPC(b *testing.B) {
 				}
 				time.Sleep(10 * time.Millisecond)
 			}
-			return sock, "", "", func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait(); os.RemoveAll(dir) }
+			pid := cmd.Process.Pid
+			return sock, "", "", func() time.Duration { return procCPU(pid) }, func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait(); os.RemoveAll(dir) }
 		},
 	}
 	for _, name := range []string{"mochi", "mosquitto"} {
@@ -154,42 +152,85 @@ func BenchmarkIPC(b *testing.B) {
 				label = strconv.Itoa(rate) + "per_s"
 			}
 			b.Run(name+"/"+label, func(b *testing.B) {
-				sock, user, pass, stop := brokers[name](b)
+				sock, user, pass, cpu, stop := brokers[name](b)
 				defer stop()
-				runIPC(b, sock, user, pass, rate)
+				runIPC(b, sock, user, pass, rate, cpu)
 			})
 		}
 	}
 }
 
-func runIPC(b *testing.B, sock, user, pass string, rate int) {
+// ipcResult is what the load generator process reports.
+type ipcResult struct {
+	Sent, Received   int
+	Elapsed          time.Duration
+	P50, P99, Max    time.Duration
+	LoadCPU, BrkrCPU time.Duration
+}
+
+// runIPC runs the load generator (this test binary in helper mode "ipc")
+// as a separate process, like two components would be, and measures the
+// broker's CPU beside it.
+func runIPC(b *testing.B, sock, user, pass string, rate int, brokerCPU func() time.Duration) {
+	n := 300000
+	if rate > 0 {
+		n = rate * 5
+	}
+	cmd := exec.Command(selfExe())
+	cmd.Env = append(os.Environ(), helperEnv+"=ipc", "SUPTEST_SOCK="+sock, "SUPTEST_USER="+user, "SUPTEST_PASS="+pass,
+		fmt.Sprintf("SUPTEST_RATE=%d", rate), fmt.Sprintf("SUPTEST_N=%d", n))
+	b.ResetTimer()
+	c0 := brokerCPU()
+	out, err := cmd.Output()
+	c1 := brokerCPU()
+	b.StopTimer()
+	if err != nil {
+		b.Fatalf("load generator: %v %s", err, out)
+	}
+	var r ipcResult
+	if err := json.Unmarshal(out, &r); err != nil {
+		b.Fatalf("load generator output %q: %v", out, err)
+	}
+	r.LoadCPU = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	r.BrkrCPU = c1 - c0
+	b.ReportMetric(float64(r.Received)/r.Elapsed.Seconds(), "msg/s")
+	b.ReportMetric(float64(r.P50.Microseconds())/1000, "ms-p50")
+	b.ReportMetric(float64(r.P99.Microseconds())/1000, "ms-p99")
+	b.ReportMetric(100*r.BrkrCPU.Seconds()/r.Elapsed.Seconds(), "%broker-CPU")
+	b.Logf("sent %d, received %d (%.1f%%) in %s: %.0f msg/s, p50 %s p99 %s max %s; broker CPU %.0f%%, load generator CPU %.0f%%",
+		r.Sent, r.Received, 100*float64(r.Received)/float64(r.Sent), r.Elapsed.Round(time.Millisecond),
+		float64(r.Received)/r.Elapsed.Seconds(), r.P50, r.P99, r.Max,
+		100*r.BrkrCPU.Seconds()/r.Elapsed.Seconds(), 100*r.LoadCPU.Seconds()/r.Elapsed.Seconds())
+}
+
+// ipcLoad is the load generator: one subscriber and one publisher
+// connection over the Unix socket, QoS 0, 64-byte payloads carrying the
+// send time. rate 0 means as fast as possible. Bounded: n messages, 60 s.
+func ipcLoad() int {
+	sock, user, pass := os.Getenv("SUPTEST_SOCK"), os.Getenv("SUPTEST_USER"), os.Getenv("SUPTEST_PASS")
+	rate, _ := strconv.Atoi(os.Getenv("SUPTEST_RATE"))
+	n, _ := strconv.Atoi(os.Getenv("SUPTEST_N"))
+	fail := func(err error) int { fmt.Fprintln(os.Stderr, err); return 1 }
 	sub, err := rawDial("unix", sock, "sub", user, pass)
 	if err != nil {
-		b.Fatal(err)
+		return fail(err)
 	}
 	defer sub.close()
 	if err := sub.subscribe("components/b/in"); err != nil {
-		b.Fatal(err)
+		return fail(err)
 	}
 	pub, err := rawDial("unix", sock, "pub", user, pass)
 	if err != nil {
-		b.Fatal(err)
+		return fail(err)
 	}
 	defer pub.close()
-	n := 300000
-	dur := 5 * time.Second
-	if rate > 0 {
-		n = int(float64(rate) * dur.Seconds())
-	}
 	pkt, off := publishPacket("components/b/in", 64)
-	var wg sync.WaitGroup
 	lat := make([]time.Duration, 0, n)
 	received := 0
-	wg.Add(1)
-	deadline := time.Now().Add(60 * time.Second)
-	sub.conn.SetReadDeadline(deadline)
+	done := make(chan struct{})
+	sub.conn.SetReadDeadline(time.Now().Add(60 * time.Second))
 	go func() {
-		defer wg.Done()
+		defer close(done)
 		buf := make([]byte, 256)
 		for received < n {
 			typ, p, err := sub.readPacket(buf)
@@ -205,7 +246,6 @@ func runIPC(b *testing.B, sock, user, pass string, rate int) {
 		}
 	}()
 	time.Sleep(50 * time.Millisecond)
-	b.ResetTimer()
 	t0 := time.Now()
 	if rate == 0 {
 		for i := 0; i < n; i++ {
@@ -217,22 +257,18 @@ func runIPC(b *testing.B, sock, user, pass string, rate int) {
 		}
 		pub.w.Flush()
 	} else {
-		const tick = time.Millisecond
-		per := rate / 1000
-		next := time.Now()
-		for i := 0; i < n; {
-			next = next.Add(tick)
-			for j := 0; j < per && i < n; j, i = j+1, i+1 {
-				binary.BigEndian.PutUint64(pkt[off:], uint64(time.Now().UnixNano()))
-				pub.w.Write(pkt)
-				pub.w.Flush()
+		// Evenly spaced sends: each message leaves at its scheduled time.
+		gap := time.Second / time.Duration(rate)
+		for i := 0; i < n; i++ {
+			due := t0.Add(time.Duration(i) * gap)
+			if d := time.Until(due); d > 0 {
+				time.Sleep(d)
 			}
-			time.Sleep(time.Until(next))
+			binary.BigEndian.PutUint64(pkt[off:], uint64(time.Now().UnixNano()))
+			pub.w.Write(pkt)
+			pub.w.Flush()
 		}
 	}
-	sentDur := time.Since(t0)
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
@@ -240,13 +276,10 @@ func runIPC(b *testing.B, sock, user, pass string, rate int) {
 		<-done
 	}
 	elapsed := time.Since(t0)
-	b.StopTimer()
-	b.ReportMetric(float64(received)/elapsed.Seconds(), "msg/s")
-	b.ReportMetric(float64(percentile(lat, 0.5).Microseconds())/1000, "ms-p50")
-	b.ReportMetric(float64(percentile(lat, 0.99).Microseconds())/1000, "ms-p99")
-	b.Logf("sent %d in %s, received %d (%.1f%%) in %s: %.0f msg/s, p50 %s p99 %s max %s",
-		n, sentDur.Round(time.Millisecond), received, 100*float64(received)/float64(n), elapsed.Round(time.Millisecond),
-		float64(received)/elapsed.Seconds(), percentile(lat, 0.5), percentile(lat, 0.99), percentile(lat, 1))
+	out, _ := json.Marshal(ipcResult{Sent: n, Received: received, Elapsed: elapsed,
+		P50: percentile(lat, 0.5), P99: percentile(lat, 0.99), Max: percentile(lat, 1)})
+	os.Stdout.Write(out)
+	return 0
 }
 
 // BenchmarkIdle100 starts 100 idle static components under the test agent

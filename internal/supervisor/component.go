@@ -250,6 +250,7 @@ func (c *component) loop(ctx context.Context) {
 		}
 		delay, broken := c.tracker.next(time.Now(), runtime, rand.Float64())
 		if broken {
+			c.s.metrics.GetOrCreateCounter(fmt.Sprintf(`outpost_supervisor_broken_total{component=%q}`, c.name)).Inc()
 			c.setState(StateBroken, fmt.Sprintf("restarted %d times within %s; last: %s", r.Restart.MaxRestarts, r.Restart.Window, why))
 			c.waitKick(ctx, gen)
 			continue
@@ -257,6 +258,7 @@ func (c *component) loop(ctx context.Context) {
 		c.mu.Lock()
 		c.restarts++
 		c.mu.Unlock()
+		c.s.metrics.GetOrCreateCounter(fmt.Sprintf(`outpost_supervisor_restarts_total{component=%q}`, c.name)).Inc()
 		c.setState(StateBackoff, fmt.Sprintf("%s; restarting in %s", why, delay.Round(time.Millisecond)))
 		c.sleep(ctx, gen, delay)
 	}

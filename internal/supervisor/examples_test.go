@@ -29,11 +29,7 @@ func TestExampleComponents(t *testing.T) {
 	e.opts.Identity, e.opts.Publisher, e.opts.Bus = busIdentity{bus}, bus, bus
 	ex := filepath.Join("..", "..", "examples", "components")
 
-	goBin := filepath.Join(os.Getenv("GOROOT"), "bin", "go")
-	if _, err := os.Stat(goBin); err != nil {
-		goBin = "go"
-	}
-	build := exec.Command(goBin, "build", "-o", filepath.Join(e.recipes, "hello-go"), "./"+filepath.Join(ex, "hello-go"))
+	build := exec.Command("go", "build", "-o", filepath.Join(e.recipes, "hello-go"), "./"+filepath.Join(ex, "hello-go"))
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Skipf("cannot build the Go example (%v): %s", err, out)

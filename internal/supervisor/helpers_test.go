@@ -18,6 +18,9 @@ import (
 	"github.com/outpost-edge/outpost/internal/supervisor/cgroup"
 )
 
+// hogged keeps the hog helper's memory reachable.
+var hogged [][]byte
+
 // helperEnv selects a helper mode when the test binary runs as a
 // component program (see TestMain).
 const helperEnv = "SUPTEST_HELPER"
@@ -51,6 +54,8 @@ func helperMain(mode string) int {
 	term := make(chan os.Signal, 1)
 	signal.Notify(term, syscall.SIGTERM)
 	switch mode {
+	case "ipc":
+		return ipcLoad()
 	case "sleep":
 		record("start")
 		if d, err := time.ParseDuration(os.Getenv("SUPTEST_READY_AFTER")); err == nil {
@@ -70,13 +75,12 @@ func helperMain(mode string) int {
 		fmt.Fprintln(os.Stderr, "crashing on purpose")
 		return 3
 	case "hog":
-		var keep [][]byte
 		for {
 			b := make([]byte, 1<<20)
 			for i := range b {
 				b[i] = byte(i)
 			}
-			keep = append(keep, b)
+			hogged = append(hogged, b)
 			time.Sleep(time.Millisecond)
 		}
 	case "http":

@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 	"syscall"
@@ -22,11 +21,9 @@ import (
 // buildTestAgent builds ./testagent (the supervisor alone, as a process).
 func buildTestAgent(t testing.TB) string {
 	t.Helper()
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(goBin); err != nil {
-		if goBin, err = exec.LookPath("go"); err != nil {
-			t.Skip("the go tool is needed to build the test agent")
-		}
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("the go tool is needed to build the test agent")
 	}
 	out := filepath.Join(t.TempDir(), "testagent")
 	cmd := exec.Command(goBin, "build", "-o", out, "./testagent")
@@ -105,6 +102,11 @@ func TestAgentKill9NoDuplicates(t *testing.T) {
 			os.MkdirAll(recipes, 0o755)
 			mark := fmt.Sprintf("SUPTEST_MARK=%d-%s", os.Getpid(), mode)
 			names := []string{"c1", "c2", "c3"}
+			t.Cleanup(func() { // whatever happens, leave no component behind
+				for _, p := range descendantsWith(mark + "\x00") {
+					_ = syscall.Kill(p, syscall.SIGKILL)
+				}
+			})
 			for _, n := range names {
 				os.WriteFile(filepath.Join(recipes, n+".yaml"), []byte(helperRecipe(n, "sleep", "", mark)), 0o644)
 			}

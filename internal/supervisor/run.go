@@ -99,6 +99,7 @@ func (c *component) runOnce(ctx context.Context, r *recipe.Recipe, ov Override, 
 		c.mu.Unlock()
 	}
 	started := time.Now()
+	c.s.metrics.GetOrCreateCounter(fmt.Sprintf(`outpost_supervisor_starts_total{component=%q}`, c.name)).Inc()
 
 	var hc <-chan healthEvent
 	hctx, hcancel := context.WithCancel(ctx)
@@ -221,6 +222,7 @@ loop:
 		c.recordExit(*ex)
 		if ex.OOMKilled {
 			c.log.Warn("component OOM-killed", "limit", r.Resources.Memory)
+			c.s.metrics.GetOrCreateCounter(fmt.Sprintf(`outpost_supervisor_oom_kills_total{component=%q}`, c.name)).Inc()
 		}
 	}
 	if res == outInterrupted || res == outDepLost {

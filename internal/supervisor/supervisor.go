@@ -65,7 +65,6 @@ type Supervisor struct {
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	pub      *statePublisher
-	warnedCG bool
 	reloadMu sync.Mutex
 	watchW   *watcher
 }
@@ -390,6 +389,10 @@ func (s *Supervisor) changed(c *component) {
 	}
 	s.metrics.GetOrCreateCounter(`outpost_supervisor_state_changes_total`).Inc()
 }
+
+// Metrics: outpost_supervisor_starts_total{component}, _restarts_total,
+// _broken_total, _oom_kills_total (per component) and
+// _state_changes_total, on the Options.Metrics set.
 
 // ready reports whether a component counts as up for its hard dependents.
 func (c *component) ready() bool {

@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -210,6 +211,11 @@ func TestOOMKilled(t *testing.T) {
 	if st.Limits == nil || !st.Limits.Enforced || st.Limits.Memory != 48<<20 {
 		t.Fatalf("limits %+v", st.Limits)
 	}
+	var m bytes.Buffer
+	e.s.metrics.WritePrometheus(&m)
+	if !strings.Contains(m.String(), `outpost_supervisor_oom_kills_total{component="hog"} 1`) {
+		t.Errorf("oom metric missing:\n%s", m.String())
+	}
 	t.Logf("reason: %s", st.Reason)
 }
 
@@ -223,7 +229,7 @@ func TestNoOrphansNoZombies(t *testing.T) {
 	st := e.waitState("forker", 10*time.Second, StateRunning)
 	var kids []int
 	waitFor(t, 10*time.Second, "two descendants", func() bool {
-		kids = descendantsWith(fmt.Sprintf("SUPTEST_CHILD="))
+		kids = descendantsWith("SUPTEST_CHILD=")
 		return len(kids) == 2
 	})
 	t.Logf("leader %d, descendants %v", st.PID, kids)
