@@ -63,7 +63,9 @@ func RunTest(ctx context.Context, file, src string, samples io.Reader, out io.Wr
 	env.DeviceLabels = labels
 	now := testEpoch
 	e := New(Options{Env: env, Partitions: 1, Now: func() time.Time { return now },
-		Webhook: func(cfg webhook.Config) (message.Sink, error) { return env.Sink("webhook:" + webhook.Redact(cfg.URL)), nil }})
+		Webhook: func(cfg webhook.Config) (message.Sink, error) {
+			return env.Sink("webhook:" + webhook.Redact(cfg.URL)), nil
+		}})
 	rules, err := e.Compile(file, src)
 	if err != nil {
 		return err
