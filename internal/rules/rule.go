@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
@@ -531,3 +532,18 @@ func validTopic(t string) error {
 	}
 	return nil
 }
+
+// CheckWebhook is a CompileOptions.Webhook that creates no sink (offline
+// checks).
+func CheckWebhook(cfg webhook.Config) (message.Sink, error) { return noopWebhook(cfg) }
+
+// noopWebhook validates a webhook configuration without creating a sink
+// (explain, rules check).
+func noopWebhook(cfg webhook.Config) (message.Sink, error) {
+	return nopSink{"webhook:" + webhook.Redact(cfg.URL)}, nil
+}
+
+type nopSink struct{ name string }
+
+func (s nopSink) Name() string                                    { return s.name }
+func (s nopSink) Deliver(context.Context, *message.Message) error { return nil }
