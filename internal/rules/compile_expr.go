@@ -153,8 +153,9 @@ func (cp *compiler) compile(e parser.Expr, mode exprMode) cexpr {
 		a := cp.compile(x.X, mode)
 		af, not := a.f, x.Not
 		return fold(func(c *evalCtx) Value {
+			prev := c.errs & (1 << reasonMissingField)
 			v := af(c)
-			c.errs &^= 1 << reasonMissingField // IS NULL is how you test for absence
+			c.errs = c.errs&^(1<<reasonMissingField) | prev // IS NULL is how you test for absence
 			return boolean(v.isNull() != not)
 		}, a)
 	case *parser.In:

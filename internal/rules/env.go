@@ -109,6 +109,9 @@ func (m *MemEnv) lookup(kind, name string, known []string) (message.Sink, error)
 			return nil, fmt.Errorf("%w: %s '%s' (known: %s)", ErrUnknownTarget, kind, name, strings.Join(known, ", "))
 		}
 	}
+	if name == "" {
+		name = "default"
+	}
 	return m.Sink(kind + ":" + name), nil
 }
 

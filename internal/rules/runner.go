@@ -125,7 +125,14 @@ func RunTest(ctx context.Context, file, src string, samples io.Reader, out io.Wr
 	flushOut := func() {
 		d := env.Deliveries()
 		for _, x := range d[printed:] {
-			fmt.Fprintf(out, "%s %s %s\n", x.Sink, x.Msg.Topic, x.Msg.Payload)
+			flags := ""
+			if x.Msg.QoS > 0 {
+				flags += fmt.Sprintf(" qos=%d", x.Msg.QoS)
+			}
+			if x.Msg.Retain {
+				flags += " retain"
+			}
+			fmt.Fprintf(out, "%s %s%s %s\n", x.Sink, x.Msg.Topic, flags, x.Msg.Payload)
 		}
 		printed = len(d)
 	}
