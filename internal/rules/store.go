@@ -40,8 +40,16 @@ type Store struct {
 	stop    chan struct{}
 	done    chan struct{}
 	// OnReload, if set, is called after each reload triggered by the
-	// watcher with the time from the first file event to the switch.
-	OnReload func(latency time.Duration, err error)
+	// watcher.
+	OnReload func(ReloadInfo)
+}
+
+// ReloadInfo describes one watcher-triggered reload.
+type ReloadInfo struct {
+	SinceFirstEvent time.Duration // first file event of the burst to the switch
+	SinceLastEvent  time.Duration // last file event (end of the burst) to the switch
+	Took            time.Duration // read, compile and apply
+	Err             error
 }
 
 type storeFile struct {
@@ -448,7 +456,7 @@ func (s *Store) watchLoop() {
 	defer close(s.done)
 	var timer *time.Timer
 	var fire <-chan time.Time
-	var first time.Time
+	var first, last time.Time
 	for {
 		select {
 		case <-s.stop:
@@ -463,8 +471,9 @@ func (s *Store) watchLoop() {
 			if !isRuleFile(filepath.Base(ev.Name)) {
 				continue
 			}
+			last = time.Now()
 			if timer == nil {
-				first = time.Now()
+				first = last
 				timer = time.NewTimer(s.debounce)
 				fire = timer.C
 			} else {
@@ -477,15 +486,16 @@ func (s *Store) watchLoop() {
 			s.log.Warn("rule directory watch error", "err", err)
 			// events may have been lost: rescan soon
 			if timer == nil {
-				first = time.Now()
+				first, last = time.Now(), time.Now()
 				timer = time.NewTimer(s.debounce)
 				fire = timer.C
 			}
 		case <-fire:
 			timer, fire = nil, nil
+			t0 := time.Now()
 			err := s.Reload()
 			if s.OnReload != nil {
-				s.OnReload(time.Since(first), err)
+				s.OnReload(ReloadInfo{SinceFirstEvent: time.Since(first), SinceLastEvent: time.Since(last), Took: time.Since(t0), Err: err})
 			}
 		}
 	}
