@@ -453,7 +453,7 @@ func (e *Engine) deliver(ctx context.Context, c *evalCtx, r *Rule, ac *action, p
 // emitGroup evaluates HAVING and the columns for a window group and runs
 // the actions. The caller holds the rule state lock.
 func (e *Engine) emitGroup(ctx context.Context, r *Rule, c *evalCtx, g *group, aggs []aggState, b winBounds) error {
-	saveAggs, saveWin, saveRow := c.aggs, c.win, c.row
+	saveAggs, saveWin := c.aggs, c.win
 	c.aggs, c.win = aggs, b
 	defer func() { c.aggs, c.win = saveAggs, saveWin }()
 	if r.having != nil && !r.having(c).truthy() {
@@ -481,7 +481,6 @@ func (e *Engine) emitGroup(ctx context.Context, r *Rule, c *evalCtx, g *group, a
 			first = err
 		}
 	}
-	_ = saveRow
 	return first
 }
 

@@ -28,7 +28,6 @@ type Module struct {
 	eng     *Engine
 	store   *Store
 	started bool
-	failed  error
 }
 
 var _ module.Module = (*Module)(nil)

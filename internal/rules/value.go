@@ -223,7 +223,7 @@ func (v Value) MarshalJSON() ([]byte, error) {
 	if math.IsNaN(v.N) || math.IsInf(v.N, 0) {
 		v.N = 0
 	}
-	return json.Marshal(wire{v.K, v.N, v.S})
+	return json.Marshal(wire(v))
 }
 
 // UnmarshalJSON decodes a snapshot Value.
