@@ -29,7 +29,7 @@ type Options struct {
 	// Webhook builds WEBHOOK action sinks (default: internal/sink/webhook).
 	Webhook func(webhook.Config) (message.Sink, error)
 	// DeviceID resolves the device of a message whose DeviceID is empty
-	// (nil: the client id).
+	// (nil: the client id). The input message is not modified.
 	DeviceID func(*message.Message) string
 }
 
@@ -141,6 +141,9 @@ func New(opts Options) *Engine {
 		parts:    make([]partition, opts.Partitions),
 		restored: map[string]*savedState{},
 		hooks:    map[string]*webhookRef{},
+	}
+	if e.devID == nil {
+		e.devID = func(m *message.Message) string { return m.ClientID }
 	}
 	if e.webhook == nil {
 		e.webhook = func(cfg webhook.Config) (message.Sink, error) { return webhook.New(cfg, e.log, e.set) }

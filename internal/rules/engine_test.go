@@ -341,3 +341,40 @@ func TestDeviceIDFromTopicLevel(t *testing.T) {
 		}
 	}
 }
+
+func TestSessionWindowTemplateKeepsGroupKey(t *testing.T) {
+	out := runRules(t, `CREATE RULE s AS SELECT deviceid() AS door, count(*) AS n FROM 'd/+'
+GROUP BY deviceid(), SESSIONWINDOW(ss, 30) TIMESTAMP BY ts DO REPUBLISH 'sessions/${door}/${n}';`,
+		`{"topic":"d/1","device":"door-1","payload":{"ts":0}}
+{"topic":"d/1","device":"door-1","payload":{"ts":1000}}
+{"topic":"d/1","device":"door-1","payload":{"ts":100000}}
+{"topic":"d/1","device":"door-1","payload":{"ts":200000}}
+{"topic":"d/1","device":"door-1","payload":{"ts":200500}}`)
+	want := `republish sessions/door-1/2 {"door":"door-1","n":2}
+republish sessions/door-1/1 {"door":"door-1","n":1}
+republish sessions/door-1/2 {"door":"door-1","n":2}
+# rule s v1: matched=5 emitted=3
+`
+	if out != want {
+		t.Errorf("got\n%s\nwant\n%s", out, want)
+	}
+}
+
+func TestClientIDIsDefaultDevice(t *testing.T) {
+	e, env := newTestEngine(t, `CREATE RULE r AS SELECT deviceid() AS d, v FROM 't' WHERE changed(v) DO REPUBLISH 'o';`)
+	ctx := context.Background()
+	for _, m := range []*message.Message{
+		{Topic: "t", ClientID: "a", Payload: []byte(`{"v":1}`)},
+		{Topic: "t", ClientID: "b", Payload: []byte(`{"v":1}`)},
+		{Topic: "t", ClientID: "a", Payload: []byte(`{"v":1}`)},
+	} {
+		e.Process(ctx, m)
+	}
+	var got []string
+	for _, m := range env.Sink("republish").Messages() {
+		got = append(got, string(m.Payload))
+	}
+	if strings.Join(got, " ") != `{"d":"a","v":1} {"d":"b","v":1}` {
+		t.Errorf("got %v", got)
+	}
+}

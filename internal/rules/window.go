@@ -204,6 +204,7 @@ func (r *Rule) windowAdd(ctx context.Context, e *Engine, c *evalCtx) error {
 		}
 		g := w.index[key]
 		if g != nil && (t-g.Last >= s.gap || (s.maxLen > 0 && t-g.Start >= s.maxLen)) {
+			key = g.Key // emitting reuses c.tmp, which key points into
 			if err := e.emitGroup(ctx, r, c, g, g.Aggs, winBounds{g.Start, g.Last + s.gap}); err != nil {
 				c.fail(reasonAction)
 			}
