@@ -9,6 +9,7 @@ import (
 
 	"github.com/outpost-edge/outpost/internal/config"
 	"github.com/outpost-edge/outpost/internal/message"
+	"github.com/outpost-edge/outpost/internal/rules/parser"
 )
 
 // Config is the `rules:` section of outpost.yaml.
@@ -23,6 +24,10 @@ import (
 //	  devices:
 //	    - id: sensor-1
 //	      labels: {site: plant-2, canary: "true"}
+//	  rollouts:                      # YAML form of FOR DEVICES WHERE
+//	    - rule: overheat
+//	      version: 4
+//	      devices: "labels.canary = 'true'"
 type Config struct {
 	Dir          string          `yaml:"dir"`
 	StateDir     string          `yaml:"state_dir"`
@@ -31,6 +36,31 @@ type Config struct {
 	WindowTick   config.Duration `yaml:"window_tick"`
 	DeviceIDFrom string          `yaml:"device_id_from"`
 	Devices      []Device        `yaml:"devices"`
+	Rollouts     []Rollout       `yaml:"rollouts"`
+}
+
+// Rollout restricts a rule version to the devices matching a selector
+// (an expression over labels.KEY and deviceid(), as in FOR DEVICES WHERE).
+type Rollout struct {
+	Rule    string `yaml:"rule"`
+	Version int    `yaml:"version"`
+	Devices string `yaml:"devices"`
+}
+
+// Selectors returns the rollouts keyed by "name@version".
+func (c Config) Selectors() map[string]string {
+	if len(c.Rollouts) == 0 {
+		return nil
+	}
+	m := make(map[string]string, len(c.Rollouts))
+	for _, r := range c.Rollouts {
+		v := r.Version
+		if v == 0 {
+			v = 1
+		}
+		m[fmt.Sprintf("%s@%d", r.Rule, v)] = r.Devices
+	}
+	return m
 }
 
 // Device declares a device's labels for FOR DEVICES selectors.
@@ -83,6 +113,25 @@ func (c Config) Validate() error {
 			if k == "" {
 				errs = append(errs, fmt.Errorf("devices[%d].labels: empty label name", i))
 			}
+		}
+	}
+	seenRollout := map[string]int{}
+	for i, r := range c.Rollouts {
+		if !validRuleName(r.Rule) {
+			errs = append(errs, fmt.Errorf("rollouts[%d].rule: %q is not a rule name", i, r.Rule))
+		}
+		if r.Version < 0 {
+			errs = append(errs, fmt.Errorf("rollouts[%d].version: must be positive", i))
+		}
+		id := fmt.Sprintf("%s@%d", r.Rule, max(r.Version, 1))
+		if j, dup := seenRollout[id]; dup {
+			errs = append(errs, fmt.Errorf("rollouts[%d]: %s already has a selector at rollouts[%d]", i, id, j))
+		}
+		seenRollout[id] = i
+		if strings.TrimSpace(r.Devices) == "" {
+			errs = append(errs, fmt.Errorf("rollouts[%d].devices: empty selector", i))
+		} else if _, err := parser.ParseExpr(r.Devices, parser.Pos{Line: 1, Col: 1}); err != nil {
+			errs = append(errs, fmt.Errorf("rollouts[%d].devices: %v", i, err))
 		}
 	}
 	return errors.Join(errs...)

@@ -28,6 +28,9 @@ type Options struct {
 	Tick time.Duration
 	// Webhook builds WEBHOOK action sinks (default: internal/sink/webhook).
 	Webhook func(webhook.Config) (message.Sink, error)
+	// Selectors are configured device selectors by "name@version" (see
+	// CompileOptions.Selectors).
+	Selectors map[string]string
 	// DeviceID resolves the device of a message whose DeviceID is empty
 	// (nil: the client id). The input message is not modified.
 	DeviceID func(*message.Message) string
@@ -36,13 +39,14 @@ type Options struct {
 // Engine evaluates rules against messages. Process is safe for concurrent
 // use; see the package doc for ordering and reload guarantees.
 type Engine struct {
-	env     Env
-	log     *slog.Logger
-	set     *metrics.Set
-	now     func() time.Time
-	tick    time.Duration
-	webhook func(webhook.Config) (message.Sink, error)
-	devID   func(*message.Message) string
+	env       Env
+	log       *slog.Logger
+	set       *metrics.Set
+	now       func() time.Time
+	tick      time.Duration
+	webhook   func(webhook.Config) (message.Sink, error)
+	devID     func(*message.Message) string
+	selectors map[string]string
 
 	parts []partition
 	cur   atomic.Pointer[ruleset]
@@ -137,7 +141,7 @@ func New(opts Options) *Engine {
 	}
 	e := &Engine{
 		env: opts.Env, log: opts.Log.With("module", "rules"), set: opts.Metrics, now: opts.Now, tick: opts.Tick,
-		webhook: opts.Webhook, devID: opts.DeviceID,
+		webhook: opts.Webhook, devID: opts.DeviceID, selectors: opts.Selectors,
 		parts:    make([]partition, opts.Partitions),
 		restored: map[string]*savedState{},
 		hooks:    map[string]*webhookRef{},
@@ -170,7 +174,7 @@ func New(opts Options) *Engine {
 // (its Env; webhook sinks shared between rule versions with the same
 // configuration).
 func (e *Engine) CompileOptions() CompileOptions {
-	return CompileOptions{Env: e.env, Webhook: e.sharedWebhook}
+	return CompileOptions{Env: e.env, Webhook: e.sharedWebhook, Selectors: e.selectors}
 }
 
 func (e *Engine) sharedWebhook(cfg webhook.Config) (message.Sink, error) {

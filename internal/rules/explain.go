@@ -160,9 +160,7 @@ func (r *Rule) Explain() Plan {
 	p := Plan{Name: r.Name, Version: r.Version, File: r.File, From: r.Filters, Format: a.Format,
 		PassThrough: r.starOnly, StateSlots: r.slots, Fields: []string{}}
 	p.Fields = append(p.Fields, r.fieldPaths...)
-	if a.Devices != nil {
-		p.Devices = exprString(a.Devices)
-	}
+	p.Devices = r.devicesText
 	if a.Where != nil {
 		p.Where = exprString(a.Where)
 	}

@@ -27,11 +27,8 @@ type RuleInfo struct {
 
 func info(r *Rule) RuleInfo {
 	m, e := r.Counts()
-	ri := RuleInfo{Name: r.Name, Version: r.Version, File: r.File, From: r.Filters, Matched: m, Emitted: e, Errors: r.ErrorCounts()}
-	if r.ast.Devices != nil {
-		ri.Devices = exprString(r.ast.Devices)
-	}
-	return ri
+	return RuleInfo{Name: r.Name, Version: r.Version, File: r.File, From: r.Filters, Devices: r.devicesText,
+		Matched: m, Emitted: e, Errors: r.ErrorCounts()}
 }
 
 // RegisterHTTP adds the rules API to mux:

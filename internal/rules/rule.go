@@ -25,17 +25,18 @@ type Rule struct {
 	Source  string
 	Filters []string
 
-	ast        *parser.Rule
-	selector   fn
-	format     Decoder
-	fields     *jsonpath.Set
-	nFields    int
-	fieldPaths []string
-	where      fn
-	cols       []column
-	starOnly   bool
-	star       bool
-	usesNow    bool
+	ast         *parser.Rule
+	selector    fn
+	devicesText string
+	format      Decoder
+	fields      *jsonpath.Set
+	nFields     int
+	fieldPaths  []string
+	where       fn
+	cols        []column
+	starOnly    bool
+	star        bool
+	usesNow     bool
 
 	// windows
 	win     *windowSpec
@@ -126,6 +127,10 @@ type CompileOptions struct {
 	// Webhook builds the sink of a WEBHOOK action; nil uses
 	// internal/sink/webhook with a private metrics set.
 	Webhook func(cfg webhook.Config) (message.Sink, error)
+	// Selectors are device selectors from configuration (the YAML form of
+	// FOR DEVICES WHERE), keyed by "name@version". A rule version with both
+	// runs on devices matching both.
+	Selectors map[string]string
 }
 
 // Compile parses src (a rule file) and compiles every statement. It returns
@@ -176,6 +181,22 @@ func CompileAST(a *parser.Rule, opts CompileOptions) (*Rule, error) {
 	if a.Devices != nil {
 		cp.where = "FOR DEVICES"
 		r.selector = cp.compile(a.Devices, modeSelector).f
+		r.devicesText = exprString(a.Devices)
+	}
+	if sel := opts.Selectors[fmt.Sprintf("%s@%d", a.Name, a.Version)]; sel != "" {
+		e, err := parser.ParseExpr(sel, parser.Pos{Line: 1, Col: 1})
+		if err != nil {
+			cp.errorf(a.P, "configured selector %q: %v", sel, err)
+		} else {
+			f := cp.compile(e, modeSelector).f
+			if prev := r.selector; prev != nil {
+				r.selector = func(c *evalCtx) Value { return boolean(prev(c).truthy() && f(c).truthy()) }
+				r.devicesText = "(" + r.devicesText + ") AND (" + exprString(e) + ")"
+			} else {
+				r.selector = f
+				r.devicesText = exprString(e)
+			}
+		}
 	}
 	if a.Where != nil {
 		cp.where = "WHERE"
