@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -107,6 +108,11 @@ func (m *Module) Start(ctx context.Context) error {
 	if m.cfg.StateDir != "" {
 		if err := m.eng.LoadState(m.cfg.StateDir); err != nil {
 			m.log.Warn("rule state not restored", "module", "rules", "err", err)
+		}
+	}
+	if m.cfg.Dir != "" {
+		if err := os.MkdirAll(m.cfg.Dir, 0o755); err != nil {
+			return fmt.Errorf("rules: dir: %w", err)
 		}
 	}
 	if err := m.store.Reload(); err != nil {
