@@ -79,7 +79,7 @@ type Pipeline struct {
 	table   atomic.Pointer[table]
 	parts   []*partition
 	running atomic.Bool
-	gate     sync.RWMutex // Submit holds it shared; Stop exclusively
+	gate    sync.RWMutex // Submit holds it shared; Stop exclusively
 	seed    maphash.Seed
 	wg      sync.WaitGroup
 }
