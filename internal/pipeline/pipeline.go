@@ -7,9 +7,11 @@
 //
 // The broker calls Submit from the publishing client's read loop. Submit
 // resolves the device id, finds the matching routes and, if any match, hands
-// the message to one of N partitions chosen by a hash of the topic. Each
-// partition is a bounded queue drained by one worker goroutine, so messages on
-// one topic are delivered to sinks in the order they were accepted.
+// the message to one of N partitions chosen by a hash of the device id (the
+// topic when there is none). Each partition is a bounded queue drained by one
+// worker goroutine, so each device's messages reach the sinks (and the rule
+// engine, whose windows and state are per device) in the order the broker
+// accepted them.
 //
 // # Backpressure and guarantees
 //
@@ -267,7 +269,11 @@ func (p *Pipeline) Submit(m *message.Message) error {
 	if durable {
 		it.done = make(chan error, 1)
 	}
-	pt := p.parts[maphash.String(p.seed, m.Topic)%uint64(len(p.parts))]
+	key := m.DeviceID
+	if key == "" {
+		key = m.Topic
+	}
+	pt := p.parts[maphash.String(p.seed, key)%uint64(len(p.parts))]
 	if m.QoS == 0 {
 		select {
 		case pt.ch <- it:

@@ -74,7 +74,7 @@ func TestOrderPerTopicAcrossPartitions(t *testing.T) {
 		go func(i int) {
 			defer wg.Done()
 			for j := 0; j < per; j++ {
-				if err := p.Submit(&message.Message{Topic: fmt.Sprintf("t/%d", i), QoS: 1, Payload: []byte(fmt.Sprint(j))}); err != nil {
+				if err := p.Submit(&message.Message{Topic: fmt.Sprintf("t/%d", i), ClientID: fmt.Sprintf("c%d", i%7), QoS: 1, Payload: []byte(fmt.Sprint(j))}); err != nil {
 					t.Error(err)
 				}
 			}
@@ -215,8 +215,12 @@ func TestDeviceIDFromTopicLevel(t *testing.T) {
 	p.Submit(&message.Message{Topic: "factory/press-7/temp", ClientID: "gw", QoS: 1})
 	p.Submit(&message.Message{Topic: "short", ClientID: "gw", QoS: 1})
 	p.Stop(context.Background())
-	if s.got[0].DeviceID != "press-7" || s.got[1].DeviceID != "gw" {
-		t.Fatalf("device ids %q %q", s.got[0].DeviceID, s.got[1].DeviceID)
+	ids := map[string]string{}
+	for _, m := range s.got {
+		ids[m.Topic] = m.DeviceID
+	}
+	if ids["factory/press-7/temp"] != "press-7" || ids["short"] != "gw" {
+		t.Fatalf("device ids %v", ids)
 	}
 }
 
