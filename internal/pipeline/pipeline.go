@@ -449,6 +449,16 @@ func (p *Pipeline) Reconfigure(ctx context.Context, cfg any) error {
 	return nil
 }
 
+// Sink returns the running sink of that name.
+func (p *Pipeline) Sink(name string) (message.Sink, bool) {
+	t := p.table.Load()
+	if t == nil {
+		return nil, false
+	}
+	s, ok := t.sinks[name]
+	return s, ok
+}
+
 // Refresh rebuilds the routing table with the current config, picking up
 // sinks that other modules added or removed (Options.Extra).
 func (p *Pipeline) Refresh(ctx context.Context) error {
