@@ -14,24 +14,27 @@ import "time"
 // clock passes it (NTP sync), wall time is used again. Time spent powered off
 // without an RTC is not counted.
 type clock struct {
-	now   func() time.Time
-	start time.Time // at open; carries a monotonic reading for time.Now
-	floor int64
-	last  int64
+	now     func() time.Time
+	elapsed func() time.Duration // monotonic time since open
+	floor   int64
+	last    int64
 }
 
-func newClock(now func() time.Time, floor int64) *clock {
+func newClock(now func() time.Time, elapsed func() time.Duration, floor int64) *clock {
 	if now == nil {
 		now = time.Now
 	}
-	return &clock{now: now, start: now(), floor: floor, last: floor}
+	if elapsed == nil {
+		start := time.Now() // carries a monotonic reading
+		elapsed = func() time.Duration { return time.Since(start) }
+	}
+	return &clock{now: now, elapsed: elapsed, floor: floor, last: floor}
 }
 
 // nanos returns the current queue time in unix nanoseconds (never decreasing).
 // The caller serialises calls.
 func (c *clock) nanos() int64 {
-	t := c.now()
-	v := max(t.UnixNano(), c.floor+int64(t.Sub(c.start)), c.last)
+	v := max(c.now().UnixNano(), c.floor+int64(c.elapsed()), c.last)
 	c.last = v
 	return v
 }

@@ -38,7 +38,8 @@ type Options struct {
 	// acknowledged; Next blocks beyond it. Default 65536.
 	MaxInflight int
 
-	fs fsys // nil = the real filesystem
+	fs      fsys                 // nil = the real filesystem
+	elapsed func() time.Duration // nil = monotonic time since Open (tests)
 }
 
 const (
@@ -247,7 +248,7 @@ func Open(cfg Config, opts Options) (*Disk, error) {
 		return nil, fmt.Errorf("queue: lock %s: %w", q.dir, err)
 	}
 	q.lock = lk
-	if err := q.recover(opts.Now); err != nil {
+	if err := q.recover(opts.Now, opts.elapsed); err != nil {
 		q.closeFiles()
 		return nil, err
 	}
@@ -260,7 +261,7 @@ func Open(cfg Config, opts Options) (*Disk, error) {
 func (q *Disk) path(base uint64) string { return filepath.Join(q.dir, segName(base)) }
 
 // recover rebuilds the in-memory index from the directory.
-func (q *Disk) recover(now func() time.Time) error {
+func (q *Disk) recover(now func() time.Time, elapsed func() time.Duration) error {
 	names, err := q.fs.ReadDir(q.dir)
 	if err != nil {
 		return fmt.Errorf("queue: open %s: %w", q.dir, err)
@@ -315,7 +316,7 @@ func (q *Disk) recover(now func() time.Time) error {
 			return fmt.Errorf("queue: sync dir %s: %w", q.dir, err)
 		}
 	}
-	q.clk = newClock(now, clockFloor)
+	q.clk = newClock(now, elapsed, clockFloor)
 	q.visible = q.nextSeq
 	q.actBytes = q.segs[len(q.segs)-1].size
 
