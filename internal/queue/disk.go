@@ -134,7 +134,6 @@ type Disk struct {
 	actBytes    int64 // active segment size including pending bytes
 	pendBytes   int64
 	lastAppNano int64
-	rollNext    bool
 	closed      bool
 	err         error
 	clk         *clock
@@ -517,11 +516,12 @@ func (q *Disk) enqueue(data []byte, w *waiter, fn func(uint64, error)) (uint64, 
 	q.nextSeq++
 	nanos := q.clk.nanos()
 	b := q.cur
-	if q.rollNext || (q.actBytes+fs > q.segSize && q.actBytes > segHeaderLen) {
+	// Roll when the segment is full, or when everything in it is
+	// acknowledged and it is big enough to be worth deleting.
+	if (q.actBytes+fs > q.segSize || q.floor == seq && q.actBytes >= q.segSize/4) && q.actBytes > segHeaderLen {
 		b.rolls = append(b.rolls, roll{off: len(b.buf), base: seq, firstNanos: nanos, prevNanos: q.lastAppNano})
 		q.actBytes = segHeaderLen
 		q.pendBytes += segHeaderLen
-		q.rollNext = false
 	}
 	b.buf = appendFrame(b.buf, seq, nanos, data)
 	q.actBytes += fs
@@ -774,11 +774,6 @@ func (q *Disk) housekeeping(now time.Time) {
 			}
 			dead = append(dead, q.dropFirst(rMaxAge))
 		}
-	}
-	// A drained active segment is replaced at the next append so it can
-	// be deleted too.
-	if q.floor == q.nextSeq && len(q.cur.comps) == 0 && q.segs[len(q.segs)-1].size > segHeaderLen && q.segs[len(q.segs)-1].base < q.floor {
-		q.rollNext = true
 	}
 	dead = append(dead, q.deleteAckedLocked()...)
 	if q.rateN == 0 || now.Sub(q.rate[(q.rateN-1)%len(q.rate)].t) >= 900*time.Millisecond {
