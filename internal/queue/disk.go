@@ -38,8 +38,9 @@ type Options struct {
 	// acknowledged; Next blocks beyond it. Default 65536.
 	MaxInflight int
 
-	fs      fsys                 // nil = the real filesystem
-	elapsed func() time.Duration // nil = monotonic time since Open (tests)
+	fs        fsys                 // nil = the real filesystem
+	elapsed   func() time.Duration // nil = monotonic time since Open (tests)
+	housekeep time.Duration        // housekeeping period, default 1s (tests)
 }
 
 const (
@@ -105,21 +106,22 @@ type entry struct {
 
 // Disk is the durable, segmented queue. Create it with Open.
 type Disk struct {
-	cfg      Config
-	name     string
-	dir      string
-	fs       fsys
-	log      *slog.Logger
-	policy   int
-	segSize  int64
-	maxBytes int64
-	maxAge   int64
-	reject   bool
-	maxPend  int64
-	maxInfl  int
-	lock     io.Closer
-	cf       file // cursor file (committer only after Open)
-	met      *queueMetrics
+	cfg       Config
+	name      string
+	dir       string
+	fs        fsys
+	log       *slog.Logger
+	policy    int
+	segSize   int64
+	maxBytes  int64
+	maxAge    int64
+	reject    bool
+	maxPend   int64
+	maxInfl   int
+	housekeep time.Duration
+	lock      io.Closer
+	cf        file // cursor file (committer only after Open)
+	met       *queueMetrics
 
 	kick chan struct{}
 	done chan struct{}
@@ -237,6 +239,10 @@ func Open(cfg Config, opts Options) (*Disk, error) {
 		q.policy = policyInterval
 	case FsyncNever:
 		q.policy = policyNever
+	}
+	q.housekeep = opts.housekeep
+	if q.housekeep <= 0 {
+		q.housekeep = time.Second
 	}
 	q.space = sync.NewCond(&q.mu)
 	if err := q.fs.MkdirAll(q.dir, 0o750); err != nil {
@@ -558,7 +564,7 @@ func (q *Disk) broadcast() {
 // segments and writes the cursor file.
 func (q *Disk) committer() {
 	defer close(q.done)
-	const housekeep = time.Second
+	housekeep := q.housekeep
 	timer := time.NewTimer(housekeep)
 	defer timer.Stop()
 	nextHK := time.Now().Add(housekeep)
@@ -793,7 +799,7 @@ func (q *Disk) housekeeping(now time.Time) {
 			q.dirDirty = false
 		}
 	}
-	q.saveCursor(now.Sub(q.csWritten) >= time.Second)
+	q.saveCursor(now.Sub(q.csWritten) >= q.housekeep)
 }
 
 // dropFirst takes the oldest segment out of the index, counting its
