@@ -39,10 +39,11 @@
 //
 //   - Segment "<20-digit first seq>.seg": a 16-byte header (magic "OPQS",
 //     version byte 1, 3 reserved bytes, first seq uint64) followed by records.
-//   - Record: a 24-byte header then the data. Header: word0 uint32 (bits
+//   - Record: a 28-byte header then the data. Header: word0 uint32 (bits
 //     0-27 data length, at most MaxRecordSize; bits 28-31 kind, 0 = data),
-//     crc uint32 (CRC-32C/Castagnoli over word0, seq, time and data), seq
-//     uint64, time int64 (unix nanoseconds from the persisted clock).
+//     header crc uint32 (CRC-32C/Castagnoli over bytes 0-3 and 8-27), data
+//     crc uint32 (CRC-32C of the data), seq uint64, time int64 (unix
+//     nanoseconds from the persisted clock).
 //   - Seqs are consecutive across segments; a segment holds seqs from its
 //     name up to the next segment's name minus one.
 //   - "cursor": two 128-byte slots written alternately in place, each with
@@ -68,12 +69,14 @@
 //     is truncated there (counted as torn_tail, logged with file and offset).
 //   - Older segments are not scanned at open (open time does not grow with
 //     the backlog); only their first record is read for its time.
-//   - A record that fails its CRC anywhere is skipped: the reader resyncs at
-//     the next valid record (first trying the offset its length field gives,
-//     then byte by byte, accepting only a header whose seq is plausible and
-//     whose CRC matches). Skipped seqs are counted as corrupt and logged
-//     with file and offset, and never returned. No length field is trusted
-//     for an allocation beyond MaxRecordSize and the bytes left in the file.
+//   - A record that fails a CRC anywhere is skipped, never returned. If its
+//     header is intact (header CRC matches) only its data was damaged and
+//     the reader skips exactly that record; otherwise it resyncs byte by
+//     byte to the next offset holding a header with a matching header CRC
+//     and a plausible seq (cost linear in the damaged length). Skipped seqs
+//     are counted as corrupt and logged with file and offset. No length
+//     field is trusted for an allocation beyond MaxRecordSize and the bytes
+//     left in the file.
 //   - Delivery resumes at the cursor's ack floor (or the oldest segment, if
 //     later). Cursor writes are not fsynced on every ack, so after a crash
 //     records acknowledged shortly before it are delivered again.

@@ -713,7 +713,7 @@ func firstNanosOf(b *batch, off int) int64 {
 	if off+recHeaderLen > len(b.buf) {
 		return 0
 	}
-	return int64(binary.LittleEndian.Uint64(b.buf[off+16:]))
+	return int64(binary.LittleEndian.Uint64(b.buf[off+20:]))
 }
 
 // syncActive fsyncs the active segment and, if entries changed, the

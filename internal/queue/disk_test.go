@@ -137,8 +137,10 @@ func TestCorruptMidSegment(t *testing.T) {
 	}{
 		{"data", recHeaderLen + 10},
 		{"length", 1},
-		{"seq", 9},
-		{"crc", 5},
+		{"header crc", 5},
+		{"data crc", 9},
+		{"seq", 13},
+		{"time", 21},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()

@@ -16,7 +16,7 @@ const (
 	segMagic     = "OPQS" // first four bytes of every segment file
 	segVersion   = 1
 	segHeaderLen = 16 // magic(4) version(1) reserved(3) base seq(8)
-	recHeaderLen = 24 // word0(4) crc32c(4) seq(8) unix nanos(8)
+	recHeaderLen = 28 // word0(4) header crc(4) data crc(4) seq(8) unix nanos(8)
 	segSuffix    = ".seg"
 
 	// MaxRecordSize bounds the data of one record. Append refuses larger
@@ -37,19 +37,24 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // frameSize is the number of bytes a record of n data bytes occupies on disk.
 func frameSize(n int) int64 { return int64(recHeaderLen + n) }
 
-// appendFrame appends the framed record to dst.
+// appendFrame appends the framed record to dst. The header CRC covers
+// word0, the data CRC, seq and time (bytes 0-3 and 8-27), so a scanner can
+// validate a candidate header in constant time when resynchronising.
 func appendFrame(dst []byte, seq uint64, nanos int64, data []byte) []byte {
 	start := len(dst)
 	dst = binary.LittleEndian.AppendUint32(dst, uint32(kindData<<kindShift|len(data)))
-	dst = append(dst, 0, 0, 0, 0) // crc placeholder
+	dst = append(dst, 0, 0, 0, 0) // header crc placeholder
+	dst = binary.LittleEndian.AppendUint32(dst, crc32.Checksum(data, castagnoli))
 	dst = binary.LittleEndian.AppendUint64(dst, seq)
 	dst = binary.LittleEndian.AppendUint64(dst, uint64(nanos))
-	dst = append(dst, data...)
 	h := dst[start:]
+	binary.LittleEndian.PutUint32(h[4:8], headerCRC(h))
+	return append(dst, data...)
+}
+
+func headerCRC(h []byte) uint32 {
 	c := crc32.Update(0, castagnoli, h[0:4])
-	c = crc32.Update(c, castagnoli, h[8:])
-	binary.LittleEndian.PutUint32(h[4:8], c)
-	return dst
+	return crc32.Update(c, castagnoli, h[8:recHeaderLen])
 }
 
 // segHeader returns the 16-byte header of the segment whose first seq is base.
@@ -159,76 +164,79 @@ func (s *scanner) window(o int64, n int) []byte {
 	return s.buf[:n]
 }
 
-// at tries to decode a valid record at offset o.
-func (s *scanner) at(o int64) (rawRecord, bool) {
+// Outcome of decoding at one offset.
+const (
+	recOK      = iota
+	recBadHead // no valid header here: resynchronise byte by byte
+	recBadData // valid header, damaged data: skip exactly this record
+)
+
+// at tries to decode a valid record at offset o. For recBadData it returns
+// the record's total size in n.
+func (s *scanner) at(o int64) (r rawRecord, status int, n int64) {
 	h := s.window(o, recHeaderLen)
 	if h == nil {
-		return rawRecord{}, false
+		return rawRecord{}, recBadHead, 0
 	}
-	w := binary.LittleEndian.Uint32(h[0:4])
-	if w>>kindShift != kindData {
-		return rawRecord{}, false
+	le := binary.LittleEndian
+	w := le.Uint32(h[0:4])
+	dlen := int(w & lenMask)
+	seq := le.Uint64(h[12:20])
+	if w>>kindShift != kindData || dlen > MaxRecordSize || seq < s.minSeq || seq > s.maxSeq || seq == 0 ||
+		le.Uint32(h[4:8]) != headerCRC(h) {
+		return rawRecord{}, recBadHead, 0
 	}
-	n := int(w & lenMask)
-	seq := binary.LittleEndian.Uint64(h[8:16])
-	if n > MaxRecordSize || seq < s.minSeq || seq > s.maxSeq || seq == 0 {
-		return rawRecord{}, false
-	}
-	crc := binary.LittleEndian.Uint32(h[4:8])
-	nanos := int64(binary.LittleEndian.Uint64(h[16:24]))
-	full := s.window(o, recHeaderLen+n)
+	dcrc := le.Uint32(h[8:12])
+	nanos := int64(le.Uint64(h[20:28]))
+	full := s.window(o, recHeaderLen+dlen)
 	if full == nil {
-		return rawRecord{}, false
+		return rawRecord{}, recBadHead, 0 // runs past the end: torn
 	}
-	c := crc32.Update(0, castagnoli, full[0:4])
-	c = crc32.Update(c, castagnoli, full[8:])
-	if c != crc {
-		return rawRecord{}, false
+	data := full[recHeaderLen:]
+	if crc32.Checksum(data, castagnoli) != dcrc {
+		return rawRecord{}, recBadData, int64(recHeaderLen + dlen)
 	}
-	return rawRecord{off: o, seq: seq, nanos: nanos, data: full[recHeaderLen:]}, true
+	return rawRecord{off: o, seq: seq, nanos: nanos, data: data}, recOK, 0
 }
 
 // next returns the next valid record at or after the scanner's offset, and
 // the bytes skipped before it. At the end it returns io.EOF, possibly with a
-// skip covering trailing bytes that hold no valid record.
+// skip covering trailing bytes that hold no valid record. Resynchronising
+// costs one header CRC per byte offset: linear in the damaged length.
 func (s *scanner) next() (rawRecord, skip, error) {
 	o := s.off
-	if r, ok := s.at(o); ok {
-		s.advance(r)
-		return r, skip{}, nil
-	}
-	if s.err != nil {
-		return rawRecord{}, skip{}, s.err
-	}
-	if o >= s.size {
-		return rawRecord{}, skip{}, io.EOF
-	}
-	// Corrupt or torn. Common case first: the length is intact and only the
-	// data was damaged, so the following record starts where it says.
-	bad := skip{off: o}
-	if h := s.window(o, recHeaderLen); h != nil {
-		n := int64(binary.LittleEndian.Uint32(h[0:4]) & lenMask)
-		if n <= MaxRecordSize {
-			if r, ok := s.at(o + recHeaderLen + n); ok {
-				bad.n = r.off - o
-				s.advance(r)
-				return r, bad, nil
-			}
-		}
-	}
-	for p := o + 1; p+recHeaderLen <= s.size; p++ {
-		if r, ok := s.at(p); ok {
-			bad.n = r.off - o
-			s.advance(r)
-			return r, bad, nil
-		}
+	bad := skip{off: -1}
+	for {
+		r, st, n := s.at(o)
 		if s.err != nil {
 			return rawRecord{}, skip{}, s.err
 		}
+		if st == recOK {
+			s.advance(r)
+			if bad.off >= 0 {
+				bad.n = o - bad.off
+			} else {
+				bad = skip{}
+			}
+			return r, bad, nil
+		}
+		if bad.off < 0 {
+			bad.off = o
+		}
+		if st == recBadData {
+			o += n
+		} else {
+			o++
+		}
+		if o+recHeaderLen > s.size {
+			s.off = s.size
+			bad.n = max(s.size-bad.off, 0)
+			if bad.n == 0 {
+				bad = skip{}
+			}
+			return rawRecord{}, bad, io.EOF
+		}
 	}
-	bad.n = s.size - o
-	s.off = s.size
-	return rawRecord{}, bad, io.EOF
 }
 
 func (s *scanner) advance(r rawRecord) {
