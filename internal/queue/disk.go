@@ -126,9 +126,10 @@ type Disk struct {
 	kick chan struct{}
 	done chan struct{}
 
-	mu    sync.Mutex
-	space *sync.Cond // appenders waiting for MaxPending room
-	wake  chan struct{}
+	mu      sync.Mutex
+	space   *sync.Cond    // appenders waiting for MaxPending room
+	wake    chan struct{} // closed (and replaced) to wake Next callers
+	waiting bool          // a Next caller holds wake
 
 	// producer side (mu)
 	cur, spare  *batch
@@ -554,10 +555,13 @@ func (q *Disk) signal() {
 	}
 }
 
-// broadcast wakes Next callers; caller holds mu.
+// broadcast wakes Next callers, if any wait; caller holds mu.
 func (q *Disk) broadcast() {
-	close(q.wake)
-	q.wake = make(chan struct{})
+	if q.waiting {
+		close(q.wake)
+		q.wake = make(chan struct{})
+		q.waiting = false
+	}
 }
 
 // committer is the single goroutine that writes, fsyncs, rolls and deletes
@@ -881,6 +885,16 @@ func (q *Disk) saveCursor(sync bool) {
 	}
 }
 
+// Err returns the error that stopped the queue, if any. A failed write or
+// fsync is fail-stop: after an fsync error the page cache state is unknown,
+// so every later Append returns the error until the queue is reopened (and
+// recovery re-validates the files). Use it in the module's Health.
+func (q *Disk) Err() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.err
+}
+
 // Close flushes and fsyncs everything appended, saves the cursor and
 // releases the directory. Blocked Next calls return ErrClosed. Idempotent.
 func (q *Disk) Close() error {
@@ -891,6 +905,7 @@ func (q *Disk) Close() error {
 	}
 	q.closed = true
 	q.space.Broadcast()
+	q.waiting = true
 	q.broadcast()
 	q.mu.Unlock()
 	q.signal()

@@ -28,14 +28,6 @@ func TestPowerCut(t *testing.T) {
 	}
 }
 
-func payloadFor(seq uint64, n int) []byte {
-	b := fmt.Appendf(nil, "seq=%d;", seq)
-	for len(b) < n {
-		b = append(b, byte('a'+seq%26))
-	}
-	return b
-}
-
 func powerCutOnce(t *testing.T, rng *rand.Rand, torn bool) {
 	const dir = "/q"
 	cfs := newCrashFS()
@@ -57,10 +49,8 @@ func powerCutOnce(t *testing.T, rng *rand.Rand, torn bool) {
 			defer wg.Done()
 			r := rand.New(rand.NewPCG(rng.Uint64(), uint64(w)))
 			for ctx.Err() == nil {
+				// Contents are checked by writer and length.
 				n := 20 + r.IntN(3000)
-				// The payload must name its seq: reserve by appending
-				// a placeholder-free record via AppendAsync ordering is
-				// not needed; we check content by length and pattern.
 				data := bytes.Repeat([]byte{byte('A' + w)}, n)
 				seq, err := q.Append(context.Background(), data)
 				if err != nil {

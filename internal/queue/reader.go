@@ -91,6 +91,7 @@ func (q *Disk) Next(ctx context.Context) (Record, error) {
 		fresh := q.readSeq >= q.floor+uint64(q.entN)
 		if q.readSeq >= q.visible || (fresh && q.entN >= q.maxInfl) {
 			w := q.wake
+			q.waiting = true
 			q.mu.Unlock()
 			select {
 			case <-w:
