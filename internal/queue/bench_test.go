@@ -268,4 +268,3 @@ func BenchmarkBoltDrain(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "records/s")
 }
-
