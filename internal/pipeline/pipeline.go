@@ -386,12 +386,13 @@ func (p *Pipeline) Stop(ctx context.Context) error {
 	if !p.running.Swap(false) {
 		return nil
 	}
-	// Submit calls that passed the running check finish enqueueing first.
+	// Submit calls that passed the running check finish enqueueing before
+	// the queues close; later ones see running == false.
 	p.gate.Lock()
-	p.gate.Unlock()
 	for _, pt := range p.parts {
 		close(pt.ch)
 	}
+	p.gate.Unlock()
 	done := make(chan struct{})
 	go func() { p.wg.Wait(); close(done) }()
 	select {

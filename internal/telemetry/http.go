@@ -133,9 +133,10 @@ func (s *Server) Start(context.Context) error {
 	}
 	s.ln = ln
 	s.addr = ln.Addr().String()
-	s.srv = &http.Server{Handler: s.mux(s.cfg), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: s.mux(s.cfg), ReadHeaderTimeout: 10 * time.Second}
+	s.srv = srv
 	go func() {
-		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error("telemetry: HTTP server stopped", "err", err)
 		}
 	}()
