@@ -282,6 +282,12 @@ func (s *Supervisor) Stop(ctx context.Context) error {
 	if s.pub != nil {
 		s.pub.close()
 	}
+	// A later Start begins from scratch.
+	s.mu.Lock()
+	s.comps = map[string]*component{}
+	s.graph = nil
+	s.pub = nil
+	s.mu.Unlock()
 	return errors.Join(errs...)
 }
 

@@ -273,3 +273,103 @@ func descendantsWith(s string) []int {
 	}
 	return out
 }
+
+// A startup component is running while processes remain in its cgroup;
+// stop runs shutdown first, then kills what is left. Limits reach the
+// cgroup files.
+func TestStartupShutdownAndLimits(t *testing.T) {
+	e := newEnv(t)
+	m := cgroup.Detect(e.cfg.Cgroup.Parent, "auto")
+	if m.Mode() == cgroup.None {
+		t.Skipf("cgroups unavailable on this machine: %s", m.Reason())
+	}
+	defer m.RemoveParent()
+	marker := filepath.Join(e.dir, "shutdown-ran")
+	e.write("daemon", fmt.Sprintf("name: daemon\nversion: 1.0.0\nlifecycle:\n  startup: 'sleep 1000 > /dev/null 2>&1 &'\n  shutdown: 'touch %s'\n"+
+		"resources: {memory: 32MiB, cpu: 0.5, pids: 16}\n", marker))
+	e.start()
+	st := e.waitState("daemon", 10*time.Second, StateRunning)
+	g := e.s.comps["daemon"].group
+	pids, _ := g.Pids()
+	if len(pids) != 1 {
+		t.Fatalf("cgroup members %v, want the daemon", pids)
+	}
+	if m.Mode() == cgroup.V1 {
+		for file, want := range map[string]string{
+			g.Path("memory") + "/memory.limit_in_bytes": "33554432",
+			g.Path("cpu") + "/cpu.cfs_quota_us":         "50000",
+			g.Path("pids") + "/pids.max":                "16",
+		} {
+			b, err := os.ReadFile(file)
+			if err != nil || strings.TrimSpace(string(b)) != want {
+				t.Errorf("%s = %q (%v), want %s", file, b, err, want)
+			}
+		}
+	}
+	t.Logf("status %+v", st)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := e.s.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(marker); err != nil {
+		t.Error("shutdown step did not run")
+	}
+	if alive(pids[0]) {
+		t.Errorf("daemon %d survived stop", pids[0])
+	}
+}
+
+// The module can be stopped and started again (module.Runner restarts).
+func TestStopStartAgain(t *testing.T) {
+	e := newEnv(t)
+	e.write("a", helperRecipe("a", "sleep", ""))
+	s := e.start()
+	first := e.waitState("a", 10*time.Second, StateRunning)
+	if err := s.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if h := s.Health(); h.State != module.StateStopped {
+		t.Fatalf("health after stop %+v", h)
+	}
+	if err := s.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	second := e.waitState("a", 10*time.Second, StateRunning)
+	if second.PID == first.PID || alive(first.PID) {
+		t.Fatalf("not restarted cleanly: %d -> %d", first.PID, second.PID)
+	}
+}
+
+// Reconfigure applies a changed override to that component only; changed
+// directories need a restart.
+func TestReconfigureOverride(t *testing.T) {
+	e := newEnv(t)
+	e.write("a", helperRecipe("a", "sleep", ""))
+	e.write("b", helperRecipe("b", "sleep", ""))
+	s := e.start()
+	a0 := e.waitState("a", 10*time.Second, StateRunning)
+	b0 := e.waitState("b", 10*time.Second, StateRunning)
+	cfg := e.cfg
+	cfg.Overrides = map[string]Override{"a": {Env: map[string]string{"MODE": "fast"}}}
+	if err := s.Reconfigure(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "a restarted", func() bool { st := e.status("a"); return st.State == StateRunning && st.PID != a0.PID })
+	env, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", e.status("a").PID))
+	if !strings.Contains(string(env), "MODE=fast\x00") {
+		t.Fatal("override env not applied")
+	}
+	if e.status("b").PID != b0.PID {
+		t.Fatal("b restarted")
+	}
+	cfg.Overrides = map[string]Override{"a": {Env: map[string]string{"MODE": "fast"}}, "b": {Disabled: true}}
+	if err := s.Reconfigure(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState("b", 10*time.Second, StateStopped)
+	cfg.LogDir = filepath.Join(e.dir, "elsewhere")
+	if err := s.Reconfigure(context.Background(), cfg); !errors.Is(err, ErrRestartRequired) {
+		t.Fatalf("changed log_dir: %v", err)
+	}
+}
