@@ -101,6 +101,7 @@ type LogConfig struct {
 // CgroupConfig chooses the cgroup layout.
 type CgroupConfig struct {
 	Mode   string `yaml:"mode"`   // auto (default), v2, v1 or none
+	Root   string `yaml:"root"`   // where hierarchies are mounted, default /sys/fs/cgroup
 	Parent string `yaml:"parent"` // default "outpost": groups are <hierarchy>/outpost/<name>
 }
 
@@ -138,6 +139,9 @@ func (c *Config) SetDefaults() {
 	if c.Cgroup.Parent == "" {
 		c.Cgroup.Parent = "outpost"
 	}
+	if c.Cgroup.Root == "" {
+		c.Cgroup.Root = "/sys/fs/cgroup"
+	}
 	if c.GracePeriod == 0 {
 		c.GracePeriod = config.Duration(10 * time.Second)
 	}
@@ -171,6 +175,9 @@ func (c Config) Validate() error {
 	}
 	if strings.Contains(c.Cgroup.Parent, "..") || strings.HasPrefix(c.Cgroup.Parent, "/") {
 		bad("cgroup.parent", "must be a relative path without '..'")
+	}
+	if c.Cgroup.Root != "" && !strings.HasPrefix(c.Cgroup.Root, "/") {
+		bad("cgroup.root", "must be an absolute path")
 	}
 	if c.GracePeriod < 0 {
 		bad("grace_period", "must not be negative")

@@ -154,7 +154,7 @@ func (s *Supervisor) Start(ctx context.Context) error {
 		cfg.SetDefaults()
 		s.cfg = cfg
 	}
-	s.cg = cgroup.Detect(cfg.Cgroup.Parent, cfg.Cgroup.Mode)
+	s.cg = cgroup.DetectUnder(cfg.Cgroup.Root, cfg.Cgroup.Parent, cfg.Cgroup.Mode)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.running = true
 	if s.opts.Publisher != nil {
@@ -282,7 +282,10 @@ func (s *Supervisor) Stop(ctx context.Context) error {
 	if s.pub != nil {
 		s.pub.close()
 	}
-	// A later Start begins from scratch.
+	// Empty groups go; a later Start begins from scratch.
+	for _, c := range comps {
+		_ = c.group.Remove()
+	}
 	s.mu.Lock()
 	s.comps = map[string]*component{}
 	s.graph = nil

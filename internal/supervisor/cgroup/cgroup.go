@@ -128,8 +128,16 @@ func unescape(s string) string {
 
 // Detect chooses the cgroup mode and creates the parent group (a path
 // relative to each hierarchy's root, e.g. "outpost"). want is "auto" (or
-// ""), "v2", "v1" or "none".
-func Detect(parent, want string) *Manager {
+// ""), "v2", "v1" or "none". Only hierarchies mounted under root are used
+// ("" means /sys/fs/cgroup).
+func Detect(parent, want string) *Manager { return DetectUnder("/sys/fs/cgroup", parent, want) }
+
+// DetectUnder is Detect with an explicit mount root.
+func DetectUnder(root, parent, want string) *Manager {
+	if root == "" {
+		root = "/sys/fs/cgroup"
+	}
+	root = filepath.Clean(root)
 	m := &Manager{mode: None, parent: parent, self: os.Getpid()}
 	if want == "none" {
 		m.reason = "cgroups disabled by configuration"
@@ -139,10 +147,16 @@ func Detect(parent, want string) *Manager {
 		m.reason = fmt.Sprintf("invalid cgroup parent %q", parent)
 		return m
 	}
-	ms, err := mounts()
+	all, err := mounts()
 	if err != nil {
 		m.reason = "cannot read mountinfo: " + err.Error()
 		return m
+	}
+	var ms []mount
+	for _, mt := range all {
+		if mt.dir == root || strings.HasPrefix(mt.dir, root+"/") {
+			ms = append(ms, mt)
+		}
 	}
 	var problems []string
 	if want == "" || want == "auto" || want == "v2" {
@@ -669,10 +683,19 @@ func (g *Group) freeze(on bool) bool {
 }
 
 // Remove deletes the group's directories; they must be empty of processes.
+// A group whose last process has just exited can be busy for a moment, so
+// EBUSY is retried for up to a second.
 func (g *Group) Remove() error {
 	var errs []error
 	for _, d := range g.dirs {
-		if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+		var err error
+		for i := 0; i < 50; i++ {
+			if err = os.Remove(d); !errors.Is(err, syscall.EBUSY) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("cgroup: remove %s: %w", d, err))
 		}
 	}
