@@ -26,7 +26,7 @@ func init() {
 
 // defaultAPI is where `outpost components` finds the running agent's local
 // HTTP API unless --api or OUTPOST_API says otherwise.
-const defaultAPI = "http://127.0.0.1:8088"
+const defaultAPI = "http://127.0.0.1:9100" // the telemetry HTTP endpoint's default address
 
 func runComponents(ctx context.Context, args []string) int {
 	fs := flag.NewFlagSet("components", flag.ContinueOnError)
