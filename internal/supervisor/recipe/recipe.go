@@ -152,8 +152,9 @@ type Health struct {
 	Timeout          time.Duration // per check (default 5s, at most Interval)
 	FailureThreshold int           // consecutive failures that make it unhealthy (default 3)
 	// StartPeriod is the time after start during which failures do not count
-	// (default 0); StartInterval is the check cadence until the first
-	// success (default 100ms, at most Interval).
+	// until the first success (default 30s; 0 to count from the first
+	// check); StartInterval is the check cadence meanwhile (default 250ms, at
+	// most Interval).
 	StartPeriod   time.Duration
 	StartInterval time.Duration
 }

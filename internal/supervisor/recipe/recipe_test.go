@@ -35,7 +35,7 @@ func TestParseFull(t *testing.T) {
 		t.Fatalf("install %+v", r.Lifecycle.Install)
 	}
 	h := r.Health
-	if h.Kind != HealthHTTP || h.Interval != 2*time.Second || h.Timeout != 500*time.Millisecond || h.FailureThreshold != 2 || h.StartInterval != 100*time.Millisecond {
+	if h.Kind != HealthHTTP || h.Interval != 2*time.Second || h.Timeout != 500*time.Millisecond || h.FailureThreshold != 2 || h.StartInterval != 250*time.Millisecond || h.StartPeriod != 5*time.Second {
 		t.Fatalf("health %+v", h)
 	}
 	rs := r.Restart
@@ -66,7 +66,8 @@ func TestParseDefaults(t *testing.T) {
 		r.Restart.Jitter != DefaultJitter || r.Restart.MaxRestarts != DefaultMaxRestarts || r.Restart.Window != DefaultRestartWindow {
 		t.Fatalf("restart defaults %+v", r.Restart)
 	}
-	if r.Health.Interval != DefaultHealthInterval || r.Health.Timeout != DefaultHealthTimeout || r.Health.FailureThreshold != 3 {
+	if r.Health.Interval != DefaultHealthInterval || r.Health.Timeout != DefaultHealthTimeout || r.Health.FailureThreshold != 3 ||
+		r.Health.StartPeriod != DefaultHealthStartPeriod || r.Health.StartInterval != DefaultHealthStartInterval {
 		t.Fatalf("health defaults %+v", r.Health)
 	}
 }

@@ -11,7 +11,8 @@ const (
 	DefaultHealthInterval      = 10 * time.Second
 	DefaultHealthTimeout       = 5 * time.Second
 	DefaultFailureThreshold    = 3
-	DefaultHealthStartInterval = 100 * time.Millisecond
+	DefaultHealthStartInterval = 250 * time.Millisecond
+	DefaultHealthStartPeriod   = 30 * time.Second
 	DefaultInitialBackoff      = time.Second
 	DefaultMaxBackoff          = time.Minute
 	DefaultMultiplier          = 2.0
@@ -100,6 +101,9 @@ func (d *decoder) validate() {
 		}
 		if h.StartInterval == 0 {
 			h.StartInterval = min(DefaultHealthStartInterval, h.Interval)
+		}
+		if _, set := r.pos["health.start_period"]; !set {
+			h.StartPeriod = DefaultHealthStartPeriod
 		}
 		if h.Exec != nil && h.Exec.Timeout != 0 {
 			errAt("health.exec.timeout", "set health.timeout instead")
