@@ -40,6 +40,9 @@ type Options struct {
 	Publisher Publisher    // nil: state is not published on the bus
 	Bus       Subscriber   // nil: mqtt heartbeat checks always fail
 	Metrics   *metrics.Set // nil: a private set
+	// After names the modules that must start first (module.Deps), e.g.
+	// "broker" when Identity is the embedded broker.
+	After []string
 }
 
 // Supervisor runs components declared by recipes. It implements
@@ -69,8 +72,11 @@ type Supervisor struct {
 	watchW   *watcher
 }
 
-var _ module.Module = (*Supervisor)(nil)
-var _ module.Reconfigurable = (*Supervisor)(nil)
+var (
+	_ module.Module         = (*Supervisor)(nil)
+	_ module.Reconfigurable = (*Supervisor)(nil)
+	_ module.Deps           = (*Supervisor)(nil)
+)
 
 // New returns a supervisor; Init configures it and Start runs it.
 func New(opts Options) *Supervisor {
@@ -100,9 +106,9 @@ func New(opts Options) *Supervisor {
 // Name implements module.Module.
 func (s *Supervisor) Name() string { return "supervisor" }
 
-// DependsOn implements module.Deps: the bus must be up before components
-// get credentials on it.
-func (s *Supervisor) DependsOn() []string { return nil }
+// DependsOn implements module.Deps (Options.After): the bus must be up
+// before components get credentials on it.
+func (s *Supervisor) DependsOn() []string { return append([]string(nil), s.opts.After...) }
 
 func toConfig(cfg any) (Config, error) {
 	switch v := cfg.(type) {
