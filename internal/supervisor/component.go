@@ -466,7 +466,7 @@ func (c *component) runStep(ctx context.Context, r *recipe.Recipe, st *recipe.Co
 		stdout.Close()
 		return exitInfo{}, err
 	}
-	p, err := spawn(procSpec{argv: st.Argv(), env: env, dir: c.workDir(r), cred: cred, group: g, stdout: stdout, stderr: stderr})
+	p, err := spawn(procSpec{argv: st.Argv(), env: env, dir: c.workDir(r), cred: cred, group: g, pids: r.Resources.Pids, stdout: stdout, stderr: stderr})
 	stdout.Close()
 	stderr.Close()
 	if err != nil {

@@ -29,6 +29,7 @@ type procSpec struct {
 	dir    string
 	cred   *credential
 	group  *cgroup.Group // nil: no cgroup
+	pids   int64         // the group's pids limit (restored after a v1 start)
 	stdout *os.File      // write ends, closed by the caller after spawn
 	stderr *os.File
 }
@@ -133,7 +134,7 @@ func spawn(s procSpec) (*proc, error) {
 	}
 	var err2 error
 	if s.group != nil && s.group.NeedsEnter() {
-		err2 = startInGroupV1(cmd, s.group)
+		err2 = startInGroupV1(cmd, s.group, s.pids)
 	} else {
 		err2 = cmd.Start()
 	}
@@ -483,7 +484,13 @@ func syscallKill(pid, sig int) error { return syscall.Kill(pid, syscall.Signal(s
 // lists the agent's own pid, which Pids filters out), and the goroutine
 // exits still locked, so the Go runtime destroys that thread rather than
 // reuse it.
-func startInGroupV1(cmd *exec.Cmd, g *cgroup.Group) error {
+func startInGroupV1(cmd *exec.Cmd, g *cgroup.Group, pidsLimit int64) error {
+	if pidsLimit > 0 {
+		// The forking thread counts against pids.max while it is inside:
+		// lift the limit for the fork, restore it right after.
+		_ = g.SetPids(0)
+		defer g.SetPids(pidsLimit)
+	}
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()

@@ -64,7 +64,7 @@ func (c *component) runOnce(ctx context.Context, r *recipe.Recipe, ov Override, 
 			stdout.Close()
 			return c.startFailed(err)
 		}
-		p, err = spawn(procSpec{argv: run.Argv(), env: env, dir: c.workDir(r), cred: cred, group: g, stdout: stdout, stderr: stderr})
+		p, err = spawn(procSpec{argv: run.Argv(), env: env, dir: c.workDir(r), cred: cred, group: g, pids: r.Resources.Pids, stdout: stdout, stderr: stderr})
 		stdout.Close()
 		stderr.Close()
 		pipes = []<-chan struct{}{doneOut, doneErr}

@@ -320,6 +320,28 @@ func TestStartupShutdownAndLimits(t *testing.T) {
 	}
 }
 
+// pids: 1 still starts a single-process component (the forking thread of
+// the agent does not count against the limit after the start).
+func TestPidsLimitOne(t *testing.T) {
+	e := newEnv(t)
+	if m := cgroup.Detect(e.cfg.Cgroup.Parent, "auto"); m.Mode() == cgroup.None {
+		t.Skipf("cgroups unavailable on this machine: %s", m.Reason())
+	} else {
+		defer m.RemoveParent()
+	}
+	e.write("single", "name: single\nversion: 1.0.0\nlifecycle:\n  run: [sleep, \"1000\"]\nresources: {pids: 1}\n")
+	e.start()
+	st := e.waitState("single", 10*time.Second, StateRunning)
+	time.Sleep(100 * time.Millisecond)
+	if st2 := e.status("single"); st2.PID != st.PID || st2.State != StateRunning {
+		t.Fatalf("did not stay up: %+v", st2)
+	}
+	b, _ := os.ReadFile(e.s.comps["single"].group.Path("pids") + "/pids.max")
+	if strings.TrimSpace(string(b)) != "1" {
+		t.Fatalf("pids.max = %q", b)
+	}
+}
+
 // The module can be stopped and started again (module.Runner restarts).
 func TestStopStartAgain(t *testing.T) {
 	e := newEnv(t)

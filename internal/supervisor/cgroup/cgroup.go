@@ -509,6 +509,19 @@ func (g *Group) EnterThread(tid int) (restore func() error, err error) {
 	return restore, nil
 }
 
+// SetPids sets pids.max (0: unlimited). No-op without a pids controller.
+func (g *Group) SetPids(n int64) error {
+	d := g.dir("pids")
+	if d == "" {
+		return nil
+	}
+	v := "max"
+	if n > 0 {
+		v = strconv.FormatInt(n, 10)
+	}
+	return os.WriteFile(filepath.Join(d, "pids.max"), []byte(v), 0)
+}
+
 // threadGroups reads /proc/self/task/<tid>/cgroup: controller -> path.
 func threadGroups(tid int) (map[string]string, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/cgroup", tid))
