@@ -33,7 +33,7 @@ type Signature struct {
 // raw bytes so that its canonical form is what is verified, unknown fields
 // included.
 type Envelope struct {
-	Signatures []Signature      `json:"signatures"`
+	Signatures []Signature     `json:"signatures"`
 	Signed     json.RawMessage `json:"signed"`
 }
 
