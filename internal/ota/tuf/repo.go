@@ -297,6 +297,9 @@ func (r *Repo) AddTarget(name string, src string, custom any) (TargetFile, error
 	defer os.Remove(tmp.Name())
 	n, err := io.Copy(io.MultiWriter(tmp, h256, h512), in)
 	if err == nil {
+		err = tmp.Chmod(0o644)
+	}
+	if err == nil {
 		err = tmp.Sync()
 	}
 	if cerr := tmp.Close(); err == nil {
