@@ -166,6 +166,13 @@ func (f *fetcher) download(ctx context.Context, path, dst string, length int64, 
 		os.Remove(dst)
 		return fmt.Errorf("%w: GET %s: Content-Length %d, signed length leaves %d", ErrEndlessData, resp.Request.URL, resp.ContentLength, length-off)
 	}
+	// A complete response shorter than the signed length is another file
+	// (a wrong or altered target): take it whole, bounded by the signed
+	// length, and let the hash check name it.
+	short := resp.StatusCode == http.StatusOK && resp.ContentLength >= 0 && resp.ContentLength < length
+	if short {
+		length = resp.ContentLength
+	}
 	if err := out.Truncate(off); err != nil {
 		return fmt.Errorf("ota: %w", err)
 	}

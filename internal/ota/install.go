@@ -158,9 +158,10 @@ func (e *engine) stage(ctx context.Context, f *fetcher, targetPath string, p *Pe
 	}
 	failpoint("after-download")
 	if err := checkFileHashes(part, p.File); err != nil {
-		os.Remove(part)
 		// Did the server swap in another signed target?
-		if sum, _, herr := fileSHA256(part); herr == nil {
+		sum, _, herr := fileSHA256(part)
+		os.Remove(part)
+		if herr == nil {
 			for name, tf := range targets.Targets {
 				if name != p.Target && tf.Hashes["sha256"] == sum {
 					return fmt.Errorf("%w: asked for %s, got %s", ErrWrongTarget, p.Target, name)

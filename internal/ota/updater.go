@@ -227,6 +227,11 @@ func (u *Updater) Health() module.Status {
 func (u *Updater) Status() Status {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	if u.e != nil && u.e.cfg.Enabled {
+		if st, err := LoadState(u.e.cfg.StateFile); err == nil {
+			u.applyState(st)
+		}
+	}
 	s := u.status
 	s.Busy = u.busy
 	if s.Progress != nil {
@@ -247,7 +252,7 @@ func (u *Updater) Trigger(apply bool) {
 func (u *Updater) loop(ctx context.Context, resume bool) {
 	defer u.wg.Done()
 	interval := u.e.cfg.Interval.D()
-	t := time.NewTimer(time.Second) // first check soon after start
+	t := time.NewTimer(min(time.Second, interval)) // first check soon after start
 	if resume {
 		t.Reset(0)
 	}
