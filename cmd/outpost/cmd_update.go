@@ -6,12 +6,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/outpost-edge/outpost/internal/ota"
+	"gopkg.in/yaml.v3"
 )
 
 func init() {
@@ -23,13 +25,19 @@ func runUpdate(ctx context.Context, args []string) int {
 	api := fs.String("api", "http://127.0.0.1:9100", "the running agent's local API")
 	asJSON := fs.Bool("json", false, "print the status as JSON")
 	noWait := fs.Bool("no-wait", false, "apply: return once the update has started")
+	cfgPath := fs.String("config", "/etc/outpost/outpost.yaml", "prestart: the agent's config file (its ota: section)")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), helpText("outpost update check|apply|status [--api URL] [--json] [--no-wait]",
+		fmt.Fprint(fs.Output(), helpText("outpost update check|apply|status [--api URL] [--json] [--no-wait]\n  outpost update prestart [--config FILE]",
 			`Talk to the running agent's updater. check refreshes the signed release
 metadata and shows whether a newer version exists; apply downloads it
 (delta when possible), verifies, installs and restarts the agent into it,
 printing progress until the agent restarts; status shows the state, the
-last outcome (committed or rolled back) and versions marked bad.`,
+last outcome (committed or rolled back) and versions marked bad.
+
+prestart is the service manager's pre-start hook, run from the previous
+binary (ExecStartPre=-/usr/local/bin/outpost.prev update prestart): it
+counts each start of a version on trial and rolls it back when its attempts
+are exhausted, even if that version dies before it can count itself.`,
 			"outpost update check", "outpost update apply", "outpost update status --json"))
 		fs.PrintDefaults()
 	}
@@ -51,6 +59,8 @@ last outcome (committed or rolled back) and versions marked bad.`,
 		err = call(ctx, http.MethodPost, base+"check", &st)
 	case "status":
 		err = call(ctx, http.MethodGet, base+"status", &st)
+	case "prestart":
+		return runPrestart(*cfgPath)
 	case "apply":
 		if err = call(ctx, http.MethodPost, base+"apply", &st); err != nil || st.Available == nil || *noWait {
 			break
@@ -159,4 +169,33 @@ func printStatus(s ota.Status) {
 	if s.LastError != "" {
 		fmt.Printf("error:     %s\n", s.LastError)
 	}
+}
+
+// runPrestart reads the ota: section of the agent's config (other sections
+// are ignored here; `outpost run` validates the whole file) and runs
+// ota.Prestart.
+func runPrestart(path string) int {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "outpost update prestart: %v\n", err)
+		return exitUsage
+	}
+	var doc struct {
+		OTA ota.Config `yaml:"ota"`
+	}
+	if err := yaml.Unmarshal(raw, &doc); err != nil {
+		fmt.Fprintf(os.Stderr, "outpost update prestart: %s: %v\n", path, err)
+		return exitUsage
+	}
+	doc.OTA.SetDefaults()
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	rolledBack, err := ota.Prestart(doc.OTA, log)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "outpost update prestart: %v\n", err)
+		return exitFailure
+	}
+	if rolledBack {
+		fmt.Println("outpost update prestart: rolled back to the previous version")
+	}
+	return exitOK
 }

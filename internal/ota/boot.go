@@ -126,7 +126,11 @@ func (e *engine) boot() (t *Trial, restart bool, err error) {
 		st.Phase, st.Target, st.Attempts = PhaseIdle, nil, 0
 		return nil, false, e.saveState(st)
 	}
-	st.Attempts++
+	if st.PrestartCounted {
+		st.PrestartCounted = false // this start was counted by Prestart
+	} else {
+		st.Attempts++
+	}
 	if st.Attempts > e.cfg.MaxAttempts {
 		reason := fmt.Sprintf("did not pass the health gate in %d attempts (crashed, exited or never ready)", e.cfg.MaxAttempts)
 		if st.Reason != "" {
@@ -199,4 +203,55 @@ func (t *Trial) Gate(ctx context.Context, ready func() bool) error {
 		return err
 	}
 	return &RestartError{Reason: reason}
+}
+
+// Prestart is the service manager's pre-start hook (systemd ExecStartPre),
+// run from the previous binary (<binary>.prev, known good) before every
+// start of the agent. It counts the coming start of a trial version and
+// rolls back when attempts are exhausted, so that a new version that dies
+// before it reaches Boot (a panic during package initialisation, a binary
+// the kernel cannot run) is still rolled back. Boot does not count a start
+// that Prestart counted. It reports whether it rolled back.
+func Prestart(cfg Config, log *slog.Logger) (rolledBack bool, err error) {
+	if !cfg.Enabled {
+		return false, nil
+	}
+	e, err := newEngine(cfg, log)
+	if err != nil {
+		return false, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	st := e.loadState()
+	switch st.Phase {
+	case PhaseRollingBack:
+		return true, e.rollback(st, st.Reason)
+	case PhaseInstalling:
+		if sum, _, err := fileSHA256(e.bin); err != nil || sum != st.Target.SHA256 {
+			return false, nil // Boot resumes the update
+		}
+		st.Phase, st.Attempts = PhaseTrial, 0
+	case PhaseTrial:
+	default:
+		return false, nil
+	}
+	if sum, _, err := fileSHA256(e.bin); err != nil || sum != st.Target.SHA256 {
+		return false, nil // Boot sorts out a replaced binary
+	}
+	if st.PrestartCounted {
+		// The previous start never reached Boot: it died early.
+		if st.Reason == "" {
+			st.Reason = "exited before initialisation finished"
+		}
+	}
+	st.Attempts++
+	st.PrestartCounted = true
+	if st.Attempts > e.cfg.MaxAttempts {
+		reason := fmt.Sprintf("did not pass the health gate in %d attempts (crashed, exited or never ready)", e.cfg.MaxAttempts)
+		if st.Reason != "" {
+			reason += "; last: " + st.Reason
+		}
+		return true, e.rollback(st, reason)
+	}
+	return false, e.saveState(st)
 }

@@ -44,6 +44,7 @@ var agentVersions = map[string]string{
 	"1.2.0": "exit",
 	"1.3.0": "crash",
 	"1.4.0": "unready",
+	"1.5.0": "initpanic",
 }
 
 func TestMain(m *testing.M) {
@@ -255,6 +256,7 @@ func (s *server) setIntercept(f func(w http.ResponseWriter, r *http.Request) boo
 type gateway struct {
 	dir, bin, cfgPath, addrFile string
 	cfg                         ota.Config
+	prestart                    bool // run <bin>.prev -prestart before each start
 }
 
 func newGateway(t testing.TB, version, url, root string) *gateway {
@@ -270,7 +272,7 @@ func newGateway(t testing.TB, version, url, root string) *gateway {
 		Interval:        config.Duration(200 * time.Millisecond),
 		StagingDir:      filepath.Join(d, "ota"),
 		Binary:          g.bin,
-		StartDeadline:   config.Duration(3 * time.Second),
+		StartDeadline:   config.Duration(2 * time.Second),
 		StabilityWindow: config.Duration(400 * time.Millisecond),
 		MaxAttempts:     2,
 		Restart:         "exit",

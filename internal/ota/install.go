@@ -139,17 +139,28 @@ func (e *engine) stage(ctx context.Context, f *fetcher, targetPath string, p *Pe
 	}
 	part := e.partPath(p)
 	var err error
-	for try := 0; try <= e.cfg.Timeouts.Retries; try++ {
+	// Retries count failures that made no progress; an attempt that moved
+	// bytes resets the backoff (a link that drops often still finishes).
+	for try, fails := 0, 0; fails <= e.cfg.Timeouts.Retries; try++ {
 		if try > 0 {
-			e.log.Warn("download interrupted; resuming", "target", p.Target, "err", err, "try", try)
+			e.log.Warn("download interrupted; resuming", "target", p.Target, "err", err, "failures", fails)
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
-			case <-time.After(backoff(try)):
+			case <-time.After(backoff(fails)):
 			}
 		}
+		before := fileSize(part)
 		err = f.download(ctx, targetPath, part, p.File.Length, progress)
 		if err == nil || errors.Is(err, ErrEndlessData) || ctx.Err() != nil {
+			break
+		}
+		if fileSize(part) > before && !errors.Is(err, ErrSlowRetrieval) {
+			fails = 0
+		} else {
+			fails++
+		}
+		if try > 10000 {
 			break
 		}
 	}
@@ -173,9 +184,22 @@ func (e *engine) stage(ctx context.Context, f *fetcher, targetPath string, p *Pe
 	return e.build(part, p)
 }
 
-func backoff(try int) time.Duration {
-	d := time.Duration(1<<min(try, 6)) * 250 * time.Millisecond
+// backoff is 100ms after an attempt that made progress, then doubles from
+// 500ms up to 30s.
+func backoff(fails int) time.Duration {
+	if fails == 0 {
+		return 100 * time.Millisecond
+	}
+	d := time.Duration(1<<min(fails-1, 6)) * 500 * time.Millisecond
 	return min(d, 30*time.Second)
+}
+
+func fileSize(p string) int64 {
+	st, err := os.Stat(p)
+	if err != nil {
+		return 0
+	}
+	return st.Size()
 }
 
 // checkFileHashes verifies a file against a target's length and hashes.

@@ -77,6 +77,15 @@ func (s *supervisor) loop() {
 			s.mu.Unlock()
 			return
 		}
+		if _, err := os.Stat(s.g.bin + ".prev"); err == nil && s.g.prestart {
+			// systemd: ExecStartPre=-/path/outpost.prev update prestart
+			pre := exec.Command(s.g.bin+".prev", "-config", s.g.cfgPath, "-prestart")
+			w := lockedWriter{&s.mu, &s.logs}
+			pre.Stdout, pre.Stderr = w, w
+			s.mu.Unlock()
+			pre.Run()
+			s.mu.Lock()
+		}
 		v := s.g.installedVersion(s.t)
 		cmd := exec.Command(s.g.bin, "-config", s.g.cfgPath)
 		cmd.Env = os.Environ()
@@ -220,6 +229,25 @@ func TestHealthGateRollback(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A version that dies before main (so before Boot can count the start) is
+// still rolled back: the pre-start hook, run from the previous binary by the
+// service manager, counts each start.
+func TestHealthGateRollbackInitPanic(t *testing.T) {
+	r := newTestRepo(t)
+	r.addVersion(t, "1.5.0", 0)
+	srv := newServer(t, r.Dir)
+	g := newGateway(t, "1.0.0", srv.URL, r.root)
+	g.prestart = true
+	s := g.supervise(t, "")
+	st := s.waitCommitted(t, "1.1.0", 60*time.Second)
+	if !slices.Contains(st.Bad, "1.5.0") {
+		t.Fatalf("bad versions %v, want 1.5.0", st.Bad)
+	}
+	s.mu.Lock()
+	t.Logf("starts %v exits %v", s.starts, s.exits)
+	s.mu.Unlock()
 }
 
 // A → B end to end: delta download, re-exec in place (same pid), health

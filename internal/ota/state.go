@@ -41,6 +41,9 @@ type State struct {
 	Target *Pending `json:"target,omitempty"`
 	// Attempts counts starts of the trial version.
 	Attempts int `json:"attempts,omitempty"`
+	// PrestartCounted: the service manager's pre-start hook (Prestart, run
+	// from the previous binary) already counted this start's attempt.
+	PrestartCounted bool `json:"prestart_counted,omitempty"`
 	// Reason for a rollback in progress.
 	Reason string `json:"reason,omitempty"`
 	// Bad lists versions that failed their health gate and are never

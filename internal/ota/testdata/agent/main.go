@@ -6,7 +6,10 @@
 //	healthy  ready at once (default)
 //	exit     exits with status 3 right after Boot
 //	crash    ready, then panics 300ms later (crash loop)
-//	unready  never ready
+//	unready    never ready
+//	initpanic  panics during package initialisation, before main and Boot
+//
+// With -prestart it runs ota.Prestart and exits (systemd's ExecStartPre).
 package main
 
 import (
@@ -30,6 +33,15 @@ import (
 
 var behavior = "healthy"
 
+var _ = initCheck()
+
+func initCheck() int {
+	if behavior == "initpanic" {
+		panic("initpanic: dying before main")
+	}
+	return 0
+}
+
 type config struct {
 	AddrFile string     `yaml:"addr_file"`
 	OTA      ota.Config `yaml:"ota"`
@@ -37,6 +49,7 @@ type config struct {
 
 func main() {
 	cfgPath := flag.String("config", "", "config file")
+	prestart := flag.Bool("prestart", false, "run the pre-start hook and exit")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("version", buildinfo.Version, "pid", os.Getpid())
 	raw, err := os.ReadFile(*cfgPath)
@@ -50,6 +63,14 @@ func main() {
 		os.Exit(2)
 	}
 	cfg.OTA.SetDefaults()
+	if *prestart {
+		rb, err := ota.Prestart(cfg.OTA, log)
+		log.Info("prestart", "rolled_back", rb, "err", err)
+		if err != nil {
+			os.Exit(1)
+		}
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
