@@ -56,6 +56,11 @@ func runMain(m *testing.M) int {
 	if os.Getenv("OTA_SKIP_FIXTURE") != "" {
 		return m.Run()
 	}
+	for _, a := range os.Args[1:] {
+		if strings.HasPrefix(a, "-test.fuzz") {
+			return m.Run()
+		}
+	}
 	dir, err := os.MkdirTemp("", "ota-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

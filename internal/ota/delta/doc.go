@@ -13,7 +13,8 @@
 //	offset 32  zstd(control) zstd(diff) zstd(extra)
 //
 // control holds triples of signed varints (add length, extra length, old
-// seek). The choice of bsdiff over zstd with the old binary as dictionary
+// seek). The diff stream, mostly zeros, is stored as runs: uvarint zero
+// count, uvarint literal count, literal bytes (25% smaller after zstd). The choice of bsdiff over zstd with the old binary as dictionary
 // ("patch-from") was made by measurement on real outpost binaries; see
 // docs/BENCHMARKS.md (## OTA) and TestMeasure.
 //
