@@ -66,7 +66,11 @@ are exhausted, even if that version dies before it can count itself.`,
 			break
 		}
 		fmt.Printf("updating %s -> %s (%s, %d bytes)\n", st.Running, st.Available.Version, st.Available.Kind, st.Available.Download)
-		err = watch(ctx, base, &st)
+		var restarted bool
+		if restarted, err = watch(ctx, base, &st); restarted {
+			fmt.Println("agent restarting into the new version; check with `outpost update status`")
+			return exitOK
+		}
 	default:
 		fs.Usage()
 		return exitUsage
@@ -86,19 +90,19 @@ are exhausted, even if that version dies before it can count itself.`,
 }
 
 // watch polls status and prints progress until the agent restarts (the
-// API goes away) or the update fails.
-func watch(ctx context.Context, base string, st *ota.Status) error {
+// API goes away: restarted) or the update fails.
+func watch(ctx context.Context, base string, st *ota.Status) (restarted bool, err error) {
 	sawBusy := false
 	for i := 0; i < 36000; i++ {
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return false, ctx.Err()
 		case <-time.After(500 * time.Millisecond):
 		}
 		var s ota.Status
 		if err := call(ctx, http.MethodGet, base+"status", &s); err != nil {
-			fmt.Println("\nagent restarting into the new version; check with `outpost update status`")
-			return nil
+			fmt.Println()
+			return true, nil
 		}
 		*st = s
 		if p := s.Progress; p != nil {
@@ -112,12 +116,12 @@ func watch(ctx context.Context, base string, st *ota.Status) error {
 		if sawBusy || s.LastError != "" {
 			fmt.Println()
 			if s.LastError != "" {
-				return fmt.Errorf("%s", s.LastError)
+				return false, fmt.Errorf("%s", s.LastError)
 			}
-			return nil
+			return false, nil
 		}
 	}
-	return nil
+	return false, nil
 }
 
 func call(ctx context.Context, method, url string, out *ota.Status) error {
