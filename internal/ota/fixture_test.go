@@ -1,7 +1,6 @@
 package ota_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -373,7 +372,6 @@ func sha256File(t testing.TB, p string) string {
 type inproc struct {
 	*ota.Updater
 	restarts atomic.Int64
-	logs     *bytes.Buffer
 }
 
 func (g *gateway) inproc(t testing.TB, version string) *inproc {
