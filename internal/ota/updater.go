@@ -263,7 +263,10 @@ func (u *Updater) loop(ctx context.Context, resume bool) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			apply = *u.e.cfg.AutoApply
+			// An interrupted download resumes even without auto_apply: it
+			// was started by an operator's apply.
+			apply = *u.e.cfg.AutoApply || resume
+			resume = false
 		case apply = <-u.trigger:
 		}
 		var err error
@@ -459,6 +462,14 @@ func (u *Updater) apply(ctx context.Context) error {
 	failpoint("after-stage")
 	e.mu.Lock()
 	err = e.install(st)
+	if err != nil && st.Phase == PhaseInstalling {
+		// Not swapped in (the rename is the last step that can fail
+		// before the trial): go back to a resumable download.
+		if sum, _, herr := fileSHA256(e.bin); herr == nil && sum == p.FromSHA256 {
+			st.Phase = PhaseDownloading
+			e.saveState(st)
+		}
+	}
 	e.mu.Unlock()
 	u.mu.Lock()
 	u.applyState(st)

@@ -33,6 +33,10 @@
 //     signature does not verify), ErrUnknownKey (signed only by untrusted
 //     keys), ErrThreshold (too few valid signatures).
 //
+// Interoperability: go-tuf v2.4.2's updater refreshes repositories written
+// by Repo (including a root rotation chain) and downloads and verifies
+// their hash-prefixed targets; see the separate module in ./interop.
+//
 // A refresh with nothing new costs two requests: the absent next root and
 // timestamp.json. Cached files that still verify are reused.
 //
