@@ -397,7 +397,7 @@ func (c *cutWriter) Write(b []byte) (int, error) {
 func TestDownloadResumesAfterKill9(t *testing.T) {
 	r := newTestRepo(t)
 	srv := newServer(t, r.Dir)
-	// Throttle targets to about 2 MiB/s so kills land mid-download.
+	// Throttle targets to about 1 MiB/s so kills land mid-download.
 	srv.setIntercept(func(w http.ResponseWriter, req *http.Request) bool {
 		if !strings.HasPrefix(req.URL.Path, "/targets/") {
 			return false
@@ -454,7 +454,7 @@ type slowWriter struct {
 func (s *slowWriter) Write(b []byte) (int, error) {
 	written := 0
 	for len(b) > 0 {
-		n := min(len(b), 32<<10)
+		n := min(len(b), 16<<10)
 		m, err := s.ResponseWriter.Write(b[:n])
 		written += m
 		if err != nil {

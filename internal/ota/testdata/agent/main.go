@@ -5,7 +5,7 @@
 //
 //	healthy  ready at once (default)
 //	exit     exits with status 3 right after Boot
-//	crash    ready, then panics 300ms later (crash loop)
+//	crash    ready, then panics 100ms later (crash loop)
 //	unready    never ready
 //	initpanic  panics during package initialisation, before main and Boot
 //
@@ -125,7 +125,7 @@ func main() {
 	}
 	if behavior == "crash" {
 		go func() {
-			time.Sleep(300 * time.Millisecond)
+			time.Sleep(100 * time.Millisecond)
 			panic("crash loop")
 		}()
 	}
