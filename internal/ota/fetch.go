@@ -34,6 +34,7 @@ type fetcher struct {
 	t        Timeouts
 	requests atomic.Int64
 	bytes    atomic.Int64
+	onBytes  func(n int) // counts target bytes received (metrics)
 }
 
 func newFetcher(base string, t Timeouts) *fetcher {
@@ -217,6 +218,9 @@ func (f *fetcher) download(ctx context.Context, path, dst string, length int64, 
 			done += int64(n)
 			moved.Add(int64(n))
 			f.bytes.Add(int64(n))
+			if f.onBytes != nil {
+				f.onBytes(n)
+			}
 			if progress != nil && (time.Since(lastReport) > 250*time.Millisecond || done == length) {
 				lastReport = time.Now()
 				progress(makeProgress(path, done, length, moved.Load(), time.Since(t0)))

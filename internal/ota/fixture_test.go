@@ -11,12 +11,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/outpost-edge/outpost/internal/buildinfo"
 	"github.com/outpost-edge/outpost/internal/config"
 	"github.com/outpost-edge/outpost/internal/ota"
@@ -372,12 +374,13 @@ func sha256File(t testing.TB, p string) string {
 type inproc struct {
 	*ota.Updater
 	restarts atomic.Int64
+	metrics  *metrics.Set
 }
 
 func (g *gateway) inproc(t testing.TB, version string) *inproc {
 	t.Helper()
-	ip := &inproc{}
-	ip.Updater = ota.New(ota.Options{Version: version, Restart: func(ota.Config) { ip.restarts.Add(1) }})
+	ip := &inproc{metrics: metrics.NewSet()}
+	ip.Updater = ota.New(ota.Options{Version: version, Metrics: ip.metrics, Restart: func(ota.Config) { ip.restarts.Add(1) }})
 	if err := ip.Init(context.Background(), g.cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -401,4 +404,22 @@ func checkFor(t testing.TB, timeout time.Duration, f func() error) {
 func sha256Bytes(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
+}
+
+// metric returns a metric's value from the updater's set.
+func (ip *inproc) metric(t testing.TB, name string) float64 {
+	t.Helper()
+	var b strings.Builder
+	ip.metrics.WritePrometheus(&b)
+	for _, l := range strings.Split(b.String(), "\n") {
+		if v, ok := strings.CutPrefix(l, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("metric %s not found in:\n%s", name, b.String())
+	return 0
 }

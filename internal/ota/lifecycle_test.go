@@ -370,6 +370,12 @@ func TestDownloadResumesAfterDrops(t *testing.T) {
 	if v := g.installedVersion(t); v != "1.1.0" || ip.restarts.Load() != 1 {
 		t.Fatalf("installed %s restarts %d", v, ip.restarts.Load())
 	}
+	if n := ip.metric(t, "outpost_ota_download_bytes_total"); n < float64(full) || n > float64(got) {
+		t.Fatalf("outpost_ota_download_bytes_total = %v; target %d, sent %d", n, full, got)
+	}
+	if n := ip.metric(t, "outpost_ota_applies_total"); n != 1 {
+		t.Fatalf("outpost_ota_applies_total = %v", n)
+	}
 }
 
 type cutWriter struct {

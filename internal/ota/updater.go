@@ -147,6 +147,7 @@ func (u *Updater) Init(_ context.Context, cfg any) error {
 		return fmt.Errorf("ota: root: %w", err)
 	}
 	u.f = newFetcher(c.URL, c.Timeouts)
+	u.f.onBytes = u.m.bytes.Add
 	if u.client, err = tuf.NewClient(e.metaDir, root, metaFetcher{u.f}); err != nil {
 		return fmt.Errorf("ota: %w", err)
 	}
@@ -422,13 +423,6 @@ func (u *Updater) apply(ctx context.Context) error {
 	var lastLog time.Time
 	progress := func(pr Progress) {
 		u.mu.Lock()
-		prev := int64(0)
-		if u.status.Progress != nil {
-			prev = u.status.Progress.Received
-		}
-		if pr.Received > prev {
-			u.m.bytes.Add(int(pr.Received - prev))
-		}
 		u.status.Progress = &pr
 		u.mu.Unlock()
 		if time.Since(lastLog) > 5*time.Second || pr.Done == pr.Total {
