@@ -67,7 +67,7 @@ are exhausted, even if that version dies before it can count itself.`,
 		}
 		fmt.Printf("updating %s -> %s (%s, %d bytes)\n", st.Running, st.Available.Version, st.Available.Kind, st.Available.Download)
 		var restarted bool
-		if restarted, err = watch(ctx, base, &st); restarted {
+		if restarted, err = watchUpdate(ctx, base, &st); restarted {
 			fmt.Println("agent restarting into the new version; check with `outpost update status`")
 			return exitOK
 		}
@@ -89,9 +89,9 @@ are exhausted, even if that version dies before it can count itself.`,
 	return exitOK
 }
 
-// watch polls status and prints progress until the agent restarts (the
+// watchUpdate polls status and prints progress until the agent restarts (the
 // API goes away: restarted) or the update fails.
-func watch(ctx context.Context, base string, st *ota.Status) (restarted bool, err error) {
+func watchUpdate(ctx context.Context, base string, st *ota.Status) (restarted bool, err error) {
 	sawBusy := false
 	for i := 0; i < 36000; i++ {
 		select {
