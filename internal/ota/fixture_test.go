@@ -263,6 +263,10 @@ type gateway struct {
 	dir, bin, cfgPath, addrFile string
 	cfg                         ota.Config
 	prestart                    bool // run <bin>.prev -prestart before each start
+	// For other binaries than the test agent (real outpost): arguments,
+	// pre-start arguments and the API address (host:port).
+	args, prestartArgs []string
+	api                string
 }
 
 func newGateway(t testing.TB, version, url, root string) *gateway {

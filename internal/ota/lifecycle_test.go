@@ -40,7 +40,9 @@ type supervisor struct {
 
 func (g *gateway) supervise(t testing.TB, failpoint string) *supervisor {
 	t.Helper()
-	g.writeConfig(t)
+	if g.args == nil {
+		g.writeConfig(t)
+	}
 	s := &supervisor{t: t, g: g, failpoint: failpoint, done: make(chan struct{})}
 	go s.loop()
 	t.Cleanup(func() {
@@ -79,7 +81,11 @@ func (s *supervisor) loop() {
 		}
 		if _, err := os.Stat(s.g.bin + ".prev"); err == nil && s.g.prestart {
 			// systemd: ExecStartPre=-/path/outpost.prev update prestart
-			pre := exec.Command(s.g.bin+".prev", "-config", s.g.cfgPath, "-prestart")
+			preArgs := []string{"-config", s.g.cfgPath, "-prestart"}
+			if s.g.prestartArgs != nil {
+				preArgs = s.g.prestartArgs
+			}
+			pre := exec.Command(s.g.bin+".prev", preArgs...)
 			w := lockedWriter{&s.mu, &s.logs}
 			pre.Stdout, pre.Stderr = w, w
 			s.mu.Unlock()
@@ -87,7 +93,11 @@ func (s *supervisor) loop() {
 			s.mu.Lock()
 		}
 		v := s.g.installedVersion(s.t)
-		cmd := exec.Command(s.g.bin, "-config", s.g.cfgPath)
+		args := []string{"-config", s.g.cfgPath}
+		if s.g.args != nil {
+			args = s.g.args
+		}
+		cmd := exec.Command(s.g.bin, args...)
 		cmd.Env = os.Environ()
 		if s.failpoint != "" {
 			cmd.Env = append(cmd.Env, "OUTPOST_OTA_FAILPOINT="+s.failpoint)
@@ -155,9 +165,12 @@ func (s *supervisor) kill9() {
 
 // status asks the running agent over its API.
 func (s *supervisor) status() (*ota.Status, error) {
-	addr, err := os.ReadFile(s.g.addrFile)
-	if err != nil {
-		return nil, err
+	addr := []byte(s.g.api)
+	if s.g.api == "" {
+		var err error
+		if addr, err = os.ReadFile(s.g.addrFile); err != nil {
+			return nil, err
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
