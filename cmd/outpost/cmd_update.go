@@ -23,6 +23,7 @@ func init() {
 func runUpdate(ctx context.Context, args []string) int {
 	fs := flag.NewFlagSet("update", flag.ContinueOnError)
 	api := fs.String("api", "http://127.0.0.1:9100", "the running agent's local API")
+	token := fs.String("token", os.Getenv("OUTPOST_TELEMETRY__TOKEN"), "bearer token when telemetry.token is set (default $OUTPOST_TELEMETRY__TOKEN)")
 	asJSON := fs.Bool("json", false, "print the status as JSON")
 	noWait := fs.Bool("no-wait", false, "apply: return once the update has started")
 	cfgPath := fs.String("config", "/etc/outpost/outpost.yaml", "prestart: the agent's config file (its ota: section)")
@@ -52,6 +53,7 @@ are exhausted, even if that version dies before it can count itself.`,
 		return exitUsage
 	}
 	base := strings.TrimRight(*api, "/") + "/api/v1/update/"
+	apiToken = *token
 	var st ota.Status
 	var err error
 	switch sub {
@@ -124,12 +126,18 @@ func watchUpdate(ctx context.Context, base string, st *ota.Status) (restarted bo
 	return false, nil
 }
 
+// apiToken is sent as a bearer token when set.
+var apiToken string
+
 func call(ctx context.Context, method, url string, out *ota.Status) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, method, url, nil)
 	if err != nil {
 		return err
+	}
+	if apiToken != "" {
+		req.Header.Set("Authorization", "Bearer "+apiToken)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
