@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/internal/ota"
-	"github.com/outpost-edge/outpost/internal/ota/delta"
 	"github.com/outpost-edge/outpost/internal/ota/tuf"
 )
 
@@ -444,19 +443,12 @@ func TestAttackTargetHashMismatch(t *testing.T) {
 
 func TestAttackDeltaResultMismatch(t *testing.T) {
 	r := newTestRepo(t)
-	// A delta to 1.2.0 labelled as applying to A but made from another
-	// base: validly signed, yet its result cannot match 1.2.0's hash.
+	// A delta to 1.2.0 labelled as applying to A, but whose content is
+	// the A→B patch: validly signed, yet its result cannot match 1.2.0.
 	r.addVersion(t, "1.2.0", 0)
 	full := r.Targets.Targets[ota.FullTargetName(fixture.platform, "1.2.0")]
 	fc, _ := ota.ParseCustom(full)
-	base, _ := os.ReadFile(fixture.bins["1.1.0"])
-	nw, _ := os.ReadFile(fixture.bins["1.2.0"])
-	patch := filepath.Join(t.TempDir(), "p")
-	pf, _ := os.Create(patch)
-	if err := delta.Diff(base, nw, pf); err != nil {
-		t.Fatal(err)
-	}
-	pf.Close()
+	patch := r.TargetFilePath(ota.DeltaTargetName(fixture.platform, "1.0.0", "1.1.0"))
 	ac, _ := ota.ParseCustom(r.Targets.Targets[ota.FullTargetName(fixture.platform, "1.0.0")])
 	dc := *fc
 	dc.Kind, dc.From, dc.FromSHA256 = "delta", "1.0.0", ac.SHA256

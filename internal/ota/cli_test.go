@@ -16,12 +16,7 @@ import (
 // check|apply|status` drive a gateway through its local API.
 func TestReleaseAndUpdateCLI(t *testing.T) {
 	d := t.TempDir()
-	outpost := filepath.Join(d, "outpost")
-	build := exec.Command("go", "build", "-trimpath", "-o", outpost, "../../cmd/outpost")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build outpost: %v\n%s", err, b)
-	}
+	outpost := fixture.outpost
 	run := func(args ...string) string {
 		t.Helper()
 		cmd := exec.Command(outpost, args...)

@@ -27,28 +27,32 @@
 //
 // An update moves through phases recorded in the state file before each
 // step (see Phase): idle → downloading → installing → trial → idle, or
-// trial → rolling_back → idle. The integrator wires it like this:
+// trial → rolling_back → idle. The integrator wires it like this (a tested
+// version of this wiring for internal/agent and cmd/outpost/cmd_run.go was
+// handed over with the branch):
 //
-//	func run(ctx context.Context, cfg Config) error {
-//		trial, err := ota.Boot(ctx, cfg.OTA, ota.BootOptions{Log: log}) // first thing
-//		if err != nil { log.Error("ota boot", "err", err) }             // keep running
-//		u := ota.New(ota.Options{Log: log, Metrics: set, Restart: func(c ota.Config) {
-//			runner.Stop(stopCtx) // drain, flush queues
-//			ota.Restart(c)       // exec or exit(ExitRestart)
-//		}})
-//		// register u with the module runner (Name "ota", config section ota)
-//		u.Register(apiMux) // POST /api/v1/update/check, /apply; GET /status
-//		runner.Start(...)
-//		if trial != nil {
-//			go func() {
-//				var re *ota.RestartError
-//				if err := trial.Gate(ctx, readyz); errors.As(err, &re) {
-//					runner.Stop(stopCtx)
-//					ota.Restart(cfg.OTA)
-//				}
-//			}()
-//		}
-//		...
+//	// cmd_run.go, before anything else:
+//	trial, err := ota.Boot(ctx, cfg.OTA, ota.BootOptions{Log: log})
+//	if err != nil { log.Error("ota boot", "err", err) } // keep running
+//
+//	// agent.New: the module, its API on the telemetry mux, a graceful restart
+//	a.OTA = ota.New(ota.Options{Log: log, Metrics: set, Restart: func(c ota.Config) {
+//		a.Stop(stopCtx) // drain, flush queues
+//		ota.Restart(c)  // exec, or exit(ExitRestart) for systemd
+//	}})
+//	routes = append(routes, a.OTA.Register) // POST /api/v1/update/check|apply, GET .../status
+//	mods = append(mods, depends{a.OTA, []string{"telemetry"}}) // section "ota" → &cfg.OTA
+//
+//	// cmd_run.go, after agent.New: gate a trial version on /readyz health
+//	if trial != nil {
+//		go func() {
+//			<-a.Ready
+//			var re *ota.RestartError
+//			if err := trial.Gate(ctx, allModulesReady); errors.As(err, &re) {
+//				a.Stop(stopCtx)
+//				ota.Restart(cfg.OTA)
+//			}
+//		}()
 //	}
 //
 // Boot settles whatever a restart, crash or power cut interrupted: an

@@ -33,6 +33,7 @@ import (
 var fixture struct {
 	dir      string
 	platform string
+	outpost  string            // cmd/outpost, for `outpost release`
 	bins     map[string]string // version → binary path
 	repo     string
 	keys     string
@@ -74,15 +75,29 @@ func runMain(m *testing.M) int {
 	var mu sync.Mutex
 	var errs []error
 	sem := make(chan struct{}, 2)
+	// The publisher CLI, built without -race: it makes the fixture
+	// repositories (bsdiff and zstd are slow under the race detector).
+	fixture.outpost = filepath.Join(dir, "bin", "outpost")
+	builds := map[string]func() error{"outpost": func() error {
+		cmd := exec.Command("go", "build", "-trimpath", "-o", fixture.outpost, "../../cmd/outpost")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("build outpost: %v\n%s", err, b)
+		}
+		return nil
+	}}
 	for v, b := range agentVersions {
 		out := filepath.Join(dir, "bin", "agent-"+v)
 		fixture.bins[v] = out
+		builds[v] = func() error { return buildAgent(out, v, b) }
+	}
+	for _, build := range builds {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			if err := buildAgent(out, v, b); err != nil {
+			if err := build(); err != nil {
 				mu.Lock()
 				errs = append(errs, err)
 				mu.Unlock()
@@ -95,21 +110,26 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	fixture.repo, fixture.keys = filepath.Join(dir, "repo"), filepath.Join(dir, "keys")
-	r, err := tuf.InitRepo(fixture.repo, fixture.keys, true)
-	if err == nil {
-		_, err = release.Add(r, fixture.bins["1.0.0"], "1.0.0", fixture.platform, 1)
-	}
-	if err == nil {
-		_, err = release.Add(r, fixture.bins["1.1.0"], "1.1.0", fixture.platform, 1)
-	}
-	if err == nil {
-		err = release.Sign(r)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "fixture repo:", err)
-		return 1
+	for _, args := range [][]string{
+		{"keygen"},
+		{"add", "--binary", fixture.bins["1.0.0"], "--version", "1.0.0", "--platform", fixture.platform},
+		{"add", "--binary", fixture.bins["1.1.0"], "--version", "1.1.0", "--platform", fixture.platform},
+	} {
+		if err := publish(fixture.repo, fixture.keys, args...); err != nil {
+			fmt.Fprintln(os.Stderr, "fixture repo:", err)
+			return 1
+		}
 	}
 	return m.Run()
+}
+
+// publish runs `outpost release SUB --repo R --keys K ARGS...`.
+func publish(repo, keys string, args ...string) error {
+	full := append([]string{"release", args[0], "--repo", repo, "--keys", keys}, args[1:]...)
+	if b, err := exec.Command(fixture.outpost, full...).CombinedOutput(); err != nil {
+		return fmt.Errorf("outpost %s: %v\n%s", strings.Join(full, " "), err, b)
+	}
+	return nil
 }
 
 func buildAgent(out, version, behavior string) error {
@@ -177,15 +197,19 @@ func newTestRepo(t testing.TB) *testRepo {
 	return &testRepo{Repo: r, root: filepath.Join(d, "repo", "metadata", "1.root.json")}
 }
 
-// addVersion publishes a fixture binary (no deltas) and signs.
+// addVersion publishes a fixture binary (with deltas from that many
+// previous versions) with `outpost release add` and reloads the repository.
 func (r *testRepo) addVersion(t testing.TB, version string, deltas int) {
 	t.Helper()
-	if _, err := release.Add(r.Repo, fixture.bins[version], version, fixture.platform, deltas); err != nil {
+	if err := publish(r.Dir, r.KeyDir, "add", "--binary", fixture.bins[version], "--version", version,
+		"--platform", fixture.platform, "--deltas", strconv.Itoa(deltas)); err != nil {
 		t.Fatal(err)
 	}
-	if err := release.Sign(r.Repo); err != nil {
+	nr, err := release.Open(r.Dir, r.KeyDir)
+	if err != nil {
 		t.Fatal(err)
 	}
+	r.Repo = nr
 }
 
 // server serves a repository over loopback HTTP, counts what it sends and
