@@ -451,3 +451,14 @@ func (ip *inproc) metric(t testing.TB, name string) float64 {
 	t.Fatalf("metric %s not found in:\n%s", name, b.String())
 	return 0
 }
+
+// waitRestart waits for the one restart an install requests.
+func (ip *inproc) waitRestart(t testing.TB) {
+	t.Helper()
+	checkFor(t, 5*time.Second, func() error {
+		if n := ip.restarts.Load(); n != 1 {
+			return fmt.Errorf("%d restarts requested, want 1", n)
+		}
+		return nil
+	})
+}

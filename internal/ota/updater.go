@@ -21,9 +21,10 @@ type Options struct {
 	Metrics *metrics.Set // nil: a private set
 	// Version is the running version; default buildinfo.Version.
 	Version string
-	// Restart is called after a new version is installed. It should stop
-	// the agent's modules in order and then call ota.Restart(cfg). Default:
-	// ota.Restart(cfg) directly.
+	// Restart is called (on its own goroutine) after a new version is
+	// installed. It should stop the agent's modules in order, this one
+	// included, and then call ota.Restart(cfg). Default: ota.Restart(cfg)
+	// directly, without stopping anything.
 	Restart func(cfg Config)
 }
 
@@ -476,7 +477,9 @@ func (u *Updater) apply(ctx context.Context) error {
 	u.status.Restarting = true
 	u.mu.Unlock()
 	if u.opt.Restart != nil {
-		u.opt.Restart(e.cfg)
+		// On its own goroutine: the callback stops the modules, this one
+		// included, and Stop waits for the loop that is running Apply.
+		go u.opt.Restart(e.cfg)
 		return nil
 	}
 	return Restart(e.cfg)
