@@ -41,7 +41,7 @@ func (u *Updater) handleCheck(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case err == nil:
 		writeJSON(w, http.StatusOK, u.Status())
-	case errors.Is(err, ErrTrial):
+	case errors.Is(err, ErrTrial), errors.Is(err, ErrDisabled):
 		writeJSON(w, http.StatusConflict, apiError{err.Error()})
 	default:
 		writeJSON(w, http.StatusBadGateway, apiError{err.Error()})
@@ -53,7 +53,7 @@ func (u *Updater) handleApply(w http.ResponseWriter, r *http.Request) {
 	busy, enabled := u.busy, u.e != nil && u.e.cfg.Enabled && !u.stopping
 	u.mu.Unlock()
 	if !enabled {
-		writeJSON(w, http.StatusConflict, apiError{"ota: updater not running"})
+		writeJSON(w, http.StatusConflict, apiError{ErrDisabled.Error()})
 		return
 	}
 	if busy {

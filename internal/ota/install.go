@@ -46,9 +46,11 @@ var (
 	ErrBusy = errors.New("ota: an update is already in progress")
 	// ErrNoUpdate is returned by Apply when nothing newer is available.
 	ErrNoUpdate = errors.New("ota: no newer version available")
-	// ErrTrial is returned by Check and Apply while the running version is
-	// on trial (not yet committed).
+	// ErrTrial is returned by Apply while the running version is on trial
+	// (not yet committed).
 	ErrTrial = errors.New("ota: running version not yet committed")
+	// ErrDisabled is returned by Check and Apply when ota.enabled is false.
+	ErrDisabled = errors.New("ota: updater disabled (ota.enabled: false)")
 )
 
 // ExitRestart is the exit code with which the agent asks its service

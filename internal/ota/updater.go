@@ -328,7 +328,7 @@ func (u *Updater) check(ctx context.Context) (*Plan, *tuf.Targets, error) {
 	e, client := u.e, u.client
 	u.mu.Unlock()
 	if e == nil || client == nil {
-		return nil, nil, fmt.Errorf("ota: updater not enabled")
+		return nil, nil, ErrDisabled
 	}
 	u.m.checks.Inc()
 	targets, err := client.Refresh(ctx)
