@@ -47,6 +47,7 @@ var agentVersions = map[string]string{
 	"1.3.0": "crash",
 	"1.4.0": "unready",
 	"1.5.0": "initpanic",
+	"1.6.0": "flap",
 }
 
 func TestMain(m *testing.M) {

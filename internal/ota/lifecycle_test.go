@@ -221,6 +221,7 @@ func TestHealthGateRollback(t *testing.T) {
 		{"1.2.0", "exits at start"},
 		{"1.3.0", "crash-loops"},
 		{"1.4.0", "never becomes ready"},
+		{"1.6.0", "turns unready in the stability window"},
 	} {
 		t.Run(tc.version+"-"+strings.ReplaceAll(tc.what, " ", "-"), func(t *testing.T) {
 			r := newTestRepo(t)

@@ -2,6 +2,7 @@ package tuf
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"os"
 	"path/filepath"
@@ -168,4 +169,44 @@ func FuzzMetadata(f *testing.F) {
 		ParseSnapshot(e)
 		ParseTargets(e)
 	})
+}
+
+// A new root must be signed by the trusted root's keys, not only its own.
+func TestRootRotationNeedsOldKeys(t *testing.T) {
+	r := newRepo(t)
+	f := &dirFetcher{dir: r.MetaDir()}
+	c, err := NewClient(t.TempDir(), pinned(t, r), f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An attacker's root v2 listing their own key, self-signed.
+	evil := GenerateKey()
+	pk := NewKey(evil.Public().(ed25519.PublicKey))
+	r.Root.Keys = map[string]*Key{pk.ID(): pk}
+	for _, role := range []string{RoleRoot, RoleTargets, RoleSnapshot, RoleTimestamp} {
+		r.Root.Roles[role] = &RoleKeys{KeyIDs: []string{pk.ID()}, Threshold: 1}
+	}
+	r.Root.Version = 2
+	raw, err := Sign(r.Root, evil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(r.MetaDir(), "2.root.json"), raw, 0o644)
+	if _, err := c.Refresh(context.Background()); !errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("err = %v, want ErrUnknownKey", err)
+	}
+	if c.Root().Version != 1 {
+		t.Fatalf("trusted root moved to v%d", c.Root().Version)
+	}
+	// A root that skips a version is refused even when properly signed.
+	r2 := newRepo(t)
+	c2, _ := NewClient(t.TempDir(), pinned(t, r2), &dirFetcher{dir: r2.MetaDir()})
+	r2.Root.Version = 3
+	if err := r2.WriteRoot(); err != nil {
+		t.Fatal(err)
+	}
+	os.Rename(filepath.Join(r2.MetaDir(), "3.root.json"), filepath.Join(r2.MetaDir(), "2.root.json"))
+	if _, err := c2.Refresh(context.Background()); !errors.Is(err, ErrRollback) {
+		t.Fatalf("skipped version: err = %v, want ErrRollback", err)
+	}
 }

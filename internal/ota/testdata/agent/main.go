@@ -8,6 +8,7 @@
 //	crash    ready, then panics 100ms later (crash loop)
 //	unready    never ready
 //	initpanic  panics during package initialisation, before main and Boot
+//	flap       ready, then unready 100ms later (fails the stability window)
 //
 // With -prestart it runs ota.Prestart and exits (systemd's ExecStartPre).
 package main
@@ -120,8 +121,14 @@ func main() {
 		os.Rename(cfg.AddrFile+".tmp", cfg.AddrFile)
 	}
 	switch behavior {
-	case "healthy", "crash":
+	case "healthy", "crash", "flap":
 		ready.Store(true)
+	}
+	if behavior == "flap" {
+		go func() {
+			time.Sleep(100 * time.Millisecond)
+			ready.Store(false)
+		}()
 	}
 	if behavior == "crash" {
 		go func() {
