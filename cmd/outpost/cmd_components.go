@@ -89,7 +89,7 @@ unhealthy, stopping, stopped, finished, backoff, broken, invalid.`,
 		if *asJSON {
 			return printJSON(sts)
 		}
-		printTable(os.Stdout, sts)
+		printComponentTable(os.Stdout, sts)
 	case "status":
 		name, ok := needName()
 		if !ok {
@@ -102,7 +102,7 @@ unhealthy, stopping, stopped, finished, backoff, broken, invalid.`,
 		if *asJSON {
 			return printJSON(st)
 		}
-		printStatus(os.Stdout, st)
+		printComponentStatus(os.Stdout, st)
 	case "restart":
 		name, ok := needName()
 		if !ok {
@@ -216,7 +216,7 @@ func printJSON(v any) int {
 	return exitOK
 }
 
-func printTable(w io.Writer, sts []supervisor.Status) {
+func printComponentTable(w io.Writer, sts []supervisor.Status) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tVERSION\tSTATE\tPID\tRESTARTS\tSINCE\tREASON")
 	for _, st := range sts {
@@ -240,7 +240,7 @@ func printTable(w io.Writer, sts []supervisor.Status) {
 	tw.Flush()
 }
 
-func printStatus(w io.Writer, st supervisor.Status) {
+func printComponentStatus(w io.Writer, st supervisor.Status) {
 	p := func(k string, v any) { fmt.Fprintf(w, "%-10s %v\n", k+":", v) }
 	p("name", st.Name)
 	p("version", st.Version)

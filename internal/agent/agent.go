@@ -28,6 +28,7 @@ import (
 	"github.com/outpost-edge/outpost/internal/config"
 	"github.com/outpost-edge/outpost/internal/message"
 	"github.com/outpost-edge/outpost/internal/module"
+	"github.com/outpost-edge/outpost/internal/ota"
 	"github.com/outpost-edge/outpost/internal/pipeline"
 	"github.com/outpost-edge/outpost/internal/rules"
 	"github.com/outpost-edge/outpost/internal/sink/republish"
@@ -51,6 +52,7 @@ type Agent struct {
 	Pipeline  *pipeline.Pipeline
 	Rules     *rules.Module
 	Telemetry *telemetry.Server
+	OTA       *ota.Updater
 	runner    *module.Runner
 
 	reloadOK, reloadRejected *metrics.Counter
@@ -74,6 +76,16 @@ func New(cfg *Config, path string, logs *telemetry.Logs) (*Agent, error) {
 		OnPublish: func(m *message.Message) error { return a.Pipeline.Submit(m) },
 	})
 	var routes []func(*http.ServeMux)
+	a.OTA = ota.New(ota.Options{Log: a.log, Metrics: a.metrics, Restart: func(c ota.Config) {
+		ctx, cancel := context.WithTimeout(context.Background(), StopTimeout)
+		defer cancel()
+		a.Stop(ctx)
+		if err := ota.Restart(c); err != nil {
+			a.log.Error("restart into the new version failed", "err", err)
+			os.Exit(1)
+		}
+	}})
+	routes = append(routes, a.OTA.Register)
 	if cfg.Rules != nil {
 		a.Rules = rules.NewModule(&rulesEnv{a: a}, a.log, a.metrics)
 		routes = append(routes, a.Rules.RegisterHTTP)
@@ -90,7 +102,7 @@ func New(cfg *Config, path string, logs *telemetry.Logs) (*Agent, error) {
 	if a.Rules != nil {
 		mods = append(mods, a.Rules)
 	}
-	mods = append(mods, depends{a.Pipeline, a.ruleDeps()}, depends{a.Broker, []string{"pipeline"}})
+	mods = append(mods, depends{a.Pipeline, a.ruleDeps()}, depends{a.Broker, []string{"pipeline"}}, depends{a.OTA, []string{"telemetry"}})
 	r, err := module.NewRunner(a.log, mods...)
 	if err != nil {
 		return nil, err
@@ -145,6 +157,8 @@ func section(c *Config, name string) any {
 		return pipelineConfig(c)
 	case "rules":
 		return c.Rules
+	case "ota":
+		return &c.OTA
 	}
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/outpost-edge/outpost/internal/broker"
 	"github.com/outpost-edge/outpost/internal/config"
+	"github.com/outpost-edge/outpost/internal/ota"
 	"github.com/outpost-edge/outpost/internal/pipeline"
 	"github.com/outpost-edge/outpost/internal/rules"
 	"github.com/outpost-edge/outpost/internal/telemetry"
@@ -30,6 +31,8 @@ type Config struct {
 	Pipeline  pipeline.Config     `yaml:"pipeline"`
 	// Rules enables the rule engine when present.
 	Rules *rules.Config `yaml:"rules"`
+	// OTA is the self-updater (docs/ota.md).
+	OTA ota.Config `yaml:"ota"`
 }
 
 // Runtime are Go runtime knobs, applied at start and on reload.
@@ -60,6 +63,7 @@ func (c *Config) SetDefaults() {
 	c.Telemetry.SetDefaults()
 	c.Broker.SetDefaults()
 	c.Pipeline.SetDefaults()
+	c.OTA.SetDefaults()
 	if c.Rules != nil {
 		c.Rules.SetDefaults()
 		if c.Rules.StateDir == "" {
@@ -93,6 +97,7 @@ func (c *Config) Validate() error {
 		config.Section("telemetry", c.Telemetry.Validate()),
 		config.Section("broker", c.Broker.Validate()),
 		config.Section("pipeline", c.Pipeline.Validate(c.moduleSinks()...)),
+		config.Section("ota", c.OTA.Validate()),
 	)
 	if c.Rules != nil {
 		errs = append(errs, config.Section("rules", c.Rules.Validate()))
