@@ -15,6 +15,7 @@ import (
 	"github.com/outpost-edge/outpost/internal/ota"
 	"github.com/outpost-edge/outpost/internal/pipeline"
 	"github.com/outpost-edge/outpost/internal/rules"
+	"github.com/outpost-edge/outpost/internal/supervisor"
 	"github.com/outpost-edge/outpost/internal/telemetry"
 )
 
@@ -33,6 +34,8 @@ type Config struct {
 	Rules *rules.Config `yaml:"rules"`
 	// OTA is the self-updater (docs/ota.md).
 	OTA ota.Config `yaml:"ota"`
+	// Supervisor runs components (docs/components.md) when present.
+	Supervisor *supervisor.Config `yaml:"supervisor"`
 }
 
 // Runtime are Go runtime knobs, applied at start and on reload.
@@ -64,6 +67,15 @@ func (c *Config) SetDefaults() {
 	c.Broker.SetDefaults()
 	c.Pipeline.SetDefaults()
 	c.OTA.SetDefaults()
+	if c.Supervisor != nil {
+		if c.Supervisor.StateDir == "" {
+			c.Supervisor.StateDir = filepath.Join(c.DataDir, "components")
+		}
+		if c.Supervisor.LogDir == "" {
+			c.Supervisor.LogDir = filepath.Join(c.DataDir, "components", "logs")
+		}
+		c.Supervisor.SetDefaults()
+	}
 	if c.Rules != nil {
 		c.Rules.SetDefaults()
 		if c.Rules.StateDir == "" {
@@ -102,7 +114,22 @@ func (c *Config) Validate() error {
 	if c.Rules != nil {
 		errs = append(errs, config.Section("rules", c.Rules.Validate()))
 	}
+	if c.Supervisor != nil {
+		errs = append(errs, config.Section("supervisor", c.Supervisor.Validate()))
+		if !c.hasUnixListener() {
+			errs = append(errs, config.Field("broker.listeners", "the supervisor gives components credentials on a unix listener; add one (type: unix, path: /run/outpost/mqtt.sock)"))
+		}
+	}
 	return errors.Join(errs...)
+}
+
+func (c *Config) hasUnixListener() bool {
+	for _, l := range c.Broker.Listeners {
+		if l.Type == broker.TypeUnix {
+			return true
+		}
+	}
+	return false
 }
 
 // moduleSinks are the sink names modules add to the pipeline.
