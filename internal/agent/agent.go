@@ -11,6 +11,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -34,6 +35,7 @@ import (
 	"github.com/outpost-edge/outpost/internal/sink/republish"
 	"github.com/outpost-edge/outpost/internal/supervisor"
 	"github.com/outpost-edge/outpost/internal/telemetry"
+	"github.com/outpost-edge/outpost/internal/uplink"
 )
 
 // StopTimeout bounds a graceful shutdown.
@@ -55,6 +57,8 @@ type Agent struct {
 	Telemetry  *telemetry.Server
 	OTA        *ota.Updater
 	Supervisor *supervisor.Supervisor
+	Uplink     *uplink.Uplink
+	lanes      *lanes
 	runner     *module.Runner
 
 	reloadOK, reloadRejected *metrics.Counter
@@ -99,6 +103,11 @@ func New(cfg *Config, path string, logs *telemetry.Logs) (*Agent, error) {
 		})
 		routes = append(routes, a.Supervisor.RegisterHTTP)
 	}
+	if cfg.uplinkOn() {
+		a.lanes = newLanes(a.log, a.metrics)
+		a.Uplink = uplink.New(uplink.Options{Logger: a.log, Metrics: a.metrics, Queues: a.lanes.queue, Downlink: downlink{a.Broker}})
+		routes = append(routes, a.queueStatusHandler)
+	}
 	a.Pipeline = pipeline.New(pipeline.Options{
 		Logger: a.log, Metrics: a.metrics, Publisher: a.Broker,
 		Extra: a.moduleSinks,
@@ -115,6 +124,9 @@ func New(cfg *Config, path string, logs *telemetry.Logs) (*Agent, error) {
 	if a.Supervisor != nil {
 		mods = append(mods, a.Supervisor)
 	}
+	if a.lanes != nil {
+		mods = append(mods, a.lanes, depends{a.Uplink, []string{"lanes"}})
+	}
 	r, err := module.NewRunner(a.log, mods...)
 	if err != nil {
 		return nil, err
@@ -123,11 +135,17 @@ func New(cfg *Config, path string, logs *telemetry.Logs) (*Agent, error) {
 	return a, nil
 }
 
+// pipelineDeps: the pipeline delivers to the rule engine and the lanes, so
+// those start before it and stop after it.
 func (a *Agent) ruleDeps() []string {
+	d := []string{"telemetry"}
 	if a.Rules != nil {
-		return []string{"telemetry", "rules"}
+		d = append(d, "rules")
 	}
-	return []string{"telemetry"}
+	if a.lanes != nil {
+		d = append(d, "lanes")
+	}
+	return d
 }
 
 // depends adds a start-order dependency to a module without the module
@@ -139,21 +157,31 @@ type depends struct {
 
 func (d depends) DependsOn() []string { return d.deps }
 
-// Reconfigure forwards to the wrapped module when it can reconfigure.
+// Reconfigure forwards to the wrapped module when it can reconfigure, and
+// otherwise restarts it alone.
 func (d depends) Reconfigure(ctx context.Context, cfg any) error {
 	if rc, ok := d.Module.(module.Reconfigurable); ok {
 		return rc.Reconfigure(ctx, cfg)
 	}
-	return errNotReconfigurable
+	if err := d.Stop(ctx); err != nil {
+		return err
+	}
+	if err := d.Init(ctx, cfg); err != nil {
+		return err
+	}
+	return d.Start(ctx)
 }
-
-var errNotReconfigurable = errors.New("not reconfigurable")
 
 // moduleSinks are the sinks other modules contribute to the pipeline.
 func (a *Agent) moduleSinks() map[string]message.Sink {
 	m := map[string]message.Sink{}
 	if a.Rules != nil && a.Rules.Engine() != nil {
 		m[RulesSink] = a.Rules.Engine().Sink()
+	}
+	if a.lanes != nil {
+		for k, v := range a.lanes.sinkMap() {
+			m[k] = v
+		}
 	}
 	return m
 }
@@ -173,6 +201,10 @@ func section(c *Config, name string) any {
 		return &c.OTA
 	case "supervisor":
 		return c.Supervisor
+	case "lanes":
+		return c.Uplink.Lanes
+	case "uplink":
+		return c.Uplink
 	}
 	return nil
 }
@@ -294,8 +326,9 @@ func (a *Agent) Apply(ctx context.Context, next *Config) error {
 	cur := a.cfg
 	a.mu.Unlock()
 	if cur.NodeID != next.NodeID || cur.DataDir != next.DataDir || (cur.Rules == nil) != (next.Rules == nil) ||
-		(cur.Supervisor == nil) != (next.Supervisor == nil) {
-		return errors.New("node_id, data_dir and enabling/disabling rules or the supervisor take effect only after a restart; change refused")
+		(cur.Supervisor == nil) != (next.Supervisor == nil) || cur.uplinkOn() != next.uplinkOn() ||
+		(cur.uplinkOn() && !reflect.DeepEqual(cur.Uplink.Lanes, next.Uplink.Lanes)) {
+		return errors.New("node_id, data_dir, uplink lanes and enabling/disabling rules, the supervisor or the uplink take effect only after a restart; change refused")
 	}
 	var changed []string
 	if !reflect.DeepEqual(cur.Log, next.Log) {
@@ -346,8 +379,21 @@ func (e *rulesEnv) Republish() message.Sink {
 	return republish.New("republish", republish.Config{}, e.a.Broker)
 }
 
+// Uplink resolves an UPLINK action to a lane's durable queue ("" = the
+// first configured lane).
 func (e *rulesEnv) Uplink(lane string) (message.Sink, error) {
-	return nil, fmt.Errorf("%w: uplink lane %q (no uplink is configured)", rules.ErrUnknownTarget, lane)
+	if e.a.lanes == nil {
+		return nil, fmt.Errorf("%w: uplink lane %q (no uplink is configured)", rules.ErrUnknownTarget, lane)
+	}
+	if lane == "" {
+		if names := e.Lanes(); len(names) > 0 {
+			lane = names[0]
+		}
+	}
+	if s, ok := e.a.lanes.sink(lane); ok {
+		return s, nil
+	}
+	return nil, fmt.Errorf("%w: uplink lane %q (lanes: %v)", rules.ErrUnknownTarget, lane, e.Lanes())
 }
 
 // File resolves a FILE action to the pipeline's file sink of that name,
@@ -380,7 +426,17 @@ func (e *rulesEnv) Function(name string) (message.Sink, error) {
 	return nil, fmt.Errorf("%w: function %q (functions are not available in this build)", rules.ErrUnknownTarget, name)
 }
 
-func (e *rulesEnv) Lanes() []string { return nil }
+func (e *rulesEnv) Lanes() []string {
+	c := e.a.Config()
+	if !c.uplinkOn() {
+		return nil
+	}
+	var names []string
+	for _, l := range c.Uplink.Lanes {
+		names = append(names, l.Name)
+	}
+	return names
+}
 
 func (e *rulesEnv) Labels(string) map[string]string { return nil }
 
@@ -392,3 +448,10 @@ func setMemoryLimit(n int64) {
 }
 
 func setGCPercent(p int) { debug.SetGCPercent(p) }
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}

@@ -17,6 +17,7 @@ import (
 	"github.com/outpost-edge/outpost/internal/rules"
 	"github.com/outpost-edge/outpost/internal/supervisor"
 	"github.com/outpost-edge/outpost/internal/telemetry"
+	"github.com/outpost-edge/outpost/internal/uplink"
 )
 
 // Config is the whole outpost.yaml.
@@ -36,7 +37,13 @@ type Config struct {
 	OTA ota.Config `yaml:"ota"`
 	// Supervisor runs components (docs/components.md) when present.
 	Supervisor *supervisor.Config `yaml:"supervisor"`
+	// Uplink forwards lanes of durable queues to a cloud broker when present
+	// and enabled (docs/uplink.md).
+	Uplink *uplink.Config `yaml:"uplink"`
 }
+
+// uplinkOn reports whether the uplink and its lanes are configured.
+func (c *Config) uplinkOn() bool { return c.Uplink != nil && c.Uplink.Enabled }
 
 // Runtime are Go runtime knobs, applied at start and on reload.
 type Runtime struct {
@@ -67,6 +74,13 @@ func (c *Config) SetDefaults() {
 	c.Broker.SetDefaults()
 	c.Pipeline.SetDefaults()
 	c.OTA.SetDefaults()
+	if c.Uplink != nil {
+		if c.Uplink.NodeID == "" {
+			c.Uplink.NodeID = c.NodeID
+		}
+		c.Uplink.SetDefaults()
+		laneDefaults(c.DataDir, c.Uplink.Lanes)
+	}
 	if c.Supervisor != nil {
 		if c.Supervisor.StateDir == "" {
 			c.Supervisor.StateDir = filepath.Join(c.DataDir, "components")
@@ -114,6 +128,12 @@ func (c *Config) Validate() error {
 	if c.Rules != nil {
 		errs = append(errs, config.Section("rules", c.Rules.Validate()))
 	}
+	if c.Uplink != nil {
+		errs = append(errs, config.Section("uplink", c.Uplink.Validate()))
+		for i, l := range c.Uplink.Lanes {
+			errs = append(errs, config.Section(fmt.Sprintf("uplink.lanes[%d].queue", i), l.Queue.Validate()))
+		}
+	}
 	if c.Supervisor != nil {
 		errs = append(errs, config.Section("supervisor", c.Supervisor.Validate()))
 		if !c.hasUnixListener() {
@@ -137,6 +157,11 @@ func (c *Config) moduleSinks() []string {
 	var s []string
 	if c.Rules != nil {
 		s = append(s, RulesSink)
+	}
+	if c.uplinkOn() {
+		for _, l := range c.Uplink.Lanes {
+			s = append(s, LaneSinkPrefix+l.Name)
+		}
 	}
 	return s
 }
