@@ -31,4 +31,4 @@ size=$(stat -c %s "$tmp/outpost")
 awk -v s="$size" -v a="$arch" 'BEGIN { printf "outpost linux/%s, static, stripped, -trimpath: %d bytes (%.2f MiB)\n\n", a, s, s / 1048576 }'
 if [ ${#args[@]} -gt 0 ] && [ "${args[0]}" = -packages ]; then by=package; else by=module; fi
 echo "Symbol bytes by $by (unstripped build of the same code):"
-GOOS= GOARCH= GOARM= go run ./bench/binsize "${args[@]}" "$tmp/outpost.syms"
+GOOS= GOARCH= GOARM= go run ./bench/binsize "${args[@]}" -stripped-size "$size" "$tmp/outpost.syms"

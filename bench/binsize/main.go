@@ -3,12 +3,12 @@
 // read-only data, data; not .bss), attributed by symbol name to the module
 // that provides the package, as listed in the binary's build info.
 //
-// Usage: go run ./bench/binsize [-packages] [-top N] BINARY
+// Usage: go run ./bench/binsize [-packages] [-top N] [-stripped-size BYTES] BINARY
 //
 // BINARY must not be stripped (build it without -s -w); bench/binsize.sh
 // does that for you and also prints the stripped size. Function metadata in
-// .gopclntab, section headers and padding are not attributed to any symbol
-// and show as "unattributed".
+// .gopclntab, section headers and padding are not attributed to any symbol;
+// given the stripped file's size they show as "rest of the stripped file".
 package main
 
 import (
@@ -24,18 +24,19 @@ import (
 func main() {
 	byPkg := flag.Bool("packages", false, "aggregate by package instead of module")
 	top := flag.Int("top", 25, "rows to print")
+	stripped := flag.Int64("stripped-size", 0, "size of the stripped build of the same code, to show what symbols do not cover")
 	flag.Parse()
 	if flag.NArg() != 1 {
 		fmt.Fprintln(os.Stderr, "usage: binsize [-packages] [-top N] BINARY")
 		os.Exit(2)
 	}
-	if err := run(flag.Arg(0), *byPkg, *top); err != nil {
+	if err := run(flag.Arg(0), *byPkg, *top, *stripped); err != nil {
 		fmt.Fprintln(os.Stderr, "binsize:", err)
 		os.Exit(1)
 	}
 }
 
-func run(path string, byPkg bool, top int) error {
+func run(path string, byPkg bool, top int, stripped int64) error {
 	bi, err := buildinfo.ReadFile(path)
 	if err != nil {
 		return err
@@ -50,10 +51,6 @@ func run(path string, byPkg bool, top int) error {
 		return err
 	}
 	defer f.Close()
-	st, err := os.Stat(path)
-	if err != nil {
-		return err
-	}
 	syms, err := f.Symbols()
 	if err != nil {
 		return fmt.Errorf("%s: %w (build without -s -w)", path, err)
@@ -92,8 +89,10 @@ func run(path string, byPkg bool, top int) error {
 		fmt.Printf("%10d  %7.2f MiB  (%d more)\n", rest, mib(rest), len(keys)-top)
 	}
 	fmt.Printf("%10d  %7.2f MiB  all symbols\n", all, mib(all))
-	fmt.Printf("%10d  %7.2f MiB  unattributed in this unstripped file (pclntab, symbol tables, headers)\n",
-		uint64(st.Size())-all, mib(uint64(st.Size())-all))
+	if stripped > int64(all) {
+		rest := uint64(stripped) - all
+		fmt.Printf("%10d  %7.2f MiB  rest of the stripped file (.gopclntab function tables, type links, headers)\n", rest, mib(rest))
+	}
 	return nil
 }
 

@@ -152,3 +152,36 @@ func (b *brokerSampler) final(wall time.Duration) *BrokerStats {
 	}
 	return st
 }
+
+// hostCPU returns the busy and total jiffies of all CPUs from /proc/stat
+// (busy = total − idle − iowait); ok is false where /proc is missing.
+func hostCPU() (busy, total uint64, ok bool) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0, false
+	}
+	return parseHostStat(b)
+}
+
+func parseHostStat(b []byte) (busy, total uint64, ok bool) {
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	f := strings.Fields(string(line))
+	if len(f) < 5 || f[0] != "cpu" {
+		return 0, 0, false
+	}
+	var idle uint64
+	for i, s := range f[1:] {
+		if i >= 8 { // guest and guest_nice are already in user and nice
+			break
+		}
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return 0, 0, false
+		}
+		total += v
+		if i == 3 || i == 4 { // idle, iowait
+			idle += v
+		}
+	}
+	return total - idle, total, true
+}

@@ -29,3 +29,13 @@ func TestProcSelf(t *testing.T) {
 		t.Errorf("rss %d hwm %d err %v", rss, hwm, err)
 	}
 }
+
+func TestParseHostStat(t *testing.T) {
+	busy, total, ok := parseHostStat([]byte("cpu  100 5 50 800 20 1 4 0 7 0\ncpu0 1 2 3\n"))
+	if !ok || total != 980 || busy != 160 {
+		t.Errorf("busy %d total %d ok %v", busy, total, ok)
+	}
+	if _, _, ok := parseHostStat([]byte("intr 1 2 3")); ok {
+		t.Error("parsed a non-cpu line")
+	}
+}

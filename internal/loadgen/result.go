@@ -57,6 +57,11 @@ type Result struct {
 
 	Loadgen CPUStats     `json:"loadgen_cpu"`
 	Broker  *BrokerStats `json:"broker,omitempty"`
+	// HostBusyPercent is how busy all of the machine's cores were over the
+	// run (/proc/stat; 100 = every core busy), HostCores how many there are:
+	// near 100 the result measures the machine, not the broker.
+	HostBusyPercent float64 `json:"host_busy_percent"`
+	HostCores       int     `json:"host_cores"`
 
 	Intervals   []Interval `json:"intervals"`
 	Interrupted bool       `json:"interrupted"`
@@ -289,6 +294,9 @@ func (res *Result) WriteText(w io.Writer) {
 	}
 	fmt.Fprintf(w, "  loadgen    cpu %.2f s user + %.2f s sys = %.0f%% of one core\n",
 		res.Loadgen.UserSeconds, res.Loadgen.SystemSeconds, res.Loadgen.Percent)
+	if res.HostCores > 0 {
+		fmt.Fprintf(w, "  host       %.0f%% of %d cores busy\n", res.HostBusyPercent, res.HostCores)
+	}
 	if b := res.Broker; b != nil {
 		if b.Error != "" {
 			fmt.Fprintf(w, "  broker     pid %d: %s\n", b.PID, b.Error)

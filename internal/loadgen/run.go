@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -211,6 +212,7 @@ func (r *runner) run(ctx context.Context) (*Result, error) {
 	}
 
 	cpu0 := processCPU()
+	hostBusy0, hostTotal0, hostOK := hostCPU()
 	var broker *brokerSampler
 	if cfg.BrokerPID > 0 {
 		broker = newBrokerSampler(cfg.BrokerPID, r.now())
@@ -293,6 +295,10 @@ func (r *runner) run(ctx context.Context) (*Result, error) {
 	res := r.result(pubStart, pubEnd, end, prog)
 	res.Interrupted = interrupted.Load()
 	res.Loadgen = cpuStats(cpu0, cpu1, time.Duration(end-pubStart))
+	if b1, t1, ok := hostCPU(); ok && hostOK && t1 > hostTotal0 {
+		res.HostBusyPercent = round1(float64(b1-hostBusy0) / float64(t1-hostTotal0) * 100)
+		res.HostCores = runtime.NumCPU()
+	}
 	if broker != nil {
 		res.Broker = broker.final(time.Duration(end - pubStart))
 	}
