@@ -90,13 +90,12 @@ func procMem(pid int) (rss, hwm int64, err error) {
 
 // brokerSampler follows a broker process's CPU time and RSS.
 type brokerSampler struct {
-	pid      int
-	cpu0     time.Duration
-	lastCPU  time.Duration
-	lastT    int64
-	maxRSS   int64
-	err      error
-	lastNote string
+	pid     int
+	cpu0    time.Duration
+	lastCPU time.Duration
+	lastT   int64
+	maxRSS  int64
+	err     error
 }
 
 func newBrokerSampler(pid int, now int64) *brokerSampler {

@@ -322,15 +322,21 @@ func (r *runner) received() uint64 {
 }
 
 // drain waits until expected messages arrived, nothing arrived for a
-// second, the drain time is up or ctx is cancelled.
+// second or the drain time is up (at most one more second once ctx is
+// cancelled).
 func (r *runner) drain(ctx context.Context, expected uint64) {
 	deadline := time.Now().Add(r.cfg.Drain)
 	last, lastChange := r.received(), time.Now()
+	cancelled := false
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
 	for {
 		n := r.received()
-		if n >= expected || time.Now().After(deadline) || ctx.Err() != nil {
+		if ctx.Err() != nil && !cancelled {
+			cancelled = true
+			deadline = minTime(deadline, time.Now().Add(time.Second))
+		}
+		if n >= expected || time.Now().After(deadline) {
 			return
 		}
 		if n != last {
@@ -643,4 +649,11 @@ func (s *subscriber) ping(every time.Duration) {
 			}
 		}
 	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
