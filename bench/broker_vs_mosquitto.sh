@@ -2,6 +2,8 @@
 # Side-by-side broker benchmark: the same `outpost bench` scenarios against
 #   mosquitto  Mosquitto 2.0 from Debian's packages, config below
 #   mochi      bare mochi-mqtt v2.7.9 with default capabilities (bench/mochibroker)
+#   broker     Outpost's broker module alone (internal/broker: ACLs, limits,
+#              flow control; no pipeline), persistence off (bench/outpostbroker)
 #   outpost    `outpost run --config bench/outpost-bench.yaml` (skipped, with a
 #              note, while this build has no `run` command or rejects the config)
 # in one run, each broker started fresh for each scenario, on loopback.
@@ -15,7 +17,7 @@
 #
 # Usage: bench/broker_vs_mosquitto.sh
 # Environment: DURATION=15s RATE=10000 PUBS=10 SUBS=1 SIZE=200 QOS=0
-#              ROUNDS=1 TARGETS="mosquitto mochi outpost" SCENARIOS="rate max"
+#              ROUNDS=1 TARGETS="mosquitto mochi broker outpost" SCENARIOS="rate max"
 #              OUT=dir (keep the JSON results there)
 # Holds /tmp/outpost-bench.lock for the whole run. Needs mosquitto and jq
 # (installed with apt-get when missing and running as root).
@@ -33,7 +35,7 @@ SUBS=${SUBS:-1}
 SIZE=${SIZE:-200}
 QOS=${QOS:-0}
 ROUNDS=${ROUNDS:-1}
-TARGETS=${TARGETS:-mosquitto mochi outpost}
+TARGETS=${TARGETS:-mosquitto mochi broker outpost}
 SCENARIOS=${SCENARIOS:-rate max}
 
 need() { # need CMD PACKAGE
@@ -60,9 +62,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "building outpost and bench/mochibroker..." >&2
+echo "building outpost, bench/mochibroker and bench/outpostbroker..." >&2
 CGO_ENABLED=0 go build -trimpath -o "$tmp/outpost" ./cmd/outpost
 CGO_ENABLED=0 go build -trimpath -o "$tmp/mochibroker" ./bench/mochibroker
+CGO_ENABLED=0 go build -trimpath -o "$tmp/outpostbroker" ./bench/outpostbroker
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 free_port() {
@@ -122,6 +125,9 @@ start_broker() { # start_broker TARGET PORT -> sets broker_pid
 		;;
 	mochi)
 		"$tmp/mochibroker" -addr "127.0.0.1:$2" >"$tmp/broker.log" 2>&1 &
+		;;
+	broker)
+		"$tmp/outpostbroker" -addr "127.0.0.1:$2" >"$tmp/broker.log" 2>&1 &
 		;;
 	outpost)
 		sed -e "s/18832/$2/g" -e "s/18833/$(free_port)/g" bench/outpost-bench.yaml >"$tmp/outpost.yaml"
