@@ -4,6 +4,11 @@
 // point for "the broker library alone", not part of the outpost binary.
 //
 // Usage: go run ./bench/mochibroker -addr 127.0.0.1:18831 [-unix /tmp/m.sock]
+//
+//	[-write-buffer BYTES] [-max-pending N]
+//
+// The two tuning flags let a run show what mochi's per-client write buffer
+// (default 2 KiB) and pending-write queue (default 8192) do to throughput.
 package main
 
 import (
@@ -22,16 +27,23 @@ import (
 func main() {
 	addr := flag.String("addr", "127.0.0.1:1883", "TCP listen address")
 	unix := flag.String("unix", "", "also listen on this Unix socket path")
+	wbuf := flag.Int("write-buffer", 0, "ClientNetWriteBufferSize in bytes (0 = mochi's default, 2 KiB)")
+	pending := flag.Int("max-pending", 0, "Capabilities.MaximumClientWritesPending (0 = mochi's default, 8192)")
 	flag.Parse()
-	if err := run(*addr, *unix); err != nil {
+	if err := run(*addr, *unix, *wbuf, *pending); err != nil {
 		fmt.Fprintln(os.Stderr, "mochibroker:", err)
 		os.Exit(1)
 	}
 }
 
-func run(addr, unix string) error {
+func run(addr, unix string, wbuf, pending int) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	srv := mqtt.New(&mqtt.Options{Logger: log})
+	opts := &mqtt.Options{Logger: log, ClientNetWriteBufferSize: wbuf}
+	if pending > 0 {
+		opts.Capabilities = mqtt.NewDefaultServerCapabilities()
+		opts.Capabilities.MaximumClientWritesPending = int32(pending)
+	}
+	srv := mqtt.New(opts)
 	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
 		return err
 	}
