@@ -194,7 +194,7 @@ func (b *Broker) build(c *Config) (*mqtt.Server, error) {
 	caps.MaximumMessageExpiryInterval = int64(c.Limits.SessionExpiry.D() / time.Second)
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities:           caps,
-		Logger:                 b.log.With("module", "broker"),
+		Logger:                 slog.New(quietHandler{b.log.Handler()}).With("module", "broker"),
 		InlineClient:           true,
 		SysTopicResendInterval: 3600,
 	})
@@ -378,7 +378,7 @@ func (b *Broker) PublishMessage(m *message.Message) error {
 			PayloadFormatFlag:     m.Props.PayloadFormat != 0,
 			MessageExpiryInterval: m.Props.MessageExpiry,
 		},
-		PacketID: uint16(1),
+		PacketID: uint16(m.QoS), // mochi validates: 0 for QoS 0, non-zero otherwise
 	}
 	for _, u := range m.Props.User {
 		pk.Properties.User = append(pk.Properties.User, packets.UserProperty{Key: u.Key, Val: u.Value})
@@ -407,6 +407,34 @@ func (b *Broker) Addr(name string) string {
 	}
 	return ""
 }
+
+// quietHandler adapts mochi's logging to an agent's: its informational
+// chatter (hooks added, server stopping) becomes debug, and the warnings it
+// logs without a message for every connection closed during shutdown are
+// dropped (disconnect reasons are counted in metrics instead).
+type quietHandler struct{ slog.Handler }
+
+func (h quietHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	if l == slog.LevelInfo {
+		l = slog.LevelDebug
+	}
+	return h.Handler.Enabled(ctx, l)
+}
+
+func (h quietHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level == slog.LevelInfo {
+		r.Level = slog.LevelDebug
+	}
+	if r.Message == "" && r.Level == slog.LevelWarn {
+		return nil
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h quietHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return quietHandler{h.Handler.WithAttrs(as)}
+}
+func (h quietHandler) WithGroup(n string) slog.Handler { return quietHandler{h.Handler.WithGroup(n)} }
 
 // logLimiter logs a given key once, remembering at most max keys.
 type logLimiter struct {

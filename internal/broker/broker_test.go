@@ -37,7 +37,9 @@ var testHash = func() string {
 }()
 
 func baseConfig(t *testing.T) *Config {
-	t.Helper()
+	if t != nil {
+		t.Helper()
+	}
 	return &Config{
 		Listeners: []Listener{{Type: TypeTCP, Address: "127.0.0.1:0"}},
 		Users: []User{

@@ -13,6 +13,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // store persists retained messages, client sessions, subscriptions and
@@ -39,7 +40,6 @@ type store struct {
 	kick    chan struct{}
 	stop    chan struct{}
 	done    chan struct{}
-	failed  error
 }
 
 var bucketName = []byte("outpost")
@@ -67,7 +67,7 @@ func (s *store) Provides(b byte) bool {
 func (s *store) Init(any) error {
 	db, err := bbolt.Open(s.path, 0o600, &bbolt.Options{Timeout: 2 * time.Second})
 	if err != nil {
-		if errors.Is(err, bbolt.ErrTimeout) {
+		if errors.Is(err, berrors.ErrTimeout) {
 			return fmt.Errorf("%s is locked by another process (is another outpost running with the same data_dir?)", s.path)
 		}
 		return err

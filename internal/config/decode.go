@@ -7,7 +7,6 @@ import (
 	"reflect"
 	"regexp"
 	"sort"
-	"strconv"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -322,32 +321,4 @@ func (d *decoder) locate(path string) Pos {
 		p = p[:i]
 	}
 	return Pos{File: d.file}
-}
-
-// pathPrefix splits "users[0].acl[1].topic: bad pattern" into the path and
-// the rest, if the prefix looks like a YAML path known to the decoder.
-func (d *decoder) splitPath(section, msg string) (string, string) {
-	i := strings.Index(msg, ": ")
-	if i <= 0 {
-		return section, msg
-	}
-	p := msg[:i]
-	if strings.ContainsAny(p, " \t\"'") {
-		return section, msg
-	}
-	full := join(section, p)
-	if _, ok := d.pos[full]; ok {
-		return full, msg[i+2:]
-	}
-	// a path to a key that was not set (e.g. a required field): accept if
-	// its parent exists.
-	if j := strings.LastIndexAny(full, ".["); j > 0 {
-		if _, ok := d.pos[full[:j]]; ok {
-			return full, msg[i+2:]
-		}
-	}
-	if _, err := strconv.Atoi(p); err == nil {
-		return section, msg
-	}
-	return section, msg
 }

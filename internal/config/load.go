@@ -129,7 +129,7 @@ func (d *decoder) locateAll(err error) Problems {
 		} else if i := strings.Index(msg, ": "); i > 0 && !strings.ContainsAny(msg[:i], " \t\"'") {
 			path, msg = msg[:i], msg[i+2:]
 		}
-		out = append(out, Problem{Pos: d.locate(path), Path: path, Err: fmt.Errorf("%w: %s", ErrInvalid, msg)})
+		out = append(out, Problem{Pos: d.locate(path), Path: path, Err: invalid(msg)})
 	}
 	return out
 }
@@ -276,3 +276,10 @@ func envScalar(v string) yaml.Node {
 	}
 	return yaml.Node{Kind: yaml.ScalarNode, Value: v}
 }
+
+// invalid is a validation message that matches errors.Is(err, ErrInvalid)
+// without repeating "invalid config" in every line.
+type invalid string
+
+func (e invalid) Error() string        { return string(e) }
+func (e invalid) Is(target error) bool { return target == ErrInvalid }
