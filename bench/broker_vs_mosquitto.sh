@@ -130,7 +130,9 @@ start_broker() { # start_broker TARGET PORT -> sets broker_pid
 		"$tmp/outpostbroker" -addr "127.0.0.1:$2" >"$tmp/broker.log" 2>&1 &
 		;;
 	outpost)
-		sed -e "s/18832/$2/g" -e "s/18833/$(free_port)/g" bench/outpost-bench.yaml >"$tmp/outpost.yaml"
+		mkdir -p "$tmp/data"
+		sed -e "s/18832/$2/g" -e "s/18833/$(free_port)/g" -e "s|/tmp/outpost-bench-data|$tmp/data|g" \
+			bench/outpost-bench.yaml >"$tmp/outpost.yaml"
 		"$tmp/outpost" run --config "$tmp/outpost.yaml" >"$tmp/broker.log" 2>&1 &
 		;;
 	esac
