@@ -16,6 +16,7 @@ import (
 	"debug/elf"
 	"flag"
 	"fmt"
+	"net/url"
 	"os"
 	"sort"
 	"strings"
@@ -109,10 +110,14 @@ func symbolPackage(name string) string {
 	}
 	slash := strings.LastIndexByte(name, '/')
 	dot := strings.IndexByte(name[slash+1:], '.')
-	if dot < 0 {
-		return name
+	if dot >= 0 {
+		name = name[:slash+1+dot]
 	}
-	return name[:slash+1+dot]
+	// The linker escapes dots in the last path element (yaml%2ev3).
+	if p, err := url.PathUnescape(name); err == nil {
+		return p
+	}
+	return name
 }
 
 func module(pkg string, mods []string) string {
