@@ -20,8 +20,8 @@ import (
 	"syscall"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/hooks/auth"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 func main() {
@@ -44,7 +44,7 @@ func run(addr, unix string, wbuf, pending int) error {
 		opts.Capabilities.MaximumClientWritesPending = int32(pending)
 	}
 	srv := mqtt.New(opts)
-	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
+	if err := srv.AddHook(new(allowAll), nil); err != nil {
 		return err
 	}
 	if err := srv.AddListener(listeners.NewTCP(listeners.Config{ID: "tcp", Address: addr})); err != nil {
@@ -64,3 +64,15 @@ func run(addr, unix string, wbuf, pending int) error {
 	<-sig
 	return srv.Close()
 }
+
+// allowAll admits every client to every topic (like mochi's auth.AllowHook,
+// which Outpost's trimmed mochi copy does not include).
+type allowAll struct{ mqtt.HookBase }
+
+func (allowAll) ID() string { return "allow-all" }
+
+func (allowAll) Provides(b byte) bool { return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck }
+
+func (allowAll) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return true }
+
+func (allowAll) OnACLCheck(*mqtt.Client, string, bool) bool { return true }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/outpost-edge/outpost/internal/agent"
 	"github.com/outpost-edge/outpost/internal/config"
+	"github.com/outpost-edge/outpost/internal/ota"
 	"github.com/outpost-edge/outpost/internal/telemetry"
 )
 
@@ -48,10 +49,42 @@ Exit codes: 0 after a clean shutdown, 1 if a module failed, 2 for an invalid con
 
 func runAgent(ctx context.Context, cfg *agent.Config, path string) int {
 	logs := telemetry.NewLogs(os.Stderr, cfg.Log)
+	// First: settle an interrupted update, count a trial start.
+	trial, err := ota.Boot(ctx, cfg.OTA, ota.BootOptions{Log: logs.Logger()})
+	if err != nil {
+		logs.Logger().Error("ota boot", "err", err)
+	}
 	a, err := agent.New(cfg, path, logs)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "outpost: %v\n", err)
 		return exitFailure
+	}
+	if trial != nil {
+		go func() {
+			select {
+			case <-a.Ready:
+			case <-ctx.Done():
+				return
+			}
+			ready := func() bool {
+				for _, h := range a.Health() {
+					if !h.Ready() {
+						return false
+					}
+				}
+				return true
+			}
+			var re *ota.RestartError
+			if err := trial.Gate(ctx, ready); errors.As(err, &re) {
+				sctx, cancel := context.WithTimeout(context.Background(), agent.StopTimeout)
+				a.Stop(sctx)
+				cancel()
+				if err := ota.Restart(cfg.OTA); err != nil {
+					fmt.Fprintf(os.Stderr, "outpost: %v\n", err)
+				}
+				os.Exit(exitFailure)
+			}
+		}()
 	}
 	if err := a.Run(ctx); err != nil {
 		fmt.Fprintf(os.Stderr, "outpost: %v\n", err)

@@ -28,9 +28,11 @@ import (
 	"github.com/outpost-edge/outpost/internal/config"
 	"github.com/outpost-edge/outpost/internal/message"
 	"github.com/outpost-edge/outpost/internal/module"
+	"github.com/outpost-edge/outpost/internal/ota"
 	"github.com/outpost-edge/outpost/internal/pipeline"
 	"github.com/outpost-edge/outpost/internal/rules"
 	"github.com/outpost-edge/outpost/internal/sink/republish"
+	"github.com/outpost-edge/outpost/internal/supervisor"
 	"github.com/outpost-edge/outpost/internal/telemetry"
 )
 
@@ -47,11 +49,13 @@ type Agent struct {
 	mu  sync.Mutex
 	cfg *Config
 
-	Broker    *broker.Broker
-	Pipeline  *pipeline.Pipeline
-	Rules     *rules.Module
-	Telemetry *telemetry.Server
-	runner    *module.Runner
+	Broker     *broker.Broker
+	Pipeline   *pipeline.Pipeline
+	Rules      *rules.Module
+	Telemetry  *telemetry.Server
+	OTA        *ota.Updater
+	Supervisor *supervisor.Supervisor
+	runner     *module.Runner
 
 	reloadOK, reloadRejected *metrics.Counter
 	// Ready is closed once every module has started.
@@ -74,9 +78,26 @@ func New(cfg *Config, path string, logs *telemetry.Logs) (*Agent, error) {
 		OnPublish: func(m *message.Message) error { return a.Pipeline.Submit(m) },
 	})
 	var routes []func(*http.ServeMux)
+	a.OTA = ota.New(ota.Options{Log: a.log, Metrics: a.metrics, Restart: func(c ota.Config) {
+		ctx, cancel := context.WithTimeout(context.Background(), StopTimeout)
+		defer cancel()
+		a.Stop(ctx)
+		if err := ota.Restart(c); err != nil {
+			a.log.Error("restart into the new version failed", "err", err)
+			os.Exit(1)
+		}
+	}})
+	routes = append(routes, a.OTA.Register)
 	if cfg.Rules != nil {
 		a.Rules = rules.NewModule(&rulesEnv{a: a}, a.log, a.metrics)
 		routes = append(routes, a.Rules.RegisterHTTP)
+	}
+	if cfg.Supervisor != nil {
+		a.Supervisor = supervisor.New(supervisor.Options{
+			Logger: a.log, Identity: brokerIdentity{a.Broker}, Publisher: a.Broker, Bus: a.Broker,
+			Metrics: a.metrics, After: []string{"broker"},
+		})
+		routes = append(routes, a.Supervisor.RegisterHTTP)
 	}
 	a.Pipeline = pipeline.New(pipeline.Options{
 		Logger: a.log, Metrics: a.metrics, Publisher: a.Broker,
@@ -90,7 +111,10 @@ func New(cfg *Config, path string, logs *telemetry.Logs) (*Agent, error) {
 	if a.Rules != nil {
 		mods = append(mods, a.Rules)
 	}
-	mods = append(mods, depends{a.Pipeline, a.ruleDeps()}, depends{a.Broker, []string{"pipeline"}})
+	mods = append(mods, depends{a.Pipeline, a.ruleDeps()}, depends{a.Broker, []string{"pipeline"}}, depends{a.OTA, []string{"telemetry"}})
+	if a.Supervisor != nil {
+		mods = append(mods, a.Supervisor)
+	}
 	r, err := module.NewRunner(a.log, mods...)
 	if err != nil {
 		return nil, err
@@ -145,6 +169,10 @@ func section(c *Config, name string) any {
 		return pipelineConfig(c)
 	case "rules":
 		return c.Rules
+	case "ota":
+		return &c.OTA
+	case "supervisor":
+		return c.Supervisor
 	}
 	return nil
 }
@@ -265,8 +293,9 @@ func (a *Agent) Apply(ctx context.Context, next *Config) error {
 	a.mu.Lock()
 	cur := a.cfg
 	a.mu.Unlock()
-	if cur.NodeID != next.NodeID || cur.DataDir != next.DataDir || (cur.Rules == nil) != (next.Rules == nil) {
-		return errors.New("node_id, data_dir and enabling/disabling rules take effect only after a restart; change refused")
+	if cur.NodeID != next.NodeID || cur.DataDir != next.DataDir || (cur.Rules == nil) != (next.Rules == nil) ||
+		(cur.Supervisor == nil) != (next.Supervisor == nil) {
+		return errors.New("node_id, data_dir and enabling/disabling rules or the supervisor take effect only after a restart; change refused")
 	}
 	var changed []string
 	if !reflect.DeepEqual(cur.Log, next.Log) {
@@ -299,6 +328,16 @@ func (a *Agent) Apply(ctx context.Context, next *Config) error {
 	}
 	return errors.Join(errs...)
 }
+
+// brokerIdentity adapts the broker's component identities to the supervisor.
+type brokerIdentity struct{ b *broker.Broker }
+
+func (bi brokerIdentity) Issue(ctx context.Context, component string, acl supervisor.Access) (supervisor.Credentials, error) {
+	c, err := bi.b.IssueIdentity(ctx, component, broker.Access{Publish: acl.Publish, Subscribe: acl.Subscribe})
+	return supervisor.Credentials{URL: c.URL, Username: c.Username, Password: c.Password}, err
+}
+
+func (bi brokerIdentity) Revoke(component string) { bi.b.RevokeIdentity(component) }
 
 // rulesEnv gives the rule engine its action targets.
 type rulesEnv struct{ a *Agent }

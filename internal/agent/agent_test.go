@@ -120,6 +120,7 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
+			return
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -12,8 +12,10 @@ import (
 
 	"github.com/outpost-edge/outpost/internal/broker"
 	"github.com/outpost-edge/outpost/internal/config"
+	"github.com/outpost-edge/outpost/internal/ota"
 	"github.com/outpost-edge/outpost/internal/pipeline"
 	"github.com/outpost-edge/outpost/internal/rules"
+	"github.com/outpost-edge/outpost/internal/supervisor"
 	"github.com/outpost-edge/outpost/internal/telemetry"
 )
 
@@ -30,6 +32,10 @@ type Config struct {
 	Pipeline  pipeline.Config     `yaml:"pipeline"`
 	// Rules enables the rule engine when present.
 	Rules *rules.Config `yaml:"rules"`
+	// OTA is the self-updater (docs/ota.md).
+	OTA ota.Config `yaml:"ota"`
+	// Supervisor runs components (docs/components.md) when present.
+	Supervisor *supervisor.Config `yaml:"supervisor"`
 }
 
 // Runtime are Go runtime knobs, applied at start and on reload.
@@ -60,6 +66,16 @@ func (c *Config) SetDefaults() {
 	c.Telemetry.SetDefaults()
 	c.Broker.SetDefaults()
 	c.Pipeline.SetDefaults()
+	c.OTA.SetDefaults()
+	if c.Supervisor != nil {
+		if c.Supervisor.StateDir == "" {
+			c.Supervisor.StateDir = filepath.Join(c.DataDir, "components")
+		}
+		if c.Supervisor.LogDir == "" {
+			c.Supervisor.LogDir = filepath.Join(c.DataDir, "components", "logs")
+		}
+		c.Supervisor.SetDefaults()
+	}
 	if c.Rules != nil {
 		c.Rules.SetDefaults()
 		if c.Rules.StateDir == "" {
@@ -93,11 +109,27 @@ func (c *Config) Validate() error {
 		config.Section("telemetry", c.Telemetry.Validate()),
 		config.Section("broker", c.Broker.Validate()),
 		config.Section("pipeline", c.Pipeline.Validate(c.moduleSinks()...)),
+		config.Section("ota", c.OTA.Validate()),
 	)
 	if c.Rules != nil {
 		errs = append(errs, config.Section("rules", c.Rules.Validate()))
 	}
+	if c.Supervisor != nil {
+		errs = append(errs, config.Section("supervisor", c.Supervisor.Validate()))
+		if !c.hasUnixListener() {
+			errs = append(errs, config.Field("broker.listeners", "the supervisor gives components credentials on a unix listener; add one (type: unix, path: /run/outpost/mqtt.sock)"))
+		}
+	}
 	return errors.Join(errs...)
+}
+
+func (c *Config) hasUnixListener() bool {
+	for _, l := range c.Broker.Listeners {
+		if l.Type == broker.TypeUnix {
+			return true
+		}
+	}
+	return false
 }
 
 // moduleSinks are the sink names modules add to the pipeline.

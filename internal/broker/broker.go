@@ -96,6 +96,10 @@ type Broker struct {
 	idMu       sync.RWMutex
 	identities map[string]*identity // by username
 
+	subMu   sync.Mutex
+	subs    map[int]inlineSub // Outpost's own subscriptions, re-applied after a restart
+	nextSub int
+
 	logOnce logLimiter
 }
 
@@ -113,7 +117,7 @@ func New(opts Options) *Broker {
 	if opts.DataDir == "" {
 		opts.DataDir = "."
 	}
-	b := &Broker{opts: opts, log: opts.Logger, identities: map[string]*identity{}}
+	b := &Broker{opts: opts, log: opts.Logger, identities: map[string]*identity{}, subs: map[int]inlineSub{}}
 	b.m = newBrokerMetrics(opts.Metrics, b)
 	b.logOnce.max = 4096
 	b.setHealth(module.StateStarting, "")
@@ -179,6 +183,13 @@ func (b *Broker) Start(ctx context.Context) error {
 		return fmt.Errorf("broker: serve: %w", err)
 	}
 	b.live.Store(&live{srv: srv, inline: srv.NewClient(nil, "local", "outpost", true)})
+	b.subMu.Lock()
+	for id, s := range b.subs {
+		if err := srv.Subscribe(s.filter, id, s.handler); err != nil {
+			b.log.Error("broker: restoring an internal subscription", "topic", s.filter, "err", err)
+		}
+	}
+	b.subMu.Unlock()
 	b.setHealth(module.StateReady, fmt.Sprintf("%d listener(s)", len(cfg.Listeners)))
 	return nil
 }
@@ -384,6 +395,39 @@ func (b *Broker) PublishMessage(m *message.Message) error {
 		pk.Properties.User = append(pk.Properties.User, packets.UserProperty{Key: u.Key, Val: u.Value})
 	}
 	return l.srv.InjectPacket(l.inline, pk)
+}
+
+type inlineSub struct {
+	filter  string
+	handler mqtt.InlineSubFn
+}
+
+// Subscribe subscribes Outpost itself (no ACL) to filter; fn runs on the
+// publisher's goroutine and must not block. The subscription survives broker
+// restarts. cancel removes it.
+func (b *Broker) Subscribe(filter string, fn func(topic string, payload []byte)) (cancel func(), err error) {
+	h := func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) { fn(pk.TopicName, pk.Payload) }
+	b.subMu.Lock()
+	b.nextSub++
+	id := b.nextSub
+	b.subs[id] = inlineSub{filter: filter, handler: h}
+	b.subMu.Unlock()
+	if srv := b.server(); srv != nil {
+		if err := srv.Subscribe(filter, id, h); err != nil {
+			b.subMu.Lock()
+			delete(b.subs, id)
+			b.subMu.Unlock()
+			return nil, fmt.Errorf("broker: subscribe %s: %w", filter, err)
+		}
+	}
+	return func() {
+		b.subMu.Lock()
+		delete(b.subs, id)
+		b.subMu.Unlock()
+		if srv := b.server(); srv != nil {
+			_ = srv.Unsubscribe(filter, id)
+		}
+	}, nil
 }
 
 // Clients returns the number of connected clients.

@@ -24,8 +24,8 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/hooks/auth"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // mochiBroker is an in-process mochi-mqtt v2 server on loopback.
@@ -40,23 +40,36 @@ type mochiBroker struct {
 func newMochi(t *testing.T, users map[string]string) *mochiBroker {
 	t.Helper()
 	srv := mqtt.New(&mqtt.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	var err error
-	if users == nil {
-		err = srv.AddHook(new(auth.AllowHook), nil)
-	} else {
-		var rules auth.AuthRules
-		for u, p := range users {
-			rules = append(rules, auth.AuthRule{Username: auth.RString(u), Password: auth.RString(p), Allow: true})
-		}
-		err = srv.AddHook(new(auth.Hook), &auth.Options{Ledger: &auth.Ledger{Auth: rules,
-			ACL: auth.ACLRules{{Filters: auth.Filters{"#": auth.ReadWrite}}}}})
-	}
+	err := srv.AddHook(&authHook{users: users}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = srv.Close() })
 	return &mochiBroker{t: t, srv: srv}
 }
+
+// authHook admits the given users (nil: everyone) and allows every topic;
+// the hooks/auth package is not in Outpost's trimmed mochi copy.
+type authHook struct {
+	mqtt.HookBase
+	users map[string]string
+}
+
+func (h *authHook) ID() string { return "bench-auth" }
+
+func (h *authHook) Provides(b byte) bool {
+	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
+}
+
+func (h *authHook) OnConnectAuthenticate(_ *mqtt.Client, pk packets.Packet) bool {
+	if h.users == nil {
+		return true
+	}
+	pw, ok := h.users[string(pk.Connect.Username)]
+	return ok && pw == string(pk.Connect.Password)
+}
+
+func (h *authHook) OnACLCheck(*mqtt.Client, string, bool) bool { return true }
 
 func (m *mochiBroker) id() string { m.n++; return fmt.Sprintf("l%d", m.n) }
 
