@@ -40,7 +40,7 @@ type Options struct {
 
 	fs        fsys                 // nil = the real filesystem
 	elapsed   func() time.Duration // nil = monotonic time since Open (tests)
-	housekeep time.Duration        // housekeeping period, default 1s (tests)
+	housekeep time.Duration        // housekeeping and cursor-save period, default 200ms (tests)
 }
 
 const (
@@ -243,7 +243,7 @@ func Open(cfg Config, opts Options) (*Disk, error) {
 	}
 	q.housekeep = opts.housekeep
 	if q.housekeep <= 0 {
-		q.housekeep = time.Second
+		q.housekeep = 200 * time.Millisecond
 	}
 	q.space = sync.NewCond(&q.mu)
 	if err := q.fs.MkdirAll(q.dir, 0o750); err != nil {
