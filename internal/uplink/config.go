@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/outpost-edge/outpost/internal/queue"
 	"log/slog"
 	"net"
 	"net/url"
@@ -132,10 +133,10 @@ type LaneConfig struct {
 	// without a cap). 0 = no guarantee: the lane gets what higher lanes
 	// leave.
 	Share int `yaml:"share"`
-	// Queue holds the lane queue's settings (max_bytes, max_age, on_full,
-	// fsync...). The uplink does not read it: the integrator decodes it
-	// into the queue package's config when it opens the lane's queue.
-	Queue yaml.Node `yaml:"queue,omitempty"`
+	// Queue holds the lane queue's settings (dir, max_bytes, max_age,
+	// on_full, fsync...). The uplink does not read it: the agent opens the
+	// lane's queue with it (dir defaults to <data_dir>/queue/<lane>).
+	Queue queue.Config `yaml:"queue"`
 }
 
 // Priority is a lane priority; higher drains first.

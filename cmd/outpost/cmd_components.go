@@ -1,0 +1,308 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/outpost-edge/outpost/internal/supervisor"
+	"github.com/outpost-edge/outpost/internal/supervisor/recipe"
+)
+
+func init() {
+	register(&command{name: "components", summary: "list, inspect, restart and read logs of supervised components", run: runComponents})
+}
+
+// defaultAPI is where `outpost components` finds the running agent's local
+// HTTP API unless --api or OUTPOST_API says otherwise.
+const defaultAPI = "http://127.0.0.1:9100" // the telemetry HTTP endpoint's default address
+
+func runComponents(ctx context.Context, args []string) int {
+	fs := flag.NewFlagSet("components", flag.ContinueOnError)
+	api := fs.String("api", envOr("OUTPOST_API", defaultAPI), "agent API: http://host:port or unix:///path/to/api.sock (env OUTPOST_API)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	lines := fs.Int("n", 100, "logs: number of lines")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), helpText("outpost components [flags] list|status NAME|restart NAME|logs NAME|check DIR",
+			`Inspect and control the components supervised by a running agent, over its
+local HTTP API (/api/v1/components). "check" validates a recipes directory
+offline (no agent needed) and exits 2 if any recipe is invalid.
+
+States: waiting, installing, install_failed, starting, running, healthy,
+unhealthy, stopping, stopped, finished, backoff, broken, invalid.`,
+			"outpost components list",
+			"outpost components status temp-sensor",
+			"outpost components restart temp-sensor",
+			"outpost components logs -n 50 temp-sensor",
+			"outpost components check /etc/outpost/components"))
+		fs.PrintDefaults()
+	}
+	// Flags may come before or after the subcommand.
+	var pos []string
+	rest := args
+	for {
+		if err := fs.Parse(rest); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return exitOK
+			}
+			return exitUsage
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		rest = fs.Args()[1:]
+	}
+	if len(pos) == 0 {
+		fs.Usage()
+		return exitUsage
+	}
+	needName := func() (string, bool) {
+		if len(pos) != 2 {
+			fmt.Fprintf(os.Stderr, "outpost components %s: expected one component name\n", pos[0])
+			return "", false
+		}
+		return pos[1], true
+	}
+	c, err := newAPIClient(*api)
+	if err != nil && pos[0] != "check" {
+		fmt.Fprintln(os.Stderr, "outpost components:", err)
+		return exitUsage
+	}
+	switch pos[0] {
+	case "list":
+		var sts []supervisor.Status
+		if code := c.get(ctx, "/api/v1/components", &sts); code != exitOK {
+			return code
+		}
+		if *asJSON {
+			return printJSON(sts)
+		}
+		printComponentTable(os.Stdout, sts)
+	case "status":
+		name, ok := needName()
+		if !ok {
+			return exitUsage
+		}
+		var st supervisor.Status
+		if code := c.get(ctx, "/api/v1/components/"+url.PathEscape(name), &st); code != exitOK {
+			return code
+		}
+		if *asJSON {
+			return printJSON(st)
+		}
+		printComponentStatus(os.Stdout, st)
+	case "restart":
+		name, ok := needName()
+		if !ok {
+			return exitUsage
+		}
+		if code := c.do(ctx, http.MethodPost, "/api/v1/components/"+url.PathEscape(name)+"/restart", nil); code != exitOK {
+			return code
+		}
+		fmt.Printf("restarting %s\n", name)
+	case "logs":
+		name, ok := needName()
+		if !ok {
+			return exitUsage
+		}
+		return c.do(ctx, http.MethodGet, fmt.Sprintf("/api/v1/components/%s/logs?lines=%d", url.PathEscape(name), *lines), os.Stdout)
+	case "check":
+		if len(pos) != 2 {
+			fmt.Fprintln(os.Stderr, "outpost components check: expected a recipes directory")
+			return exitUsage
+		}
+		return checkRecipes(pos[1])
+	default:
+		fmt.Fprintf(os.Stderr, "outpost components: unknown subcommand %q\n", pos[0])
+		fs.Usage()
+		return exitUsage
+	}
+	return exitOK
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+type apiClient struct {
+	base string
+	hc   *http.Client
+}
+
+func newAPIClient(api string) (*apiClient, error) {
+	u, err := url.Parse(api)
+	if err != nil {
+		return nil, fmt.Errorf("bad --api %q: %w", api, err)
+	}
+	switch u.Scheme {
+	case "unix":
+		sock := u.Path
+		return &apiClient{base: "http://agent", hc: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+			},
+		}}}, nil
+	case "http", "https":
+		return &apiClient{base: strings.TrimRight(api, "/"), hc: &http.Client{Timeout: 30 * time.Second}}, nil
+	}
+	return nil, fmt.Errorf("bad --api %q: want http://host:port or unix:///path", api)
+}
+
+func (c *apiClient) do(ctx context.Context, method, path string, out io.Writer) int {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, nil)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "outpost components:", err)
+		return exitFailure
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "outpost components: cannot reach the agent: %v\n", err)
+		return exitFailure
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		var e struct{ Error string }
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if json.Unmarshal(b, &e) != nil || e.Error == "" {
+			e.Error = strings.TrimSpace(string(b))
+		}
+		fmt.Fprintf(os.Stderr, "outpost components: %s (HTTP %d)\n", e.Error, resp.StatusCode)
+		if resp.StatusCode == http.StatusNotFound {
+			return exitUsage
+		}
+		return exitFailure
+	}
+	if out != nil {
+		if _, err := io.Copy(out, resp.Body); err != nil {
+			return exitFailure
+		}
+	}
+	return exitOK
+}
+
+func (c *apiClient) get(ctx context.Context, path string, v any) int {
+	var b strings.Builder
+	if code := c.do(ctx, http.MethodGet, path, &b); code != exitOK {
+		return code
+	}
+	if err := json.Unmarshal([]byte(b.String()), v); err != nil {
+		fmt.Fprintf(os.Stderr, "outpost components: bad answer from the agent: %v\n", err)
+		return exitFailure
+	}
+	return exitOK
+}
+
+func printJSON(v any) int {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		return exitFailure
+	}
+	return exitOK
+}
+
+func printComponentTable(w io.Writer, sts []supervisor.Status) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tVERSION\tSTATE\tPID\tRESTARTS\tSINCE\tREASON")
+	for _, st := range sts {
+		pid := "-"
+		if st.PID != 0 {
+			pid = fmt.Sprint(st.PID)
+		}
+		reason := st.Reason
+		if st.Error != "" {
+			reason = st.Error
+		}
+		if i := strings.IndexByte(reason, '\n'); i >= 0 {
+			reason = reason[:i] + " ..."
+		}
+		since := "-"
+		if !st.Since.IsZero() {
+			since = time.Since(st.Since).Round(time.Second).String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", st.Name, st.Version, st.State, pid, st.Restarts, since, reason)
+	}
+	tw.Flush()
+}
+
+func printComponentStatus(w io.Writer, st supervisor.Status) {
+	p := func(k string, v any) { fmt.Fprintf(w, "%-10s %v\n", k+":", v) }
+	p("name", st.Name)
+	p("version", st.Version)
+	p("state", st.State)
+	if !st.Since.IsZero() {
+		p("since", st.Since.Format(time.RFC3339)+" ("+time.Since(st.Since).Round(time.Second).String()+" ago)")
+	}
+	if st.Reason != "" {
+		p("reason", st.Reason)
+	}
+	if st.PID != 0 {
+		p("pid", st.PID)
+	}
+	if st.Health != "" {
+		p("health", st.Health)
+	}
+	p("restarts", st.Restarts)
+	if st.LastExit != nil {
+		p("last exit", st.LastExit.Description+" at "+st.LastExit.At.Format(time.RFC3339))
+	}
+	if len(st.DependsOn) > 0 {
+		p("depends", strings.Join(st.DependsOn, ", "))
+	}
+	if l := st.Limits; l != nil && (l.Memory != 0 || l.CPU != 0 || l.Pids != 0 || l.Note != "") {
+		p("limits", fmt.Sprintf("memory=%d cpu=%g pids=%d enforced=%v %s", l.Memory, l.CPU, l.Pids, l.Enforced, l.Note))
+	}
+	if st.Memory != 0 {
+		p("memory", fmt.Sprintf("%.1f MiB", float64(st.Memory)/(1<<20)))
+	}
+	if st.Recipe != "" {
+		p("recipe", st.Recipe)
+	}
+	if st.Error != "" {
+		p("error", st.Error)
+	}
+	if st.Output != "" {
+		fmt.Fprintf(w, "output:\n%s\n", st.Output)
+	}
+}
+
+// checkRecipes validates a recipes directory offline.
+func checkRecipes(dir string) int {
+	recipes, fileErrs, err := recipe.LoadDir(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return exitFailure
+	}
+	g, rejected := recipe.Resolve(recipes)
+	var msgs []string
+	for _, e := range fileErrs {
+		msgs = append(msgs, e.Error())
+	}
+	for _, e := range rejected {
+		msgs = append(msgs, e.Error())
+	}
+	sort.Strings(msgs)
+	for _, m := range msgs {
+		fmt.Fprintln(os.Stderr, m)
+	}
+	fmt.Printf("%d valid components (start order: %s), %d problems\n", g.Len(), strings.Join(g.Order(), ", "), len(msgs))
+	if len(msgs) > 0 {
+		return exitUsage
+	}
+	return exitOK
+}

@@ -1,0 +1,213 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/outpost-edge/outpost/internal/buildinfo"
+	"github.com/outpost-edge/outpost/internal/ota/release"
+	"github.com/outpost-edge/outpost/internal/ota/tuf"
+)
+
+func init() {
+	register(&command{name: "release", summary: "publish signed updates: keygen, add, sign, serve", run: runRelease})
+}
+
+const releaseUsage = `Usage:
+  outpost release keygen --repo DIR --keys KEYDIR
+  outpost release add    --repo DIR --keys KEYDIR --binary FILE --version V [--platform linux/arm64] [--deltas 3] [--no-sign]
+  outpost release sign   --repo DIR --keys KEYDIR [--timestamp]
+  outpost release rotate --repo DIR --keys KEYDIR --role timestamp|snapshot|targets|root
+  outpost release serve  DIR [--listen 127.0.0.1:8080]
+
+Publish Outpost releases as a TUF repository (static files) that gateways
+update from. keygen creates the four role keys and the first root.json; copy
+DIR/metadata/1.root.json to each gateway (ota.root). add puts a binary in the
+repository as a compressed full target plus bsdiff deltas from the previous
+versions, then signs (unless --no-sign). sign publishes what was added; with
+--timestamp it only re-signs the timestamp, which expires after a day:
+run it from cron. Keep KEYDIR offline; the root key especially.
+
+Examples:
+  outpost release keygen --repo ./repo --keys ./keys
+  outpost release add --repo ./repo --keys ./keys --binary dist/outpost-linux-arm64 --version 1.4.0 --platform linux/arm64
+  outpost release sign --repo ./repo --keys ./keys --timestamp
+  outpost release serve ./repo --listen 127.0.0.1:8080
+`
+
+func runRelease(ctx context.Context, args []string) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(os.Stdout, releaseUsage)
+		if len(args) == 0 {
+			return exitUsage
+		}
+		return exitOK
+	}
+	sub, args := args[0], args[1:]
+	fs := flag.NewFlagSet("release "+sub, flag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprint(fs.Output(), releaseUsage, "\nFlags:\n"); fs.PrintDefaults() }
+	repo := fs.String("repo", "", "repository directory")
+	keys := fs.String("keys", "", "private key directory (keep offline)")
+	var err error
+	switch sub {
+	case "keygen":
+		noConsistent := fs.Bool("no-consistent-snapshot", false, "name metadata and targets without version/hash prefixes")
+		if code, ok := parseFlags(fs, args); !ok {
+			return code
+		}
+		if *repo == "" || *keys == "" {
+			return usageErr(fs, "--repo and --keys are required")
+		}
+		var r *tuf.Repo
+		if r, err = tuf.InitRepo(*repo, *keys, !*noConsistent); err == nil {
+			fmt.Printf("created repository %s (root v1) and keys in %s\npin this root on gateways: %s\n",
+				*repo, *keys, filepath.Join(r.MetaDir(), "1.root.json"))
+		}
+	case "add":
+		binary := fs.String("binary", "", "the outpost binary to publish")
+		version := fs.String("version", "", "its version (semantic, e.g. 1.4.0)")
+		platform := fs.String("platform", buildinfo.Platform(), "GOOS/GOARCH[/vN] it runs on")
+		deltas := fs.Int("deltas", 3, "make deltas from this many previous versions")
+		noSign := fs.Bool("no-sign", false, "stage only; publish later with `release sign`")
+		if code, ok := parseFlags(fs, args); !ok {
+			return code
+		}
+		if *repo == "" || *keys == "" || *binary == "" || *version == "" {
+			return usageErr(fs, "--repo, --keys, --binary and --version are required")
+		}
+		var r *tuf.Repo
+		if r, err = release.Open(*repo, *keys); err != nil {
+			break
+		}
+		t0 := time.Now()
+		var res *release.AddResult
+		if res, err = release.Add(r, *binary, *version, *platform, *deltas); err != nil {
+			break
+		}
+		fmt.Printf("added %s: %d bytes, %d compressed (%.1f%%)\n", res.Full, res.Size, res.Packed, pct(res.Packed, res.Size))
+		for name, n := range res.Deltas {
+			fmt.Printf("added %s: delta from %s, %d bytes (%.1f%% of compressed full)\n", name, res.From[name], n, pct(n, res.Packed))
+		}
+		if *noSign {
+			err = release.SaveStaged(r)
+		} else {
+			err = release.Sign(r)
+		}
+		if err == nil {
+			fmt.Printf("done in %v; targets v%d\n", time.Since(t0).Round(time.Millisecond), r.Targets.Version)
+		}
+	case "sign":
+		tsOnly := fs.Bool("timestamp", false, "only re-sign timestamp.json with a fresh expiry")
+		if code, ok := parseFlags(fs, args); !ok {
+			return code
+		}
+		if *repo == "" || *keys == "" {
+			return usageErr(fs, "--repo and --keys are required")
+		}
+		var r *tuf.Repo
+		if r, err = release.Open(*repo, *keys); err != nil {
+			break
+		}
+		if *tsOnly {
+			err = r.SignTimestamp()
+		} else {
+			err = release.Sign(r)
+		}
+		if err == nil {
+			fmt.Printf("signed: timestamp v%d expires %s\n", r.Timestamp.Version, r.Timestamp.Expires.Format(time.RFC3339))
+		}
+	case "rotate":
+		role := fs.String("role", "", "role whose key to replace")
+		if code, ok := parseFlags(fs, args); !ok {
+			return code
+		}
+		if *repo == "" || *keys == "" || *role == "" {
+			return usageErr(fs, "--repo, --keys and --role are required")
+		}
+		var r *tuf.Repo
+		if r, err = release.Open(*repo, *keys); err != nil {
+			break
+		}
+		if err = r.RotateKey(*role); err == nil {
+			err = release.Sign(r)
+		}
+		if err == nil {
+			fmt.Printf("rotated %s key; root v%d\n", *role, r.Root.Version)
+		}
+	case "serve":
+		listen := fs.String("listen", "127.0.0.1:8080", "address to listen on")
+		dir := ""
+		if len(args) > 0 && args[0] != "" && args[0][0] != '-' {
+			dir, args = args[0], args[1:]
+		}
+		if code, ok := parseFlags(fs, args); !ok {
+			return code
+		}
+		if dir == "" && fs.NArg() > 0 {
+			dir = fs.Arg(0)
+		}
+		if dir == "" {
+			return usageErr(fs, "the repository directory is required")
+		}
+		err = serveRepo(ctx, dir, *listen)
+	default:
+		fmt.Fprintf(os.Stderr, "outpost release: unknown subcommand %q\n\n%s", sub, releaseUsage)
+		return exitUsage
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "outpost release %s: %v\n", sub, err)
+		return exitFailure
+	}
+	return exitOK
+}
+
+func serveRepo(ctx context.Context, dir, addr string) error {
+	if _, err := os.Stat(filepath.Join(dir, "metadata", "root.json")); err != nil {
+		return fmt.Errorf("%s is not a repository: %w", dir, err)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: release.Handler(dir), ReadHeaderTimeout: 10 * time.Second}
+	fmt.Printf("serving %s on http://%s/ (metadata/, targets/)\n", dir, ln.Addr())
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func parseFlags(fs *flag.FlagSet, args []string) (int, bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK, false
+		}
+		return exitUsage, false
+	}
+	return 0, true
+}
+
+func usageErr(fs *flag.FlagSet, msg string) int {
+	fmt.Fprintf(os.Stderr, "outpost %s: %s\n", fs.Name(), msg)
+	return exitUsage
+}
+
+func pct(a, b int64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return 100 * float64(a) / float64(b)
+}

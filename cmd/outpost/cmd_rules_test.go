@@ -1,0 +1,82 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestRulesCheck(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.sql")
+	bad := filepath.Join(dir, "bad.sql")
+	os.WriteFile(good, []byte(`CREATE RULE g AS SELECT a FROM 'x' DO UPLINK LANE 'alarms' TOPIC 't';`), 0o644)
+	os.WriteFile(bad, []byte("CREATE RULE b AS SELECT a FROM 'x'\nWHERE a > DO REPUBLISH 'y';"), 0o644)
+	var out, errb bytes.Buffer
+	if code := rulesMain(context.Background(), []string{"check", good}, &out, &errb); code != exitOK {
+		t.Fatalf("good: exit %d: %s", code, errb.String())
+	}
+	if !strings.Contains(out.String(), "rule g version 1 ok") {
+		t.Errorf("stdout %q", out.String())
+	}
+	out.Reset()
+	errb.Reset()
+	code := rulesMain(context.Background(), []string{"check", "--lanes", "bulk", good, bad}, &out, &errb)
+	if code != exitUsage {
+		t.Fatalf("bad: exit %d", code)
+	}
+	want := []string{
+		good + ":1:51: rule g: unknown lane 'alarms' (lanes: bulk)",
+		bad + ":2:11: rule b: unexpected DO, expected expression",
+	}
+	for _, w := range want {
+		if !strings.Contains(errb.String(), w) {
+			t.Errorf("stderr %q\nmissing %q", errb.String(), w)
+		}
+	}
+}
+
+func TestRulesTestExample(t *testing.T) {
+	var out, errb bytes.Buffer
+	code := rulesMain(context.Background(), []string{"test", "../../examples/rules/overheat.sql", "--input", "../../examples/rules/overheat.samples.jsonl", "--stats"}, &out, &errb)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	want := `uplink:alarms alerts/overheat {"device_id":"press-2","avg_temp":90,"min_temp":90,"max_temp":90,"n":1}
+republish local/alerts/press-2 {"device_id":"press-2","avg_temp":90,"min_temp":90,"max_temp":90,"n":1}
+uplink:alarms alerts/overheat {"device_id":"press-1","avg_temp":85,"max_temp":86,"n":2}
+republish local/alerts/press-1 {"device_id":"press-1","avg_temp":85,"max_temp":86,"n":2}
+# rule overheat v4: matched=1 emitted=2
+# rule overheat v3: matched=4 emitted=2
+`
+	if out.String() != want {
+		t.Errorf("got\n%s\nwant\n%s", out.String(), want)
+	}
+}
+
+func TestRulesCheckExamples(t *testing.T) {
+	files, _ := filepath.Glob("../../examples/rules/*.sql")
+	if len(files) < 3 {
+		t.Fatalf("examples: %v", files)
+	}
+	var out, errb bytes.Buffer
+	if code := rulesMain(context.Background(), append([]string{"check"}, files...), &out, &errb); code != exitOK {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+}
+
+func TestRulesUsage(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := rulesMain(context.Background(), nil, &out, &errb); code != exitUsage {
+		t.Errorf("no args: %d", code)
+	}
+	if code := rulesMain(context.Background(), []string{"test", "x.sql"}, &out, &errb); code != exitUsage {
+		t.Errorf("test without input: %d", code)
+	}
+	if code := rulesMain(context.Background(), []string{"--help"}, &out, &errb); code != exitOK || !strings.Contains(out.String(), "outpost rules check") {
+		t.Errorf("help: %d %q", code, out.String())
+	}
+}

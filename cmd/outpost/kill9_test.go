@@ -1,0 +1,194 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/outpost-edge/outpost/internal/broker"
+	"github.com/outpost-edge/outpost/internal/testutil/mosq"
+)
+
+// TestKill9NothingAcknowledgedIsLost is the store-and-forward guarantee
+// under crashes: devices publish sequenced QoS 1 messages into a real
+// `outpost run` process that forwards them to a real Mosquitto; the agent is
+// killed with SIGKILL at random moments, 20 times (OUTPOST_SOAK=1: 100), and
+// restarted. At the end, every message a device saw PUBACKed has arrived at
+// the cloud broker; duplicates are counted and reported, losses fail the test.
+func TestKill9NothingAcknowledgedIsLost(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	iterations, minTotal := 20, 100_000
+	if os.Getenv("OUTPOST_SOAK") != "" {
+		iterations, minTotal = 100, 500_000
+	}
+	cloud := mosq.Start(t, mosq.Options{Persistence: true, MaxQueued: -1, MaxInflight: 1000})
+	got := mosq.Subscribe(t, cloud, "outpost/gw/#")
+
+	dir := t.TempDir()
+	hash, err := broker.HashPassword([]byte("pw"), broker.HashBcrypt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mqttAddr, httpAddr := freePort(t), freePort(t)
+	cfg := fmt.Sprintf(`node_id: gw
+data_dir: %s/data
+telemetry: {address: "%s"}
+broker:
+  listeners: [{type: tcp, address: "%s"}]
+  users: [{username: dev, password_hash: "%s", acl: [{topic: "#", access: all}]}]
+  limits: {receive_maximum: 1024}
+pipeline:
+  partitions: 8
+  routes: [{from: ["sensors/#"], to: ["uplink:telemetry"]}]
+uplink:
+  enabled: true
+  broker: %s
+  reconnect: {min: 50ms, max: 500ms}
+  lanes: [{name: telemetry}]
+`, dir, httpAddr, mqttAddr, hash, cloud.URL())
+	path := filepath.Join(dir, "outpost.yaml")
+	os.WriteFile(path, []byte(cfg), 0o600)
+
+	const devices = 16
+	acked := make([][]int, devices) // per device: seqs acknowledged by the agent
+	next := make([]int, devices)
+	var total atomic.Int64
+	deadline := time.Now().Add(4 * time.Minute)
+	for it := 0; it < iterations || total.Load() < int64(minTotal); it++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("time budget exhausted after %d iterations, %d acknowledged", it, total.Load())
+		}
+		agent := startOutpost(t, path, httpAddr)
+		ctx, stop := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		for d := 0; d < devices; d++ {
+			wg.Add(1)
+			go func(d int) {
+				defer wg.Done()
+				c, err := dialQoS1(ctx, mqttAddr, fmt.Sprintf("dev-%d", d))
+				if err != nil {
+					return
+				}
+				for ctx.Err() == nil {
+					seq := next[d]
+					r, err := c.Publish(ctx, &paho.Publish{Topic: fmt.Sprintf("sensors/dev-%d", d), QoS: 1, Payload: []byte(strconv.Itoa(seq))})
+					if err != nil || r == nil || r.ReasonCode != 0 {
+						return // the agent died mid-publish: this one is not acknowledged
+					}
+					acked[d] = append(acked[d], seq)
+					next[d]++
+					total.Add(1)
+				}
+			}(d)
+		}
+		time.Sleep(time.Duration(300+rand.IntN(900)) * time.Millisecond)
+		agent.Process.Kill() // SIGKILL: no shutdown, no flush
+		agent.Wait()
+		stop()
+		wg.Wait()
+		for d := range next {
+			next[d]++ // the in-flight message, if any, may or may not have been stored
+		}
+	}
+	// Restart once more and let the backlog drain to the cloud.
+	agent := startOutpost(t, path, httpAddr)
+	defer func() { agent.Process.Signal(os.Interrupt); agent.Wait() }()
+	want := total.Load()
+	msgs := got.Wait(t, 3*time.Minute, "every acknowledged message at the cloud broker", func(ms []mosq.Message) bool {
+		return int64(len(ms)) >= want
+	})
+	// Wait until every acknowledged one is there (duplicates inflate len).
+	check := func(ms []mosq.Message) (lost int, dups int, firstLost string) {
+		seen := make([]map[int]int, devices)
+		for d := range seen {
+			seen[d] = map[int]int{}
+		}
+		for _, m := range ms {
+			d, err := strconv.Atoi(strings.TrimPrefix(m.Topic, "outpost/gw/sensors/dev-"))
+			seq, err2 := strconv.Atoi(string(m.Payload))
+			if err != nil || err2 != nil || d < 0 || d >= devices {
+				t.Fatalf("unexpected message %s %q", m.Topic, m.Payload)
+			}
+			seen[d][seq]++
+		}
+		for d := range acked {
+			for _, s := range acked[d] {
+				if seen[d][s] == 0 {
+					lost++
+					if firstLost == "" {
+						firstLost = fmt.Sprintf("dev-%d seq %d", d, s)
+					}
+				}
+			}
+			for _, n := range seen[d] {
+				dups += n - 1
+			}
+		}
+		return
+	}
+	msgs = got.Wait(t, time.Minute, "no acknowledged message missing", func(ms []mosq.Message) bool {
+		lost, _, _ := check(ms)
+		return lost == 0
+	})
+	lost, dups, _ := check(msgs)
+	t.Logf("%d iterations of kill -9, %d messages acknowledged to devices, %d received by the cloud broker: %d lost, %d duplicates",
+		iterations, want, len(msgs), lost, dups)
+}
+
+func startOutpost(t *testing.T, cfgPath, httpAddr string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(binary, "run", "--config", cfgPath)
+	logf, _ := os.OpenFile(filepath.Join(filepath.Dir(cfgPath), "agent.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	cmd.Stderr = logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := http.Get("http://" + httpAddr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return cmd
+			}
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			log, _ := os.ReadFile(filepath.Join(filepath.Dir(cfgPath), "agent.log"))
+			t.Fatalf("agent not ready:\n%s", log)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func dialQoS1(ctx context.Context, addr, id string) (*paho.Client, error) {
+	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	c := paho.NewClient(paho.ClientConfig{ClientID: id, Conn: conn})
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := c.Connect(cctx, &paho.Connect{ClientID: id, KeepAlive: 30, CleanStart: true,
+		Username: "dev", UsernameFlag: true, Password: []byte("pw"), PasswordFlag: true}); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	go func() { <-ctx.Done(); conn.Close() }()
+	return c, nil
+}

@@ -1,0 +1,457 @@
+// Package agent wires Outpost's modules into one gateway process: it loads
+// the config, builds the broker, pipeline, rule engine and telemetry, starts
+// them in dependency order, applies config changes to just the modules whose
+// section changed, and shuts down in reverse order on SIGTERM.
+//
+// Shutdown order (reverse of start) matters and is written down here:
+// telemetry stays up longest so /readyz reports the shutdown; the broker stops
+// accepting first (no new publishes), the pipeline then drains what it
+// accepted into the sinks, the rule engine saves its window state last.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/http"
+	"os"
+	"reflect"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/outpost-edge/outpost/internal/broker"
+	"github.com/outpost-edge/outpost/internal/config"
+	"github.com/outpost-edge/outpost/internal/message"
+	"github.com/outpost-edge/outpost/internal/module"
+	"github.com/outpost-edge/outpost/internal/ota"
+	"github.com/outpost-edge/outpost/internal/pipeline"
+	"github.com/outpost-edge/outpost/internal/rules"
+	"github.com/outpost-edge/outpost/internal/sink/republish"
+	"github.com/outpost-edge/outpost/internal/supervisor"
+	"github.com/outpost-edge/outpost/internal/telemetry"
+	"github.com/outpost-edge/outpost/internal/uplink"
+)
+
+// StopTimeout bounds a graceful shutdown.
+const StopTimeout = 30 * time.Second
+
+// Agent is one running gateway.
+type Agent struct {
+	path    string // config file ("" when built from a Config in memory)
+	logs    *telemetry.Logs
+	log     *slog.Logger
+	metrics *metrics.Set
+
+	mu  sync.Mutex
+	cfg *Config
+
+	Broker     *broker.Broker
+	Pipeline   *pipeline.Pipeline
+	Rules      *rules.Module
+	Telemetry  *telemetry.Server
+	OTA        *ota.Updater
+	Supervisor *supervisor.Supervisor
+	Uplink     *uplink.Uplink
+	lanes      *lanes
+	runner     *module.Runner
+
+	reloadOK, reloadRejected *metrics.Counter
+	// Ready is closed once every module has started.
+	Ready chan struct{}
+}
+
+// New builds (but does not start) an agent for cfg, which must have been
+// loaded with Load (defaulted and validated). path is the config file to
+// watch for changes ("" = no watching).
+func New(cfg *Config, path string, logs *telemetry.Logs) (*Agent, error) {
+	if logs == nil {
+		logs = telemetry.NewLogs(os.Stderr, cfg.Log)
+	}
+	a := &Agent{path: path, logs: logs, log: logs.Logger(), metrics: metrics.NewSet(), cfg: cfg, Ready: make(chan struct{})}
+	a.reloadOK = a.metrics.NewCounter(`outpost_config_reloads_total{result="applied"}`)
+	a.reloadRejected = a.metrics.NewCounter(`outpost_config_reloads_total{result="rejected"}`)
+
+	a.Broker = broker.New(broker.Options{
+		Logger: a.log, Metrics: a.metrics, DataDir: cfg.DataDir,
+		OnPublish: func(m *message.Message) error { return a.Pipeline.Submit(m) },
+	})
+	var routes []func(*http.ServeMux)
+	a.OTA = ota.New(ota.Options{Log: a.log, Metrics: a.metrics, Restart: func(c ota.Config) {
+		ctx, cancel := context.WithTimeout(context.Background(), StopTimeout)
+		defer cancel()
+		a.Stop(ctx)
+		if err := ota.Restart(c); err != nil {
+			a.log.Error("restart into the new version failed", "err", err)
+			os.Exit(1)
+		}
+	}})
+	routes = append(routes, a.OTA.Register)
+	if cfg.Rules != nil {
+		a.Rules = rules.NewModule(&rulesEnv{a: a}, a.log, a.metrics)
+		routes = append(routes, a.Rules.RegisterHTTP)
+	}
+	if cfg.Supervisor != nil {
+		a.Supervisor = supervisor.New(supervisor.Options{
+			Logger: a.log, Identity: brokerIdentity{a.Broker}, Publisher: a.Broker, Bus: a.Broker,
+			Metrics: a.metrics, After: []string{"broker"},
+		})
+		routes = append(routes, a.Supervisor.RegisterHTTP)
+	}
+	if cfg.uplinkOn() {
+		a.lanes = newLanes(a.log, a.metrics)
+		a.Uplink = uplink.New(uplink.Options{Logger: a.log, Metrics: a.metrics, Queues: a.lanes.queue, Downlink: downlink{a.Broker}})
+		routes = append(routes, a.queueStatusHandler)
+	}
+	a.Pipeline = pipeline.New(pipeline.Options{
+		Logger: a.log, Metrics: a.metrics, Publisher: a.Broker,
+		Extra: a.moduleSinks,
+	})
+	a.Telemetry = telemetry.New(telemetry.Options{
+		Logger: a.log, Metrics: a.metrics, Routes: routes, Health: a,
+		RedactedConfig: func() any { a.mu.Lock(); defer a.mu.Unlock(); return Redacted(a.cfg) },
+	})
+	mods := []module.Module{a.Telemetry}
+	if a.Rules != nil {
+		mods = append(mods, a.Rules)
+	}
+	mods = append(mods, depends{a.Pipeline, a.ruleDeps()}, depends{a.Broker, []string{"pipeline"}}, depends{a.OTA, []string{"telemetry"}})
+	if a.Supervisor != nil {
+		mods = append(mods, a.Supervisor)
+	}
+	if a.lanes != nil {
+		mods = append(mods, a.lanes, depends{a.Uplink, []string{"lanes"}})
+	}
+	r, err := module.NewRunner(a.log, mods...)
+	if err != nil {
+		return nil, err
+	}
+	a.runner = r
+	return a, nil
+}
+
+// pipelineDeps: the pipeline delivers to the rule engine and the lanes, so
+// those start before it and stop after it.
+func (a *Agent) ruleDeps() []string {
+	d := []string{"telemetry"}
+	if a.Rules != nil {
+		d = append(d, "rules")
+	}
+	if a.lanes != nil {
+		d = append(d, "lanes")
+	}
+	return d
+}
+
+// depends adds a start-order dependency to a module without the module
+// knowing about its neighbours.
+type depends struct {
+	module.Module
+	deps []string
+}
+
+func (d depends) DependsOn() []string { return d.deps }
+
+// Reconfigure forwards to the wrapped module when it can reconfigure, and
+// otherwise restarts it alone.
+func (d depends) Reconfigure(ctx context.Context, cfg any) error {
+	if rc, ok := d.Module.(module.Reconfigurable); ok {
+		return rc.Reconfigure(ctx, cfg)
+	}
+	if err := d.Stop(ctx); err != nil {
+		return err
+	}
+	if err := d.Init(ctx, cfg); err != nil {
+		return err
+	}
+	return d.Start(ctx)
+}
+
+// moduleSinks are the sinks other modules contribute to the pipeline.
+func (a *Agent) moduleSinks() map[string]message.Sink {
+	m := map[string]message.Sink{}
+	if a.Rules != nil && a.Rules.Engine() != nil {
+		m[RulesSink] = a.Rules.Engine().Sink()
+	}
+	if a.lanes != nil {
+		for k, v := range a.lanes.sinkMap() {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+// section returns the config section a module reads.
+func section(c *Config, name string) any {
+	switch name {
+	case "telemetry":
+		return &c.Telemetry
+	case "broker":
+		return &c.Broker
+	case "pipeline":
+		return pipelineConfig(c)
+	case "rules":
+		return c.Rules
+	case "ota":
+		return &c.OTA
+	case "supervisor":
+		return c.Supervisor
+	case "lanes":
+		return c.Uplink.Lanes
+	case "uplink":
+		return c.Uplink
+	}
+	return nil
+}
+
+// pipelineConfig adds the implicit "everything to the rule engine" route
+// when rules are enabled and no route names the engine.
+func pipelineConfig(c *Config) *pipeline.Config {
+	pc := c.Pipeline
+	if c.Rules == nil {
+		return &pc
+	}
+	for _, r := range pc.Routes {
+		for _, t := range r.To {
+			if t == RulesSink {
+				return &pc
+			}
+		}
+	}
+	pc.Routes = append(append([]pipeline.Route(nil), pc.Routes...), pipeline.Route{Name: "rules", From: []string{"#"}, To: []string{RulesSink}})
+	return &pc
+}
+
+// Logger returns the agent's logger.
+func (a *Agent) Logger() *slog.Logger { return a.log }
+
+// Metrics returns the agent's metric set.
+func (a *Agent) Metrics() *metrics.Set { return a.metrics }
+
+// Config returns the running config.
+func (a *Agent) Config() *Config { a.mu.Lock(); defer a.mu.Unlock(); return a.cfg }
+
+// Start starts every module. On failure the started ones are stopped and a
+// *module.StartError says which module failed and why.
+func (a *Agent) Start(ctx context.Context) error {
+	applyRuntime(a.cfg.Runtime)
+	if err := os.MkdirAll(a.cfg.DataDir, 0o750); err != nil {
+		return fmt.Errorf("agent: data_dir: %w", err)
+	}
+	t0 := time.Now()
+	err := a.runner.Start(ctx, func(name string) any { return section(a.cfg, name) }, StopTimeout)
+	if err != nil {
+		return err
+	}
+	close(a.Ready)
+	a.log.Info("outpost started", "node_id", a.cfg.NodeID, "took", time.Since(t0).Round(time.Microsecond),
+		"mqtt", a.listenerSummary(), "http", a.Telemetry.Addr())
+	return nil
+}
+
+func (a *Agent) listenerSummary() string {
+	s := ""
+	for _, l := range a.cfg.Broker.Listeners {
+		if s != "" {
+			s += ", "
+		}
+		addr := a.Broker.Addr(l.Name)
+		if addr == "" {
+			addr = l.Path
+		}
+		s += l.Type + "://" + addr
+	}
+	return s
+}
+
+// Run starts the agent, watches the config file, and blocks until ctx ends;
+// then it shuts down gracefully within StopTimeout.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := a.Start(ctx); err != nil {
+		return err
+	}
+	watchCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if a.path != "" {
+		if err := config.Watch(watchCtx, a.path, 250*time.Millisecond, func() { a.Reload(watchCtx) }); err != nil {
+			a.log.Warn("config file will not be watched for changes", "file", a.path, "err", err)
+		}
+	}
+	<-ctx.Done()
+	a.log.Info("outpost stopping", "reason", context.Cause(ctx))
+	stopCtx, stop := context.WithTimeout(context.Background(), StopTimeout)
+	defer stop()
+	return a.Stop(stopCtx)
+}
+
+// Stop stops every module in reverse start order.
+func (a *Agent) Stop(ctx context.Context) error {
+	t0 := time.Now()
+	err := a.runner.Stop(ctx)
+	a.log.Info("outpost stopped", "took", time.Since(t0).Round(time.Millisecond), "err", err)
+	return err
+}
+
+// Health returns every module's health.
+func (a *Agent) Health() []module.NamedStatus { return a.runner.Health() }
+
+// Reload re-reads the config file. An invalid file is rejected with every
+// error logged and the running config stays; a valid one is applied to the
+// modules whose section changed, one at a time.
+func (a *Agent) Reload(ctx context.Context) {
+	next, err := Load(a.path)
+	if err != nil {
+		a.reloadRejected.Inc()
+		a.log.Error("config change rejected; the running config stays in force", "file", a.path, "errors", err.Error())
+		return
+	}
+	if err := a.Apply(ctx, next); err != nil {
+		a.reloadRejected.Inc()
+		a.log.Error("config change could not be applied fully", "file", a.path, "err", err)
+		return
+	}
+	a.reloadOK.Inc()
+}
+
+// Apply switches to next, reconfiguring only modules whose section changed.
+// Settings that need a process restart (node_id, data_dir, enabling or
+// disabling the rule engine) are refused.
+func (a *Agent) Apply(ctx context.Context, next *Config) error {
+	a.mu.Lock()
+	cur := a.cfg
+	a.mu.Unlock()
+	if cur.NodeID != next.NodeID || cur.DataDir != next.DataDir || (cur.Rules == nil) != (next.Rules == nil) ||
+		(cur.Supervisor == nil) != (next.Supervisor == nil) || cur.uplinkOn() != next.uplinkOn() ||
+		(cur.uplinkOn() && !reflect.DeepEqual(cur.Uplink.Lanes, next.Uplink.Lanes)) {
+		return errors.New("node_id, data_dir, uplink lanes and enabling/disabling rules, the supervisor or the uplink take effect only after a restart; change refused")
+	}
+	var changed []string
+	if !reflect.DeepEqual(cur.Log, next.Log) {
+		a.logs.Apply(next.Log)
+		changed = append(changed, "log")
+	}
+	if !reflect.DeepEqual(cur.Runtime, next.Runtime) {
+		applyRuntime(next.Runtime)
+		changed = append(changed, "runtime")
+	}
+	var errs []error
+	for _, m := range a.runner.Modules() {
+		name := m.Name()
+		if reflect.DeepEqual(section(cur, name), section(next, name)) {
+			continue
+		}
+		if err := a.runner.Reconfigure(ctx, name, section(next, name)); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			continue
+		}
+		changed = append(changed, name)
+	}
+	a.mu.Lock()
+	a.cfg = next
+	a.mu.Unlock()
+	if len(changed) == 0 && len(errs) == 0 {
+		a.log.Info("config file changed, nothing to apply")
+	} else {
+		a.log.Info("config reloaded", "changed", changed)
+	}
+	return errors.Join(errs...)
+}
+
+// brokerIdentity adapts the broker's component identities to the supervisor.
+type brokerIdentity struct{ b *broker.Broker }
+
+func (bi brokerIdentity) Issue(ctx context.Context, component string, acl supervisor.Access) (supervisor.Credentials, error) {
+	c, err := bi.b.IssueIdentity(ctx, component, broker.Access{Publish: acl.Publish, Subscribe: acl.Subscribe})
+	return supervisor.Credentials{URL: c.URL, Username: c.Username, Password: c.Password}, err
+}
+
+func (bi brokerIdentity) Revoke(component string) { bi.b.RevokeIdentity(component) }
+
+// rulesEnv gives the rule engine its action targets.
+type rulesEnv struct{ a *Agent }
+
+func (e *rulesEnv) Republish() message.Sink {
+	return republish.New("republish", republish.Config{}, e.a.Broker)
+}
+
+// Uplink resolves an UPLINK action to a lane's durable queue ("" = the
+// first configured lane).
+func (e *rulesEnv) Uplink(lane string) (message.Sink, error) {
+	if e.a.lanes == nil {
+		return nil, fmt.Errorf("%w: uplink lane %q (no uplink is configured)", rules.ErrUnknownTarget, lane)
+	}
+	if lane == "" {
+		if names := e.Lanes(); len(names) > 0 {
+			lane = names[0]
+		}
+	}
+	if s, ok := e.a.lanes.sink(lane); ok {
+		return s, nil
+	}
+	return nil, fmt.Errorf("%w: uplink lane %q (lanes: %v)", rules.ErrUnknownTarget, lane, e.Lanes())
+}
+
+// File resolves a FILE action to the pipeline's file sink of that name,
+// looked up at delivery so a reloaded pipeline's new file is used.
+func (e *rulesEnv) File(name string) (message.Sink, error) {
+	for _, s := range e.a.Config().Pipeline.Sinks {
+		if s.Name == name && s.Type == pipeline.SinkFile {
+			return pipelineSink{p: e.a.Pipeline, name: name}, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: file sink %q (declare it under pipeline.sinks with type: file)", rules.ErrUnknownTarget, name)
+}
+
+type pipelineSink struct {
+	p    *pipeline.Pipeline
+	name string
+}
+
+func (s pipelineSink) Name() string { return s.name }
+
+func (s pipelineSink) Deliver(ctx context.Context, m *message.Message) error {
+	sink, ok := s.p.Sink(s.name)
+	if !ok {
+		return fmt.Errorf("file sink %q is not configured any more", s.name)
+	}
+	return sink.Deliver(ctx, m)
+}
+
+func (e *rulesEnv) Function(name string) (message.Sink, error) {
+	return nil, fmt.Errorf("%w: function %q (functions are not available in this build)", rules.ErrUnknownTarget, name)
+}
+
+func (e *rulesEnv) Lanes() []string {
+	c := e.a.Config()
+	if !c.uplinkOn() {
+		return nil
+	}
+	var names []string
+	for _, l := range c.Uplink.Lanes {
+		names = append(names, l.Name)
+	}
+	return names
+}
+
+func (e *rulesEnv) Labels(string) map[string]string { return nil }
+
+func setMemoryLimit(n int64) {
+	if n < 0 {
+		n = math.MaxInt64
+	}
+	debug.SetMemoryLimit(n)
+}
+
+func setGCPercent(p int) { debug.SetGCPercent(p) }
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}

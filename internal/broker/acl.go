@@ -1,0 +1,238 @@
+package broker
+
+import (
+	"errors"
+	"strings"
+)
+
+// An ACL is an ordered list of compiled rules for one principal.
+type acl []aclRule
+
+type aclRule struct {
+	pattern string // may contain %u and %c
+	pub     bool
+	sub     bool
+	deny    bool
+}
+
+func compileACL(rules []ACLRule) acl {
+	out := make(acl, 0, len(rules))
+	for _, r := range rules {
+		cr := aclRule{pattern: r.Topic}
+		switch r.Access {
+		case AccessPublish:
+			cr.pub = true
+		case AccessSubscribe:
+			cr.sub = true
+		case AccessAll:
+			cr.pub, cr.sub = true, true
+		case AccessDeny:
+			cr.deny = true
+		}
+		out = append(out, cr)
+	}
+	return out
+}
+
+// validPattern checks an ACL pattern: a valid MQTT topic filter where %u and
+// %c may stand for a whole level.
+func validPattern(p string) error {
+	if p == "" {
+		return errors.New("empty pattern")
+	}
+	if len(p) > 65535 {
+		return errors.New("pattern longer than 65535 bytes")
+	}
+	levels := strings.Split(p, "/")
+	for i, l := range levels {
+		switch {
+		case l == "#":
+			if i != len(levels)-1 {
+				return errors.New("# must be the last level")
+			}
+		case l == "+", l == "%u", l == "%c":
+		case strings.ContainsAny(l, "+#"):
+			return errors.New("+ and # must occupy a whole level")
+		case strings.Contains(l, "%u") || strings.Contains(l, "%c"):
+			return errors.New("%u and %c must occupy a whole level")
+		}
+	}
+	return nil
+}
+
+// expand substitutes %u and %c. It reports false when a substituted value
+// could escape its level (contains /, + or #) or is empty; the rule then
+// matches nothing.
+func expand(pattern, user, client string) (string, bool) {
+	if !strings.Contains(pattern, "%") {
+		return pattern, true
+	}
+	safe := func(v string) bool { return v != "" && !strings.ContainsAny(v, "/+#") }
+	if strings.Contains(pattern, "%u") {
+		if !safe(user) {
+			return "", false
+		}
+		pattern = strings.ReplaceAll(pattern, "%u", user)
+	}
+	if strings.Contains(pattern, "%c") {
+		if !safe(client) {
+			return "", false
+		}
+		pattern = strings.ReplaceAll(pattern, "%c", client)
+	}
+	return pattern, true
+}
+
+// canPublish reports whether topic (a concrete topic name) may be published.
+func (a acl) canPublish(user, client, topic string) bool {
+	for _, r := range a {
+		if !r.pub && !r.deny {
+			continue
+		}
+		p, ok := expand(r.pattern, user, client)
+		if !ok || !matchTopic(p, topic) {
+			continue
+		}
+		return !r.deny
+	}
+	return false
+}
+
+// canReceive reports whether a message on topic may be delivered.
+func (a acl) canReceive(user, client, topic string) bool {
+	for _, r := range a {
+		if !r.sub && !r.deny {
+			continue
+		}
+		p, ok := expand(r.pattern, user, client)
+		if !ok || !matchTopic(p, topic) {
+			continue
+		}
+		return !r.deny
+	}
+	return false
+}
+
+// canSubscribe reports whether filter may be subscribed: some subscribe rule
+// must overlap it, and no deny rule before that may cover the whole filter.
+// Delivery is still checked per message (canReceive), so a wildcard
+// subscription never reaches a denied topic.
+func (a acl) canSubscribe(user, client, filter string) bool {
+	for _, r := range a {
+		if !r.sub && !r.deny {
+			continue
+		}
+		p, ok := expand(r.pattern, user, client)
+		if !ok {
+			continue
+		}
+		if r.deny {
+			if covers(p, filter) {
+				return false
+			}
+			continue
+		}
+		if intersects(p, filter) {
+			return true
+		}
+	}
+	return false
+}
+
+// matchTopic reports whether topic matches filter per MQTT rules, including
+// that wildcards at the first level do not match topics starting with $
+// [MQTT-4.7.2-1].
+func matchTopic(filter, topic string) bool {
+	if len(topic) > 0 && topic[0] == '$' && len(filter) > 0 && (filter[0] == '+' || filter[0] == '#') {
+		return false
+	}
+	for {
+		fl, frest, fmore := strings.Cut(filter, "/")
+		tl, trest, tmore := strings.Cut(topic, "/")
+		switch fl {
+		case "#":
+			return true
+		case "+":
+		default:
+			if fl != tl {
+				return false
+			}
+		}
+		if !fmore && !tmore {
+			return true
+		}
+		if !fmore {
+			return false
+		}
+		if !tmore {
+			// "a/#" matches "a"
+			return frest == "#"
+		}
+		filter, topic = frest, trest
+	}
+}
+
+// intersects reports whether some topic matches both filters.
+func intersects(a, b string) bool {
+	// a $-topic is only matched by filters whose first level is literal
+	if (dollar(a) && !literalFirst(b)) || (dollar(b) && !literalFirst(a)) {
+		return false
+	}
+	for {
+		al, arest, amore := strings.Cut(a, "/")
+		bl, brest, bmore := strings.Cut(b, "/")
+		if al == "#" || bl == "#" {
+			return true
+		}
+		if al != "+" && bl != "+" && al != bl {
+			return false
+		}
+		if !amore && !bmore {
+			return true
+		}
+		if !amore {
+			return brest == "#"
+		}
+		if !bmore {
+			return arest == "#"
+		}
+		a, b = arest, brest
+	}
+}
+
+// covers reports whether every topic matching filter also matches pattern.
+func covers(pattern, filter string) bool {
+	if dollar(filter) && !literalFirst(pattern) {
+		return false
+	}
+	for {
+		pl, prest, pmore := strings.Cut(pattern, "/")
+		fl, frest, fmore := strings.Cut(filter, "/")
+		if pl == "#" {
+			return true
+		}
+		if fl == "#" {
+			return false
+		}
+		if pl != "+" && (fl == "+" || pl != fl) {
+			return false
+		}
+		if !pmore && !fmore {
+			return true
+		}
+		if !pmore || !fmore {
+			return !fmore && prest == "#"
+		}
+		pattern, filter = prest, frest
+	}
+}
+
+func dollar(s string) bool { return len(s) > 0 && s[0] == '$' }
+
+func literalFirst(s string) bool {
+	first, _, _ := strings.Cut(s, "/")
+	return first != "+" && first != "#"
+}
+
+// topicLevels counts the levels of a topic or filter.
+func topicLevels(s string) int { return strings.Count(s, "/") + 1 }

@@ -1,0 +1,528 @@
+package broker
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"reflect"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/VictoriaMetrics/metrics"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/outpost-edge/outpost/internal/message"
+)
+
+// hook connects mochi's event hooks to the broker's auth, ACL, limits,
+// metrics and the publish handler.
+type hook struct {
+	mqtt.HookBase
+	b *Broker
+}
+
+func (h *hook) ID() string { return "outpost" }
+
+func (h *hook) Provides(b byte) bool {
+	return bytes.Contains([]byte{
+		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnSubscribe,
+		mqtt.OnDisconnect, mqtt.OnPublishDropped, mqtt.OnQosDropped, mqtt.OnSessionEstablished,
+		mqtt.OnPacketProcessed,
+	}, []byte{b})
+}
+
+// OnConnect enforces max_connections: the client gets CONNACK "server busy"
+// (3.1.1: "server unavailable") and the refusal is counted.
+func (h *hook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
+	b := h.b
+	srv, cfg := b.server(), b.conf.Load()
+	if srv == nil || cfg == nil || atomic.LoadInt64(&srv.Info.ClientsConnected) < int64(cfg.Limits.MaxConnections) {
+		return nil
+	}
+	b.m.limitRefused("max_connections").Inc()
+	if b.logOnce.first("maxconn") {
+		b.log.Warn("broker: max_connections reached, refusing new clients", "max_connections", cfg.Limits.MaxConnections)
+	}
+	code := packets.ErrServerBusy
+	if cl.Properties.ProtocolVersion < 5 {
+		code = packets.ErrServerUnavailable
+	}
+	_ = srv.SendConnack(cl, code, false, nil)
+	return code
+}
+
+// OnConnectAuthenticate decides whether a client may connect.
+func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	b := h.b
+	st := b.auth.Load()
+	user := string(pk.Connect.Username)
+	ok, why := false, ""
+	switch {
+	case st.cnListener[cl.Net.Listener] && peerCN(cl) != "":
+		cn := peerCN(cl)
+		if _, known := st.users[cn]; known {
+			cl.Properties.Username = []byte(cn)
+			ok = true
+		} else {
+			why = fmt.Sprintf("certificate CN %q is not a configured user", cn)
+		}
+	case strings.HasPrefix(user, IdentityPrefix):
+		id := b.identity(user)
+		switch {
+		case id == nil:
+			why = "unknown or revoked component identity"
+		case !b.isUnixListener(cl.Net.Listener):
+			why = "component identities may connect only through the unix listener"
+		default:
+			sum := sha256.Sum256(pk.Connect.Password)
+			ok = subtle.ConstantTimeCompare(sum[:], id.secret[:]) == 1
+			why = "wrong password"
+		}
+	case user == "" && len(pk.Connect.Password) == 0:
+		ok = st.anonymous
+		why = "anonymous access is disabled"
+	default:
+		ok = st.checkUser(user, pk.Connect.Password)
+		why = "unknown user or wrong password"
+	}
+	if !ok {
+		b.m.authFailures.Inc()
+		if b.logOnce.first("auth:" + cl.ID) {
+			b.log.Warn("broker: connection refused", "client", cl.ID, "user", user, "remote", cl.Net.Remote,
+				"listener", cl.Net.Listener, "reason", why)
+		}
+	}
+	return ok
+}
+
+func peerCN(cl *mqtt.Client) string {
+	tc, ok := cl.Net.Conn.(*tls.Conn)
+	if !ok {
+		return ""
+	}
+	cs := tc.ConnectionState()
+	if len(cs.VerifiedChains) == 0 || len(cs.PeerCertificates) == 0 {
+		return ""
+	}
+	return cs.PeerCertificates[0].Subject.CommonName
+}
+
+// aclFor returns the ACL that applies to a connected client.
+func (b *Broker) aclFor(cl *mqtt.Client) (acl, string) {
+	user := string(cl.Properties.Username)
+	if strings.HasPrefix(user, IdentityPrefix) {
+		if id := b.identity(user); id != nil {
+			return id.acl, user
+		}
+		return nil, user
+	}
+	st := b.auth.Load()
+	if user == "" {
+		if st.anonymous {
+			return st.anonACL, user
+		}
+		return nil, user
+	}
+	if u, ok := st.users[user]; ok {
+		return u.acl, user
+	}
+	return nil, user // user removed by a reload: nothing allowed
+}
+
+// OnACLCheck authorises publishes (write), subscriptions and deliveries.
+func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	if cl.Net.Inline {
+		return true
+	}
+	b := h.b
+	a, user := b.aclFor(cl)
+	var ok bool
+	action := "publish"
+	switch {
+	case write:
+		ok = a.canPublish(user, cl.ID, topic)
+	case strings.ContainsAny(topic, "+#") || strings.HasPrefix(topic, "$share/"):
+		action = "subscribe"
+		ok = a.canSubscribe(user, cl.ID, stripShare(topic))
+	default:
+		// A concrete topic: a delivery, or a subscription without wildcards.
+		action = "receive"
+		ok = a.canReceive(user, cl.ID, topic)
+	}
+	if !ok {
+		b.m.aclDenied(action).Inc()
+		if action != "receive" && b.logOnce.first("acl:"+cl.ID+":"+action+":"+topic) {
+			b.log.Warn("broker: access denied", "client", cl.ID, "user", user, "action", action, "topic", topic)
+		}
+	}
+	return ok
+}
+
+func stripShare(filter string) string {
+	if !strings.HasPrefix(filter, "$share/") {
+		return filter
+	}
+	parts := strings.SplitN(filter, "/", 3)
+	if len(parts) < 3 {
+		return filter
+	}
+	return parts[2]
+}
+
+// OnSubscribe marks filters deeper than the topic-level limit invalid, so the
+// SUBACK refuses them (0x8F).
+func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	max := h.b.maxLevels()
+	for i, f := range pk.Filters {
+		if topicLevels(stripShare(f.Filter)) > max {
+			h.b.m.limitRefused("topic_levels").Inc()
+			pk.Filters[i].Filter = "#/" // invalid on purpose: refused by the broker
+		}
+	}
+	return pk
+}
+
+func (b *Broker) maxLevels() int {
+	if cfg := b.conf.Load(); cfg != nil {
+		return cfg.Limits.MaxTopicLevels
+	}
+	return 16
+}
+
+// OnPublish applies topic limits and flow control, then hands the publish to
+// the pipeline before mochi acknowledges and distributes it.
+func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.Net.Inline {
+		return pk, nil
+	}
+	b := h.b
+	b.m.received.Inc()
+	if topicLevels(pk.TopicName) > b.maxLevels() {
+		b.m.limitRefused("topic_levels").Inc()
+		return pk, h.refuse(cl, pk, packets.ErrTopicNameInvalid)
+	}
+	if pk.FixedHeader.Qos > 0 {
+		b.flowControl(pk.TopicName)
+	}
+	if b.opts.OnPublish == nil {
+		return pk, nil
+	}
+	m := &message.Message{
+		Topic:    pk.TopicName,
+		Payload:  pk.Payload,
+		QoS:      pk.FixedHeader.Qos,
+		Retain:   pk.FixedHeader.Retain,
+		ClientID: cl.ID,
+		Received: time.Now(),
+		Props: message.Properties{
+			ContentType:     pk.Properties.ContentType,
+			ResponseTopic:   pk.Properties.ResponseTopic,
+			CorrelationData: pk.Properties.CorrelationData,
+			PayloadFormat:   pk.Properties.PayloadFormat,
+			MessageExpiry:   pk.Properties.MessageExpiryInterval,
+		},
+	}
+	if n := len(pk.Properties.User); n > 0 {
+		m.Props.User = make([]message.UserProperty, n)
+		for i, u := range pk.Properties.User {
+			m.Props.User[i] = message.UserProperty{Key: u.Key, Value: u.Val}
+		}
+	}
+	if err := b.opts.OnPublish(m); err != nil {
+		b.m.rejected.Inc()
+		if b.logOnce.first("reject:" + cl.ID) {
+			b.log.Warn("broker: publish refused by pipeline", "client", cl.ID, "topic", pk.TopicName, "err", err)
+		}
+		code := packets.ErrUnspecifiedError
+		if errors.Is(err, message.ErrRejected) {
+			code = packets.ErrQuotaExceeded
+		}
+		return pk, h.refuse(cl, pk, code)
+	}
+	return pk, nil
+}
+
+// refuse turns a refusal into what each protocol version can express:
+// MQTT 5 QoS>0 gets a negative PUBACK; QoS 0 is dropped; MQTT 3.1.1 QoS>0
+// has no negative ack, so the client is disconnected without a PUBACK and
+// will resend the message when it reconnects.
+func (h *hook) refuse(cl *mqtt.Client, pk packets.Packet, code packets.Code) error {
+	if pk.FixedHeader.Qos == 0 {
+		return packets.ErrRejectPacket
+	}
+	if cl.Properties.ProtocolVersion == 5 {
+		return code
+	}
+	cl.Stop(code)
+	return packets.ErrRejectPacket
+}
+
+// outboundField locates mochi's unexported per-client outbound queue, whose
+// fill level drives flow control. If a mochi upgrade renames it, flow control
+// degrades to "never wait" and the drop counters show it.
+var outboundField = func() []int {
+	f, ok := reflect.TypeFor[mqtt.ClientState]().FieldByName("outbound")
+	if !ok || f.Type.Kind() != reflect.Chan {
+		return nil
+	}
+	return f.Index
+}()
+
+func outboundLen(cl *mqtt.Client) int {
+	if outboundField == nil {
+		return 0
+	}
+	return reflect.ValueOf(&cl.State).Elem().FieldByIndex(outboundField).Len()
+}
+
+// flowControl blocks a QoS>0 publisher while a QoS>0 subscriber of topic has
+// its outbound queue above the high-water mark, instead of letting mochi drop
+// the message for that subscriber. A subscriber that does not drain within
+// SlowConsumerTimeout is disconnected; its session (if persistent) keeps the
+// message for redelivery.
+func (b *Broker) flowControl(topic string) {
+	srv, cfg := b.server(), b.conf.Load()
+	if srv == nil || cfg == nil {
+		return
+	}
+	hwOut := cfg.Limits.MaxPending * 3 / 4
+	hwStore := cfg.Limits.MaxInflight * 3 / 4
+	full := func(cl *mqtt.Client) bool {
+		return outboundLen(cl) > hwOut || cl.State.Inflight.Len() > hwStore
+	}
+	subs := srv.Topics.Subscribers(topic)
+	for id, sub := range subs.Subscriptions {
+		if sub.Qos == 0 {
+			continue
+		}
+		cl, ok := srv.Clients.Get(id)
+		if !ok || cl.Closed() || cl.Net.Conn == nil || !full(cl) {
+			continue
+		}
+		b.m.flowWaits.Inc()
+		deadline := time.Now().Add(SlowConsumerTimeout)
+		for full(cl) && !cl.Closed() {
+			if time.Now().After(deadline) {
+				b.m.slowConsumers.Inc()
+				b.log.Warn("broker: disconnecting slow subscriber", "client", id, "queued", outboundLen(cl),
+					"in_flight", cl.State.Inflight.Len())
+				cl.Stop(ErrSlowConsumer)
+				break
+			}
+			time.Sleep(500 * time.Microsecond)
+		}
+	}
+}
+
+// sendQuotaField locates the unexported outbound send quota (the client's
+// Receive Maximum minus unacknowledged QoS>0 publishes) in mochi's Inflight.
+var sendQuotaField = func() []int {
+	f, ok := reflect.TypeFor[mqtt.Inflight]().FieldByName("sendQuota")
+	if !ok || f.Type.Kind() != reflect.Int32 {
+		return nil
+	}
+	return f.Index
+}()
+
+func sendQuota(in *mqtt.Inflight) *int32 {
+	if sendQuotaField == nil {
+		return nil
+	}
+	return (*int32)(unsafe.Pointer(reflect.ValueOf(in).Elem().FieldByIndex(sendQuotaField).UnsafeAddr()))
+}
+
+// OnPacketProcessed releases QoS>0 messages that mochi parked because the
+// subscriber's Receive Maximum was reached, as acknowledgements free quota.
+//
+// mochi 2.7.9 releases one parked message per inbound packet and then deletes
+// it from the in-flight store, so its PUBACK is ignored and the quota it used
+// is never returned: after Receive Maximum such releases a subscriber stalls
+// for good, and the released messages are no longer redelivered on
+// reconnect. This hook runs just before that code and releases parked
+// messages itself, in publish order, keeping them in flight until acknowledged;
+// mochi's own release then finds nothing to do.
+func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, err error) {
+	if err != nil || cl.Net.Inline || cl.Closed() || cl.Net.Conn == nil {
+		return
+	}
+	q := sendQuota(cl.State.Inflight)
+	if q == nil || atomic.LoadInt32(q) <= 0 {
+		return
+	}
+	parked := cl.State.Inflight.GetAll(true)
+	if len(parked) == 0 {
+		return
+	}
+	sortPublishOrder(parked)
+	for _, next := range parked {
+		if atomic.LoadInt32(q) <= 0 {
+			return
+		}
+		next.Expiry = 0 // no longer parked; awaits its PUBACK
+		cl.State.Inflight.Set(next)
+		cl.State.Inflight.DecreaseSendQuota()
+		if err := cl.WritePacket(next); err != nil {
+			return // stays in flight; resent on reconnect
+		}
+	}
+}
+
+// sortPublishOrder orders packets by creation second, then by packet id,
+// treating ids as a sequence that may have wrapped past 65535.
+func sortPublishOrder(ps []packets.Packet) {
+	lo, hi := uint16(65535), uint16(0)
+	for _, p := range ps {
+		lo, hi = min(lo, p.PacketID), max(hi, p.PacketID)
+	}
+	wrapped := hi-lo > 32768
+	key := func(id uint16) int {
+		if wrapped && id < 32768 {
+			return int(id) + 65536
+		}
+		return int(id)
+	}
+	sort.Slice(ps, func(i, j int) bool {
+		if ps[i].Created != ps[j].Created {
+			return ps[i].Created < ps[j].Created
+		}
+		return key(ps[i].PacketID) < key(ps[j].PacketID)
+	})
+}
+
+// OnSessionEstablished resets the once-per-client log keys of a client that
+// managed to connect.
+func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	h.b.logOnce.forget("auth:" + cl.ID)
+}
+
+// OnDisconnect counts why clients went away.
+func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
+	b := h.b
+	reason := disconnectReason(err)
+	b.m.disconnect(reason).Inc()
+	switch reason {
+	case "malformed", "protocol_error", "packet_too_large":
+		if b.logOnce.first("bad:" + cl.ID) {
+			b.log.Warn("broker: client sent a bad packet and was disconnected", "client", cl.ID,
+				"remote", cl.Net.Remote, "reason", reason, "err", err)
+		}
+	}
+}
+
+func disconnectReason(err error) string {
+	if err == nil || errors.Is(err, io.EOF) || errors.Is(err, mqtt.ErrConnectionClosed) {
+		return "normal"
+	}
+	if errors.Is(err, ErrSlowConsumer) {
+		return "slow_consumer"
+	}
+	var code packets.Code
+	if errors.As(err, &code) {
+		switch code.Code {
+		case 0x00, 0x04:
+			return "normal"
+		case 0x81:
+			return "malformed"
+		case 0x82:
+			return "protocol_error"
+		case 0x95:
+			return "packet_too_large"
+		case 0x87:
+			return "not_authorized"
+		case 0x8D:
+			return "keepalive_timeout"
+		case 0x8E:
+			return "session_taken_over"
+		case 0x8B:
+			return "server_shutting_down"
+		case 0x93:
+			return "receive_maximum_exceeded"
+		case 0x97:
+			return "quota_exceeded"
+		}
+		return "other"
+	}
+	if strings.Contains(err.Error(), "i/o timeout") {
+		return "keepalive_timeout"
+	}
+	if strings.Contains(err.Error(), "connection reset") || strings.Contains(err.Error(), "broken pipe") ||
+		strings.Contains(err.Error(), "use of closed network connection") {
+		return "connection_lost"
+	}
+	return "other"
+}
+
+// OnPublishDropped counts messages mochi dropped for a subscriber whose
+// outbound queue was full (QoS 0 under overload, or flow control disabled).
+func (h *hook) OnPublishDropped(_ *mqtt.Client, pk packets.Packet) {
+	h.b.m.dropped(fmt.Sprintf("outbound_full_qos%d", pk.FixedHeader.Qos)).Inc()
+}
+
+// OnQosDropped counts QoS>0 messages that expired or exceeded the session's
+// in-flight store.
+func (h *hook) OnQosDropped(_ *mqtt.Client, _ packets.Packet) {
+	h.b.m.dropped("inflight_expired").Inc()
+}
+
+// brokerMetrics are the broker's Prometheus series.
+type brokerMetrics struct {
+	set           *metrics.Set
+	received      *metrics.Counter
+	rejected      *metrics.Counter
+	authFailures  *metrics.Counter
+	flowWaits     *metrics.Counter
+	slowConsumers *metrics.Counter
+}
+
+func newBrokerMetrics(set *metrics.Set, b *Broker) *brokerMetrics {
+	m := &brokerMetrics{
+		set:           set,
+		received:      set.NewCounter("outpost_broker_messages_received_total"),
+		rejected:      set.NewCounter(`outpost_broker_messages_dropped_total{reason="pipeline_rejected"}`),
+		authFailures:  set.NewCounter("outpost_broker_auth_failures_total"),
+		flowWaits:     set.NewCounter("outpost_broker_flow_control_waits_total"),
+		slowConsumers: set.NewCounter(`outpost_broker_messages_dropped_total{reason="slow_consumer_disconnected"}`),
+	}
+	info := func(f func(*mqtt.Server) int64) func() float64 {
+		return func() float64 {
+			srv := b.server()
+			if srv == nil {
+				return 0
+			}
+			return float64(f(srv))
+		}
+	}
+	set.NewGauge("outpost_broker_clients_connected", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.ClientsConnected) }))
+	set.NewGauge("outpost_broker_messages_sent", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.MessagesSent) }))
+	set.NewGauge("outpost_broker_inflight_messages", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.Inflight) }))
+	set.NewGauge("outpost_broker_retained_messages", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.Retained) }))
+	set.NewGauge("outpost_broker_subscriptions", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.Subscriptions) }))
+	set.NewGauge("outpost_broker_bytes_received", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.BytesReceived) }))
+	set.NewGauge(`outpost_broker_messages_dropped_inflight_full`, info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.InflightDropped) }))
+	set.NewGauge("outpost_broker_bytes_sent", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.BytesSent) }))
+	return m
+}
+
+func (m *brokerMetrics) aclDenied(action string) *metrics.Counter {
+	return m.set.GetOrCreateCounter(`outpost_broker_acl_denied_total{action="` + action + `"}`)
+}
+
+func (m *brokerMetrics) disconnect(reason string) *metrics.Counter {
+	return m.set.GetOrCreateCounter(`outpost_broker_disconnects_total{reason="` + reason + `"}`)
+}
+
+func (m *brokerMetrics) dropped(reason string) *metrics.Counter {
+	return m.set.GetOrCreateCounter(`outpost_broker_messages_dropped_total{reason="` + reason + `"}`)
+}
+
+func (m *brokerMetrics) limitRefused(limit string) *metrics.Counter {
+	return m.set.GetOrCreateCounter(`outpost_broker_limit_refusals_total{limit="` + limit + `"}`)
+}

@@ -1,0 +1,79 @@
+package ota
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+)
+
+// Register adds the update API to mux:
+//
+//	POST /api/v1/update/check   refresh metadata; 200 with Status (Available set when newer)
+//	POST /api/v1/update/apply   start an update in the background; 202 with Status
+//	GET  /api/v1/update/status  200 with Status (progress while downloading)
+//
+// Errors are JSON {"error": "..."} with 409 while busy or on trial, 502 for
+// repository failures.
+func (u *Updater) Register(mux *http.ServeMux) {
+	mux.HandleFunc("POST /api/v1/update/check", u.handleCheck)
+	mux.HandleFunc("POST /api/v1/update/apply", u.handleApply)
+	mux.HandleFunc("GET /api/v1/update/status", u.handleStatus)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+type apiError struct {
+	Error string `json:"error"`
+}
+
+func (u *Updater) handleStatus(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, u.Status())
+}
+
+func (u *Updater) handleCheck(w http.ResponseWriter, r *http.Request) {
+	_, err := u.Check(r.Context())
+	switch {
+	case err == nil:
+		writeJSON(w, http.StatusOK, u.Status())
+	case errors.Is(err, ErrTrial), errors.Is(err, ErrDisabled):
+		writeJSON(w, http.StatusConflict, apiError{err.Error()})
+	default:
+		writeJSON(w, http.StatusBadGateway, apiError{err.Error()})
+	}
+}
+
+func (u *Updater) handleApply(w http.ResponseWriter, r *http.Request) {
+	u.mu.Lock()
+	busy, enabled := u.busy, u.e != nil && u.e.cfg.Enabled && !u.stopping
+	u.mu.Unlock()
+	if !enabled {
+		writeJSON(w, http.StatusConflict, apiError{ErrDisabled.Error()})
+		return
+	}
+	if busy {
+		writeJSON(w, http.StatusConflict, apiError{ErrBusy.Error()})
+		return
+	}
+	// Check synchronously so the caller learns at once whether there is
+	// anything to apply; the download runs in the updater loop.
+	plan, err := u.Check(r.Context())
+	switch {
+	case errors.Is(err, ErrTrial):
+		writeJSON(w, http.StatusConflict, apiError{err.Error()})
+		return
+	case err != nil:
+		writeJSON(w, http.StatusBadGateway, apiError{err.Error()})
+		return
+	case plan == nil:
+		writeJSON(w, http.StatusOK, u.Status())
+		return
+	}
+	u.Trigger(true)
+	writeJSON(w, http.StatusAccepted, u.Status())
+}

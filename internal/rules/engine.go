@@ -1,0 +1,783 @@
+package rules
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/outpost-edge/outpost/internal/message"
+	"github.com/outpost-edge/outpost/internal/rules/jsonpath"
+	"github.com/outpost-edge/outpost/internal/sink/webhook"
+)
+
+// Options configure an Engine. Zero values are documented defaults.
+type Options struct {
+	Env        Env
+	Partitions int          // lock stripes keyed by device; default 64
+	Log        *slog.Logger // nil: discard
+	Metrics    *metrics.Set // nil: a private set
+	Now        func() time.Time
+	// Tick is how often processing-time windows are checked for closing
+	// (default 50ms).
+	Tick time.Duration
+	// Webhook builds WEBHOOK action sinks (default: internal/sink/webhook).
+	Webhook func(webhook.Config) (message.Sink, error)
+	// Selectors are configured device selectors by "name@version" (see
+	// CompileOptions.Selectors).
+	Selectors map[string]string
+	// DeviceID resolves the device of a message whose DeviceID is empty
+	// (nil: the client id). The input message is not modified.
+	DeviceID func(*message.Message) string
+}
+
+// Engine evaluates rules against messages. Process is safe for concurrent
+// use; see the package doc for ordering and reload guarantees.
+type Engine struct {
+	env       Env
+	log       *slog.Logger
+	set       *metrics.Set
+	now       func() time.Time
+	tick      time.Duration
+	webhook   func(webhook.Config) (message.Sink, error)
+	devID     func(*message.Message) string
+	selectors map[string]string
+
+	parts []partition
+	cur   atomic.Pointer[ruleset]
+
+	mu       sync.Mutex // serializes Apply, Snapshot, Restore, Tick bookkeeping
+	restored map[string]*savedState
+	hooks    map[string]*webhookRef
+	tickCtx  evalCtx
+	stopTick context.CancelFunc
+	tickDone chan struct{}
+
+	mMessages  *metrics.Counter
+	mReloads   *metrics.Counter
+	mReloadDur *metrics.Histogram
+	mDiscarded *metrics.Counter
+}
+
+type webhookRef struct {
+	sink message.Sink
+	used bool
+}
+
+// partition is a lock stripe: messages of one device always use the same
+// partition, so per-device order and per-device state updates are serial.
+type partition struct {
+	mu   sync.Mutex
+	c    evalCtx
+	copy message.Message
+	n    uint32
+	_    [64]byte // keep stripes on separate cache lines
+}
+
+// entry is a rule within one ruleset (with its version group).
+type entry struct {
+	r *Rule
+	g *versionGroup
+}
+
+// versionGroup is every loaded version of one rule name, newest first.
+type versionGroup struct {
+	name     string
+	versions []*Rule
+	simple   bool // one version without selector
+}
+
+type ruleset struct {
+	trie   trie
+	rules  []*Rule
+	groups map[string]*versionGroup
+}
+
+// ruleState is the state of a rule that survives reloads when compatible.
+type ruleState struct {
+	mu  *sync.Mutex
+	win *windowState
+	dev map[string]*devState
+}
+
+func (s *ruleState) device(id string, slots int) *devState {
+	d := s.dev[id]
+	if d == nil {
+		d = &devState{Slots: make([]stateSlot, slots)}
+		s.dev[id] = d
+	}
+	return d
+}
+
+// ruleMetrics are a rule version's counters.
+type ruleMetrics struct {
+	matched *metrics.Counter
+	emitted *metrics.Counter
+	errors  [numReasons]*metrics.Counter
+	eval    *metrics.Histogram
+}
+
+// New returns an engine with no rules.
+func New(opts Options) *Engine {
+	if opts.Partitions <= 0 {
+		opts.Partitions = 64
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = metrics.NewSet()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Tick <= 0 {
+		opts.Tick = 50 * time.Millisecond
+	}
+	e := &Engine{
+		env: opts.Env, log: opts.Log.With("module", "rules"), set: opts.Metrics, now: opts.Now, tick: opts.Tick,
+		webhook: opts.Webhook, devID: opts.DeviceID, selectors: opts.Selectors,
+		parts:    make([]partition, opts.Partitions),
+		restored: map[string]*savedState{},
+		hooks:    map[string]*webhookRef{},
+	}
+	if e.devID == nil {
+		e.devID = func(m *message.Message) string { return m.ClientID }
+	}
+	if e.webhook == nil {
+		e.webhook = func(cfg webhook.Config) (message.Sink, error) { return webhook.New(cfg, e.log, e.set) }
+	}
+	for i := range e.parts {
+		e.parts[i].c.env = e.env
+	}
+	e.tickCtx.env = e.env
+	e.mMessages = e.set.GetOrCreateCounter("outpost_rules_messages_total")
+	e.mReloads = e.set.GetOrCreateCounter("outpost_rules_reloads_total")
+	e.mReloadDur = e.set.GetOrCreateHistogram("outpost_rules_reload_duration_seconds")
+	e.mDiscarded = e.set.GetOrCreateCounter("outpost_rules_window_groups_discarded_total")
+	e.set.GetOrCreateGauge("outpost_rules_active", func() float64 {
+		if rs := e.cur.Load(); rs != nil {
+			return float64(len(rs.rules))
+		}
+		return 0
+	})
+	e.cur.Store(&ruleset{groups: map[string]*versionGroup{}})
+	return e
+}
+
+// CompileOptions returns the options to compile rules for this engine
+// (its Env; webhook sinks shared between rule versions with the same
+// configuration).
+func (e *Engine) CompileOptions() CompileOptions {
+	return CompileOptions{Env: e.env, Webhook: e.sharedWebhook, Selectors: e.selectors}
+}
+
+func (e *Engine) sharedWebhook(cfg webhook.Config) (message.Sink, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if h := e.hooks[cfg.Key()]; h != nil {
+		return h.sink, nil
+	}
+	s, err := e.webhook(cfg)
+	if err != nil {
+		return nil, err
+	}
+	e.hooks[cfg.Key()] = &webhookRef{sink: s}
+	return s, nil
+}
+
+// Compile compiles a rule file for this engine.
+func (e *Engine) Compile(file, src string) ([]*Rule, error) {
+	return Compile(file, src, e.CompileOptions())
+}
+
+// Rules returns the active rules sorted by name and version.
+func (e *Engine) Rules() []*Rule {
+	return append([]*Rule(nil), e.cur.Load().rules...)
+}
+
+func hashString(s string) uint32 {
+	h := uint32(2166136261)
+	for i := 0; i < len(s); i++ {
+		h ^= uint32(s[i])
+		h *= 16777619
+	}
+	return h
+}
+
+// Process evaluates every matching rule against m and runs their actions.
+// It returns the first action error (wrapped) so that a caller can refuse a
+// QoS 1 publish; run-time evaluation errors are only counted. m and its
+// payload are not retained.
+func (e *Engine) Process(ctx context.Context, m *message.Message) error {
+	key := m.DeviceID
+	if key == "" {
+		key = m.ClientID
+	}
+	p := &e.parts[hashString(key)%uint32(len(e.parts))]
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if m.DeviceID == "" && e.devID != nil {
+		p.copy = *m
+		p.copy.DeviceID = e.devID(m)
+		m = &p.copy
+	}
+	rs := e.cur.Load() // the reload boundary: one ruleset per message
+	e.mMessages.Inc()
+	c := &p.c
+	c.msg, c.labelsOK, c.now = m, false, time.Time{}
+	c.matched = rs.trie.match(m.Topic, c.matched[:0])
+	if len(c.matched) == 0 {
+		return nil
+	}
+	p.n++
+	sample := p.n&15 == 0
+	var first error
+	for _, en := range c.matched {
+		r := en.r
+		if !en.g.simple && e.pick(c, en.g) != r {
+			continue
+		}
+		var t0 time.Time
+		if sample {
+			t0 = time.Now()
+		}
+		if err := e.runRule(ctx, c, r); err != nil && first == nil {
+			first = fmt.Errorf("rules: rule %s: %w", r.Name, err)
+		}
+		if sample {
+			r.m.eval.Update(time.Since(t0).Seconds())
+		}
+	}
+	c.msg = nil
+	return first
+}
+
+// pick returns the version of g that applies to the current device: the
+// newest whose FOR DEVICES selector matches.
+func (e *Engine) pick(c *evalCtx, g *versionGroup) *Rule {
+	for _, r := range g.versions {
+		if r.selector == nil || r.selector(c).truthy() {
+			return r
+		}
+	}
+	return nil
+}
+
+func (c *evalCtx) clock(e *Engine) time.Time {
+	if c.now.IsZero() {
+		c.now = e.now()
+	}
+	return c.now
+}
+
+func (e *Engine) runRule(ctx context.Context, c *evalCtx, r *Rule) (err error) {
+	r.m.matched.Inc()
+	c.rule, c.errs = r, 0
+	c.payload = c.msg.Payload
+	if r.usesNow {
+		c.clock(e)
+	}
+	decoded := true
+	if r.format != nil {
+		js, derr := r.format.ToJSON(c.payload)
+		if derr != nil {
+			c.fail(reasonDecode)
+			decoded = false
+		}
+		c.payload = js
+	}
+	if r.nFields > 0 {
+		if cap(c.res) < r.nFields {
+			c.res = make([]jsonpath.Result, r.nFields)
+		}
+		c.res = c.res[:r.nFields]
+		if r.ast.Format == "raw" || !decoded {
+			clear(c.res)
+		} else {
+			r.fields.GetAll(c.payload, c.res)
+		}
+	}
+	if decoded {
+		if r.state != nil {
+			r.state.mu.Lock()
+			c.dev = r.state.device(c.msg.DeviceID, r.slots)
+		}
+		err = e.evalLocked(ctx, c, r)
+		if r.state != nil {
+			c.dev = nil
+			r.state.mu.Unlock()
+		}
+	}
+	e.countErrors(c, r)
+	return err
+}
+
+func (e *Engine) countErrors(c *evalCtx, r *Rule) {
+	if c.errs == 0 {
+		return
+	}
+	for i := 0; i < numReasons; i++ {
+		if c.errs&(1<<i) != 0 {
+			r.m.errors[i].Inc()
+		}
+	}
+	c.errs = 0
+}
+
+func (e *Engine) evalLocked(ctx context.Context, c *evalCtx, r *Rule) error {
+	if r.win != nil || r.slots > 0 {
+		if !e.eventTime(c, r) {
+			return nil
+		}
+	}
+	if r.where != nil && !r.where(c).truthy() {
+		return nil
+	}
+	if r.win != nil {
+		return r.windowAdd(ctx, e, c)
+	}
+	return e.emitRow(ctx, c, r)
+}
+
+// eventTime sets c.evTime; false when TIMESTAMP BY did not yield a time.
+func (e *Engine) eventTime(c *evalCtx, r *Rule) bool {
+	if r.tsBy == nil {
+		if r.win == nil && !c.msg.Received.IsZero() {
+			c.evTime = c.msg.Received.UnixNano()
+		} else {
+			c.evTime = c.clock(e).UnixNano()
+		}
+		return true
+	}
+	v := r.tsBy(c)
+	switch v.K {
+	case KNum:
+		c.evTime = int64(v.N * 1e6) // milliseconds since the epoch
+		return true
+	case KStr:
+		t, err := time.Parse(time.RFC3339Nano, v.S)
+		if err == nil {
+			c.evTime = t.UnixNano()
+			return true
+		}
+	}
+	c.fail(reasonBadTimestamp)
+	return false
+}
+
+// emitRow projects the current message and runs the actions.
+func (e *Engine) emitRow(ctx context.Context, c *evalCtx, r *Rule) error {
+	payload := r.project(c)
+	if payload == nil {
+		return nil
+	}
+	m := c.msg
+	var first error
+	for _, ac := range r.actions {
+		if err := e.deliver(ctx, c, r, ac, payload, m.Topic, int(m.QoS), m.ClientID, m.DeviceID, m.Received); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// project evaluates the columns into c.row and renders the output payload.
+func (r *Rule) project(c *evalCtx) []byte {
+	if r.starOnly {
+		return c.msg.Payload
+	}
+	c.row = c.row[:0]
+	for _, col := range r.cols {
+		c.row = append(c.row, col.f(c))
+	}
+	out := c.out[:0]
+	if r.star {
+		body := trimSpace(c.payload)
+		if len(body) < 2 || body[0] != '{' || body[len(body)-1] != '}' {
+			c.fail(reasonTypeMismatch)
+			out = append(out, '{')
+		} else {
+			out = append(out, body[:len(body)-1]...)
+			if len(trimSpace(body[1:len(body)-1])) > 0 && len(r.cols) > 0 {
+				out = append(out, ',')
+			}
+		}
+	} else {
+		out = append(out, '{')
+	}
+	for i, col := range r.cols {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, col.prefix...)
+		out = appendJSON(out, c.row[i])
+	}
+	out = append(out, '}')
+	c.out = out
+	return out
+}
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && (b[0] == ' ' || b[0] == '\n' || b[0] == '\t' || b[0] == '\r') {
+		b = b[1:]
+	}
+	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == '\n' || b[len(b)-1] == '\t' || b[len(b)-1] == '\r') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+func (e *Engine) deliver(ctx context.Context, c *evalCtx, r *Rule, ac *action, payload []byte, inTopic string, inQoS int, client, device string, received time.Time) error {
+	topic := inTopic
+	if ac.topic != nil {
+		topic = ac.topic.render(c)
+	}
+	qos := inQoS
+	if ac.qos >= 0 {
+		qos = ac.qos
+	}
+	om := &c.outMsg
+	*om = message.Message{Topic: topic, Payload: payload, QoS: byte(qos), Retain: ac.retain,
+		ClientID: client, DeviceID: device, Received: received}
+	err := ac.sink.Deliver(ctx, om)
+	om.Payload = nil
+	if err != nil {
+		c.fail(reasonAction)
+		e.log.Warn("rule action failed", "rule", r.Name, "action", ac.kind, "topic", topic, "err", err)
+		return fmt.Errorf("%s: %w", ac.kind, err)
+	}
+	r.m.emitted.Inc()
+	ac.sent.Inc()
+	return nil
+}
+
+// emitGroup evaluates HAVING and the columns for a window group and runs
+// the actions. The caller holds the rule state lock.
+func (e *Engine) emitGroup(ctx context.Context, r *Rule, c *evalCtx, g *group, aggs []aggState, b winBounds) error {
+	saveAggs, saveWin := c.aggs, c.win
+	c.aggs, c.win = aggs, b
+	defer func() { c.aggs, c.win = saveAggs, saveWin }()
+	if r.having != nil && !r.having(c).truthy() {
+		return nil
+	}
+	c.row = c.row[:0]
+	for _, col := range r.cols {
+		c.row = append(c.row, col.f(c).clone())
+	}
+	out := append(c.out[:0], '{')
+	for i, col := range r.cols {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, col.prefix...)
+		out = appendJSON(out, c.row[i])
+	}
+	out = append(out, '}')
+	c.out = out
+	// deliver may re-enter templates that use c.tmp; payload is c.out
+	var first error
+	now := c.clock(e)
+	for _, ac := range r.actions {
+		if err := e.deliver(ctx, c, r, ac, out, g.Topic, 0, g.Client, g.Device, now); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// Apply replaces the active rules with rules (compiled by this engine). It
+// returns once the new set is active: every message processed afterwards
+// sees the new set, every message in flight finishes with the old one.
+// State of a rule (same name) carries over when its window layout and
+// state functions are unchanged; otherwise it starts empty (counted in
+// outpost_rules_window_groups_discarded_total).
+func (e *Engine) Apply(rules []*Rule) {
+	t0 := time.Now()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	old := e.cur.Load()
+	oldBy := map[string][]*Rule{}
+	for _, o := range old.rules {
+		oldBy[o.Name] = append(oldBy[o.Name], o)
+	}
+	newIDs := map[string]bool{}
+	for _, r := range rules {
+		newIDs[ruleID(r)] = true
+	}
+	carried := map[*ruleState]bool{}
+	for _, r := range rules {
+		if r.m == nil {
+			e.attachMetrics(r)
+		}
+		if r.state != nil || (r.win == nil && r.slots == 0) {
+			if r.state != nil {
+				carried[r.state] = true
+			}
+			continue
+		}
+		r.state = e.inheritState(r, oldBy[r.Name], newIDs)
+		carried[r.state] = true
+	}
+	for _, o := range old.rules {
+		if o.state != nil && o.state.win != nil && !carried[o.state] {
+			n := o.state.openGroups()
+			if n > 0 {
+				e.mDiscarded.Add(n)
+				e.log.Info("rule window state reset", "rule", o.Name, "version", o.Version, "groups", n)
+			}
+		}
+	}
+	rs := &ruleset{groups: map[string]*versionGroup{}, rules: append([]*Rule(nil), rules...)}
+	sort.Slice(rs.rules, func(i, j int) bool {
+		if rs.rules[i].Name != rs.rules[j].Name {
+			return rs.rules[i].Name < rs.rules[j].Name
+		}
+		return rs.rules[i].Version > rs.rules[j].Version
+	})
+	for _, r := range rs.rules {
+		g := rs.groups[r.Name]
+		if g == nil {
+			g = &versionGroup{name: r.Name}
+			rs.groups[r.Name] = g
+		}
+		g.versions = append(g.versions, r)
+	}
+	for _, g := range rs.groups {
+		g.simple = len(g.versions) == 1 && g.versions[0].selector == nil
+	}
+	for _, r := range rs.rules {
+		en := &entry{r: r, g: rs.groups[r.Name]}
+		for _, f := range r.Filters {
+			rs.trie.add(f, en)
+		}
+	}
+	e.cur.Store(rs)
+	e.pruneWebhooks(rs)
+	e.mReloads.Inc()
+	e.mReloadDur.UpdateDuration(t0)
+}
+
+func ruleID(r *Rule) string { return r.Name + "@" + strconv.Itoa(r.Version) }
+
+func (s *ruleState) openGroups() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.win == nil {
+		return 0
+	}
+	return s.win.nGroups
+}
+
+// inheritState finds the state r continues: the same version, else the
+// newest old version of the same name that is being replaced.
+func (e *Engine) inheritState(r *Rule, olds []*Rule, newIDs map[string]bool) *ruleState {
+	var from *Rule
+	for _, o := range olds {
+		if o.Version == r.Version && o.state != nil {
+			from = o
+		}
+	}
+	if from == nil {
+		for _, o := range olds {
+			if !newIDs[ruleID(o)] && o.state != nil && (from == nil || o.Version > from.Version) {
+				from = o
+			}
+		}
+	}
+	if from == nil {
+		if s := e.restoredState(r); s != nil {
+			return s
+		}
+		return newState(r)
+	}
+	if from.winSig == r.winSig && from.devSig == r.devSig {
+		return from.state
+	}
+	st := newState(r)
+	st.mu = from.state.mu // old and new may run concurrently during the switch
+	if from.winSig == r.winSig && r.win != nil {
+		st.win = from.state.win
+	}
+	if from.devSig == r.devSig && r.slots > 0 {
+		st.dev = from.state.dev
+	}
+	return st
+}
+
+func newState(r *Rule) *ruleState {
+	s := &ruleState{mu: &sync.Mutex{}, dev: map[string]*devState{}}
+	if r.win != nil {
+		s.win = &windowState{index: map[string]*group{}}
+	}
+	return s
+}
+
+func (e *Engine) attachMetrics(r *Rule) {
+	lbl := fmt.Sprintf(`rule=%q,version="%d"`, r.Name, r.Version)
+	r.m = &ruleMetrics{
+		matched: e.set.GetOrCreateCounter("outpost_rules_matched_total{" + lbl + "}"),
+		emitted: e.set.GetOrCreateCounter("outpost_rules_emitted_total{" + lbl + "}"),
+		eval:    e.set.GetOrCreateHistogram("outpost_rules_eval_duration_seconds{" + lbl + "}"),
+	}
+	for i := range r.m.errors {
+		r.m.errors[i] = e.set.GetOrCreateCounter(fmt.Sprintf(`outpost_rules_errors_total{%s,reason=%q}`, lbl, reasonNames[i]))
+	}
+	for _, ac := range r.actions {
+		ac.sent = e.set.GetOrCreateCounter(fmt.Sprintf(`outpost_rules_action_sent_total{%s,action=%q}`, lbl, ac.kind))
+	}
+}
+
+func (e *Engine) pruneWebhooks(rs *ruleset) {
+	used := map[string]bool{}
+	for _, r := range rs.rules {
+		for _, k := range r.webhookKeys {
+			used[k] = true
+		}
+	}
+	for k, h := range e.hooks {
+		if used[k] {
+			h.used = true
+			continue
+		}
+		if !h.used {
+			continue // compiled but not yet applied
+		}
+		delete(e.hooks, k)
+		if cl, ok := h.sink.(interface{ Close(context.Context) error }); ok {
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				cl.Close(ctx)
+			}()
+		}
+	}
+}
+
+// ErrorCounts returns a rule version's run-time error counters by reason
+// (for the HTTP API and tests).
+func (r *Rule) ErrorCounts() map[string]uint64 {
+	out := map[string]uint64{}
+	if r.m == nil {
+		return out
+	}
+	for i, c := range r.m.errors {
+		if n := c.Get(); n > 0 {
+			out[reasonNames[i]] = n
+		}
+	}
+	return out
+}
+
+// Counts returns matched and emitted counters.
+func (r *Rule) Counts() (matched, emitted uint64) {
+	if r.m == nil {
+		return 0, 0
+	}
+	return r.m.matched.Get(), r.m.emitted.Get()
+}
+
+// Tick closes processing-time windows that are due and evicts expired
+// sliding-window events. Start calls it every Options.Tick.
+func (e *Engine) Tick(ctx context.Context) {
+	rs := e.cur.Load()
+	now := e.now()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c := &e.tickCtx
+	for _, r := range rs.rules {
+		if r.win == nil || r.win.eventTime || r.win.kind == "count" {
+			continue
+		}
+		c.now, c.msg, c.rule, c.errs = now, nil, r, 0
+		r.state.mu.Lock()
+		e.advanceLocked(ctx, r, c, now.UnixNano())
+		r.state.mu.Unlock()
+		e.countErrors(c, r)
+	}
+}
+
+// Flush closes every open time window (tumbling, hopping, session) now,
+// whatever the clock. `rules test` calls it at the end of its input.
+func (e *Engine) Flush(ctx context.Context) {
+	rs := e.cur.Load()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c := &e.tickCtx
+	for _, r := range rs.rules {
+		if r.win == nil {
+			continue
+		}
+		c.now, c.msg, c.rule, c.errs = e.now(), nil, r, 0
+		r.state.mu.Lock()
+		e.flushAll(ctx, r, c)
+		r.state.mu.Unlock()
+		e.countErrors(c, r)
+	}
+}
+
+// Start runs the window timer until Stop.
+func (e *Engine) Start(ctx context.Context) {
+	e.mu.Lock()
+	if e.stopTick != nil {
+		e.mu.Unlock()
+		return
+	}
+	tctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	e.stopTick = cancel
+	e.tickDone = make(chan struct{})
+	e.mu.Unlock()
+	go func() {
+		defer close(e.tickDone)
+		t := time.NewTicker(e.tick)
+		defer t.Stop()
+		for {
+			select {
+			case <-tctx.Done():
+				return
+			case <-t.C:
+				e.Tick(tctx)
+			}
+		}
+	}()
+}
+
+// Stop stops the window timer and closes webhook sinks (draining their
+// queues until ctx ends). Window state stays in memory (Snapshot saves it).
+func (e *Engine) Stop(ctx context.Context) error {
+	e.mu.Lock()
+	cancel, done := e.stopTick, e.tickDone
+	e.stopTick = nil
+	hooks := e.hooks
+	e.hooks = map[string]*webhookRef{}
+	e.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+	var first error
+	for _, h := range hooks {
+		if cl, ok := h.sink.(interface{ Close(context.Context) error }); ok {
+			if err := cl.Close(ctx); err != nil && first == nil {
+				first = err
+			}
+		}
+	}
+	return first
+}
+
+// engineSink adapts the engine to message.Sink.
+type engineSink struct{ e *Engine }
+
+func (s engineSink) Name() string { return "rules" }
+func (s engineSink) Deliver(ctx context.Context, m *message.Message) error {
+	return s.e.Process(ctx, m)
+}
+
+// Sink returns the engine as a pipeline stage (Deliver = Process).
+func (e *Engine) Sink() message.Sink { return engineSink{e} }

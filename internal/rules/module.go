@@ -1,0 +1,229 @@
+package rules
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/outpost-edge/outpost/internal/module"
+	"github.com/outpost-edge/outpost/internal/rules/parser"
+)
+
+// Module runs the rule engine as an Outpost module (name "rules"): it owns
+// an Engine and a Store, restores window state on Start and saves it on
+// Stop.
+type Module struct {
+	env Env
+	log *slog.Logger
+	set *metrics.Set
+
+	mu      sync.Mutex
+	cfg     Config
+	eng     *Engine
+	store   *Store
+	started bool
+}
+
+var _ module.Module = (*Module)(nil)
+
+// NewModule returns the rules module. env is implemented by the
+// integrator; log and set may be nil.
+func NewModule(env Env, log *slog.Logger, set *metrics.Set) *Module {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if set == nil {
+		set = metrics.NewSet()
+	}
+	return &Module{env: env, log: log, set: set}
+}
+
+// Name implements module.Module.
+func (m *Module) Name() string { return "rules" }
+
+// DependsOn: actions deliver to the broker and the uplink queue.
+func (m *Module) DependsOn() []string { return nil }
+
+func asConfig(cfg any) (Config, error) {
+	switch c := cfg.(type) {
+	case Config:
+		return c, nil
+	case *Config:
+		if c == nil {
+			return Config{}, nil
+		}
+		return *c, nil
+	case nil:
+		return Config{}, nil
+	}
+	return Config{}, fmt.Errorf("rules: config of type %T, want rules.Config", cfg)
+}
+
+// Init validates cfg (rules.Config or *rules.Config) and builds the engine.
+func (m *Module) Init(_ context.Context, cfg any) error {
+	c, err := asConfig(cfg)
+	if err != nil {
+		return err
+	}
+	c.SetDefaults()
+	if err := c.Validate(); err != nil {
+		return fmt.Errorf("rules: %w", err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.cfg = c
+	m.eng = New(Options{
+		Env: withConfigLabels(m.env, c.Devices), Partitions: c.Partitions, Log: m.log, Metrics: m.set,
+		Tick: c.WindowTick.D(), DeviceID: c.DeviceIDFunc(), Selectors: c.Selectors(),
+	})
+	m.store = NewStore(m.eng, c.Dir, c.Debounce.D(), m.log)
+	m.set.GetOrCreateGauge("outpost_rules_rejected_files", func() float64 {
+		m.mu.Lock()
+		s := m.store
+		m.mu.Unlock()
+		if s == nil {
+			return 0
+		}
+		return float64(s.Rejected())
+	})
+	return nil
+}
+
+// Start restores window state, loads the rule directory, starts watching
+// it and starts the window timer. Rule errors do not fail Start (the
+// module reports degraded health); an unreadable directory does.
+func (m *Module) Start(ctx context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.eng == nil {
+		return errors.New("rules: Start before Init")
+	}
+	if m.cfg.StateDir != "" {
+		if err := m.eng.LoadState(m.cfg.StateDir); err != nil {
+			m.log.Warn("rule state not restored", "module", "rules", "err", err)
+		}
+	}
+	if m.cfg.Dir != "" {
+		if err := os.MkdirAll(m.cfg.Dir, 0o755); err != nil {
+			return fmt.Errorf("rules: dir: %w", err)
+		}
+	}
+	if err := m.store.Reload(); err != nil {
+		var el parser.ErrorList
+		if !errors.As(err, &el) {
+			return err // the directory is unreadable
+		}
+		m.log.Warn("some rules were rejected", "module", "rules", "err", err)
+	}
+	if err := m.store.Watch(); err != nil {
+		return err
+	}
+	m.eng.Start(ctx)
+	m.started = true
+	return nil
+}
+
+// Stop stops the watcher and the timer, closes webhook sinks and saves
+// window state to state_dir.
+func (m *Module) Stop(ctx context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.started {
+		return nil
+	}
+	m.started = false
+	var errs []error
+	if err := m.store.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := m.eng.Stop(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	if m.cfg.StateDir != "" {
+		if err := m.eng.SaveState(m.cfg.StateDir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Health is degraded while a rule file is rejected.
+func (m *Module) Health() module.Status {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.started {
+		return module.Status{State: module.StateStopped}
+	}
+	var bad []string
+	for _, f := range m.store.Status() {
+		if len(f.Errors) > 0 {
+			bad = append(bad, f.File)
+		}
+	}
+	if len(bad) > 0 {
+		return module.Status{State: module.StateDegraded, Detail: "rejected rule files: " + strings.Join(bad, ", ")}
+	}
+	return module.Status{State: module.StateReady, Detail: fmt.Sprintf("%d rules", len(m.eng.Rules()))}
+}
+
+// Engine returns the engine (for the pipeline: Process or Sink()).
+func (m *Module) Engine() *Engine {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.eng
+}
+
+// Store returns the rule store.
+func (m *Module) Store() *Store {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.store
+}
+
+// RegisterHTTP adds /api/v1/rules to mux (after Init).
+func (m *Module) RegisterHTTP(mux *http.ServeMux) {
+	mux.HandleFunc("/api/v1/rules", m.proxy)
+	mux.HandleFunc("/api/v1/rules/", m.proxy)
+}
+
+// proxy dispatches to the current store (which Reconfigure may replace).
+func (m *Module) proxy(w http.ResponseWriter, r *http.Request) {
+	s := m.Store()
+	if s == nil {
+		http.Error(w, "rules: not initialised", http.StatusServiceUnavailable)
+		return
+	}
+	mux := http.NewServeMux()
+	s.RegisterHTTP(mux)
+	mux.ServeHTTP(w, r)
+}
+
+// Reconfigure applies a changed section: device labels and window tick in
+// place keep rules and state; a changed dir, partitions or device_id_from
+// rebuilds the engine (state is carried through a snapshot in memory).
+func (m *Module) Reconfigure(ctx context.Context, cfg any) error {
+	c, err := asConfig(cfg)
+	if err != nil {
+		return err
+	}
+	c.SetDefaults()
+	if err := c.Validate(); err != nil {
+		return fmt.Errorf("rules: %w", err)
+	}
+	if err := m.Stop(ctx); err != nil {
+		m.log.Warn("rules: stop during reconfigure", "err", err)
+	}
+	if err := m.Init(ctx, c); err != nil {
+		return err
+	}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return m.Start(sctx)
+}

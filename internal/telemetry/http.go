@@ -1,0 +1,313 @@
+package telemetry
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"runtime/metrics"
+	"strings"
+	"sync"
+	"time"
+
+	vm "github.com/VictoriaMetrics/metrics"
+
+	"github.com/outpost-edge/outpost/internal/buildinfo"
+	"github.com/outpost-edge/outpost/internal/module"
+)
+
+// Config is the `telemetry:` section.
+type Config struct {
+	// Address of the local HTTP endpoint (default 127.0.0.1:9100). Set
+	// "off" to disable it.
+	Address string `yaml:"address"`
+	// Token, when set, is required as a Bearer token on /api/ and /debug/.
+	Token string `yaml:"token"`
+	// Pprof enables /debug/pprof (default true; loopback-only by default).
+	Pprof *bool `yaml:"pprof"`
+}
+
+// SetDefaults fills zero values.
+func (c *Config) SetDefaults() {
+	if c.Address == "" {
+		c.Address = "127.0.0.1:9100"
+	}
+	if c.Pprof == nil {
+		t := true
+		c.Pprof = &t
+	}
+}
+
+// Validate checks the section.
+func (c Config) Validate() error {
+	if c.Address == "off" {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(c.Address)
+	if err != nil {
+		return fmt.Errorf("address: %q must be host:port (e.g. 127.0.0.1:9100) or off", c.Address)
+	}
+	if ip := net.ParseIP(host); (host == "" || (ip != nil && !ip.IsLoopback())) && c.Token == "" {
+		return fmt.Errorf("address: %s is reachable from other hosts; set telemetry.token to protect /api and /debug", c.Address)
+	}
+	return nil
+}
+
+// HealthSource reports module health for /readyz.
+type HealthSource interface {
+	Health() []module.NamedStatus
+}
+
+// Server is the telemetry module: the local HTTP endpoint.
+type Server struct {
+	log     *slog.Logger
+	set     *vm.Set
+	health  HealthSource
+	extra   []func(*http.ServeMux)
+	cfgJSON func() any // redacted config for /api/v1/config
+
+	mu   sync.Mutex
+	cfg  Config
+	srv  *http.Server
+	ln   net.Listener
+	addr string
+}
+
+// Options are the server's dependencies.
+type Options struct {
+	Logger  *slog.Logger
+	Metrics *vm.Set
+	Health  HealthSource
+	// Routes register additional handlers (the modules' local APIs).
+	Routes []func(*http.ServeMux)
+	// RedactedConfig returns the running config with secrets replaced.
+	RedactedConfig func() any
+}
+
+var _ module.Module = (*Server)(nil)
+var _ module.Reconfigurable = (*Server)(nil)
+
+// New returns an unstarted server.
+func New(o Options) *Server {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Metrics == nil {
+		o.Metrics = vm.NewSet()
+	}
+	s := &Server{log: o.Logger, set: o.Metrics, health: o.Health, extra: o.Routes, cfgJSON: o.RedactedConfig}
+	registerRuntimeMetrics(o.Metrics)
+	return s
+}
+
+// Name implements module.Module.
+func (s *Server) Name() string { return "telemetry" }
+
+// Init implements module.Module.
+func (s *Server) Init(_ context.Context, cfg any) error {
+	c, ok := cfg.(*Config)
+	if !ok {
+		return fmt.Errorf("telemetry: config is %T, want *telemetry.Config", cfg)
+	}
+	s.mu.Lock()
+	s.cfg = *c
+	s.mu.Unlock()
+	return nil
+}
+
+// Start binds the endpoint; a bind failure names the address.
+func (s *Server) Start(context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cfg.Address == "off" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", s.cfg.Address)
+	if err != nil {
+		return fmt.Errorf("telemetry: listen on %s: %w", s.cfg.Address, err)
+	}
+	s.ln = ln
+	s.addr = ln.Addr().String()
+	srv := &http.Server{Handler: s.mux(s.cfg), ReadHeaderTimeout: 10 * time.Second}
+	s.srv = srv
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("telemetry: HTTP server stopped", "err", err)
+		}
+	}()
+	return nil
+}
+
+// Addr returns the bound address ("" when disabled).
+func (s *Server) Addr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addr
+}
+
+// Stop implements module.Module.
+func (s *Server) Stop(ctx context.Context) error {
+	s.mu.Lock()
+	srv := s.srv
+	s.srv = nil
+	s.mu.Unlock()
+	if srv == nil {
+		return nil
+	}
+	return srv.Shutdown(ctx)
+}
+
+// Reconfigure restarts the endpoint when its settings change.
+func (s *Server) Reconfigure(ctx context.Context, cfg any) error {
+	c, ok := cfg.(*Config)
+	if !ok {
+		return fmt.Errorf("telemetry: config is %T, want *telemetry.Config", cfg)
+	}
+	if err := s.Stop(ctx); err != nil {
+		return err
+	}
+	s.Init(ctx, c)
+	return s.Start(ctx)
+}
+
+// Health implements module.Module.
+func (s *Server) Health() module.Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cfg.Address == "off" {
+		return module.Status{State: module.StateReady, Detail: "HTTP endpoint disabled"}
+	}
+	if s.srv == nil {
+		return module.Status{State: module.StateStopped}
+	}
+	return module.Status{State: module.StateReady, Detail: s.addr}
+}
+
+func (s *Server) mux(cfg Config) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /metrics", s.metrics)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.HandleFunc("GET /api/v1/version", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, buildinfo.Read())
+	})
+	mux.HandleFunc("GET /api/v1/config", func(w http.ResponseWriter, _ *http.Request) {
+		if s.cfgJSON == nil {
+			http.Error(w, "no config", http.StatusNotFound)
+			return
+		}
+		writeJSON(w, http.StatusOK, s.cfgJSON())
+	})
+	if cfg.Pprof == nil || *cfg.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	for _, r := range s.extra {
+		r(mux)
+	}
+	if cfg.Token == "" {
+		return mux
+	}
+	token := []byte("Bearer " + cfg.Token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/api/") || strings.HasPrefix(r.URL.Path, "/debug/") {
+			if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), token) != 1 {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="outpost"`)
+				http.Error(w, "unauthorized", http.StatusUnauthorized)
+				return
+			}
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) metrics(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+	s.set.WritePrometheus(w)
+	vm.WriteProcessMetrics(w)
+}
+
+// Readiness is the /readyz body.
+type Readiness struct {
+	Ready   bool              `json:"ready"`
+	Modules map[string]Module `json:"modules"`
+}
+
+// Module is one module's health in /readyz.
+type Module struct {
+	State  string `json:"state"`
+	Detail string `json:"detail,omitempty"`
+}
+
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+	r := Readiness{Ready: true, Modules: map[string]Module{}}
+	if s.health != nil {
+		for _, h := range s.health.Health() {
+			r.Modules[h.Name] = Module{State: h.State.String(), Detail: h.Detail}
+			if !h.Ready() {
+				r.Ready = false
+			}
+		}
+	}
+	code := http.StatusOK
+	if !r.Ready {
+		code = http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, r)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// registerRuntimeMetrics adds GC pause quantiles from runtime/metrics, which
+// VictoriaMetrics' process metrics do not include as a histogram.
+func registerRuntimeMetrics(set *vm.Set) {
+	sample := []metrics.Sample{{Name: "/sched/pauses/total/gc:seconds"}}
+	q := func(p float64) func() float64 {
+		return func() float64 {
+			metrics.Read(sample)
+			if sample[0].Value.Kind() != metrics.KindFloat64Histogram {
+				return 0
+			}
+			return histQuantile(sample[0].Value.Float64Histogram(), p)
+		}
+	}
+	set.GetOrCreateGauge(`outpost_gc_pause_seconds{quantile="0.5"}`, q(0.5))
+	set.GetOrCreateGauge(`outpost_gc_pause_seconds{quantile="0.99"}`, q(0.99))
+	set.GetOrCreateGauge(`outpost_gc_pause_seconds{quantile="1"}`, q(1))
+}
+
+func histQuantile(h *metrics.Float64Histogram, p float64) float64 {
+	var total uint64
+	for _, c := range h.Counts {
+		total += c
+	}
+	if total == 0 {
+		return 0
+	}
+	want := uint64(p * float64(total))
+	var acc uint64
+	for i, c := range h.Counts {
+		acc += c
+		if acc >= want && c > 0 {
+			return h.Buckets[i+1]
+		}
+	}
+	return h.Buckets[len(h.Buckets)-1]
+}

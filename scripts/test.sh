@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls this):
+#   1. install missing test dependencies (scripts/deps.sh)
+#   2. gofmt, go vet, staticcheck
+#   3. go test -race on every package (real broker, real Mosquitto, real files)
+#   4. cross-build the release binaries and smoke-test the arm64 one under qemu
+# Options: SKIP_RACE=1 runs tests without -race (faster locally).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export GOFLAGS=${GOFLAGS:--buildvcs=false}
+step() { printf '\n==> %s\n' "$*"; }
+
+step "dependencies"
+scripts/deps.sh
+
+step "gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then echo "not gofmt-ed:"; echo "$unformatted"; exit 1; fi
+
+step "go vet"
+go vet ./...
+
+step "staticcheck"
+go run honnef.co/go/tools/cmd/staticcheck@v0.7.0 ./...
+
+step "go test"
+race="-race"
+[ "${SKIP_RACE:-}" = 1 ] && race=""
+go test $race -count=1 -timeout 30m ./...
+
+step "release builds + arm64 smoke test under qemu"
+scripts/build.sh
+scripts/smoke-arm64.sh dist/outpost-linux-arm64
+
+step "all tests passed"
