@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"github.com/outpost-edge/outpost/internal/queue"
 	"log/slog"
 	"net"
 	"net/url"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/internal/config"
+	"github.com/outpost-edge/outpost/internal/queue"
 	"gopkg.in/yaml.v3"
 )
 
