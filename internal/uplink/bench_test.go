@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/internal/message"
+	"github.com/outpost-edge/outpost/internal/queue"
 	"github.com/outpost-edge/outpost/internal/testutil/mosq"
 )
 
@@ -18,18 +19,33 @@ import (
 //
 //	flock /tmp/outpost-bench.lock go test -run '^$' -bench BenchmarkDrain -benchtime 1000000x ./internal/uplink/
 //
-// Sub-benchmarks vary Mosquitto's max_inflight_messages, which is also the
+// The lane queue is the tests' amortised in-memory queue, and queue.Disk
+// (fsync never: only the drain is timed; records are read back from the
+// page cache). Sub-benchmarks vary Mosquitto's max_inflight_messages, which is also the
 // Receive Maximum it announces (the uplink's window); Mosquitto has no
 // subscriber, so it acknowledges and discards (max_queued_messages does not
 // apply). The drain is bounded (30 s + 100 µs per record): go test's
 // -timeout does not apply to benchmarks. Reported: msg/s, MB/s of PUBLISH bytes, and the CPU used by this
 // process (uplink + queue) and by Mosquitto, in % of one core.
 func BenchmarkDrain(b *testing.B) {
-	for _, inflight := range []int{20, 100, 1000} {
-		b.Run(fmt.Sprintf("max_inflight=%d", inflight), func(b *testing.B) {
+	type run struct {
+		inflight int
+		disk     bool
+	}
+	for _, r := range []run{{20, false}, {100, false}, {1000, false}, {1000, true}} {
+		name := fmt.Sprintf("max_inflight=%d", r.inflight)
+		if r.disk {
+			name += "/queue=disk"
+		}
+		inflight := r.inflight
+		b.Run(name, func(b *testing.B) {
+			mk := fastQueue
+			if r.disk {
+				mk = func() testQueue { return openDiskQueue(b) }
+			}
 			br := mosq.Start(b, mosq.Options{MaxInflight: inflight})
 			cfg := testConfig(br.URL(), LaneConfig{Name: "bulk"})
-			h := newHarness(b, cfg, Options{}, fastQueue)
+			h := newHarness(b, cfg, Options{}, mk)
 			q := h.queues["bulk"]
 			rec := message.Encode(&message.Message{Topic: "sensors/line1/t1", Payload: bytes.Repeat([]byte("x"), 200),
 				QoS: 1, DeviceID: "t1", ClientID: "dev-1", Received: time.Now()})
@@ -64,6 +80,22 @@ func BenchmarkDrain(b *testing.B) {
 			}
 		})
 	}
+}
+
+// diskQueue is queue.Disk with Len for the harness.
+type diskQueue struct{ *queue.Disk }
+
+func (d diskQueue) Len() int { return int(d.Stats().Depth) }
+
+// openDiskQueue opens a queue.Disk in a temp dir with fsync never (the
+// benchmark measures the drain, not the appends).
+func openDiskQueue(b *testing.B) testQueue {
+	q, err := queue.Open(queue.Config{Dir: b.TempDir(), Fsync: "never", MaxBytes: 4 << 30}, queue.Options{Name: "bulk"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { q.Close() })
+	return diskQueue{q}
 }
 
 func selfCPU() time.Duration {

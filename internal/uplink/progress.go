@@ -7,6 +7,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/outpost-edge/outpost/internal/module"
+	"github.com/outpost-edge/outpost/internal/queue"
 )
 
 // upMetrics are the uplink-wide metrics (per-lane ones live in laneMetrics).
@@ -98,6 +99,9 @@ func (l *lane) backlog() (records, bytes int64) {
 	switch q := l.q.(type) {
 	case Backlogger:
 		return q.Backlog()
+	case interface{ Stats() queue.Stats }: // queue.Disk, queue.Mem
+		st := q.Stats()
+		return int64(st.Depth), st.Bytes
 	case interface{ Len() int }:
 		return int64(q.Len()), -1
 	}

@@ -33,8 +33,9 @@ type Queue interface {
 
 // Backlogger is optionally implemented by a Queue to report what it still
 // holds (unacknowledged records and their bytes). Without it, a queue with
-// `Len() int` (queue.Mem) reports records only; otherwise the backlog is
-// unknown (-1) and no ETA is computed.
+// `Stats() queue.Stats` (queue.Disk, queue.Mem) reports Depth and Bytes, a
+// queue with `Len() int` records only; otherwise the backlog is unknown
+// (-1) and no ETA is computed.
 type Backlogger interface {
 	Backlog() (records, bytes int64)
 }
