@@ -379,6 +379,9 @@ func (u *Uplink) setState(s module.State, err error) {
 // run connects, serves, and reconnects with backoff until ctx ends.
 func (u *Uplink) run(ctx context.Context) {
 	bo := newBackoff(u.cfg.Reconnect.Min.D(), u.cfg.Reconnect.Max.D(), nil)
+	// Readers always start right after a Rewind: a previous run (Stop while
+	// disconnected) may have left records read ahead but never sent.
+	u.rewind()
 	readers := u.startReaders(ctx)
 	defer func() { readers.stop() }()
 	for ctx.Err() == nil {

@@ -363,13 +363,18 @@ func (f deadLetterFunc) DeadLetter(lane string, rec queue.Record, reason string)
 func TestStopStartKeepsRecords(t *testing.T) {
 	b := mosq.Start(t, mosq.Options{MaxQueued: -1})
 	sub := mosq.Subscribe(t, b, "outpost/#")
-	h := newHarness(t, testConfig(b.URL(), LaneConfig{Name: "telemetry"}), Options{})
+	cfg := testConfig(b.URL(), LaneConfig{Name: "telemetry"})
+	cfg.Bandwidth = 20 << 10 // slow: Stop comes mid-drain, with records read ahead but not sent
+	h := newHarness(t, cfg, Options{})
 	h.appendSeq("telemetry", 1, 3000)
 	h.start()
 	sub.WaitN(t, 100, 10*time.Second)
 	h.stop()
 	if h.u.Health().State != module.StateStopped {
 		t.Fatalf("health after stop %+v", h.u.Health())
+	}
+	if got := sub.Len(); got >= 3000 {
+		t.Fatalf("drain finished before Stop (%d): test proves nothing", got)
 	}
 	h.appendSeq("telemetry", 3001, 4000)
 	if err := h.u.Init(context.Background(), testConfig(b.URL(), LaneConfig{Name: "telemetry"})); err != nil {
@@ -378,6 +383,25 @@ func TestStopStartKeepsRecords(t *testing.T) {
 	h.start()
 	msgs := sub.Wait(t, 20*time.Second, "all after restart", haveAll(4000, "telemetry"))
 	checkLane(t, laneSeqs(t, msgs, "telemetry"), "telemetry", 4000)
+}
+
+func TestStopWhileOfflineThenStart(t *testing.T) {
+	b := mosq.Start(t, mosq.Options{Persistence: true, MaxQueued: -1})
+	sub := mosq.Subscribe(t, b, "outpost/#")
+	b.Stop()
+	cfg := testConfig(b.URL(), LaneConfig{Name: "telemetry"})
+	h := newHarness(t, cfg, Options{})
+	h.appendSeq("telemetry", 1, 1000)
+	h.start()
+	waitFor(t, 10*time.Second, "offline attempts", func() bool { return h.u.m.connectErrors.Get() >= 2 })
+	h.stop() // records were read ahead while offline
+	b.Start()
+	if err := h.u.Init(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	h.start()
+	msgs := sub.Wait(t, 20*time.Second, "all after offline stop/start", haveAll(1000, "telemetry"))
+	checkLane(t, laneSeqs(t, msgs, "telemetry"), "telemetry", 1000)
 }
 
 func TestDisabled(t *testing.T) {

@@ -14,6 +14,10 @@
 //	b.Start() // same port, same config, same persistence directory
 //	b.Kill()  // SIGKILL: a crash
 //
+// NewPublisher gives a paho.golang QoS 1 publisher for the broker (e.g. to
+// send downlink commands); Broker.CPUTime reads the broker's CPU time for
+// benchmarks; Broker.WaitLog polls its log.
+//
 // Start writes mosquitto.conf (and certificates, password file, ACL file) into
 // t.TempDir(), picks a free loopback port, starts `mosquitto -c`, and returns
 // once the port accepts connections. The process is killed at test cleanup;
