@@ -2,6 +2,7 @@ package uplink
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"sync"
@@ -47,6 +48,10 @@ func TestDeliversInOrderPerLane(t *testing.T) {
 	}
 	if h.u.Health().State != module.StateReady {
 		t.Errorf("health %+v", h.u.Health())
+	}
+	js, err := json.Marshal(st)
+	if err != nil || !strings.Contains(string(js), `"name":"alarms","priority":"high"`) || !strings.Contains(string(js), `"acked":2000`) {
+		t.Errorf("status JSON %s, %v", js, err)
 	}
 }
 
