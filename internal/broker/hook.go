@@ -212,7 +212,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	if pk.FixedHeader.Qos > 0 {
 		b.flowControl(pk.TopicName)
 	}
-	if b.opts.OnPublish == nil {
+	if b.opts.OnPublish == nil && b.opts.OnPublishAsync == nil {
 		return pk, nil
 	}
 	m := &message.Message{
@@ -236,18 +236,52 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 			m.Props.User[i] = message.UserProperty{Key: u.Key, Value: u.Val}
 		}
 	}
+	if pk.FixedHeader.Qos == 1 && b.opts.OnPublishAsync != nil {
+		if srv := b.server(); srv != nil {
+			return h.publishAsync(srv, cl, pk, m)
+		}
+	}
+	if b.opts.OnPublish == nil {
+		return pk, nil
+	}
 	if err := b.opts.OnPublish(m); err != nil {
-		b.m.rejected.Inc()
-		if b.logOnce.first("reject:" + cl.ID) {
-			b.log.Warn("broker: publish refused by pipeline", "client", cl.ID, "topic", pk.TopicName, "err", err)
-		}
-		code := packets.ErrUnspecifiedError
-		if errors.Is(err, message.ErrRejected) {
-			code = packets.ErrQuotaExceeded
-		}
-		return pk, h.refuse(cl, pk, code)
+		b.publishRefused(cl, pk.TopicName, err)
+		return pk, h.refuse(cl, pk, refusalCode(err))
 	}
 	return pk, nil
+}
+
+// publishAsync takes a QoS 1 publish over from mochi: see async.go.
+func (h *hook) publishAsync(srv *mqtt.Server, cl *mqtt.Client, pk packets.Packet, m *message.Message) (packets.Packet, error) {
+	b := h.b
+	a := b.ackerFor(srv, cl)
+	e := a.reserve(pk.PacketID)
+	b.opts.OnPublishAsync(m, func(err error) {
+		if err != nil {
+			b.publishRefused(cl, m.Topic, err)
+		}
+		a.complete(e, err)
+	})
+	// Local subscribers and retained state, as mochi would have done.
+	local := pk
+	local.Properties.TopicAlias, local.Properties.TopicAliasFlag = 0, false
+	_ = srv.InjectPacket(a.inline, local)
+	return pk, packets.ErrRejectPacket
+}
+
+func (b *Broker) publishRefused(cl *mqtt.Client, topic string, err error) {
+	b.m.rejected.Inc()
+	if b.logOnce.first("reject:" + cl.ID) {
+		b.log.Warn("broker: publish refused by pipeline", "client", cl.ID, "topic", topic, "err", err)
+	}
+}
+
+// refusalCode is the MQTT 5 reason code for a pipeline refusal.
+func refusalCode(err error) packets.Code {
+	if errors.Is(err, message.ErrRejected) {
+		return packets.ErrQuotaExceeded
+	}
+	return packets.ErrUnspecifiedError
 }
 
 // refuse turns a refusal into what each protocol version can express:
@@ -406,6 +440,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 // OnDisconnect counts why clients went away.
 func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 	b := h.b
+	b.dropAcker(cl)
 	reason := disconnectReason(err)
 	b.m.disconnect(reason).Inc()
 	switch reason {
