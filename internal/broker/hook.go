@@ -209,9 +209,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		b.m.limitRefused("topic_levels").Inc()
 		return pk, h.refuse(cl, pk, packets.ErrTopicNameInvalid)
 	}
-	if pk.FixedHeader.Qos > 0 {
-		b.flowControl(pk.TopicName)
-	}
+	b.flowControl(pk.TopicName, pk.FixedHeader.Qos)
 	if b.opts.OnPublish == nil && b.opts.OnPublishAsync == nil {
 		return pk, nil
 	}
@@ -317,12 +315,18 @@ func outboundLen(cl *mqtt.Client) int {
 	return reflect.ValueOf(&cl.State).Elem().FieldByIndex(outboundField).Len()
 }
 
-// flowControl blocks a QoS>0 publisher while a QoS>0 subscriber of topic has
-// its outbound queue above the high-water mark, instead of letting mochi drop
-// the message for that subscriber. A subscriber that does not drain within
-// SlowConsumerTimeout is disconnected; its session (if persistent) keeps the
-// message for redelivery.
-func (b *Broker) flowControl(topic string) {
+// flowControl slows a publisher down while a subscriber of topic has its
+// outbound queue (or, for QoS>0, its in-flight store) above the high-water
+// mark, instead of letting mochi drop the message for that subscriber.
+//
+//   - QoS>0 publishes wait for QoS>0 subscribers; one that does not drain
+//     within SlowConsumerTimeout is disconnected (its persistent session
+//     keeps the messages for redelivery).
+//   - QoS 0 publishes wait up to QoS0MaxWait for any subscriber, then go on
+//     (best effort: a QoS 0 message may still be dropped, and is counted).
+//     Waiting costs the publisher's read loop, not CPU: at overload the
+//     broker delivers more instead of reading messages it would discard.
+func (b *Broker) flowControl(topic string, qos byte) {
 	srv, cfg := b.server(), b.conf.Load()
 	if srv == nil || cfg == nil {
 		return
@@ -330,11 +334,11 @@ func (b *Broker) flowControl(topic string) {
 	hwOut := cfg.Limits.MaxPending * 3 / 4
 	hwStore := cfg.Limits.MaxInflight * 3 / 4
 	full := func(cl *mqtt.Client) bool {
-		return outboundLen(cl) > hwOut || cl.State.Inflight.Len() > hwStore
+		return outboundLen(cl) > hwOut || (qos > 0 && cl.State.Inflight.Len() > hwStore)
 	}
 	subs := srv.Topics.Subscribers(topic)
 	for id, sub := range subs.Subscriptions {
-		if sub.Qos == 0 {
+		if qos > 0 && sub.Qos == 0 {
 			continue
 		}
 		cl, ok := srv.Clients.Get(id)
@@ -342,19 +346,30 @@ func (b *Broker) flowControl(topic string) {
 			continue
 		}
 		b.m.flowWaits.Inc()
-		deadline := time.Now().Add(SlowConsumerTimeout)
+		wait := SlowConsumerTimeout
+		if qos == 0 {
+			wait = QoS0MaxWait
+		}
+		deadline := time.Now().Add(wait)
 		for full(cl) && !cl.Closed() {
 			if time.Now().After(deadline) {
+				if qos == 0 {
+					break
+				}
 				b.m.slowConsumers.Inc()
 				b.log.Warn("broker: disconnecting slow subscriber", "client", id, "queued", outboundLen(cl),
 					"in_flight", cl.State.Inflight.Len())
 				cl.Stop(ErrSlowConsumer)
 				break
 			}
-			time.Sleep(500 * time.Microsecond)
+			time.Sleep(200 * time.Microsecond)
 		}
 	}
 }
+
+// QoS0MaxWait bounds how long a QoS 0 publisher is held for a full
+// subscriber queue before the message is delivered best effort.
+const QoS0MaxWait = 100 * time.Millisecond
 
 // sendQuotaField locates the unexported outbound send quota (the client's
 // Receive Maximum minus unacknowledged QoS>0 publishes) in mochi's Inflight.
