@@ -79,7 +79,8 @@ func New(cfg *Config, path string, logs *telemetry.Logs) (*Agent, error) {
 
 	a.Broker = broker.New(broker.Options{
 		Logger: a.log, Metrics: a.metrics, DataDir: cfg.DataDir,
-		OnPublish: func(m *message.Message) error { return a.Pipeline.Submit(m) },
+		OnPublish:      func(m *message.Message) error { return a.Pipeline.Submit(m) },
+		OnPublishAsync: func(m *message.Message, done func(error)) { a.Pipeline.SubmitAsync(m, done) },
 	})
 	var routes []func(*http.ServeMux)
 	a.OTA = ota.New(ota.Options{Log: a.log, Metrics: a.metrics, Restart: func(c ota.Config) {

@@ -152,7 +152,7 @@ type laneSink struct {
 	pool sync.Pool
 }
 
-var _ message.Durable = (*laneSink)(nil)
+var _ message.AsyncDurable = (*laneSink)(nil)
 
 func (s *laneSink) set(q *queue.Disk) { s.mu.Lock(); s.q = q; s.mu.Unlock() }
 
@@ -176,6 +176,28 @@ func (s *laneSink) Deliver(ctx context.Context, m *message.Message) error {
 		return fmt.Errorf("%s: %w: %w", s.name, message.ErrRejected, err)
 	}
 	return err
+}
+
+// DeliverAsync appends without waiting; done runs on the queue's committer
+// once the record is durable per the lane's fsync policy (in append order).
+func (s *laneSink) DeliverAsync(m *message.Message, done func(error)) {
+	s.mu.RLock()
+	q := s.q
+	s.mu.RUnlock()
+	bp, _ := s.pool.Get().(*[]byte)
+	if bp == nil {
+		b := make([]byte, 0, 512)
+		bp = &b
+	}
+	buf := message.AppendEncode((*bp)[:0], m)
+	q.AppendAsync(buf, func(_ uint64, err error) {
+		if errors.Is(err, queue.ErrFull) {
+			err = fmt.Errorf("%s: %w: %w", s.name, message.ErrRejected, err)
+		}
+		done(err)
+	})
+	*bp = buf // AppendAsync copied the bytes
+	s.pool.Put(bp)
 }
 
 // downlink republishes cloud commands on the local broker.

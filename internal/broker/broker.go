@@ -78,6 +78,12 @@ type Options struct {
 	// the publish (MQTT 5: PUBACK 0x97 quota exceeded; 3.1.1: no PUBACK and
 	// the client is disconnected so that it resends later).
 	OnPublish func(*message.Message) error
+	// OnPublishAsync, when set, receives QoS 1 publishes instead of
+	// OnPublish and acknowledges them later: done(nil) sends the PUBACK,
+	// done(err) refuses the publish as OnPublish's error would. PUBACKs are
+	// sent in arrival order per client (async.go). done must be called
+	// exactly once and must not block.
+	OnPublishAsync func(m *message.Message, done func(error))
 }
 
 // Broker is the embedded broker module.
@@ -95,6 +101,9 @@ type Broker struct {
 
 	idMu       sync.RWMutex
 	identities map[string]*identity // by username
+
+	ackMu  sync.Mutex
+	ackers map[*mqtt.Client]*acker
 
 	subMu   sync.Mutex
 	subs    map[int]inlineSub // Outpost's own subscriptions, re-applied after a restart
@@ -117,7 +126,8 @@ func New(opts Options) *Broker {
 	if opts.DataDir == "" {
 		opts.DataDir = "."
 	}
-	b := &Broker{opts: opts, log: opts.Logger, identities: map[string]*identity{}, subs: map[int]inlineSub{}}
+	b := &Broker{opts: opts, log: opts.Logger, identities: map[string]*identity{}, subs: map[int]inlineSub{},
+		ackers: map[*mqtt.Client]*acker{}}
 	b.m = newBrokerMetrics(opts.Metrics, b)
 	b.logOnce.max = 4096
 	b.setHealth(module.StateStarting, "")

@@ -209,10 +209,8 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		b.m.limitRefused("topic_levels").Inc()
 		return pk, h.refuse(cl, pk, packets.ErrTopicNameInvalid)
 	}
-	if pk.FixedHeader.Qos > 0 {
-		b.flowControl(pk.TopicName)
-	}
-	if b.opts.OnPublish == nil {
+	b.flowControl(pk.TopicName, pk.FixedHeader.Qos)
+	if b.opts.OnPublish == nil && b.opts.OnPublishAsync == nil {
 		return pk, nil
 	}
 	m := &message.Message{
@@ -236,18 +234,52 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 			m.Props.User[i] = message.UserProperty{Key: u.Key, Value: u.Val}
 		}
 	}
+	if pk.FixedHeader.Qos == 1 && b.opts.OnPublishAsync != nil {
+		if srv := b.server(); srv != nil {
+			return h.publishAsync(srv, cl, pk, m)
+		}
+	}
+	if b.opts.OnPublish == nil {
+		return pk, nil
+	}
 	if err := b.opts.OnPublish(m); err != nil {
-		b.m.rejected.Inc()
-		if b.logOnce.first("reject:" + cl.ID) {
-			b.log.Warn("broker: publish refused by pipeline", "client", cl.ID, "topic", pk.TopicName, "err", err)
-		}
-		code := packets.ErrUnspecifiedError
-		if errors.Is(err, message.ErrRejected) {
-			code = packets.ErrQuotaExceeded
-		}
-		return pk, h.refuse(cl, pk, code)
+		b.publishRefused(cl, pk.TopicName, err)
+		return pk, h.refuse(cl, pk, refusalCode(err))
 	}
 	return pk, nil
+}
+
+// publishAsync takes a QoS 1 publish over from mochi: see async.go.
+func (h *hook) publishAsync(srv *mqtt.Server, cl *mqtt.Client, pk packets.Packet, m *message.Message) (packets.Packet, error) {
+	b := h.b
+	a := b.ackerFor(srv, cl)
+	e := a.reserve(pk.PacketID)
+	b.opts.OnPublishAsync(m, func(err error) {
+		if err != nil {
+			b.publishRefused(cl, m.Topic, err)
+		}
+		a.complete(e, err)
+	})
+	// Local subscribers and retained state, as mochi would have done.
+	local := pk
+	local.Properties.TopicAlias, local.Properties.TopicAliasFlag = 0, false
+	_ = srv.InjectPacket(a.inline, local)
+	return pk, packets.ErrRejectPacket
+}
+
+func (b *Broker) publishRefused(cl *mqtt.Client, topic string, err error) {
+	b.m.rejected.Inc()
+	if b.logOnce.first("reject:" + cl.ID) {
+		b.log.Warn("broker: publish refused by pipeline", "client", cl.ID, "topic", topic, "err", err)
+	}
+}
+
+// refusalCode is the MQTT 5 reason code for a pipeline refusal.
+func refusalCode(err error) packets.Code {
+	if errors.Is(err, message.ErrRejected) {
+		return packets.ErrQuotaExceeded
+	}
+	return packets.ErrUnspecifiedError
 }
 
 // refuse turns a refusal into what each protocol version can express:
@@ -283,12 +315,18 @@ func outboundLen(cl *mqtt.Client) int {
 	return reflect.ValueOf(&cl.State).Elem().FieldByIndex(outboundField).Len()
 }
 
-// flowControl blocks a QoS>0 publisher while a QoS>0 subscriber of topic has
-// its outbound queue above the high-water mark, instead of letting mochi drop
-// the message for that subscriber. A subscriber that does not drain within
-// SlowConsumerTimeout is disconnected; its session (if persistent) keeps the
-// message for redelivery.
-func (b *Broker) flowControl(topic string) {
+// flowControl slows a publisher down while a subscriber of topic has its
+// outbound queue (or, for QoS>0, its in-flight store) above the high-water
+// mark, instead of letting mochi drop the message for that subscriber.
+//
+//   - QoS>0 publishes wait for QoS>0 subscribers; one that does not drain
+//     within SlowConsumerTimeout is disconnected (its persistent session
+//     keeps the messages for redelivery).
+//   - QoS 0 publishes wait up to QoS0MaxWait for any subscriber, then go on
+//     (best effort: a QoS 0 message may still be dropped, and is counted).
+//     Waiting costs the publisher's read loop, not CPU: at overload the
+//     broker delivers more instead of reading messages it would discard.
+func (b *Broker) flowControl(topic string, qos byte) {
 	srv, cfg := b.server(), b.conf.Load()
 	if srv == nil || cfg == nil {
 		return
@@ -296,11 +334,11 @@ func (b *Broker) flowControl(topic string) {
 	hwOut := cfg.Limits.MaxPending * 3 / 4
 	hwStore := cfg.Limits.MaxInflight * 3 / 4
 	full := func(cl *mqtt.Client) bool {
-		return outboundLen(cl) > hwOut || cl.State.Inflight.Len() > hwStore
+		return outboundLen(cl) > hwOut || (qos > 0 && cl.State.Inflight.Len() > hwStore)
 	}
 	subs := srv.Topics.Subscribers(topic)
 	for id, sub := range subs.Subscriptions {
-		if sub.Qos == 0 {
+		if qos > 0 && sub.Qos == 0 {
 			continue
 		}
 		cl, ok := srv.Clients.Get(id)
@@ -308,19 +346,30 @@ func (b *Broker) flowControl(topic string) {
 			continue
 		}
 		b.m.flowWaits.Inc()
-		deadline := time.Now().Add(SlowConsumerTimeout)
+		wait := SlowConsumerTimeout
+		if qos == 0 {
+			wait = QoS0MaxWait
+		}
+		deadline := time.Now().Add(wait)
 		for full(cl) && !cl.Closed() {
 			if time.Now().After(deadline) {
+				if qos == 0 {
+					break
+				}
 				b.m.slowConsumers.Inc()
 				b.log.Warn("broker: disconnecting slow subscriber", "client", id, "queued", outboundLen(cl),
 					"in_flight", cl.State.Inflight.Len())
 				cl.Stop(ErrSlowConsumer)
 				break
 			}
-			time.Sleep(500 * time.Microsecond)
+			time.Sleep(200 * time.Microsecond)
 		}
 	}
 }
+
+// QoS0MaxWait bounds how long a QoS 0 publisher is held for a full
+// subscriber queue before the message is delivered best effort.
+const QoS0MaxWait = 100 * time.Millisecond
 
 // sendQuotaField locates the unexported outbound send quota (the client's
 // Receive Maximum minus unacknowledged QoS>0 publishes) in mochi's Inflight.
@@ -406,6 +455,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 // OnDisconnect counts why clients went away.
 func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 	b := h.b
+	b.dropAcker(cl)
 	reason := disconnectReason(err)
 	b.m.disconnect(reason).Inc()
 	switch reason {

@@ -51,6 +51,12 @@ type Config struct {
 	Count    int64
 	// Username and Password for CONNECT (optional).
 	Username, Password string
+	// SubURL, when set, is where subscribers connect instead of URL: measure
+	// a path through a bridge or a gateway uplink, e.g. devices publish to
+	// an Outpost agent and subscribers read from the cloud broker it
+	// forwards to. SubUsername/SubPassword default to Username/Password.
+	SubURL                   string
+	SubUsername, SubPassword string
 	// ClientPrefix prefixes client ids: "<prefix>-p<i>", "<prefix>-s<i>"
 	// (default "bench-<run id>").
 	ClientPrefix string

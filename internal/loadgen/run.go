@@ -40,6 +40,7 @@ const (
 type runner struct {
 	cfg    Config
 	ep     endpoint
+	subEp  endpoint  // where subscribers connect (ep unless Config.SubURL)
 	origin time.Time // payload timestamps are nanoseconds since origin (monotonic)
 	runID  uint32
 	format payloadFormat
@@ -94,7 +95,13 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	var idb [4]byte
 	_, _ = rand.Read(idb[:])
-	r := &runner{cfg: cfg, ep: ep, origin: time.Now(), runID: binary.BigEndian.Uint32(idb[:]), stopCh: make(chan struct{})}
+	subEp := ep
+	if cfg.SubURL != "" {
+		if subEp, err = parseEndpoint(cfg.SubURL, tc); err != nil {
+			return nil, fmt.Errorf("loadgen: sub-url: %w", err)
+		}
+	}
+	r := &runner{cfg: cfg, ep: ep, subEp: subEp, origin: time.Now(), runID: binary.BigEndian.Uint32(idb[:]), stopCh: make(chan struct{})}
 	r.format = payloadFormat{kind: cfg.Payload, size: cfg.PayloadSize, runID: r.runID}
 	if cfg.ClientPrefix == "" {
 		r.cfg.ClientPrefix = fmt.Sprintf("bench-%08x", r.runID)
@@ -144,9 +151,17 @@ func (r *runner) connectAll(ctx context.Context) error {
 				return
 			}
 			id := fmt.Sprintf("%s-s%d", cfg.ClientPrefix, i)
-			c, err := connect(ctx, r.ep, r.connectOptions(id), cfg.ConnectTimeout, subReadBuf, subWriteBuf, cfg.MaxPacketSize)
+			o := r.connectOptions(id)
+			subURL := cfg.URL
+			if cfg.SubURL != "" {
+				subURL = cfg.SubURL
+				if cfg.SubUsername != "" {
+					o.username, o.password = cfg.SubUsername, cfg.SubPassword
+				}
+			}
+			c, err := connect(ctx, r.subEp, o, cfg.ConnectTimeout, subReadBuf, subWriteBuf, cfg.MaxPacketSize)
 			if err != nil {
-				setErr(fmt.Errorf("loadgen: subscriber %s: connect to %s: %w", id, cfg.URL, err))
+				setErr(fmt.Errorf("loadgen: subscriber %s: connect to %s: %w", id, subURL, err))
 				return
 			}
 			s := &subscriber{r: r, index: i, c: c, trackers: make([]seqTracker, cfg.Publishers),

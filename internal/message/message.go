@@ -88,6 +88,15 @@ type Durable interface {
 	Durable() bool
 }
 
+// AsyncDurable is a Durable sink that accepts without blocking: done is
+// called exactly once, when the message is durable or refused. Calls for one
+// sink complete in the order they were made. DeliverAsync copies what it
+// keeps before it returns.
+type AsyncDurable interface {
+	Durable
+	DeliverAsync(m *Message, done func(error))
+}
+
 // ErrRejected is returned (wrapped) by a sink that refuses a message by policy,
 // e.g. a full queue with on_full: reject_new. The broker turns it into a
 // negative PUBACK (v5 reason code 0x97 quota exceeded) for QoS 1 publishes.

@@ -231,6 +231,9 @@ type item struct {
 	m     *message.Message
 	sinks []message.Sink
 	done  chan error // non-nil when the submitter waits for durable sinks
+	// doneFn, when set, is called instead once every durable sink accepted
+	// the message (SubmitAsync).
+	doneFn func(error)
 	// barrier items carry no message; the worker closes done when it
 	// reaches them (used to retire a routing table).
 	barrier bool
@@ -244,8 +247,55 @@ type partition struct {
 func (p *Pipeline) Submit(m *message.Message) error {
 	p.gate.RLock()
 	defer p.gate.RUnlock()
+	it, pt, err := p.prepare(m)
+	if it == nil {
+		return err
+	}
+	if it.durable() {
+		it.done = make(chan error, 1)
+	}
+	if err := p.enqueue(pt, it); err != nil {
+		return err
+	}
+	if it.done != nil {
+		return <-it.done
+	}
+	return nil
+}
+
+// SubmitAsync is Submit without waiting: done is called exactly once, with
+// nil once the message is enqueued (and, for QoS 1/2 messages routed to
+// durable sinks, once every durable sink has accepted it), or with the error
+// that refused it. done may run before SubmitAsync returns (unrouted, shed,
+// not durable) or later on a pipeline or sink goroutine; for one device,
+// completions come in submission order. SubmitAsync still blocks while the
+// partition is full (backpressure).
+func (p *Pipeline) SubmitAsync(m *message.Message, done func(error)) {
+	p.gate.RLock()
+	defer p.gate.RUnlock()
+	it, pt, err := p.prepare(m)
+	if it == nil {
+		done(err)
+		return
+	}
+	durable := it.durable()
+	if durable {
+		it.doneFn = done
+	}
+	if err := p.enqueue(pt, it); err != nil {
+		done(err)
+		return
+	}
+	if !durable {
+		done(nil)
+	}
+}
+
+// prepare resolves the device id and routes; a nil item means there is
+// nothing to enqueue (unrouted: err nil; stopped: ErrStopped).
+func (p *Pipeline) prepare(m *message.Message) (*item, *partition, error) {
 	if !p.running.Load() {
-		return ErrStopped
+		return nil, nil, ErrStopped
 	}
 	t := p.table.Load()
 	if t.deviceID != nil && m.DeviceID == "" {
@@ -254,27 +304,31 @@ func (p *Pipeline) Submit(m *message.Message) error {
 	sinks := t.match(m.Topic)
 	if len(sinks) == 0 {
 		p.m.unrouted.Inc()
-		return nil
-	}
-	durable := false
-	if m.QoS > 0 {
-		for _, s := range sinks {
-			if d, ok := s.(message.Durable); ok && d.Durable() {
-				durable = true
-				break
-			}
-		}
-	}
-	it := &item{m: m, sinks: sinks}
-	if durable {
-		it.done = make(chan error, 1)
+		return nil, nil, nil
 	}
 	key := m.DeviceID
 	if key == "" {
 		key = m.Topic
 	}
-	pt := p.parts[maphash.String(p.seed, key)%uint64(len(p.parts))]
-	if m.QoS == 0 {
+	return &item{m: m, sinks: sinks}, p.parts[maphash.String(p.seed, key)%uint64(len(p.parts))], nil
+}
+
+// durable reports whether the submitter must wait for durable sinks.
+func (it *item) durable() bool {
+	if it.m.QoS == 0 {
+		return false
+	}
+	for _, s := range it.sinks {
+		if d, ok := s.(message.Durable); ok && d.Durable() {
+			return true
+		}
+	}
+	return false
+}
+
+// enqueue hands it to its partition: QoS 0 is shed when full, QoS 1/2 waits.
+func (p *Pipeline) enqueue(pt *partition, it *item) error {
+	if it.m.QoS == 0 {
 		select {
 		case pt.ch <- it:
 		default:
@@ -290,9 +344,6 @@ func (p *Pipeline) Submit(m *message.Message) error {
 		}
 	}
 	p.m.routed.Inc()
-	if it.done != nil {
-		return <-it.done
-	}
 	return nil
 }
 
@@ -332,16 +383,61 @@ func (p *Pipeline) work(pt *partition) {
 			close(it.done)
 			continue
 		}
-		var durableErr error
+		// pending counts durable acceptances still outstanding, plus one
+		// for this loop, so finish runs exactly once after both.
+		var (
+			mu         sync.Mutex
+			durableErr error
+			pending    = 1
+		)
+		finish := func(err error) {
+			mu.Lock()
+			durableErr = errors.Join(durableErr, err)
+			pending--
+			last := pending == 0
+			mu.Unlock()
+			if !last {
+				return
+			}
+			switch {
+			case it.doneFn != nil:
+				it.doneFn(durableErr)
+			case it.done != nil:
+				it.done <- durableErr
+			}
+		}
 		for _, s := range it.sinks {
 			sm := p.m.sink(s.Name())
+			// Async sinks (the durable lanes) never block the partition; a
+			// QoS 0 message's completion is simply not waited for.
+			if ad, ok := s.(message.AsyncDurable); ok {
+				mu.Lock()
+				pending++
+				mu.Unlock()
+				t0 := time.Now()
+				ad.DeliverAsync(it.m, func(err error) {
+					sm.latency.UpdateDuration(t0)
+					if err != nil {
+						sm.errors.Inc()
+						if p.m.logOnce(ad.Name()) {
+							p.log.Warn("pipeline: sink delivery failed", "sink", ad.Name(), "topic", it.m.Topic, "err", err)
+						}
+					} else {
+						sm.delivered.Inc()
+					}
+					finish(err)
+				})
+				continue
+			}
 			t0 := time.Now()
 			err := s.Deliver(ctx, it.m)
 			sm.latency.UpdateDuration(t0)
 			if err != nil {
 				sm.errors.Inc()
 				if d, ok := s.(message.Durable); ok && d.Durable() {
+					mu.Lock()
 					durableErr = errors.Join(durableErr, err)
+					mu.Unlock()
 				}
 				if p.m.logOnce(s.Name()) {
 					p.log.Warn("pipeline: sink delivery failed", "sink", s.Name(), "topic", it.m.Topic, "err", err)
@@ -350,9 +446,7 @@ func (p *Pipeline) work(pt *partition) {
 			}
 			sm.delivered.Inc()
 		}
-		if it.done != nil {
-			it.done <- durableErr
-		}
+		finish(nil)
 	}
 }
 
