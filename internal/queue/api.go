@@ -264,7 +264,14 @@ func (q *Mem) Ack(seq uint64) error {
 		n++
 	}
 	if n > 0 {
-		q.recs = append(q.recs[:0:0], q.recs[n:]...)
+		// Drop the acknowledged prefix without copying the rest (a backlog of
+		// a million records must not cost a million copies per ack); clear
+		// the dropped slots for the GC and compact when mostly empty.
+		clear(q.recs[:n])
+		q.recs = q.recs[n:]
+		if c := cap(q.recs); c > 1024 && len(q.recs) < c/4 {
+			q.recs = append([]Record(nil), q.recs...)
+		}
 		q.cursor -= n
 		if q.cursor < 0 {
 			q.cursor = 0
