@@ -64,7 +64,7 @@ uplink:
 	path := filepath.Join(dir, "outpost.yaml")
 	os.WriteFile(path, []byte(cfg), 0o600)
 
-	const devices = 16
+	const devices = 64
 	acked := make([][]int, devices) // per device: seqs acknowledged by the agent
 	next := make([]int, devices)
 	var total atomic.Int64
@@ -96,7 +96,7 @@ uplink:
 				}
 			}(d)
 		}
-		time.Sleep(time.Duration(300+rand.IntN(900)) * time.Millisecond)
+		time.Sleep(time.Duration(400+rand.IntN(1200)) * time.Millisecond)
 		agent.Process.Kill() // SIGKILL: no shutdown, no flush
 		agent.Wait()
 		stop()
