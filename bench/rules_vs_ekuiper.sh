@@ -22,9 +22,13 @@
 #            message, so received = sent when nothing is lost.
 #
 # Scenarios (QoS 0, PUBS publishers -> 1 subscriber on 'out/#', --payload json,
-# SIZE bytes): a fixed rate for each of RATES (latency p50/p99, loss, CPU, RSS),
-# and "max" (as fast as each side accepts). Every process is started fresh for
-# each scenario. Reported per side: msg/s sent and received, loss, latency,
+# SIZE bytes):
+#   rate    a fixed rate for each of RATES: latency p50/p99, loss, CPU, RSS
+#   max     as fast as each side accepts (QoS 0: the excess is dropped)
+#   ladder  sustained throughput: each side climbs the fixed rates of LADDER
+#           (LADDER_DURATION each) and stops at the first step that loses
+#           more than LADDER_LOSS %; its sustained rate is the step below
+# Every process is started fresh for each run. Reported per side: msg/s sent and received, loss, latency,
 # CPU% of one core and max RSS of outpost; of kuiperd and of Mosquitto for
 # eKuiper (kuiperd through --broker-pid, Mosquitto sampled from /proc by this
 # script), the load generator's CPU, and outpost ÷ eKuiper ratios.
@@ -38,7 +42,9 @@
 # Without KUIPERD the eKuiper half is skipped with a message.
 #
 # Environment: DURATION=15s RATES="2000 10000" PUBS=10 SIZE=200
-#              SCENARIOS="rate max" TARGETS="outpost ekuiper" ROUNDS=1
+#              SCENARIOS="rate max ladder" TARGETS="outpost ekuiper" ROUNDS=1
+#              LADDER="5000 10000 15000 20000 25000 30000 40000 60000 80000 100000 120000 160000"
+#              LADDER_DURATION=10s LADDER_LOSS=1
 #              OUT=dir (keep the JSON results and logs there)
 # Holds /tmp/outpost-bench.lock for the whole run. Needs mosquitto, jq and
 # curl (installed with apt-get when missing and running as root).
@@ -53,7 +59,10 @@ DURATION=${DURATION:-15s}
 RATES=${RATES:-2000 10000}
 PUBS=${PUBS:-10}
 SIZE=${SIZE:-200}
-SCENARIOS=${SCENARIOS:-rate max}
+SCENARIOS=${SCENARIOS:-rate max ladder}
+LADDER=${LADDER:-5000 10000 15000 20000 25000 30000 40000 60000 80000 100000 120000 160000}
+LADDER_DURATION=${LADDER_DURATION:-10s}
+LADDER_LOSS=${LADDER_LOSS:-1}
 TARGETS=${TARGETS:-outpost ekuiper}
 ROUNDS=${ROUNDS:-1}
 
@@ -260,8 +269,10 @@ run_one() { # run_one SCENARIO RATE TARGET ROUND
 	esac
 	flags=(--url "$url" --sub-topic 'out/#' --publishers "$PUBS" --subscribers 1 --qos 0
 		--payload json --payload-size "$SIZE" --duration "$DURATION" --broker-pid "$engine_pid" --json --quiet)
-	[ "$1" = rate ] && flags+=(--rate "$2")
-	echo "round $4: $1 ${2/#0/max} -> $3 (engine pid $engine_pid, port $port)" >&2
+	[ "$1" != max ] && flags+=(--rate "$2")
+	local what=$1
+	[ "$2" != 0 ] && what="$1 $2"
+	echo "round $4: $what -> $3 (engine pid $engine_pid, port $port)" >&2
 	f="$OUT/$name.json"
 	if [ "$3" = ekuiper ]; then
 		t0=$(proc_ticks "$mosq_pid")
@@ -293,11 +304,13 @@ for t in $TARGETS; do
 done
 
 runs=() # "scenario rate"
+ladder=
 for s in $SCENARIOS; do
 	case $s in
 	rate) for r in $RATES; do runs+=("rate $r"); done ;;
 	max) runs+=("max 0") ;;
-	*) die "unknown scenario $s (rate, max)" ;;
+	ladder) ladder=1 ;;
+	*) die "unknown scenario $s (rate, max, ladder)" ;;
 	esac
 done
 
@@ -308,6 +321,16 @@ for round in $(seq 1 "$ROUNDS"); do
 			run_one "$s" "$r" "$t" "$round"
 		done
 	done
+	# Ladder: each side climbs LADDER until a step loses more than
+	# LADDER_LOSS % (the steps above it are not run).
+	if [ -n "$ladder" ]; then
+		for t in "${targets[@]}"; do
+			for r in $LADDER; do
+				DURATION=$LADDER_DURATION run_one ladder "$r" "$t" "$round"
+				jq -e --argjson max "$LADDER_LOSS" '.loss_percent <= $max' "$OUT/ladder-$r-$t-$round.json" >/dev/null || break
+			done
+		done
+	fi
 done
 
 # --- report ------------------------------------------------------------------
@@ -338,6 +361,36 @@ for round in $(seq 1 "$ROUNDS"); do
 		done
 	done
 done
+if [ -n "$ladder" ]; then
+	echo
+	echo "Ladder: fixed rates of $LADDER msg/s, $LADDER_DURATION each; a side stops climbing at the first step losing more than $LADDER_LOSS %."
+	echo
+	printf '| round | side | step msg/s | recv msg/s | lost %% | p50 ms | p99 ms | engine CPU %% | engine RSS max MiB | mosquitto CPU %% | loadgen CPU %% | host busy %% |\n'
+	printf '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+	for round in $(seq 1 "$ROUNDS"); do
+		for t in "${targets[@]}"; do
+			for r in $LADDER; do
+				f="$OUT/ladder-$r-$t-$round.json"
+				[ -s "$f" ] || continue
+				jq -r --arg t "$t" --arg r "$r" --arg round "$round" '
+					def ms: . / 1000 | . * 100 | round / 100;
+					"| \($round) | \($t) | \($r) | \(.recv_rate | round) | \(.loss_percent) | \(.latency.p50_us | ms) | \(.latency.p99_us | ms) | \(.broker.cpu_percent // "-") | \((.broker.max_rss_bytes // 0) / 1048576 * 10 | round / 10) | \(.mosquitto.cpu_percent // "-") | \(.loadgen_cpu.percent) | \(.host_busy_percent) |"' "$f"
+			done
+		done
+	done
+	echo
+	for round in $(seq 1 "$ROUNDS"); do
+		for t in "${targets[@]}"; do
+			b=0
+			for r in $LADDER; do
+				f="$OUT/ladder-$r-$t-$round.json"
+				[ -s "$f" ] && jq -e --argjson max "$LADDER_LOSS" '.loss_percent <= $max' "$f" >/dev/null || break
+				b=$r
+			done
+			echo "round $round: $t sustained $b msg/s (highest step with loss <= $LADDER_LOSS %)"
+		done
+	done
+fi
 echo
 echo "engine = outpost run (broker + rules) or kuiperd; the eKuiper side also runs Mosquitto (its own columns)."
 echo "recv vs eKuiper: received msg/s ÷ eKuiper's (higher is better); p99 vs eKuiper: p99 ÷ eKuiper's (lower is better)."
