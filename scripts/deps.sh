@@ -19,10 +19,7 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-# Debian starts mosquitto as a system service on install; tests start their own
-# on free ports, so the system one is not needed (and would hold port 1883).
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
-  ${SUDO:-} systemctl stop mosquitto || true
-fi
-pkill -x mosquitto 2>/dev/null || true
+# Debian starts mosquitto as a system service on port 1883 when it installs
+# it. The tests start their own brokers on free ports, so it is left alone;
+# only `outpost demo` wants 1883 (use --port 0 if it is taken).
 echo "dependencies ok: $(mosquitto -h 2>/dev/null | head -1 || true)"

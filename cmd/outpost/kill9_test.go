@@ -109,7 +109,7 @@ uplink:
 	agent := startOutpost(t, path, httpAddr)
 	defer func() { agent.Process.Signal(os.Interrupt); agent.Wait() }()
 	want := total.Load()
-	msgs := got.Wait(t, 3*time.Minute, "every acknowledged message at the cloud broker", func(ms []mosq.Message) bool {
+	got.Wait(t, 3*time.Minute, "at least as many messages as were acknowledged", func(ms []mosq.Message) bool {
 		return int64(len(ms)) >= want
 	})
 	// Wait until every acknowledged one is there (duplicates inflate len).
@@ -141,7 +141,7 @@ uplink:
 		}
 		return
 	}
-	msgs = got.Wait(t, time.Minute, "no acknowledged message missing", func(ms []mosq.Message) bool {
+	msgs := got.Wait(t, time.Minute, "no acknowledged message missing", func(ms []mosq.Message) bool {
 		lost, _, _ := check(ms)
 		return lost == 0
 	})

@@ -206,3 +206,67 @@ func TestDemoShowsMessagesFlowing(t *testing.T) {
 		t.Fatalf("archive file: %v", err)
 	}
 }
+
+// TestDiagBundle: `outpost diag` collects every part from a running agent
+// with progress lines, and the bundled config has its secrets redacted.
+func TestDiagBundle(t *testing.T) {
+	dir := t.TempDir()
+	httpAddr := freePort(t)
+	hash := "$2a$10$lUXQ5GfslcyKjacNYRFDtusm1fblTMSlJxHTKeCkJl9eEt.cdezra"
+	cfg := fmt.Sprintf(`data_dir: %s/data
+telemetry: {address: "%s", token: diag-token-123}
+broker:
+  listeners: [{type: tcp, address: "%s"}]
+  users: [{username: u, password_hash: "%s", acl: [{topic: "#", access: all}]}]
+`, dir, httpAddr, freePort(t), hash)
+	path := filepath.Join(dir, "outpost.yaml")
+	os.WriteFile(path, []byte(cfg), 0o600)
+	cmd := exec.Command(binary, "run", "--config", path)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
+	waitReady(t, httpAddr)
+
+	bundle := filepath.Join(dir, "b.tar.gz")
+	// Without the token /api and /debug refuse: every part fails, exit 1.
+	if _, errOut, code := outpost(t, "diag", "-o", bundle, "--addr", httpAddr, "--token", "", "--cpu", "1s", "--trace", "1s"); code == 0 && !strings.Contains(errOut, "401") {
+		t.Fatalf("diag without token: exit %d\n%s", code, errOut)
+	}
+	_, errOut, code := outpost(t, "diag", "-o", bundle, "--addr", httpAddr, "--token", "diag-token-123", "--cpu", "1s", "--trace", "1s")
+	if code != 0 || !strings.Contains(errOut, "[1/8]") || !strings.Contains(errOut, "[8/8]") {
+		t.Fatalf("diag: exit %d\n%s", code, errOut)
+	}
+	out, err := exec.Command("tar", "-xzvf", bundle, "-C", dir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("tar: %v %s", err, out)
+	}
+	for _, f := range []string{"version.json", "config.redacted.json", "readyz.json", "metrics.txt", "heap.pprof", "goroutines.txt", "cpu.pprof", "trace.out"} {
+		st, err := os.Stat(filepath.Join(dir, "outpost-diag", f))
+		if err != nil || st.Size() == 0 {
+			t.Fatalf("bundle part %s: %v", f, err)
+		}
+	}
+	conf, _ := os.ReadFile(filepath.Join(dir, "outpost-diag", "config.redacted.json"))
+	if strings.Contains(string(conf), "$2a$") || strings.Contains(string(conf), "diag-token-123") || !strings.Contains(string(conf), "REDACTED") {
+		t.Fatalf("secrets in the bundled config:\n%s", conf)
+	}
+}
+
+func waitReady(t *testing.T, httpAddr string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://" + httpAddr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("agent never ready")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

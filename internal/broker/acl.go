@@ -3,6 +3,8 @@ package broker
 import (
 	"errors"
 	"strings"
+
+	"github.com/outpost-edge/outpost/internal/topic"
 )
 
 // An ACL is an ordered list of compiled rules for one principal.
@@ -84,13 +86,13 @@ func expand(pattern, user, client string) (string, bool) {
 }
 
 // canPublish reports whether topic (a concrete topic name) may be published.
-func (a acl) canPublish(user, client, topic string) bool {
+func (a acl) canPublish(user, client, name string) bool {
 	for _, r := range a {
 		if !r.pub && !r.deny {
 			continue
 		}
 		p, ok := expand(r.pattern, user, client)
-		if !ok || !matchTopic(p, topic) {
+		if !ok || !topic.Match(p, name) {
 			continue
 		}
 		return !r.deny
@@ -99,13 +101,13 @@ func (a acl) canPublish(user, client, topic string) bool {
 }
 
 // canReceive reports whether a message on topic may be delivered.
-func (a acl) canReceive(user, client, topic string) bool {
+func (a acl) canReceive(user, client, name string) bool {
 	for _, r := range a {
 		if !r.sub && !r.deny {
 			continue
 		}
 		p, ok := expand(r.pattern, user, client)
-		if !ok || !matchTopic(p, topic) {
+		if !ok || !topic.Match(p, name) {
 			continue
 		}
 		return !r.deny
@@ -127,112 +129,14 @@ func (a acl) canSubscribe(user, client, filter string) bool {
 			continue
 		}
 		if r.deny {
-			if covers(p, filter) {
+			if topic.Covers(p, filter) {
 				return false
 			}
 			continue
 		}
-		if intersects(p, filter) {
+		if topic.Intersects(p, filter) {
 			return true
 		}
 	}
 	return false
 }
-
-// matchTopic reports whether topic matches filter per MQTT rules, including
-// that wildcards at the first level do not match topics starting with $
-// [MQTT-4.7.2-1].
-func matchTopic(filter, topic string) bool {
-	if len(topic) > 0 && topic[0] == '$' && len(filter) > 0 && (filter[0] == '+' || filter[0] == '#') {
-		return false
-	}
-	for {
-		fl, frest, fmore := strings.Cut(filter, "/")
-		tl, trest, tmore := strings.Cut(topic, "/")
-		switch fl {
-		case "#":
-			return true
-		case "+":
-		default:
-			if fl != tl {
-				return false
-			}
-		}
-		if !fmore && !tmore {
-			return true
-		}
-		if !fmore {
-			return false
-		}
-		if !tmore {
-			// "a/#" matches "a"
-			return frest == "#"
-		}
-		filter, topic = frest, trest
-	}
-}
-
-// intersects reports whether some topic matches both filters.
-func intersects(a, b string) bool {
-	// a $-topic is only matched by filters whose first level is literal
-	if (dollar(a) && !literalFirst(b)) || (dollar(b) && !literalFirst(a)) {
-		return false
-	}
-	for {
-		al, arest, amore := strings.Cut(a, "/")
-		bl, brest, bmore := strings.Cut(b, "/")
-		if al == "#" || bl == "#" {
-			return true
-		}
-		if al != "+" && bl != "+" && al != bl {
-			return false
-		}
-		if !amore && !bmore {
-			return true
-		}
-		if !amore {
-			return brest == "#"
-		}
-		if !bmore {
-			return arest == "#"
-		}
-		a, b = arest, brest
-	}
-}
-
-// covers reports whether every topic matching filter also matches pattern.
-func covers(pattern, filter string) bool {
-	if dollar(filter) && !literalFirst(pattern) {
-		return false
-	}
-	for {
-		pl, prest, pmore := strings.Cut(pattern, "/")
-		fl, frest, fmore := strings.Cut(filter, "/")
-		if pl == "#" {
-			return true
-		}
-		if fl == "#" {
-			return false
-		}
-		if pl != "+" && (fl == "+" || pl != fl) {
-			return false
-		}
-		if !pmore && !fmore {
-			return true
-		}
-		if !pmore || !fmore {
-			return !fmore && prest == "#"
-		}
-		pattern, filter = prest, frest
-	}
-}
-
-func dollar(s string) bool { return len(s) > 0 && s[0] == '$' }
-
-func literalFirst(s string) bool {
-	first, _, _ := strings.Cut(s, "/")
-	return first != "+" && first != "#"
-}
-
-// topicLevels counts the levels of a topic or filter.
-func topicLevels(s string) int { return strings.Count(s, "/") + 1 }

@@ -20,6 +20,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/outpost-edge/outpost/internal/message"
+	"github.com/outpost-edge/outpost/internal/topic"
 )
 
 // hook connects mochi's event hooks to the broker's auth, ACL, limits,
@@ -138,7 +139,7 @@ func (b *Broker) aclFor(cl *mqtt.Client) (acl, string) {
 }
 
 // OnACLCheck authorises publishes (write), subscriptions and deliveries.
-func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+func (h *hook) OnACLCheck(cl *mqtt.Client, name string, write bool) bool {
 	if cl.Net.Inline {
 		return true
 	}
@@ -148,33 +149,22 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	action := "publish"
 	switch {
 	case write:
-		ok = a.canPublish(user, cl.ID, topic)
-	case strings.ContainsAny(topic, "+#") || strings.HasPrefix(topic, "$share/"):
+		ok = a.canPublish(user, cl.ID, name)
+	case strings.ContainsAny(name, "+#") || strings.HasPrefix(name, "$share/"):
 		action = "subscribe"
-		ok = a.canSubscribe(user, cl.ID, stripShare(topic))
+		ok = a.canSubscribe(user, cl.ID, topic.StripShare(name))
 	default:
-		// A concrete topic: a delivery, or a subscription without wildcards.
+		// A concrete name: a delivery, or a subscription without wildcards.
 		action = "receive"
-		ok = a.canReceive(user, cl.ID, topic)
+		ok = a.canReceive(user, cl.ID, name)
 	}
 	if !ok {
 		b.m.aclDenied(action).Inc()
-		if action != "receive" && b.logOnce.first("acl:"+cl.ID+":"+action+":"+topic) {
-			b.log.Warn("broker: access denied", "client", cl.ID, "user", user, "action", action, "topic", topic)
+		if action != "receive" && b.logOnce.first("acl:"+cl.ID+":"+action+":"+name) {
+			b.log.Warn("broker: access denied", "client", cl.ID, "user", user, "action", action, "name", name)
 		}
 	}
 	return ok
-}
-
-func stripShare(filter string) string {
-	if !strings.HasPrefix(filter, "$share/") {
-		return filter
-	}
-	parts := strings.SplitN(filter, "/", 3)
-	if len(parts) < 3 {
-		return filter
-	}
-	return parts[2]
 }
 
 // OnSubscribe marks filters deeper than the topic-level limit invalid, so the
@@ -182,7 +172,7 @@ func stripShare(filter string) string {
 func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	max := h.b.maxLevels()
 	for i, f := range pk.Filters {
-		if topicLevels(stripShare(f.Filter)) > max {
+		if topic.Levels(topic.StripShare(f.Filter)) > max {
 			h.b.m.limitRefused("topic_levels").Inc()
 			pk.Filters[i].Filter = "#/" // invalid on purpose: refused by the broker
 		}
@@ -205,7 +195,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	}
 	b := h.b
 	b.m.received.Inc()
-	if topicLevels(pk.TopicName) > b.maxLevels() {
+	if topic.Levels(pk.TopicName) > b.maxLevels() {
 		b.m.limitRefused("topic_levels").Inc()
 		return pk, h.refuse(cl, pk, packets.ErrTopicNameInvalid)
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/outpost-edge/outpost/internal/config"
 	"github.com/outpost-edge/outpost/internal/sink/file"
 	"github.com/outpost-edge/outpost/internal/sink/republish"
+	"github.com/outpost-edge/outpost/internal/topic"
 )
 
 // Config is the `pipeline:` section.
@@ -132,7 +133,7 @@ func (c *Config) Validate(moduleSinks ...string) error {
 			add(p+".from", "a route needs at least one topic filter")
 		}
 		for j, f := range r.From {
-			if err := ValidFilter(f); err != nil {
+			if err := topic.ValidFilter(f); err != nil {
 				add(fmt.Sprintf("%s.from[%d]", p, j), "%v", err)
 			}
 		}
@@ -146,26 +147,4 @@ func (c *Config) Validate(moduleSinks ...string) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// ValidFilter checks an MQTT topic filter.
-func ValidFilter(f string) error {
-	if f == "" {
-		return errors.New("empty topic filter")
-	}
-	for i := 0; i < len(f); i++ {
-		switch f[i] {
-		case '#':
-			if i != len(f)-1 || (i > 0 && f[i-1] != '/') {
-				return fmt.Errorf("topic filter %q: # must be a whole last level", f)
-			}
-		case '+':
-			if (i > 0 && f[i-1] != '/') || (i < len(f)-1 && f[i+1] != '/') {
-				return fmt.Errorf("topic filter %q: + must be a whole level", f)
-			}
-		case 0:
-			return fmt.Errorf("topic filter %q contains a NUL byte", f)
-		}
-	}
-	return nil
 }

@@ -47,6 +47,7 @@ import (
 	"github.com/outpost-edge/outpost/internal/module"
 	"github.com/outpost-edge/outpost/internal/sink/file"
 	"github.com/outpost-edge/outpost/internal/sink/republish"
+	"github.com/outpost-edge/outpost/internal/topic"
 )
 
 // Errors returned by Submit.
@@ -348,12 +349,12 @@ func (p *Pipeline) enqueue(pt *partition, it *item) error {
 }
 
 // match returns the distinct sinks of every route whose filters match topic.
-func (t *table) match(topic string) []message.Sink {
+func (t *table) match(name string) []message.Sink {
 	var out []message.Sink
 	for i := range t.routes {
 		r := &t.routes[i]
 		for _, f := range r.filters {
-			if MatchTopic(f, topic) {
+			if topic.Match(f, name) {
 				for _, s := range r.sinks {
 					if !containsSink(out, s) {
 						out = append(out, s)
@@ -580,36 +581,5 @@ func deviceIDFunc(c DeviceID) func(*message.Message) string {
 		}
 	default:
 		return func(m *message.Message) string { return m.ClientID }
-	}
-}
-
-// MatchTopic reports whether topic matches an MQTT topic filter, including
-// the rule that wildcards at the first level do not match $-topics.
-func MatchTopic(filter, topic string) bool {
-	if len(topic) > 0 && topic[0] == '$' && len(filter) > 0 && (filter[0] == '+' || filter[0] == '#') {
-		return false
-	}
-	for {
-		fl, frest, fmore := strings.Cut(filter, "/")
-		tl, trest, tmore := strings.Cut(topic, "/")
-		switch fl {
-		case "#":
-			return true
-		case "+":
-		default:
-			if fl != tl {
-				return false
-			}
-		}
-		if !fmore && !tmore {
-			return true
-		}
-		if !fmore {
-			return false
-		}
-		if !tmore {
-			return frest == "#"
-		}
-		filter, topic = frest, trest
 	}
 }

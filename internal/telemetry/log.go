@@ -11,6 +11,7 @@ package telemetry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -36,17 +37,14 @@ func (c *LogConfig) SetDefaults() {
 
 // Validate checks the section.
 func (c LogConfig) Validate() error {
-	var errs []string
+	var errs []error
 	if _, err := ParseLevel(c.Level); err != nil {
-		errs = append(errs, "level: "+err.Error())
+		errs = append(errs, fmt.Errorf("level: %w", err))
 	}
 	if c.Format != "text" && c.Format != "json" {
-		errs = append(errs, fmt.Sprintf("format: must be text or json, not %q", c.Format))
+		errs = append(errs, fmt.Errorf("format: must be text or json, not %q", c.Format))
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("%s", strings.Join(errs, "\n"))
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // ParseLevel parses a level name.

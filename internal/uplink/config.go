@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/outpost-edge/outpost/internal/topic"
 	"log/slog"
 	"net"
 	"net/url"
@@ -344,7 +345,7 @@ func (c Config) Validate() error {
 		if !strings.HasSuffix(c.Downlink.Prefix, "/") || strings.ContainsAny(c.Downlink.Prefix, "+#\x00") {
 			add("downlink.prefix", fmt.Errorf("%q must end with '/' and hold no wildcard", c.Downlink.Prefix))
 		}
-		if err := validFilter(c.Downlink.Filter); err != nil {
+		if err := topic.ValidFilter(c.Downlink.Filter); err != nil {
 			add("downlink.filter", err)
 		}
 		if c.Downlink.QoS != nil && (*c.Downlink.QoS < 0 || *c.Downlink.QoS > 1) {
@@ -376,25 +377,6 @@ func (c Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func validFilter(f string) error {
-	if f == "" {
-		return errors.New("empty")
-	}
-	levels := strings.Split(f, "/")
-	for i, l := range levels {
-		if strings.Contains(l, "#") && (l != "#" || i != len(levels)-1) {
-			return fmt.Errorf("%q: '#' must be the last level alone", f)
-		}
-		if strings.Contains(l, "+") && l != "+" {
-			return fmt.Errorf("%q: '+' must be a level alone", f)
-		}
-	}
-	if strings.ContainsRune(f, 0) {
-		return fmt.Errorf("%q: NUL character", f)
-	}
-	return nil
 }
 
 // brokerURL is a parsed Broker.

@@ -12,7 +12,11 @@
 // checked on their filter.
 package acl
 
-import "strings"
+import (
+	"strings"
+
+	"github.com/outpost-edge/outpost/internal/topic"
+)
 
 // Allowed reports whether topicOrFilter is covered by one of allowed.
 func Allowed(allowed []string, topicOrFilter string) bool {
@@ -33,35 +37,10 @@ func Allowed(allowed []string, topicOrFilter string) bool {
 }
 
 // Covers reports whether every topic matched by filter r is also matched
-// by filter a. A topic name (no wildcards) is a filter that matches itself.
+// by filter a (topic.Covers).
 func Covers(a, r string) bool {
 	if a == "" || r == "" {
 		return false
 	}
-	al := strings.Split(a, "/")
-	rl := strings.Split(r, "/")
-	if strings.HasPrefix(rl[0], "$") && (al[0] == "+" || al[0] == "#") {
-		return false // [MQTT-4.7.2-1]
-	}
-	for i := 0; i < len(al); i++ {
-		if al[i] == "#" {
-			return true // covers this level and everything below, including the parent
-		}
-		if i >= len(rl) {
-			return false
-		}
-		switch rl[i] {
-		case "#":
-			return false // r reaches deeper levels a does not allow
-		case "+":
-			if al[i] != "+" {
-				return false
-			}
-		default:
-			if al[i] != "+" && al[i] != rl[i] {
-				return false
-			}
-		}
-	}
-	return len(rl) == len(al)
+	return topic.Covers(a, r)
 }
