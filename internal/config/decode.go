@@ -268,21 +268,29 @@ func structFields(t reflect.Type) map[string][]int {
 
 // suggest returns ` (did you mean "x"?)` for a key close to a known one.
 func suggest(key string, fields map[string][]int) string {
-	best, bestD := "", 3
 	names := make([]string, 0, len(fields))
 	for k := range fields {
 		names = append(names, k)
 	}
-	sort.Strings(names)
-	for _, k := range names {
-		if d := levenshtein(key, k); d < bestD {
-			best, bestD = k, d
+	if best := Closest(key, names); best != "" {
+		return fmt.Sprintf(" (did you mean %q?)", best)
+	}
+	return ""
+}
+
+// Closest returns the candidate nearest to word by edit distance, if it is
+// within 2 edits ("" otherwise); ties go to the alphabetically first. Used for
+// "did you mean" hints on unknown keys, functions and names.
+func Closest(word string, candidates []string) string {
+	sorted := append([]string(nil), candidates...)
+	sort.Strings(sorted)
+	best, bestD := "", 3
+	for _, c := range sorted {
+		if d := levenshtein(word, c); d < bestD {
+			best, bestD = c, d
 		}
 	}
-	if best == "" {
-		return ""
-	}
-	return fmt.Sprintf(" (did you mean %q?)", best)
+	return best
 }
 
 func levenshtein(a, b string) int {

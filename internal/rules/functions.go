@@ -2,9 +2,9 @@ package rules
 
 import (
 	"fmt"
+	"github.com/outpost-edge/outpost/internal/config"
 	"math"
 	"regexp"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -623,45 +623,15 @@ func windowKind(name string) bool {
 
 // suggest proposes the closest known function name.
 func suggest(name string) string {
-	best, bestD := "", 3
-	var names []string
+	names := make([]string, 0, len(functions)+len(aggregates))
 	for n := range functions {
 		names = append(names, n)
 	}
 	for n := range aggregates {
 		names = append(names, n)
 	}
-	sort.Strings(names)
-	for _, n := range names {
-		if d := editDistance(name, n); d < bestD {
-			best, bestD = n, d
-		}
+	if best := config.Closest(name, names); best != "" {
+		return fmt.Sprintf(" (did you mean %s()?)", best)
 	}
-	if best == "" {
-		return ""
-	}
-	return fmt.Sprintf(" (did you mean %s()?)", best)
-}
-
-func editDistance(a, b string) int {
-	if len(a) > 64 || len(b) > 64 {
-		return 99
-	}
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
+	return ""
 }
