@@ -261,27 +261,9 @@ func (c *Client) updateSnapshot(ctx context.Context) error {
 		c.snapshot = old // nothing new: no request
 		return nil
 	}
-	name := "snapshot.json"
-	if c.root.ConsistentSnapshot {
-		name = strconv.FormatInt(ref.Version, 10) + ".snapshot.json"
-	}
-	max := int64(MaxSnapshotSize)
-	if ref.Length > 0 {
-		max = ref.Length
-	}
-	raw, err := c.Fetch.Fetch(ctx, name, max)
+	name, raw, e, err := c.fetchVerified(ctx, "snapshot.json", RoleSnapshot, ref, MaxSnapshotSize)
 	if err != nil {
-		return fmt.Errorf("tuf: fetch %s: %w", name, err)
-	}
-	if err := CheckHashes(raw, ref.Length, ref.Hashes); err != nil {
-		return fmt.Errorf("tuf: %s: %w: %v", name, ErrMixAndMatch, err)
-	}
-	e, err := ParseEnvelope(raw)
-	if err != nil {
-		return fmt.Errorf("tuf: %s: %w", name, err)
-	}
-	if err := Verify(c.root, RoleSnapshot, e); err != nil {
-		return fmt.Errorf("tuf: %s: %w", name, err)
+		return err
 	}
 	s, err := ParseSnapshot(e)
 	if err != nil {
@@ -311,6 +293,35 @@ func (c *Client) updateSnapshot(ctx context.Context) error {
 	return nil
 }
 
+// fetchVerified downloads the metadata file that ref (from timestamp or
+// snapshot metadata) describes: under its versioned name when the repository
+// uses consistent snapshots, bounded by ref's length (else maxSize), with
+// ref's hashes checked (a mismatch is mix-and-match) and role's signatures
+// verified against the trusted root. name is the file name as fetched.
+func (c *Client) fetchVerified(ctx context.Context, file, role string, ref MetaFile, maxSize int64) (name string, raw []byte, e *Envelope, err error) {
+	name = file
+	if c.root.ConsistentSnapshot {
+		name = strconv.FormatInt(ref.Version, 10) + "." + file
+	}
+	max := maxSize
+	if ref.Length > 0 {
+		max = ref.Length
+	}
+	if raw, err = c.Fetch.Fetch(ctx, name, max); err != nil {
+		return name, nil, nil, fmt.Errorf("tuf: fetch %s: %w", name, err)
+	}
+	if err := CheckHashes(raw, ref.Length, ref.Hashes); err != nil {
+		return name, nil, nil, fmt.Errorf("tuf: %s: %w: %v", name, ErrMixAndMatch, err)
+	}
+	if e, err = ParseEnvelope(raw); err != nil {
+		return name, nil, nil, fmt.Errorf("tuf: %s: %w", name, err)
+	}
+	if err := Verify(c.root, role, e); err != nil {
+		return name, nil, nil, fmt.Errorf("tuf: %s: %w", name, err)
+	}
+	return name, raw, e, nil
+}
+
 func (c *Client) updateTargets(ctx context.Context) error {
 	ref := c.snapshot.Meta["targets.json"]
 	if e := c.loadTrusted("targets.json", RoleTargets); e != nil {
@@ -319,27 +330,9 @@ func (c *Client) updateTargets(ctx context.Context) error {
 			return nil
 		}
 	}
-	name := "targets.json"
-	if c.root.ConsistentSnapshot {
-		name = strconv.FormatInt(ref.Version, 10) + ".targets.json"
-	}
-	max := int64(MaxTargetsSize)
-	if ref.Length > 0 {
-		max = ref.Length
-	}
-	raw, err := c.Fetch.Fetch(ctx, name, max)
+	name, raw, e, err := c.fetchVerified(ctx, "targets.json", RoleTargets, ref, MaxTargetsSize)
 	if err != nil {
-		return fmt.Errorf("tuf: fetch %s: %w", name, err)
-	}
-	if err := CheckHashes(raw, ref.Length, ref.Hashes); err != nil {
-		return fmt.Errorf("tuf: %s: %w: %v", name, ErrMixAndMatch, err)
-	}
-	e, err := ParseEnvelope(raw)
-	if err != nil {
-		return fmt.Errorf("tuf: %s: %w", name, err)
-	}
-	if err := Verify(c.root, RoleTargets, e); err != nil {
-		return fmt.Errorf("tuf: %s: %w", name, err)
+		return err
 	}
 	t, err := ParseTargets(e)
 	if err != nil {
