@@ -85,25 +85,21 @@ func expand(pattern, user, client string) (string, bool) {
 	return pattern, true
 }
 
-// canPublish reports whether topic (a concrete topic name) may be published.
-func (a acl) canPublish(user, client, name string) bool {
-	for _, r := range a {
-		if !r.pub && !r.deny {
-			continue
-		}
-		p, ok := expand(r.pattern, user, client)
-		if !ok || !topic.Match(p, name) {
-			continue
-		}
-		return !r.deny
-	}
-	return false
-}
+// canPublish reports whether name (a concrete topic name) may be published.
+func (a acl) canPublish(user, client, name string) bool { return a.decide(user, client, name, true) }
 
-// canReceive reports whether a message on topic may be delivered.
-func (a acl) canReceive(user, client, name string) bool {
+// canReceive reports whether a message on name may be delivered.
+func (a acl) canReceive(user, client, name string) bool { return a.decide(user, client, name, false) }
+
+// decide applies the first rule that matches name and covers the action
+// (publish, or subscribe/receive); no such rule means deny.
+func (a acl) decide(user, client, name string, publish bool) bool {
 	for _, r := range a {
-		if !r.sub && !r.deny {
+		covers := r.sub
+		if publish {
+			covers = r.pub
+		}
+		if !covers && !r.deny {
 			continue
 		}
 		p, ok := expand(r.pattern, user, client)
