@@ -162,7 +162,9 @@ func TestUplinkEndToEndAndDownlink(t *testing.T) {
 // every acknowledged message arrives, in order per lane, without any new
 // publish to trigger the reconnect.
 func TestOfflineWithRestartsLosesNothing(t *testing.T) {
-	cloud := mosq.Start(t, mosq.Options{Persistence: true})
+	// MaxQueued -1: the subscriber may reconnect after the gateway, so its
+	// offline session must hold all 1800 messages (Mosquitto keeps 1000).
+	cloud := mosq.Start(t, mosq.Options{Persistence: true, MaxQueued: -1})
 	got := mosq.Subscribe(t, cloud, "outpost/gw/#")
 	cloud.Stop()
 	dir := t.TempDir()

@@ -114,7 +114,11 @@ func Start(t testing.TB, o Options) *Broker {
 	t.Cleanup(func() {
 		b.Kill()
 		if t.Failed() {
-			t.Logf("mosquitto log (%s):\n%s", b.Addr, b.log.tail(64<<10))
+			log := b.log.tail(64 << 10)
+			t.Logf("mosquitto log (%s):\n%s", b.Addr, log)
+			if strings.Contains(log, "Outgoing messages are being dropped") {
+				t.Logf("mosq: Mosquitto itself dropped messages for a slow or offline subscriber (max_queued_messages); set Options.MaxQueued: -1 if the test counts every message")
+			}
 		}
 	})
 	b.Start()
