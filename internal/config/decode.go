@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 
 	"gopkg.in/yaml.v3"
 )
@@ -228,10 +229,10 @@ func typeName(t reflect.Type) string {
 	return t.String()
 }
 
-var yamlLineRE = regexp.MustCompile(`^(yaml: )?(unmarshal errors:\n\s*)?(line \d+: )?`)
+var yamlLineRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^(yaml: )?(unmarshal errors:\n\s*)?(line \d+: )?`) })
 
 func cleanYAMLErr(err error) error {
-	msg := yamlLineRE.ReplaceAllString(err.Error(), "")
+	msg := yamlLineRE().ReplaceAllString(err.Error(), "")
 	return errors.New(msg)
 }
 

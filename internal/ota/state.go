@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"sync"
 	"time"
 
 	"github.com/outpost-edge/outpost/internal/ota/tuf"
@@ -82,7 +83,7 @@ type Outcome struct {
 // inconsistent. Boot treats it like an idle state after keeping a copy.
 var ErrBadState = errors.New("ota: bad state file")
 
-var hexSHA256 = regexp.MustCompile(`^[0-9a-f]{64}$`)
+var hexSHA256 = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9a-f]{64}$`) })
 
 // ParseState decodes and validates a state file.
 func ParseState(data []byte) (*State, error) {
@@ -106,10 +107,10 @@ func ParseState(data []byte) (*State, error) {
 		return nil, fmt.Errorf("%w: unknown phase %q", ErrBadState, s.Phase)
 	}
 	if t := s.Target; t != nil {
-		if !hexSHA256.MatchString(t.SHA256) {
+		if !hexSHA256().MatchString(t.SHA256) {
 			return nil, fmt.Errorf("%w: target.sha256 %q", ErrBadState, t.SHA256)
 		}
-		if t.FromSHA256 != "" && !hexSHA256.MatchString(t.FromSHA256) {
+		if t.FromSHA256 != "" && !hexSHA256().MatchString(t.FromSHA256) {
 			return nil, fmt.Errorf("%w: target.from_sha256 %q", ErrBadState, t.FromSHA256)
 		}
 		if t.Size < 0 || t.File.Length < 0 {

@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/outpost-edge/outpost/internal/config"
@@ -277,8 +278,8 @@ func (c *Config) SetDefaults() {
 }
 
 var (
-	laneNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)
-	nodeIDRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+	laneNameRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`) })
+	nodeIDRE   = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`) })
 )
 
 // Validate reports every problem, each prefixed with its YAML path relative
@@ -297,7 +298,7 @@ func (c Config) Validate() error {
 	}
 	if c.Enabled && c.NodeID == "" {
 		add("node_id", errors.New("required"))
-	} else if c.NodeID != "" && !nodeIDRE.MatchString(c.NodeID) {
+	} else if c.NodeID != "" && !nodeIDRE().MatchString(c.NodeID) {
 		add("node_id", fmt.Errorf("%q: use letters, digits, '-', '_', '.' (at most 128)", c.NodeID))
 	}
 	if c.Enabled && c.ClientID == "" {
@@ -358,7 +359,7 @@ func (c Config) Validate() error {
 	seen := map[string]int{}
 	for i, l := range c.Lanes {
 		p := fmt.Sprintf("lanes[%d]", i)
-		if !laneNameRE.MatchString(l.Name) {
+		if !laneNameRE().MatchString(l.Name) {
 			add(p+".name", fmt.Errorf("%q: use lowercase letters, digits, '-' and '_' (at most 64)", l.Name))
 		}
 		if j, dup := seen[l.Name]; dup {
