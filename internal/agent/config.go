@@ -99,12 +99,10 @@ func (c *Config) SetDefaults() {
 	}
 }
 
-var nodeIDRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`) })
-
 // Validate checks the whole file; every problem is reported.
 func (c *Config) Validate() error {
 	var errs []error
-	if !nodeIDRE().MatchString(c.NodeID) {
+	if !config.IsName(c.NodeID, 128, "_.-") {
 		errs = append(errs, config.Field("node_id", "%q must be 1-128 letters, digits, _ . - (it becomes an MQTT topic level)", c.NodeID))
 	}
 	if c.Runtime.MemoryLimit < 0 || (c.Runtime.MemoryLimit > 0 && c.Runtime.MemoryLimit < 8<<20) {

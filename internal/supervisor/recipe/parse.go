@@ -24,12 +24,10 @@ import (
 // MaxFileSize is the largest recipe file Parse accepts.
 const MaxFileSize = 1 << 20
 
-var nameRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`) })
-
 // ValidName reports whether s is a valid component name: 1-64 characters
 // of letters, digits, '.', '_' and '-', starting with a letter or digit.
 // Names are used in MQTT topics, file names and cgroup names.
-func ValidName(s string) bool { return nameRE().MatchString(s) && s != "." && s != ".." }
+func ValidName(s string) bool { return config.IsName(s, 64, "._-") && s != "." && s != ".." }
 
 // Parse decodes and validates one recipe. Decoding is strict: unknown keys,
 // duplicate keys, wrong types, anchors/aliases and multiple documents are
