@@ -78,7 +78,6 @@ func (c *Config) SetDefaults() {
 	}
 }
 
-
 // Validate checks the section. moduleSinks are sink names other modules
 // provide (uplink lanes, rules), which routes may name too.
 func (c *Config) Validate(moduleSinks ...string) error {
