@@ -10,6 +10,7 @@ import (
 	"github.com/outpost-edge/outpost/internal/agent"
 	"github.com/outpost-edge/outpost/internal/config"
 	"github.com/outpost-edge/outpost/internal/ota"
+	_ "github.com/outpost-edge/outpost/internal/prestack" // before any initialiser: see its doc
 	"github.com/outpost-edge/outpost/internal/telemetry"
 )
 

@@ -824,3 +824,27 @@ func writeCert(t *testing.T, dir, cn string, s *signer) (certFile, keyFile strin
 	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
 	return certFile, keyFile
 }
+
+// TestRetainedMessageExpires: a retained message published with a message
+// expiry interval is dropped once it has expired (mochi's once-a-second
+// sweep), while one without expiry stays.
+func TestRetainedMessageExpires(t *testing.T) {
+	tb := startBroker(t, baseConfig(t), t.TempDir())
+	admin := mustV5(t, tb.addr, "admin1", "admin", "secret")
+	exp := uint32(1)
+	for _, p := range []*paho.Publish{
+		{Topic: "cfg/short", QoS: 1, Retain: true, Payload: []byte("gone"), Properties: &paho.PublishProperties{MessageExpiry: &exp}},
+		{Topic: "cfg/long", QoS: 1, Retain: true, Payload: []byte("kept")},
+	} {
+		if _, err := admin.Publish(context.Background(), p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(3500 * time.Millisecond) // expiry 1 s, whole-second clock, 1 s sweep
+	s := mustV5(t, tb.addr, "reader", "admin", "secret")
+	s.sub(t, "cfg/#", 1)
+	if m := expectMsg(t, s.msgs, "cfg/long"); string(m.Payload) != "kept" {
+		t.Fatalf("retained payload %q", m.Payload)
+	}
+	expectNone(t, s.msgs, 300*time.Millisecond)
+}
