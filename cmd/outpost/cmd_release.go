@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -21,7 +22,7 @@ func init() {
 }
 
 const releaseUsage = `Usage:
-  outpost release keygen --repo DIR --keys KEYDIR
+  outpost release keygen --repo DIR --keys KEYDIR [--passphrase-file FILE | --no-passphrase]
   outpost release add    --repo DIR --keys KEYDIR --binary FILE --version V [--platform linux/arm64] [--deltas 3] [--no-sign]
   outpost release sign   --repo DIR --keys KEYDIR [--timestamp]
   outpost release rotate --repo DIR --keys KEYDIR --role timestamp|snapshot|targets|root
@@ -35,8 +36,15 @@ versions, then signs (unless --no-sign). sign publishes what was added; with
 --timestamp it only re-signs the timestamp, which expires after a day:
 run it from cron. Keep KEYDIR offline; the root key especially.
 
+Private keys are encrypted with a passphrase (scrypt, XChaCha20-Poly1305),
+read from the file given by --passphrase-file or from the environment
+variable OUTPOST_RELEASE_PASSPHRASE (never from the command line). keygen
+and rotate encrypt new keys with it; add, sign and rotate need it when the
+keys are encrypted. keygen --no-passphrase stores the keys unencrypted.
+
 Examples:
-  outpost release keygen --repo ./repo --keys ./keys
+  OUTPOST_RELEASE_PASSPHRASE="$(pass show outpost/release)" outpost release keygen --repo ./repo --keys ./keys
+  outpost release keygen --repo ./repo --keys ./keys --passphrase-file /run/secrets/outpost-release
   outpost release add --repo ./repo --keys ./keys --binary dist/outpost-linux-arm64 --version 1.4.0 --platform linux/arm64
   outpost release sign --repo ./repo --keys ./keys --timestamp
   outpost release serve ./repo --listen 127.0.0.1:8080
@@ -55,18 +63,32 @@ func runRelease(ctx context.Context, args []string) int {
 	fs.Usage = func() { fmt.Fprint(fs.Output(), releaseUsage, "\nFlags:\n"); fs.PrintDefaults() }
 	repo := fs.String("repo", "", "repository directory")
 	keys := fs.String("keys", "", "private key directory (keep offline)")
+	passFile := fs.String("passphrase-file", "", "file holding the key passphrase (default $"+passphraseEnv+")")
 	var err error
 	switch sub {
 	case "keygen":
 		noConsistent := fs.Bool("no-consistent-snapshot", false, "name metadata and targets without version/hash prefixes")
+		noPass := fs.Bool("no-passphrase", false, "store the private keys unencrypted (not recommended)")
 		if code, ok := parseFlags(fs, args); !ok {
 			return code
 		}
 		if *repo == "" || *keys == "" {
 			return usageErr(fs, "--repo and --keys are required")
 		}
+		var pass []byte
+		if pass, err = readPassphrase(*passFile); err != nil {
+			break
+		}
+		switch {
+		case pass == nil && !*noPass:
+			return usageErr(fs, "the keys would be stored unencrypted: set $"+passphraseEnv+" or --passphrase-file, or pass --no-passphrase")
+		case pass != nil && *noPass:
+			return usageErr(fs, "--no-passphrase conflicts with a passphrase ($"+passphraseEnv+" or --passphrase-file)")
+		case *noPass:
+			fmt.Fprintf(os.Stderr, "warning: the private keys in %s are stored unencrypted; anyone who can read them can publish updates\n", *keys)
+		}
 		var r *tuf.Repo
-		if r, err = tuf.InitRepo(*repo, *keys, !*noConsistent); err == nil {
+		if r, err = tuf.InitRepo(*repo, *keys, !*noConsistent, pass); err == nil {
 			fmt.Printf("created repository %s (root v1) and keys in %s\npin this root on gateways: %s\n",
 				*repo, *keys, filepath.Join(r.MetaDir(), "1.root.json"))
 		}
@@ -83,7 +105,7 @@ func runRelease(ctx context.Context, args []string) int {
 			return usageErr(fs, "--repo, --keys, --binary and --version are required")
 		}
 		var r *tuf.Repo
-		if r, err = release.Open(*repo, *keys); err != nil {
+		if r, err = openRepo(*repo, *keys, *passFile); err != nil {
 			break
 		}
 		t0 := time.Now()
@@ -112,7 +134,7 @@ func runRelease(ctx context.Context, args []string) int {
 			return usageErr(fs, "--repo and --keys are required")
 		}
 		var r *tuf.Repo
-		if r, err = release.Open(*repo, *keys); err != nil {
+		if r, err = openRepo(*repo, *keys, *passFile); err != nil {
 			break
 		}
 		if *tsOnly {
@@ -132,7 +154,7 @@ func runRelease(ctx context.Context, args []string) int {
 			return usageErr(fs, "--repo, --keys and --role are required")
 		}
 		var r *tuf.Repo
-		if r, err = release.Open(*repo, *keys); err != nil {
+		if r, err = openRepo(*repo, *keys, *passFile); err != nil {
 			break
 		}
 		if err = r.RotateKey(*role); err == nil {
@@ -166,6 +188,43 @@ func runRelease(ctx context.Context, args []string) int {
 		return exitFailure
 	}
 	return exitOK
+}
+
+// passphraseEnv holds the key passphrase when --passphrase-file is not given.
+const passphraseEnv = "OUTPOST_RELEASE_PASSPHRASE"
+
+// readPassphrase returns the key passphrase from file (one trailing newline
+// dropped) or $OUTPOST_RELEASE_PASSPHRASE; nil when neither is set.
+func readPassphrase(file string) ([]byte, error) {
+	if file == "" {
+		if v := os.Getenv(passphraseEnv); v != "" {
+			return []byte(v), nil
+		}
+		return nil, nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("passphrase file: %w", err)
+	}
+	b = bytes.TrimSuffix(bytes.TrimSuffix(b, []byte("\n")), []byte("\r"))
+	if len(b) == 0 {
+		return nil, fmt.Errorf("passphrase file %s is empty", file)
+	}
+	return b, nil
+}
+
+// openRepo opens a repository with the passphrase for its keys.
+func openRepo(dir, keys, passFile string) (*tuf.Repo, error) {
+	pass, err := readPassphrase(passFile)
+	if err != nil {
+		return nil, err
+	}
+	r, err := release.Open(dir, keys)
+	if err != nil {
+		return nil, err
+	}
+	r.Passphrase = pass
+	return r, nil
 }
 
 func serveRepo(ctx context.Context, dir, addr string) error {

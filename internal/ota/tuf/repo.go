@@ -28,6 +28,9 @@ import (
 type Repo struct {
 	Dir    string
 	KeyDir string
+	// Passphrase opens encrypted key files; new keys (InitRepo,
+	// RotateKey) are encrypted with it unless it is empty. Never logged.
+	Passphrase []byte
 
 	Root      *Root
 	Targets   *Targets
@@ -78,41 +81,10 @@ func (r *Repo) setDefaults() {
 func (r *Repo) MetaDir() string    { return filepath.Join(r.Dir, "metadata") }
 func (r *Repo) TargetsDir() string { return filepath.Join(r.Dir, "targets") }
 
-// keyFile is a private key on disk.
-type keyFile struct {
-	Type    string `json:"keytype"`
-	Private string `json:"private"` // hex ed25519 seed
-}
-
-// LoadKey reads a role's private key from KeyDir.
+// LoadKey reads a role's private key from KeyDir (decrypting it with
+// Passphrase when it is encrypted).
 func (r *Repo) LoadKey(role string) (ed25519.PrivateKey, error) {
-	return ReadKey(filepath.Join(r.KeyDir, role+".key"))
-}
-
-// ReadKey reads a private key file.
-func ReadKey(path string) (ed25519.PrivateKey, error) {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("tuf: key: %w", err)
-	}
-	var k keyFile
-	if err := json.Unmarshal(raw, &k); err != nil {
-		return nil, fmt.Errorf("tuf: key %s: %w", path, err)
-	}
-	seed, err := hex.DecodeString(k.Private)
-	if err != nil || k.Type != "ed25519" || len(seed) != ed25519.SeedSize {
-		return nil, fmt.Errorf("tuf: key %s: not an ed25519 private key", path)
-	}
-	return ed25519.NewKeyFromSeed(seed), nil
-}
-
-// WriteKey writes a private key file with mode 0600.
-func WriteKey(path string, k ed25519.PrivateKey) error {
-	raw, _ := json.Marshal(keyFile{Type: "ed25519", Private: hex.EncodeToString(k.Seed())})
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	return WriteFileAtomic(path, raw, 0o600)
+	return ReadKey(filepath.Join(r.KeyDir, role+".key"), r.Passphrase)
 }
 
 // GenerateKey returns a new ed25519 key.
@@ -125,10 +97,11 @@ func GenerateKey() ed25519.PrivateKey {
 }
 
 // InitRepo creates keys for the four roles in keyDir (threshold 1 each),
-// a first root and empty targets, snapshot and timestamp. It refuses to
-// overwrite an existing repository or key.
-func InitRepo(dir, keyDir string, consistent bool) (*Repo, error) {
-	r := &Repo{Dir: dir, KeyDir: keyDir}
+// encrypted with passphrase unless it is empty, a first root and empty
+// targets, snapshot and timestamp. It refuses to overwrite an existing
+// repository or key.
+func InitRepo(dir, keyDir string, consistent bool, passphrase []byte) (*Repo, error) {
+	r := &Repo{Dir: dir, KeyDir: keyDir, Passphrase: passphrase}
 	r.setDefaults()
 	if _, err := os.Stat(filepath.Join(r.MetaDir(), "root.json")); err == nil {
 		return nil, fmt.Errorf("tuf: %s already holds a repository", dir)
@@ -151,7 +124,7 @@ func InitRepo(dir, keyDir string, consistent bool) (*Repo, error) {
 			return nil, fmt.Errorf("tuf: key %s exists; refusing to overwrite", path)
 		}
 		k := GenerateKey()
-		if err := WriteKey(path, k); err != nil {
+		if err := WriteKey(path, k, passphrase); err != nil {
 			return nil, fmt.Errorf("tuf: %w", err)
 		}
 		pk := NewKey(k.Public().(ed25519.PublicKey))
@@ -256,7 +229,7 @@ func (r *Repo) RotateKey(role string) error {
 		return err
 	}
 	oldPath := filepath.Join(r.KeyDir, role+".key")
-	old, err := ReadKey(oldPath)
+	old, err := ReadKey(oldPath, r.Passphrase)
 	if err != nil {
 		return err
 	}
@@ -267,10 +240,10 @@ func (r *Repo) RotateKey(role string) error {
 	r.Root.Roles[role] = &RoleKeys{KeyIDs: []string{pk.ID()}, Threshold: 1}
 	r.Root.Version++
 	r.Root.Expires = r.now().Add(r.RootExpiry)
-	if err := WriteKey(oldPath+".old", old); err != nil {
+	if err := WriteKey(oldPath+".old", old, r.Passphrase); err != nil {
 		return err
 	}
-	if err := WriteKey(oldPath, nk); err != nil {
+	if err := WriteKey(oldPath, nk, r.Passphrase); err != nil {
 		return err
 	}
 	var extra []ed25519.PrivateKey

@@ -30,7 +30,7 @@ func (d *dirFetcher) Fetch(_ context.Context, path string, max int64) ([]byte, e
 func newRepo(t *testing.T) *Repo {
 	t.Helper()
 	d := t.TempDir()
-	r, err := InitRepo(filepath.Join(d, "repo"), filepath.Join(d, "keys"), true)
+	r, err := InitRepo(filepath.Join(d, "repo"), filepath.Join(d, "keys"), true, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +139,7 @@ func TestCanonical(t *testing.T) {
 
 func FuzzMetadata(f *testing.F) {
 	d := f.TempDir()
-	r, err := InitRepo(filepath.Join(d, "repo"), filepath.Join(d, "keys"), true)
+	r, err := InitRepo(filepath.Join(d, "repo"), filepath.Join(d, "keys"), true, nil)
 	if err != nil {
 		f.Fatal(err)
 	}
