@@ -50,14 +50,19 @@ func (e *RestartError) Error() string {
 //     happened; if it did, the new version goes on trial, else the update
 //     resumes from its download;
 //   - trial: one more start attempt is counted (written before anything
-//     else runs). Past max_attempts the previous binary is restored, the
-//     version marked bad, and the agent restarts into the previous
-//     version. Otherwise Boot returns a *Trial whose Gate commits or rolls
-//     back the version;
+//     else runs; not after a graceful stop, see Trial.Stopped). Past
+//     max_attempts the previous binary is restored, the version marked
+//     bad, and the agent restarts into the previous version. Otherwise
+//     Boot returns a *Trial whose Gate commits or rolls back the version.
+//     In restart mode exec (no service manager), the process first hands
+//     the trial to the watchdog (it execs <binary>.prev, which runs this
+//     version as its child; see watchdog.go);
 //   - rolling_back: the rollback is finished and the agent restarts.
 //
-// When Boot restarts the process (exec or exit, see Restart) it does not
-// return. It returns (nil, nil) when there is nothing to gate, and an error
+// In the watchdog process ($OUTPOST_OTA_WATCHDOG) Boot supervises the trial
+// and ends by exec'ing the installed binary or exiting; it never returns
+// to run the agent. When Boot restarts the process (exec or exit, see
+// Restart) it does not return. It returns (nil, nil) when there is nothing to gate, and an error
 // only when the state cannot be written (the agent should still run).
 func Boot(ctx context.Context, cfg Config, opt BootOptions) (*Trial, error) {
 	if !cfg.Enabled {
