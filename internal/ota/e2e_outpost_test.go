@@ -146,6 +146,23 @@ func TestEndToEndRealOutpost(t *testing.T) {
 	}
 }
 
+// The real outpost without a service manager, healthy update: 1.0.0 execs
+// its previous binary as the trial watchdog, 1.1.0 runs as its child,
+// passes the gate and is committed, and the watchdog hands over: one
+// process (the pid the test started) running 1.1.0.
+func TestRealOutpostWatchdogCommit(t *testing.T) {
+	g, _, _, b := realGateway(t, "exec")
+	s := g.runOnce(t)
+	s.waitCommitted(t, "1.1.0", 90*time.Second)
+	s.waitSingle(t, "1.1.0")
+	if sha256File(t, g.bin) != sha256File(t, b.bins["1.1.0"]) || sha256File(t, g.bin+".prev") != sha256File(t, b.bins["1.0.0"]) {
+		t.Fatal("installed or previous binary wrong")
+	}
+	if logs := s.logText(); !strings.Contains(logs, "trial watchdog: version committed; restarting it as a single process") {
+		t.Fatalf("no watchdog handover logged:\n%s", logs)
+	}
+}
+
 // The real outpost without a service manager (started once, restart exec):
 // 1.1.0 crashes (SIGKILL, by a failpoint that fires only in a version on
 // trial) on every start. The trial watchdog (outpost 1.0.0) counts both
