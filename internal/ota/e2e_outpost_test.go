@@ -153,6 +153,9 @@ func TestEndToEndRealOutpost(t *testing.T) {
 func TestRealOutpostWatchdogCommit(t *testing.T) {
 	g, _, _, b := realGateway(t, "exec")
 	s := g.runOnce(t)
+	pid := s.onePid(t)
+	kid := s.trialChild(t, pid)
+	t.Logf("during the trial: watchdog pid %d (outpost 1.0.0) %s, child pid %d (outpost 1.1.0) %s", pid, vmRSS(pid), kid, vmRSS(kid))
 	s.waitCommitted(t, "1.1.0", 90*time.Second)
 	s.waitSingle(t, "1.1.0")
 	if sha256File(t, g.bin) != sha256File(t, b.bins["1.1.0"]) || sha256File(t, g.bin+".prev") != sha256File(t, b.bins["1.0.0"]) {
@@ -225,4 +228,15 @@ func freePort(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// vmRSS is a process's resident set size as /proc reports it.
+func vmRSS(pid int) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			return "RSS " + strings.Join(strings.Fields(l)[1:], " ")
+		}
+	}
+	return "RSS ?"
 }
