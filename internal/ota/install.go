@@ -77,8 +77,8 @@ func newEngine(cfg Config, log *slog.Logger) (*engine, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	bin := cfg.Binary
-	if w := os.Getenv(envWatchdog); bin == "" && w != "" {
-		bin = w // the watchdog runs from <binary>.prev
+	if bin == "" && isWatchdog() {
+		bin = watchdogBin // the watchdog runs from <binary>.prev
 	}
 	if bin == "" {
 		exe, err := os.Executable()

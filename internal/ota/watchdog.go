@@ -47,8 +47,20 @@ const (
 	envTrialChild = "OUTPOST_OTA_TRIAL_CHILD"
 )
 
-func isWatchdog() bool   { return os.Getenv(envWatchdog) != "" && !isTrialChild() }
-func isTrialChild() bool { return os.Getenv(envTrialChild) != "" }
+// Read once and removed from the environment, so that processes the agent
+// starts (components) do not inherit them.
+var (
+	watchdogBin = os.Getenv(envWatchdog)
+	trialChild  = os.Getenv(envTrialChild) != ""
+)
+
+func init() {
+	os.Unsetenv(envWatchdog)
+	os.Unsetenv(envTrialChild)
+}
+
+func isWatchdog() bool   { return watchdogBin != "" && !trialChild }
+func isTrialChild() bool { return trialChild }
 
 // withoutEnv returns env without the named variables.
 func withoutEnv(env []string, names ...string) []string {
