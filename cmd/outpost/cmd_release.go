@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/outpost-edge/outpost/internal/buildinfo"
@@ -18,7 +19,7 @@ import (
 )
 
 func init() {
-	register(&command{name: "release", summary: "publish signed updates: keygen, add, sign, serve", run: runRelease})
+	register(&command{name: "release", summary: "publish signed updates: keygen, add, sign, rotate, delegate, serve", run: runRelease})
 }
 
 const releaseUsage = `Usage:
@@ -26,6 +27,7 @@ const releaseUsage = `Usage:
   outpost release add    --repo DIR --keys KEYDIR --binary FILE --version V [--platform linux/arm64] [--deltas 3] [--no-sign]
   outpost release sign   --repo DIR --keys KEYDIR [--timestamp]
   outpost release rotate --repo DIR --keys KEYDIR --role timestamp|snapshot|targets|root
+  outpost release delegate --repo DIR --keys KEYDIR --role NAME --paths 'linux/arm64/*[,PATTERN...]' [--terminating]
   outpost release serve  DIR [--listen 127.0.0.1:8080]
 
 Publish Outpost releases as a TUF repository (static files) that gateways
@@ -42,11 +44,19 @@ variable OUTPOST_RELEASE_PASSPHRASE (never from the command line). keygen
 and rotate encrypt new keys with it; add, sign and rotate need it when the
 keys are encrypted. keygen --no-passphrase stores the keys unencrypted.
 
+delegate creates a key for a delegated targets role (one level, TUF
+order) trusted only for target names matching its path patterns; add
+--role NAME then publishes with that role's key, so the top-level targets
+key can stay offline. Target names are PLATFORM/outpost-VERSION.zst and
+PLATFORM/outpost-FROM-to-VERSION.patch.
+
 Examples:
   OUTPOST_RELEASE_PASSPHRASE="$(pass show outpost/release)" outpost release keygen --repo ./repo --keys ./keys
   outpost release keygen --repo ./repo --keys ./keys --passphrase-file /run/secrets/outpost-release
   outpost release add --repo ./repo --keys ./keys --binary dist/outpost-linux-arm64 --version 1.4.0 --platform linux/arm64
   outpost release sign --repo ./repo --keys ./keys --timestamp
+  outpost release delegate --repo ./repo --keys ./keys --role arm64 --paths 'linux/arm64/*'
+  outpost release add --repo ./repo --keys ./keys --role arm64 --binary dist/outpost-linux-arm64 --version 1.4.0 --platform linux/arm64
   outpost release serve ./repo --listen 127.0.0.1:8080
 `
 
@@ -98,11 +108,15 @@ func runRelease(ctx context.Context, args []string) int {
 		platform := fs.String("platform", buildinfo.Platform(), "GOOS/GOARCH[/vN] it runs on")
 		deltas := fs.Int("deltas", 3, "make deltas from this many previous versions")
 		noSign := fs.Bool("no-sign", false, "stage only; publish later with `release sign`")
+		role := fs.String("role", "", "publish with this delegated role (see delegate); default the targets role")
 		if code, ok := parseFlags(fs, args); !ok {
 			return code
 		}
 		if *repo == "" || *keys == "" || *binary == "" || *version == "" {
 			return usageErr(fs, "--repo, --keys, --binary and --version are required")
+		}
+		if *role != "" && *noSign {
+			return usageErr(fs, "--role cannot be staged with --no-sign")
 		}
 		var r *tuf.Repo
 		if r, err = openRepo(*repo, *keys, *passFile); err != nil {
@@ -110,7 +124,7 @@ func runRelease(ctx context.Context, args []string) int {
 		}
 		t0 := time.Now()
 		var res *release.AddResult
-		if res, err = release.Add(r, *binary, *version, *platform, *deltas); err != nil {
+		if res, err = release.AddTo(r, *role, *binary, *version, *platform, *deltas); err != nil {
 			break
 		}
 		fmt.Printf("added %s: %d bytes, %d compressed (%.1f%%)\n", res.Full, res.Size, res.Packed, pct(res.Packed, res.Size))
@@ -162,6 +176,26 @@ func runRelease(ctx context.Context, args []string) int {
 		}
 		if err == nil {
 			fmt.Printf("rotated %s key; root v%d\n", *role, r.Root.Version)
+		}
+	case "delegate":
+		role := fs.String("role", "", "name of the delegated role (lower case letters, digits, - and _)")
+		paths := fs.String("paths", "", "comma-separated target path patterns the role is trusted for (path.Match)")
+		terminating := fs.Bool("terminating", false, "later roles are not consulted for names matching these paths")
+		if code, ok := parseFlags(fs, args); !ok {
+			return code
+		}
+		if *repo == "" || *keys == "" || *role == "" || *paths == "" {
+			return usageErr(fs, "--repo, --keys, --role and --paths are required")
+		}
+		var r *tuf.Repo
+		if r, err = openRepo(*repo, *keys, *passFile); err != nil {
+			break
+		}
+		if err = r.Delegate(*role, strings.Split(*paths, ","), *terminating); err == nil {
+			err = release.Sign(r)
+		}
+		if err == nil {
+			fmt.Printf("delegated %s to role %s (key %s); targets v%d\n", *paths, *role, filepath.Join(*keys, *role+".key"), r.Targets.Version)
 		}
 	case "serve":
 		listen := fs.String("listen", "127.0.0.1:8080", "address to listen on")

@@ -143,3 +143,56 @@ func TestReleaseKeyPassphraseCLI(t *testing.T) {
 		t.Fatalf("keygen --no-passphrase with a passphrase:\n%s", out)
 	}
 }
+
+// A release published through a delegated role: `release delegate` gives
+// the platform's paths to a role with its own key, `release add --role`
+// publishes 1.1.0 with it (a delta from 1.0.0, published by the top-level
+// targets role), and a gateway verifies the delegation chain and installs
+// it. After `release rotate --role` of the delegated key, gateways keep
+// verifying; an add outside the role's paths is refused.
+func TestReleaseDelegatedRoleCLI(t *testing.T) {
+	d := t.TempDir()
+	run := func(wantOK bool, args ...string) string {
+		t.Helper()
+		b, err := exec.Command(fixture.outpost, args...).CombinedOutput()
+		if (err == nil) != wantOK {
+			t.Fatalf("outpost %s: %v\n%s", strings.Join(args, " "), err, b)
+		}
+		return string(b)
+	}
+	repo, keys := filepath.Join(d, "repo"), filepath.Join(d, "keys")
+	rk := []string{"--repo", repo, "--keys", keys}
+	run(true, append([]string{"release", "keygen", "--no-passphrase"}, rk...)...)
+	run(true, append([]string{"release", "add", "--binary", fixture.bins["1.0.0"], "--version", "1.0.0", "--platform", fixture.platform}, rk...)...)
+	out := run(true, append([]string{"release", "delegate", "--role", "builds", "--paths", fixture.platform + "/*"}, rk...)...)
+	t.Logf("%s", out)
+	out = run(true, append([]string{"release", "add", "--role", "builds", "--binary", fixture.bins["1.1.0"], "--version", "1.1.0", "--platform", fixture.platform}, rk...)...)
+	if !strings.Contains(out, "delta from 1.0.0") {
+		t.Fatalf("add --role made no delta:\n%s", out)
+	}
+	if out := run(false, append([]string{"release", "add", "--role", "builds", "--binary", fixture.bins["1.2.0"], "--version", "1.2.0", "--platform", "other/arch"}, rk...)...); !strings.Contains(out, "outside role builds's paths") {
+		t.Fatalf("add outside the role's paths:\n%s", out)
+	}
+	top, err := os.ReadFile(filepath.Join(repo, "metadata", "targets.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(top), "outpost-1.1.0") || !strings.Contains(string(top), `"builds"`) {
+		t.Fatalf("targets.json should delegate to builds and not list 1.1.0 itself:\n%s", top)
+	}
+	srv := newServer(t, repo)
+	g := newGateway(t, "1.0.0", srv.URL, filepath.Join(repo, "metadata", "1.root.json"))
+	ip := g.inproc(t, "1.0.0")
+	if err := apply(t, ip); err != nil {
+		t.Fatal(err)
+	}
+	ip.waitRestart(t)
+	if v := g.installedVersion(t); v != "1.1.0" {
+		t.Fatalf("installed %s", v)
+	}
+	run(true, append([]string{"release", "rotate", "--role", "builds"}, rk...)...)
+	ip2 := g.inproc(t, "1.1.0")
+	if _, err := ip2.Check(context.Background()); err != nil {
+		t.Fatalf("check after rotating the delegated key: %v", err)
+	}
+}

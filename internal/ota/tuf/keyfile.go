@@ -163,8 +163,12 @@ func KeyIsEncrypted(raw []byte) (bool, error) {
 // MarshalKey encodes a private key file, encrypted with passphrase unless
 // it is empty.
 func MarshalKey(k ed25519.PrivateKey, passphrase []byte) ([]byte, error) {
-	return marshalKey(k, passphrase, scryptN, scryptR, scryptP)
+	return marshalKey(k, passphrase, newKeyScryptN, scryptR, scryptP)
 }
+
+// newKeyScryptN is the cost for new keys; tests lower it (the race
+// detector makes scrypt very slow).
+var newKeyScryptN = scryptN
 
 func marshalKey(k ed25519.PrivateKey, passphrase []byte, n, r, p int) ([]byte, error) {
 	if len(passphrase) == 0 {
@@ -218,4 +222,12 @@ func WriteKey(path string, k ed25519.PrivateKey, passphrase []byte) error {
 		return err
 	}
 	return WriteFileAtomic(path, raw, 0o600)
+}
+
+// WriteKeyNew is WriteKey that refuses to replace an existing file.
+func WriteKeyNew(path string, k ed25519.PrivateKey, passphrase []byte) error {
+	if _, err := os.Stat(path); err == nil {
+		return fmt.Errorf("tuf: key %s exists; refusing to overwrite", path)
+	}
+	return WriteKey(path, k, passphrase)
 }

@@ -63,6 +63,8 @@ func TestKeyFileEncryption(t *testing.T) {
 // A repository made with a passphrase has encrypted keys; it signs with
 // the passphrase, refuses without it, and rotation keeps keys encrypted.
 func TestRepoEncryptedKeys(t *testing.T) {
+	defer func(n int) { newKeyScryptN = n }(newKeyScryptN)
+	newKeyScryptN = 1 << 10 // the format is the same; only slower by default
 	d := t.TempDir()
 	pass := []byte("s3cret")
 	r, err := InitRepo(filepath.Join(d, "repo"), filepath.Join(d, "keys"), true, pass)

@@ -36,6 +36,8 @@ type Repo struct {
 	Targets   *Targets
 	Snapshot  *Snapshot
 	Timestamp *Timestamp
+	// Delegated holds each delegated role's targets (see Delegate).
+	Delegated map[string]*Targets
 
 	// Expiry periods applied when a role is re-signed.
 	RootExpiry, TargetsExpiry, SnapshotExpiry, TimestampExpiry time.Duration
@@ -101,7 +103,7 @@ func GenerateKey() ed25519.PrivateKey {
 // targets, snapshot and timestamp. It refuses to overwrite an existing
 // repository or key.
 func InitRepo(dir, keyDir string, consistent bool, passphrase []byte) (*Repo, error) {
-	r := &Repo{Dir: dir, KeyDir: keyDir, Passphrase: passphrase}
+	r := &Repo{Dir: dir, KeyDir: keyDir, Passphrase: passphrase, Delegated: map[string]*Targets{}}
 	r.setDefaults()
 	if _, err := os.Stat(filepath.Join(r.MetaDir(), "root.json")); err == nil {
 		return nil, fmt.Errorf("tuf: %s already holds a repository", dir)
@@ -144,7 +146,7 @@ func InitRepo(dir, keyDir string, consistent bool, passphrase []byte) (*Repo, er
 
 // OpenRepo loads the newest metadata of the repository in dir.
 func OpenRepo(dir, keyDir string) (*Repo, error) {
-	r := &Repo{Dir: dir, KeyDir: keyDir}
+	r := &Repo{Dir: dir, KeyDir: keyDir, Delegated: map[string]*Targets{}}
 	r.setDefaults()
 	load := func(name string) (*Envelope, error) {
 		raw, err := os.ReadFile(filepath.Join(r.MetaDir(), name))
@@ -178,6 +180,17 @@ func OpenRepo(dir, keyDir string) (*Repo, error) {
 	if err == nil {
 		if e, err = load(r.metaName("targets.json", r.Snapshot.Meta["targets.json"].Version)); err == nil {
 			r.Targets, err = ParseTargets(e)
+		}
+	}
+	if err == nil && r.Targets.Delegations != nil {
+		for _, dr := range r.Targets.Delegations.Roles {
+			file := dr.Name + ".json"
+			if e, err = load(r.metaName(file, r.Snapshot.Meta[file].Version)); err != nil {
+				break
+			}
+			if r.Delegated[dr.Name], err = ParseTargets(e); err != nil {
+				break
+			}
 		}
 	}
 	if err != nil {
@@ -224,6 +237,12 @@ func (r *Repo) WriteRoot(extra ...ed25519.PrivateKey) error {
 // private key replaces the old one in KeyDir; the old one is kept as
 // <role>.key.old.
 func (r *Repo) RotateKey(role string) error {
+	if r.Targets.Delegations.role(role) != nil {
+		return r.rotateDelegated(role)
+	}
+	if r.Root.Roles[role] == nil {
+		return fmt.Errorf("tuf: rotate: no role %q (root, targets, snapshot, timestamp or a delegated role)", role)
+	}
 	oldRoot, err := r.LoadKey(RoleRoot)
 	if err != nil {
 		return err
@@ -257,6 +276,16 @@ func (r *Repo) RotateKey(role string) error {
 // "linux/arm64/outpost-1.4.0.zst") and records its length, hashes and custom
 // data. It is published by the next Publish.
 func (r *Repo) AddTarget(name string, src string, custom any) (TargetFile, error) {
+	tf, err := r.storeTarget(name, src, custom)
+	if err != nil {
+		return TargetFile{}, err
+	}
+	r.Targets.Targets[name] = tf
+	return tf, nil
+}
+
+// storeTarget copies src into the targets tree and returns its description.
+func (r *Repo) storeTarget(name string, src string, custom any) (TargetFile, error) {
 	in, err := os.Open(src)
 	if err != nil {
 		return TargetFile{}, fmt.Errorf("tuf: add target: %w", err)
@@ -303,13 +332,13 @@ func (r *Repo) AddTarget(name string, src string, custom any) (TargetFile, error
 	if err := SyncDir(filepath.Dir(dst)); err != nil {
 		return TargetFile{}, err
 	}
-	r.Targets.Targets[name] = tf
 	return tf, nil
 }
 
-// TargetFilePath is where a published target lives on disk.
+// TargetFilePath is where a published target (top-level or delegated)
+// lives on disk.
 func (r *Repo) TargetFilePath(name string) string {
-	tf := r.Targets.Targets[name]
+	tf := r.AllTargets()[name]
 	if r.Root.ConsistentSnapshot {
 		return filepath.Join(r.TargetsDir(), filepath.FromSlash(ConsistentTargetPath(name, tf)))
 	}
@@ -320,6 +349,10 @@ func (r *Repo) TargetFilePath(name string) string {
 // new timestamp referencing that.
 func (r *Repo) Publish() error {
 	now := r.now()
+	meta, err := r.publishDelegated(now)
+	if err != nil {
+		return err
+	}
 	r.Targets.Version++
 	r.Targets.Expires = now.Add(r.TargetsExpiry)
 	traw, err := r.signWith(RoleTargets, r.Targets)
@@ -335,8 +368,9 @@ func (r *Repo) Publish() error {
 	}
 	r.Snapshot = &Snapshot{
 		Common: Common{Type: RoleSnapshot, SpecVersion: SpecVersion, Version: sv, Expires: now.Add(r.SnapshotExpiry)},
-		Meta:   map[string]MetaFile{"targets.json": metaFor(r.Targets.Version, traw)},
+		Meta:   meta,
 	}
+	meta["targets.json"] = metaFor(r.Targets.Version, traw)
 	sraw, err := r.signWith(RoleSnapshot, r.Snapshot)
 	if err != nil {
 		return err
