@@ -25,7 +25,7 @@ func init() {
 const releaseUsage = `Usage:
   outpost release keygen --repo DIR --keys KEYDIR [--passphrase-file FILE | --no-passphrase]
   outpost release add    --repo DIR --keys KEYDIR --binary FILE --version V [--platform linux/arm64] [--deltas 3] [--no-sign]
-  outpost release sign   --repo DIR --keys KEYDIR [--timestamp]
+  outpost release sign   --repo DIR --keys KEYDIR [--timestamp | --role NAME]
   outpost release rotate --repo DIR --keys KEYDIR --role timestamp|snapshot|targets|root
   outpost release delegate --repo DIR --keys KEYDIR --role NAME --paths 'linux/arm64/*[,PATTERN...]' [--terminating]
   outpost release serve  DIR [--listen 127.0.0.1:8080]
@@ -46,8 +46,9 @@ keys are encrypted. keygen --no-passphrase stores the keys unencrypted.
 
 delegate creates a key for a delegated targets role (one level, TUF
 order) trusted only for target names matching its path patterns; add
---role NAME then publishes with that role's key, so the top-level targets
-key can stay offline. Target names are PLATFORM/outpost-VERSION.zst and
+--role NAME then publishes with that role's key plus the snapshot and
+timestamp keys, so the top-level targets key can stay offline (sign --role
+NAME renews the role's expiry). Target names are PLATFORM/outpost-VERSION.zst and
 PLATFORM/outpost-FROM-to-VERSION.patch.
 
 Examples:
@@ -131,9 +132,12 @@ func runRelease(ctx context.Context, args []string) int {
 		for name, n := range res.Deltas {
 			fmt.Printf("added %s: delta from %s, %d bytes (%.1f%% of compressed full)\n", name, res.From[name], n, pct(n, res.Packed))
 		}
-		if *noSign {
+		switch {
+		case *noSign:
 			err = release.SaveStaged(r)
-		} else {
+		case *role != "":
+			err = release.SignRole(r, *role)
+		default:
 			err = release.Sign(r)
 		}
 		if err == nil {
@@ -141,6 +145,7 @@ func runRelease(ctx context.Context, args []string) int {
 		}
 	case "sign":
 		tsOnly := fs.Bool("timestamp", false, "only re-sign timestamp.json with a fresh expiry")
+		role := fs.String("role", "", "re-sign only this delegated role (with snapshot and timestamp)")
 		if code, ok := parseFlags(fs, args); !ok {
 			return code
 		}
@@ -151,9 +156,12 @@ func runRelease(ctx context.Context, args []string) int {
 		if r, err = openRepo(*repo, *keys, *passFile); err != nil {
 			break
 		}
-		if *tsOnly {
+		switch {
+		case *tsOnly:
 			err = r.SignTimestamp()
-		} else {
+		case *role != "":
+			err = release.SignRole(r, *role)
+		default:
 			err = release.Sign(r)
 		}
 		if err == nil {

@@ -147,7 +147,7 @@ func TestReleaseKeyPassphraseCLI(t *testing.T) {
 // A release published through a delegated role: `release delegate` gives
 // the platform's paths to a role with its own key, `release add --role`
 // publishes 1.1.0 with it (a delta from 1.0.0, published by the top-level
-// targets role), and a gateway verifies the delegation chain and installs
+// targets role) on a machine without the targets key, and a gateway verifies the delegation chain and installs
 // it. After `release rotate --role` of the delegated key, gateways keep
 // verifying; an add outside the role's paths is refused.
 func TestReleaseDelegatedRoleCLI(t *testing.T) {
@@ -166,6 +166,11 @@ func TestReleaseDelegatedRoleCLI(t *testing.T) {
 	run(true, append([]string{"release", "add", "--binary", fixture.bins["1.0.0"], "--version", "1.0.0", "--platform", fixture.platform}, rk...)...)
 	out := run(true, append([]string{"release", "delegate", "--role", "builds", "--paths", fixture.platform + "/*"}, rk...)...)
 	t.Logf("%s", out)
+	// The build machine publishes without the top-level targets key.
+	offline := filepath.Join(d, "offline-targets.key")
+	if err := os.Rename(filepath.Join(keys, "targets.key"), offline); err != nil {
+		t.Fatal(err)
+	}
 	out = run(true, append([]string{"release", "add", "--role", "builds", "--binary", fixture.bins["1.1.0"], "--version", "1.1.0", "--platform", fixture.platform}, rk...)...)
 	if !strings.Contains(out, "delta from 1.0.0") {
 		t.Fatalf("add --role made no delta:\n%s", out)
@@ -190,6 +195,7 @@ func TestReleaseDelegatedRoleCLI(t *testing.T) {
 	if v := g.installedVersion(t); v != "1.1.0" {
 		t.Fatalf("installed %s", v)
 	}
+	os.Rename(offline, filepath.Join(keys, "targets.key"))
 	run(true, append([]string{"release", "rotate", "--role", "builds"}, rk...)...)
 	ip2 := g.inproc(t, "1.1.0")
 	if _, err := ip2.Check(context.Background()); err != nil {

@@ -8,7 +8,8 @@
 //
 //   - internal/ota/tuf: TUF metadata, verifying client, publisher repo.
 //   - internal/ota/delta: bsdiff patches with zstd streams (streaming apply).
-//   - internal/ota/release: `outpost release add|sign` (full + deltas).
+//   - internal/ota/release: `outpost release add|sign` (full + deltas, into
+//     the targets role or a delegated one).
 //   - this package: Config (the `ota:` YAML section), Boot/Trial.Gate (the
 //     process model below), Prestart (the service manager hook), Updater
 //     (the "ota" module.Module: check loop, download, stage, install) and

@@ -70,6 +70,13 @@ func Sign(r *tuf.Repo) error {
 	return nil
 }
 
+// SignRole publishes what was added to a delegated role: a new version of
+// that role, snapshot and timestamp (its key, the snapshot and the
+// timestamp keys; not the targets key).
+func SignRole(r *tuf.Repo, role string) error {
+	return r.PublishRole(role)
+}
+
 // AddResult reports what Add put in the repository.
 type AddResult struct {
 	Full   string            // target name of the full binary

@@ -267,17 +267,45 @@ func (r *Repo) AllTargets() map[string]TargetFile {
 	return resolve(r.Targets, r.Delegated).Targets
 }
 
-// publishDelegated signs a new version of every delegated role and returns
-// their snapshot entries.
-func (r *Repo) publishDelegated(now time.Time) (map[string]MetaFile, error) {
+// markSigned records a delegated role's current content as signed.
+func (r *Repo) markSigned(name string) {
+	if r.signed == nil {
+		r.signed = map[string][]byte{}
+	}
+	if t := r.Delegated[name]; t != nil {
+		r.signed[name], _ = canonicalValue(t)
+	}
+}
+
+// publishDelegated signs a new version of the delegated roles that need it
+// and returns every role's snapshot entry. With only set, just that role
+// is signed; otherwise each role whose content changed since it was last
+// signed (or that never was). Unsigned roles reuse the current snapshot's
+// entry.
+func (r *Repo) publishDelegated(now time.Time, only string) (map[string]MetaFile, error) {
 	meta := map[string]MetaFile{}
 	if r.Targets.Delegations == nil {
 		return meta, nil
 	}
 	for _, dr := range r.Targets.Delegations.Roles {
+		file := dr.Name + ".json"
 		t := r.Delegated[dr.Name]
 		if t == nil {
 			return nil, fmt.Errorf("tuf: delegated role %s has no metadata", dr.Name)
+		}
+		var prev MetaFile
+		var havePrev bool
+		if r.Snapshot != nil {
+			prev, havePrev = r.Snapshot.Meta[file]
+		}
+		cur, _ := canonicalValue(t)
+		unchanged := r.signed[dr.Name] != nil && string(r.signed[dr.Name]) == string(cur)
+		if havePrev && ((only != "" && dr.Name != only) || (only == "" && unchanged)) {
+			meta[file] = prev
+			continue
+		}
+		if only != "" && dr.Name != only {
+			return nil, fmt.Errorf("tuf: delegated role %s was never signed: publish it with its key first", dr.Name)
 		}
 		t.Version++
 		t.Expires = now.Add(r.TargetsExpiry)
@@ -285,10 +313,11 @@ func (r *Repo) publishDelegated(now time.Time) (map[string]MetaFile, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := r.writeMeta(dr.Name+".json", t.Version, raw); err != nil {
+		if err := r.writeMeta(file, t.Version, raw); err != nil {
 			return nil, err
 		}
-		meta[dr.Name+".json"] = metaFor(t.Version, raw)
+		meta[file] = metaFor(t.Version, raw)
+		r.markSigned(dr.Name)
 	}
 	return meta, nil
 }
@@ -313,6 +342,7 @@ func (r *Repo) rotateDelegated(role string) error {
 		delete(d.Keys, oldID)
 	}
 	d.Keys[pk.ID()] = pk
+	delete(r.signed, role) // re-signed with the new key by the next Publish
 	if err := WriteKey(oldPath+".old", old, r.Passphrase); err != nil {
 		return err
 	}

@@ -138,3 +138,58 @@ func TestDelegatedRoleWrongKey(t *testing.T) {
 		t.Fatalf("nested delegation: %v", err)
 	}
 }
+
+// The holder of a delegated role's key publishes without the targets key:
+// PublishRole re-signs only that role, the snapshot and the timestamp; a
+// later full Publish leaves the unchanged role as signed (its key is not
+// needed either).
+func TestPublishRoleWithoutTargetsKey(t *testing.T) {
+	r := newRepo(t)
+	if err := r.Delegate("arm", []string{"linux/arm64/*"}, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Publish(); err != nil {
+		t.Fatal(err)
+	}
+	tv := r.Targets.Version
+	offline := filepath.Join(t.TempDir(), "targets.key")
+	if err := os.Rename(filepath.Join(r.KeyDir, "targets.key"), offline); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.AddDelegatedTarget("arm", "linux/arm64/b", writeSrc(t, "b"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.PublishRole("arm"); err != nil {
+		t.Fatal(err)
+	}
+	if r.Targets.Version != tv {
+		t.Fatal("PublishRole re-signed targets.json")
+	}
+	c, err := NewClient(t.TempDir(), pinned(t, r), &dirFetcher{dir: r.MetaDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg, err := c.Refresh(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := tg.Targets["linux/arm64/b"]; !ok {
+		t.Fatalf("target published by the role not visible: %v", tg.Targets)
+	}
+	// Back on the offline machine: a full publish without the role's key.
+	os.Rename(offline, filepath.Join(r.KeyDir, "targets.key"))
+	os.Rename(filepath.Join(r.KeyDir, "arm.key"), filepath.Join(t.TempDir(), "arm.key"))
+	r2, err := OpenRepo(r.Dir, r.KeyDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r2.Publish(); err != nil {
+		t.Fatalf("full publish needed the unchanged role's key: %v", err)
+	}
+	if tg, err = c.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := tg.Targets["linux/arm64/b"]; !ok {
+		t.Fatal("target lost after a full publish")
+	}
+}

@@ -38,6 +38,9 @@ type Repo struct {
 	Timestamp *Timestamp
 	// Delegated holds each delegated role's targets (see Delegate).
 	Delegated map[string]*Targets
+	// signed: canonical form of each delegated role as last signed or
+	// loaded (Publish re-signs only roles that differ).
+	signed map[string][]byte
 
 	// Expiry periods applied when a role is re-signed.
 	RootExpiry, TargetsExpiry, SnapshotExpiry, TimestampExpiry time.Duration
@@ -191,6 +194,7 @@ func OpenRepo(dir, keyDir string) (*Repo, error) {
 			if r.Delegated[dr.Name], err = ParseTargets(e); err != nil {
 				break
 			}
+			r.markSigned(dr.Name)
 		}
 	}
 	if err != nil {
@@ -345,11 +349,14 @@ func (r *Repo) TargetFilePath(name string) string {
 	return filepath.Join(r.TargetsDir(), filepath.FromSlash(name))
 }
 
-// Publish signs a new targets version, a new snapshot referencing it and a
-// new timestamp referencing that.
+// Publish signs a new targets version, new versions of the delegated
+// roles that changed (or were never signed, or whose key was rotated), a
+// new snapshot referencing them and a new timestamp referencing that.
+// Unchanged delegated roles keep their signed metadata, so their keys are
+// not needed.
 func (r *Repo) Publish() error {
 	now := r.now()
-	meta, err := r.publishDelegated(now)
+	meta, err := r.publishDelegated(now, "")
 	if err != nil {
 		return err
 	}
@@ -362,6 +369,31 @@ func (r *Repo) Publish() error {
 	if err := r.writeMeta("targets.json", r.Targets.Version, traw); err != nil {
 		return err
 	}
+	meta["targets.json"] = metaFor(r.Targets.Version, traw)
+	return r.writeSnapshot(now, meta)
+}
+
+// PublishRole signs a new version of one delegated role, a new snapshot
+// and timestamp, leaving targets.json as it is: what a holder of only that
+// role's key (and the snapshot and timestamp keys) can publish.
+func (r *Repo) PublishRole(role string) error {
+	if r.Targets.Delegations.role(role) == nil {
+		return fmt.Errorf("tuf: no delegated role %q", role)
+	}
+	prev, ok := r.Snapshot.Meta["targets.json"]
+	if !ok {
+		return fmt.Errorf("tuf: snapshot lacks targets.json")
+	}
+	now := r.now()
+	meta, err := r.publishDelegated(now, role)
+	if err != nil {
+		return err
+	}
+	meta["targets.json"] = prev
+	return r.writeSnapshot(now, meta)
+}
+
+func (r *Repo) writeSnapshot(now time.Time, meta map[string]MetaFile) error {
 	var sv int64 = 1
 	if r.Snapshot != nil {
 		sv = r.Snapshot.Version + 1
@@ -370,7 +402,6 @@ func (r *Repo) Publish() error {
 		Common: Common{Type: RoleSnapshot, SpecVersion: SpecVersion, Version: sv, Expires: now.Add(r.SnapshotExpiry)},
 		Meta:   meta,
 	}
-	meta["targets.json"] = metaFor(r.Targets.Version, traw)
 	sraw, err := r.signWith(RoleSnapshot, r.Snapshot)
 	if err != nil {
 		return err
