@@ -91,6 +91,13 @@ func runAgent(ctx context.Context, cfg *agent.Config, path string) int {
 		fmt.Fprintf(os.Stderr, "outpost: %v\n", err)
 		return exitFailure
 	}
+	if trial != nil && ctx.Err() != nil {
+		// Stopped gracefully by SIGTERM/SIGINT during the trial (an
+		// operator's restart): the next start is not a failed attempt.
+		if err := trial.Stopped(); err != nil {
+			logs.Logger().Error("ota", "err", err)
+		}
+	}
 	return exitOK
 }
 

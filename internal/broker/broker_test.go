@@ -27,6 +27,11 @@ import (
 	"github.com/outpost-edge/outpost/internal/message"
 )
 
+// testTimeout bounds one client round trip (connect, subscribe, publish).
+// Generous: a shared CI machine under -race can stall for seconds, and a
+// broker that really hangs still fails the test.
+const testTimeout = 20 * time.Second
+
 // testHash is a bcrypt hash of "secret" (cost 4 for speed in tests).
 var testHash = func() string {
 	h, err := HashPassword([]byte("secret"), HashBcrypt)
@@ -135,7 +140,7 @@ func dialV5(t *testing.T, network, addr, id, user, pass string, clean bool) (*v5
 		cp.Username, cp.UsernameFlag = user, true
 		cp.Password, cp.PasswordFlag = []byte(pass), true
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
 	ca, err := c.Connect(ctx, cp)
 	if err != nil {
@@ -157,7 +162,7 @@ func mustV5(t *testing.T, addr, id, user, pass string) *v5client {
 
 func (c *v5client) sub(t *testing.T, filter string, qos byte) byte {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
 	sa, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: filter, QoS: qos}}})
 	if err != nil && sa == nil {
@@ -168,7 +173,7 @@ func (c *v5client) sub(t *testing.T, filter string, qos byte) byte {
 
 func (c *v5client) pub(t *testing.T, topic string, qos byte, payload string) (byte, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
 	r, err := c.Publish(ctx, &paho.Publish{Topic: topic, QoS: qos, Payload: []byte(payload)})
 	if r != nil {
@@ -468,7 +473,7 @@ func TestTLSAndMutualTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	cl := paho.NewClient(paho.ClientConfig{ClientID: "dev1", Conn: conn})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
 	if _, err := cl.Connect(ctx, &paho.Connect{ClientID: "dev1", KeepAlive: 30, CleanStart: true}); err != nil {
 		t.Fatalf("mTLS connect: %v", err)

@@ -90,7 +90,9 @@ func join(path, key string) string {
 	return path + "." + key
 }
 
-func kindName(n *yaml.Node) string {
+// KindName describes what a YAML node is, for "expected X, got Y" errors:
+// "a mapping", "a list", "null", the quoted scalar, "an alias".
+func KindName(n *yaml.Node) string {
 	switch n.Kind {
 	case yaml.MappingNode:
 		return "a mapping"
@@ -136,7 +138,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		d.decode(n, v.Elem(), path)
 	case reflect.Struct:
 		if n.Kind != yaml.MappingNode {
-			d.fail(n, path, fmt.Errorf("%w: expected a mapping, got %s", ErrWrongType, kindName(n)))
+			d.fail(n, path, fmt.Errorf("%w: expected a mapping, got %s", ErrWrongType, KindName(n)))
 			return
 		}
 		fields := structFields(v.Type())
@@ -166,7 +168,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 				v.Set(reflect.ValueOf([]string{n.Value}).Convert(v.Type()))
 				return
 			}
-			d.fail(n, path, fmt.Errorf("%w: expected a list, got %s", ErrWrongType, kindName(n)))
+			d.fail(n, path, fmt.Errorf("%w: expected a list, got %s", ErrWrongType, KindName(n)))
 			return
 		}
 		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
@@ -176,7 +178,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		v.Set(s)
 	case reflect.Map:
 		if n.Kind != yaml.MappingNode {
-			d.fail(n, path, fmt.Errorf("%w: expected a mapping, got %s", ErrWrongType, kindName(n)))
+			d.fail(n, path, fmt.Errorf("%w: expected a mapping, got %s", ErrWrongType, KindName(n)))
 			return
 		}
 		if v.IsNil() {
@@ -204,11 +206,11 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		}
 	default:
 		if n.Kind != yaml.ScalarNode {
-			d.fail(n, path, fmt.Errorf("%w: expected %s, got %s", ErrWrongType, typeName(v.Type()), kindName(n)))
+			d.fail(n, path, fmt.Errorf("%w: expected %s, got %s", ErrWrongType, typeName(v.Type()), KindName(n)))
 			return
 		}
 		if err := n.Decode(v.Addr().Interface()); err != nil {
-			d.fail(n, path, fmt.Errorf("%w: expected %s, got %s", ErrWrongType, typeName(v.Type()), kindName(n)))
+			d.fail(n, path, fmt.Errorf("%w: expected %s, got %s", ErrWrongType, typeName(v.Type()), KindName(n)))
 		}
 	}
 }

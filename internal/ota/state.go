@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"slices"
 	"sync"
 	"time"
 
@@ -45,6 +46,11 @@ type State struct {
 	// PrestartCounted: the service manager's pre-start hook (Prestart, run
 	// from the previous binary) already counted this start's attempt.
 	PrestartCounted bool `json:"prestart_counted,omitempty"`
+	// CleanStop: the last start of the trial version ended with a
+	// graceful stop asked from outside (SIGTERM, SIGINT: an operator's
+	// restart) before its gate decided. The next start is not counted as
+	// an attempt (see Trial.Stopped).
+	CleanStop bool `json:"clean_stop,omitempty"`
 	// Reason for a rollback in progress.
 	Reason string `json:"reason,omitempty"`
 	// Bad lists versions that failed their health gate and are never
@@ -162,6 +168,21 @@ func (s *State) isBad(version string) bool {
 		}
 	}
 	return false
+}
+
+// forgetBad removes versions (all when all is true) from the bad list and
+// returns those removed, in list order.
+func (s *State) forgetBad(versions []string, all bool) []string {
+	var removed, kept []string
+	for _, b := range s.Bad {
+		if all || slices.Contains(versions, b) {
+			removed = append(removed, b)
+		} else {
+			kept = append(kept, b)
+		}
+	}
+	s.Bad = kept
+	return removed
 }
 
 func (s *State) noDelta(version string) bool {

@@ -149,23 +149,8 @@ func (d *decoder) kind(n *yaml.Node, path string, k yaml.Kind, what string) bool
 		d.errAt(n, path, ErrInvalid, "YAML anchors and aliases are not supported in recipes")
 		return false
 	}
-	d.errAt(n, path, ErrInvalid, "expected %s, got %s", what, kindName(n))
+	d.errAt(n, path, ErrInvalid, "expected %s, got %s", what, config.KindName(n))
 	return false
-}
-
-func kindName(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	case yaml.ScalarNode:
-		if n.Tag == "!!null" {
-			return "null"
-		}
-		return fmt.Sprintf("%q", n.Value)
-	}
-	return "something else"
 }
 
 func (d *decoder) str(n *yaml.Node, path string) string {
