@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"sync"
 	"time"
 )
 
@@ -52,7 +53,7 @@ const MaxDelegations = 32
 
 // Delegated role names are file names: no dots (they cannot collide with
 // N.root.json or the top-level files), no slashes.
-var roleNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)
+var roleNameRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`) })
 
 func (d *Delegations) validate() error {
 	if d == nil {
@@ -78,8 +79,8 @@ func (d *Delegations) validate() error {
 			return fmt.Errorf("%w: delegations: role %d is null", ErrMalformed, i)
 		}
 		switch {
-		case !roleNameRE.MatchString(r.Name):
-			return fmt.Errorf("%w: delegations: role name %q (want %s)", ErrMalformed, r.Name, roleNameRE)
+		case !roleNameRE().MatchString(r.Name):
+			return fmt.Errorf("%w: delegations: role name %q (want %s)", ErrMalformed, r.Name, roleNameRE())
 		case r.Name == RoleRoot || r.Name == RoleTargets || r.Name == RoleSnapshot || r.Name == RoleTimestamp:
 			return fmt.Errorf("%w: delegations: role name %q is a top-level role", ErrMalformed, r.Name)
 		case seen[r.Name]:
