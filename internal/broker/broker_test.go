@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"io"
 	"fmt"
 	"math/big"
 	"net"
@@ -695,9 +696,9 @@ func publishPacket(topic string, payload []byte) []byte {
 
 func readConnack(t *testing.T, c net.Conn) {
 	t.Helper()
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	c.SetReadDeadline(time.Now().Add(testTimeout))
 	buf := make([]byte, 4)
-	if _, err := c.Read(buf); err != nil || buf[0] != 0x20 || buf[3] != 0 {
+	if _, err := io.ReadFull(c, buf); err != nil || buf[0] != 0x20 || buf[3] != 0 {
 		t.Fatalf("connack: % x %v", buf, err)
 	}
 	c.SetReadDeadline(time.Time{})
