@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # 100 idle components supervised by the full agent (`outpost run`: broker,
 # pipeline, telemetry and supervisor), not the supervisor alone.
-#   bench/idle_components.sh            # N=100 SETTLE=10 WINDOW=30
+#   bench/idle_components.sh            # N=100 SETTLE=10 WINDOW=30 MEMORY_LIMIT=64MiB
 # Each component is examples/components/hello-go (static Go, paho.golang):
 # its own process, cgroup (32 MiB, 0.25 CPU, 32 pids) and generated MQTT
 # credentials on the agent's unix listener, a heartbeat every 10 s that the
@@ -13,6 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-100}
 SETTLE=${SETTLE:-10}
+MEMORY_LIMIT=${MEMORY_LIMIT:-64MiB} # the agent's runtime.memory_limit (Go soft limit)
 WINDOW=${WINDOW:-30}
 exec 9>/tmp/outpost-bench.lock
 flock 9
@@ -47,7 +48,7 @@ node_id: gw
 data_dir: $work/data
 log: {level: warn}
 telemetry: {address: 127.0.0.1:$HTTP}
-runtime: {memory_limit: 64MiB}
+runtime: {memory_limit: $MEMORY_LIMIT}
 broker:
   listeners:
     - {type: tcp, address: 127.0.0.1:$MQTT}
