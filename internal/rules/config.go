@@ -20,6 +20,7 @@ import (
 //	  partitions: 64                 # device lock stripes
 //	  debounce: 20ms                 # file event debounce
 //	  window_tick: 50ms              # processing-time window check period
+//	  idle_timeout: 5s               # event-time windows: advance the watermark after this long without messages (-1s: never)
 //	  device_id_from: client_id      # or topic_level:2
 //	  devices:
 //	    - id: sensor-1
@@ -34,6 +35,7 @@ type Config struct {
 	Partitions   int             `yaml:"partitions"`
 	Debounce     config.Duration `yaml:"debounce"`
 	WindowTick   config.Duration `yaml:"window_tick"`
+	IdleTimeout  config.Duration `yaml:"idle_timeout"`
 	DeviceIDFrom string          `yaml:"device_id_from"`
 	Devices      []Device        `yaml:"devices"`
 	Rollouts     []Rollout       `yaml:"rollouts"`
@@ -70,7 +72,7 @@ type Device struct {
 }
 
 // SetDefaults fills zero values: partitions 64, debounce 20ms, window_tick
-// 50ms, device_id_from client_id.
+// 50ms, idle_timeout 5s, device_id_from client_id.
 func (c *Config) SetDefaults() {
 	if c.Partitions == 0 {
 		c.Partitions = 64
@@ -80,6 +82,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.WindowTick == 0 {
 		c.WindowTick = config.Duration(50 * time.Millisecond)
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = config.Duration(DefaultIdle)
 	}
 	if c.DeviceIDFrom == "" {
 		c.DeviceIDFrom = "client_id"

@@ -65,5 +65,7 @@
 //   - Actions run while the rule's state lock is held (windowed and stateful
 //     rules): sinks must not block for long. WEBHOOK sinks queue by default.
 //   - Processing-time windows close on a timer (Options.Tick); event-time
-//     windows close only as newer events arrive.
+//     windows close as newer events arrive, or, once a rule received
+//     nothing for Options.Idle (default 5s), as the wall clock advances
+//     its watermark from the newest event time seen.
 package rules

@@ -26,6 +26,11 @@ type Options struct {
 	// Tick is how often processing-time windows are checked for closing
 	// (default 50ms).
 	Tick time.Duration
+	// Idle is the idle timeout of event-time windows (default 5s, negative:
+	// never): once a rule with TIMESTAMP BY has received no message for
+	// Idle, its watermark advances with the wall clock from the newest event
+	// time seen, so the windows of silent devices still close.
+	Idle time.Duration
 	// Webhook builds WEBHOOK action sinks (default: internal/sink/webhook).
 	Webhook func(webhook.Config) (message.Sink, error)
 	// Selectors are configured device selectors by "name@version" (see
@@ -44,6 +49,7 @@ type Engine struct {
 	set       *metrics.Set
 	now       func() time.Time
 	tick      time.Duration
+	idle      time.Duration
 	webhook   func(webhook.Config) (message.Sink, error)
 	devID     func(*message.Message) string
 	selectors map[string]string
@@ -139,8 +145,11 @@ func New(opts Options) *Engine {
 	if opts.Tick <= 0 {
 		opts.Tick = 50 * time.Millisecond
 	}
+	if opts.Idle == 0 {
+		opts.Idle = DefaultIdle
+	}
 	e := &Engine{
-		env: opts.Env, log: opts.Log.With("module", "rules"), set: opts.Metrics, now: opts.Now, tick: opts.Tick,
+		env: opts.Env, log: opts.Log.With("module", "rules"), set: opts.Metrics, now: opts.Now, tick: opts.Tick, idle: opts.Idle,
 		webhook: opts.Webhook, devID: opts.DeviceID, selectors: opts.Selectors,
 		parts:    make([]partition, opts.Partitions),
 		restored: map[string]*savedState{},
@@ -682,8 +691,13 @@ func (r *Rule) Counts() (matched, emitted uint64) {
 	return r.m.matched.Get(), r.m.emitted.Get()
 }
 
-// Tick closes processing-time windows that are due and evicts expired
-// sliding-window events. Start calls it every Options.Tick.
+// DefaultIdle is the default idle timeout of event-time windows
+// (Options.Idle).
+const DefaultIdle = 5 * time.Second
+
+// Tick closes processing-time windows that are due, evicts expired
+// sliding-window events and advances the watermark of idle event-time
+// rules (Options.Idle). Start calls it every Options.Tick.
 func (e *Engine) Tick(ctx context.Context) {
 	rs := e.cur.Load()
 	now := e.now()
@@ -691,15 +705,40 @@ func (e *Engine) Tick(ctx context.Context) {
 	defer e.mu.Unlock()
 	c := &e.tickCtx
 	for _, r := range rs.rules {
-		if r.win == nil || r.win.eventTime || r.win.kind == "count" {
+		if r.win == nil || r.win.kind == "count" {
 			continue
 		}
 		c.now, c.msg, c.rule, c.errs = now, nil, r, 0
 		r.state.mu.Lock()
-		e.advanceLocked(ctx, r, c, now.UnixNano())
+		if wm, ok := e.tickWatermark(r, now.UnixNano()); ok {
+			e.advanceLocked(ctx, r, c, wm)
+		}
 		r.state.mu.Unlock()
 		e.countErrors(c, r)
 	}
+}
+
+// tickWatermark is the watermark a timer tick moves rule r to: the clock
+// for processing time; for event time, once no message arrived for the
+// idle timeout, the newest event time plus the wall-clock time since it
+// arrived, minus the lateness. The caller holds the rule state lock.
+func (e *Engine) tickWatermark(r *Rule, now int64) (int64, bool) {
+	if !r.win.eventTime {
+		return now, true
+	}
+	w := r.state.win
+	if e.idle < 0 || w.MaxEvent == 0 {
+		return 0, false
+	}
+	if w.arrival == 0 { // restored from a snapshot: start the idle clock now
+		w.arrival = now
+		return 0, false
+	}
+	since := now - w.arrival
+	if since < int64(e.idle) {
+		return 0, false
+	}
+	return w.MaxEvent + since - r.win.lateness, true
 }
 
 // Flush closes every open time window (tumbling, hopping, session) now,

@@ -47,6 +47,7 @@ type windowState struct {
 	MaxEvent  int64    `json:"max_event"`
 	index     map[string]*group
 	nGroups   int
+	arrival   int64 // event time: wall clock (ns) of the newest message, for the idle timeout
 }
 
 func (w *windowState) rebuildIndexes() {
@@ -156,6 +157,7 @@ func (r *Rule) windowAdd(ctx context.Context, e *Engine, c *evalCtx) error {
 	s := r.win
 	t := c.evTime
 	if s.eventTime {
+		w.arrival = c.clock(e).UnixNano()
 		if t > w.MaxEvent {
 			w.MaxEvent = t
 			if wm := t - s.lateness; wm > w.Watermark {
