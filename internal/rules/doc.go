@@ -55,7 +55,9 @@
 // outpost_rules_eval_duration_seconds{rule,version} (sampled 1 in 16),
 // outpost_rules_reloads_total, outpost_rules_reload_duration_seconds,
 // outpost_rules_window_groups_discarded_total, outpost_rules_active,
-// outpost_rules_rejected_files.
+// outpost_rules_rejected_files. The per-version series are unregistered when
+// their version is removed or replaced (an action dropped from a version
+// drops its action_sent series).
 //
 // # Caveats
 //

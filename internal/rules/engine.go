@@ -126,6 +126,7 @@ type ruleMetrics struct {
 	emitted *metrics.Counter
 	errors  [numReasons]*metrics.Counter
 	eval    *metrics.Histogram
+	names   []string // every series above, to unregister when the version goes
 }
 
 // New returns an engine with no rules.
@@ -567,6 +568,7 @@ func (e *Engine) Apply(rules []*Rule) {
 		}
 	}
 	e.cur.Store(rs)
+	e.unregisterMetrics(old, rs)
 	e.pruneWebhooks(rs)
 	e.mReloads.Inc()
 	e.mReloadDur.UpdateDuration(t0)
@@ -629,16 +631,47 @@ func newState(r *Rule) *ruleState {
 
 func (e *Engine) attachMetrics(r *Rule) {
 	lbl := fmt.Sprintf(`rule=%q,version="%d"`, r.Name, r.Version)
-	r.m = &ruleMetrics{
-		matched: e.set.GetOrCreateCounter("outpost_rules_matched_total{" + lbl + "}"),
-		emitted: e.set.GetOrCreateCounter("outpost_rules_emitted_total{" + lbl + "}"),
-		eval:    e.set.GetOrCreateHistogram("outpost_rules_eval_duration_seconds{" + lbl + "}"),
+	m := &ruleMetrics{}
+	counter := func(name string) *metrics.Counter {
+		m.names = append(m.names, name)
+		return e.set.GetOrCreateCounter(name)
 	}
-	for i := range r.m.errors {
-		r.m.errors[i] = e.set.GetOrCreateCounter(fmt.Sprintf(`outpost_rules_errors_total{%s,reason=%q}`, lbl, reasonNames[i]))
+	m.matched = counter("outpost_rules_matched_total{" + lbl + "}")
+	m.emitted = counter("outpost_rules_emitted_total{" + lbl + "}")
+	evalName := "outpost_rules_eval_duration_seconds{" + lbl + "}"
+	m.names = append(m.names, evalName)
+	m.eval = e.set.GetOrCreateHistogram(evalName)
+	for i := range m.errors {
+		m.errors[i] = counter(fmt.Sprintf(`outpost_rules_errors_total{%s,reason=%q}`, lbl, reasonNames[i]))
 	}
 	for _, ac := range r.actions {
-		ac.sent = e.set.GetOrCreateCounter(fmt.Sprintf(`outpost_rules_action_sent_total{%s,action=%q}`, lbl, ac.kind))
+		ac.sent = counter(fmt.Sprintf(`outpost_rules_action_sent_total{%s,action=%q}`, lbl, ac.kind))
+	}
+	r.m = m
+}
+
+// unregisterMetrics removes the series of the rules of old that no rule of
+// cur uses any more (a removed version, an action dropped from a version),
+// so /metrics does not list removed rules forever. A message still in
+// flight with old may count into a detached series; that count is lost
+// with the version.
+func (e *Engine) unregisterMetrics(old, cur *ruleset) {
+	used := map[string]bool{}
+	for _, r := range cur.rules {
+		for _, n := range r.m.names {
+			used[n] = true
+		}
+	}
+	for _, r := range old.rules {
+		if r.m == nil {
+			continue
+		}
+		for _, n := range r.m.names {
+			if !used[n] {
+				e.set.UnregisterMetric(n)
+				used[n] = true // once
+			}
+		}
 	}
 }
 
