@@ -34,6 +34,10 @@
 //     (DeviceID, else ClientID) through Options.Partitions lock stripes, so
 //     per-device state and order are consistent when each device's messages
 //     are submitted in order.
+//   - A rule's state is sharded (stateShards stripes): per-device state by
+//     device, window groups by GROUP BY key. Closing windows (watermark past
+//     windowState.nextClose) locks every stripe of the rule and emits in
+//     window start, then group creation order.
 //   - Apply (and so every reload) switches the active rule set atomically at
 //     a message boundary: each message is evaluated by exactly one set, none
 //     is lost or evaluated twice. Window and device state carry over when
@@ -64,8 +68,8 @@
 //   - A REPUBLISH whose constant topic matches the rule's own FROM is
 //     refused; loops through templated topics or between rules are not
 //     detected.
-//   - Actions run while the rule's state lock is held (windowed and stateful
-//     rules): sinks must not block for long. WEBHOOK sinks queue by default.
+//   - Actions run while a lock of the rule's state is held (windowed and
+//     stateful rules): sinks must not block for long. WEBHOOK sinks queue by default.
 //   - Processing-time windows close on a timer (Options.Tick); event-time
 //     windows close as newer events arrive, or, once a rule received
 //     nothing for Options.Idle (default 5s), as the wall clock advances

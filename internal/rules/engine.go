@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -105,19 +106,75 @@ type ruleset struct {
 }
 
 // ruleState is the state of a rule that survives reloads when compatible.
+// Its parts carry their own locks (sharded), so a new version may share
+// one part with the old while the other starts empty.
 type ruleState struct {
-	mu  *sync.Mutex
 	win *windowState
-	dev map[string]*devState
+	dev *devStates
 }
 
-func (s *ruleState) device(id string, slots int) *devState {
-	d := s.dev[id]
-	if d == nil {
-		d = &devState{Slots: make([]stateSlot, slots)}
-		s.dev[id] = d
+// devStates is a rule's per-device state, sharded by device so that
+// devices do not contend.
+type devStates struct {
+	shards [stateShards]devShard
+}
+
+type devShard struct {
+	mu sync.Mutex
+	m  map[string]*devState
+	_  [64]byte // keep shards on separate cache lines
+}
+
+func newDevStates() *devStates {
+	d := &devStates{}
+	for i := range d.shards {
+		d.shards[i].m = map[string]*devState{}
 	}
 	return d
+}
+
+func (d *devStates) shard(id string) *devShard {
+	return &d.shards[hashString(id)%stateShards]
+}
+
+// get returns the state of device id; the caller holds the shard lock.
+func (s *devShard) get(id string, slots int) *devState {
+	d := s.m[id]
+	if d == nil {
+		d = &devState{Slots: make([]stateSlot, slots)}
+		s.m[strings.Clone(id)] = d
+	}
+	return d
+}
+
+func (d *devStates) put(id string, st *devState) {
+	sh := d.shard(id)
+	sh.mu.Lock()
+	sh.m[id] = st
+	sh.mu.Unlock()
+}
+
+func (d *devStates) lockAll() {
+	for i := range d.shards {
+		d.shards[i].mu.Lock()
+	}
+}
+
+func (d *devStates) unlockAll() {
+	for i := range d.shards {
+		d.shards[i].mu.Unlock()
+	}
+}
+
+// all returns every device's state; the caller holds every shard lock.
+func (d *devStates) all() map[string]*devState {
+	out := map[string]*devState{}
+	for i := range d.shards {
+		for id, st := range d.shards[i].m {
+			out[id] = st
+		}
+	}
+	return out
 }
 
 // ruleMetrics are a rule version's counters.
@@ -314,14 +371,16 @@ func (e *Engine) runRule(ctx context.Context, c *evalCtx, r *Rule) (err error) {
 		}
 	}
 	if decoded {
-		if r.state != nil {
-			r.state.mu.Lock()
-			c.dev = r.state.device(c.msg.DeviceID, r.slots)
+		var ds *devShard
+		if r.slots > 0 {
+			ds = r.state.dev.shard(c.msg.DeviceID)
+			ds.mu.Lock()
+			c.dev = ds.get(c.msg.DeviceID, r.slots)
 		}
 		err = e.evalLocked(ctx, c, r)
-		if r.state != nil {
+		if ds != nil {
 			c.dev = nil
-			r.state.mu.Unlock()
+			ds.mu.Unlock()
 		}
 	}
 	e.countErrors(c, r)
@@ -520,22 +579,20 @@ func (e *Engine) Apply(rules []*Rule) {
 	for _, r := range rules {
 		newIDs[ruleID(r)] = true
 	}
-	carried := map[*ruleState]bool{}
+	carried := map[*windowState]bool{}
 	for _, r := range rules {
 		if r.m == nil {
 			e.attachMetrics(r)
 		}
-		if r.state != nil || (r.win == nil && r.slots == 0) {
-			if r.state != nil {
-				carried[r.state] = true
-			}
-			continue
+		if r.state == nil && (r.win != nil || r.slots > 0) {
+			r.state = e.inheritState(r, oldBy[r.Name], newIDs)
 		}
-		r.state = e.inheritState(r, oldBy[r.Name], newIDs)
-		carried[r.state] = true
+		if r.state != nil && r.state.win != nil {
+			carried[r.state.win] = true
+		}
 	}
 	for _, o := range old.rules {
-		if o.state != nil && o.state.win != nil && !carried[o.state] {
+		if o.state != nil && o.state.win != nil && !carried[o.state.win] {
 			n := o.state.openGroups()
 			if n > 0 {
 				e.mDiscarded.Add(n)
@@ -577,12 +634,10 @@ func (e *Engine) Apply(rules []*Rule) {
 func ruleID(r *Rule) string { return r.Name + "@" + strconv.Itoa(r.Version) }
 
 func (s *ruleState) openGroups() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.win == nil {
 		return 0
 	}
-	return s.win.nGroups
+	return int(s.win.nGroups.Load())
 }
 
 // inheritState finds the state r continues: the same version, else the
@@ -611,7 +666,6 @@ func (e *Engine) inheritState(r *Rule, olds []*Rule, newIDs map[string]bool) *ru
 		return from.state
 	}
 	st := newState(r)
-	st.mu = from.state.mu // old and new may run concurrently during the switch
 	if from.winSig == r.winSig && r.win != nil {
 		st.win = from.state.win
 	}
@@ -622,9 +676,12 @@ func (e *Engine) inheritState(r *Rule, olds []*Rule, newIDs map[string]bool) *ru
 }
 
 func newState(r *Rule) *ruleState {
-	s := &ruleState{mu: &sync.Mutex{}, dev: map[string]*devState{}}
+	s := &ruleState{}
 	if r.win != nil {
-		s.win = &windowState{index: map[string]*group{}}
+		s.win = newWindowState()
+	}
+	if r.slots > 0 {
+		s.dev = newDevStates()
 	}
 	return s
 }
@@ -742,36 +799,36 @@ func (e *Engine) Tick(ctx context.Context) {
 			continue
 		}
 		c.now, c.msg, c.rule, c.errs = now, nil, r, 0
-		r.state.mu.Lock()
-		if wm, ok := e.tickWatermark(r, now.UnixNano()); ok {
-			e.advanceLocked(ctx, r, c, wm)
+		if wm := e.tickWatermark(r, now.UnixNano()); wm >= r.state.win.nextClose.Load() || r.win.kind == "sliding" {
+			e.closeWindows(ctx, r, c, wm)
 		}
-		r.state.mu.Unlock()
 		e.countErrors(c, r)
 	}
 }
 
 // tickWatermark is the watermark a timer tick moves rule r to: the clock
-// for processing time; for event time, once no message arrived for the
-// idle timeout, the newest event time plus the wall-clock time since it
-// arrived, minus the lateness. The caller holds the rule state lock.
-func (e *Engine) tickWatermark(r *Rule, now int64) (int64, bool) {
+// for processing time; for event time the watermark, or, once no message
+// arrived for the idle timeout, the newest event time plus the wall-clock
+// time since it arrived, minus the lateness.
+func (e *Engine) tickWatermark(r *Rule, now int64) int64 {
 	if !r.win.eventTime {
-		return now, true
+		return now
 	}
 	w := r.state.win
-	if e.idle < 0 || w.MaxEvent == 0 {
-		return 0, false
+	wm := w.wm.Load()
+	if e.idle < 0 || w.maxEvent.Load() == 0 {
+		return wm
 	}
-	if w.arrival == 0 { // restored from a snapshot: start the idle clock now
-		w.arrival = now
-		return 0, false
+	arrival := w.arrival.Load()
+	if arrival == 0 { // restored from a snapshot: start the idle clock now
+		w.arrival.CompareAndSwap(0, now)
+		return wm
 	}
-	since := now - w.arrival
+	since := now - arrival
 	if since < int64(e.idle) {
-		return 0, false
+		return wm
 	}
-	return w.MaxEvent + since - r.win.lateness, true
+	return max(wm, w.maxEvent.Load()+since-r.win.lateness)
 }
 
 // Flush closes every open time window (tumbling, hopping, session) now,
@@ -786,9 +843,7 @@ func (e *Engine) Flush(ctx context.Context) {
 			continue
 		}
 		c.now, c.msg, c.rule, c.errs = e.now(), nil, r, 0
-		r.state.mu.Lock()
 		e.flushAll(ctx, r, c)
-		r.state.mu.Unlock()
 		e.countErrors(c, r)
 	}
 }
