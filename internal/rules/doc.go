@@ -65,9 +65,11 @@
 //
 // # Caveats
 //
-//   - A REPUBLISH whose constant topic matches the rule's own FROM is
-//     refused; loops through templated topics or between rules are not
-//     detected.
+//   - Loops: a REPUBLISH that can match the rule's own FROM is a compile
+//     error (a ${...} level counts as +); the Store and CheckLoops refuse a
+//     rule closing a REPUBLISH → FROM cycle through other rules. At run
+//     time REPUBLISH outputs carry HopsProperty (input hops + 1) and a
+//     message with Options.MaxHops hops is not evaluated (reason "loop").
 //   - Actions run while a lock of the rule's state is held (windowed and
 //     stateful rules): sinks must not block for long. WEBHOOK sinks queue by default.
 //   - Processing-time windows close on a timer (Options.Tick); event-time

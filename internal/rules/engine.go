@@ -32,6 +32,11 @@ type Options struct {
 	// Idle, its watermark advances with the wall clock from the newest event
 	// time seen, so the windows of silent devices still close.
 	Idle time.Duration
+	// MaxHops bounds how many times a message may pass through REPUBLISH
+	// actions (counted in the HopsProperty user property), default 8: a
+	// message that arrives with MaxHops hops is not evaluated (counted as
+	// reason "loop"), so a loop through rules and forwarding clients stops.
+	MaxHops int
 	// Webhook builds WEBHOOK action sinks (default: internal/sink/webhook).
 	Webhook func(webhook.Config) (message.Sink, error)
 	// Selectors are configured device selectors by "name@version" (see
@@ -51,6 +56,7 @@ type Engine struct {
 	now       func() time.Time
 	tick      time.Duration
 	idle      time.Duration
+	maxHops   int
 	webhook   func(webhook.Config) (message.Sink, error)
 	devID     func(*message.Message) string
 	selectors map[string]string
@@ -206,8 +212,11 @@ func New(opts Options) *Engine {
 	if opts.Idle == 0 {
 		opts.Idle = DefaultIdle
 	}
+	if opts.MaxHops <= 0 {
+		opts.MaxHops = DefaultMaxHops
+	}
 	e := &Engine{
-		env: opts.Env, log: opts.Log.With("module", "rules"), set: opts.Metrics, now: opts.Now, tick: opts.Tick, idle: opts.Idle,
+		env: opts.Env, log: opts.Log.With("module", "rules"), set: opts.Metrics, now: opts.Now, tick: opts.Tick, idle: opts.Idle, maxHops: opts.MaxHops,
 		webhook: opts.Webhook, devID: opts.DeviceID, selectors: opts.Selectors,
 		parts:    make([]partition, opts.Partitions),
 		restored: map[string]*savedState{},
@@ -304,10 +313,15 @@ func (e *Engine) Process(ctx context.Context, m *message.Message) error {
 	}
 	p.n++
 	sample := p.n&15 == 0
+	c.hops = messageHops(m)
 	var first error
 	for _, en := range c.matched {
 		r := en.r
 		if !en.g.simple && e.pick(c, en.g) != r {
+			continue
+		}
+		if c.hops >= e.maxHops {
+			e.refuseLoop(r, m)
 			continue
 		}
 		var t0 time.Time
@@ -323,6 +337,56 @@ func (e *Engine) Process(ctx context.Context, m *message.Message) error {
 	}
 	c.msg = nil
 	return first
+}
+
+// HopsProperty is the MQTT 5 user property in which REPUBLISH actions count
+// how many rule republishes a message went through (the input's count plus
+// one). A client that forwards messages back into the broker keeping user
+// properties thus carries the count around a loop, and the engine stops
+// evaluating a message at Options.MaxHops.
+const HopsProperty = "outpost-hops"
+
+// DefaultMaxHops is the default of Options.MaxHops.
+const DefaultMaxHops = 8
+
+var hopStrings = func() (s [65]string) {
+	for i := range s {
+		s[i] = strconv.Itoa(i)
+	}
+	return s
+}()
+
+func hopString(n int) string {
+	if n >= 0 && n < len(hopStrings) {
+		return hopStrings[n]
+	}
+	return strconv.Itoa(n)
+}
+
+// messageHops reads HopsProperty (0 when absent or not a number).
+func messageHops(m *message.Message) int {
+	for _, u := range m.Props.User {
+		if u.Key == HopsProperty {
+			n, err := strconv.Atoi(u.Value)
+			if err != nil || n < 0 {
+				return 0
+			}
+			return n
+		}
+	}
+	return 0
+}
+
+// refuseLoop counts a message that reached MaxHops for rule r (and logs
+// the first of each rule version).
+func (e *Engine) refuseLoop(r *Rule, m *message.Message) {
+	r.m.matched.Inc()
+	r.m.errors[reasonLoop].Inc()
+	if r.loopLogged.CompareAndSwap(false, true) {
+		e.log.Warn("rule loop: message not evaluated, it went through too many republishes",
+			"rule", r.Name, "version", r.Version, "topic", m.Topic, "hops", messageHops(m), "max_hops", e.maxHops,
+			"property", HopsProperty)
+	}
 }
 
 // pick returns the version of g that applies to the current device: the
@@ -514,6 +578,10 @@ func (e *Engine) deliver(ctx context.Context, c *evalCtx, r *Rule, ac *action, p
 	om := &c.outMsg
 	*om = message.Message{Topic: topic, Payload: payload, QoS: byte(qos), Retain: ac.retain,
 		ClientID: client, DeviceID: device, Received: received}
+	if ac.hops {
+		c.hopProp[0] = message.UserProperty{Key: HopsProperty, Value: hopString(c.hops + 1)}
+		om.Props.User = c.hopProp[:]
+	}
 	err := ac.sink.Deliver(ctx, om)
 	om.Payload = nil
 	if err != nil {
@@ -529,9 +597,9 @@ func (e *Engine) deliver(ctx context.Context, c *evalCtx, r *Rule, ac *action, p
 // emitGroup evaluates HAVING and the columns for a window group and runs
 // the actions. The caller holds the rule state lock.
 func (e *Engine) emitGroup(ctx context.Context, r *Rule, c *evalCtx, g *group, aggs []aggState, b winBounds) error {
-	saveAggs, saveWin := c.aggs, c.win
-	c.aggs, c.win = aggs, b
-	defer func() { c.aggs, c.win = saveAggs, saveWin }()
+	saveAggs, saveWin, saveHops := c.aggs, c.win, c.hops
+	c.aggs, c.win, c.hops = aggs, b, g.Hops
+	defer func() { c.aggs, c.win, c.hops = saveAggs, saveWin, saveHops }()
 	if r.having != nil && !r.having(c).truthy() {
 		return nil
 	}

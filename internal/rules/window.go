@@ -28,6 +28,7 @@ type group struct {
 	Device string     `json:"device,omitempty"`
 	Client string     `json:"client,omitempty"`
 	Topic  string     `json:"topic,omitempty"`
+	Hops   int        `json:"hops,omitempty"` // most republish hops of its messages
 }
 
 type bufEntry struct {
@@ -251,6 +252,7 @@ func (r *Rule) newGroup(c *evalCtx, key string) *group {
 
 func (g *group) touch(c *evalCtx) {
 	m := c.msg
+	g.Hops = max(g.Hops, c.hops)
 	if g.Device != m.DeviceID {
 		g.Device = strings.Clone(m.DeviceID)
 	}
