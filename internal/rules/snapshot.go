@@ -81,6 +81,9 @@ func (e *Engine) Restore(rd io.Reader) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, s := range snap.Rules {
+		if s == nil {
+			continue
+		}
 		e.restored[fmt.Sprintf("%s@%d", s.Name, s.Version)] = s
 	}
 	return nil
@@ -93,7 +96,7 @@ func (e *Engine) restoredState(r *Rule) *ruleState {
 	}
 	delete(e.restored, ruleID(r))
 	st := newState(r)
-	if s.WinSig == r.winSig && r.win != nil && s.Window != nil {
+	if s.WinSig == r.winSig && r.win != nil && s.Window != nil && s.Window.fits(r) {
 		st.win = s.Window
 	}
 	if s.DevSig == r.devSig && r.slots > 0 {

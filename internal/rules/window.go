@@ -156,6 +156,45 @@ func (w *windowState) MarshalJSON() ([]byte, error) {
 	return json.Marshal(&j)
 }
 
+// fits reports whether restored state has the shape rule r evaluates
+// (a damaged snapshot is dropped rather than indexed out of range).
+func (w *windowState) fits(r *Rule) bool {
+	ok := func(g *group) bool {
+		if r.win.kind == "sliding" || r.win.kind == "count" {
+			for _, b := range g.Buf {
+				if len(b.V) != len(r.aggs) {
+					return false
+				}
+			}
+			return len(g.Aggs) == 0
+		}
+		return len(g.Aggs) == len(r.aggs) && len(g.Buf) == 0
+	}
+	for i := range w.shards {
+		sh := &w.shards[i]
+		if r.win.kind == "tumbling" || r.win.kind == "hopping" {
+			if len(sh.groups) > 0 {
+				return false
+			}
+		} else if len(sh.panes) > 0 {
+			return false
+		}
+		for _, p := range sh.panes {
+			for _, g := range p.Groups {
+				if !ok(g) {
+					return false
+				}
+			}
+		}
+		for _, g := range sh.groups {
+			if !ok(g) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // UnmarshalJSON distributes a snapshot over the shards.
 func (w *windowState) UnmarshalJSON(b []byte) error {
 	var j windowJSON
@@ -331,15 +370,21 @@ func (r *Rule) addLocked(ctx context.Context, e *Engine, c *evalCtx, w *windowSt
 	s := r.win
 	late := w.wm.Load()
 	if !s.eventTime {
-		// processing time: a concurrent close may have passed t
 		late = w.closed
-		t = max(t, late)
+		if t < late {
+			// processing time: a concurrent close passed t; the clock now
+			// is at least there (else the message is late, as after Flush)
+			t = max(t, e.now().UnixNano())
+		}
 	}
 	switch s.kind {
 	case "tumbling", "hopping":
 		first := floorDiv(t-s.size, s.hop)*s.hop + s.hop // earliest start whose window contains t
 		added := false
 		for start := first; start <= t; start += s.hop {
+			if start > math.MaxInt64-s.size || start > math.MaxInt64-s.hop {
+				break // a time at the end of int64 (a bogus timestamp)
+			}
 			end := start + s.size
 			if end <= late {
 				continue // already emitted
