@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -9,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/outpost-edge/outpost/internal/buildinfo"
@@ -17,14 +19,15 @@ import (
 )
 
 func init() {
-	register(&command{name: "release", summary: "publish signed updates: keygen, add, sign, serve", run: runRelease})
+	register(&command{name: "release", summary: "publish signed updates: keygen, add, sign, rotate, delegate, serve", run: runRelease})
 }
 
 const releaseUsage = `Usage:
-  outpost release keygen --repo DIR --keys KEYDIR
+  outpost release keygen --repo DIR --keys KEYDIR [--passphrase-file FILE | --no-passphrase]
   outpost release add    --repo DIR --keys KEYDIR --binary FILE --version V [--platform linux/arm64] [--deltas 3] [--no-sign]
-  outpost release sign   --repo DIR --keys KEYDIR [--timestamp]
+  outpost release sign   --repo DIR --keys KEYDIR [--timestamp | --role NAME]
   outpost release rotate --repo DIR --keys KEYDIR --role timestamp|snapshot|targets|root
+  outpost release delegate --repo DIR --keys KEYDIR --role NAME --paths 'linux/arm64/*[,PATTERN...]' [--terminating]
   outpost release serve  DIR [--listen 127.0.0.1:8080]
 
 Publish Outpost releases as a TUF repository (static files) that gateways
@@ -35,10 +38,26 @@ versions, then signs (unless --no-sign). sign publishes what was added; with
 --timestamp it only re-signs the timestamp, which expires after a day:
 run it from cron. Keep KEYDIR offline; the root key especially.
 
+Private keys are encrypted with a passphrase (scrypt, XChaCha20-Poly1305),
+read from the file given by --passphrase-file or from the environment
+variable OUTPOST_RELEASE_PASSPHRASE (never from the command line). keygen
+and rotate encrypt new keys with it; add, sign and rotate need it when the
+keys are encrypted. keygen --no-passphrase stores the keys unencrypted.
+
+delegate creates a key for a delegated targets role (one level, TUF
+order) trusted only for target names matching its path patterns; add
+--role NAME then publishes with that role's key plus the snapshot and
+timestamp keys, so the top-level targets key can stay offline (sign --role
+NAME renews the role's expiry). Target names are PLATFORM/outpost-VERSION.zst and
+PLATFORM/outpost-FROM-to-VERSION.patch.
+
 Examples:
-  outpost release keygen --repo ./repo --keys ./keys
+  OUTPOST_RELEASE_PASSPHRASE="$(pass show outpost/release)" outpost release keygen --repo ./repo --keys ./keys
+  outpost release keygen --repo ./repo --keys ./keys --passphrase-file /run/secrets/outpost-release
   outpost release add --repo ./repo --keys ./keys --binary dist/outpost-linux-arm64 --version 1.4.0 --platform linux/arm64
   outpost release sign --repo ./repo --keys ./keys --timestamp
+  outpost release delegate --repo ./repo --keys ./keys --role arm64 --paths 'linux/arm64/*'
+  outpost release add --repo ./repo --keys ./keys --role arm64 --binary dist/outpost-linux-arm64 --version 1.4.0 --platform linux/arm64
   outpost release serve ./repo --listen 127.0.0.1:8080
 `
 
@@ -55,18 +74,32 @@ func runRelease(ctx context.Context, args []string) int {
 	fs.Usage = func() { fmt.Fprint(fs.Output(), releaseUsage, "\nFlags:\n"); fs.PrintDefaults() }
 	repo := fs.String("repo", "", "repository directory")
 	keys := fs.String("keys", "", "private key directory (keep offline)")
+	passFile := fs.String("passphrase-file", "", "file holding the key passphrase (default $"+passphraseEnv+")")
 	var err error
 	switch sub {
 	case "keygen":
 		noConsistent := fs.Bool("no-consistent-snapshot", false, "name metadata and targets without version/hash prefixes")
+		noPass := fs.Bool("no-passphrase", false, "store the private keys unencrypted (not recommended)")
 		if code, ok := parseFlags(fs, args); !ok {
 			return code
 		}
 		if *repo == "" || *keys == "" {
 			return usageErr(fs, "--repo and --keys are required")
 		}
+		var pass []byte
+		if pass, err = readPassphrase(*passFile); err != nil {
+			break
+		}
+		switch {
+		case pass == nil && !*noPass:
+			return usageErr(fs, "the keys would be stored unencrypted: set $"+passphraseEnv+" or --passphrase-file, or pass --no-passphrase")
+		case pass != nil && *noPass:
+			return usageErr(fs, "--no-passphrase conflicts with a passphrase ($"+passphraseEnv+" or --passphrase-file)")
+		case *noPass:
+			fmt.Fprintf(os.Stderr, "warning: the private keys in %s are stored unencrypted; anyone who can read them can publish updates\n", *keys)
+		}
 		var r *tuf.Repo
-		if r, err = tuf.InitRepo(*repo, *keys, !*noConsistent); err == nil {
+		if r, err = tuf.InitRepo(*repo, *keys, !*noConsistent, pass); err == nil {
 			fmt.Printf("created repository %s (root v1) and keys in %s\npin this root on gateways: %s\n",
 				*repo, *keys, filepath.Join(r.MetaDir(), "1.root.json"))
 		}
@@ -76,28 +109,35 @@ func runRelease(ctx context.Context, args []string) int {
 		platform := fs.String("platform", buildinfo.Platform(), "GOOS/GOARCH[/vN] it runs on")
 		deltas := fs.Int("deltas", 3, "make deltas from this many previous versions")
 		noSign := fs.Bool("no-sign", false, "stage only; publish later with `release sign`")
+		role := fs.String("role", "", "publish with this delegated role (see delegate); default the targets role")
 		if code, ok := parseFlags(fs, args); !ok {
 			return code
 		}
 		if *repo == "" || *keys == "" || *binary == "" || *version == "" {
 			return usageErr(fs, "--repo, --keys, --binary and --version are required")
 		}
+		if *role != "" && *noSign {
+			return usageErr(fs, "--role cannot be staged with --no-sign")
+		}
 		var r *tuf.Repo
-		if r, err = release.Open(*repo, *keys); err != nil {
+		if r, err = openRepo(*repo, *keys, *passFile); err != nil {
 			break
 		}
 		t0 := time.Now()
 		var res *release.AddResult
-		if res, err = release.Add(r, *binary, *version, *platform, *deltas); err != nil {
+		if res, err = release.AddTo(r, *role, *binary, *version, *platform, *deltas); err != nil {
 			break
 		}
 		fmt.Printf("added %s: %d bytes, %d compressed (%.1f%%)\n", res.Full, res.Size, res.Packed, pct(res.Packed, res.Size))
 		for name, n := range res.Deltas {
 			fmt.Printf("added %s: delta from %s, %d bytes (%.1f%% of compressed full)\n", name, res.From[name], n, pct(n, res.Packed))
 		}
-		if *noSign {
+		switch {
+		case *noSign:
 			err = release.SaveStaged(r)
-		} else {
+		case *role != "":
+			err = release.SignRole(r, *role)
+		default:
 			err = release.Sign(r)
 		}
 		if err == nil {
@@ -105,6 +145,7 @@ func runRelease(ctx context.Context, args []string) int {
 		}
 	case "sign":
 		tsOnly := fs.Bool("timestamp", false, "only re-sign timestamp.json with a fresh expiry")
+		role := fs.String("role", "", "re-sign only this delegated role (with snapshot and timestamp)")
 		if code, ok := parseFlags(fs, args); !ok {
 			return code
 		}
@@ -112,12 +153,15 @@ func runRelease(ctx context.Context, args []string) int {
 			return usageErr(fs, "--repo and --keys are required")
 		}
 		var r *tuf.Repo
-		if r, err = release.Open(*repo, *keys); err != nil {
+		if r, err = openRepo(*repo, *keys, *passFile); err != nil {
 			break
 		}
-		if *tsOnly {
+		switch {
+		case *tsOnly:
 			err = r.SignTimestamp()
-		} else {
+		case *role != "":
+			err = release.SignRole(r, *role)
+		default:
 			err = release.Sign(r)
 		}
 		if err == nil {
@@ -132,7 +176,7 @@ func runRelease(ctx context.Context, args []string) int {
 			return usageErr(fs, "--repo, --keys and --role are required")
 		}
 		var r *tuf.Repo
-		if r, err = release.Open(*repo, *keys); err != nil {
+		if r, err = openRepo(*repo, *keys, *passFile); err != nil {
 			break
 		}
 		if err = r.RotateKey(*role); err == nil {
@@ -140,6 +184,26 @@ func runRelease(ctx context.Context, args []string) int {
 		}
 		if err == nil {
 			fmt.Printf("rotated %s key; root v%d\n", *role, r.Root.Version)
+		}
+	case "delegate":
+		role := fs.String("role", "", "name of the delegated role (lower case letters, digits, - and _)")
+		paths := fs.String("paths", "", "comma-separated target path patterns the role is trusted for (path.Match)")
+		terminating := fs.Bool("terminating", false, "later roles are not consulted for names matching these paths")
+		if code, ok := parseFlags(fs, args); !ok {
+			return code
+		}
+		if *repo == "" || *keys == "" || *role == "" || *paths == "" {
+			return usageErr(fs, "--repo, --keys, --role and --paths are required")
+		}
+		var r *tuf.Repo
+		if r, err = openRepo(*repo, *keys, *passFile); err != nil {
+			break
+		}
+		if err = r.Delegate(*role, strings.Split(*paths, ","), *terminating); err == nil {
+			err = release.Sign(r)
+		}
+		if err == nil {
+			fmt.Printf("delegated %s to role %s (key %s); targets v%d\n", *paths, *role, filepath.Join(*keys, *role+".key"), r.Targets.Version)
 		}
 	case "serve":
 		listen := fs.String("listen", "127.0.0.1:8080", "address to listen on")
@@ -166,6 +230,43 @@ func runRelease(ctx context.Context, args []string) int {
 		return exitFailure
 	}
 	return exitOK
+}
+
+// passphraseEnv holds the key passphrase when --passphrase-file is not given.
+const passphraseEnv = "OUTPOST_RELEASE_PASSPHRASE"
+
+// readPassphrase returns the key passphrase from file (one trailing newline
+// dropped) or $OUTPOST_RELEASE_PASSPHRASE; nil when neither is set.
+func readPassphrase(file string) ([]byte, error) {
+	if file == "" {
+		if v := os.Getenv(passphraseEnv); v != "" {
+			return []byte(v), nil
+		}
+		return nil, nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("passphrase file: %w", err)
+	}
+	b = bytes.TrimSuffix(bytes.TrimSuffix(b, []byte("\n")), []byte("\r"))
+	if len(b) == 0 {
+		return nil, fmt.Errorf("passphrase file %s is empty", file)
+	}
+	return b, nil
+}
+
+// openRepo opens a repository with the passphrase for its keys.
+func openRepo(dir, keys, passFile string) (*tuf.Repo, error) {
+	pass, err := readPassphrase(passFile)
+	if err != nil {
+		return nil, err
+	}
+	r, err := release.Open(dir, keys)
+	if err != nil {
+		return nil, err
+	}
+	r.Passphrase = pass
+	return r, nil
 }
 
 func serveRepo(ctx context.Context, dir, addr string) error {

@@ -10,6 +10,7 @@ import (
 	"github.com/outpost-edge/outpost/internal/agent"
 	"github.com/outpost-edge/outpost/internal/config"
 	"github.com/outpost-edge/outpost/internal/ota"
+	_ "github.com/outpost-edge/outpost/internal/prestack" // before any initialiser: see its doc
 	"github.com/outpost-edge/outpost/internal/telemetry"
 )
 
@@ -89,6 +90,13 @@ func runAgent(ctx context.Context, cfg *agent.Config, path string) int {
 	if err := a.Run(ctx); err != nil {
 		fmt.Fprintf(os.Stderr, "outpost: %v\n", err)
 		return exitFailure
+	}
+	if trial != nil && ctx.Err() != nil {
+		// Stopped gracefully by SIGTERM/SIGINT during the trial (an
+		// operator's restart): the next start is not a failed attempt.
+		if err := trial.Stopped(); err != nil {
+			logs.Logger().Error("ota", "err", err)
+		}
 	}
 	return exitOK
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -27,30 +28,47 @@ func runUpdate(ctx context.Context, args []string) int {
 	asJSON := fs.Bool("json", false, "print the status as JSON")
 	noWait := fs.Bool("no-wait", false, "apply: return once the update has started")
 	cfgPath := fs.String("config", "/etc/outpost/outpost.yaml", "prestart: the agent's config file (its ota: section)")
+	all := fs.Bool("all", false, "forget-bad: forget every bad version")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), helpText("outpost update check|apply|status [--api URL] [--json] [--no-wait]\n  outpost update prestart [--config FILE]",
+		fmt.Fprint(fs.Output(), helpText("outpost update check|apply|status [--api URL] [--json] [--no-wait]\n"+
+			"  outpost update bad [--json]\n  outpost update forget-bad VERSION...|--all\n  outpost update prestart [--config FILE]",
 			`Talk to the running agent's updater. check refreshes the signed release
 metadata and shows whether a newer version exists; apply downloads it
 (delta when possible), verifies, installs and restarts the agent into it,
 printing progress until the agent restarts; status shows the state, the
 last outcome (committed or rolled back) and versions marked bad.
 
+bad lists the versions marked bad: they failed their health gate, were
+rolled back, and are never installed automatically again. forget-bad
+removes versions from that list (the agent rewrites its state file
+atomically), for instance after fixing the configuration that made them
+fail; the next check may then install them again (at once with apply).
+
 prestart is the service manager's pre-start hook, run from the previous
 binary (ExecStartPre=-/usr/local/bin/outpost.prev update prestart): it
 counts each start of a version on trial and rolls it back when its attempts
 are exhausted, even if that version dies before it can count itself.`,
-			"outpost update check", "outpost update apply", "outpost update status --json"))
+			"outpost update check", "outpost update apply", "outpost update status --json",
+			"outpost update bad", "outpost update forget-bad 1.2.0", "outpost update forget-bad --all && outpost update apply"))
 		fs.PrintDefaults()
 	}
 	sub := ""
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		sub, args = args[0], args[1:]
 	}
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return exitOK
+	// Flags may follow positional arguments (forget-bad 1.2.0 --api URL).
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if err == flag.ErrHelp {
+				return exitOK
+			}
+			return exitUsage
 		}
-		return exitUsage
+		if fs.NArg() == 0 {
+			break
+		}
+		pos, args = append(pos, fs.Arg(0)), fs.Args()[1:]
 	}
 	base := strings.TrimRight(*api, "/") + "/api/v1/update/"
 	apiToken = *token
@@ -63,6 +81,8 @@ are exhausted, even if that version dies before it can count itself.`,
 		err = call(ctx, http.MethodGet, base+"status", &st)
 	case "prestart":
 		return runPrestart(*cfgPath)
+	case "bad", "forget-bad":
+		return runBad(ctx, sub, base, pos, *all, *asJSON)
 	case "apply":
 		if err = call(ctx, http.MethodPost, base+"apply", &st); err != nil || st.Available == nil || *noWait {
 			break
@@ -129,7 +149,7 @@ func watchUpdate(ctx context.Context, base string, st *ota.Status) (restarted bo
 // apiToken is sent as a bearer token when set.
 var apiToken string
 
-func call(ctx context.Context, method, url string, out *ota.Status) error {
+func call(ctx context.Context, method, url string, out any) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, method, url, nil)
@@ -155,6 +175,57 @@ func call(ctx context.Context, method, url string, out *ota.Status) error {
 		return fmt.Errorf("agent API: HTTP %s", resp.Status)
 	}
 	return json.Unmarshal(body, out)
+}
+
+// runBad lists (bad) or forgets (forget-bad) bad versions through the API.
+func runBad(ctx context.Context, sub, base string, args []string, all, asJSON bool) int {
+	versions := args
+	var l ota.BadList
+	var err error
+	switch {
+	case sub == "bad":
+		if len(versions) > 0 || all {
+			fmt.Fprintln(os.Stderr, "outpost update bad: takes no arguments (did you mean forget-bad?)")
+			return exitUsage
+		}
+		err = call(ctx, http.MethodGet, base+"bad", &l)
+	case all && len(versions) > 0, !all && len(versions) == 0:
+		fmt.Fprintln(os.Stderr, "outpost update forget-bad: give one or more versions, or --all")
+		return exitUsage
+	case all:
+		err = call(ctx, http.MethodDelete, base+"bad", &l)
+	default:
+		for _, v := range versions {
+			var one ota.BadList
+			if err = call(ctx, http.MethodDelete, base+"bad/"+url.PathEscape(v), &one); err != nil {
+				break
+			}
+			l.Bad, l.Forgotten = one.Bad, append(l.Forgotten, one.Forgotten...)
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "outpost update %s: %v\n", sub, err)
+		return exitFailure
+	}
+	if asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(l)
+		return exitOK
+	}
+	if sub == "forget-bad" {
+		if len(l.Forgotten) == 0 {
+			fmt.Println("no bad versions to forget")
+		} else {
+			fmt.Printf("forgotten: %s\n", strings.Join(l.Forgotten, ", "))
+		}
+	}
+	if len(l.Bad) == 0 {
+		fmt.Println("bad:       none")
+	} else {
+		fmt.Printf("bad:       %s\n", strings.Join(l.Bad, ", "))
+	}
+	return exitOK
 }
 
 func printStatus(s ota.Status) {

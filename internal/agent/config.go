@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"runtime"
 	"strings"
+	"sync"
 
 	"github.com/outpost-edge/outpost/internal/broker"
 	"github.com/outpost-edge/outpost/internal/config"
@@ -98,12 +99,10 @@ func (c *Config) SetDefaults() {
 	}
 }
 
-var nodeIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
-
 // Validate checks the whole file; every problem is reported.
 func (c *Config) Validate() error {
 	var errs []error
-	if !nodeIDRE.MatchString(c.NodeID) {
+	if !config.IsName(c.NodeID, 128, "_.-") {
 		errs = append(errs, config.Field("node_id", "%q must be 1-128 letters, digits, _ . - (it becomes an MQTT topic level)", c.NodeID))
 	}
 	if c.Runtime.MemoryLimit < 0 || (c.Runtime.MemoryLimit > 0 && c.Runtime.MemoryLimit < 8<<20) {
@@ -197,7 +196,9 @@ func Redacted(c *Config) any {
 	return redact(reflect.ValueOf(c), "")
 }
 
-var secretKey = regexp.MustCompile(`(?i)(password|secret|token|private|_key$|^key$|key_file|hash|credential)`)
+var secretKey = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`(?i)(password|secret|token|private|_key$|^key$|key_file|hash|credential)`)
+})
 
 func redact(v reflect.Value, key string) any {
 	for v.Kind() == reflect.Pointer || v.Kind() == reflect.Interface {
@@ -206,7 +207,7 @@ func redact(v reflect.Value, key string) any {
 		}
 		v = v.Elem()
 	}
-	if key != "" && secretKey.MatchString(key) && !v.IsZero() {
+	if key != "" && secretKey().MatchString(key) && !v.IsZero() {
 		return "REDACTED"
 	}
 	switch v.Kind() {

@@ -105,10 +105,14 @@ func TestAsyncRefusal(t *testing.T) {
 	conn.Write(connectPacket("v3", "admin", "secret"))
 	readConnack(t, conn)
 	conn.Write(publishQoS1("reject/2", 7, []byte("x")))
-	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	conn.SetReadDeadline(time.Now().Add(testTimeout))
 	buf := make([]byte, 16)
-	if k, err := conn.Read(buf); err == nil {
+	k, err := conn.Read(buf)
+	if err == nil {
 		t.Fatalf("3.1.1 client got % x instead of a disconnect", buf[:k])
+	}
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatalf("3.1.1 client was neither answered nor disconnected in %s", testTimeout)
 	}
 }
 

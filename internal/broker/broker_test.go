@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"os"
@@ -26,6 +27,11 @@ import (
 
 	"github.com/outpost-edge/outpost/internal/message"
 )
+
+// testTimeout bounds one client round trip (connect, subscribe, publish).
+// Generous: a shared CI machine under -race can stall for seconds, and a
+// broker that really hangs still fails the test.
+const testTimeout = 20 * time.Second
 
 // testHash is a bcrypt hash of "secret" (cost 4 for speed in tests).
 var testHash = func() string {
@@ -135,7 +141,7 @@ func dialV5(t *testing.T, network, addr, id, user, pass string, clean bool) (*v5
 		cp.Username, cp.UsernameFlag = user, true
 		cp.Password, cp.PasswordFlag = []byte(pass), true
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
 	ca, err := c.Connect(ctx, cp)
 	if err != nil {
@@ -157,7 +163,7 @@ func mustV5(t *testing.T, addr, id, user, pass string) *v5client {
 
 func (c *v5client) sub(t *testing.T, filter string, qos byte) byte {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
 	sa, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: filter, QoS: qos}}})
 	if err != nil && sa == nil {
@@ -168,7 +174,7 @@ func (c *v5client) sub(t *testing.T, filter string, qos byte) byte {
 
 func (c *v5client) pub(t *testing.T, topic string, qos byte, payload string) (byte, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
 	r, err := c.Publish(ctx, &paho.Publish{Topic: topic, QoS: qos, Payload: []byte(payload)})
 	if r != nil {
@@ -468,7 +474,7 @@ func TestTLSAndMutualTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	cl := paho.NewClient(paho.ClientConfig{ClientID: "dev1", Conn: conn})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
 	if _, err := cl.Connect(ctx, &paho.Connect{ClientID: "dev1", KeepAlive: 30, CleanStart: true}); err != nil {
 		t.Fatalf("mTLS connect: %v", err)
@@ -690,9 +696,9 @@ func publishPacket(topic string, payload []byte) []byte {
 
 func readConnack(t *testing.T, c net.Conn) {
 	t.Helper()
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	c.SetReadDeadline(time.Now().Add(testTimeout))
 	buf := make([]byte, 4)
-	if _, err := c.Read(buf); err != nil || buf[0] != 0x20 || buf[3] != 0 {
+	if _, err := io.ReadFull(c, buf); err != nil || buf[0] != 0x20 || buf[3] != 0 {
 		t.Fatalf("connack: % x %v", buf, err)
 	}
 	c.SetReadDeadline(time.Time{})
@@ -823,4 +829,28 @@ func writeCert(t *testing.T, dir, cn string, s *signer) (certFile, keyFile strin
 	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
 	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
 	return certFile, keyFile
+}
+
+// TestRetainedMessageExpires: a retained message published with a message
+// expiry interval is dropped once it has expired (mochi's once-a-second
+// sweep), while one without expiry stays.
+func TestRetainedMessageExpires(t *testing.T) {
+	tb := startBroker(t, baseConfig(t), t.TempDir())
+	admin := mustV5(t, tb.addr, "admin1", "admin", "secret")
+	exp := uint32(1)
+	for _, p := range []*paho.Publish{
+		{Topic: "cfg/short", QoS: 1, Retain: true, Payload: []byte("gone"), Properties: &paho.PublishProperties{MessageExpiry: &exp}},
+		{Topic: "cfg/long", QoS: 1, Retain: true, Payload: []byte("kept")},
+	} {
+		if _, err := admin.Publish(context.Background(), p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(3500 * time.Millisecond) // expiry 1 s, whole-second clock, 1 s sweep
+	s := mustV5(t, tb.addr, "reader", "admin", "secret")
+	s.sub(t, "cfg/#", 1)
+	if m := expectMsg(t, s.msgs, "cfg/long"); string(m.Payload) != "kept" {
+		t.Fatalf("retained payload %q", m.Payload)
+	}
+	expectNone(t, s.msgs, 300*time.Millisecond)
 }

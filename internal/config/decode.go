@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 
 	"gopkg.in/yaml.v3"
 )
@@ -89,7 +90,9 @@ func join(path, key string) string {
 	return path + "." + key
 }
 
-func kindName(n *yaml.Node) string {
+// KindName describes what a YAML node is, for "expected X, got Y" errors:
+// "a mapping", "a list", "null", the quoted scalar, "an alias".
+func KindName(n *yaml.Node) string {
 	switch n.Kind {
 	case yaml.MappingNode:
 		return "a mapping"
@@ -135,7 +138,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		d.decode(n, v.Elem(), path)
 	case reflect.Struct:
 		if n.Kind != yaml.MappingNode {
-			d.fail(n, path, fmt.Errorf("%w: expected a mapping, got %s", ErrWrongType, kindName(n)))
+			d.fail(n, path, fmt.Errorf("%w: expected a mapping, got %s", ErrWrongType, KindName(n)))
 			return
 		}
 		fields := structFields(v.Type())
@@ -165,7 +168,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 				v.Set(reflect.ValueOf([]string{n.Value}).Convert(v.Type()))
 				return
 			}
-			d.fail(n, path, fmt.Errorf("%w: expected a list, got %s", ErrWrongType, kindName(n)))
+			d.fail(n, path, fmt.Errorf("%w: expected a list, got %s", ErrWrongType, KindName(n)))
 			return
 		}
 		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
@@ -175,7 +178,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		v.Set(s)
 	case reflect.Map:
 		if n.Kind != yaml.MappingNode {
-			d.fail(n, path, fmt.Errorf("%w: expected a mapping, got %s", ErrWrongType, kindName(n)))
+			d.fail(n, path, fmt.Errorf("%w: expected a mapping, got %s", ErrWrongType, KindName(n)))
 			return
 		}
 		if v.IsNil() {
@@ -203,11 +206,11 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		}
 	default:
 		if n.Kind != yaml.ScalarNode {
-			d.fail(n, path, fmt.Errorf("%w: expected %s, got %s", ErrWrongType, typeName(v.Type()), kindName(n)))
+			d.fail(n, path, fmt.Errorf("%w: expected %s, got %s", ErrWrongType, typeName(v.Type()), KindName(n)))
 			return
 		}
 		if err := n.Decode(v.Addr().Interface()); err != nil {
-			d.fail(n, path, fmt.Errorf("%w: expected %s, got %s", ErrWrongType, typeName(v.Type()), kindName(n)))
+			d.fail(n, path, fmt.Errorf("%w: expected %s, got %s", ErrWrongType, typeName(v.Type()), KindName(n)))
 		}
 	}
 }
@@ -228,10 +231,10 @@ func typeName(t reflect.Type) string {
 	return t.String()
 }
 
-var yamlLineRE = regexp.MustCompile(`^(yaml: )?(unmarshal errors:\n\s*)?(line \d+: )?`)
+var yamlLineRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^(yaml: )?(unmarshal errors:\n\s*)?(line \d+: )?`) })
 
 func cleanYAMLErr(err error) error {
-	msg := yamlLineRE.ReplaceAllString(err.Error(), "")
+	msg := yamlLineRE().ReplaceAllString(err.Error(), "")
 	return errors.New(msg)
 }
 

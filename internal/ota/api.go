@@ -11,6 +11,9 @@ import (
 //	POST /api/v1/update/check   refresh metadata; 200 with Status (Available set when newer)
 //	POST /api/v1/update/apply   start an update in the background; 202 with Status
 //	GET  /api/v1/update/status  200 with Status (progress while downloading)
+//	GET    /api/v1/update/bad            200 {"bad_versions": [...]}
+//	DELETE /api/v1/update/bad/{version}  forget one bad version: 200 BadList, 404 if not bad
+//	DELETE /api/v1/update/bad            forget every bad version: 200 BadList
 //
 // Errors are JSON {"error": "..."} with 409 while busy or on trial, 502 for
 // repository failures.
@@ -18,6 +21,60 @@ func (u *Updater) Register(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/v1/update/check", u.handleCheck)
 	mux.HandleFunc("POST /api/v1/update/apply", u.handleApply)
 	mux.HandleFunc("GET /api/v1/update/status", u.handleStatus)
+	mux.HandleFunc("GET /api/v1/update/bad", u.handleBad)
+	mux.HandleFunc("DELETE /api/v1/update/bad", u.handleForgetBad)
+	mux.HandleFunc("DELETE /api/v1/update/bad/{version}", u.handleForgetBad)
+}
+
+// BadList is the answer of the /api/v1/update/bad endpoints.
+type BadList struct {
+	Bad       []string `json:"bad_versions"`
+	Forgotten []string `json:"forgotten,omitempty"`
+}
+
+func (u *Updater) handleBad(w http.ResponseWriter, _ *http.Request) {
+	bad, err := u.BadVersions()
+	if err != nil {
+		writeJSON(w, errCode(err), apiError{err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, BadList{Bad: nonNil(bad)})
+}
+
+func (u *Updater) handleForgetBad(w http.ResponseWriter, r *http.Request) {
+	v := r.PathValue("version")
+	var versions []string
+	if v != "" {
+		versions = []string{v}
+	}
+	removed, err := u.ForgetBad(versions, v == "")
+	if err != nil {
+		writeJSON(w, errCode(err), apiError{err.Error()})
+		return
+	}
+	bad, err := u.BadVersions()
+	if err != nil {
+		writeJSON(w, errCode(err), apiError{err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, BadList{Bad: nonNil(bad), Forgotten: removed})
+}
+
+func errCode(err error) int {
+	switch {
+	case errors.Is(err, ErrNotBad):
+		return http.StatusNotFound
+	case errors.Is(err, ErrDisabled):
+		return http.StatusConflict
+	}
+	return http.StatusInternalServerError
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

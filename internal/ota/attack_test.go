@@ -245,7 +245,7 @@ func TestAttackFastForwardRecovery(t *testing.T) {
 }
 
 func mustReadKey(t *testing.T, p string) ed25519.PrivateKey {
-	k, err := tuf.ReadKey(p)
+	k, err := tuf.ReadKey(p, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,7 +8,8 @@
 //
 //   - internal/ota/tuf: TUF metadata, verifying client, publisher repo.
 //   - internal/ota/delta: bsdiff patches with zstd streams (streaming apply).
-//   - internal/ota/release: `outpost release add|sign` (full + deltas).
+//   - internal/ota/release: `outpost release add|sign` (full + deltas, into
+//     the targets role or a delegated one).
 //   - this package: Config (the `ota:` YAML section), Boot/Trial.Gate (the
 //     process model below), Prestart (the service manager hook), Updater
 //     (the "ota" module.Module: check loop, download, stage, install) and
@@ -54,6 +55,10 @@
 //			}
 //		}()
 //	}
+//	err = a.Run(ctx) // until SIGTERM/SIGINT cancels ctx
+//	if trial != nil && err == nil && ctx.Err() != nil {
+//		trial.Stopped() // a graceful stop is not a failed attempt
+//	}
 //
 // Boot settles whatever a restart, crash or power cut interrupted: an
 // install is finished or undone by comparing the installed binary's hash
@@ -69,9 +74,21 @@
 // systemd runs from <binary>.prev (known good) before every start.
 //
 // Restart into another version is "exec" (syscall.Exec of <binary>, same
-// pid: for service managers that watch the pid) or "exit" (exit status
-// ExitRestart = 75, and the service manager starts <binary> again); "auto"
-// picks exit under systemd ($INVOCATION_ID) and exec elsewhere.
+// pid: for service managers that watch the pid, or none) or "exit" (exit
+// status ExitRestart = 75, and the service manager starts <binary> again);
+// "auto" picks exit under systemd ($INVOCATION_ID) and exec elsewhere.
+//
+// In exec mode a version on trial runs under the trial watchdog
+// (watchdog.go): the process execs <binary>.prev (the known-good previous
+// version) with $OUTPOST_OTA_WATCHDOG set; its Boot counts each start, runs
+// <binary> as a child (restart mode exit, $OUTPOST_OTA_TRIAL_CHILD), starts
+// it again after an exit or crash, rolls back when the attempts run out,
+// and once the state says committed, stops the child gracefully and execs
+// <binary>. So rollback needs no service manager.
+//
+// A graceful stop during the trial (SIGTERM/SIGINT) is not an attempt: the
+// caller reports it with Trial.Stopped after its modules stopped, and the
+// next start is not counted.
 //
 // # Guarantees
 //
@@ -92,11 +109,8 @@
 // # Caveats
 //
 // The updater replaces one binary, not its configuration: a new version must
-// accept the previous version's config. Without a service manager that
-// restarts the agent, "exec" mode still updates, and rolls back a version
-// that Gate fails (never ready, unready in the stability window), but a
-// version that exits or crashes is not started again, so nothing rolls it
-// back: run the agent under systemd, OpenRC supervise-daemon, runit, s6,
-// procd or a container restart policy. Bad versions are remembered per gateway; clearing the list
-// is a manual edit of the state file.
+// accept the previous version's config. The watchdog costs one more
+// graceful restart when the trial ends (the agent becomes a single process
+// again). Bad versions are remembered per gateway; Updater.ForgetBad (the
+// API's DELETE /api/v1/update/bad) clears them.
 package ota

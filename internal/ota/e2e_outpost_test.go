@@ -6,59 +6,87 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/outpost-edge/outpost/internal/ota"
 	"github.com/outpost-edge/outpost/internal/ota/release"
+	"github.com/outpost-edge/outpost/internal/ota/tuf"
 )
 
-// TestEndToEndRealOutpost upgrades a gateway running the real `outpost run`
-// from version A (1.0.0) to B (1.1.0), both built here from cmd/outpost with
-// different version strings: B arrives as a delta, the agent restarts into
-// it (exit 75, restarted by the test's supervisor as systemd would, with
-// the pre-start hook), passes the health gate on /readyz and is committed.
-//
-// It skips while `outpost run` does not accept an ota: section (the agent
-// wiring is the integrator's).
-func TestEndToEndRealOutpost(t *testing.T) {
-	d := t.TempDir()
-	bins := map[string]string{"1.0.0": filepath.Join(d, "outpost-1.0.0"), "1.1.0": filepath.Join(d, "outpost-1.1.0")}
-	build := func(v string) {
-		cmd := exec.Command("go", "build", "-trimpath", "-o", bins[v], "-ldflags",
+// realOutpost builds cmd/outpost as 1.0.0 and 1.1.0 (once per test run) and
+// publishes both in a repository; it skips while `outpost run` does not
+// accept an ota: section.
+var realOutpost = sync.OnceValues(func() (*realBuild, error) {
+	d, err := os.MkdirTemp(fixture.dir, "real-")
+	if err != nil {
+		return nil, err
+	}
+	b := &realBuild{bins: map[string]string{"1.0.0": filepath.Join(d, "outpost-1.0.0"), "1.1.0": filepath.Join(d, "outpost-1.1.0")}}
+	build := func(v string) error {
+		cmd := exec.Command("go", "build", "-trimpath", "-o", b.bins[v], "-ldflags",
 			"-s -w -X github.com/outpost-edge/outpost/internal/buildinfo.Version="+v, "../../cmd/outpost")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("build outpost %s: %v\n%s", v, err, b)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("build outpost %s: %v\n%s", v, err, out)
 		}
+		return nil
 	}
-	build("1.0.0")
+	if err := build("1.0.0"); err != nil {
+		return nil, err
+	}
 	// Does `outpost run` know the ota section yet?
 	probe := filepath.Join(d, "probe.yaml")
 	os.WriteFile(probe, []byte("ota:\n  enabled: false\n"), 0o644)
-	if out, err := exec.Command(bins["1.0.0"], "config", "check", probe).CombinedOutput(); err != nil && strings.Contains(string(out), `unknown key "ota"`) {
-		t.Skipf("outpost run does not accept the ota section yet:\n%s", out)
+	if out, err := exec.Command(b.bins["1.0.0"], "config", "check", probe).CombinedOutput(); err != nil && strings.Contains(string(out), `unknown key "ota"`) {
+		b.skip = fmt.Sprintf("outpost run does not accept the ota section yet:\n%s", out)
+		return b, nil
 	}
-	build("1.1.0")
-
+	if err := build("1.1.0"); err != nil {
+		return nil, err
+	}
 	repo, keys := filepath.Join(d, "repo"), filepath.Join(d, "keys")
-	if err := publish(repo, keys, "keygen"); err != nil {
-		t.Fatal(err)
+	if err := publish(repo, keys, "keygen", "--no-passphrase"); err != nil {
+		return nil, err
 	}
 	for _, v := range []string{"1.0.0", "1.1.0"} {
-		if err := publish(repo, keys, "add", "--binary", bins[v], "--version", v, "--platform", fixture.platform); err != nil {
-			t.Fatal(err)
+		if err := publish(repo, keys, "add", "--binary", b.bins[v], "--version", v, "--platform", fixture.platform); err != nil {
+			return nil, err
 		}
 	}
-	r, err := release.Open(repo, keys)
+	b.repo, b.keys = repo, keys
+	return b, nil
+})
+
+type realBuild struct {
+	bins       map[string]string
+	repo, keys string
+	skip       string
+}
+
+// realGateway returns a gateway running real outpost 1.0.0 against a copy
+// of the real repository, configured with restart mode restart.
+func realGateway(t *testing.T, restart string) (*gateway, *server, *tuf.Repo, *realBuild) {
+	t.Helper()
+	b, err := realOutpost()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.skip != "" {
+		t.Skip(b.skip)
+	}
+	d := t.TempDir()
+	copyTree(t, b.repo, filepath.Join(d, "repo"))
+	r, err := release.Open(filepath.Join(d, "repo"), b.keys)
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := newServer(t, r.Dir)
-
 	g := newGateway(t, "1.0.0", srv.URL, filepath.Join(r.MetaDir(), "1.root.json"))
-	if err := copyFileT(bins["1.0.0"], g.bin); err != nil {
+	if err := copyFileT(b.bins["1.0.0"], g.bin); err != nil {
 		t.Fatal(err)
 	}
 	telemetry, broker := freePort(t), freePort(t)
@@ -84,8 +112,8 @@ ota:
   start_deadline: 20s
   stability_window: 1s
   max_attempts: 2
-  restart: exit
-`, filepath.Join(g.dir, "data"), telemetry, broker, g.cfg.URL, g.cfg.Root, fixture.platform, g.cfg.StagingDir, g.bin)
+  restart: %s
+`, filepath.Join(g.dir, "data"), telemetry, broker, g.cfg.URL, g.cfg.Root, fixture.platform, g.cfg.StagingDir, g.bin, restart)
 	if err := os.WriteFile(cfg, []byte(y), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -97,15 +125,99 @@ ota:
 	}
 	g.args = []string{"run", "--config", cfg}
 	g.prestartArgs = []string{"update", "prestart", "--config", cfg}
-	g.prestart = true
 	g.api = telemetry
+	return g, srv, r, b
+}
+
+// TestEndToEndRealOutpost upgrades a gateway running the real `outpost run`
+// from version A (1.0.0) to B (1.1.0), both built here from cmd/outpost with
+// different version strings: B arrives as a delta, the agent restarts into
+// it (exit 75, restarted by the test's supervisor as systemd would, with
+// the pre-start hook), passes the health gate on /readyz and is committed.
+func TestEndToEndRealOutpost(t *testing.T) {
+	g, srv, r, b := realGateway(t, "exit")
+	g.prestart = true
 	s := g.supervise(t, "")
 	st := s.waitCommitted(t, "1.1.0", 90*time.Second)
 	full := r.Targets.Targets[ota.FullTargetName(fixture.platform, "1.1.0")].Length
 	t.Logf("outpost 1.0.0 → 1.1.0: %d target bytes downloaded (full target %d), last %+v", srv.targetOut.Load(), full, st.Last)
-	if sha256File(t, g.bin) != sha256File(t, bins["1.1.0"]) || sha256File(t, g.bin+".prev") != sha256File(t, bins["1.0.0"]) {
+	if sha256File(t, g.bin) != sha256File(t, b.bins["1.1.0"]) || sha256File(t, g.bin+".prev") != sha256File(t, b.bins["1.0.0"]) {
 		t.Fatal("installed or previous binary wrong")
 	}
+}
+
+// The real outpost without a service manager, healthy update: 1.0.0 execs
+// its previous binary as the trial watchdog, 1.1.0 runs as its child,
+// passes the gate and is committed, and the watchdog hands over: one
+// process (the pid the test started) running 1.1.0.
+func TestRealOutpostWatchdogCommit(t *testing.T) {
+	g, _, _, b := realGateway(t, "exec")
+	s := g.runOnce(t)
+	pid := s.onePid(t)
+	kid := s.trialChild(t, pid)
+	t.Logf("during the trial: watchdog pid %d (outpost 1.0.0) %s, child pid %d (outpost 1.1.0) %s", pid, vmRSS(pid), kid, vmRSS(kid))
+	s.waitCommitted(t, "1.1.0", 90*time.Second)
+	s.waitSingle(t, "1.1.0")
+	if sha256File(t, g.bin) != sha256File(t, b.bins["1.1.0"]) || sha256File(t, g.bin+".prev") != sha256File(t, b.bins["1.0.0"]) {
+		t.Fatal("installed or previous binary wrong")
+	}
+	if logs := s.logText(); !strings.Contains(logs, "trial watchdog: version committed; restarting it as a single process") {
+		t.Fatalf("no watchdog handover logged:\n%s", logs)
+	}
+}
+
+// The real outpost without a service manager (started once, restart exec):
+// 1.1.0 crashes (SIGKILL, by a failpoint that fires only in a version on
+// trial) on every start. The trial watchdog (outpost 1.0.0) counts both
+// crashes, rolls 1.1.0 back and execs 1.0.0 again in the same process,
+// which keeps running and reports 1.1.0 rolled back and bad. After
+// `outpost update forget-bad 1.1.0` the same process tries 1.1.0 again (and
+// rolls it back again: it still crashes).
+func TestRealOutpostWatchdogRollback(t *testing.T) {
+	g, _, _, b := realGateway(t, "exec")
+	g.env = []string{"OUTPOST_OTA_FAILPOINT=trial-start"}
+	s := g.runOnce(t)
+	var st *ota.Status
+	checkFor(t, 90*time.Second, func() error {
+		var err error
+		if st, err = s.status(); err != nil {
+			return err
+		}
+		if st.Running != "1.0.0" || st.Phase != ota.PhaseIdle || st.Last == nil || st.Last.Result != "rolled_back" {
+			return fmt.Errorf("running %s phase %s last %+v", st.Running, st.Phase, st.Last)
+		}
+		return nil
+	})
+	if !slices.Contains(st.Bad, "1.1.0") || !strings.Contains(st.Last.Reason, "killed by signal killed") {
+		t.Fatalf("bad %v, last %+v", st.Bad, st.Last)
+	}
+	s.waitSingle(t, "1.0.0")
+	if sha256File(t, g.bin) != sha256File(t, b.bins["1.0.0"]) {
+		t.Fatal("1.0.0 not restored")
+	}
+	t.Logf("rolled back without a service manager: %+v", st.Last)
+	api := "http://" + g.api
+	if out, err := exec.Command(g.bin, "update", "bad", "--api", api).CombinedOutput(); err != nil || !strings.Contains(string(out), "bad:       1.1.0") {
+		t.Fatalf("update bad: %v\n%s", err, out)
+	}
+	first := st.Last.Time
+	if out, err := exec.Command(g.bin, "update", "forget-bad", "1.1.0", "--api", api).CombinedOutput(); err != nil || !strings.Contains(string(out), "forgotten: 1.1.0") {
+		t.Fatalf("update forget-bad: %v %q", err, out)
+	}
+	checkFor(t, 90*time.Second, func() error {
+		var err error
+		if st, err = s.status(); err != nil {
+			return err
+		}
+		if st.Running != "1.0.0" || st.Phase != ota.PhaseIdle || st.Last == nil || !st.Last.Time.After(first) {
+			return fmt.Errorf("running %s phase %s last %+v", st.Running, st.Phase, st.Last)
+		}
+		return nil
+	})
+	if st.Last.Result != "rolled_back" || !slices.Contains(st.Bad, "1.1.0") {
+		t.Fatalf("second try: last %+v bad %v", st.Last, st.Bad)
+	}
+	s.waitSingle(t, "1.0.0")
 }
 
 func freePort(t *testing.T) string {
@@ -116,4 +228,15 @@ func freePort(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// vmRSS is a process's resident set size as /proc reports it.
+func vmRSS(pid int) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			return "RSS " + strings.Join(strings.Fields(l)[1:], " ")
+		}
+	}
+	return "RSS ?"
 }

@@ -112,7 +112,7 @@ func runMain(m *testing.M) int {
 	}
 	fixture.repo, fixture.keys = filepath.Join(dir, "repo"), filepath.Join(dir, "keys")
 	for _, args := range [][]string{
-		{"keygen"},
+		{"keygen", "--no-passphrase"},
 		{"add", "--binary", fixture.bins["1.0.0"], "--version", "1.0.0", "--platform", fixture.platform},
 		{"add", "--binary", fixture.bins["1.1.0"], "--version", "1.1.0", "--platform", fixture.platform},
 	} {
@@ -292,6 +292,7 @@ type gateway struct {
 	// pre-start arguments and the API address (host:port).
 	args, prestartArgs []string
 	api                string
+	env                []string // added to the agent's environment
 }
 
 func newGateway(t testing.TB, version, url, root string) *gateway {

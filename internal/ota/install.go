@@ -77,6 +77,9 @@ func newEngine(cfg Config, log *slog.Logger) (*engine, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	bin := cfg.Binary
+	if bin == "" && isWatchdog() {
+		bin = watchdogBin // the watchdog runs from <binary>.prev
+	}
 	if bin == "" {
 		exe, err := os.Executable()
 		if err != nil {
@@ -334,7 +337,7 @@ func (e *engine) install(st *State) error {
 		return fmt.Errorf("ota: install: fsync dir: %w", err)
 	}
 	failpoint("after-rename")
-	st.Phase, st.Attempts = PhaseTrial, 0
+	st.Phase, st.Attempts, st.PrestartCounted, st.CleanStop = PhaseTrial, 0, false, false
 	if err := e.saveState(st); err != nil {
 		return err
 	}
@@ -403,6 +406,7 @@ func (e *engine) rollback(st *State, reason string) error {
 	}
 	st.Last = &Outcome{Version: v, From: st.Target.FromVersion, Result: "rolled_back", Reason: st.Reason, Time: time.Now().UTC()}
 	st.Phase, st.Target, st.Attempts, st.Reason = PhaseIdle, nil, 0, ""
+	st.PrestartCounted, st.CleanStop = false, false
 	e.log.Error("update rolled back", "version", v, "reason", st.Last.Reason)
 	return e.saveState(st)
 }
@@ -410,7 +414,8 @@ func (e *engine) rollback(st *State, reason string) error {
 // commit records the trial version as good.
 func (e *engine) commit(st *State) error {
 	st.Last = &Outcome{Version: st.Target.Version, From: st.Target.FromVersion, Result: "committed", Time: time.Now().UTC()}
-	st.Phase, st.Target, st.Attempts = PhaseIdle, nil, 0
+	st.Phase, st.Target, st.Attempts, st.Reason = PhaseIdle, nil, 0, ""
+	st.PrestartCounted, st.CleanStop = false, false
 	// Downloads are no longer needed.
 	os.RemoveAll(e.dlDir)
 	e.log.Info("update committed", "version", st.Last.Version)
@@ -420,6 +425,10 @@ func (e *engine) commit(st *State) error {
 // RestartMode resolves cfg.Restart ("auto" → "exit" under systemd, else
 // "exec").
 func RestartMode(cfg Config) string {
+	if isTrialChild() {
+		// Under the trial watchdog: every restart goes through it.
+		return "exit"
+	}
 	switch cfg.Restart {
 	case "exec", "exit":
 		return cfg.Restart
@@ -448,8 +457,17 @@ func (e *engine) restart() error {
 		e.log.Info("exiting for the service manager to restart", "code", ExitRestart)
 		os.Exit(ExitRestart)
 	}
+	if st := e.loadState(); st.Phase == PhaseTrial && e.prevIs(st.Target.FromSHA256) {
+		// Into a version on trial: through the watchdog (watchdog.go).
+		return e.execWatchdog()
+	}
+	return e.execBin()
+}
+
+// execBin replaces this process with the installed binary, same arguments.
+func (e *engine) execBin() error {
 	args := append([]string{e.bin}, os.Args[1:]...)
 	e.log.Info("re-executing", "binary", e.bin)
-	err := syscall.Exec(e.bin, args, os.Environ())
+	err := syscall.Exec(e.bin, args, withoutEnv(os.Environ(), envWatchdog, envTrialChild))
 	return fmt.Errorf("ota: exec %s: %w", e.bin, err)
 }

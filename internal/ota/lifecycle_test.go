@@ -36,6 +36,8 @@ type supervisor struct {
 	logs      bytes.Buffer
 	stopped   bool
 	done      chan struct{}
+	// once: no service manager; start the agent once and never again.
+	once bool
 }
 
 func (g *gateway) supervise(t testing.TB, failpoint string) *supervisor {
@@ -43,7 +45,21 @@ func (g *gateway) supervise(t testing.TB, failpoint string) *supervisor {
 	if g.args == nil {
 		g.writeConfig(t)
 	}
-	s := &supervisor{t: t, g: g, failpoint: failpoint, done: make(chan struct{})}
+	return g.start(t, failpoint, false)
+}
+
+// runOnce starts the agent once, as an init script without a service
+// manager would: nothing restarts it.
+func (g *gateway) runOnce(t testing.TB) *supervisor {
+	t.Helper()
+	if g.args == nil {
+		g.writeConfig(t)
+	}
+	return g.start(t, "", true)
+}
+
+func (g *gateway) start(t testing.TB, failpoint string, once bool) *supervisor {
+	s := &supervisor{t: t, g: g, failpoint: failpoint, once: once, done: make(chan struct{})}
 	go s.loop()
 	t.Cleanup(func() {
 		s.stop()
@@ -98,7 +114,7 @@ func (s *supervisor) loop() {
 			args = s.g.args
 		}
 		cmd := exec.Command(s.g.bin, args...)
-		cmd.Env = os.Environ()
+		cmd.Env = append(os.Environ(), s.g.env...)
 		if s.failpoint != "" {
 			cmd.Env = append(cmd.Env, "OUTPOST_OTA_FAILPOINT="+s.failpoint)
 		}
@@ -133,7 +149,11 @@ func (s *supervisor) loop() {
 		}
 		s.exits = append(s.exits, exit)
 		s.cur = nil
+		once := s.once
 		s.mu.Unlock()
+		if once {
+			return
+		}
 		time.Sleep(50 * time.Millisecond) // RestartSec
 	}
 	s.t.Errorf("supervisor: too many restarts: %v", s.exits)

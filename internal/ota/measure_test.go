@@ -30,7 +30,7 @@ func TestMeasureApply(t *testing.T) {
 	}
 	oldBin, newBin, _ := strings.Cut(spec, ",")
 	d := t.TempDir()
-	r, err := tuf.InitRepo(filepath.Join(d, "repo"), filepath.Join(d, "keys"), true)
+	r, err := tuf.InitRepo(filepath.Join(d, "repo"), filepath.Join(d, "keys"), true, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

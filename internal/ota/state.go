@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/outpost-edge/outpost/internal/ota/tuf"
@@ -44,6 +46,11 @@ type State struct {
 	// PrestartCounted: the service manager's pre-start hook (Prestart, run
 	// from the previous binary) already counted this start's attempt.
 	PrestartCounted bool `json:"prestart_counted,omitempty"`
+	// CleanStop: the last start of the trial version ended with a
+	// graceful stop asked from outside (SIGTERM, SIGINT: an operator's
+	// restart) before its gate decided. The next start is not counted as
+	// an attempt (see Trial.Stopped).
+	CleanStop bool `json:"clean_stop,omitempty"`
 	// Reason for a rollback in progress.
 	Reason string `json:"reason,omitempty"`
 	// Bad lists versions that failed their health gate and are never
@@ -82,7 +89,7 @@ type Outcome struct {
 // inconsistent. Boot treats it like an idle state after keeping a copy.
 var ErrBadState = errors.New("ota: bad state file")
 
-var hexSHA256 = regexp.MustCompile(`^[0-9a-f]{64}$`)
+var hexSHA256 = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9a-f]{64}$`) })
 
 // ParseState decodes and validates a state file.
 func ParseState(data []byte) (*State, error) {
@@ -106,10 +113,10 @@ func ParseState(data []byte) (*State, error) {
 		return nil, fmt.Errorf("%w: unknown phase %q", ErrBadState, s.Phase)
 	}
 	if t := s.Target; t != nil {
-		if !hexSHA256.MatchString(t.SHA256) {
+		if !hexSHA256().MatchString(t.SHA256) {
 			return nil, fmt.Errorf("%w: target.sha256 %q", ErrBadState, t.SHA256)
 		}
-		if t.FromSHA256 != "" && !hexSHA256.MatchString(t.FromSHA256) {
+		if t.FromSHA256 != "" && !hexSHA256().MatchString(t.FromSHA256) {
 			return nil, fmt.Errorf("%w: target.from_sha256 %q", ErrBadState, t.FromSHA256)
 		}
 		if t.Size < 0 || t.File.Length < 0 {
@@ -161,6 +168,21 @@ func (s *State) isBad(version string) bool {
 		}
 	}
 	return false
+}
+
+// forgetBad removes versions (all when all is true) from the bad list and
+// returns those removed, in list order.
+func (s *State) forgetBad(versions []string, all bool) []string {
+	var removed, kept []string
+	for _, b := range s.Bad {
+		if all || slices.Contains(versions, b) {
+			removed = append(removed, b)
+		} else {
+			kept = append(kept, b)
+		}
+	}
+	s.Bad = kept
+	return removed
 }
 
 func (s *State) noDelta(version string) bool {

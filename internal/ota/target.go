@@ -45,10 +45,10 @@ func ParseCustom(tf tuf.TargetFile) (*Custom, error) {
 	if err := json.Unmarshal(tf.Custom, &c); err != nil {
 		return nil, err
 	}
-	if (c.Kind != "full" && c.Kind != "delta") || c.Version == "" || c.Platform == "" || !hexSHA256.MatchString(c.SHA256) || c.Size <= 0 {
+	if (c.Kind != "full" && c.Kind != "delta") || c.Version == "" || c.Platform == "" || !hexSHA256().MatchString(c.SHA256) || c.Size <= 0 {
 		return nil, fmt.Errorf("incomplete outpost custom data")
 	}
-	if c.Kind == "delta" && (c.From == "" || !hexSHA256.MatchString(c.FromSHA256)) {
+	if c.Kind == "delta" && (c.From == "" || !hexSHA256().MatchString(c.FromSHA256)) {
 		return nil, fmt.Errorf("delta without from/from_sha256")
 	}
 	return &c, nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -483,4 +484,64 @@ func (u *Updater) apply(ctx context.Context) error {
 		return nil
 	}
 	return Restart(e.cfg)
+}
+
+// ErrNotBad is returned by ForgetBad for a version that is not in the bad
+// list.
+var ErrNotBad = errors.New("ota: version is not marked bad")
+
+// BadVersions returns the versions that failed their health gate and are
+// not installed automatically.
+func (u *Updater) BadVersions() ([]string, error) {
+	u.mu.Lock()
+	e := u.e
+	u.mu.Unlock()
+	if e == nil || !e.cfg.Enabled {
+		return nil, ErrDisabled
+	}
+	st, err := LoadState(e.cfg.StateFile)
+	if err != nil {
+		return nil, err
+	}
+	return st.Bad, nil
+}
+
+// ForgetBad removes versions from the bad list (every version when all is
+// true), so that the updater may install them again: the next check offers
+// the newest good version, which may be one of them. The state file is
+// rewritten atomically, under the same lock as every other transition. It
+// returns the versions removed; a named version that is not bad is
+// ErrNotBad and nothing changes.
+func (u *Updater) ForgetBad(versions []string, all bool) ([]string, error) {
+	u.mu.Lock()
+	e := u.e
+	u.mu.Unlock()
+	if e == nil || !e.cfg.Enabled {
+		return nil, ErrDisabled
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	st, err := LoadState(e.cfg.StateFile)
+	if err != nil {
+		return nil, err
+	}
+	if !all {
+		for _, v := range versions {
+			if !st.isBad(v) {
+				return nil, fmt.Errorf("%w: %s (bad: [%s])", ErrNotBad, v, strings.Join(st.Bad, ", "))
+			}
+		}
+	}
+	removed := st.forgetBad(versions, all)
+	if len(removed) == 0 {
+		return nil, nil
+	}
+	if err := e.saveState(st); err != nil {
+		return nil, err
+	}
+	u.opt.Log.Info("bad versions forgotten; they may be installed again", "module", "ota", "versions", removed)
+	u.mu.Lock()
+	u.applyState(st)
+	u.mu.Unlock()
+	return removed, nil
 }

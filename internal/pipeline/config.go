@@ -3,7 +3,6 @@ package pipeline
 import (
 	"errors"
 	"fmt"
-	"regexp"
 
 	"github.com/outpost-edge/outpost/internal/config"
 	"github.com/outpost-edge/outpost/internal/sink/file"
@@ -79,8 +78,6 @@ func (c *Config) SetDefaults() {
 	}
 }
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$`)
-
 // Validate checks the section. moduleSinks are sink names other modules
 // provide (uplink lanes, rules), which routes may name too.
 func (c *Config) Validate(moduleSinks ...string) error {
@@ -107,7 +104,7 @@ func (c *Config) Validate(moduleSinks ...string) error {
 	}
 	for i, s := range c.Sinks {
 		p := fmt.Sprintf("sinks[%d]", i)
-		if !nameRE.MatchString(s.Name) {
+		if !config.IsName(s.Name, 64, "_.:-") {
 			add(p+".name", "sink name %q must be 1-64 letters, digits, _ . : -", s.Name)
 		}
 		if known[s.Name] {

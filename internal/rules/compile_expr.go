@@ -535,7 +535,7 @@ func dependsOnMessage(e parser.Expr) bool {
 		case *parser.Field, *parser.Label:
 			found = true
 		case *parser.Call:
-			if f := functions[n.Name]; f != nil && f.message {
+			if f := functions()[n.Name]; f != nil && f.message {
 				found = true
 			}
 		}

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -27,7 +28,18 @@ type funcSpec struct {
 	sig     string // signature for error messages and docs
 }
 
-var functions map[string]*funcSpec
+var (
+	functionsOnce sync.Once
+	functionTable map[string]*funcSpec
+)
+
+// functions returns the built-in function table, built on first use: an
+// agent with the rule engine off never pays for it (it was an init of some
+// 7 KB of code and 80 allocations at every start).
+func functions() map[string]*funcSpec {
+	functionsOnce.Do(func() { functionTable = buildFunctions() })
+	return functionTable
+}
 
 func num1(f func(float64) float64) func(*evalCtx, []Value) Value {
 	return func(c *evalCtx, a []Value) Value {
@@ -57,8 +69,8 @@ func str1(f func(string) Value) func(*evalCtx, []Value) Value {
 	}
 }
 
-func init() {
-	functions = map[string]*funcSpec{
+func buildFunctions() map[string]*funcSpec {
+	functions := map[string]*funcSpec{
 		// math
 		"abs":   {min: 1, max: 1, impl: num1(math.Abs), sig: "abs(x)"},
 		"floor": {min: 1, max: 1, impl: num1(math.Floor), sig: "floor(x)"},
@@ -229,6 +241,7 @@ func init() {
 		"rate":     {min: 1, max: 1, message: true, sig: "rate(x)", special: compileState("rate")},
 	}
 	functions["power"] = functions["pow"]
+	return functions
 }
 
 func logOrNaN(f func(float64) float64) func(float64) float64 {
@@ -548,7 +561,7 @@ func (cp *compiler) call(x *parser.Call, mode exprMode) cexpr {
 		}
 		return konst(null)
 	}
-	f := functions[x.Name]
+	f := functions()[x.Name]
 	if f == nil {
 		if windowKind(x.Name) {
 			cp.errorf(x.P, "%s() is only valid in GROUP BY", x.Name)
@@ -623,8 +636,8 @@ func windowKind(name string) bool {
 
 // suggest proposes the closest known function name.
 func suggest(name string) string {
-	names := make([]string, 0, len(functions)+len(aggregates))
-	for n := range functions {
+	names := make([]string, 0, len(functions())+len(aggregates))
+	for n := range functions() {
 		names = append(names, n)
 	}
 	for n := range aggregates {

@@ -27,66 +27,86 @@ type healthEvent struct {
 // StartPeriod do not count; afterwards they run every Interval. It sends ok
 // on each transition to passing, a plain failure event on the first failure
 // that counts, and unhealthy when FailureThreshold consecutive checks fail.
+//
+// Between checks no goroutine waits: each check runs from a timer
+// (time.AfterFunc) that the previous one armed, so checks never overlap and
+// an idle component costs the agent no parked goroutine stack for its
+// health check (with 100 components, that was 100 stacks).
 func (c *component) checkHealth(ctx context.Context, r *recipe.Recipe, env []string, cred *credential, out chan<- healthEvent) {
 	h := r.Health
-	start := time.Now()
 	check := c.checker(ctx, r, env, cred)
 	if check == nil {
 		return
 	}
-	var (
-		passedOnce bool
-		passing    bool
-		failures   int
-	)
-	send := func(ev healthEvent) bool {
-		select {
-		case out <- ev:
-			return true
-		case <-ctx.Done():
-			return false
-		}
+	l := &healthLoop{c: c, ctx: ctx, h: h, check: check, out: out, start: time.Now()}
+	l.timer = time.AfterFunc(time.Hour, l.step)
+	l.timer.Stop()
+	context.AfterFunc(ctx, func() { l.timer.Stop() })
+	l.step()
+}
+
+// healthLoop is the state of one component's health checks between runs.
+// Only one step runs at a time: the next is armed at the end of the last.
+type healthLoop struct {
+	c     *component
+	ctx   context.Context
+	h     *recipe.Health
+	check func(timeout time.Duration) error
+	out   chan<- healthEvent
+	start time.Time
+	timer *time.Timer // runs step; armed by the step before
+
+	passedOnce bool
+	passing    bool
+	failures   int
+}
+
+func (l *healthLoop) send(ev healthEvent) bool {
+	select {
+	case l.out <- ev:
+		return true
+	case <-l.ctx.Done():
+		return false
 	}
-	t := time.NewTimer(0)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		err := check(h.Timeout)
-		if ctx.Err() != nil {
-			return
-		}
-		if err == nil {
-			failures = 0
-			passedOnce = true
-			if !passing {
-				passing = true
-				if !send(healthEvent{ok: true}) {
-					return
-				}
-			}
-		} else if passedOnce || time.Since(start) >= h.StartPeriod {
-			failures++
-			passing = false
-			c.log.Warn("health check failed", "failures", failures, "threshold", h.FailureThreshold, "err", err)
-			ev := healthEvent{detail: err.Error()}
-			if failures >= h.FailureThreshold {
-				ev.unhealthy = true
-				ev.detail = fmt.Sprintf("%d consecutive failures, last: %v", failures, err)
-			}
-			if !send(ev) {
+}
+
+// step runs one check, reports it, and arms the timer for the next.
+func (l *healthLoop) step() {
+	h := l.h
+	if l.ctx.Err() != nil {
+		return
+	}
+	err := l.check(h.Timeout)
+	if l.ctx.Err() != nil {
+		return
+	}
+	if err == nil {
+		l.failures = 0
+		l.passedOnce = true
+		if !l.passing {
+			l.passing = true
+			if !l.send(healthEvent{ok: true}) {
 				return
 			}
 		}
-		next := h.Interval
-		if !passedOnce && time.Since(start) < h.StartPeriod {
-			next = h.StartInterval
+	} else if l.passedOnce || time.Since(l.start) >= h.StartPeriod {
+		l.failures++
+		l.passing = false
+		l.c.log.Warn("health check failed", "failures", l.failures, "threshold", h.FailureThreshold, "err", err)
+		ev := healthEvent{detail: err.Error()}
+		if l.failures >= h.FailureThreshold {
+			ev.unhealthy = true
+			ev.detail = fmt.Sprintf("%d consecutive failures, last: %v", l.failures, err)
 		}
-		t.Reset(next)
+		if !l.send(ev) {
+			return
+		}
 	}
+	next := h.Interval
+	if !l.passedOnce && time.Since(l.start) < h.StartPeriod {
+		next = h.StartInterval
+	}
+	l.timer.Reset(next)
 }
 
 // checker returns the function that performs one check.
@@ -136,7 +156,7 @@ func (c *component) checker(ctx context.Context, r *recipe.Recipe, env []string,
 		if err != nil {
 			return func(time.Duration) error { return fmt.Errorf("subscribe %s: %v", h.Topic, err) }
 		}
-		go func() { <-ctx.Done(); cancel() }()
+		context.AfterFunc(ctx, cancel) // unsubscribe when the check ends, without a goroutine waiting for it
 		first := true
 		return func(time.Duration) error {
 			if first {

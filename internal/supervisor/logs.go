@@ -18,6 +18,9 @@ import (
 // maxLine is the longest output line kept whole; longer lines are split.
 const maxLine = 16 << 10
 
+// readChunk is the size of the pipe reader behind each output stream.
+const readChunk = 1 << 10
+
 // rotatingFile is a log file that rotates by size: name.log is renamed to
 // name.log.1 (and .1 to .2, ...) when it would exceed maxSize, keeping
 // maxFiles files in all. Safe for concurrent use.
@@ -162,16 +165,34 @@ func (o *outputSink) capture(stream string) (*os.File, <-chan struct{}, error) {
 	go func() {
 		defer close(done)
 		defer r.Close()
-		br := bufio.NewReaderSize(r, maxLine)
+		// A small reader: most output lines are short, and one buffer per
+		// stream per component adds up (100 components: 200 buffers). A
+		// longer line is gathered in long, allocated only when needed and
+		// dropped once it grew past the small size.
+		br := bufio.NewReaderSize(r, readChunk)
+		var long []byte
 		for {
 			b, err := br.ReadSlice('\n')
+			if errors.Is(err, bufio.ErrBufferFull) {
+				long = append(long, b...)
+				if len(long) >= maxLine {
+					o.line(stream, long[:maxLine]) // a long line: emitted in maxLine pieces
+					long = append(long[:0], long[maxLine:]...)
+				}
+				continue
+			}
+			if long != nil {
+				b = append(long, b...)
+			}
 			if len(b) > 0 {
 				o.line(stream, bytes.TrimRight(b, "\r\n"))
 			}
+			if cap(long) > 2*readChunk {
+				long = nil
+			} else {
+				long = long[:0]
+			}
 			if err != nil {
-				if errors.Is(err, bufio.ErrBufferFull) {
-					continue // a long line: emitted in maxLine pieces
-				}
 				return
 			}
 		}

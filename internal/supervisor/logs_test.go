@@ -52,13 +52,20 @@ func TestCaptureLongLines(t *testing.T) {
 		t.Fatal(err)
 	}
 	long := strings.Repeat("x", maxLine+10)
-	fmt.Fprintf(w, "%s\nbad \xff byte\nno newline at end", long)
+	whole := strings.Repeat("y", maxLine-1) // longer than the reader, kept whole
+	fmt.Fprintf(w, "%s\n%s\nbad \xff byte\nno newline at end", long, whole)
 	w.Close()
 	<-done
 	rf.Close()
 	b, _ := os.ReadFile(filepath.Join(dir, "c.log"))
 	if got := strings.Count(string(b), "x"); got != maxLine+10 {
 		t.Errorf("%d x kept, want %d", got, maxLine+10)
+	}
+	if !strings.Contains(string(b), " "+whole+"\n") {
+		t.Errorf("a line of %d bytes was split", len(whole))
+	}
+	if got := strings.Count(string(b), "stderr x"); got != 2 {
+		t.Errorf("a line of %d bytes came out as %d lines, want 2", len(long), got)
 	}
 	if !strings.Contains(string(b), "stderr bad \uFFFD byte\n") || !strings.Contains(string(b), "stderr no newline at end\n") {
 		t.Errorf("log:\n%s", b[len(b)-80:])

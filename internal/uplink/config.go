@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -276,11 +275,6 @@ func (c *Config) SetDefaults() {
 	}
 }
 
-var (
-	laneNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)
-	nodeIDRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
-)
-
 // Validate reports every problem, each prefixed with its YAML path relative
 // to the section (lanes[1].name). Call SetDefaults first. Broker and node_id
 // are required only when enabled; TLS files are loaded (so `outpost config
@@ -297,7 +291,7 @@ func (c Config) Validate() error {
 	}
 	if c.Enabled && c.NodeID == "" {
 		add("node_id", errors.New("required"))
-	} else if c.NodeID != "" && !nodeIDRE.MatchString(c.NodeID) {
+	} else if c.NodeID != "" && !config.IsName(c.NodeID, 128, "._-") {
 		add("node_id", fmt.Errorf("%q: use letters, digits, '-', '_', '.' (at most 128)", c.NodeID))
 	}
 	if c.Enabled && c.ClientID == "" {
@@ -358,7 +352,7 @@ func (c Config) Validate() error {
 	seen := map[string]int{}
 	for i, l := range c.Lanes {
 		p := fmt.Sprintf("lanes[%d]", i)
-		if !laneNameRE.MatchString(l.Name) {
+		if !config.IsName(l.Name, 64, "_-") || strings.ToLower(l.Name) != l.Name {
 			add(p+".name", fmt.Errorf("%q: use lowercase letters, digits, '-' and '_' (at most 64)", l.Name))
 		}
 		if j, dup := seen[l.Name]; dup {

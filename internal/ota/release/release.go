@@ -70,6 +70,13 @@ func Sign(r *tuf.Repo) error {
 	return nil
 }
 
+// SignRole publishes what was added to a delegated role: a new version of
+// that role, snapshot and timestamp (its key, the snapshot and the
+// timestamp keys; not the targets key).
+func SignRole(r *tuf.Repo, role string) error {
+	return r.PublishRole(role)
+}
+
 // AddResult reports what Add put in the repository.
 type AddResult struct {
 	Full   string            // target name of the full binary
@@ -83,6 +90,19 @@ type AddResult struct {
 // up to deltas previous versions of the same platform already in the
 // repository. Nothing is signed.
 func Add(r *tuf.Repo, binary, version, platform string, deltas int) (*AddResult, error) {
+	return AddTo(r, "", binary, version, platform, deltas)
+}
+
+// AddTo is Add into the delegated role (tuf.Repo.Delegate); role "" is the
+// top-level targets role. The target names must match the role's paths
+// (for instance "linux/arm64/*" for a role that publishes arm64 builds).
+func AddTo(r *tuf.Repo, role, binary, version, platform string, deltas int) (*AddResult, error) {
+	add := r.AddTarget
+	if role != "" {
+		add = func(name, src string, custom any) (tuf.TargetFile, error) {
+			return r.AddDelegatedTarget(role, name, src, custom)
+		}
+	}
 	if _, err := os.Stat(binary); err != nil {
 		return nil, fmt.Errorf("release: %w", err)
 	}
@@ -92,7 +112,8 @@ func Add(r *tuf.Repo, binary, version, platform string, deltas int) (*AddResult,
 	}
 	sum := sha256.Sum256(nw)
 	full := ota.FullTargetName(platform, version)
-	if _, dup := r.Targets.Targets[full]; dup {
+	all := r.AllTargets()
+	if _, dup := all[full]; dup {
 		return nil, fmt.Errorf("release: %s is already in the repository", full)
 	}
 	res := &AddResult{Full: full, Size: int64(len(nw)), Deltas: map[string]int64{}, From: map[string]string{}}
@@ -107,7 +128,7 @@ func Add(r *tuf.Repo, binary, version, platform string, deltas int) (*AddResult,
 	}
 	defer os.Remove(tmp)
 	custom := ota.Custom{Kind: "full", Version: version, Platform: platform, SHA256: hex.EncodeToString(sum[:]), Size: int64(len(nw))}
-	if _, err := r.AddTarget(full, tmp, custom); err != nil {
+	if _, err := add(full, tmp, custom); err != nil {
 		return nil, err
 	}
 	res.Packed = int64(len(packed))
@@ -118,7 +139,7 @@ func Add(r *tuf.Repo, binary, version, platform string, deltas int) (*AddResult,
 		c    *ota.Custom
 	}
 	var prevs []prev
-	for name, tf := range r.Targets.Targets {
+	for name, tf := range all {
 		c, err := ota.ParseCustom(tf)
 		if err != nil || c.Kind != "full" || c.Platform != platform || ota.CompareVersions(c.Version, version) >= 0 {
 			continue
@@ -148,7 +169,7 @@ func Add(r *tuf.Repo, binary, version, platform string, deltas int) (*AddResult,
 		name := ota.DeltaTargetName(platform, p.c.Version, version)
 		dc := custom
 		dc.Kind, dc.From, dc.FromSHA256 = "delta", p.c.Version, p.c.SHA256
-		_, err = r.AddTarget(name, tmp, dc)
+		_, err = add(name, tmp, dc)
 		os.Remove(tmp)
 		if err != nil {
 			return nil, err

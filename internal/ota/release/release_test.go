@@ -14,7 +14,7 @@ import (
 
 func TestAddStageSign(t *testing.T) {
 	d := t.TempDir()
-	r, err := tuf.InitRepo(filepath.Join(d, "repo"), filepath.Join(d, "keys"), true)
+	r, err := tuf.InitRepo(filepath.Join(d, "repo"), filepath.Join(d, "keys"), true, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

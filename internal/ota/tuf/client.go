@@ -117,6 +117,10 @@ func (c *Client) Refresh(ctx context.Context) (*Targets, error) {
 	if err := c.updateTargets(ctx); err != nil {
 		return nil, err
 	}
+	if err := c.updateDelegated(ctx); err != nil {
+		c.targets = nil
+		return nil, err
+	}
 	return c.targets, nil
 }
 
@@ -192,6 +196,10 @@ func sameRoleKeys(a, b *Root, role string) bool {
 // loadTrusted reads a cached file and verifies it against the current root;
 // anything that does not verify is ignored (and the remote copy decides).
 func (c *Client) loadTrusted(name, role string) *Envelope {
+	return c.loadTrustedBy(name, func(e *Envelope) error { return Verify(c.root, role, e) })
+}
+
+func (c *Client) loadTrustedBy(name string, verify func(*Envelope) error) *Envelope {
 	raw, err := os.ReadFile(filepath.Join(c.Dir, name))
 	if err != nil {
 		return nil
@@ -200,7 +208,7 @@ func (c *Client) loadTrusted(name, role string) *Envelope {
 	if err != nil {
 		return nil
 	}
-	if Verify(c.root, role, e) != nil {
+	if verify(e) != nil {
 		return nil
 	}
 	return e
@@ -299,6 +307,10 @@ func (c *Client) updateSnapshot(ctx context.Context) error {
 // ref's hashes checked (a mismatch is mix-and-match) and role's signatures
 // verified against the trusted root. name is the file name as fetched.
 func (c *Client) fetchVerified(ctx context.Context, file, role string, ref MetaFile, maxSize int64) (name string, raw []byte, e *Envelope, err error) {
+	return c.fetchVerifiedBy(ctx, file, ref, maxSize, func(e *Envelope) error { return Verify(c.root, role, e) })
+}
+
+func (c *Client) fetchVerifiedBy(ctx context.Context, file string, ref MetaFile, maxSize int64, verify func(*Envelope) error) (name string, raw []byte, e *Envelope, err error) {
 	name = file
 	if c.root.ConsistentSnapshot {
 		name = strconv.FormatInt(ref.Version, 10) + "." + file
@@ -316,7 +328,7 @@ func (c *Client) fetchVerified(ctx context.Context, file, role string, ref MetaF
 	if e, err = ParseEnvelope(raw); err != nil {
 		return name, nil, nil, fmt.Errorf("tuf: %s: %w", name, err)
 	}
-	if err := Verify(c.root, role, e); err != nil {
+	if err := verify(e); err != nil {
 		return name, nil, nil, fmt.Errorf("tuf: %s: %w", name, err)
 	}
 	return name, raw, e, nil

@@ -29,6 +29,13 @@
 //     against the parent's length, hashes and version (ErrMixAndMatch), signed
 //     by their role's threshold, not expired, and the snapshot never drops or
 //     lowers a targets version (ErrRollback).
+//   - Delegated targets roles (one level; delegation.go): each role's
+//     metadata is listed in the snapshot and checked like targets.json,
+//     but signed by the threshold of the keys its delegation lists; a
+//     role is believed only for target names matching its path patterns,
+//     top-level targets win, roles are consulted in order and a
+//     terminating role ends the search for the names it matches. A
+//     delegated role that delegates further is rejected (ErrMalformed).
 //   - Signature failures are distinct: ErrBadSignature (a trusted key's
 //     signature does not verify), ErrUnknownKey (signed only by untrusted
 //     keys), ErrThreshold (too few valid signatures).
@@ -42,7 +49,7 @@
 //
 // # Caveats
 //
-// No delegated targets roles, no key types but ed25519, no hashed bin
-// delegation. Target downloads are the caller's job (see
+// Delegations are one level deep (no nested roles), no key types but
+// ed25519, no hashed bin (succinct) delegation. Target downloads are the caller's job (see
 // Client.TargetPath and CheckHashes).
 package tuf

@@ -126,10 +126,13 @@ type TargetFile struct {
 	Custom json.RawMessage `json:"custom,omitempty"`
 }
 
-// Targets is targets.json's signed part. Delegations are not supported.
+// Targets is the signed part of targets.json and of a delegated role's
+// metadata (same _type). Only the top-level targets role may delegate (one
+// level; see delegation.go).
 type Targets struct {
 	Common
-	Targets map[string]TargetFile `json:"targets"`
+	Targets     map[string]TargetFile `json:"targets"`
+	Delegations *Delegations          `json:"delegations,omitempty"`
 }
 
 // Errors returned by parsing and verification. Each attack class has its
@@ -263,6 +266,9 @@ func ParseTargets(e *Envelope) (*Targets, error) {
 			return nil, fmt.Errorf("%w: targets: %s: needs length and hashes", ErrMalformed, p)
 		}
 	}
+	if err := t.Delegations.validate(); err != nil {
+		return nil, err
+	}
 	return &t, nil
 }
 
@@ -275,6 +281,12 @@ func Verify(root *Root, role string, e *Envelope) error {
 	if rk == nil {
 		return fmt.Errorf("%w: role %s not in root", ErrMalformed, role)
 	}
+	return verifyKeys(root.Keys, rk, role, e)
+}
+
+// verifyKeys is Verify with the keys and threshold given (root's for a
+// top-level role, the delegating targets' for a delegated one).
+func verifyKeys(keys map[string]*Key, rk *RoleKeys, role string, e *Envelope) error {
 	msg, err := Canonical(e.Signed)
 	if err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrMalformed, role, err)
@@ -286,7 +298,7 @@ func Verify(root *Root, role string, e *Envelope) error {
 	valid := map[string]bool{}
 	var bad, unknown int
 	for _, s := range e.Signatures {
-		k := root.Keys[s.KeyID]
+		k := keys[s.KeyID]
 		if !allowed[s.KeyID] || k == nil {
 			unknown++
 			continue

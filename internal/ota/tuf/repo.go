@@ -28,11 +28,19 @@ import (
 type Repo struct {
 	Dir    string
 	KeyDir string
+	// Passphrase opens encrypted key files; new keys (InitRepo,
+	// RotateKey) are encrypted with it unless it is empty. Never logged.
+	Passphrase []byte
 
 	Root      *Root
 	Targets   *Targets
 	Snapshot  *Snapshot
 	Timestamp *Timestamp
+	// Delegated holds each delegated role's targets (see Delegate).
+	Delegated map[string]*Targets
+	// signed: canonical form of each delegated role as last signed or
+	// loaded (Publish re-signs only roles that differ).
+	signed map[string][]byte
 
 	// Expiry periods applied when a role is re-signed.
 	RootExpiry, TargetsExpiry, SnapshotExpiry, TimestampExpiry time.Duration
@@ -78,41 +86,10 @@ func (r *Repo) setDefaults() {
 func (r *Repo) MetaDir() string    { return filepath.Join(r.Dir, "metadata") }
 func (r *Repo) TargetsDir() string { return filepath.Join(r.Dir, "targets") }
 
-// keyFile is a private key on disk.
-type keyFile struct {
-	Type    string `json:"keytype"`
-	Private string `json:"private"` // hex ed25519 seed
-}
-
-// LoadKey reads a role's private key from KeyDir.
+// LoadKey reads a role's private key from KeyDir (decrypting it with
+// Passphrase when it is encrypted).
 func (r *Repo) LoadKey(role string) (ed25519.PrivateKey, error) {
-	return ReadKey(filepath.Join(r.KeyDir, role+".key"))
-}
-
-// ReadKey reads a private key file.
-func ReadKey(path string) (ed25519.PrivateKey, error) {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("tuf: key: %w", err)
-	}
-	var k keyFile
-	if err := json.Unmarshal(raw, &k); err != nil {
-		return nil, fmt.Errorf("tuf: key %s: %w", path, err)
-	}
-	seed, err := hex.DecodeString(k.Private)
-	if err != nil || k.Type != "ed25519" || len(seed) != ed25519.SeedSize {
-		return nil, fmt.Errorf("tuf: key %s: not an ed25519 private key", path)
-	}
-	return ed25519.NewKeyFromSeed(seed), nil
-}
-
-// WriteKey writes a private key file with mode 0600.
-func WriteKey(path string, k ed25519.PrivateKey) error {
-	raw, _ := json.Marshal(keyFile{Type: "ed25519", Private: hex.EncodeToString(k.Seed())})
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	return WriteFileAtomic(path, raw, 0o600)
+	return ReadKey(filepath.Join(r.KeyDir, role+".key"), r.Passphrase)
 }
 
 // GenerateKey returns a new ed25519 key.
@@ -125,10 +102,11 @@ func GenerateKey() ed25519.PrivateKey {
 }
 
 // InitRepo creates keys for the four roles in keyDir (threshold 1 each),
-// a first root and empty targets, snapshot and timestamp. It refuses to
-// overwrite an existing repository or key.
-func InitRepo(dir, keyDir string, consistent bool) (*Repo, error) {
-	r := &Repo{Dir: dir, KeyDir: keyDir}
+// encrypted with passphrase unless it is empty, a first root and empty
+// targets, snapshot and timestamp. It refuses to overwrite an existing
+// repository or key.
+func InitRepo(dir, keyDir string, consistent bool, passphrase []byte) (*Repo, error) {
+	r := &Repo{Dir: dir, KeyDir: keyDir, Passphrase: passphrase, Delegated: map[string]*Targets{}}
 	r.setDefaults()
 	if _, err := os.Stat(filepath.Join(r.MetaDir(), "root.json")); err == nil {
 		return nil, fmt.Errorf("tuf: %s already holds a repository", dir)
@@ -151,7 +129,7 @@ func InitRepo(dir, keyDir string, consistent bool) (*Repo, error) {
 			return nil, fmt.Errorf("tuf: key %s exists; refusing to overwrite", path)
 		}
 		k := GenerateKey()
-		if err := WriteKey(path, k); err != nil {
+		if err := WriteKey(path, k, passphrase); err != nil {
 			return nil, fmt.Errorf("tuf: %w", err)
 		}
 		pk := NewKey(k.Public().(ed25519.PublicKey))
@@ -171,7 +149,7 @@ func InitRepo(dir, keyDir string, consistent bool) (*Repo, error) {
 
 // OpenRepo loads the newest metadata of the repository in dir.
 func OpenRepo(dir, keyDir string) (*Repo, error) {
-	r := &Repo{Dir: dir, KeyDir: keyDir}
+	r := &Repo{Dir: dir, KeyDir: keyDir, Delegated: map[string]*Targets{}}
 	r.setDefaults()
 	load := func(name string) (*Envelope, error) {
 		raw, err := os.ReadFile(filepath.Join(r.MetaDir(), name))
@@ -205,6 +183,18 @@ func OpenRepo(dir, keyDir string) (*Repo, error) {
 	if err == nil {
 		if e, err = load(r.metaName("targets.json", r.Snapshot.Meta["targets.json"].Version)); err == nil {
 			r.Targets, err = ParseTargets(e)
+		}
+	}
+	if err == nil && r.Targets.Delegations != nil {
+		for _, dr := range r.Targets.Delegations.Roles {
+			file := dr.Name + ".json"
+			if e, err = load(r.metaName(file, r.Snapshot.Meta[file].Version)); err != nil {
+				break
+			}
+			if r.Delegated[dr.Name], err = ParseTargets(e); err != nil {
+				break
+			}
+			r.markSigned(dr.Name)
 		}
 	}
 	if err != nil {
@@ -251,12 +241,18 @@ func (r *Repo) WriteRoot(extra ...ed25519.PrivateKey) error {
 // private key replaces the old one in KeyDir; the old one is kept as
 // <role>.key.old.
 func (r *Repo) RotateKey(role string) error {
+	if r.Targets.Delegations.role(role) != nil {
+		return r.rotateDelegated(role)
+	}
+	if r.Root.Roles[role] == nil {
+		return fmt.Errorf("tuf: rotate: no role %q (root, targets, snapshot, timestamp or a delegated role)", role)
+	}
 	oldRoot, err := r.LoadKey(RoleRoot)
 	if err != nil {
 		return err
 	}
 	oldPath := filepath.Join(r.KeyDir, role+".key")
-	old, err := ReadKey(oldPath)
+	old, err := ReadKey(oldPath, r.Passphrase)
 	if err != nil {
 		return err
 	}
@@ -267,10 +263,10 @@ func (r *Repo) RotateKey(role string) error {
 	r.Root.Roles[role] = &RoleKeys{KeyIDs: []string{pk.ID()}, Threshold: 1}
 	r.Root.Version++
 	r.Root.Expires = r.now().Add(r.RootExpiry)
-	if err := WriteKey(oldPath+".old", old); err != nil {
+	if err := WriteKey(oldPath+".old", old, r.Passphrase); err != nil {
 		return err
 	}
-	if err := WriteKey(oldPath, nk); err != nil {
+	if err := WriteKey(oldPath, nk, r.Passphrase); err != nil {
 		return err
 	}
 	var extra []ed25519.PrivateKey
@@ -284,6 +280,16 @@ func (r *Repo) RotateKey(role string) error {
 // "linux/arm64/outpost-1.4.0.zst") and records its length, hashes and custom
 // data. It is published by the next Publish.
 func (r *Repo) AddTarget(name string, src string, custom any) (TargetFile, error) {
+	tf, err := r.storeTarget(name, src, custom)
+	if err != nil {
+		return TargetFile{}, err
+	}
+	r.Targets.Targets[name] = tf
+	return tf, nil
+}
+
+// storeTarget copies src into the targets tree and returns its description.
+func (r *Repo) storeTarget(name string, src string, custom any) (TargetFile, error) {
 	in, err := os.Open(src)
 	if err != nil {
 		return TargetFile{}, fmt.Errorf("tuf: add target: %w", err)
@@ -330,23 +336,30 @@ func (r *Repo) AddTarget(name string, src string, custom any) (TargetFile, error
 	if err := SyncDir(filepath.Dir(dst)); err != nil {
 		return TargetFile{}, err
 	}
-	r.Targets.Targets[name] = tf
 	return tf, nil
 }
 
-// TargetFilePath is where a published target lives on disk.
+// TargetFilePath is where a published target (top-level or delegated)
+// lives on disk.
 func (r *Repo) TargetFilePath(name string) string {
-	tf := r.Targets.Targets[name]
+	tf := r.AllTargets()[name]
 	if r.Root.ConsistentSnapshot {
 		return filepath.Join(r.TargetsDir(), filepath.FromSlash(ConsistentTargetPath(name, tf)))
 	}
 	return filepath.Join(r.TargetsDir(), filepath.FromSlash(name))
 }
 
-// Publish signs a new targets version, a new snapshot referencing it and a
-// new timestamp referencing that.
+// Publish signs a new targets version, new versions of the delegated
+// roles that changed (or were never signed, or whose key was rotated), a
+// new snapshot referencing them and a new timestamp referencing that.
+// Unchanged delegated roles keep their signed metadata, so their keys are
+// not needed.
 func (r *Repo) Publish() error {
 	now := r.now()
+	meta, err := r.publishDelegated(now, "")
+	if err != nil {
+		return err
+	}
 	r.Targets.Version++
 	r.Targets.Expires = now.Add(r.TargetsExpiry)
 	traw, err := r.signWith(RoleTargets, r.Targets)
@@ -356,13 +369,38 @@ func (r *Repo) Publish() error {
 	if err := r.writeMeta("targets.json", r.Targets.Version, traw); err != nil {
 		return err
 	}
+	meta["targets.json"] = metaFor(r.Targets.Version, traw)
+	return r.writeSnapshot(now, meta)
+}
+
+// PublishRole signs a new version of one delegated role, a new snapshot
+// and timestamp, leaving targets.json as it is: what a holder of only that
+// role's key (and the snapshot and timestamp keys) can publish.
+func (r *Repo) PublishRole(role string) error {
+	if r.Targets.Delegations.role(role) == nil {
+		return fmt.Errorf("tuf: no delegated role %q", role)
+	}
+	prev, ok := r.Snapshot.Meta["targets.json"]
+	if !ok {
+		return fmt.Errorf("tuf: snapshot lacks targets.json")
+	}
+	now := r.now()
+	meta, err := r.publishDelegated(now, role)
+	if err != nil {
+		return err
+	}
+	meta["targets.json"] = prev
+	return r.writeSnapshot(now, meta)
+}
+
+func (r *Repo) writeSnapshot(now time.Time, meta map[string]MetaFile) error {
 	var sv int64 = 1
 	if r.Snapshot != nil {
 		sv = r.Snapshot.Version + 1
 	}
 	r.Snapshot = &Snapshot{
 		Common: Common{Type: RoleSnapshot, SpecVersion: SpecVersion, Version: sv, Expires: now.Add(r.SnapshotExpiry)},
-		Meta:   map[string]MetaFile{"targets.json": metaFor(r.Targets.Version, traw)},
+		Meta:   meta,
 	}
 	sraw, err := r.signWith(RoleSnapshot, r.Snapshot)
 	if err != nil {

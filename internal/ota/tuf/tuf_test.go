@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 )
@@ -30,7 +31,7 @@ func (d *dirFetcher) Fetch(_ context.Context, path string, max int64) ([]byte, e
 func newRepo(t *testing.T) *Repo {
 	t.Helper()
 	d := t.TempDir()
-	r, err := InitRepo(filepath.Join(d, "repo"), filepath.Join(d, "keys"), true)
+	r, err := InitRepo(filepath.Join(d, "repo"), filepath.Join(d, "keys"), true, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,12 +140,24 @@ func TestCanonical(t *testing.T) {
 
 func FuzzMetadata(f *testing.F) {
 	d := f.TempDir()
-	r, err := InitRepo(filepath.Join(d, "repo"), filepath.Join(d, "keys"), true)
+	r, err := InitRepo(filepath.Join(d, "repo"), filepath.Join(d, "keys"), true, nil)
 	if err != nil {
 		f.Fatal(err)
 	}
 	root, _ := os.ReadFile(filepath.Join(r.MetaDir(), "root.json"))
-	for _, n := range []string{"root.json", "timestamp.json", "1.snapshot.json", "1.targets.json"} {
+	// A delegation, for the seeds 2.targets.json and 1.arm.json.
+	src := filepath.Join(d, "src")
+	os.WriteFile(src, []byte("x"), 0o644)
+	if err := r.Delegate("arm", []string{"linux/arm64/*"}, true); err != nil {
+		f.Fatal(err)
+	}
+	if _, err := r.AddDelegatedTarget("arm", "linux/arm64/a", src, nil); err != nil {
+		f.Fatal(err)
+	}
+	if err := r.Publish(); err != nil {
+		f.Fatal(err)
+	}
+	for _, n := range []string{"root.json", "timestamp.json", "1.snapshot.json", "1.targets.json", "2.targets.json", "1.arm.json"} {
 		b, _ := os.ReadFile(filepath.Join(r.MetaDir(), n))
 		f.Add(b)
 		f.Add(b[:len(b)/2])
@@ -167,7 +180,26 @@ func FuzzMetadata(f *testing.F) {
 		}
 		ParseTimestamp(e)
 		ParseSnapshot(e)
-		ParseTargets(e)
+		if tg, err := ParseTargets(e); err == nil && tg.Delegations != nil {
+			// Resolving through its own delegations (the targets file
+			// standing in for every delegated role) only ever adds names
+			// within some role's paths, and keeps every top-level target.
+			del := map[string]*Targets{}
+			for _, dr := range tg.Delegations.Roles {
+				del[dr.Name] = tg
+			}
+			res := resolve(tg, del)
+			for name := range tg.Targets {
+				if _, ok := res.Targets[name]; !ok {
+					t.Fatalf("top-level target %s lost", name)
+				}
+			}
+			for name := range res.Targets {
+				if _, top := tg.Targets[name]; !top && !slices.ContainsFunc(tg.Delegations.Roles, func(dr *DelegatedRole) bool { return dr.matches(name) }) {
+					t.Fatalf("target %s outside every role's paths", name)
+				}
+			}
+		}
 	})
 }
 

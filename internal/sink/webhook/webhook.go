@@ -160,12 +160,12 @@ type Sink struct {
 
 var _ message.Sink = (*Sink)(nil)
 
-var envRef = regexp.MustCompile(`\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)\}`)
+var envRef = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)\}`) })
 
 // Expand replaces ${env:NAME} and ${NAME} with environment variables.
 func Expand(s string) string {
-	return envRef.ReplaceAllStringFunc(s, func(m string) string {
-		return os.Getenv(envRef.FindStringSubmatch(m)[1])
+	return envRef().ReplaceAllStringFunc(s, func(m string) string {
+		return os.Getenv(envRef().FindStringSubmatch(m)[1])
 	})
 }
 

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -23,12 +24,10 @@ import (
 // MaxFileSize is the largest recipe file Parse accepts.
 const MaxFileSize = 1 << 20
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-
 // ValidName reports whether s is a valid component name: 1-64 characters
 // of letters, digits, '.', '_' and '-', starting with a letter or digit.
 // Names are used in MQTT topics, file names and cgroup names.
-func ValidName(s string) bool { return nameRE.MatchString(s) && s != "." && s != ".." }
+func ValidName(s string) bool { return config.IsName(s, 64, "._-") && s != "." && s != ".." }
 
 // Parse decodes and validates one recipe. Decoding is strict: unknown keys,
 // duplicate keys, wrong types, anchors/aliases and multiple documents are
@@ -69,11 +68,11 @@ func Parse(file string, data []byte) (*Recipe, error) {
 	return r, nil
 }
 
-var yamlLineRE = regexp.MustCompile(`line (\d+)`)
+var yamlLineRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`line (\d+)`) })
 
 func syntaxError(file string, err error) *Error {
 	e := &Error{File: file, Err: fmt.Errorf("%w: %s", ErrSyntax, strings.TrimPrefix(err.Error(), "yaml: "))}
-	if m := yamlLineRE.FindStringSubmatch(err.Error()); m != nil {
+	if m := yamlLineRE().FindStringSubmatch(err.Error()); m != nil {
 		e.Line, _ = strconv.Atoi(m[1])
 	}
 	return e
@@ -150,23 +149,8 @@ func (d *decoder) kind(n *yaml.Node, path string, k yaml.Kind, what string) bool
 		d.errAt(n, path, ErrInvalid, "YAML anchors and aliases are not supported in recipes")
 		return false
 	}
-	d.errAt(n, path, ErrInvalid, "expected %s, got %s", what, kindName(n))
+	d.errAt(n, path, ErrInvalid, "expected %s, got %s", what, config.KindName(n))
 	return false
-}
-
-func kindName(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	case yaml.ScalarNode:
-		if n.Tag == "!!null" {
-			return "null"
-		}
-		return fmt.Sprintf("%q", n.Value)
-	}
-	return "something else"
 }
 
 func (d *decoder) str(n *yaml.Node, path string) string {

@@ -93,6 +93,25 @@ func (p *Packets) GetAll() map[string]Packet {
 	return m
 }
 
+// Expired returns the keys of the packets for which expired reports true,
+// under the read lock and without copying the packets.
+//
+// outpost: clearExpiredRetainedMessages used GetAll, which copied every
+// retained message into a new map once a second: an idle broker's only
+// steady allocation (about 20 KB/s with the $SYS topics), which grew the
+// heap towards the GC goal.
+func (p *Packets) Expired(expired func(pk Packet) bool) []string {
+	p.RLock()
+	defer p.RUnlock()
+	var keys []string
+	for k, pk := range p.internal {
+		if expired(pk) {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
 // Get returns a specific packet in the map by packet id.
 func (p *Packets) Get(id string) (val Packet, ok bool) {
 	p.RLock()

@@ -155,4 +155,11 @@ func main() {
 	defer cancel()
 	u.Stop(sctx)
 	srv.Shutdown(sctx)
+	if trial != nil {
+		// A graceful stop on SIGTERM/SIGINT is not a failed attempt.
+		if err := trial.Stopped(); err != nil {
+			log.Error("ota trial stopped", "err", err)
+		}
+	}
+	log.Info("stopped gracefully")
 }
