@@ -119,6 +119,7 @@ func rulesCheck(args []string, stdout, stderr io.Writer) int {
 	}
 	env := mkEnv()
 	code := exitOK
+	var all []*rules.Rule
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
@@ -144,8 +145,23 @@ func rulesCheck(args []string, stdout, stderr io.Writer) int {
 			code = exitUsage
 			continue
 		}
-		for _, r := range rs {
-			fmt.Fprintf(stdout, "%s: rule %s version %d ok\n", f, r.Name, r.Version)
+		all = append(all, rs...)
+	}
+	// REPUBLISH → FROM cycles across every rule given, as the gateway
+	// refuses them when it loads the files
+	looped := map[string]bool{}
+	if err := rules.CheckLoops(all); err != nil {
+		var el parser.ErrorList
+		errors.As(err, &el)
+		for _, e := range el {
+			fmt.Fprintln(stderr, e.Error())
+			looped[e.File+"\x00"+e.Rule] = true
+		}
+		code = exitUsage
+	}
+	for _, r := range all {
+		if !looped[r.File+"\x00"+r.Name] {
+			fmt.Fprintf(stdout, "%s: rule %s version %d ok\n", r.File, r.Name, r.Version)
 		}
 	}
 	return code

@@ -80,3 +80,26 @@ func TestRulesUsage(t *testing.T) {
 		t.Errorf("help: %d %q", code, out.String())
 	}
 }
+
+func TestRulesCheckLoopAcrossFiles(t *testing.T) {
+	dir := t.TempDir()
+	a := filepath.Join(dir, "a.sql")
+	b := filepath.Join(dir, "b.sql")
+	os.WriteFile(a, []byte(`CREATE RULE a AS SELECT v FROM 'in/+' DO REPUBLISH 'mid/${v}';`), 0o644)
+	os.WriteFile(b, []byte(`CREATE RULE b AS SELECT v FROM 'mid/#' DO REPUBLISH 'in/x';`), 0o644)
+	var out, errb bytes.Buffer
+	if code := rulesMain(context.Background(), []string{"check", a}, &out, &errb); code != exitOK {
+		t.Fatalf("a alone: exit %d: %s", code, errb.String())
+	}
+	out.Reset()
+	if code := rulesMain(context.Background(), []string{"check", a, b}, &out, &errb); code != exitUsage {
+		t.Fatalf("a and b: exit %d", code)
+	}
+	want := a + ":1:52: rule a: REPUBLISH closes a loop: rule a REPUBLISH 'mid/${v}' → rule b (FROM 'mid/#') REPUBLISH 'in/x' → rule a (FROM 'in/+')"
+	if !strings.Contains(errb.String(), want) {
+		t.Errorf("stderr %q\nmissing %q", errb.String(), want)
+	}
+	if strings.Contains(out.String(), "rule a version 1 ok") {
+		t.Errorf("stdout %q", out.String())
+	}
+}

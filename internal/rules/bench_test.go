@@ -3,6 +3,7 @@ package rules
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -117,4 +118,37 @@ func BenchmarkRules1000(b *testing.B) {
 		i++
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msg/s")
+}
+
+// parallelDevices runs e.Process from GOMAXPROCS goroutines over 64
+// devices (messages built up front).
+func parallelDevices(b *testing.B, e *Engine) {
+	msgs := make([]*message.Message, 64)
+	for i := range msgs {
+		msgs[i] = &message.Message{Topic: "factory/l1/telemetry", Payload: payload200, DeviceID: fmt.Sprint("d", i)}
+	}
+	ctx := context.Background()
+	var next atomic.Int64
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		i := int(next.Add(7))
+		for pb.Next() {
+			i++
+			e.Process(ctx, msgs[i%64])
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msg/s")
+}
+
+// BenchmarkTumblingAvgParallel: the windowed rule of BenchmarkTumblingAvg
+// fed by every core, 64 devices (64 groups).
+func BenchmarkTumblingAvgParallel(b *testing.B) {
+	e, _ := benchEngine(b, `CREATE RULE avg AS SELECT deviceid() AS d, avg(temp) AS t, count(*) AS n FROM 'factory/+/telemetry' GROUP BY deviceid(), TUMBLINGWINDOW(ss, 10) DO REPUBLISH 'agg';`)
+	parallelDevices(b, e)
+}
+
+// BenchmarkDeadbandParallel: per-device state fed by every core.
+func BenchmarkDeadbandParallel(b *testing.B) {
+	e, _ := benchEngine(b, `CREATE RULE db AS SELECT temp FROM 'factory/+/telemetry' WHERE deadband(temp, 0.5) DO REPUBLISH 'db';`)
+	parallelDevices(b, e)
 }

@@ -20,6 +20,8 @@ import (
 //	  partitions: 64                 # device lock stripes
 //	  debounce: 20ms                 # file event debounce
 //	  window_tick: 50ms              # processing-time window check period
+//	  idle_timeout: 5s               # event-time windows: advance the watermark after this long without messages (-1s: never)
+//	  max_hops: 8                    # a message republished this often is not evaluated (loop guard)
 //	  device_id_from: client_id      # or topic_level:2
 //	  devices:
 //	    - id: sensor-1
@@ -34,6 +36,8 @@ type Config struct {
 	Partitions   int             `yaml:"partitions"`
 	Debounce     config.Duration `yaml:"debounce"`
 	WindowTick   config.Duration `yaml:"window_tick"`
+	IdleTimeout  config.Duration `yaml:"idle_timeout"`
+	MaxHops      int             `yaml:"max_hops"`
 	DeviceIDFrom string          `yaml:"device_id_from"`
 	Devices      []Device        `yaml:"devices"`
 	Rollouts     []Rollout       `yaml:"rollouts"`
@@ -70,7 +74,7 @@ type Device struct {
 }
 
 // SetDefaults fills zero values: partitions 64, debounce 20ms, window_tick
-// 50ms, device_id_from client_id.
+// 50ms, idle_timeout 5s, max_hops 8, device_id_from client_id.
 func (c *Config) SetDefaults() {
 	if c.Partitions == 0 {
 		c.Partitions = 64
@@ -80,6 +84,12 @@ func (c *Config) SetDefaults() {
 	}
 	if c.WindowTick == 0 {
 		c.WindowTick = config.Duration(50 * time.Millisecond)
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = config.Duration(DefaultIdle)
+	}
+	if c.MaxHops == 0 {
+		c.MaxHops = DefaultMaxHops
 	}
 	if c.DeviceIDFrom == "" {
 		c.DeviceIDFrom = "client_id"
@@ -97,6 +107,9 @@ func (c Config) Validate() error {
 	}
 	if c.WindowTick < 0 || (c.WindowTick > 0 && c.WindowTick.D() < time.Millisecond) {
 		errs = append(errs, fmt.Errorf("window_tick: %s is below 1ms", c.WindowTick))
+	}
+	if c.MaxHops < 1 || c.MaxHops > 64 {
+		errs = append(errs, fmt.Errorf("max_hops: %d is not between 1 and 64", c.MaxHops))
 	}
 	if _, err := deviceIDFunc(c.DeviceIDFrom); err != nil {
 		errs = append(errs, fmt.Errorf("device_id_from: %w", err))

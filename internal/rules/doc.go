@@ -34,6 +34,10 @@
 //     (DeviceID, else ClientID) through Options.Partitions lock stripes, so
 //     per-device state and order are consistent when each device's messages
 //     are submitted in order.
+//   - A rule's state is sharded (stateShards stripes): per-device state by
+//     device, window groups by GROUP BY key. Closing windows (watermark past
+//     windowState.nextClose) locks every stripe of the rule and emits in
+//     window start, then group creation order.
 //   - Apply (and so every reload) switches the active rule set atomically at
 //     a message boundary: each message is evaluated by exactly one set, none
 //     is lost or evaluated twice. Window and device state carry over when
@@ -55,15 +59,21 @@
 // outpost_rules_eval_duration_seconds{rule,version} (sampled 1 in 16),
 // outpost_rules_reloads_total, outpost_rules_reload_duration_seconds,
 // outpost_rules_window_groups_discarded_total, outpost_rules_active,
-// outpost_rules_rejected_files.
+// outpost_rules_rejected_files. The per-version series are unregistered when
+// their version is removed or replaced (an action dropped from a version
+// drops its action_sent series).
 //
 // # Caveats
 //
-//   - A REPUBLISH whose constant topic matches the rule's own FROM is
-//     refused; loops through templated topics or between rules are not
-//     detected.
-//   - Actions run while the rule's state lock is held (windowed and stateful
-//     rules): sinks must not block for long. WEBHOOK sinks queue by default.
+//   - Loops: a REPUBLISH that can match the rule's own FROM is a compile
+//     error (a ${...} level counts as +); the Store and CheckLoops refuse a
+//     rule closing a REPUBLISH → FROM cycle through other rules. At run
+//     time REPUBLISH outputs carry HopsProperty (input hops + 1) and a
+//     message with Options.MaxHops hops is not evaluated (reason "loop").
+//   - Actions run while a lock of the rule's state is held (windowed and
+//     stateful rules): sinks must not block for long. WEBHOOK sinks queue by default.
 //   - Processing-time windows close on a timer (Options.Tick); event-time
-//     windows close only as newer events arrive.
+//     windows close as newer events arrive, or, once a rule received
+//     nothing for Options.Idle (default 5s), as the wall clock advances
+//     its watermark from the newest event time seen.
 package rules

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,6 +27,16 @@ type Options struct {
 	// Tick is how often processing-time windows are checked for closing
 	// (default 50ms).
 	Tick time.Duration
+	// Idle is the idle timeout of event-time windows (default 5s, negative:
+	// never): once a rule with TIMESTAMP BY has received no message for
+	// Idle, its watermark advances with the wall clock from the newest event
+	// time seen, so the windows of silent devices still close.
+	Idle time.Duration
+	// MaxHops bounds how many times a message may pass through REPUBLISH
+	// actions (counted in the HopsProperty user property), default 8: a
+	// message that arrives with MaxHops hops is not evaluated (counted as
+	// reason "loop"), so a loop through rules and forwarding clients stops.
+	MaxHops int
 	// Webhook builds WEBHOOK action sinks (default: internal/sink/webhook).
 	Webhook func(webhook.Config) (message.Sink, error)
 	// Selectors are configured device selectors by "name@version" (see
@@ -44,6 +55,8 @@ type Engine struct {
 	set       *metrics.Set
 	now       func() time.Time
 	tick      time.Duration
+	idle      time.Duration
+	maxHops   int
 	webhook   func(webhook.Config) (message.Sink, error)
 	devID     func(*message.Message) string
 	selectors map[string]string
@@ -99,19 +112,75 @@ type ruleset struct {
 }
 
 // ruleState is the state of a rule that survives reloads when compatible.
+// Its parts carry their own locks (sharded), so a new version may share
+// one part with the old while the other starts empty.
 type ruleState struct {
-	mu  *sync.Mutex
 	win *windowState
-	dev map[string]*devState
+	dev *devStates
 }
 
-func (s *ruleState) device(id string, slots int) *devState {
-	d := s.dev[id]
-	if d == nil {
-		d = &devState{Slots: make([]stateSlot, slots)}
-		s.dev[id] = d
+// devStates is a rule's per-device state, sharded by device so that
+// devices do not contend.
+type devStates struct {
+	shards [stateShards]devShard
+}
+
+type devShard struct {
+	mu sync.Mutex
+	m  map[string]*devState
+	_  [64]byte // keep shards on separate cache lines
+}
+
+func newDevStates() *devStates {
+	d := &devStates{}
+	for i := range d.shards {
+		d.shards[i].m = map[string]*devState{}
 	}
 	return d
+}
+
+func (d *devStates) shard(id string) *devShard {
+	return &d.shards[hashString(id)%stateShards]
+}
+
+// get returns the state of device id; the caller holds the shard lock.
+func (s *devShard) get(id string, slots int) *devState {
+	d := s.m[id]
+	if d == nil {
+		d = &devState{Slots: make([]stateSlot, slots)}
+		s.m[strings.Clone(id)] = d
+	}
+	return d
+}
+
+func (d *devStates) put(id string, st *devState) {
+	sh := d.shard(id)
+	sh.mu.Lock()
+	sh.m[id] = st
+	sh.mu.Unlock()
+}
+
+func (d *devStates) lockAll() {
+	for i := range d.shards {
+		d.shards[i].mu.Lock()
+	}
+}
+
+func (d *devStates) unlockAll() {
+	for i := range d.shards {
+		d.shards[i].mu.Unlock()
+	}
+}
+
+// all returns every device's state; the caller holds every shard lock.
+func (d *devStates) all() map[string]*devState {
+	out := map[string]*devState{}
+	for i := range d.shards {
+		for id, st := range d.shards[i].m {
+			out[id] = st
+		}
+	}
+	return out
 }
 
 // ruleMetrics are a rule version's counters.
@@ -120,6 +189,7 @@ type ruleMetrics struct {
 	emitted *metrics.Counter
 	errors  [numReasons]*metrics.Counter
 	eval    *metrics.Histogram
+	names   []string // every series above, to unregister when the version goes
 }
 
 // New returns an engine with no rules.
@@ -139,8 +209,14 @@ func New(opts Options) *Engine {
 	if opts.Tick <= 0 {
 		opts.Tick = 50 * time.Millisecond
 	}
+	if opts.Idle == 0 {
+		opts.Idle = DefaultIdle
+	}
+	if opts.MaxHops <= 0 {
+		opts.MaxHops = DefaultMaxHops
+	}
 	e := &Engine{
-		env: opts.Env, log: opts.Log.With("module", "rules"), set: opts.Metrics, now: opts.Now, tick: opts.Tick,
+		env: opts.Env, log: opts.Log.With("module", "rules"), set: opts.Metrics, now: opts.Now, tick: opts.Tick, idle: opts.Idle, maxHops: opts.MaxHops,
 		webhook: opts.Webhook, devID: opts.DeviceID, selectors: opts.Selectors,
 		parts:    make([]partition, opts.Partitions),
 		restored: map[string]*savedState{},
@@ -237,10 +313,15 @@ func (e *Engine) Process(ctx context.Context, m *message.Message) error {
 	}
 	p.n++
 	sample := p.n&15 == 0
+	c.hops = messageHops(m)
 	var first error
 	for _, en := range c.matched {
 		r := en.r
 		if !en.g.simple && e.pick(c, en.g) != r {
+			continue
+		}
+		if c.hops >= e.maxHops {
+			e.refuseLoop(r, m)
 			continue
 		}
 		var t0 time.Time
@@ -256,6 +337,56 @@ func (e *Engine) Process(ctx context.Context, m *message.Message) error {
 	}
 	c.msg = nil
 	return first
+}
+
+// HopsProperty is the MQTT 5 user property in which REPUBLISH actions count
+// how many rule republishes a message went through (the input's count plus
+// one). A client that forwards messages back into the broker keeping user
+// properties thus carries the count around a loop, and the engine stops
+// evaluating a message at Options.MaxHops.
+const HopsProperty = "outpost-hops"
+
+// DefaultMaxHops is the default of Options.MaxHops.
+const DefaultMaxHops = 8
+
+var hopStrings = func() (s [65]string) {
+	for i := range s {
+		s[i] = strconv.Itoa(i)
+	}
+	return s
+}()
+
+func hopString(n int) string {
+	if n >= 0 && n < len(hopStrings) {
+		return hopStrings[n]
+	}
+	return strconv.Itoa(n)
+}
+
+// messageHops reads HopsProperty (0 when absent or not a number).
+func messageHops(m *message.Message) int {
+	for _, u := range m.Props.User {
+		if u.Key == HopsProperty {
+			n, err := strconv.Atoi(u.Value)
+			if err != nil || n < 0 {
+				return 0
+			}
+			return n
+		}
+	}
+	return 0
+}
+
+// refuseLoop counts a message that reached MaxHops for rule r (and logs
+// the first of each rule version).
+func (e *Engine) refuseLoop(r *Rule, m *message.Message) {
+	r.m.matched.Inc()
+	r.m.errors[reasonLoop].Inc()
+	if r.loopLogged.CompareAndSwap(false, true) {
+		e.log.Warn("rule loop: message not evaluated, it went through too many republishes",
+			"rule", r.Name, "version", r.Version, "topic", m.Topic, "hops", messageHops(m), "max_hops", e.maxHops,
+			"property", HopsProperty)
+	}
 }
 
 // pick returns the version of g that applies to the current device: the
@@ -304,14 +435,16 @@ func (e *Engine) runRule(ctx context.Context, c *evalCtx, r *Rule) (err error) {
 		}
 	}
 	if decoded {
-		if r.state != nil {
-			r.state.mu.Lock()
-			c.dev = r.state.device(c.msg.DeviceID, r.slots)
+		var ds *devShard
+		if r.slots > 0 {
+			ds = r.state.dev.shard(c.msg.DeviceID)
+			ds.mu.Lock()
+			c.dev = ds.get(c.msg.DeviceID, r.slots)
 		}
 		err = e.evalLocked(ctx, c, r)
-		if r.state != nil {
+		if ds != nil {
 			c.dev = nil
-			r.state.mu.Unlock()
+			ds.mu.Unlock()
 		}
 	}
 	e.countErrors(c, r)
@@ -445,6 +578,10 @@ func (e *Engine) deliver(ctx context.Context, c *evalCtx, r *Rule, ac *action, p
 	om := &c.outMsg
 	*om = message.Message{Topic: topic, Payload: payload, QoS: byte(qos), Retain: ac.retain,
 		ClientID: client, DeviceID: device, Received: received}
+	if ac.hops {
+		c.hopProp[0] = message.UserProperty{Key: HopsProperty, Value: hopString(c.hops + 1)}
+		om.Props.User = c.hopProp[:]
+	}
 	err := ac.sink.Deliver(ctx, om)
 	om.Payload = nil
 	if err != nil {
@@ -460,9 +597,9 @@ func (e *Engine) deliver(ctx context.Context, c *evalCtx, r *Rule, ac *action, p
 // emitGroup evaluates HAVING and the columns for a window group and runs
 // the actions. The caller holds the rule state lock.
 func (e *Engine) emitGroup(ctx context.Context, r *Rule, c *evalCtx, g *group, aggs []aggState, b winBounds) error {
-	saveAggs, saveWin := c.aggs, c.win
-	c.aggs, c.win = aggs, b
-	defer func() { c.aggs, c.win = saveAggs, saveWin }()
+	saveAggs, saveWin, saveHops := c.aggs, c.win, c.hops
+	c.aggs, c.win, c.hops = aggs, b, g.Hops
+	defer func() { c.aggs, c.win, c.hops = saveAggs, saveWin, saveHops }()
 	if r.having != nil && !r.having(c).truthy() {
 		return nil
 	}
@@ -510,22 +647,20 @@ func (e *Engine) Apply(rules []*Rule) {
 	for _, r := range rules {
 		newIDs[ruleID(r)] = true
 	}
-	carried := map[*ruleState]bool{}
+	carried := map[*windowState]bool{}
 	for _, r := range rules {
 		if r.m == nil {
 			e.attachMetrics(r)
 		}
-		if r.state != nil || (r.win == nil && r.slots == 0) {
-			if r.state != nil {
-				carried[r.state] = true
-			}
-			continue
+		if r.state == nil && (r.win != nil || r.slots > 0) {
+			r.state = e.inheritState(r, oldBy[r.Name], newIDs)
 		}
-		r.state = e.inheritState(r, oldBy[r.Name], newIDs)
-		carried[r.state] = true
+		if r.state != nil && r.state.win != nil {
+			carried[r.state.win] = true
+		}
 	}
 	for _, o := range old.rules {
-		if o.state != nil && o.state.win != nil && !carried[o.state] {
+		if o.state != nil && o.state.win != nil && !carried[o.state.win] {
 			n := o.state.openGroups()
 			if n > 0 {
 				e.mDiscarded.Add(n)
@@ -558,6 +693,7 @@ func (e *Engine) Apply(rules []*Rule) {
 		}
 	}
 	e.cur.Store(rs)
+	e.unregisterMetrics(old, rs)
 	e.pruneWebhooks(rs)
 	e.mReloads.Inc()
 	e.mReloadDur.UpdateDuration(t0)
@@ -566,12 +702,10 @@ func (e *Engine) Apply(rules []*Rule) {
 func ruleID(r *Rule) string { return r.Name + "@" + strconv.Itoa(r.Version) }
 
 func (s *ruleState) openGroups() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.win == nil {
 		return 0
 	}
-	return s.win.nGroups
+	return int(s.win.nGroups.Load())
 }
 
 // inheritState finds the state r continues: the same version, else the
@@ -600,7 +734,6 @@ func (e *Engine) inheritState(r *Rule, olds []*Rule, newIDs map[string]bool) *ru
 		return from.state
 	}
 	st := newState(r)
-	st.mu = from.state.mu // old and new may run concurrently during the switch
 	if from.winSig == r.winSig && r.win != nil {
 		st.win = from.state.win
 	}
@@ -611,25 +744,59 @@ func (e *Engine) inheritState(r *Rule, olds []*Rule, newIDs map[string]bool) *ru
 }
 
 func newState(r *Rule) *ruleState {
-	s := &ruleState{mu: &sync.Mutex{}, dev: map[string]*devState{}}
+	s := &ruleState{}
 	if r.win != nil {
-		s.win = &windowState{index: map[string]*group{}}
+		s.win = newWindowState()
+	}
+	if r.slots > 0 {
+		s.dev = newDevStates()
 	}
 	return s
 }
 
 func (e *Engine) attachMetrics(r *Rule) {
 	lbl := fmt.Sprintf(`rule=%q,version="%d"`, r.Name, r.Version)
-	r.m = &ruleMetrics{
-		matched: e.set.GetOrCreateCounter("outpost_rules_matched_total{" + lbl + "}"),
-		emitted: e.set.GetOrCreateCounter("outpost_rules_emitted_total{" + lbl + "}"),
-		eval:    e.set.GetOrCreateHistogram("outpost_rules_eval_duration_seconds{" + lbl + "}"),
+	m := &ruleMetrics{}
+	counter := func(name string) *metrics.Counter {
+		m.names = append(m.names, name)
+		return e.set.GetOrCreateCounter(name)
 	}
-	for i := range r.m.errors {
-		r.m.errors[i] = e.set.GetOrCreateCounter(fmt.Sprintf(`outpost_rules_errors_total{%s,reason=%q}`, lbl, reasonNames[i]))
+	m.matched = counter("outpost_rules_matched_total{" + lbl + "}")
+	m.emitted = counter("outpost_rules_emitted_total{" + lbl + "}")
+	evalName := "outpost_rules_eval_duration_seconds{" + lbl + "}"
+	m.names = append(m.names, evalName)
+	m.eval = e.set.GetOrCreateHistogram(evalName)
+	for i := range m.errors {
+		m.errors[i] = counter(fmt.Sprintf(`outpost_rules_errors_total{%s,reason=%q}`, lbl, reasonNames[i]))
 	}
 	for _, ac := range r.actions {
-		ac.sent = e.set.GetOrCreateCounter(fmt.Sprintf(`outpost_rules_action_sent_total{%s,action=%q}`, lbl, ac.kind))
+		ac.sent = counter(fmt.Sprintf(`outpost_rules_action_sent_total{%s,action=%q}`, lbl, ac.kind))
+	}
+	r.m = m
+}
+
+// unregisterMetrics removes the series of the rules of old that no rule of
+// cur uses any more (a removed version, an action dropped from a version),
+// so /metrics does not list removed rules forever. A message still in
+// flight with old may count into a detached series; that count is lost
+// with the version.
+func (e *Engine) unregisterMetrics(old, cur *ruleset) {
+	used := map[string]bool{}
+	for _, r := range cur.rules {
+		for _, n := range r.m.names {
+			used[n] = true
+		}
+	}
+	for _, r := range old.rules {
+		if r.m == nil {
+			continue
+		}
+		for _, n := range r.m.names {
+			if !used[n] {
+				e.set.UnregisterMetric(n)
+				used[n] = true // once
+			}
+		}
 	}
 }
 
@@ -682,8 +849,13 @@ func (r *Rule) Counts() (matched, emitted uint64) {
 	return r.m.matched.Get(), r.m.emitted.Get()
 }
 
-// Tick closes processing-time windows that are due and evicts expired
-// sliding-window events. Start calls it every Options.Tick.
+// DefaultIdle is the default idle timeout of event-time windows
+// (Options.Idle).
+const DefaultIdle = 5 * time.Second
+
+// Tick closes processing-time windows that are due, evicts expired
+// sliding-window events and advances the watermark of idle event-time
+// rules (Options.Idle). Start calls it every Options.Tick.
 func (e *Engine) Tick(ctx context.Context) {
 	rs := e.cur.Load()
 	now := e.now()
@@ -691,15 +863,40 @@ func (e *Engine) Tick(ctx context.Context) {
 	defer e.mu.Unlock()
 	c := &e.tickCtx
 	for _, r := range rs.rules {
-		if r.win == nil || r.win.eventTime || r.win.kind == "count" {
+		if r.win == nil || r.win.kind == "count" {
 			continue
 		}
 		c.now, c.msg, c.rule, c.errs = now, nil, r, 0
-		r.state.mu.Lock()
-		e.advanceLocked(ctx, r, c, now.UnixNano())
-		r.state.mu.Unlock()
+		if wm := e.tickWatermark(r, now.UnixNano()); wm >= r.state.win.nextClose.Load() || r.win.kind == "sliding" {
+			e.closeWindows(ctx, r, c, wm)
+		}
 		e.countErrors(c, r)
 	}
+}
+
+// tickWatermark is the watermark a timer tick moves rule r to: the clock
+// for processing time; for event time the watermark, or, once no message
+// arrived for the idle timeout, the newest event time plus the wall-clock
+// time since it arrived, minus the lateness.
+func (e *Engine) tickWatermark(r *Rule, now int64) int64 {
+	if !r.win.eventTime {
+		return now
+	}
+	w := r.state.win
+	wm := w.wm.Load()
+	if e.idle < 0 || w.maxEvent.Load() == 0 {
+		return wm
+	}
+	arrival := w.arrival.Load()
+	if arrival == 0 { // restored from a snapshot: start the idle clock now
+		w.arrival.CompareAndSwap(0, now)
+		return wm
+	}
+	since := now - arrival
+	if since < int64(e.idle) {
+		return wm
+	}
+	return max(wm, w.maxEvent.Load()+since-r.win.lateness)
 }
 
 // Flush closes every open time window (tumbling, hopping, session) now,
@@ -714,9 +911,7 @@ func (e *Engine) Flush(ctx context.Context) {
 			continue
 		}
 		c.now, c.msg, c.rule, c.errs = e.now(), nil, r, 0
-		r.state.mu.Lock()
 		e.flushAll(ctx, r, c)
-		r.state.mu.Unlock()
 		e.countErrors(c, r)
 	}
 }

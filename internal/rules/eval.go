@@ -20,12 +20,13 @@ const (
 	reasonBadTimestamp        // TIMESTAMP BY expression not a time
 	reasonAction              // an action's sink returned an error
 	reasonOverflow            // a bound was hit (groups, percentile samples)
+	reasonLoop                // the message went through MaxHops republishes: a loop
 	numReasons
 )
 
 var reasonNames = [numReasons]string{
 	"missing_field", "type_mismatch", "div_by_zero", "bad_argument", "decode",
-	"late", "bad_timestamp", "action_failed", "overflow",
+	"late", "bad_timestamp", "action_failed", "overflow", "loop",
 }
 
 // fn is a compiled expression.
@@ -43,6 +44,7 @@ type evalCtx struct {
 	errs    uint32
 	now     time.Time
 	evTime  int64 // event time (unix ns) of the current message
+	hops    int   // HopsProperty of the current message (or group)
 
 	labels   map[string]string
 	labelsOK bool
@@ -56,6 +58,7 @@ type evalCtx struct {
 	out     []byte
 	tmp     []byte
 	outMsg  message.Message
+	hopProp [1]message.UserProperty
 	matched []*entry
 }
 

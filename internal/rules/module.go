@@ -81,7 +81,7 @@ func (m *Module) Init(_ context.Context, cfg any) error {
 	m.cfg = c
 	m.eng = New(Options{
 		Env: withConfigLabels(m.env, c.Devices), Partitions: c.Partitions, Log: m.log, Metrics: m.set,
-		Tick: c.WindowTick.D(), DeviceID: c.DeviceIDFunc(), Selectors: c.Selectors(),
+		Tick: c.WindowTick.D(), Idle: c.IdleTimeout.D(), MaxHops: c.MaxHops, DeviceID: c.DeviceIDFunc(), Selectors: c.Selectors(),
 	})
 	m.store = NewStore(m.eng, c.Dir, c.Debounce.D(), m.log)
 	m.set.GetOrCreateGauge("outpost_rules_rejected_files", func() float64 {

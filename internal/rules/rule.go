@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -37,6 +38,7 @@ type Rule struct {
 	starOnly    bool
 	star        bool
 	usesNow     bool
+	loopLogged  atomic.Bool // a loop was logged (refuseLoop)
 
 	// windows
 	win     *windowSpec
@@ -68,6 +70,9 @@ type action struct {
 	topic  *template // nil: the input topic
 	qos    int       // -1: input QoS (0 for windowed rules)
 	retain bool
+	hops   bool       // stamp HopsProperty (REPUBLISH)
+	target string     // REPUBLISH: the topic template as written
+	pos    parser.Pos // of the target
 	sent   *metrics.Counter
 }
 
@@ -423,6 +428,7 @@ func (cp *compiler) action(r *Rule, a parser.Action, mode exprMode, opts Compile
 	switch a.Kind {
 	case "REPUBLISH":
 		ac.sink = env.Republish()
+		ac.hops, ac.target, ac.pos = true, a.Target, a.TargetP
 		ac.topic = cp.template(a.Target, a.TargetP, mode)
 		if ac.topic != nil && ac.topic.parts == nil {
 			if err := validTopic(a.Target); err != nil {
@@ -431,6 +437,13 @@ func (cp *compiler) action(r *Rule, a parser.Action, mode exprMode, opts Compile
 			for _, f := range r.Filters {
 				if matchFilter(f, a.Target) {
 					cp.errorf(a.TargetP, "REPUBLISH topic '%s' matches this rule's own FROM '%s' (a loop)", a.Target, f)
+				}
+			}
+		} else if ac.topic != nil {
+			pat := topicPattern(a.Target)
+			for _, f := range r.Filters {
+				if filtersOverlap(pat, f) {
+					cp.errorf(a.TargetP, "REPUBLISH topic '%s' can match this rule's own FROM '%s' (a loop: a ${...} level may take any value)", a.Target, f)
 				}
 			}
 		}

@@ -38,13 +38,19 @@ func (e *Engine) Snapshot(w io.Writer) error {
 		if r.state == nil {
 			continue
 		}
-		r.state.mu.Lock()
 		s := &savedState{Name: r.Name, Version: r.Version, WinSig: r.winSig, DevSig: r.devSig, Window: r.state.win}
-		if len(r.state.dev) > 0 {
-			s.Devices = r.state.dev
+		// under the locks (devices, then windows: the message path's
+		// order; Window.MarshalJSON locks its shards): the state must not move
+		if d := r.state.dev; d != nil {
+			d.lockAll()
+			if m := d.all(); len(m) > 0 {
+				s.Devices = m
+			}
 		}
-		b, err := json.Marshal(s) // under the lock: the state must not move
-		r.state.mu.Unlock()
+		b, err := json.Marshal(s)
+		if d := r.state.dev; d != nil {
+			d.unlockAll()
+		}
 		if err != nil {
 			return fmt.Errorf("rules: snapshot %s: %w", r.Name, err)
 		}
@@ -75,6 +81,9 @@ func (e *Engine) Restore(rd io.Reader) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, s := range snap.Rules {
+		if s == nil {
+			continue
+		}
 		e.restored[fmt.Sprintf("%s@%d", s.Name, s.Version)] = s
 	}
 	return nil
@@ -87,14 +96,13 @@ func (e *Engine) restoredState(r *Rule) *ruleState {
 	}
 	delete(e.restored, ruleID(r))
 	st := newState(r)
-	if s.WinSig == r.winSig && r.win != nil && s.Window != nil {
+	if s.WinSig == r.winSig && r.win != nil && s.Window != nil && s.Window.fits(r) {
 		st.win = s.Window
-		st.win.rebuildIndexes()
 	}
 	if s.DevSig == r.devSig && r.slots > 0 {
 		for id, d := range s.Devices {
-			if len(d.Slots) == r.slots {
-				st.dev[id] = d
+			if d != nil && len(d.Slots) == r.slots {
+				st.dev.put(id, d)
 			}
 		}
 	}

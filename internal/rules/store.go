@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -234,6 +235,23 @@ func (s *Store) checkConflicts(file string, rules []*Rule) ([]*Rule, error) {
 			continue
 		}
 		ok = append(ok, r)
+	}
+	// a rule that closes a REPUBLISH → FROM cycle with the loaded rules
+	var others []*Rule
+	for n, f := range s.files {
+		if n != file {
+			others = append(others, f.rules...)
+		}
+	}
+	if bad, cyc := findCycles(file, ok, others); len(bad) > 0 {
+		kept := ok[:0]
+		for _, r := range ok {
+			if !slices.Contains(bad, r) {
+				kept = append(kept, r)
+			}
+		}
+		ok = kept
+		el = append(el, cyc...)
 	}
 	return ok, el.Err()
 }

@@ -2,9 +2,13 @@ package rules
 
 import (
 	"context"
+	"encoding/json"
 	"math"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/outpost-edge/outpost/internal/rules/parser"
 )
@@ -15,6 +19,7 @@ const maxGroups = 100_000
 // group is one GROUP BY key inside a window.
 type group struct {
 	Key    string     `json:"key"`
+	Seq    int64      `json:"seq,omitempty"` // creation order within the rule: the emission order
 	Aggs   []aggState `json:"aggs,omitempty"`
 	Buf    []bufEntry `json:"buf,omitempty"`   // sliding and count windows: inputs of each event
 	Start  int64      `json:"start,omitempty"` // session: first event; count: events seen
@@ -23,6 +28,7 @@ type group struct {
 	Device string     `json:"device,omitempty"`
 	Client string     `json:"client,omitempty"`
 	Topic  string     `json:"topic,omitempty"`
+	Hops   int        `json:"hops,omitempty"` // most republish hops of its messages
 }
 
 type bufEntry struct {
@@ -39,29 +45,201 @@ type pane struct {
 	index  map[string]*group
 }
 
-// windowState is a rule's open windows. It is guarded by ruleState.mu.
-type windowState struct {
-	Panes     []*pane  `json:"panes,omitempty"`  // tumbling, hopping: sorted by start
-	Groups    []*group `json:"groups,omitempty"` // session, sliding, count: one entry per key
-	Watermark int64    `json:"watermark"`
-	MaxEvent  int64    `json:"max_event"`
-	index     map[string]*group
-	nGroups   int
+// stateShards is the number of lock stripes of a rule's window state (by
+// GROUP BY key) and of its per-device state (by device).
+const stateShards = 16
+
+// winShard holds the groups whose key hashes to it, under its own lock.
+type winShard struct {
+	mu     sync.Mutex
+	panes  []*pane  // tumbling, hopping: sorted by start
+	groups []*group // session, sliding, count: one entry per key
+	index  map[string]*group
+	_      [64]byte // keep shards on separate cache lines
 }
 
-func (w *windowState) rebuildIndexes() {
-	w.index = map[string]*group{}
-	w.nGroups = len(w.Groups)
-	for _, g := range w.Groups {
-		w.index[g.Key] = g
+// windowState is a rule's open windows, sharded by GROUP BY key so that
+// messages of different groups do not contend. Closing windows (the
+// watermark passing the earliest window end, tracked in nextClose) locks
+// every shard in order and emits in window then group creation order.
+type windowState struct {
+	shards    [stateShards]winShard
+	wm        atomic.Int64 // logical watermark (late checks), >= closed
+	maxEvent  atomic.Int64 // newest event time seen (event time)
+	arrival   atomic.Int64 // wall clock (ns) of the newest message (event time, idle timeout)
+	nGroups   atomic.Int64
+	seq       atomic.Int64
+	nextClose atomic.Int64 // at most the earliest end of an open time window; MaxInt64: none
+	closed    int64        // windows ending at or before it are emitted; written with every shard locked
+}
+
+func newWindowState() *windowState {
+	w := &windowState{}
+	w.nextClose.Store(math.MaxInt64)
+	for i := range w.shards {
+		w.shards[i].index = map[string]*group{}
 	}
-	for _, p := range w.Panes {
-		p.index = map[string]*group{}
-		for _, g := range p.Groups {
-			p.index[g.Key] = g
+	return w
+}
+
+func (w *windowState) shard(key string) *winShard {
+	return &w.shards[hashString(key)%stateShards]
+}
+
+func (w *windowState) lockAll() {
+	for i := range w.shards {
+		w.shards[i].mu.Lock()
+	}
+}
+
+func (w *windowState) unlockAll() {
+	for i := range w.shards {
+		w.shards[i].mu.Unlock()
+	}
+}
+
+func atomicMax(a *atomic.Int64, v int64) {
+	for {
+		o := a.Load()
+		if v <= o || a.CompareAndSwap(o, v) {
+			return
 		}
-		w.nGroups += len(p.Groups)
 	}
+}
+
+func atomicMin(a *atomic.Int64, v int64) {
+	for {
+		o := a.Load()
+		if v >= o || a.CompareAndSwap(o, v) {
+			return
+		}
+	}
+}
+
+// windowJSON is the snapshot form of a windowState (unsharded, so that
+// snapshots do not depend on the shard count).
+type windowJSON struct {
+	Panes     []*pane  `json:"panes,omitempty"`  // tumbling, hopping: sorted by start
+	Groups    []*group `json:"groups,omitempty"` // session, sliding, count
+	Watermark int64    `json:"watermark"`
+	MaxEvent  int64    `json:"max_event"`
+}
+
+func bySeq(gs []*group) {
+	sort.SliceStable(gs, func(i, j int) bool { return gs[i].Seq < gs[j].Seq })
+}
+
+// MarshalJSON writes the merged shards (it locks them).
+func (w *windowState) MarshalJSON() ([]byte, error) {
+	w.lockAll()
+	defer w.unlockAll()
+	j := windowJSON{Watermark: w.wm.Load(), MaxEvent: w.maxEvent.Load()}
+	byStart := map[int64]*pane{}
+	for i := range w.shards {
+		sh := &w.shards[i]
+		for _, p := range sh.panes {
+			mp := byStart[p.Start]
+			if mp == nil {
+				mp = &pane{Start: p.Start, End: p.End}
+				byStart[p.Start] = mp
+				j.Panes = append(j.Panes, mp)
+			}
+			mp.Groups = append(mp.Groups, p.Groups...)
+		}
+		j.Groups = append(j.Groups, sh.groups...)
+	}
+	sort.Slice(j.Panes, func(a, b int) bool { return j.Panes[a].Start < j.Panes[b].Start })
+	for _, p := range j.Panes {
+		bySeq(p.Groups)
+	}
+	bySeq(j.Groups)
+	return json.Marshal(&j)
+}
+
+// fits reports whether restored state has the shape rule r evaluates
+// (a damaged snapshot is dropped rather than indexed out of range).
+func (w *windowState) fits(r *Rule) bool {
+	ok := func(g *group) bool {
+		if r.win.kind == "sliding" || r.win.kind == "count" {
+			for _, b := range g.Buf {
+				if len(b.V) != len(r.aggs) {
+					return false
+				}
+			}
+			return len(g.Aggs) == 0
+		}
+		return len(g.Aggs) == len(r.aggs) && len(g.Buf) == 0
+	}
+	for i := range w.shards {
+		sh := &w.shards[i]
+		if r.win.kind == "tumbling" || r.win.kind == "hopping" {
+			if len(sh.groups) > 0 {
+				return false
+			}
+		} else if len(sh.panes) > 0 {
+			return false
+		}
+		for _, p := range sh.panes {
+			for _, g := range p.Groups {
+				if !ok(g) {
+					return false
+				}
+			}
+		}
+		for _, g := range sh.groups {
+			if !ok(g) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// UnmarshalJSON distributes a snapshot over the shards.
+func (w *windowState) UnmarshalJSON(b []byte) error {
+	var j windowJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	w.nextClose.Store(math.MaxInt64)
+	for i := range w.shards {
+		w.shards[i] = winShard{index: map[string]*group{}}
+	}
+	w.wm.Store(j.Watermark)
+	w.closed = j.Watermark
+	w.maxEvent.Store(j.MaxEvent)
+	var seq int64
+	number := func(g *group) {
+		if g.Seq == 0 { // snapshots before sharding: file order
+			g.Seq = seq + 1
+		}
+		seq = max(seq, g.Seq)
+	}
+	for _, p := range j.Panes {
+		for _, g := range p.Groups {
+			if g == nil {
+				continue
+			}
+			number(g)
+			sp := w.shard(g.Key).pane(p.Start, p.End)
+			sp.index[g.Key] = g
+			sp.Groups = append(sp.Groups, g)
+			w.nGroups.Add(1)
+		}
+	}
+	for _, g := range j.Groups {
+		if g == nil {
+			continue
+		}
+		number(g)
+		w.shard(g.Key).addGroup(g)
+		w.nGroups.Add(1)
+	}
+	w.seq.Store(seq)
+	if w.nGroups.Load() > 0 {
+		w.nextClose.Store(math.MinInt64) // recomputed by the first close
+	}
+	return nil
 }
 
 // windowSpec is the compiled window of a rule.
@@ -113,6 +291,7 @@ func (r *Rule) newGroup(c *evalCtx, key string) *group {
 
 func (g *group) touch(c *evalCtx) {
 	m := c.msg
+	g.Hops = max(g.Hops, c.hops)
 	if g.Device != m.DeviceID {
 		g.Device = strings.Clone(m.DeviceID)
 	}
@@ -149,46 +328,80 @@ func (r *Rule) bufEntry(c *evalCtx, t int64) bufEntry {
 }
 
 // windowAdd adds the current message (which passed WHERE) to the rule's
-// windows. The caller holds the rule state lock. Results of windows that
-// close because of this message are emitted.
+// windows, locking the shard of its group. Windows that close because of
+// this message are emitted (closeWindows).
 func (r *Rule) windowAdd(ctx context.Context, e *Engine, c *evalCtx) error {
 	w := r.state.win
 	s := r.win
 	t := c.evTime
 	if s.eventTime {
-		if t > w.MaxEvent {
-			w.MaxEvent = t
-			if wm := t - s.lateness; wm > w.Watermark {
-				defer e.advanceLocked(ctx, r, c, wm)
-			}
+		if now := c.clock(e).UnixNano(); now-w.arrival.Load() >= int64(time.Millisecond) {
+			w.arrival.Store(now)
 		}
-	} else if t > w.Watermark {
+	} else if t >= w.nextClose.Load() {
 		// processing time: close what is due before adding
-		if err := e.advanceLocked(ctx, r, c, t); err != nil {
+		if err := e.closeWindows(ctx, r, c, t); err != nil {
 			return err
 		}
 	}
 	key := r.groupKey(c)
+	sh := w.shard(key)
+	sh.mu.Lock()
+	err := r.addLocked(ctx, e, c, w, sh, key, t)
+	sh.mu.Unlock()
+	if s.eventTime {
+		if t > w.maxEvent.Load() {
+			atomicMax(&w.maxEvent, t)
+			atomicMax(&w.wm, t-s.lateness)
+		}
+		// also when another message raised the watermark while this one
+		// opened a window that is already due
+		if wm := w.wm.Load(); wm >= w.nextClose.Load() {
+			if cerr := e.closeWindows(ctx, r, c, wm); err == nil {
+				err = cerr
+			}
+		}
+	}
+	return err
+}
+
+// addLocked adds the message to its group in shard sh (locked).
+func (r *Rule) addLocked(ctx context.Context, e *Engine, c *evalCtx, w *windowState, sh *winShard, key string, t int64) error {
+	s := r.win
+	late := w.wm.Load()
+	if !s.eventTime {
+		late = w.closed
+		if t < late {
+			// processing time: a concurrent close passed t; the clock now
+			// is at least there (else the message is late, as after Flush)
+			t = max(t, e.now().UnixNano())
+		}
+	}
 	switch s.kind {
 	case "tumbling", "hopping":
 		first := floorDiv(t-s.size, s.hop)*s.hop + s.hop // earliest start whose window contains t
 		added := false
 		for start := first; start <= t; start += s.hop {
+			if start > math.MaxInt64-s.size || start > math.MaxInt64-s.hop {
+				break // a time at the end of int64 (a bogus timestamp)
+			}
 			end := start + s.size
-			if end <= w.Watermark {
+			if end <= late {
 				continue // already emitted
 			}
-			p := w.pane(start, end)
+			p := sh.pane(start, end)
 			g := p.index[key]
 			if g == nil {
-				if w.nGroups >= maxGroups {
+				if w.nGroups.Load() >= maxGroups {
 					c.fail(reasonOverflow)
 					continue
 				}
 				g = r.newGroup(c, key)
+				g.Seq = w.seq.Add(1)
 				p.index[g.Key] = g
 				p.Groups = append(p.Groups, g)
-				w.nGroups++
+				w.nGroups.Add(1)
+				atomicMin(&w.nextClose, end)
 			}
 			g.touch(c)
 			r.feed(c, g.Aggs)
@@ -198,27 +411,35 @@ func (r *Rule) windowAdd(ctx context.Context, e *Engine, c *evalCtx) error {
 			c.fail(reasonLate)
 		}
 	case "session":
-		if s.eventTime && t < w.Watermark {
+		if s.eventTime && t < late {
 			c.fail(reasonLate)
 			return nil
 		}
-		g := w.index[key]
+		g := sh.index[key]
 		if g != nil && (t-g.Last >= s.gap || (s.maxLen > 0 && t-g.Start >= s.maxLen)) {
 			key = g.Key // emitting reuses c.tmp, which key points into
 			if err := e.emitGroup(ctx, r, c, g, g.Aggs, winBounds{g.Start, g.Last + s.gap}); err != nil {
 				c.fail(reasonAction)
 			}
-			w.removeGroup(g)
+			sh.removeGroup(g)
+			w.nGroups.Add(-1)
 			g = nil
 		}
 		if g == nil {
-			if w.nGroups >= maxGroups {
+			if w.nGroups.Load() >= maxGroups {
 				c.fail(reasonOverflow)
 				return nil
 			}
 			g = r.newGroup(c, key)
+			g.Seq = w.seq.Add(1)
 			g.Start = t
-			w.addGroup(g)
+			sh.addGroup(g)
+			w.nGroups.Add(1)
+			end := t + s.gap
+			if s.maxLen > 0 {
+				end = min(end, t+s.maxLen)
+			}
+			atomicMin(&w.nextClose, end)
 		}
 		if t > g.Last {
 			g.Last = t
@@ -226,32 +447,36 @@ func (r *Rule) windowAdd(ctx context.Context, e *Engine, c *evalCtx) error {
 		g.touch(c)
 		r.feed(c, g.Aggs)
 	case "sliding":
-		if s.eventTime && t < w.Watermark {
+		if s.eventTime && t < late {
 			c.fail(reasonLate)
 			return nil
 		}
-		g := w.index[key]
+		g := sh.index[key]
 		if g == nil {
-			if w.nGroups >= maxGroups {
+			if w.nGroups.Load() >= maxGroups {
 				c.fail(reasonOverflow)
 				return nil
 			}
 			g = r.newGroup(c, key)
-			w.addGroup(g)
+			g.Seq = w.seq.Add(1)
+			sh.addGroup(g)
+			w.nGroups.Add(1)
 		}
 		g.touch(c)
 		g.Buf = append(g.Buf, r.bufEntry(c, t))
 		evict(g, t-s.size)
 		return r.emitBuffered(ctx, e, c, g, winBounds{t - s.size, t})
 	case "count":
-		g := w.index[key]
+		g := sh.index[key]
 		if g == nil {
-			if w.nGroups >= maxGroups {
+			if w.nGroups.Load() >= maxGroups {
 				c.fail(reasonOverflow)
 				return nil
 			}
 			g = r.newGroup(c, key)
-			w.addGroup(g)
+			g.Seq = w.seq.Add(1)
+			sh.addGroup(g)
+			w.nGroups.Add(1)
 		}
 		g.touch(c)
 		g.Buf = append(g.Buf, r.bufEntry(c, t))
@@ -288,92 +513,130 @@ func (r *Rule) emitBuffered(ctx context.Context, e *Engine, c *evalCtx, g *group
 	return e.emitGroup(ctx, r, c, g, aggs, b)
 }
 
-func (w *windowState) pane(start, end int64) *pane {
-	i := sort.Search(len(w.Panes), func(i int) bool { return w.Panes[i].Start >= start })
-	if i < len(w.Panes) && w.Panes[i].Start == start {
-		return w.Panes[i]
+func (sh *winShard) pane(start, end int64) *pane {
+	i := sort.Search(len(sh.panes), func(i int) bool { return sh.panes[i].Start >= start })
+	if i < len(sh.panes) && sh.panes[i].Start == start {
+		return sh.panes[i]
 	}
 	p := &pane{Start: start, End: end, index: map[string]*group{}}
-	w.Panes = append(w.Panes, nil)
-	copy(w.Panes[i+1:], w.Panes[i:])
-	w.Panes[i] = p
+	sh.panes = append(sh.panes, nil)
+	copy(sh.panes[i+1:], sh.panes[i:])
+	sh.panes[i] = p
 	return p
 }
 
-func (w *windowState) addGroup(g *group) {
-	if w.index == nil {
-		w.index = map[string]*group{}
-	}
-	w.index[g.Key] = g
-	w.Groups = append(w.Groups, g)
-	w.nGroups++
+func (sh *winShard) addGroup(g *group) {
+	sh.index[g.Key] = g
+	sh.groups = append(sh.groups, g)
 }
 
-func (w *windowState) removeGroup(g *group) {
-	delete(w.index, g.Key)
-	for i, x := range w.Groups {
+func (sh *winShard) removeGroup(g *group) {
+	delete(sh.index, g.Key)
+	for i, x := range sh.groups {
 		if x == g {
-			w.Groups = append(w.Groups[:i], w.Groups[i+1:]...)
+			sh.groups = append(sh.groups[:i], sh.groups[i+1:]...)
 			break
 		}
 	}
-	w.nGroups--
 }
 
-// advanceLocked moves the watermark to wm and emits every window that
-// closes. The caller holds the rule state lock.
-func (e *Engine) advanceLocked(ctx context.Context, r *Rule, c *evalCtx, wm int64) error {
+// closing is a window group due for output.
+type closing struct {
+	g          *group
+	start, end int64
+}
+
+func (r *Rule) sessionEnd(g *group) int64 {
+	end := g.Last + r.win.gap
+	if r.win.maxLen > 0 && g.Start+r.win.maxLen < end {
+		end = g.Start + r.win.maxLen
+	}
+	return end
+}
+
+// closeWindows moves the watermark to wm and emits every window that
+// closes, in window start then group creation order, with every shard
+// locked (the caller holds none). It also evicts expired sliding-window
+// events and recomputes nextClose.
+func (e *Engine) closeWindows(ctx context.Context, r *Rule, c *evalCtx, wm int64) error {
 	w := r.state.win
-	if wm <= w.Watermark {
-		return nil
-	}
-	w.Watermark = wm
+	w.lockAll()
+	defer w.unlockAll()
 	var first error
-	switch r.win.kind {
-	case "tumbling", "hopping":
-		n := 0
-		for _, p := range w.Panes {
-			if p.End > wm {
-				break
-			}
-			for _, g := range p.Groups {
-				if err := e.emitGroup(ctx, r, c, g, g.Aggs, winBounds{p.Start, p.End}); err != nil && first == nil {
-					first = err
+	w.closed = max(w.closed, wm)
+	atomicMax(&w.wm, wm)
+	var due []closing
+	for i := range w.shards {
+		sh := &w.shards[i]
+		switch r.win.kind {
+		case "tumbling", "hopping":
+			n := 0
+			for _, p := range sh.panes {
+				if p.End > wm {
+					break
 				}
-			}
-			w.nGroups -= len(p.Groups)
-			n++
-		}
-		if n > 0 {
-			w.Panes = append(w.Panes[:0], w.Panes[n:]...)
-		}
-	case "session":
-		for i := 0; i < len(w.Groups); {
-			g := w.Groups[i]
-			end := g.Last + r.win.gap
-			if r.win.maxLen > 0 && g.Start+r.win.maxLen < end {
-				end = g.Start + r.win.maxLen
-			}
-			if end <= wm {
-				if err := e.emitGroup(ctx, r, c, g, g.Aggs, winBounds{g.Start, end}); err != nil && first == nil {
-					first = err
+				for _, g := range p.Groups {
+					due = append(due, closing{g, p.Start, p.End})
 				}
-				w.removeGroup(g)
-				continue
+				n++
 			}
-			i++
-		}
-	case "sliding":
-		for i := 0; i < len(w.Groups); {
-			g := w.Groups[i]
-			evict(g, wm-r.win.size)
-			if len(g.Buf) == 0 {
-				w.removeGroup(g)
-				continue
+			if n > 0 {
+				sh.panes = append(sh.panes[:0], sh.panes[n:]...)
 			}
-			i++
+		case "session":
+			kept := sh.groups[:0]
+			for _, g := range sh.groups {
+				if end := r.sessionEnd(g); end <= wm {
+					due = append(due, closing{g, g.Start, end})
+					delete(sh.index, g.Key)
+					continue
+				}
+				kept = append(kept, g)
+			}
+			clear(sh.groups[len(kept):])
+			sh.groups = kept
+		case "sliding":
+			kept := sh.groups[:0]
+			for _, g := range sh.groups {
+				evict(g, wm-r.win.size)
+				if len(g.Buf) == 0 {
+					delete(sh.index, g.Key)
+					w.nGroups.Add(-1)
+					continue
+				}
+				kept = append(kept, g)
+			}
+			clear(sh.groups[len(kept):])
+			sh.groups = kept
 		}
 	}
+	sort.Slice(due, func(i, j int) bool {
+		if due[i].start != due[j].start && r.win.kind != "session" {
+			return due[i].start < due[j].start
+		}
+		return due[i].g.Seq < due[j].g.Seq
+	})
+	for _, d := range due {
+		if err := e.emitGroup(ctx, r, c, d.g, d.g.Aggs, winBounds{d.start, d.end}); err != nil && first == nil {
+			first = err
+		}
+	}
+	w.nGroups.Add(-int64(len(due)))
+	next := int64(math.MaxInt64)
+	for i := range w.shards {
+		sh := &w.shards[i]
+		switch r.win.kind {
+		case "tumbling", "hopping":
+			if len(sh.panes) > 0 {
+				next = min(next, sh.panes[0].End)
+			}
+		case "session":
+			for _, g := range sh.groups {
+				next = min(next, r.sessionEnd(g))
+			}
+		}
+	}
+	w.nextClose.Store(next)
 	return first
 }
 
@@ -383,5 +646,5 @@ func (e *Engine) flushAll(ctx context.Context, r *Rule, c *evalCtx) {
 	if r.win.kind == "count" || r.win.kind == "sliding" {
 		return
 	}
-	e.advanceLocked(ctx, r, c, math.MaxInt64)
+	e.closeWindows(ctx, r, c, math.MaxInt64)
 }
