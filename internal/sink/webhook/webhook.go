@@ -144,6 +144,8 @@ type Sink struct {
 	client  *http.Client
 	log     *slog.Logger
 
+	set      *metrics.Set
+	label    string // the url label of this sink's series
 	requests func(code int) *metrics.Counter
 	retries  *metrics.Counter
 	failed   *metrics.Counter
@@ -212,6 +214,8 @@ func New(cfg Config, log *slog.Logger, set *metrics.Set) (*Sink, error) {
 		s.headers.Set("Content-Type", "application/json")
 	}
 	lbl := strconv.Quote(s.redact)
+	s.set, s.label = set, lbl
+	holdSeries(set, lbl)
 	s.requests = func(code int) *metrics.Counter {
 		return set.GetOrCreateCounter(fmt.Sprintf(`outpost_webhook_requests_total{url=%s,code="%d"}`, lbl, code))
 	}
@@ -271,6 +275,7 @@ func (s *Sink) Close(ctx context.Context) error {
 		close(s.queue)
 	}
 	s.mu.Unlock()
+	defer releaseSeries(s.set, s.label)
 	if s.done == nil {
 		s.stop()
 		return nil
@@ -360,5 +365,41 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+}
+
+// Sinks with the same redacted URL share their series (the url label), so a
+// closed sink unregisters them only when it was the last one holding them:
+// a rule reload that drops a webhook leaves no stale series in /metrics.
+var series = struct {
+	sync.Mutex
+	refs map[*metrics.Set]map[string]int
+}{refs: map[*metrics.Set]map[string]int{}}
+
+func holdSeries(set *metrics.Set, label string) {
+	series.Lock()
+	defer series.Unlock()
+	if series.refs[set] == nil {
+		series.refs[set] = map[string]int{}
+	}
+	series.refs[set][label]++
+}
+
+func releaseSeries(set *metrics.Set, label string) {
+	series.Lock()
+	defer series.Unlock()
+	m := series.refs[set]
+	if m[label]--; m[label] > 0 {
+		return
+	}
+	delete(m, label)
+	if len(m) == 0 {
+		delete(series.refs, set)
+	}
+	for _, name := range set.ListMetricNames() {
+		mine := strings.Contains(name, "{url="+label+"}") || strings.Contains(name, "{url="+label+",")
+		if strings.HasPrefix(name, "outpost_webhook_") && mine {
+			set.UnregisterMetric(name)
+		}
 	}
 }

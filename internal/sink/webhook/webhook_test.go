@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
+
 	"github.com/outpost-edge/outpost/internal/message"
 )
 
@@ -185,4 +187,44 @@ func TestConfigValidate(t *testing.T) {
 	if got := Redact("https://user:pw@h/p?token=1#f"); got != "https://h/p?redacted" {
 		t.Errorf("Redact = %s", got)
 	}
+}
+
+// A closed sink takes its series out of /metrics, but only when no other
+// sink with the same URL still counts on them.
+func TestCloseUnregistersSeries(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer srv.Close()
+	set := metrics.NewSet()
+	names := func() string {
+		var b bytes.Buffer
+		set.WritePrometheus(&b)
+		return b.String()
+	}
+	a, err := New(Config{URL: srv.URL, Timeout: time.Second}, nil, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := New(Config{URL: srv.URL, Headers: map[string]string{"X-B": "1"}}, nil, set) // same URL, other config
+	other, _ := New(Config{URL: srv.URL + "/other"}, nil, set)
+	for _, s := range []*Sink{a, b, other} {
+		if err := s.Deliver(context.Background(), msg(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mine := `outpost_webhook_requests_total{url="` + srv.URL + `",code="200"}`
+	if !strings.Contains(names(), mine) {
+		t.Fatalf("no %s in\n%s", mine, names())
+	}
+	a.Close(context.Background())
+	if !strings.Contains(names(), mine) {
+		t.Fatalf("closing one of two sinks of a URL removed its series")
+	}
+	b.Close(context.Background())
+	if got := names(); strings.Contains(got, `url="`+srv.URL+`"`) {
+		t.Fatalf("series of a closed URL are still listed:\n%s", got)
+	}
+	if !strings.Contains(names(), `url="`+srv.URL+`/other"`) {
+		t.Fatalf("another URL's series went too")
+	}
+	other.Close(context.Background())
 }
