@@ -173,3 +173,48 @@ func TestAsyncBatchedPubacksKeepOrderAndCodes(t *testing.T) {
 		t.Fatalf("3.1.1 client got packet %x % x after the refusal instead of a disconnect", typ, body)
 	}
 }
+
+// TestAsyncFanoutSkipsOnlyTopicsWithoutSubscribers: a topic published while
+// nobody subscribes is remembered as having no local subscribers; a network
+// or inline subscription added later must still receive it.
+func TestAsyncFanoutSkipsOnlyTopicsWithoutSubscribers(t *testing.T) {
+	b, addr, _ := startAsyncBroker(t, 16)
+	pub := mustV5(t, addr, "pub", "admin", "secret")
+	for i := 0; i < 3; i++ { // cached as "no subscribers"
+		if rc, _ := pub.pub(t, "lonely/x", 1, "nobody"); rc != 0 {
+			t.Fatalf("0x%x", rc)
+		}
+	}
+	sub := mustV5(t, addr, "sub", "admin", "secret")
+	sub.sub(t, "lonely/+", 1)
+	if rc, _ := pub.pub(t, "lonely/x", 1, "net"); rc != 0 {
+		t.Fatalf("0x%x", rc)
+	}
+	if m := expectMsg(t, sub.msgs, "lonely/x"); string(m.Payload) != "net" {
+		t.Fatalf("network subscriber got %q", m.Payload)
+	}
+
+	for i := 0; i < 3; i++ {
+		pub.pub(t, "quiet/y", 1, "nobody")
+	}
+	got := make(chan string, 1)
+	cancel, err := b.Subscribe("quiet/#", func(_ string, p []byte) {
+		select {
+		case got <- string(p):
+		default:
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cancel()
+	pub.pub(t, "quiet/y", 1, "inline")
+	select {
+	case p := <-got:
+		if p != "inline" {
+			t.Fatalf("inline subscriber got %q", p)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("inline subscription added after the topic was cached received nothing")
+	}
+}
