@@ -40,18 +40,28 @@ CONF
   sleep 0.3
 }
 
+cpu_of() { awk '{print $14+$15}' "/proc/$1/stat"; } # utime+stime, clock ticks
 run_bench() { # label url extra-args...
   local label=$1 url=$2; shift 2
+  local cloud0; cloud0=$(cpu_of "$CLOUD_PID")
   "$work/outpost" bench --url "$url" --sub-url "tcp://127.0.0.1:$CLOUD" --sub-topic 'outpost/gw/#' \
     --topic 'bench/{client}/t' --publishers "$PUBS" --subscribers 1 --qos 1 --mqtt 5 --inflight 64 \
     --payload json --payload-size 200 --duration "$DURATION" --drain 30s --quiet --json "$@" > "$work/${label//[ \/]/_}.json"
-  python3 - "$work/${label//[ \/]/_}.json" "$label" <<'PY'
+  local cloud_s; cloud_s=$(( $(cpu_of "$CLOUD_PID") - cloud0 ))
+  python3 - "$work/${label//[ \/]/_}.json" "$label" "$cloud_s" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 lat = r["latency"]
 print(f"{sys.argv[2]:<28} sent {r['sent_rate']:>8.0f}/s  acked {r['acked']:>8}  cloud recv {r['recv_rate']:>8.0f}/s  "
       f"lost {r['lost']}  dup {r['duplicates']}  device-to-cloud p50 {lat['p50_us']/1000:.2f} ms  p99 {lat['p99_us']/1000:.2f} ms"
       + (f"  edge CPU {r['broker']['cpu_percent']:.0f}%  RSS {r['broker']['max_rss_bytes']/1048576:.0f} MB" if r.get('broker') else ""))
+# Where the cores went, per message delivered (publish + drain phases).
+n = max(r["received"], 1)
+cloud = int(sys.argv[3]) / int(sys.argv[4])
+lg = r["loadgen_cpu"]["user_seconds"] + r["loadgen_cpu"]["system_seconds"]
+edge = r["broker"]["cpu_seconds"] if r.get("broker") else 0
+print(f"{'':<28} CPU per message: edge {edge/n*1e6:.1f} us  cloud Mosquitto {cloud/n*1e6:.1f} us  "
+      f"loadgen {lg/n*1e6:.1f} us  (host busy {r.get('host_busy_percent', 0):.0f}%)")
 PY
 }
 

@@ -36,6 +36,8 @@ type acker struct {
 
 	mu      sync.Mutex
 	pending []*ackEntry // in arrival order
+
+	acks []packets.Packet // writer's scratch, reused per batch
 }
 
 type ackEntry struct {
@@ -117,30 +119,41 @@ func (a *acker) writer() {
 		ready = append(ready[:0], a.pending[:n]...)
 		a.pending = append(a.pending[:0], a.pending[n:]...)
 		a.mu.Unlock()
-		for _, r := range ready {
-			a.send(r)
+		a.send(ready)
+		for range ready {
 			<-a.slots
 		}
 	}
 }
 
-func (a *acker) send(e *ackEntry) {
-	if a.cl.Closed() {
+// send writes the PUBACKs for ready, in order, with one write to the
+// connection (one group commit typically completes hundreds at once; one
+// write syscall each was a third of the agent's CPU at 60k msg/s).
+func (a *acker) send(ready []*ackEntry) {
+	if a.cl.Closed() || len(ready) == 0 {
 		return
 	}
-	if e.err != nil && a.cl.Properties.ProtocolVersion < 5 {
-		// 3.1.1: no negative PUBACK. Close the connection so the client
-		// resends this message (and everything after it) on reconnect.
-		a.cl.Stop(e.code)
-		return
+	acks := a.acks[:0]
+	for _, e := range ready {
+		if e.err != nil && a.cl.Properties.ProtocolVersion < 5 {
+			// 3.1.1: no negative PUBACK. Send the acknowledgements due
+			// before it, then close the connection so the client resends
+			// this message (and everything after it) on reconnect.
+			_ = a.cl.WritePackets(acks)
+			a.cl.Stop(e.code)
+			return
+		}
+		ack := packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Puback},
+			PacketID:    e.id,
+		}
+		if e.err != nil {
+			ack.ReasonCode = e.code.Code
+			ack.Properties.ReasonString = e.code.Reason
+		}
+		acks = append(acks, ack)
 	}
-	ack := packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Puback},
-		PacketID:    e.id,
-	}
-	if e.err != nil {
-		ack.ReasonCode = e.code.Code
-		ack.Properties.ReasonString = e.code.Reason
-	}
-	_ = a.cl.WritePacket(ack)
+	_ = a.cl.WritePackets(acks)
+	clear(acks)
+	a.acks = acks[:0]
 }

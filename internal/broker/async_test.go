@@ -131,3 +131,94 @@ func TestAsyncLocalSubscribersStillReceive(t *testing.T) {
 		t.Fatalf("payload %q", m.Payload)
 	}
 }
+
+// TestAsyncBatchedPubacksKeepOrderAndCodes: PUBACKs released together go out
+// in one write; accepted and refused publishes interleaved still get their
+// own codes, in arrival order. For 3.1.1 the acknowledgements due before a
+// refusal are sent before the disconnect.
+func TestAsyncBatchedPubacksKeepOrderAndCodes(t *testing.T) {
+	_, addr, _ := startAsyncBroker(t, 64)
+	v5 := mustV5(t, addr, "mixed", "admin", "secret")
+	for i := 1; i <= 200; i++ {
+		topic, want := fmt.Sprintf("ok/%d", i), byte(0)
+		if i%7 == 0 {
+			topic, want = fmt.Sprintf("reject/%d", i), 0x97
+		}
+		if rc, _ := v5.pub(t, topic, 1, "x"); rc != want {
+			t.Fatalf("publish %d to %s: reason 0x%x, want 0x%x", i, topic, rc, want)
+		}
+	}
+
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.Write(connectPacket("v3mixed", "admin", "secret"))
+	readConnack(t, conn)
+	var burst []byte
+	for i := 1; i <= 20; i++ {
+		burst = append(burst, publishQoS1(fmt.Sprintf("ok/%d", i), uint16(i), []byte("x"))...)
+	}
+	burst = append(burst, publishQoS1("reject/21", 21, []byte("x"))...)
+	conn.Write(burst)
+	r := newPacketReader(conn)
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for want := 1; want <= 20; want++ {
+		typ, body, err := r.next()
+		if err != nil {
+			t.Fatalf("after %d PUBACKs: %v", want-1, err)
+		}
+		if got := int(body[0])<<8 | int(body[1]); typ>>4 != 4 || got != want {
+			t.Fatalf("packet type %x id %d, want PUBACK %d", typ, got, want)
+		}
+	}
+	if typ, body, err := r.next(); err == nil {
+		t.Fatalf("3.1.1 client got packet %x % x after the refusal instead of a disconnect", typ, body)
+	}
+}
+
+// TestAsyncFanoutSkipsOnlyTopicsWithoutSubscribers: a topic published while
+// nobody subscribes is remembered as having no local subscribers; a network
+// or inline subscription added later must still receive it.
+func TestAsyncFanoutSkipsOnlyTopicsWithoutSubscribers(t *testing.T) {
+	b, addr, _ := startAsyncBroker(t, 16)
+	pub := mustV5(t, addr, "pub", "admin", "secret")
+	for i := 0; i < 3; i++ { // cached as "no subscribers"
+		if rc, _ := pub.pub(t, "lonely/x", 1, "nobody"); rc != 0 {
+			t.Fatalf("0x%x", rc)
+		}
+	}
+	sub := mustV5(t, addr, "sub", "admin", "secret")
+	sub.sub(t, "lonely/+", 1)
+	if rc, _ := pub.pub(t, "lonely/x", 1, "net"); rc != 0 {
+		t.Fatalf("0x%x", rc)
+	}
+	if m := expectMsg(t, sub.msgs, "lonely/x"); string(m.Payload) != "net" {
+		t.Fatalf("network subscriber got %q", m.Payload)
+	}
+
+	for i := 0; i < 3; i++ {
+		pub.pub(t, "quiet/y", 1, "nobody")
+	}
+	got := make(chan string, 1)
+	cancel, err := b.Subscribe("quiet/#", func(_ string, p []byte) {
+		select {
+		case got <- string(p):
+		default:
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cancel()
+	pub.pub(t, "quiet/y", 1, "inline")
+	select {
+	case p := <-got:
+		if p != "inline" {
+			t.Fatalf("inline subscriber got %q", p)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("inline subscription added after the topic was cached received nothing")
+	}
+}

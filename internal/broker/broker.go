@@ -104,6 +104,7 @@ type Broker struct {
 
 	ackMu  sync.Mutex
 	ackers map[*mqtt.Client]*acker
+	noSubs noSubsCache // topics without local subscribers (publishAsync)
 
 	subMu   sync.Mutex
 	subs    map[int]inlineSub // Outpost's own subscriptions, re-applied after a restart

@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -251,10 +252,51 @@ func (h *hook) publishAsync(srv *mqtt.Server, cl *mqtt.Client, pk packets.Packet
 		a.complete(e, err)
 	})
 	// Local subscribers and retained state, as mochi would have done.
-	local := pk
-	local.Properties.TopicAlias, local.Properties.TopicAliasFlag = 0, false
-	_ = srv.InjectPacket(a.inline, local)
+	if pk.FixedHeader.Retain || b.noSubs.mayMatch(srv.Topics, pk.TopicName) {
+		local := pk
+		local.Properties.TopicAlias, local.Properties.TopicAliasFlag = 0, false
+		_ = srv.InjectPacket(a.inline, local)
+	}
 	return pk, packets.ErrRejectPacket
+}
+
+// noSubsCache remembers topics that no local subscription matches, valid
+// while the topic index's generation (bumped after every subscription
+// added) stays the same. Most device telemetry has no local subscriber:
+// injecting it for the local fan-out anyway (a second pass through mochi's
+// publish path) cost ~8% of the agent's CPU at 30k msg/s.
+type noSubsCache struct {
+	mu     sync.Mutex
+	idx    *mqtt.TopicsIndex
+	gen    uint64
+	topics map[string]struct{}
+}
+
+const noSubsCacheMax = 4096 // topics remembered; the cache restarts when full
+
+// mayMatch reports whether a local subscription may match topic (false only
+// when none does).
+func (c *noSubsCache) mayMatch(idx *mqtt.TopicsIndex, topic string) bool {
+	g := idx.Generation() // before the lookup: a subscription added after it moves the generation
+	c.mu.Lock()
+	if c.idx == idx && c.gen == g {
+		if _, none := c.topics[topic]; none {
+			c.mu.Unlock()
+			return false
+		}
+	}
+	c.mu.Unlock()
+	s := idx.Subscribers(topic)
+	if len(s.Subscriptions) > 0 || len(s.Shared) > 0 || len(s.InlineSubscriptions) > 0 {
+		return true
+	}
+	c.mu.Lock()
+	if c.idx != idx || c.gen != g || len(c.topics) >= noSubsCacheMax {
+		c.idx, c.gen, c.topics = idx, g, make(map[string]struct{})
+	}
+	c.topics[topic] = struct{}{}
+	c.mu.Unlock()
+	return false
 }
 
 func (b *Broker) publishRefused(cl *mqtt.Client, topic string, err error) {

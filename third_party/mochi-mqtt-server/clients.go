@@ -475,9 +475,9 @@ func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err er
 
 	atomic.AddInt64(&cl.ops.info.BytesReceived, int64(n))
 
-	// Decode the remaining packet values using a fresh copy of the bytes,
-	// otherwise the next packet will change the data of this one.
-	px := append([]byte{}, p[:]...)
+	// outpost: p is allocated for this packet alone and never reused, so it
+	// is decoded in place (upstream copied it once more).
+	px := p
 	switch pk.FixedHeader.Type {
 	case packets.Connect:
 		err = pk.ConnectDecode(px)
@@ -532,71 +532,9 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 		return nil
 	}
 
-	if pk.Expiry > 0 {
-		expiry := pk.Expiry - time.Now().Unix()
-		if expiry < 1 {
-			expiry = 1
-		}
-		pk.Properties.MessageExpiryInterval = uint32(expiry) // [MQTT-3.3.2-6]
-	}
-
-	pk.ProtocolVersion = cl.Properties.ProtocolVersion
-	if pk.Mods.MaxSize == 0 { // NB we use this statement to embed client packet sizes in tests
-		pk.Mods.MaxSize = cl.Properties.Props.MaximumPacketSize
-	}
-
-	if cl.Properties.Props.RequestProblemInfoFlag && cl.Properties.Props.RequestProblemInfo == 0x0 {
-		pk.Mods.DisallowProblemInfo = true // [MQTT-3.1.2-29] strict, no problem info on any packet if set
-	}
-
-	if pk.FixedHeader.Type != packets.Connack || cl.Properties.Props.RequestResponseInfo == 0x1 || cl.ops.options.Capabilities.Compatibilities.AlwaysReturnResponseInfo {
-		pk.Mods.AllowResponseInfo = true // [MQTT-3.1.2-28] we need to know which properties we can encode
-	}
-
-	pk = cl.ops.hooks.OnPacketEncode(cl, pk)
-
-	var err error
-	buf := new(bytes.Buffer)
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		err = pk.ConnectEncode(buf)
-	case packets.Connack:
-		err = pk.ConnackEncode(buf)
-	case packets.Publish:
-		err = pk.PublishEncode(buf)
-	case packets.Puback:
-		err = pk.PubackEncode(buf)
-	case packets.Pubrec:
-		err = pk.PubrecEncode(buf)
-	case packets.Pubrel:
-		err = pk.PubrelEncode(buf)
-	case packets.Pubcomp:
-		err = pk.PubcompEncode(buf)
-	case packets.Subscribe:
-		err = pk.SubscribeEncode(buf)
-	case packets.Suback:
-		err = pk.SubackEncode(buf)
-	case packets.Unsubscribe:
-		err = pk.UnsubscribeEncode(buf)
-	case packets.Unsuback:
-		err = pk.UnsubackEncode(buf)
-	case packets.Pingreq:
-		err = pk.PingreqEncode(buf)
-	case packets.Pingresp:
-		err = pk.PingrespEncode(buf)
-	case packets.Disconnect:
-		err = pk.DisconnectEncode(buf)
-	case packets.Auth:
-		err = pk.AuthEncode(buf)
-	default:
-		err = fmt.Errorf("%w: %v", packets.ErrNoValidPacketAvailable, pk.FixedHeader.Type)
-	}
+	pk, buf, err := cl.encodePacket(pk, new(bytes.Buffer))
 	if err != nil {
 		return err
-	}
-
-	if pk.Mods.MaxSize > 0 && uint32(buf.Len()) > pk.Mods.MaxSize {
-		return packets.ErrPacketTooLarge // [MQTT-3.1.2-24] [MQTT-3.1.2-25]
 	}
 
 	n, err := func() (int64, error) {
@@ -642,6 +580,151 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 	cl.ops.hooks.OnPacketSent(cl, pk, buf.Bytes())
 
 	return err
+}
+
+// outpost: WritePackets sends pks in order with one write to the connection
+// (after anything buffered before them), instead of one write syscall per
+// packet. Used for the PUBACKs that one group commit releases at once. A
+// packet that fails to encode or exceeds the client's maximum packet size
+// stops the batch: the packets before it are still sent, and the error is
+// returned.
+func (cl *Client) WritePackets(pks []packets.Packet) error {
+	if cl.Closed() {
+		return ErrConnectionClosed
+	}
+
+	if cl.Net.Conn == nil || len(pks) == 0 {
+		return nil
+	}
+
+	var out []byte
+	ends := make([]int, 0, len(pks))
+	tmp := new(bytes.Buffer)
+	var encErr error
+	plain := !cl.ops.hooks.Provides(OnPacketEncode)
+	for i := range pks {
+		if pk := &pks[i]; plain && pk.FixedHeader.Type == packets.Puback && pk.ReasonCode < packets.ErrUnspecifiedError.Code &&
+			pk.Properties.ReasonString == "" && len(pk.Properties.User) == 0 {
+			// A PUBACK without reason string or user properties is four
+			// bytes in every protocol version (a success code is omitted);
+			// mochi's generic encoder costs ~20 map lookups for it.
+			pk.ProtocolVersion = cl.Properties.ProtocolVersion
+			pk.FixedHeader.Remaining = 2
+			out = append(out, packets.Puback<<4, 2, byte(pk.PacketID>>8), byte(pk.PacketID))
+			ends = append(ends, len(out))
+			continue
+		}
+		tmp.Reset()
+		pk, b, err := cl.encodePacket(pks[i], tmp)
+		if err != nil {
+			encErr = err
+			break
+		}
+		pks[i] = pk
+		out = append(out, b.Bytes()...)
+		ends = append(ends, len(out))
+	}
+	pks = pks[:len(ends)]
+	if len(pks) == 0 {
+		return encErr
+	}
+
+	n, err := func() (int, error) {
+		cl.Lock()
+		defer cl.Unlock()
+		if cl.Net.outbuf == nil {
+			return cl.Net.Conn.Write(out)
+		}
+		n, _ := cl.Net.outbuf.Write(out) // will always be successful
+		return n, cl.flushOutbuf()
+	}()
+	if err != nil {
+		return err
+	}
+
+	atomic.AddInt64(&cl.ops.info.BytesSent, int64(n))
+	atomic.AddInt64(&cl.ops.info.PacketsSent, int64(len(pks)))
+	from := 0
+	for i, pk := range pks {
+		if pk.FixedHeader.Type == packets.Publish {
+			atomic.AddInt64(&cl.ops.info.MessagesSent, 1)
+		}
+		cl.ops.hooks.OnPacketSent(cl, pk, out[from:ends[i]])
+		from = ends[i]
+	}
+
+	return encErr
+}
+
+// encodePacket prepares pk for this client (expiry, protocol version, size
+// and property limits, OnPacketEncode hooks) and encodes it into buf.
+func (cl *Client) encodePacket(pk packets.Packet, buf *bytes.Buffer) (packets.Packet, *bytes.Buffer, error) {
+	if pk.Expiry > 0 {
+		expiry := pk.Expiry - time.Now().Unix()
+		if expiry < 1 {
+			expiry = 1
+		}
+		pk.Properties.MessageExpiryInterval = uint32(expiry) // [MQTT-3.3.2-6]
+	}
+
+	pk.ProtocolVersion = cl.Properties.ProtocolVersion
+	if pk.Mods.MaxSize == 0 { // NB we use this statement to embed client packet sizes in tests
+		pk.Mods.MaxSize = cl.Properties.Props.MaximumPacketSize
+	}
+
+	if cl.Properties.Props.RequestProblemInfoFlag && cl.Properties.Props.RequestProblemInfo == 0x0 {
+		pk.Mods.DisallowProblemInfo = true // [MQTT-3.1.2-29] strict, no problem info on any packet if set
+	}
+
+	if pk.FixedHeader.Type != packets.Connack || cl.Properties.Props.RequestResponseInfo == 0x1 || cl.ops.options.Capabilities.Compatibilities.AlwaysReturnResponseInfo {
+		pk.Mods.AllowResponseInfo = true // [MQTT-3.1.2-28] we need to know which properties we can encode
+	}
+
+	pk = cl.ops.hooks.OnPacketEncode(cl, pk)
+
+	var err error
+	switch pk.FixedHeader.Type {
+	case packets.Connect:
+		err = pk.ConnectEncode(buf)
+	case packets.Connack:
+		err = pk.ConnackEncode(buf)
+	case packets.Publish:
+		err = pk.PublishEncode(buf)
+	case packets.Puback:
+		err = pk.PubackEncode(buf)
+	case packets.Pubrec:
+		err = pk.PubrecEncode(buf)
+	case packets.Pubrel:
+		err = pk.PubrelEncode(buf)
+	case packets.Pubcomp:
+		err = pk.PubcompEncode(buf)
+	case packets.Subscribe:
+		err = pk.SubscribeEncode(buf)
+	case packets.Suback:
+		err = pk.SubackEncode(buf)
+	case packets.Unsubscribe:
+		err = pk.UnsubscribeEncode(buf)
+	case packets.Unsuback:
+		err = pk.UnsubackEncode(buf)
+	case packets.Pingreq:
+		err = pk.PingreqEncode(buf)
+	case packets.Pingresp:
+		err = pk.PingrespEncode(buf)
+	case packets.Disconnect:
+		err = pk.DisconnectEncode(buf)
+	case packets.Auth:
+		err = pk.AuthEncode(buf)
+	default:
+		err = fmt.Errorf("%w: %v", packets.ErrNoValidPacketAvailable, pk.FixedHeader.Type)
+	}
+	if err != nil {
+		return pk, buf, err
+	}
+
+	if pk.Mods.MaxSize > 0 && uint32(buf.Len()) > pk.Mods.MaxSize {
+		return pk, buf, packets.ErrPacketTooLarge // [MQTT-3.1.2-24] [MQTT-3.1.2-25]
+	}
+	return pk, buf, nil
 }
 
 func (cl *Client) flushOutbuf() (err error) {

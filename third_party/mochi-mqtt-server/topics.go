@@ -350,7 +350,16 @@ func (s *Subscribers) MergeSharedSelected() {
 type TopicsIndex struct {
 	Retained *packets.Packets
 	root     *particle // a leaf containing a message and more leaves.
+
+	// outpost: gen counts subscriptions added (Subscribe, InlineSubscribe),
+	// so a caller can cache "no subscriber matches this topic" until it moves.
+	gen atomic.Uint64
 }
+
+// outpost: Generation changes after every subscription added to the index
+// (after the subscription is visible to Subscribers). A topic that had no
+// subscribers when Generation returned g still has none while it returns g.
+func (x *TopicsIndex) Generation() uint64 { return x.gen.Load() }
 
 // NewTopicsIndex returns a pointer to a new instance of Index.
 func NewTopicsIndex() *TopicsIndex {
@@ -373,6 +382,7 @@ func (x *TopicsIndex) InlineSubscribe(subscription InlineSubscription) bool {
 	n := x.set(subscription.Filter, 0)
 	_, existed = n.inlineSubscriptions.Get(subscription.Identifier)
 	n.inlineSubscriptions.Add(subscription)
+	x.gen.Add(1) // outpost: see Generation
 
 	return !existed
 }
@@ -414,6 +424,7 @@ func (x *TopicsIndex) Subscribe(client string, subscription packets.Subscription
 		_, existed = n.subscriptions.Get(client)
 		n.subscriptions.Add(client, subscription)
 	}
+	x.gen.Add(1) // outpost: see Generation
 
 	return !existed
 }
