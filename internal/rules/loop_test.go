@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/outpost-edge/outpost/internal/message"
+	"github.com/outpost-edge/outpost/internal/topic"
 )
 
 func hopsOf(m *message.Message) string {
@@ -113,11 +114,11 @@ func TestTopicPatternAndOverlap(t *testing.T) {
 		{"a/#", "a/b/c", true}, {"a/#", "a", true}, {"a", "a/#", true}, {"a/+", "a", false},
 		{"a/+/c", "a/b/d", false}, {"#", "x/y", true}, {"a/b/c", "a/b", false},
 	} {
-		if got := filtersOverlap(c.a, c.b); got != c.want {
-			t.Errorf("filtersOverlap(%q, %q) = %v", c.a, c.b, got)
+		if got := topic.Intersects(c.a, c.b); got != c.want {
+			t.Errorf("Intersects(%q, %q) = %v", c.a, c.b, got)
 		}
-		if got := filtersOverlap(c.b, c.a); got != c.want {
-			t.Errorf("filtersOverlap(%q, %q) = %v (swapped)", c.b, c.a, got)
+		if got := topic.Intersects(c.b, c.a); got != c.want {
+			t.Errorf("Intersects(%q, %q) = %v (swapped)", c.b, c.a, got)
 		}
 	}
 }

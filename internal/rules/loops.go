@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/outpost-edge/outpost/internal/rules/parser"
+	"github.com/outpost-edge/outpost/internal/topic"
 )
 
 // Loop detection. A REPUBLISH action whose topic a rule's FROM can match
@@ -44,27 +45,6 @@ func topicPattern(tpl string) string {
 	return strings.Join(levels, "/")
 }
 
-// filtersOverlap reports whether some topic matches both filters.
-func filtersOverlap(a, b string) bool {
-	for {
-		al, arest, amore := strings.Cut(a, "/")
-		bl, brest, bmore := strings.Cut(b, "/")
-		if al == "#" || bl == "#" {
-			return true
-		}
-		if al != "+" && bl != "+" && al != bl {
-			return false
-		}
-		if !amore || !bmore {
-			if !amore && !bmore {
-				return true
-			}
-			return amore && arest == "#" || bmore && brest == "#"
-		}
-		a, b = arest, brest
-	}
-}
-
 // loopEdge is one way a rule's REPUBLISH reaches a rule's FROM.
 type loopEdge struct {
 	to     *Rule
@@ -83,7 +63,7 @@ func republishEdges(r *Rule, all []*Rule) []loopEdge {
 		pat := topicPattern(ac.target)
 		for _, o := range all {
 			for _, f := range o.Filters {
-				if filtersOverlap(pat, f) {
+				if topic.Intersects(pat, f) {
 					out = append(out, loopEdge{to: o, topic: ac.target, filter: f})
 					break
 				}

@@ -15,6 +15,7 @@ import (
 	"github.com/outpost-edge/outpost/internal/rules/jsonpath"
 	"github.com/outpost-edge/outpost/internal/rules/parser"
 	"github.com/outpost-edge/outpost/internal/sink/webhook"
+	"github.com/outpost-edge/outpost/internal/topic"
 )
 
 // Rule is a compiled rule version. It is immutable once compiled, except
@@ -442,7 +443,7 @@ func (cp *compiler) action(r *Rule, a parser.Action, mode exprMode, opts Compile
 		} else if ac.topic != nil {
 			pat := topicPattern(a.Target)
 			for _, f := range r.Filters {
-				if filtersOverlap(pat, f) {
+				if topic.Intersects(pat, f) {
 					cp.errorf(a.TargetP, "REPUBLISH topic '%s' can match this rule's own FROM '%s' (a loop: a ${...} level may take any value)", a.Target, f)
 				}
 			}
