@@ -329,14 +329,10 @@ func (r *Repo) publishDelegated(now time.Time, only string) (map[string]MetaFile
 func (r *Repo) rotateDelegated(role string) error {
 	d := r.Targets.Delegations
 	dr := d.role(role)
-	oldPath := filepath.Join(r.KeyDir, role+".key")
-	old, err := ReadKey(oldPath, r.Passphrase)
+	oldID, pk, save, err := r.successorKey(role)
 	if err != nil {
 		return err
 	}
-	nk := GenerateKey()
-	pk := NewKey(nk.Public().(ed25519.PublicKey))
-	oldID := NewKey(old.Public().(ed25519.PublicKey)).ID()
 	dr.KeyIDs = slices.DeleteFunc(dr.KeyIDs, func(id string) bool { return id == oldID })
 	dr.KeyIDs = append(dr.KeyIDs, pk.ID())
 	if !slices.ContainsFunc(d.Roles, func(o *DelegatedRole) bool { return slices.Contains(o.KeyIDs, oldID) }) {
@@ -344,8 +340,5 @@ func (r *Repo) rotateDelegated(role string) error {
 	}
 	d.Keys[pk.ID()] = pk
 	delete(r.signed, role) // re-signed with the new key by the next Publish
-	if err := WriteKey(oldPath+".old", old, r.Passphrase); err != nil {
-		return err
-	}
-	return WriteKey(oldPath, nk, r.Passphrase)
+	return save()
 }

@@ -251,22 +251,16 @@ func (r *Repo) RotateKey(role string) error {
 	if err != nil {
 		return err
 	}
-	oldPath := filepath.Join(r.KeyDir, role+".key")
-	old, err := ReadKey(oldPath, r.Passphrase)
+	oldID, pk, save, err := r.successorKey(role)
 	if err != nil {
 		return err
 	}
-	nk := GenerateKey()
-	pk := NewKey(nk.Public().(ed25519.PublicKey))
-	delete(r.Root.Keys, NewKey(old.Public().(ed25519.PublicKey)).ID())
+	delete(r.Root.Keys, oldID)
 	r.Root.Keys[pk.ID()] = pk
 	r.Root.Roles[role] = &RoleKeys{KeyIDs: []string{pk.ID()}, Threshold: 1}
 	r.Root.Version++
 	r.Root.Expires = r.now().Add(r.RootExpiry)
-	if err := WriteKey(oldPath+".old", old, r.Passphrase); err != nil {
-		return err
-	}
-	if err := WriteKey(oldPath, nk, r.Passphrase); err != nil {
+	if err := save(); err != nil {
 		return err
 	}
 	var extra []ed25519.PrivateKey
@@ -274,6 +268,27 @@ func (r *Repo) RotateKey(role string) error {
 		extra = append(extra, oldRoot)
 	}
 	return r.WriteRoot(extra...)
+}
+
+// successorKey reads role's private key from KeyDir and generates the key
+// that replaces it: the old key's id, the new public key, and save, which
+// keeps the old private key as <role>.key.old and writes the new one as
+// <role>.key (both under the repository's passphrase).
+func (r *Repo) successorKey(role string) (oldID string, pk *Key, save func() error, err error) {
+	path := filepath.Join(r.KeyDir, role+".key")
+	old, err := ReadKey(path, r.Passphrase)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	nk := GenerateKey()
+	pk = NewKey(nk.Public().(ed25519.PublicKey))
+	save = func() error {
+		if err := WriteKey(path+".old", old, r.Passphrase); err != nil {
+			return err
+		}
+		return WriteKey(path, nk, r.Passphrase)
+	}
+	return NewKey(old.Public().(ed25519.PublicKey)).ID(), pk, save, nil
 }
 
 // AddTarget copies the file at src into the targets tree under name (e.g.
