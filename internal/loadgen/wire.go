@@ -16,6 +16,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/outpost-edge/outpost/internal/mqttwire"
 )
 
 // MQTT control packet types (MQTT 3.1.1 §2.2.1, MQTT 5 §2.1.2).
@@ -47,7 +49,7 @@ const (
 )
 
 // maxVarint is the largest value a 4-byte variable byte integer holds.
-const maxVarint = 268_435_455
+const maxVarint = mqttwire.MaxVarint
 
 var (
 	// ErrMalformed is returned (wrapped, with the packet and field) when the
@@ -62,55 +64,9 @@ func malformed(packet, format string, args ...any) error {
 	return fmt.Errorf("%w: %s: %s", ErrMalformed, packet, fmt.Sprintf(format, args...))
 }
 
-// appendVarint appends n as an MQTT variable byte integer (n ≤ maxVarint).
-func appendVarint(b []byte, n int) []byte {
-	for {
-		c := byte(n & 0x7f)
-		n >>= 7
-		if n > 0 {
-			c |= 0x80
-		}
-		b = append(b, c)
-		if n == 0 {
-			return b
-		}
-	}
-}
-
-// varintLen returns the encoded length of n.
-func varintLen(n int) int {
-	switch {
-	case n < 128:
-		return 1
-	case n < 16384:
-		return 2
-	case n < 2097152:
-		return 3
-	default:
-		return 4
-	}
-}
-
-// readVarint decodes a variable byte integer from the start of b and returns
-// the value and the number of bytes used.
-func readVarint(b []byte) (int, int, error) {
-	v, shift := 0, 0
-	for i := 0; i < 4; i++ {
-		if i >= len(b) {
-			return 0, 0, errShort
-		}
-		v |= int(b[i]&0x7f) << shift
-		if b[i]&0x80 == 0 {
-			return v, i + 1, nil
-		}
-		shift += 7
-	}
-	return 0, 0, errVarint
-}
-
 var (
-	errShort  = errors.New("truncated")
-	errVarint = errors.New("variable byte integer longer than 4 bytes")
+	errShort  = mqttwire.ErrShort
+	errVarint = mqttwire.ErrVarint
 )
 
 func appendString(b []byte, s string) []byte {
@@ -204,7 +160,7 @@ type props struct {
 // prefix included) and returns the bytes after it.
 func parseProps(packet string, b []byte) (props, []byte, error) {
 	p := props{maxQoS: 0xff, serverKeepAlive: -1}
-	n, used, err := readVarint(b)
+	n, used, err := mqttwire.ReadVarint(b)
 	if err != nil {
 		return p, nil, malformed(packet, "property length: %v", err)
 	}
@@ -226,7 +182,7 @@ func parseProps(packet string, b []byte) (props, []byte, error) {
 		case 0x02, 0x11, 0x18, 0x27: // four byte integer
 			size = 4
 		case 0x0B: // variable byte integer
-			_, used, err := readVarint(b)
+			_, used, err := mqttwire.ReadVarint(b)
 			if err != nil {
 				return p, nil, malformed(packet, "property 0x%02x: %v", id, err)
 			}
@@ -461,7 +417,7 @@ func encodeConnect(o connectOptions) []byte {
 			p = append(p, 0x27)
 			p = binary.BigEndian.AppendUint32(p, o.maxPacketSize)
 		}
-		vh = appendVarint(vh, len(p))
+		vh = mqttwire.AppendVarint(vh, len(p))
 		vh = append(vh, p...)
 	}
 	vh = appendString(vh, o.clientID)
@@ -471,7 +427,7 @@ func encodeConnect(o connectOptions) []byte {
 	if o.password != "" {
 		vh = appendString(vh, o.password)
 	}
-	pkt := append([]byte{typeConnect << 4}, appendVarint(nil, len(vh))...)
+	pkt := append([]byte{typeConnect << 4}, mqttwire.AppendVarint(nil, len(vh))...)
 	return append(pkt, vh...)
 }
 
@@ -484,7 +440,7 @@ func encodeSubscribe(id uint16, filter string, qos byte, v5 bool) []byte {
 	}
 	vh = appendString(vh, filter)
 	vh = append(vh, qos)
-	pkt := append([]byte{typeSubscribe<<4 | 0x02}, appendVarint(nil, len(vh))...) // [MQTT-3.8.1-1]
+	pkt := append([]byte{typeSubscribe<<4 | 0x02}, mqttwire.AppendVarint(nil, len(vh))...) // [MQTT-3.8.1-1]
 	return append(pkt, vh...)
 }
 
@@ -515,9 +471,9 @@ func newPublishTemplate(topic string, qos byte, v5 bool, payload []byte) publish
 	if v5 {
 		rl++
 	}
-	b := make([]byte, 0, 1+varintLen(rl)+rl)
+	b := make([]byte, 0, 1+mqttwire.VarintLen(rl)+rl)
 	b = append(b, typePublish<<4|qos<<1)
-	b = appendVarint(b, rl)
+	b = mqttwire.AppendVarint(b, rl)
 	b = appendString(b, topic)
 	t := publishTemplate{pidOff: -1}
 	if qos > 0 {

@@ -9,40 +9,6 @@ import (
 	"testing/iotest"
 )
 
-func TestVarint(t *testing.T) {
-	cases := []struct {
-		n    int
-		wire []byte
-	}{
-		{0, []byte{0x00}},
-		{127, []byte{0x7f}},
-		{128, []byte{0x80, 0x01}},
-		{16383, []byte{0xff, 0x7f}},
-		{16384, []byte{0x80, 0x80, 0x01}},
-		{2097151, []byte{0xff, 0xff, 0x7f}},
-		{2097152, []byte{0x80, 0x80, 0x80, 0x01}},
-		{maxVarint, []byte{0xff, 0xff, 0xff, 0x7f}},
-	}
-	for _, c := range cases {
-		if got := appendVarint(nil, c.n); !bytes.Equal(got, c.wire) {
-			t.Errorf("appendVarint(%d) = % x, want % x", c.n, got, c.wire)
-		}
-		if l := varintLen(c.n); l != len(c.wire) {
-			t.Errorf("varintLen(%d) = %d, want %d", c.n, l, len(c.wire))
-		}
-		v, used, err := readVarint(c.wire)
-		if err != nil || v != c.n || used != len(c.wire) {
-			t.Errorf("readVarint(% x) = %d, %d, %v", c.wire, v, used, err)
-		}
-	}
-	if _, _, err := readVarint([]byte{0x80, 0x80, 0x80, 0x80, 0x01}); !errors.Is(err, errVarint) {
-		t.Errorf("5-byte varint: err = %v", err)
-	}
-	if _, _, err := readVarint([]byte{0x80}); !errors.Is(err, errShort) {
-		t.Errorf("truncated varint: err = %v", err)
-	}
-}
-
 func TestEncodeConnect(t *testing.T) {
 	got := encodeConnect(connectOptions{version: protoV311, clientID: "c1", username: "u", password: "pw", keepAlive: 60})
 	want := []byte{

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 
 	"github.com/outpost-edge/outpost/internal/message"
+
+	"github.com/outpost-edge/outpost/internal/mqttwire"
 )
 
 // MQTT v5 PUBLISH property identifiers (MQTT 5.0 §2.2.2.2).
@@ -69,8 +71,8 @@ func appendStr(dst []byte, s string) []byte {
 
 // publishSize is the encoded size of a QoS 1 PUBLISH packet.
 func publishSize(topicLen, propsLen, payloadLen int) int {
-	rem := 2 + topicLen + 2 + vbiLen(propsLen) + propsLen + payloadLen
-	return 1 + vbiLen(rem) + rem
+	rem := 2 + topicLen + 2 + mqttwire.VarintLen(propsLen) + propsLen + payloadLen
+	return 1 + mqttwire.VarintLen(rem) + rem
 }
 
 // appendPublish appends a QoS 1 PUBLISH packet (MQTT 5.0 §3.3).
@@ -82,43 +84,16 @@ func appendPublish(dst, topic []byte, packetID uint16, dup, retain bool, props, 
 	if retain {
 		h |= 1
 	}
-	rem := 2 + len(topic) + 2 + vbiLen(len(props)) + len(props) + len(payload)
+	rem := 2 + len(topic) + 2 + mqttwire.VarintLen(len(props)) + len(props) + len(payload)
 	dst = append(dst, h)
-	dst = appendVBI(dst, rem)
+	dst = mqttwire.AppendVarint(dst, rem)
 	dst = binary.BigEndian.AppendUint16(dst, uint16(len(topic)))
 	dst = append(dst, topic...)
 	dst = binary.BigEndian.AppendUint16(dst, packetID)
-	dst = appendVBI(dst, len(props))
+	dst = mqttwire.AppendVarint(dst, len(props))
 	dst = append(dst, props...)
 	return append(dst, payload...)
 }
 
-// appendVBI appends a variable byte integer (MQTT 5.0 §1.5.5).
-func appendVBI(dst []byte, n int) []byte {
-	for {
-		b := byte(n & 0x7f)
-		n >>= 7
-		if n > 0 {
-			b |= 0x80
-		}
-		dst = append(dst, b)
-		if n == 0 {
-			return dst
-		}
-	}
-}
-
-func vbiLen(n int) int {
-	switch {
-	case n < 128:
-		return 1
-	case n < 16384:
-		return 2
-	case n < 2097152:
-		return 3
-	}
-	return 4
-}
-
 // maxRemaining is the largest remaining length a packet can have.
-const maxRemaining = 268435455
+const maxRemaining = mqttwire.MaxVarint
