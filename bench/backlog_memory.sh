@@ -8,13 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MB=${SIZE_MB:-1024}
-exec 9>/tmp/outpost-bench.lock
-flock 9
+. bench/lib.sh
+bench_lock
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$work"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 go build -trimpath -o "$work/outpost" ./cmd/outpost
 CLOUD=$(port); MQTT=$(port); HTTP=$(port)
 COUNT=$(( SIZE_MB * 1024 * 1024 / 1100 ))

@@ -23,6 +23,7 @@
 # (installed with apt-get when missing and running as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 if [ -z "${OUTPOST_BENCH_LOCKED:-}" ]; then
 	export OUTPOST_BENCH_LOCKED=1
 	exec flock /tmp/outpost-bench.lock "$0" "$@"
@@ -38,16 +39,6 @@ ROUNDS=${ROUNDS:-1}
 TARGETS=${TARGETS:-mosquitto mochi broker outpost}
 SCENARIOS=${SCENARIOS:-rate max}
 
-need() { # need CMD PACKAGE
-	command -v "$1" >/dev/null 2>&1 && return
-	[ -x "/usr/sbin/$1" ] && return
-	if [ "$(id -u)" = 0 ]; then
-		apt-get install -y "$2" >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y "$2" >/dev/null; }
-	else
-		echo "missing $1: apt-get install -y $2" >&2
-		exit 1
-	fi
-}
 need mosquitto mosquitto
 need jq jq
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
@@ -67,20 +58,6 @@ CGO_ENABLED=0 go build -trimpath -o "$tmp/outpost" ./cmd/outpost
 CGO_ENABLED=0 go build -trimpath -o "$tmp/mochibroker" ./bench/mochibroker
 CGO_ENABLED=0 go build -trimpath -o "$tmp/outpostbroker" ./bench/outpostbroker
 
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() {
-	local p=$((20000 + RANDOM % 20000))
-	while port_busy "$p"; do p=$((p + 1)); done
-	echo "$p"
-}
-wait_port() { # wait_port PORT: until the broker accepts, or it died
-	for _ in $(seq 1 200); do
-		port_busy "$1" && return 0
-		kill -0 "$broker_pid" 2>/dev/null || return 1
-		sleep 0.05
-	done
-	return 1
-}
 stop_broker() {
 	if [ -n "$broker_pid" ]; then
 		kill -TERM "$broker_pid" 2>/dev/null || true
@@ -131,13 +108,13 @@ start_broker() { # start_broker TARGET PORT -> sets broker_pid
 		;;
 	outpost)
 		mkdir -p "$tmp/data"
-		sed -e "s/18832/$2/g" -e "s/18833/$(free_port)/g" -e "s|/tmp/outpost-bench-data|$tmp/data|g" \
+		sed -e "s/18832/$2/g" -e "s/18833/$(port)/g" -e "s|/tmp/outpost-bench-data|$tmp/data|g" \
 			bench/outpost-bench.yaml >"$tmp/outpost.yaml"
 		"$tmp/outpost" run --config "$tmp/outpost.yaml" >"$tmp/broker.log" 2>&1 &
 		;;
 	esac
 	broker_pid=$!
-	if ! wait_port "$2"; then
+	if ! wait_port "$2" "$broker_pid"; then
 		echo "$1 did not start:" >&2
 		cat "$tmp/broker.log" >&2
 		exit 1
@@ -146,7 +123,7 @@ start_broker() { # start_broker TARGET PORT -> sets broker_pid
 
 run_one() { # run_one SCENARIO TARGET ROUND
 	local port flags
-	port=$(free_port)
+	port=$(port)
 	start_broker "$2" "$port"
 	flags=(--url "tcp://127.0.0.1:$port" --publishers "$PUBS" --subscribers "$SUBS" --qos "$QOS"
 		--payload-size "$SIZE" --duration "$DURATION" --broker-pid "$broker_pid" --json --quiet)

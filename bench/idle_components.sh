@@ -15,8 +15,8 @@ N=${N:-100}
 SETTLE=${SETTLE:-10}
 MEMORY_LIMIT=${MEMORY_LIMIT:-64MiB} # the agent's runtime.memory_limit (Go soft limit)
 WINDOW=${WINDOW:-30}
-exec 9>/tmp/outpost-bench.lock
-flock 9
+. bench/lib.sh
+bench_lock
 work=$(mktemp -d)
 AGENT=
 cleanup() {
@@ -24,7 +24,6 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 scripts/build.sh linux/amd64 >/dev/null
 BIN=dist/outpost-linux-amd64
 CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$work/hello-go" ./examples/components/hello-go

@@ -50,6 +50,7 @@
 # curl (installed with apt-get when missing and running as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 if [ -z "${OUTPOST_BENCH_LOCKED:-}" ]; then
 	export OUTPOST_BENCH_LOCKED=1
 	exec flock /tmp/outpost-bench.lock "$0" "$@"
@@ -66,16 +67,6 @@ LADDER_LOSS=${LADDER_LOSS:-1}
 TARGETS=${TARGETS:-outpost ekuiper}
 ROUNDS=${ROUNDS:-1}
 
-need() { # need CMD PACKAGE
-	command -v "$1" >/dev/null 2>&1 && return
-	[ -x "/usr/sbin/$1" ] && return
-	if [ "$(id -u)" = 0 ]; then
-		apt-get install -y "$2" >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y "$2" >/dev/null; }
-	else
-		echo "missing $1: apt-get install -y $2" >&2
-		exit 1
-	fi
-}
 need jq jq
 need curl curl
 
@@ -106,20 +97,6 @@ MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 echo "building outpost..." >&2
 CGO_ENABLED=0 go build -trimpath -o "$tmp/outpost" ./cmd/outpost
 
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() {
-	local p=$((20000 + RANDOM % 20000))
-	while port_busy "$p"; do p=$((p + 1)); done
-	echo "$p"
-}
-wait_port() { # wait_port PORT PID
-	for _ in $(seq 1 300); do
-		port_busy "$1" && return 0
-		kill -0 "$2" 2>/dev/null || return 1
-		sleep 0.05
-	done
-	return 1
-}
 stop_all() {
 	local i pid
 	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
@@ -156,7 +133,7 @@ start_outpost() { # start_outpost PORT -> pid in pids, url in $url
 	mkdir -p "$d/data" "$d/rules" "$d/state"
 	cp "$tmp/rules-src/bench_e2e.sql" "$d/rules/"
 	{
-		sed -e "s/18832/$1/g" -e "s/18833/$(free_port)/g" -e "s|/tmp/outpost-bench-data|$d/data|g" bench/outpost-bench.yaml
+		sed -e "s/18832/$1/g" -e "s/18833/$(port)/g" -e "s|/tmp/outpost-bench-data|$d/data|g" bench/outpost-bench.yaml
 		printf 'rules:\n  dir: %s\n  state_dir: %s\n' "$d/rules" "$d/state"
 	} >"$d/outpost.yaml"
 	"$tmp/outpost" config check "$d/outpost.yaml" >"$d/check.log" 2>&1 || die "outpost config rejected: $(cat "$d/check.log")"
@@ -209,10 +186,10 @@ start_ekuiper() { # start_ekuiper MQTT_PORT -> pids, $url, $engine_pid, $mosq_pi
 
 	mkdir -p "$d/data" "$d/log" "$d/plugins"/{sources,sinks,functions,portable,wasm}
 	cp -r "$KUIPER_ETC" "$d/etc"
-	rest_port=$(free_port)
-	sed -i -e "s/^  ip: .*/  ip: 127.0.0.1/" -e "s/^  port: .*/  port: $(free_port)/" \
+	rest_port=$(port)
+	sed -i -e "s/^  ip: .*/  ip: 127.0.0.1/" -e "s/^  port: .*/  port: $(port)/" \
 		-e "s/restIp: .*/restIp: 127.0.0.1/" -e "s/restPort: .*/restPort: $rest_port/" \
-		-e "s/httpServerIp: .*/httpServerIp: 127.0.0.1/" -e "s/httpServerPort: .*/httpServerPort: $(free_port)/" \
+		-e "s/httpServerIp: .*/httpServerIp: 127.0.0.1/" -e "s/httpServerPort: .*/httpServerPort: $(port)/" \
 		-e "s/prometheus: .*/prometheus: false/" -e "s/pprof: .*/pprof: false/" \
 		-e "s/logLevel: .*/logLevel: warn/" "$d/etc/kuiper.yaml"
 	cat >>"$d/etc/mqtt_source.yaml" <<-YAML
@@ -261,7 +238,7 @@ sample_rss() { # sample_rss PID FILE: max VmRSS (kB) every 0.2 s until PID exits
 
 run_one() { # run_one SCENARIO RATE TARGET ROUND
 	local port flags name t0 t1 f
-	port=$(free_port)
+	port=$(port)
 	name="$1-$2-$3-$4"
 	case $3 in
 	outpost) start_outpost "$port" ;;

@@ -6,11 +6,11 @@
 # (polled every 1 ms), then reads VmRSS after 5 s idle with one client connected.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 BIN=${1:-}
 RUNS=${2:-20}
 if [ -z "$BIN" ]; then scripts/build.sh linux/amd64 >/dev/null; BIN=dist/outpost-linux-amd64; fi
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 HTTP=$(port); MQTT=$(port)
 cat > "$work/o.yaml" <<YAML
 data_dir: $work/data

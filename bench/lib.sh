@@ -1,0 +1,38 @@
+# Helpers shared by the bench/*.sh scripts. Source it from the repository
+# root (the scripts cd there first):  . bench/lib.sh
+
+# bench_lock holds /tmp/outpost-bench.lock (fd 9) until the script exits, so
+# that two benchmarks never share the machine.
+bench_lock() {
+	exec 9>/tmp/outpost-bench.lock
+	flock 9
+}
+
+# need CMD PACKAGE: CMD on PATH (or in /usr/sbin), installing PACKAGE with
+# apt-get when running as root.
+need() {
+	command -v "$1" >/dev/null 2>&1 && return
+	[ -x "/usr/sbin/$1" ] && return
+	if [ "$(id -u)" = 0 ]; then
+		apt-get install -y "$2" >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y "$2" >/dev/null; }
+	else
+		echo "missing $1: apt-get install -y $2" >&2
+		exit 1
+	fi
+}
+
+# port prints a free loopback TCP port chosen by the kernel.
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_port PORT PID: until something accepts on PORT (0), or PID died or
+# 15 s passed (1).
+wait_port() {
+	for _ in $(seq 1 300); do
+		port_busy "$1" && return 0
+		kill -0 "$2" 2>/dev/null || return 1
+		sleep 0.05
+	done
+	return 1
+}
