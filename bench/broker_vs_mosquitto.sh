@@ -68,21 +68,7 @@ stop_broker() {
 	fi
 }
 
-# Mosquitto's configuration, stated: Debian's defaults for the queues, no
-# persistence, and TCP_NODELAY like the Go brokers (Go sets it on every TCP
-# connection; Mosquitto's default is off, which adds Nagle delays).
-mosquitto_conf() {
-	cat <<-CONF
-	listener $1 127.0.0.1
-	allow_anonymous true
-	persistence false
-	max_queued_messages 1000
-	max_inflight_messages 20
-	set_tcp_nodelay true
-	log_type error
-	log_type warning
-	CONF
-}
+# mosquitto_conf PORT: see bench/lib.sh.
 
 outpost_ok=
 outpost_note=

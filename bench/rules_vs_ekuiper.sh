@@ -147,20 +147,7 @@ start_outpost() { # start_outpost PORT -> pid in pids, url in $url
 
 # --- eKuiper -----------------------------------------------------------------
 
-# Mosquitto as in bench/broker_vs_mosquitto.sh: Debian's queue defaults, no
-# persistence, TCP_NODELAY.
-mosquitto_conf() {
-	cat <<-CONF
-	listener $1 127.0.0.1
-	allow_anonymous true
-	persistence false
-	max_queued_messages 1000
-	max_inflight_messages 20
-	set_tcp_nodelay true
-	log_type error
-	log_type warning
-	CONF
-}
+# mosquitto_conf PORT: see bench/lib.sh.
 
 # The sink's dataTemplate: the load generator's JSON layout (fixed-width seq
 # and ts) followed by the computed column.
