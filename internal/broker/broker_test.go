@@ -483,9 +483,9 @@ func TestTLSAndMutualTLS(t *testing.T) {
 	if r == nil || r.ReasonCode != 0 {
 		t.Fatalf("publish as CN alice: %+v", r)
 	}
-	r, _ = cl.Publish(ctx, &paho.Publish{Topic: "admin/x", QoS: 1, Payload: []byte("1")})
+	r, err = cl.Publish(ctx, &paho.Publish{Topic: "admin/x", QoS: 1, Payload: []byte("1")})
 	if r == nil || r.ReasonCode != 0x87 {
-		t.Fatalf("ACL of CN user not applied: %+v", r)
+		t.Fatalf("ACL of CN user not applied: %+v %v", r, err)
 	}
 	cl.Disconnect(&paho.Disconnect{})
 
