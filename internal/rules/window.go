@@ -281,6 +281,21 @@ func (r *Rule) groupKey(c *evalCtx) string {
 	return bytesView(c.tmp)
 }
 
+// openGroup makes the group for key in a new window of w and counts it, or
+// fails the message with reasonOverflow and returns nil when the rule
+// already holds maxGroups open groups. The caller files it in its pane or
+// shard.
+func (r *Rule) openGroup(c *evalCtx, w *windowState, key string) *group {
+	if w.nGroups.Load() >= maxGroups {
+		c.fail(reasonOverflow)
+		return nil
+	}
+	g := r.newGroup(c, key)
+	g.Seq = w.seq.Add(1)
+	w.nGroups.Add(1)
+	return g
+}
+
 func (r *Rule) newGroup(c *evalCtx, key string) *group {
 	g := &group{Key: strings.Clone(key)}
 	if r.win.kind != "sliding" && r.win.kind != "count" {
@@ -392,15 +407,11 @@ func (r *Rule) addLocked(ctx context.Context, e *Engine, c *evalCtx, w *windowSt
 			p := sh.pane(start, end)
 			g := p.index[key]
 			if g == nil {
-				if w.nGroups.Load() >= maxGroups {
-					c.fail(reasonOverflow)
+				if g = r.openGroup(c, w, key); g == nil {
 					continue
 				}
-				g = r.newGroup(c, key)
-				g.Seq = w.seq.Add(1)
 				p.index[g.Key] = g
 				p.Groups = append(p.Groups, g)
-				w.nGroups.Add(1)
 				atomicMin(&w.nextClose, end)
 			}
 			g.touch(c)
@@ -426,15 +437,11 @@ func (r *Rule) addLocked(ctx context.Context, e *Engine, c *evalCtx, w *windowSt
 			g = nil
 		}
 		if g == nil {
-			if w.nGroups.Load() >= maxGroups {
-				c.fail(reasonOverflow)
+			if g = r.openGroup(c, w, key); g == nil {
 				return nil
 			}
-			g = r.newGroup(c, key)
-			g.Seq = w.seq.Add(1)
 			g.Start = t
 			sh.addGroup(g)
-			w.nGroups.Add(1)
 			end := t + s.gap
 			if s.maxLen > 0 {
 				end = min(end, t+s.maxLen)
@@ -453,14 +460,10 @@ func (r *Rule) addLocked(ctx context.Context, e *Engine, c *evalCtx, w *windowSt
 		}
 		g := sh.index[key]
 		if g == nil {
-			if w.nGroups.Load() >= maxGroups {
-				c.fail(reasonOverflow)
+			if g = r.openGroup(c, w, key); g == nil {
 				return nil
 			}
-			g = r.newGroup(c, key)
-			g.Seq = w.seq.Add(1)
 			sh.addGroup(g)
-			w.nGroups.Add(1)
 		}
 		g.touch(c)
 		g.Buf = append(g.Buf, r.bufEntry(c, t))
@@ -469,14 +472,10 @@ func (r *Rule) addLocked(ctx context.Context, e *Engine, c *evalCtx, w *windowSt
 	case "count":
 		g := sh.index[key]
 		if g == nil {
-			if w.nGroups.Load() >= maxGroups {
-				c.fail(reasonOverflow)
+			if g = r.openGroup(c, w, key); g == nil {
 				return nil
 			}
-			g = r.newGroup(c, key)
-			g.Seq = w.seq.Add(1)
 			sh.addGroup(g)
-			w.nGroups.Add(1)
 		}
 		g.touch(c)
 		g.Buf = append(g.Buf, r.bufEntry(c, t))
