@@ -181,7 +181,7 @@ func (o *outputSink) capture(stream string) (*os.File, <-chan struct{}, error) {
 				}
 				continue
 			}
-			if long != nil {
+			if len(long) > 0 { // the end of a line longer than the reader
 				b = append(long, b...)
 			}
 			if len(b) > 0 {
