@@ -378,3 +378,21 @@ func TestClientIDIsDefaultDevice(t *testing.T) {
 		t.Errorf("got %v", got)
 	}
 }
+
+// A rule holds at most maxGroups open window groups: messages that would
+// open more are counted as overflow, and the open groups are kept.
+func TestWindowGroupsBounded(t *testing.T) {
+	e, _ := newTestEngine(t, `CREATE RULE r AS SELECT d, count(*) AS n FROM 'm' GROUP BY d, TUMBLINGWINDOW(ss, 3600) DO REPUBLISH 'out';`)
+	ctx := context.Background()
+	const extra = 5
+	for i := 0; i < maxGroups+extra; i++ {
+		e.Process(ctx, &message.Message{Topic: "m", Payload: []byte(`{"d":` + strconv.Itoa(i) + `}`)})
+	}
+	r := e.Rules()[0]
+	if got := r.ErrorCounts()["overflow"]; got != extra {
+		t.Errorf("overflow = %d, want %d", got, extra)
+	}
+	if got := r.state.win.nGroups.Load(); got != maxGroups {
+		t.Errorf("open groups = %d, want %d", got, maxGroups)
+	}
+}
