@@ -33,38 +33,11 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep
 trap cleanup EXIT
 go build -trimpath -o "$work/outpost" ./cmd/outpost
 CLOUD=$(port); MQTT=$(port); HTTP=$(port)
-cat > "$work/outpost.yaml" <<YAML
-node_id: gw
-data_dir: $work/data
-log: {level: warn}
-telemetry: {address: 127.0.0.1:$HTTP}
-runtime: {memory_limit: 64MiB}
-broker:
-  listeners: [{type: tcp, address: 127.0.0.1:$MQTT}]
-  allow_anonymous: true
-  anonymous_acl: [{topic: "#", access: all}]
-  limits: {receive_maximum: 256}
-pipeline:
-  partitions: 4
-  routes: [{from: ["bench/#"], to: ["uplink:telemetry"]}]
-uplink:
-  enabled: true
-  broker: mqtt://127.0.0.1:$CLOUD
-  reconnect: {min: 100ms, max: 500ms}
-  in_flight: 1000
-  lanes: [{name: telemetry, queue: {fsync: always}}]
-YAML
+uplink_agent_conf "$work/data" "$HTTP" "$MQTT" "$CLOUD" > "$work/outpost.yaml"
 "$work/outpost" run --config "$work/outpost.yaml" 2>"$work/outpost.log" & pids+=($!); AGENT=$!
 wait_port "$MQTT" "$AGENT" || { tail -20 "$work/outpost.log"; exit 1; }
-cat > "$work/cloud.conf" <<CONF
-listener $CLOUD 127.0.0.1
-allow_anonymous true
-max_inflight_messages 1000
-max_queued_messages 0
-set_tcp_nodelay true
-CONF
+cloud_conf "$CLOUD" > "$work/cloud.conf"
 tck=$(getconf CLK_TCK)
-cpu_of() { awk '{print $14+$15}' "/proc/$1/stat"; } # utime+stime, clock ticks
 busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
 status() { curl -fsS "http://127.0.0.1:$HTTP/api/v1/queue"; }
 depth() { status | python3 -c 'import json,sys; print(json.load(sys.stdin)["lanes"]["telemetry"]["depth"])'; }
@@ -80,7 +53,7 @@ for v in $VARIANTS; do
     qos0) mosquitto_sub -h 127.0.0.1 -p "$CLOUD" -q 0 -t 'outpost/gw/#' -i drain-sub >/dev/null & pids+=($!); SPID=$! ;;
   esac
   w0=$(awk '{print $2}' "/proc/$CPID/schedstat")
-  a0=$(cpu_of "$AGENT"); read -r b0 t0 < <(busy); start=$(date +%s.%N)
+  a0=$(cpu_ticks "$AGENT"); read -r b0 t0 < <(busy); start=$(date +%s.%N)
   occ=(); d=$n
   for _ in $(seq 1 1200); do # at most 5 min
     s=$(status)
@@ -92,7 +65,7 @@ for v in $VARIANTS; do
   done
   end=$(date +%s.%N); read -r b1 t1 < <(busy)
   w1=$(awk '{print $2}' "/proc/$CPID/schedstat")
-  a1=$(cpu_of "$AGENT"); c1=$(cpu_of "$CPID"); s1=0; [ -n "$SPID" ] && s1=$(cpu_of "$SPID")
+  a1=$(cpu_ticks "$AGENT"); c1=$(cpu_ticks "$CPID"); s1=0; [ -n "$SPID" ] && s1=$(cpu_ticks "$SPID")
   python3 - "$v" "$n" "$d" "$start" "$end" "$((a1-a0))" "$c1" "$s1" "$tck" "$((100*(b1-b0)/(t1-t0)))" "$((w1-w0))" "${occ[@]}" <<'PY'
 import sys
 v, n, left, t0, t1, a, c, s, tck, busy, wait = sys.argv[1:12]

@@ -75,11 +75,10 @@ done
 up=$(python3 -c "import time; print(f'{time.time() - $start:.2f}')")
 echo "all $N components healthy ${up} s after the agent started"
 sleep "$SETTLE"
-ticks() { awk '{print $14 + $15}' "/proc/$AGENT/stat"; }
 hz=$(getconf CLK_TCK)
-t0=$(ticks); s0=$(date +%s.%N)
+t0=$(cpu_ticks "$AGENT"); s0=$(date +%s.%N)
 sleep "$WINDOW"
-t1=$(ticks); s1=$(date +%s.%N)
+t1=$(cpu_ticks "$AGENT"); s1=$(date +%s.%N)
 rss=$(awk '/VmRSS/{printf "%.1f", $2/1024}' "/proc/$AGENT/status")
 hwm=$(awk '/VmHWM/{printf "%.1f", $2/1024}' "/proc/$AGENT/status")
 anon=$(awk '/RssAnon/{printf "%.1f", $2/1024}' "/proc/$AGENT/status")

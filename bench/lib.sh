@@ -53,3 +53,46 @@ mosquitto_conf() {
 	log_type warning
 	CONF
 }
+
+# cpu_ticks PID prints the CPU time PID has used (utime+stime) in clock ticks
+# (getconf CLK_TCK per second).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# cloud_conf PORT prints the "cloud" Mosquitto of the store-and-forward
+# benchmarks: a window of 1000 in flight, unlimited queues, TCP_NODELAY.
+cloud_conf() {
+	cat <<-CONF
+	listener $1 127.0.0.1
+	allow_anonymous true
+	max_inflight_messages 1000
+	max_queued_messages 0
+	set_tcp_nodelay true
+	CONF
+}
+
+# uplink_agent_conf DATA_DIR HTTP_PORT MQTT_PORT CLOUD_PORT prints the agent
+# of the store-and-forward benchmarks: devices publish bench/# on MQTT_PORT,
+# routed to one lane, fsync always, uplink to the cloud on CLOUD_PORT.
+uplink_agent_conf() {
+	cat <<-YAML
+	node_id: gw
+	data_dir: $1
+	log: {level: warn}
+	telemetry: {address: 127.0.0.1:$2}
+	runtime: {memory_limit: 64MiB}
+	broker:
+	  listeners: [{type: tcp, address: 127.0.0.1:$3}]
+	  allow_anonymous: true
+	  anonymous_acl: [{topic: "#", access: all}]
+	  limits: {receive_maximum: 256}
+	pipeline:
+	  partitions: 4
+	  routes: [{from: ["bench/#"], to: ["uplink:telemetry"]}]
+	uplink:
+	  enabled: true
+	  broker: mqtt://127.0.0.1:$4
+	  reconnect: {min: 100ms, max: 500ms}
+	  in_flight: 1000
+	  lanes: [{name: telemetry, queue: {fsync: always}}]
+	YAML
+}

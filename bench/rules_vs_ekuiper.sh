@@ -213,7 +213,6 @@ start_ekuiper() { # start_ekuiper MQTT_PORT -> pids, $url, $engine_pid, $mosq_pi
 # --- per-process /proc sampling (Mosquitto on the eKuiper side) --------------
 
 clk=$(getconf CLK_TCK)
-proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 sample_rss() { # sample_rss PID FILE: max VmRSS (kB) every 0.2 s until PID exits or FILE.stop exists
 	local max=0 v
 	while kill -0 "$1" 2>/dev/null && [ ! -e "$2.stop" ]; do
@@ -239,14 +238,14 @@ run_one() { # run_one SCENARIO RATE TARGET ROUND
 	echo "round $4: $what -> $3 (engine pid $engine_pid, port $port)" >&2
 	f="$OUT/$name.json"
 	if [ "$3" = ekuiper ]; then
-		t0=$(proc_ticks "$mosq_pid")
+		t0=$(cpu_ticks "$mosq_pid")
 		rm -f "$tmp/mrss" "$tmp/mrss.stop"
 		sample_rss "$mosq_pid" "$tmp/mrss" &
 		local sampler=$!
 	fi
 	"$tmp/outpost" bench "${flags[@]}" >"$f" || echo "  (bench exited $?, see $f)" >&2
 	if [ "$3" = ekuiper ]; then
-		t1=$(proc_ticks "$mosq_pid")
+		t1=$(cpu_ticks "$mosq_pid")
 		touch "$tmp/mrss.stop"
 		wait "$sampler" 2>/dev/null || true
 		# Mosquitto's CPU over the publish + drain phases, like --broker-pid.

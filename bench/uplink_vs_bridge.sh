@@ -39,27 +39,20 @@ go build -trimpath -o "$work/outpost" ./cmd/outpost
 start_cloud() {
   CLOUD=$(port)
   mkdir -p "$work/cloud"
-  cat > "$work/cloud/m.conf" <<CONF
-listener $CLOUD 127.0.0.1
-allow_anonymous true
-max_inflight_messages 1000
-max_queued_messages 0
-set_tcp_nodelay true
-CONF
+  cloud_conf "$CLOUD" > "$work/cloud/m.conf"
   [ "$CLOUD_SUB" = 0 ] && echo "sys_interval 1" >> "$work/cloud/m.conf"
   mosquitto -c "$work/cloud/m.conf" >"$work/cloud/log" 2>&1 & pids+=($!); CLOUD_PID=$!
   sleep 0.3
 }
 
-cpu_of() { awk '{print $14+$15}' "/proc/$1/stat"; } # utime+stime, clock ticks
 run_bench() { # label url extra-args...
   local label=$1 url=$2; shift 2
-  local cloud0; cloud0=$(cpu_of "$CLOUD_PID")
+  local cloud0; cloud0=$(cpu_ticks "$CLOUD_PID")
   if [ "$CLOUD_SUB" = 0 ]; then run_bench_nosub "$label" "$url" "$@"; return; fi
   "$work/outpost" bench --url "$url" --sub-url "tcp://127.0.0.1:$CLOUD" --sub-topic 'outpost/gw/#' \
     --topic 'bench/{client}/t' --publishers "$PUBS" --subscribers 1 --qos 1 --mqtt 5 --inflight 64 \
     --payload json --payload-size 200 --duration "$DURATION" --drain 30s --quiet --json "$@" > "$work/${label//[ \/]/_}.json"
-  local cloud_s; cloud_s=$(( $(cpu_of "$CLOUD_PID") - cloud0 ))
+  local cloud_s; cloud_s=$(( $(cpu_ticks "$CLOUD_PID") - cloud0 ))
   python3 - "$work/${label//[ \/]/_}.json" "$label" "$cloud_s" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -83,7 +76,7 @@ cloud_received() { # PUBLISH packets the cloud Mosquitto received so far ($SYS, 
 run_bench_nosub() { # label url extra-args...: no cloud subscriber, delivery counted by the cloud
   local label=$1 url=$2; shift 2
   local f="$work/${label//[ \/]/_}.json" base t0 t1 got
-  local edge0; edge0=$(cpu_of "$EDGE_PID")
+  local edge0; edge0=$(cpu_ticks "$EDGE_PID")
   base=$(cloud_received); t0=$(date +%s.%N)
   "$work/outpost" bench --url "$url" --topic 'bench/{client}/t' --publishers "$PUBS" --subscribers 0 --qos 1 --mqtt 5 \
     --inflight 64 --payload json --payload-size 200 --duration "$DURATION" --quiet --json "$@" > "$f"
@@ -95,7 +88,7 @@ run_bench_nosub() { # label url extra-args...: no cloud subscriber, delivery cou
     sleep 0.2
   done
   t1=$(date +%s.%N)
-  local cloud_s edge_s; cloud_s=$(( $(cpu_of "$CLOUD_PID") - cloud0 )); edge_s=$(( $(cpu_of "$EDGE_PID") - edge0 ))
+  local cloud_s edge_s; cloud_s=$(( $(cpu_ticks "$CLOUD_PID") - cloud0 )); edge_s=$(( $(cpu_ticks "$EDGE_PID") - edge0 ))
   python3 - "$f" "$label" "$cloud_s" "$(getconf CLK_TCK)" "$got" "$t0" "$t1" "$edge_s" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -115,26 +108,7 @@ PY
 echo "== A: outpost agent (fsync always) -> cloud Mosquitto"
 start_cloud
 A_MQTT=$(port); A_HTTP=$(port)
-cat > "$work/outpost.yaml" <<YAML
-node_id: gw
-data_dir: $work/outpost-data
-log: {level: warn}
-telemetry: {address: 127.0.0.1:$A_HTTP}
-runtime: {memory_limit: 64MiB}
-broker:
-  listeners: [{type: tcp, address: 127.0.0.1:$A_MQTT}]
-  allow_anonymous: true
-  anonymous_acl: [{topic: "#", access: all}]
-  limits: {receive_maximum: 256}
-pipeline:
-  partitions: 4
-  routes: [{from: ["bench/#"], to: ["uplink:telemetry"]}]
-uplink:
-  enabled: true
-  broker: mqtt://127.0.0.1:$CLOUD
-  in_flight: 1000
-  lanes: [{name: telemetry, queue: {fsync: always}}]
-YAML
+uplink_agent_conf "$work/outpost-data" "$A_HTTP" "$A_MQTT" "$CLOUD" > "$work/outpost.yaml"
 "$work/outpost" run --config "$work/outpost.yaml" 2>"$work/outpost.log" & pids+=($!); EDGE_PID=$!
 sleep 1
 run_bench "outpost max rate" "tcp://127.0.0.1:$A_MQTT" --broker-pid "$EDGE_PID" || { tail -20 "$work/outpost.log"; exit 1; }
