@@ -27,5 +27,5 @@ for p in "${platforms[@]}"; do
   echo "building $out ($VERSION)"
   CGO_ENABLED=0 GOOS=$os GOARCH=$arch GOARM=$goarm \
     go build -trimpath -ldflags "$LDFLAGS" -o "$out" ./cmd/outpost
-  ls -l "$out" | awk '{printf "  %s: %.1f MB\n", $9, $5/1048576}'
+  ls -l "$out" | awk '{printf "  %s: %.1f MiB\n", $9, $5/1048576}'
 done

@@ -4,6 +4,7 @@
 #   2. gofmt, go vet, staticcheck
 #   3. go test -race on every package (real broker, real Mosquitto, real files)
 #   4. cross-build the release binaries and smoke-test the arm64 one under qemu
+#   5. the dependency guard and the README's gateway install, run as written
 # Options: SKIP_RACE=1 runs tests without -race (faster locally).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,9 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "dependencies"
 scripts/deps.sh
+
+step "tracked files (no binaries, nothing large unlisted)"
+scripts/check-files.sh
 
 step "gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
@@ -39,5 +43,11 @@ go test -count=1 -timeout 15m -run 'TestKill9' -v ./cmd/outpost/ | grep -E '^(==
 step "release builds + arm64 smoke test under qemu"
 scripts/build.sh
 scripts/smoke-arm64.sh dist/outpost-linux-arm64
+
+step "dependency guard (docs/deps/*.txt)"
+scripts/depguard.sh
+
+step "README gateway install, as written"
+scripts/gateway-install-test.sh
 
 step "all tests passed"

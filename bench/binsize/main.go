@@ -9,6 +9,15 @@
 // does that for you and also prints the stripped size. Function metadata in
 // .gopclntab, section headers and padding are not attributed to any symbol;
 // given the stripped file's size they show as "rest of the stripped file".
+//
+// The dependency guard (scripts/depguard.sh) uses two more modes:
+//
+//	-list                 print the guard file: the stripped size, then one
+//	                      line per module: path, version, symbol bytes
+//	-check FILE           compare with a guard file; exit 1 on a new or
+//	                      removed module, a version change, a module that
+//	                      grew by more than 32 KiB and 10%, or a stripped
+//	                      size more than 256 KiB over the recorded one
 package main
 
 import (
@@ -26,10 +35,34 @@ func main() {
 	byPkg := flag.Bool("packages", false, "aggregate by package instead of module")
 	top := flag.Int("top", 25, "rows to print")
 	stripped := flag.Int64("stripped-size", 0, "size of the stripped build of the same code, to show what symbols do not cover")
+	list := flag.Bool("list", false, "print the dependency guard file (stripped size, then module version bytes)")
+	check := flag.String("check", "", "compare with this dependency guard file; exit 1 on a difference that needs review")
 	flag.Parse()
 	if flag.NArg() != 1 {
 		fmt.Fprintln(os.Stderr, "usage: binsize [-packages] [-top N] BINARY")
 		os.Exit(2)
+	}
+	if *list || *check != "" {
+		cur, err := measure(flag.Arg(0), *stripped)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "binsize:", err)
+			os.Exit(1)
+		}
+		if *list {
+			fmt.Print(cur.String())
+			return
+		}
+		if problems, err := guard(*check, cur); err != nil {
+			fmt.Fprintln(os.Stderr, "binsize:", err)
+			os.Exit(1)
+		} else if len(problems) > 0 {
+			for _, p := range problems {
+				fmt.Println(p)
+			}
+			os.Exit(1)
+		}
+		fmt.Printf("%s: dependencies and sizes match %s\n", flag.Arg(0), *check)
+		return
 	}
 	if err := run(flag.Arg(0), *byPkg, *top, *stripped); err != nil {
 		fmt.Fprintln(os.Stderr, "binsize:", err)

@@ -40,6 +40,11 @@ Exit codes: 0 after a clean shutdown, 1 if a module failed, 2 for an invalid con
 		}
 		return exitUsage
 	}
+	if _, err := os.Stat(*cfgPath); errors.Is(err, os.ErrNotExist) {
+		fmt.Fprintf(os.Stderr, "outpost: no config file at %s\n", *cfgPath)
+		fmt.Fprintf(os.Stderr, "  create one with:  outpost init -o %s\n  or try the demo:  outpost demo\n", *cfgPath)
+		return exitUsage
+	}
 	cfg, err := agent.Load(*cfgPath)
 	if err != nil {
 		printConfigError(err)

@@ -41,6 +41,11 @@ type Config struct {
 	// Uplink forwards lanes of durable queues to a cloud broker when present
 	// and enabled (docs/uplink.md).
 	Uplink *uplink.Config `yaml:"uplink"`
+
+	// baseDir is the directory of the config file: relative paths in the
+	// file resolve against it (config.ResolvePaths), not against the working
+	// directory. Empty for configs parsed from bytes (Parse).
+	baseDir string
 }
 
 // uplinkOn reports whether the uplink and its lanes are configured.
@@ -97,6 +102,7 @@ func (c *Config) SetDefaults() {
 			c.Rules.StateDir = filepath.Join(c.DataDir, "rules-state")
 		}
 	}
+	config.ResolvePaths(c, c.baseDir)
 }
 
 // Validate checks the whole file; every problem is reported.
@@ -171,8 +177,16 @@ func (c *Config) moduleSinks() []string {
 const RulesSink = "rules"
 
 // Load reads, strictly decodes, defaults and validates a config file.
+//
+// Relative paths in the file (data_dir, dir, path and every *_dir and
+// *_file key) are resolved against the directory of the file.
 func Load(path string) (*Config, error) {
 	var c Config
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	c.baseDir = filepath.Dir(abs)
 	if err := config.Load(path, &c, config.Options{}); err != nil {
 		return nil, err
 	}

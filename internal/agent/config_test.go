@@ -120,3 +120,37 @@ broker:
 }
 
 func fmtAny(v any) string { return fmt.Sprintf("%v", v) }
+
+// Relative paths resolve against the config file's directory, not the
+// working directory: starting the agent from $HOME must not write ~/data.
+func TestRelativePathsResolveAgainstConfigDir(t *testing.T) {
+	dir := t.TempDir()
+	cfgDir := filepath.Join(dir, "etc")
+	if err := os.MkdirAll(cfgDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(cfgDir, "outpost.yaml")
+	text := "data_dir: data\ntelemetry: {address: off}\nrules: {dir: rules}\n" +
+		"broker:\n  listeners: [{type: tcp, address: \"127.0.0.1:0\"}, {type: unix, path: run/mqtt.sock}]\n"
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(t.TempDir())
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, got := range map[string]string{
+		"data_dir":         c.DataDir,
+		"rules.dir":        c.Rules.Dir,
+		"rules.state_dir":  c.Rules.StateDir,
+		"unix socket path": c.Broker.Listeners[1].Path,
+	} {
+		if !strings.HasPrefix(got, cfgDir+string(filepath.Separator)) {
+			t.Errorf("%s = %q, want it under %s", name, got, cfgDir)
+		}
+	}
+	if c.DataDir != filepath.Join(cfgDir, "data") {
+		t.Errorf("data_dir = %q", c.DataDir)
+	}
+}
