@@ -18,8 +18,7 @@ import (
 )
 
 // realOutpost builds cmd/outpost as 1.0.0 and 1.1.0 (once per test run) and
-// publishes both in a repository; it skips while `outpost run` does not
-// accept an ota: section.
+// publishes both in a repository.
 var realOutpost = sync.OnceValues(func() (*realBuild, error) {
 	d, err := os.MkdirTemp(fixture.dir, "real-")
 	if err != nil {
@@ -37,13 +36,6 @@ var realOutpost = sync.OnceValues(func() (*realBuild, error) {
 	}
 	if err := build("1.0.0"); err != nil {
 		return nil, err
-	}
-	// Does `outpost run` know the ota section yet?
-	probe := filepath.Join(d, "probe.yaml")
-	os.WriteFile(probe, []byte("ota:\n  enabled: false\n"), 0o644)
-	if out, err := exec.Command(b.bins["1.0.0"], "config", "check", probe).CombinedOutput(); err != nil && strings.Contains(string(out), `unknown key "ota"`) {
-		b.skip = fmt.Sprintf("outpost run does not accept the ota section yet:\n%s", out)
-		return b, nil
 	}
 	if err := build("1.1.0"); err != nil {
 		return nil, err
@@ -64,7 +56,6 @@ var realOutpost = sync.OnceValues(func() (*realBuild, error) {
 type realBuild struct {
 	bins       map[string]string
 	repo, keys string
-	skip       string
 }
 
 // realGateway returns a gateway running real outpost 1.0.0 against a copy
@@ -74,9 +65,6 @@ func realGateway(t *testing.T, restart string) (*gateway, *server, *tuf.Repo, *r
 	b, err := realOutpost()
 	if err != nil {
 		t.Fatal(err)
-	}
-	if b.skip != "" {
-		t.Skip(b.skip)
 	}
 	d := t.TempDir()
 	copyTree(t, b.repo, filepath.Join(d, "repo"))
@@ -118,9 +106,6 @@ ota:
 		t.Fatal(err)
 	}
 	if out, err := exec.Command(g.bin, "config", "check", cfg).CombinedOutput(); err != nil {
-		if strings.Contains(string(out), "ota") {
-			t.Skipf("outpost run does not accept the ota section yet:\n%s", out)
-		}
 		t.Fatalf("config check: %v\n%s", err, out)
 	}
 	g.args = []string{"run", "--config", cfg}

@@ -82,6 +82,11 @@ func TestLoad1000Rules(t *testing.T) {
 	runtime.ReadMemStats(&ms)
 	t.Logf("10k msg/s for %ds through 1000 rules: Process latency %s; heap in use %.1f MiB, %s; emitted %d",
 		seconds, distribution(lat), float64(ms.HeapInuse)/(1<<20), vmRSS(), env.Sink("republish").Count())
+	// Every message matches exactly one of the 1,000 rules and passes its
+	// WHERE (payload200: temp 81.25, quality good): one output each.
+	if got := env.Sink("republish").Count(); got != rate*seconds {
+		t.Fatalf("emitted %d, want %d (one per message)", got, rate*seconds)
+	}
 }
 
 // seqEnv records, per rule (out/N topic), how often each sequence number

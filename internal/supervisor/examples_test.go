@@ -32,7 +32,7 @@ func TestExampleComponents(t *testing.T) {
 	build := exec.Command("go", "build", "-o", filepath.Join(e.recipes, "hello-go"), "./"+filepath.Join(ex, "hello-go"))
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
-		t.Skipf("cannot build the Go example (%v): %s", err, out)
+		t.Fatalf("the Go example does not build (%v): %s", err, out)
 	}
 	copyFile(t, filepath.Join(ex, "hello-go", "recipe.yaml"), filepath.Join(e.recipes, "hello-go.yaml"))
 	names := map[string]string{"hello-go": "hello"}
