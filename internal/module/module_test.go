@@ -48,7 +48,7 @@ func (f *fake) Stop(ctx context.Context) error {
 	}
 	return f.stopErr
 }
-func (f *fake) Health() Status       { return Status{State: StateReady, Detail: f.name} }
+func (f *fake) Health() Status      { return Status{State: StateReady, Detail: f.name} }
 func (f *fake) DependsOn() []string { return f.deps }
 
 // reconf is a fake that can reconfigure in place.
