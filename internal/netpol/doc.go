@@ -1,0 +1,27 @@
+// Package netpol is the gateway's network policy: ordered allow/deny rules
+// on named interfaces (source and destination CIDR, protocol, port ranges,
+// a default action) and a per-source packet rate limit on chosen
+// destination ports, so that one flooding device cannot starve the others.
+//
+// Two backends enforce the same Policy:
+//
+//   - ebpf: an XDP program (bpf/xdp_policy.c) attached to each interface,
+//     with per-rule packet and byte counters in BPF maps;
+//   - nftables: a netdev-family table with an ingress chain per interface,
+//     used where BPF programs cannot be attached (old kernel, no CAP_BPF,
+//     a container), with the same first-match semantics and counters.
+//
+// Invariants:
+//
+//   - An update is atomic: the ebpf backend fills the inactive generation of
+//     its maps and flips one index; the nftables backend replaces the
+//     chain's rules in one netlink transaction. No packet is ever checked
+//     against half a policy or against none.
+//   - A policy is validated as a whole before anything is applied; an
+//     invalid one changes nothing (the running policy stays).
+//   - Decide (the `outpost netpol test` path) evaluates a packet with the
+//     same first-match logic the kernel programs implement.
+//
+// IPv4 is filtered by rules; IPv6 packets get the interface's default
+// action; ARP and other non-IP frames always pass (the link must work).
+package netpol

@@ -1,0 +1,410 @@
+package netpol
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// xdpBackend enforces policies with the XDP program, one program instance
+// (and set of maps) per interface.
+type xdpBackend struct {
+	pinRoot string // bpffs directory for pinned links and maps
+	inNS    func(func() error) error
+	ifaces  map[string]*xdpIface
+}
+
+type xdpIface struct {
+	name    string
+	objs    policyObjects
+	link    link.Link
+	pin     bool // pin when attaching (on_agent_stop: closed)
+	pinned  bool
+	gen     uint32
+	names   []string // rule names of the active generation, by index
+	carried map[string]Counter
+}
+
+// Counter is a packet and byte count.
+type Counter struct {
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+func (c *Counter) add(o Counter) { c.Packets += o.Packets; c.Bytes += o.Bytes }
+
+// Stats are an interface's counters: per rule name ("default" for the
+// default action) and the global ones (rate_limited, non_ip, ipv6,
+// malformed).
+type Stats struct {
+	Rules  map[string]Counter `json:"rules"`
+	Global map[string]Counter `json:"global"`
+}
+
+var statNames = []string{"rate_limited", "non_ip", "ipv6", "malformed"}
+
+// ErrNoBPF is returned when the kernel or the process's privileges refuse
+// BPF programs; the auto backend then falls back to nftables.
+var ErrNoBPF = errors.New("netpol: BPF programs cannot be loaded here")
+
+func newXDPBackend(pinRoot string, inNS func(func() error) error) (*xdpBackend, error) {
+	if err := ensureBPFFS(pinRoot); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
+	}
+	// Probe: load the collection once (verifier included) and drop it.
+	var objs policyObjects
+	if err := loadPolicyObjects(&objs, nil); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
+	}
+	objs.Close()
+	return &xdpBackend{pinRoot: pinRoot, inNS: inNS, ifaces: map[string]*xdpIface{}}, nil
+}
+
+// ensureBPFFS mounts bpffs on /sys/fs/bpf if needed and creates dir on it.
+func ensureBPFFS(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs("/sys/fs/bpf", &st); err == nil && st.Type != unix.BPF_FS_MAGIC {
+		if err := unix.Mount("bpf", "/sys/fs/bpf", "bpf", 0, ""); err != nil {
+			return fmt.Errorf("mount bpffs on /sys/fs/bpf: %w", err)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if err := unix.Statfs(dir, &st); err != nil {
+		return err
+	}
+	if st.Type != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("%s is not on a bpf filesystem", dir)
+	}
+	return nil
+}
+
+func (b *xdpBackend) Name() string { return "ebpf" }
+
+// Apply installs or updates the policy of one interface atomically. On the
+// first Apply after an agent restart it re-adopts a pinned program and maps
+// left by the previous run (no window without filtering), else it loads
+// and attaches a fresh one.
+func (b *xdpBackend) Apply(itf Interface) error {
+	x := b.ifaces[itf.Name]
+	if x == nil {
+		var err error
+		if x, err = b.attach(itf); err != nil {
+			return err
+		}
+	}
+	if err := x.apply(itf); err != nil {
+		if x.link == nil {
+			x.objs.Close()
+			os.RemoveAll(b.pinDir(itf.Name))
+		}
+		return err
+	}
+	if x.link == nil {
+		if err := b.attachLink(x); err != nil {
+			x.objs.Close()
+			os.RemoveAll(b.pinDir(itf.Name))
+			return err
+		}
+	}
+	b.ifaces[itf.Name] = x
+	return nil
+}
+
+func (b *xdpBackend) pinDir(name string) string { return filepath.Join(b.pinRoot, name) }
+
+func (b *xdpBackend) attach(itf Interface) (*xdpIface, error) {
+	dir := b.pinDir(itf.Name)
+	x := &xdpIface{name: itf.Name, carried: map[string]Counter{}}
+	// Re-adopt what a previous run pinned: its maps keep the policy in force
+	// until the new one is written into the inactive generation.
+	if l, err := link.LoadPinnedLink(filepath.Join(dir, "link"), nil); err == nil {
+		spec, err := loadPolicy()
+		if err != nil {
+			l.Close()
+			return nil, err
+		}
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinByName
+		}
+		opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}}
+		if err := spec.LoadAndAssign(&x.objs, opts); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("netpol: %s: re-adopt pinned maps: %w", itf.Name, err)
+		}
+		// Replace the program (same maps) so a newer agent's code runs.
+		if err := l.Update(x.objs.OutpostPolicy); err != nil {
+			l.Close()
+			x.objs.Close()
+			return nil, fmt.Errorf("netpol: %s: update pinned program: %w", itf.Name, err)
+		}
+		x.link, x.pinned = l, true
+		var g uint32
+		if err := x.objs.Active.Lookup(uint32(0), &g); err == nil {
+			x.gen = g & 1
+		}
+		return x, nil
+	}
+	// A fresh attach. Maps are pinned (by name, in dir) only when the policy
+	// must outlive the agent.
+	pin := itf.OnAgentStop == "closed"
+	if pin {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	spec, err := loadPolicy()
+	if err != nil {
+		return nil, err
+	}
+	opts := &ebpf.CollectionOptions{}
+	if pin {
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinByName
+		}
+		opts.Maps.PinPath = dir
+	}
+	if err := spec.LoadAndAssign(&x.objs, opts); err != nil {
+		return nil, fmt.Errorf("netpol: %s: load XDP program: %w", itf.Name, err)
+	}
+	x.gen = 1 // the first apply writes generation 0 and flips to it
+	x.pin = pin
+	return x, nil
+}
+
+// attachLink attaches a freshly loaded program once its maps hold the
+// policy: there is no moment with the program attached and empty maps.
+func (b *xdpBackend) attachLink(x *xdpIface) error {
+	dir := b.pinDir(x.name)
+	err := b.inNS(func() error {
+		idx, err := ifaceIndex(x.name)
+		if err != nil {
+			return err
+		}
+		x.link, err = link.AttachXDP(link.XDPOptions{Program: x.objs.OutpostPolicy, Interface: idx})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("netpol: %s: attach XDP: %w", x.name, err)
+	}
+	if x.pin {
+		if err := x.link.Pin(filepath.Join(dir, "link")); err != nil {
+			x.link.Close()
+			x.link = nil
+			return fmt.Errorf("netpol: %s: pin link: %w", x.name, err)
+		}
+		x.pinned = true
+	}
+	return nil
+}
+
+func ipv4(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.NativeEndian.Uint32(b[:]) // network order bytes in memory
+}
+
+func mask(p netip.Prefix) uint32 {
+	var m [4]byte
+	for i := 0; i < p.Bits(); i++ {
+		m[i/8] |= 0x80 >> (i % 8)
+	}
+	return binary.NativeEndian.Uint32(m[:])
+}
+
+func (x *xdpIface) apply(itf Interface) error {
+	rules := make([]compiled, 0, len(itf.Rules))
+	for _, r := range itf.Rules {
+		c, err := compileRule(r)
+		if err != nil {
+			return fmt.Errorf("netpol: %s: rule %s: %w", itf.Name, r.Name, err)
+		}
+		rules = append(rules, c)
+	}
+	next := x.gen ^ 1
+	base := next * MaxRules
+	if len(rules) > 0 {
+		keys := make([]uint32, len(rules))
+		vals := make([]policyRule, len(rules))
+		for i, c := range rules {
+			keys[i] = base + uint32(i)
+			vals[i] = policyRule{
+				Src: ipv4(c.src.Addr()), SrcMask: mask(c.src),
+				Dst: ipv4(c.dst.Addr()), DstMask: mask(c.dst),
+				SportLo: c.sportLo, SportHi: c.sportHi, DportLo: c.dportLo, DportHi: c.dportHi,
+				Proto: c.proto,
+			}
+			if c.allow {
+				vals[i].Action = 1
+			}
+		}
+		if _, err := x.objs.Rules.BatchUpdate(keys, vals, nil); err != nil {
+			// Older kernels: no batch ops on arrays.
+			for i := range keys {
+				if err := x.objs.Rules.Put(keys[i], vals[i]); err != nil {
+					return fmt.Errorf("netpol: %s: write rule %d: %w", itf.Name, i, err)
+				}
+			}
+		}
+	}
+	// Zero the next generation's counters (left from two updates ago).
+	zero := make([]policyCounter, ebpf.MustPossibleCPU())
+	cbase := next * (MaxRules + 1)
+	for _, i := range append(seq(cbase, len(rules)), cbase+MaxRules) {
+		if err := x.objs.Counters.Put(i, zero); err != nil {
+			return fmt.Errorf("netpol: %s: reset counters: %w", itf.Name, err)
+		}
+	}
+	// Rate-limited ports of the next generation.
+	var it = x.objs.RlPorts.Iterate()
+	var k uint32
+	var v uint8
+	var stale []uint32
+	for it.Next(&k, &v) {
+		if k>>16 == next {
+			stale = append(stale, k)
+		}
+	}
+	for _, k := range stale {
+		x.objs.RlPorts.Delete(k)
+	}
+	s := policyGenSettings{Count: uint32(len(rules))}
+	if itf.Default == "allow" {
+		s.DefaultAction = 1
+	}
+	if rl := itf.RateLimit; rl != nil {
+		s.RlRate, s.RlBurst = uint32(rl.PPS), uint32(rl.Burst)
+		for _, p := range rl.Ports {
+			if err := x.objs.RlPorts.Put(next<<16|uint32(p), uint8(1)); err != nil {
+				return fmt.Errorf("netpol: %s: rate-limited port %d: %w", itf.Name, p, err)
+			}
+		}
+	}
+	if err := x.objs.Settings.Put(next, s); err != nil {
+		return fmt.Errorf("netpol: %s: settings: %w", itf.Name, err)
+	}
+	// The flip: from here on every packet sees the whole new policy.
+	if err := x.objs.Active.Put(uint32(0), next); err != nil {
+		return fmt.Errorf("netpol: %s: switch generation: %w", itf.Name, err)
+	}
+	// Carry the old generation's counts over by rule name.
+	old, err := x.read(x.gen, x.names)
+	if err == nil {
+		for n, c := range old {
+			cc := x.carried[n]
+			cc.add(c)
+			x.carried[n] = cc
+		}
+	}
+	x.gen = next
+	x.names = x.names[:0]
+	for _, c := range rules {
+		x.names = append(x.names, c.name)
+	}
+	return nil
+}
+
+func seq(base uint32, n int) []uint32 {
+	out := make([]uint32, n)
+	for i := range out {
+		out[i] = base + uint32(i)
+	}
+	return out
+}
+
+// read sums the per-CPU counters of generation gen.
+func (x *xdpIface) read(gen uint32, names []string) (map[string]Counter, error) {
+	out := map[string]Counter{}
+	cbase := gen * (MaxRules + 1)
+	var per []policyCounter
+	for i, n := range names {
+		if err := x.objs.Counters.Lookup(cbase+uint32(i), &per); err != nil {
+			return nil, err
+		}
+		c := out[n]
+		for _, p := range per {
+			c.add(Counter{p.Packets, p.Bytes})
+		}
+		out[n] = c
+	}
+	if err := x.objs.Counters.Lookup(cbase+MaxRules, &per); err != nil {
+		return nil, err
+	}
+	c := out["default"]
+	for _, p := range per {
+		c.add(Counter{p.Packets, p.Bytes})
+	}
+	out["default"] = c
+	return out, nil
+}
+
+func (b *xdpBackend) Stats(name string) (Stats, error) {
+	x := b.ifaces[name]
+	if x == nil {
+		return Stats{}, fmt.Errorf("netpol: no policy on %q", name)
+	}
+	cur, err := x.read(x.gen, x.names)
+	if err != nil {
+		return Stats{}, err
+	}
+	st := Stats{Rules: map[string]Counter{}, Global: map[string]Counter{}}
+	for n, c := range x.carried {
+		st.Rules[n] = c
+	}
+	for n, c := range cur {
+		cc := st.Rules[n]
+		cc.add(c)
+		st.Rules[n] = cc
+	}
+	var per []policyCounter
+	for i, n := range statNames {
+		if err := x.objs.Stats.Lookup(uint32(i), &per); err != nil {
+			return Stats{}, err
+		}
+		var c Counter
+		for _, p := range per {
+			c.add(Counter{p.Packets, p.Bytes})
+		}
+		st.Global[n] = c
+	}
+	return st, nil
+}
+
+// Remove detaches one interface's program and deletes its pins.
+func (b *xdpBackend) Remove(name string) error {
+	x := b.ifaces[name]
+	if x == nil {
+		return nil
+	}
+	delete(b.ifaces, name)
+	if x.pinned {
+		x.link.Unpin()
+	}
+	err := x.link.Close()
+	x.objs.Close()
+	os.RemoveAll(b.pinDir(name))
+	return err
+}
+
+// Close releases the agent's handles. Pinned interfaces (on_agent_stop:
+// closed) keep filtering with the last policy; the others are detached.
+func (b *xdpBackend) Close() error {
+	var errs []error
+	for name, x := range b.ifaces {
+		if !x.pinned {
+			errs = append(errs, b.Remove(name))
+			continue
+		}
+		errs = append(errs, x.link.Close()) // the pin keeps it attached
+		x.objs.Close()
+	}
+	b.ifaces = map[string]*xdpIface{}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,314 @@
+package netpol
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/VictoriaMetrics/metrics"
+	"golang.org/x/sys/unix"
+
+	"github.com/outpost-edge/outpost/internal/module"
+)
+
+// Options are the Manager's dependencies.
+type Options struct {
+	Log     *slog.Logger
+	Metrics *metrics.Set
+	// PinRoot is the bpffs directory for pinned programs and maps.
+	// Default /sys/fs/bpf/outpost.
+	PinRoot string
+	// Netns is the network namespace whose interfaces are filtered (a path
+	// such as /var/run/netns/gw); empty means the agent's own.
+	Netns string
+}
+
+// backend is what Manager needs from an enforcement backend.
+type backend interface {
+	Name() string
+	Apply(Interface) error
+	Stats(iface string) (Stats, error)
+	Remove(iface string) error
+	Close() error
+}
+
+// Manager applies Config to the chosen backend; it is the agent's netpol
+// module.
+type Manager struct {
+	opts Options
+	log  *slog.Logger
+
+	mu       sync.Mutex
+	cfg      Config
+	be       backend
+	fallback string // why ebpf was not used, when auto fell back
+	applied  map[string]Interface
+	errText  string
+}
+
+// New returns a Manager; nothing is applied before Apply (or Start).
+func New(opts Options) *Manager {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.PinRoot == "" {
+		opts.PinRoot = "/sys/fs/bpf/outpost"
+	}
+	m := &Manager{opts: opts, log: opts.Log.With("module", "netpol"), applied: map[string]Interface{}}
+	if opts.Metrics != nil {
+		opts.Metrics.NewGauge(`outpost_netpol_interfaces`, func() float64 {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			return float64(len(m.applied))
+		})
+	}
+	return m
+}
+
+// inNS runs fn on an OS thread switched into the configured namespace.
+func (m *Manager) inNS(fn func() error) error {
+	if m.opts.Netns == "" {
+		return fn()
+	}
+	runtime.LockOSThread()
+	// The thread is not unlocked on purpose if restoring fails: Go then
+	// retires it instead of reusing a thread in the wrong namespace.
+	orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	defer orig.Close()
+	ns, err := os.Open(m.opts.Netns)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("netpol: netns: %w", err)
+	}
+	defer ns.Close()
+	if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("netpol: enter netns %s: %w", m.opts.Netns, err)
+	}
+	ferr := fn()
+	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+		return errors.Join(ferr, fmt.Errorf("netpol: leave netns: %w", err))
+	}
+	runtime.UnlockOSThread()
+	return ferr
+}
+
+func (m *Manager) open(kind string) (backend, string, error) {
+	nsFd := -1
+	if m.opts.Netns != "" {
+		f, err := os.Open(m.opts.Netns)
+		if err != nil {
+			return nil, "", fmt.Errorf("netpol: netns: %w", err)
+		}
+		defer f.Close()
+		// nftables dups nothing: keep our own descriptor for the conn's life.
+		fd, err := unix.Dup(int(f.Fd()))
+		if err != nil {
+			return nil, "", err
+		}
+		nsFd = fd
+	}
+	switch kind {
+	case "ebpf":
+		b, err := newXDPBackend(m.opts.PinRoot, m.inNS)
+		return b, "", err
+	case "nftables":
+		b, err := newNFTBackend(nsFd)
+		return b, "", err
+	}
+	b, err := newXDPBackend(m.opts.PinRoot, m.inNS)
+	if err == nil {
+		return b, "", nil
+	}
+	why := err.Error()
+	nb, nerr := newNFTBackend(nsFd)
+	if nerr != nil {
+		return nil, "", errors.Join(err, nerr)
+	}
+	return nb, why, nil
+}
+
+// Apply validates cfg as a whole and applies it: every interface's policy
+// is replaced atomically; interfaces no longer listed are released. An
+// invalid cfg changes nothing.
+func (m *Manager) Apply(cfg Config) error {
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.be != nil && cfg.Backend != m.cfg.Backend && !(cfg.Backend == "auto") {
+		if cfg.Backend != m.be.Name() {
+			if err := m.be.Close(); err != nil {
+				m.log.Warn("closing the previous backend", "err", err)
+			}
+			m.be = nil
+			m.applied = map[string]Interface{}
+		}
+	}
+	if m.be == nil {
+		be, why, err := m.open(cfg.Backend)
+		if err != nil {
+			m.errText = err.Error()
+			return err
+		}
+		m.be, m.fallback = be, why
+		if why != "" {
+			m.log.Warn("eBPF unavailable; enforcing with nftables", "reason", why)
+		}
+	}
+	var errs []error
+	keep := map[string]bool{}
+	for _, itf := range cfg.Interfaces {
+		keep[itf.Name] = true
+		if err := m.be.Apply(itf); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		m.applied[itf.Name] = itf
+	}
+	for name := range m.applied {
+		if !keep[name] {
+			if err := m.be.Remove(name); err != nil {
+				errs = append(errs, err)
+			}
+			delete(m.applied, name)
+		}
+	}
+	m.cfg = cfg
+	err := errors.Join(errs...)
+	m.errText = ""
+	if err != nil {
+		m.errText = err.Error()
+	}
+	return err
+}
+
+// BackendName is "ebpf", "nftables" or "" before the first Apply.
+func (m *Manager) BackendName() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.be == nil {
+		return ""
+	}
+	return m.be.Name()
+}
+
+// Status is what `outpost netpol status` and /api/v1/netpol show.
+type Status struct {
+	Backend    string           `json:"backend"`
+	Fallback   string           `json:"fallback_reason,omitempty"`
+	Interfaces map[string]Stats `json:"interfaces"`
+	Error      string           `json:"error,omitempty"`
+}
+
+// Status reads every interface's counters.
+func (m *Manager) Status() Status {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st := Status{Fallback: m.fallback, Interfaces: map[string]Stats{}, Error: m.errText}
+	if m.be == nil {
+		return st
+	}
+	st.Backend = m.be.Name()
+	for name := range m.applied {
+		s, err := m.be.Stats(name)
+		if err != nil {
+			st.Error = err.Error()
+			continue
+		}
+		st.Interfaces[name] = s
+	}
+	return st
+}
+
+// Test evaluates a packet against the applied policy of iface.
+func (m *Manager) Test(iface string, p Packet) (Decision, error) {
+	m.mu.Lock()
+	itf, ok := m.applied[iface]
+	m.mu.Unlock()
+	if !ok {
+		return Decision{}, fmt.Errorf("netpol: no policy on %q", iface)
+	}
+	return Decide(itf, p)
+}
+
+// Close releases the backend (see Interface.OnAgentStop for what stays).
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.be == nil {
+		return nil
+	}
+	err := m.be.Close()
+	m.be = nil
+	m.applied = map[string]Interface{}
+	return err
+}
+
+// Module contract.
+
+func (m *Manager) Name() string { return "netpol" }
+
+func (m *Manager) Init(_ context.Context, cfg any) error {
+	c, ok := cfg.(*Config)
+	if !ok || c == nil {
+		return fmt.Errorf("netpol: want *netpol.Config, got %T", cfg)
+	}
+	m.mu.Lock()
+	m.cfg = *c
+	m.mu.Unlock()
+	return nil
+}
+
+func (m *Manager) Start(context.Context) error {
+	m.mu.Lock()
+	cfg := m.cfg
+	m.mu.Unlock()
+	return m.Apply(cfg)
+}
+
+func (m *Manager) Stop(context.Context) error { return m.Close() }
+
+func (m *Manager) Reconfigure(_ context.Context, cfg any) error {
+	c, ok := cfg.(*Config)
+	if !ok || c == nil {
+		return fmt.Errorf("netpol: want *netpol.Config, got %T", cfg)
+	}
+	return m.Apply(*c)
+}
+
+func (m *Manager) Health() module.Status {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.be == nil {
+		if m.errText != "" {
+			return module.Status{State: module.StateFailed, Detail: m.errText}
+		}
+		return module.Status{State: module.StateStarting, Detail: "not applied yet"}
+	}
+	names := make([]string, 0, len(m.applied))
+	for n := range m.applied {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	detail := fmt.Sprintf("backend %s on %s", m.be.Name(), strings.Join(names, ","))
+	if m.fallback != "" {
+		detail += " (eBPF unavailable: " + m.fallback + ")"
+	}
+	if m.errText != "" {
+		return module.Status{State: module.StateDegraded, Detail: detail + "; " + m.errText}
+	}
+	return module.Status{State: module.StateReady, Detail: detail}
+}

@@ -1,0 +1,241 @@
+package netpol
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// lab is two network namespaces joined by a veth pair: the "client" side
+// sends, the "gateway" side runs the policy and receives. Traffic never
+// leaves the namespaces the test made.
+type lab struct {
+	client, gw string // namespace names
+	clientIP   string
+	gwIP       string
+	gwIf       string
+	pinRoot    string
+}
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("netpol integration tests need root (network namespaces, BPF, nftables)")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Fatalf("the ip command (iproute2) is missing: %v", err)
+	}
+}
+
+func newLab(t *testing.T) *lab {
+	t.Helper()
+	needRoot(t)
+	var r [3]byte
+	rand.Read(r[:])
+	id := hex.EncodeToString(r[:])
+	l := &lab{client: "npc-" + id, gw: "npg-" + id, clientIP: "10.211.7.1", gwIP: "10.211.7.2", gwIf: "vg" + id[:6],
+		pinRoot: "/sys/fs/bpf/outpost-test-" + id}
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	run("netns", "add", l.client)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", l.client).Run() })
+	run("netns", "add", l.gw)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", l.gw).Run(); os.RemoveAll(l.pinRoot) })
+	vc := "vc" + id[:6]
+	run("link", "add", vc, "netns", l.client, "type", "veth", "peer", "name", l.gwIf, "netns", l.gw)
+	run("-n", l.client, "addr", "add", l.clientIP+"/24", "dev", vc)
+	run("-n", l.gw, "addr", "add", l.gwIP+"/24", "dev", l.gwIf)
+	run("-n", l.client, "link", "set", vc, "up")
+	run("-n", l.gw, "link", "set", l.gwIf, "up")
+	run("-n", l.client, "link", "set", "lo", "up")
+	run("-n", l.gw, "link", "set", "lo", "up")
+	// Static neighbours: no ARP round trip that a deny-all could disturb.
+	return l
+}
+
+func (l *lab) manager(t *testing.T) *Manager {
+	return New(Options{Netns: filepath.Join("/var/run/netns", l.gw), PinRoot: l.pinRoot})
+}
+
+// receiver counts UDP datagrams on port in the gateway namespace until
+// stopped.
+type receiver struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	out   *bufio.Reader
+}
+
+func (l *lab) listen(t *testing.T, port int) *receiver {
+	t.Helper()
+	cmd := exec.Command("ip", "netns", "exec", l.gw, os.Args[0], "-test.run=^TestHelperProcess$")
+	cmd.Env = append(os.Environ(), fmt.Sprintf("NETPOL_HELPER=recv:%s:%d", l.gwIP, port))
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	r := &receiver{cmd: cmd, stdin: stdin, out: bufio.NewReader(stdout)}
+	line, err := r.out.ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "ready" {
+		t.Fatalf("receiver: %q %v", line, err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return r
+}
+
+// stop ends the receiver after a short quiet period and returns its count.
+func (r *receiver) stop(t *testing.T) int {
+	t.Helper()
+	r.stdin.Close()
+	line, err := r.out.ReadString('\n')
+	if err != nil {
+		t.Fatalf("receiver result: %v", err)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil {
+		t.Fatalf("receiver result %q: %v", line, err)
+	}
+	r.cmd.Wait()
+	return n
+}
+
+// send sends n UDP datagrams from the client namespace, paced by gap.
+func (l *lab) send(t *testing.T, port, n int, gap time.Duration) {
+	t.Helper()
+	cmd := exec.Command("ip", "netns", "exec", l.client, os.Args[0], "-test.run=^TestHelperProcess$")
+	cmd.Env = append(os.Environ(), fmt.Sprintf("NETPOL_HELPER=send:%s:%d:%d:%d", l.gwIP, port, n, gap.Microseconds()))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("sender: %v\n%s", err, out)
+	}
+}
+
+// TestHelperProcess is the traffic generator, run inside a namespace.
+func TestHelperProcess(t *testing.T) {
+	spec := os.Getenv("NETPOL_HELPER")
+	if spec == "" {
+		t.Skip("helper process for the netns tests")
+	}
+	f := strings.Split(spec, ":")
+	switch f[0] {
+	case "recv":
+		c, err := net.ListenPacket("udp4", f[1]+":"+f[2])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		fmt.Println("ready")
+		count := make(chan int)
+		go func() {
+			n := 0
+			buf := make([]byte, 2048)
+			for {
+				if _, _, err := c.ReadFrom(buf); err != nil {
+					count <- n
+					return
+				}
+				n++
+			}
+		}()
+		io.Copy(io.Discard, os.Stdin)
+		time.Sleep(300 * time.Millisecond) // let the last datagrams land
+		c.Close()
+		fmt.Println(<-count)
+		os.Exit(0)
+	case "send":
+		n, _ := strconv.Atoi(f[3])
+		gap, _ := strconv.Atoi(f[4])
+		c, err := net.Dial("udp4", f[1]+":"+f[2])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		msg := make([]byte, 64)
+		for i := 0; i < n; i++ {
+			c.Write(msg)
+			if gap > 0 {
+				time.Sleep(time.Duration(gap) * time.Microsecond)
+			}
+		}
+		os.Exit(0)
+	}
+	os.Exit(2)
+}
+
+var backends = []string{"ebpf", "nftables"}
+
+func basePolicy(l *lab) Config {
+	return Config{Interfaces: []Interface{{
+		Name: l.gwIf, Default: "deny",
+		Rules: []Rule{
+			{Name: "allow-5000", Action: "allow", Src: l.clientIP + "/32", Proto: "udp", DPort: "5000"},
+			{Name: "deny-5001", Action: "deny", Src: "10.211.0.0/16", Proto: "udp", DPort: "5001-5001"},
+			{Name: "allow-range", Action: "allow", Src: "10.211.7.0/24", Dst: l.gwIP, Proto: "udp", DPort: "6000-6010"},
+		},
+	}}}
+}
+
+func TestRulesAllowDenyAndCountExactly(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be, func(t *testing.T) {
+			l := newLab(t)
+			m := l.manager(t)
+			cfg := basePolicy(l)
+			cfg.Backend = be
+			if err := m.Apply(cfg); err != nil {
+				t.Fatal(err)
+			}
+			defer func() {
+				cfg.Interfaces[0].OnAgentStop = "open"
+				m.Close()
+			}()
+			if got := m.BackendName(); got != be {
+				t.Fatalf("backend %s, want %s", got, be)
+			}
+			cases := []struct {
+				port, n, want int
+				rule          string
+			}{
+				{5000, 40, 40, "allow-5000"},
+				{5001, 30, 0, "deny-5001"},
+				{6005, 20, 20, "allow-range"},
+				{5002, 10, 0, "default"},
+			}
+			for _, c := range cases {
+				r := l.listen(t, c.port)
+				l.send(t, c.port, c.n, 200*time.Microsecond)
+				if got := r.stop(t); got != c.want {
+					t.Errorf("port %d: received %d of %d, want %d (%s)", c.port, got, c.n, c.want, c.rule)
+				}
+			}
+			st := m.Status()
+			counts := st.Interfaces[l.gwIf].Rules
+			for _, c := range cases {
+				if got := counts[c.rule].Packets; got != uint64(c.n) {
+					t.Errorf("counter %s = %d packets, want %d (all: %+v)", c.rule, got, c.n, counts)
+				}
+			}
+			if counts["allow-5000"].Bytes == 0 {
+				t.Error("byte counter is 0")
+			}
+			d, err := m.Test(l.gwIf, Packet{Src: mustAddr(l.clientIP), Dst: mustAddr(l.gwIP), Proto: protoUDP, DPort: 5001})
+			if err != nil || d.Allow || d.Rule != "deny-5001" {
+				t.Errorf("Test(5001) = %+v, %v", d, err)
+			}
+		})
+	}
+}

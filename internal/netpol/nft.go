@@ -1,0 +1,265 @@
+package netpol
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// nftBackend enforces policies with nftables: one netdev-family table
+// "outpost_<iface>" per interface with an ingress chain, the same first-match
+// rule order, one counter per rule and the default.
+type nftBackend struct {
+	conn   *nftables.Conn
+	ifaces map[string]*nftIface
+}
+
+type nftIface struct {
+	table   *nftables.Table
+	chain   *nftables.Chain
+	carried map[string]Counter
+}
+
+const nftTableFlagOwner = 0x2 // NFT_TABLE_F_OWNER: removed with its netlink socket
+
+func newNFTBackend(netnsFd int) (*nftBackend, error) {
+	opts := []nftables.ConnOption{nftables.AsLasting()}
+	if netnsFd >= 0 {
+		opts = append(opts, nftables.WithNetNSFd(netnsFd))
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("netpol: nftables: %w", err)
+	}
+	if _, err := c.ListTablesOfFamily(nftables.TableFamilyNetdev); err != nil {
+		c.CloseLasting()
+		return nil, fmt.Errorf("netpol: nftables not usable: %w", err)
+	}
+	return &nftBackend{conn: c, ifaces: map[string]*nftIface{}}, nil
+}
+
+func (b *nftBackend) Name() string { return "nftables" }
+
+func tableName(iface string) string { return "outpost_" + iface }
+
+// Apply replaces an interface's chain in one netlink batch, which nftables
+// commits as one transaction.
+func (b *nftBackend) Apply(itf Interface) error {
+	rules := make([]compiled, 0, len(itf.Rules))
+	for _, r := range itf.Rules {
+		c, err := compileRule(r)
+		if err != nil {
+			return fmt.Errorf("netpol: %s: rule %s: %w", itf.Name, r.Name, err)
+		}
+		rules = append(rules, c)
+	}
+	x := b.ifaces[itf.Name]
+	var before map[string]Counter
+	if x == nil {
+		x = &nftIface{carried: map[string]Counter{}}
+		var flags uint32
+		if itf.OnAgentStop == "open" {
+			flags = nftTableFlagOwner
+		}
+		// A table left by a previous run (on_agent_stop: closed) is taken
+		// over: replaced in the same transaction as the new rules.
+		x.table = &nftables.Table{Name: tableName(itf.Name), Family: nftables.TableFamilyNetdev, Flags: flags}
+		if old, err := b.conn.ListTableOfFamily(x.table.Name, nftables.TableFamilyNetdev); err == nil && old != nil {
+			b.conn.DelTable(old)
+		}
+		b.conn.AddTable(x.table)
+		policy := nftables.ChainPolicyAccept
+		x.chain = b.conn.AddChain(&nftables.Chain{
+			Name: "ingress", Table: x.table, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookIngress, Priority: nftables.ChainPriorityRef(-500),
+			Device: itf.Name, Policy: &policy,
+		})
+	} else {
+		before, _ = b.read(x)
+		b.conn.FlushChain(x.chain)
+	}
+	add := func(name string, exprs ...expr.Any) {
+		b.conn.AddRule(&nftables.Rule{Table: x.table, Chain: x.chain, Exprs: exprs, UserData: []byte(name)})
+	}
+	verdict := func(allow bool) expr.Any {
+		if allow {
+			return &expr.Verdict{Kind: expr.VerdictAccept}
+		}
+		return &expr.Verdict{Kind: expr.VerdictDrop}
+	}
+	def := itf.Default == "allow"
+	// Non-IP frames (ARP, ...) always pass; IPv6 takes the default action.
+	add("_non_ip", append(etherIsNot(unix.ETH_P_IP, unix.ETH_P_IPV6), &expr.Counter{}, verdict(true))...)
+	add("_ipv6", append(etherIs(unix.ETH_P_IPV6), &expr.Counter{}, verdict(def))...)
+	if rl := itf.RateLimit; rl != nil {
+		set := &nftables.Set{Table: x.table, Name: "rl", KeyType: nftables.TypeIPAddr, Dynamic: true, HasTimeout: true, Timeout: time.Minute}
+		if err := b.conn.AddSet(set, nil); err != nil {
+			return fmt.Errorf("netpol: %s: rate-limit set: %w", itf.Name, err)
+		}
+		for _, port := range rl.Ports {
+			for _, proto := range []uint8{protoTCP, protoUDP} {
+				e := etherIs(unix.ETH_P_IP)
+				e = append(e, matchByte(9, proto)...)
+				e = append(e, matchPortRange(2, uint16(port), uint16(port))...)
+				e = append(e,
+					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+					&expr.Dynset{SrcRegKey: 1, SetName: "rl", Operation: uint32(unix.NFT_DYNSET_OP_UPDATE), Timeout: time.Minute,
+						Exprs: []expr.Any{&expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(rl.PPS), Unit: expr.LimitTimeSecond, Burst: uint32(rl.Burst), Over: true}}},
+					&expr.Counter{}, verdict(false))
+				add("_rate_limited", e...)
+			}
+		}
+	}
+	for _, c := range rules {
+		e := etherIs(unix.ETH_P_IP)
+		if c.src.Bits() > 0 {
+			e = append(e, matchPrefix(12, c.src.Addr().As4(), c.src.Bits())...)
+		}
+		if c.dst.Bits() > 0 {
+			e = append(e, matchPrefix(16, c.dst.Addr().As4(), c.dst.Bits())...)
+		}
+		if c.proto != protoAny {
+			e = append(e, matchByte(9, c.proto)...)
+		}
+		if c.sportLo != 0 || c.sportHi != 65535 {
+			e = append(e, matchPortRange(0, c.sportLo, c.sportHi)...)
+		}
+		if c.dportLo != 0 || c.dportHi != 65535 {
+			e = append(e, matchPortRange(2, c.dportLo, c.dportHi)...)
+		}
+		e = append(e, &expr.Counter{}, verdict(c.allow))
+		add(c.name, e...)
+	}
+	add("default", append(etherIs(unix.ETH_P_IP), &expr.Counter{}, verdict(def))...)
+	if err := b.conn.Flush(); err != nil {
+		return fmt.Errorf("netpol: %s: nftables transaction: %w", itf.Name, err)
+	}
+	for n, c := range before {
+		cc := x.carried[n]
+		cc.add(c)
+		x.carried[n] = cc
+	}
+	b.ifaces[itf.Name] = x
+	return nil
+}
+
+func etherIs(t uint16) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyPROTOCOL, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: be16(t)},
+	}
+}
+
+func etherIsNot(a, b uint16) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyPROTOCOL, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: be16(a)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: be16(b)},
+	}
+}
+
+func matchByte(off uint32, v uint8) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{v}},
+	}
+}
+
+func matchPrefix(off uint32, addr [4]byte, bits int) []expr.Any {
+	var m [4]byte
+	for i := 0; i < bits; i++ {
+		m[i/8] |= 0x80 >> (i % 8)
+	}
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: m[:], Xor: []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: addr[:]},
+	}
+}
+
+func matchPortRange(off uint32, lo, hi uint16) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: off, Len: 2},
+		&expr.Range{Op: expr.CmpOpEq, Register: 1, FromData: be16(lo), ToData: be16(hi)},
+	}
+}
+
+func be16(v uint16) []byte { b := make([]byte, 2); binary.BigEndian.PutUint16(b, v); return b }
+
+func (b *nftBackend) read(x *nftIface) (map[string]Counter, error) {
+	rs, err := b.conn.GetRules(x.table, x.chain)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]Counter{}
+	for _, r := range rs {
+		for _, e := range r.Exprs {
+			if c, ok := e.(*expr.Counter); ok {
+				cc := out[string(r.UserData)]
+				cc.add(Counter{c.Packets, c.Bytes})
+				out[string(r.UserData)] = cc
+			}
+		}
+	}
+	return out, nil
+}
+
+func (b *nftBackend) Stats(name string) (Stats, error) {
+	x := b.ifaces[name]
+	if x == nil {
+		return Stats{}, fmt.Errorf("netpol: no policy on %q", name)
+	}
+	cur, err := b.read(x)
+	if err != nil {
+		return Stats{}, fmt.Errorf("netpol: %s: read counters: %w", name, err)
+	}
+	st := Stats{Rules: map[string]Counter{}, Global: map[string]Counter{}}
+	for n, c := range x.carried {
+		cur[n] = addC(cur[n], c)
+	}
+	for n, c := range cur {
+		switch n {
+		case "_non_ip":
+			st.Global["non_ip"] = c
+		case "_ipv6":
+			st.Global["ipv6"] = c
+		case "_rate_limited":
+			st.Global["rate_limited"] = c
+		default:
+			st.Rules[n] = c
+		}
+	}
+	st.Global["malformed"] = Counter{} // the kernel's parser drops these before nftables
+	return st, nil
+}
+
+func addC(a, b Counter) Counter { a.add(b); return a }
+
+func (b *nftBackend) Remove(name string) error {
+	x := b.ifaces[name]
+	if x == nil {
+		return nil
+	}
+	delete(b.ifaces, name)
+	b.conn.DelTable(x.table)
+	return b.conn.Flush()
+}
+
+// Close removes the tables of interfaces with on_agent_stop: open (their
+// owner flag would also remove them if the agent died); the others stay in
+// force.
+func (b *nftBackend) Close() error {
+	var errs []error
+	for name, x := range b.ifaces {
+		if x.table.Flags&nftTableFlagOwner != 0 {
+			errs = append(errs, b.Remove(name))
+		}
+	}
+	errs = append(errs, b.conn.CloseLasting())
+	return errors.Join(errs...)
+}

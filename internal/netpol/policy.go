@@ -1,0 +1,320 @@
+package netpol
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/outpost-edge/outpost/internal/config"
+)
+
+// MaxRules is the number of rules one interface's policy may hold (the size
+// of one generation of the XDP program's rule map).
+const MaxRules = 16384
+
+// Config is the agent's `netpol:` section.
+type Config struct {
+	// Backend is auto (ebpf where it can attach, else nftables), ebpf or
+	// nftables.
+	Backend string `yaml:"backend"`
+	// Interfaces each carry their own policy.
+	Interfaces []Interface `yaml:"interfaces"`
+}
+
+// Interface is the ingress policy of one network interface.
+type Interface struct {
+	// Name is the interface name (eth0, enp1s0, ...).
+	Name string `yaml:"name"`
+	// Default is the action for packets no rule matches: allow or deny.
+	Default string `yaml:"default"`
+	// OnAgentStop is what is left when the agent stops or dies: "open"
+	// removes the filter (traffic flows unfiltered), "closed" leaves the
+	// last policy in force (pinned) until the agent is back. Default closed.
+	OnAgentStop string `yaml:"on_agent_stop"`
+	// Rules are checked in order; the first match decides.
+	Rules []Rule `yaml:"rules"`
+	// RateLimit caps packets per second from each source address to the
+	// listed destination ports (the broker's, typically).
+	RateLimit *RateLimit `yaml:"rate_limit"`
+}
+
+// Rule is one allow/deny rule. Empty fields match anything.
+type Rule struct {
+	Name   string `yaml:"name"`
+	Action string `yaml:"action"` // allow | deny
+	Src    string `yaml:"src"`    // CIDR or address
+	Dst    string `yaml:"dst"`
+	Proto  string `yaml:"proto"` // tcp | udp | icmp | any
+	SPort  string `yaml:"sport"` // "1883" or "1024-65535"
+	DPort  string `yaml:"dport"`
+}
+
+// RateLimit is a token bucket per source address.
+type RateLimit struct {
+	Ports []int `yaml:"ports"`
+	PPS   int   `yaml:"pps"`
+	Burst int   `yaml:"burst"`
+}
+
+// SetDefaults fills zero values.
+func (c *Config) SetDefaults() {
+	if c.Backend == "" {
+		c.Backend = "auto"
+	}
+	for i := range c.Interfaces {
+		itf := &c.Interfaces[i]
+		if itf.Default == "" {
+			itf.Default = "allow"
+		}
+		if itf.OnAgentStop == "" {
+			itf.OnAgentStop = "closed"
+		}
+		for j := range itf.Rules {
+			if itf.Rules[j].Name == "" {
+				itf.Rules[j].Name = fmt.Sprintf("rule%d", j)
+			}
+		}
+		if rl := itf.RateLimit; rl != nil && rl.Burst == 0 {
+			rl.Burst = rl.PPS
+		}
+	}
+}
+
+// Validate checks the whole section; every problem is reported with its
+// YAML path, so the config loader can give file:line:column.
+func (c Config) Validate() error {
+	var errs []error
+	switch c.Backend {
+	case "auto", "ebpf", "nftables":
+	default:
+		errs = append(errs, config.Field("backend", "%q: want auto, ebpf or nftables", c.Backend))
+	}
+	seen := map[string]bool{}
+	for i, itf := range c.Interfaces {
+		p := fmt.Sprintf("interfaces[%d]", i)
+		if !validIfName(itf.Name) {
+			errs = append(errs, config.Field(p+".name", "%q is not an interface name (1-15 characters, no '/', whitespace or ':')", itf.Name))
+		} else if seen[itf.Name] {
+			errs = append(errs, config.Field(p+".name", "interface %q has a policy already", itf.Name))
+		}
+		seen[itf.Name] = true
+		if itf.Default != "allow" && itf.Default != "deny" {
+			errs = append(errs, config.Field(p+".default", "%q: want allow or deny", itf.Default))
+		}
+		if itf.OnAgentStop != "open" && itf.OnAgentStop != "closed" {
+			errs = append(errs, config.Field(p+".on_agent_stop", "%q: want open or closed", itf.OnAgentStop))
+		}
+		if len(itf.Rules) > MaxRules {
+			errs = append(errs, config.Field(p+".rules", "%d rules; at most %d per interface", len(itf.Rules), MaxRules))
+		}
+		names := map[string]bool{}
+		for j, r := range itf.Rules {
+			rp := fmt.Sprintf("%s.rules[%d]", p, j)
+			if _, err := compileRule(r); err != nil {
+				var fe *fieldError
+				if errors.As(err, &fe) {
+					errs = append(errs, config.Field(rp+"."+fe.field, "%s", fe.msg))
+				} else {
+					errs = append(errs, config.Field(rp, "%v", err))
+				}
+			}
+			if names[r.Name] {
+				errs = append(errs, config.Field(rp+".name", "duplicate rule name %q", r.Name))
+			}
+			names[r.Name] = true
+		}
+		if rl := itf.RateLimit; rl != nil {
+			if rl.PPS <= 0 || rl.PPS > 10_000_000 {
+				errs = append(errs, config.Field(p+".rate_limit.pps", "must be 1..10000000"))
+			}
+			if rl.Burst < 0 || rl.Burst > 10_000_000 {
+				errs = append(errs, config.Field(p+".rate_limit.burst", "must be 0..10000000 (0 = pps)"))
+			}
+			if len(rl.Ports) == 0 || len(rl.Ports) > 64 {
+				errs = append(errs, config.Field(p+".rate_limit.ports", "list 1 to 64 destination ports"))
+			}
+			for k, port := range rl.Ports {
+				if port < 1 || port > 65535 {
+					errs = append(errs, config.Field(fmt.Sprintf("%s.rate_limit.ports[%d]", p, k), "%d is not a port (1-65535)", port))
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func validIfName(s string) bool {
+	return s != "" && len(s) <= 15 && s != "." && s != ".." && !strings.ContainsAny(s, "/: \t\n")
+}
+
+type fieldError struct{ field, msg string }
+
+func (e *fieldError) Error() string { return e.field + ": " + e.msg }
+
+// Protocol numbers.
+const (
+	protoAny  = 0
+	protoICMP = 1
+	protoTCP  = 6
+	protoUDP  = 17
+)
+
+// compiled is a rule in the form the backends use.
+type compiled struct {
+	name             string
+	allow            bool
+	src, dst         netip.Prefix // 0.0.0.0/0 = any
+	proto            uint8
+	sportLo, sportHi uint16
+	dportLo, dportHi uint16
+}
+
+var anyV4 = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+
+func compileRule(r Rule) (compiled, error) {
+	c := compiled{name: r.Name, src: anyV4, dst: anyV4, sportHi: 65535, dportHi: 65535}
+	switch r.Action {
+	case "allow":
+		c.allow = true
+	case "deny":
+	default:
+		return c, &fieldError{"action", fmt.Sprintf("%q: want allow or deny", r.Action)}
+	}
+	var err error
+	if c.src, err = parseCIDR(r.Src); err != nil {
+		return c, &fieldError{"src", err.Error()}
+	}
+	if c.dst, err = parseCIDR(r.Dst); err != nil {
+		return c, &fieldError{"dst", err.Error()}
+	}
+	switch strings.ToLower(r.Proto) {
+	case "", "any":
+	case "tcp":
+		c.proto = protoTCP
+	case "udp":
+		c.proto = protoUDP
+	case "icmp":
+		c.proto = protoICMP
+	default:
+		return c, &fieldError{"proto", fmt.Sprintf("%q: want tcp, udp, icmp or any", r.Proto)}
+	}
+	if c.sportLo, c.sportHi, err = parsePorts(r.SPort); err != nil {
+		return c, &fieldError{"sport", err.Error()}
+	}
+	if c.dportLo, c.dportHi, err = parsePorts(r.DPort); err != nil {
+		return c, &fieldError{"dport", err.Error()}
+	}
+	if (r.SPort != "" || r.DPort != "") && c.proto != protoTCP && c.proto != protoUDP {
+		return c, &fieldError{"proto", "ports need proto tcp or udp"}
+	}
+	return c, nil
+}
+
+func parseCIDR(s string) (netip.Prefix, error) {
+	if s == "" || s == "any" {
+		return anyV4, nil
+	}
+	if !strings.Contains(s, "/") {
+		a, err := netip.ParseAddr(s)
+		if err != nil || !a.Is4() {
+			return anyV4, fmt.Errorf("%q is not an IPv4 address or CIDR", s)
+		}
+		return netip.PrefixFrom(a, 32), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil || !p.Addr().Is4() {
+		return anyV4, fmt.Errorf("%q is not an IPv4 CIDR (like 10.1.0.0/16)", s)
+	}
+	if p.Masked() != p {
+		return anyV4, fmt.Errorf("%q has host bits set; did you mean %s?", s, p.Masked())
+	}
+	return p, nil
+}
+
+func parsePorts(s string) (lo, hi uint16, err error) {
+	if s == "" || s == "any" {
+		return 0, 65535, nil
+	}
+	a, b, isRange := strings.Cut(s, "-")
+	l, err1 := strconv.ParseUint(strings.TrimSpace(a), 10, 16)
+	h := l
+	var err2 error
+	if isRange {
+		h, err2 = strconv.ParseUint(strings.TrimSpace(b), 10, 16)
+	}
+	if err1 != nil || err2 != nil {
+		return 0, 0, fmt.Errorf("%q: want a port (1883) or a range (1024-65535)", s)
+	}
+	if l > h {
+		return 0, 0, fmt.Errorf("%q: range starts after it ends", s)
+	}
+	return uint16(l), uint16(h), nil
+}
+
+// Packet is what Decide looks at.
+type Packet struct {
+	Src, Dst     netip.Addr
+	Proto        uint8
+	SPort, DPort uint16
+}
+
+// Decision says what a policy does with a packet.
+type Decision struct {
+	Allow bool
+	// Rule is the matching rule's name, or "default".
+	Rule  string
+	Index int // -1 for the default action
+}
+
+// Decide evaluates p against an interface policy with the first-match
+// semantics both backends implement. The interface must have validated.
+func Decide(itf Interface, p Packet) (Decision, error) {
+	if !p.Src.Is4() || !p.Dst.Is4() {
+		return Decision{Allow: itf.Default == "allow", Rule: "default", Index: -1}, nil
+	}
+	for i, r := range itf.Rules {
+		c, err := compileRule(r)
+		if err != nil {
+			return Decision{}, fmt.Errorf("netpol: rule %s: %w", r.Name, err)
+		}
+		if c.matches(p) {
+			return Decision{Allow: c.allow, Rule: c.name, Index: i}, nil
+		}
+	}
+	return Decision{Allow: itf.Default == "allow", Rule: "default", Index: -1}, nil
+}
+
+func (c compiled) matches(p Packet) bool {
+	if !c.src.Contains(p.Src) || !c.dst.Contains(p.Dst) {
+		return false
+	}
+	if c.proto != protoAny && c.proto != p.Proto {
+		return false
+	}
+	return p.SPort >= c.sportLo && p.SPort <= c.sportHi && p.DPort >= c.dportLo && p.DPort <= c.dportHi
+}
+
+// ParseProto maps a name to a protocol number for `outpost netpol test`.
+func ParseProto(s string) (uint8, error) {
+	switch strings.ToLower(s) {
+	case "tcp":
+		return protoTCP, nil
+	case "udp":
+		return protoUDP, nil
+	case "icmp":
+		return protoICMP, nil
+	}
+	return 0, fmt.Errorf("netpol: protocol %q: want tcp, udp or icmp", s)
+}
+
+// ifaceIndex finds an interface in the current network namespace.
+func ifaceIndex(name string) (int, error) {
+	itf, err := net.InterfaceByName(name)
+	if err != nil {
+		return 0, fmt.Errorf("netpol: interface %q: %w", name, err)
+	}
+	return itf.Index, nil
+}
