@@ -116,6 +116,45 @@ func (b *xdpBackend) Apply(itf Interface) error {
 		}
 	}
 	b.ifaces[itf.Name] = x
+	return b.setPinned(x, itf.OnAgentStop == "closed")
+}
+
+// setPinned pins or unpins the link and maps of an attached interface so
+// that what happens when the agent stops follows on_agent_stop.
+func (b *xdpBackend) setPinned(x *xdpIface, want bool) error {
+	x.pin = want
+	if x.pinned == want {
+		return nil
+	}
+	dir := b.pinDir(x.name)
+	maps := []*ebpf.Map{x.objs.Active, x.objs.Buckets, x.objs.Counters, x.objs.RlPorts, x.objs.Rules, x.objs.Settings, x.objs.Stats}
+	if !want {
+		if err := x.link.Unpin(); err != nil {
+			return fmt.Errorf("netpol: %s: unpin link: %w", x.name, err)
+		}
+		for _, m := range maps {
+			m.Unpin()
+		}
+		os.RemoveAll(dir)
+		x.pinned = false
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for _, m := range maps {
+		info, err := m.Info()
+		if err != nil {
+			return err
+		}
+		if err := m.Pin(filepath.Join(dir, info.Name)); err != nil {
+			return fmt.Errorf("netpol: %s: pin map %s: %w", x.name, info.Name, err)
+		}
+	}
+	if err := x.link.Pin(filepath.Join(dir, "link")); err != nil {
+		return fmt.Errorf("netpol: %s: pin link: %w", x.name, err)
+	}
+	x.pinned = true
 	return nil
 }
 

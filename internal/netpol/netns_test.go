@@ -239,3 +239,192 @@ func TestRulesAllowDenyAndCountExactly(t *testing.T) {
 		})
 	}
 }
+
+// sendAsync sends in the background; the returned func waits for it.
+func (l *lab) sendAsync(t *testing.T, port, n int, gap time.Duration) func() {
+	t.Helper()
+	cmd := exec.Command("ip", "netns", "exec", l.client, os.Args[0], "-test.run=^TestHelperProcess$")
+	cmd.Env = append(os.Environ(), fmt.Sprintf("NETPOL_HELPER=send:%s:%d:%d:%d", l.gwIP, port, n, gap.Microseconds()))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("sender: %v", err)
+		}
+	}
+}
+
+// Policy reloads under traffic: with two policies that both allow a port,
+// no packet to it is dropped while they are swapped; with two that both
+// deny another port, none gets through. No window is unfiltered or
+// half-applied.
+func TestReloadUnderTrafficHasNoWindow(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be, func(t *testing.T) {
+			l := newLab(t)
+			m := l.manager(t)
+			defer m.Close()
+			policy := func(gen int) Config {
+				rules := []Rule{
+					{Name: "allow-7000", Action: "allow", Src: l.clientIP, Proto: "udp", DPort: "7000"},
+					{Name: "deny-7001", Action: "deny", Proto: "udp", DPort: "7001"},
+				}
+				// Filler rules that change each generation, so every swap
+				// rewrites the maps or the chain.
+				for i := 0; i < 50+gen%7; i++ {
+					rules = append(rules, Rule{Name: fmt.Sprintf("fill-%d-%d", gen, i), Action: "deny", Src: fmt.Sprintf("172.16.%d.0/24", i), Proto: "tcp", DPort: strconv.Itoa(1000 + gen)})
+				}
+				allowOther := "allow"
+				return Config{Backend: be, Interfaces: []Interface{{Name: l.gwIf, Default: allowOther, OnAgentStop: "open", Rules: rules}}}
+			}
+			if err := m.Apply(policy(0)); err != nil {
+				t.Fatal(err)
+			}
+			ra, rd := l.listen(t, 7000), l.listen(t, 7001)
+			const n = 3000
+			waitA := l.sendAsync(t, 7000, n, 300*time.Microsecond)
+			waitD := l.sendAsync(t, 7001, n, 300*time.Microsecond)
+			swaps := 0
+			deadline := time.Now().Add(20 * time.Second)
+			done := make(chan struct{})
+			go func() { waitA(); waitD(); close(done) }()
+		loop:
+			for time.Now().Before(deadline) {
+				select {
+				case <-done:
+					break loop
+				default:
+				}
+				swaps++
+				if err := m.Apply(policy(swaps)); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			<-done
+			got, leaked := ra.stop(t), rd.stop(t)
+			t.Logf("%s: %d swaps under traffic; allowed port received %d of %d; denied port received %d", be, swaps, got, n, leaked)
+			if swaps < 5 {
+				t.Fatalf("only %d swaps happened during the traffic", swaps)
+			}
+			if got != n || leaked != 0 {
+				t.Fatalf("allowed %d of %d (want all), denied port leaked %d (want 0)", got, n, leaked)
+			}
+			// A rule that keeps its name keeps counting across swaps.
+			rules := m.Status().Interfaces[l.gwIf].Rules
+			if a, d := rules["allow-7000"].Packets, rules["deny-7001"].Packets; a != n || d != n {
+				t.Errorf("counters across %d swaps: allow-7000 %d, deny-7001 %d, want %d each", swaps, a, d, n)
+			}
+		})
+	}
+}
+
+// A flood from one source to a rate-limited port is cut to the bucket's
+// rate; the packets over it are counted as rate_limited.
+func TestRateLimitPerSource(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be, func(t *testing.T) {
+			l := newLab(t)
+			m := l.manager(t)
+			defer m.Close()
+			cfg := Config{Backend: be, Interfaces: []Interface{{Name: l.gwIf, Default: "allow", OnAgentStop: "open",
+				RateLimit: &RateLimit{Ports: []int{1883}, PPS: 50, Burst: 50}}}}
+			if err := m.Apply(cfg); err != nil {
+				t.Fatal(err)
+			}
+			r := l.listen(t, 1883)
+			start := time.Now()
+			l.send(t, 1883, 2000, 0)
+			elapsed := time.Since(start)
+			got := r.stop(t)
+			// burst + rate × (send time + the receiver's drain), generously.
+			limit := 50 + int(50*(elapsed+time.Second).Seconds()) + 20
+			st := m.Status().Interfaces[l.gwIf]
+			t.Logf("%s: 2000 sent in %s, %d received (limit %d), rate_limited %d", be, elapsed, got, limit, st.Global["rate_limited"].Packets)
+			if got < 40 || got > limit {
+				t.Fatalf("received %d, want between 40 and %d", got, limit)
+			}
+			if st.Global["rate_limited"].Packets == 0 {
+				t.Fatal("no packet counted as rate_limited")
+			}
+			// Another port is not limited.
+			r2 := l.listen(t, 1884)
+			l.send(t, 1884, 500, 100*time.Microsecond)
+			if got := r2.stop(t); got < 450 {
+				t.Fatalf("unlimited port received %d of 500", got)
+			}
+		})
+	}
+}
+
+// on_agent_stop: closed keeps the last policy in force when the agent
+// stops (or dies: the program and maps are pinned), and the next start
+// re-adopts them; open removes the filter.
+func TestAgentStopClosedAndOpen(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be, func(t *testing.T) {
+			l := newLab(t)
+			deny := func(stop string) Config {
+				return Config{Backend: be, Interfaces: []Interface{{Name: l.gwIf, Default: "allow", OnAgentStop: stop,
+					Rules: []Rule{{Name: "deny-8000", Action: "deny", Proto: "udp", DPort: "8000"}}}}}
+			}
+			m := l.manager(t)
+			if err := m.Apply(deny("closed")); err != nil {
+				t.Fatal(err)
+			}
+			if err := m.Close(); err != nil {
+				t.Fatal(err)
+			}
+			r := l.listen(t, 8000)
+			l.send(t, 8000, 20, 100*time.Microsecond)
+			if got := r.stop(t); got != 0 {
+				t.Fatalf("closed: %d packets got through after the agent stopped", got)
+			}
+			// The next agent re-adopts and can change the policy.
+			m2 := l.manager(t)
+			if err := m2.Apply(deny("open")); err != nil {
+				t.Fatalf("re-adopt: %v", err)
+			}
+			r = l.listen(t, 8000)
+			l.send(t, 8000, 20, 100*time.Microsecond)
+			if got := r.stop(t); got != 0 {
+				t.Fatalf("re-adopted policy let %d through", got)
+			}
+			if err := m2.Close(); err != nil {
+				t.Fatal(err)
+			}
+			r = l.listen(t, 8000)
+			l.send(t, 8000, 20, 100*time.Microsecond)
+			if got := r.stop(t); got != 20 {
+				t.Fatalf("open: %d of 20 got through after the agent stopped, want all (filter removed)", got)
+			}
+		})
+	}
+}
+
+// An invalid policy is refused whole and the running one stays.
+func TestInvalidPolicyKeepsRunningOne(t *testing.T) {
+	l := newLab(t)
+	m := l.manager(t)
+	defer m.Close()
+	good := basePolicy(l)
+	good.Backend = "auto"
+	good.Interfaces[0].OnAgentStop = "open"
+	if err := m.Apply(good); err != nil {
+		t.Fatal(err)
+	}
+	bad := basePolicy(l)
+	bad.Interfaces[0].Rules[0].Src = "10.211.7.0/33"
+	if err := m.Apply(bad); err == nil || !strings.Contains(err.Error(), "rules[0].src") {
+		t.Fatalf("bad policy: %v", err)
+	}
+	r := l.listen(t, 5001)
+	l.send(t, 5001, 10, 100*time.Microsecond)
+	if got := r.stop(t); got != 0 {
+		t.Fatalf("the running policy was lost: %d packets to a denied port got through", got)
+	}
+	if h := m.Health(); !strings.Contains(h.Detail, "backend") {
+		t.Fatalf("health %+v", h)
+	}
+}

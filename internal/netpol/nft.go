@@ -1,7 +1,9 @@
 package netpol
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
@@ -20,9 +22,18 @@ type nftBackend struct {
 }
 
 type nftIface struct {
-	table   *nftables.Table
-	chain   *nftables.Chain
-	carried map[string]Counter
+	table *nftables.Table
+	chain *nftables.Chain
+	// objs maps rule names to their named counter objects. Counters are
+	// objects, not rule expressions, so they survive the chain being
+	// replaced: a rule that keeps its name keeps counting.
+	objs map[string]string
+}
+
+// objName is a counter object's name for a rule name (any characters).
+func objName(rule string) string {
+	h := sha256.Sum256([]byte(rule))
+	return "c_" + hex.EncodeToString(h[:12])
 }
 
 const nftTableFlagOwner = 0x2 // NFT_TABLE_F_OWNER: removed with its netlink socket
@@ -59,9 +70,8 @@ func (b *nftBackend) Apply(itf Interface) error {
 		rules = append(rules, c)
 	}
 	x := b.ifaces[itf.Name]
-	var before map[string]Counter
 	if x == nil {
-		x = &nftIface{carried: map[string]Counter{}}
+		x = &nftIface{objs: map[string]string{}}
 		var flags uint32
 		if itf.OnAgentStop == "open" {
 			flags = nftTableFlagOwner
@@ -80,10 +90,23 @@ func (b *nftBackend) Apply(itf Interface) error {
 			Device: itf.Name, Policy: &policy,
 		})
 	} else {
-		before, _ = b.read(x)
 		b.conn.FlushChain(x.chain)
 	}
+	used := map[string]bool{}
+	counter := func(name string) expr.Any {
+		o, ok := x.objs[name]
+		if !ok {
+			o = objName(name)
+			b.conn.AddObj(&nftables.CounterObj{Table: x.table, Name: o})
+			x.objs[name] = o
+		}
+		used[name] = true
+		return &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: o}
+	}
 	add := func(name string, exprs ...expr.Any) {
+		// The counter goes just before the verdict (the last expression).
+		n := len(exprs)
+		exprs = append(exprs[:n-1:n-1], counter(name), exprs[n-1])
 		b.conn.AddRule(&nftables.Rule{Table: x.table, Chain: x.chain, Exprs: exprs, UserData: []byte(name)})
 	}
 	verdict := func(allow bool) expr.Any {
@@ -94,8 +117,8 @@ func (b *nftBackend) Apply(itf Interface) error {
 	}
 	def := itf.Default == "allow"
 	// Non-IP frames (ARP, ...) always pass; IPv6 takes the default action.
-	add("_non_ip", append(etherIsNot(unix.ETH_P_IP, unix.ETH_P_IPV6), &expr.Counter{}, verdict(true))...)
-	add("_ipv6", append(etherIs(unix.ETH_P_IPV6), &expr.Counter{}, verdict(def))...)
+	add("_non_ip", append(etherIsNot(unix.ETH_P_IP, unix.ETH_P_IPV6), verdict(true))...)
+	add("_ipv6", append(etherIs(unix.ETH_P_IPV6), verdict(def))...)
 	if rl := itf.RateLimit; rl != nil {
 		set := &nftables.Set{Table: x.table, Name: "rl", KeyType: nftables.TypeIPAddr, Dynamic: true, HasTimeout: true, Timeout: time.Minute}
 		if err := b.conn.AddSet(set, nil); err != nil {
@@ -110,7 +133,7 @@ func (b *nftBackend) Apply(itf Interface) error {
 					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
 					&expr.Dynset{SrcRegKey: 1, SetName: "rl", Operation: uint32(unix.NFT_DYNSET_OP_UPDATE), Timeout: time.Minute,
 						Exprs: []expr.Any{&expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(rl.PPS), Unit: expr.LimitTimeSecond, Burst: uint32(rl.Burst), Over: true}}},
-					&expr.Counter{}, verdict(false))
+					verdict(false))
 				add("_rate_limited", e...)
 			}
 		}
@@ -132,20 +155,46 @@ func (b *nftBackend) Apply(itf Interface) error {
 		if c.dportLo != 0 || c.dportHi != 65535 {
 			e = append(e, matchPortRange(2, c.dportLo, c.dportHi)...)
 		}
-		e = append(e, &expr.Counter{}, verdict(c.allow))
+		e = append(e, verdict(c.allow))
 		add(c.name, e...)
 	}
-	add("default", append(etherIs(unix.ETH_P_IP), &expr.Counter{}, verdict(def))...)
+	add("default", append(etherIs(unix.ETH_P_IP), verdict(def))...)
+	// Counters of rules that are gone, in the same transaction.
+	var gone []string
+	for name, o := range x.objs {
+		if !used[name] {
+			b.conn.DeleteObject(&nftables.CounterObj{Table: x.table, Name: o})
+			gone = append(gone, name)
+		}
+	}
 	if err := b.conn.Flush(); err != nil {
+		// Nothing of the transaction was applied: forget the objects it
+		// would have made, so the next attempt makes them again.
+		b.forget(x)
 		return fmt.Errorf("netpol: %s: nftables transaction: %w", itf.Name, err)
 	}
-	for n, c := range before {
-		cc := x.carried[n]
-		cc.add(c)
-		x.carried[n] = cc
+	for _, name := range gone {
+		delete(x.objs, name)
 	}
 	b.ifaces[itf.Name] = x
 	return nil
+}
+
+// forget re-reads which counter objects exist after a failed transaction.
+func (b *nftBackend) forget(x *nftIface) {
+	have := map[string]bool{}
+	if objs, err := b.conn.GetObjects(x.table); err == nil {
+		for _, o := range objs {
+			if c, ok := o.(*nftables.CounterObj); ok {
+				have[c.Name] = true
+			}
+		}
+	}
+	for name, o := range x.objs {
+		if !have[o] {
+			delete(x.objs, name)
+		}
+	}
 }
 
 func etherIs(t uint16) []expr.Any {
@@ -192,19 +241,19 @@ func matchPortRange(off uint32, lo, hi uint16) []expr.Any {
 func be16(v uint16) []byte { b := make([]byte, 2); binary.BigEndian.PutUint16(b, v); return b }
 
 func (b *nftBackend) read(x *nftIface) (map[string]Counter, error) {
-	rs, err := b.conn.GetRules(x.table, x.chain)
+	objs, err := b.conn.GetObjects(x.table)
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]Counter{}
-	for _, r := range rs {
-		for _, e := range r.Exprs {
-			if c, ok := e.(*expr.Counter); ok {
-				cc := out[string(r.UserData)]
-				cc.add(Counter{c.Packets, c.Bytes})
-				out[string(r.UserData)] = cc
-			}
+	byObj := map[string]Counter{}
+	for _, o := range objs {
+		if c, ok := o.(*nftables.CounterObj); ok {
+			byObj[c.Name] = Counter{c.Packets, c.Bytes}
 		}
+	}
+	out := map[string]Counter{}
+	for name, o := range x.objs {
+		out[name] = byObj[o]
 	}
 	return out, nil
 }
@@ -219,9 +268,6 @@ func (b *nftBackend) Stats(name string) (Stats, error) {
 		return Stats{}, fmt.Errorf("netpol: %s: read counters: %w", name, err)
 	}
 	st := Stats{Rules: map[string]Counter{}, Global: map[string]Counter{}}
-	for n, c := range x.carried {
-		cur[n] = addC(cur[n], c)
-	}
 	for n, c := range cur {
 		switch n {
 		case "_non_ip":
@@ -238,7 +284,6 @@ func (b *nftBackend) Stats(name string) (Stats, error) {
 	return st, nil
 }
 
-func addC(a, b Counter) Counter { a.add(b); return a }
 
 func (b *nftBackend) Remove(name string) error {
 	x := b.ifaces[name]
