@@ -284,7 +284,6 @@ func (b *nftBackend) Stats(name string) (Stats, error) {
 	return st, nil
 }
 
-
 func (b *nftBackend) Remove(name string) error {
 	x := b.ifaces[name]
 	if x == nil {
