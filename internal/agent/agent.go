@@ -29,6 +29,7 @@ import (
 	"github.com/outpost-edge/outpost/internal/config"
 	"github.com/outpost-edge/outpost/internal/message"
 	"github.com/outpost-edge/outpost/internal/module"
+	"github.com/outpost-edge/outpost/internal/netpol"
 	"github.com/outpost-edge/outpost/internal/ota"
 	"github.com/outpost-edge/outpost/internal/pipeline"
 	"github.com/outpost-edge/outpost/internal/rules"
@@ -58,6 +59,7 @@ type Agent struct {
 	OTA        *ota.Updater
 	Supervisor *supervisor.Supervisor
 	Uplink     *uplink.Uplink
+	Netpol     *netpol.Manager
 	lanes      *lanes
 	runner     *module.Runner
 
@@ -109,6 +111,11 @@ func New(cfg *Config, path string, logs *telemetry.Logs) (*Agent, error) {
 		a.Uplink = uplink.New(uplink.Options{Logger: a.log, Metrics: a.metrics, Queues: a.lanes.queue, Downlink: downlink{a.Broker}})
 		routes = append(routes, a.queueStatusHandler)
 	}
+	if cfg.Netpol != nil {
+		var route func(*http.ServeMux)
+		a.Netpol, route = newNetpol(a)
+		routes = append(routes, route)
+	}
 	a.Pipeline = pipeline.New(pipeline.Options{
 		Logger: a.log, Metrics: a.metrics, Publisher: a.Broker,
 		Extra: a.moduleSinks,
@@ -124,6 +131,9 @@ func New(cfg *Config, path string, logs *telemetry.Logs) (*Agent, error) {
 	mods = append(mods, depends{a.Pipeline, a.ruleDeps()}, depends{a.Broker, []string{"pipeline"}}, depends{a.OTA, []string{"telemetry"}})
 	if a.Supervisor != nil {
 		mods = append(mods, a.Supervisor)
+	}
+	if a.Netpol != nil {
+		mods = append(mods, depends{a.Netpol, []string{"telemetry"}})
 	}
 	if a.lanes != nil {
 		mods = append(mods, a.lanes, depends{a.Uplink, []string{"lanes"}})
@@ -206,6 +216,8 @@ func section(c *Config, name string) any {
 		return c.Uplink.Lanes
 	case "uplink":
 		return c.Uplink
+	case "netpol":
+		return c.Netpol
 	}
 	return nil
 }
@@ -328,6 +340,7 @@ func (a *Agent) Apply(ctx context.Context, next *Config) error {
 	a.mu.Unlock()
 	if cur.NodeID != next.NodeID || cur.DataDir != next.DataDir || (cur.Rules == nil) != (next.Rules == nil) ||
 		(cur.Supervisor == nil) != (next.Supervisor == nil) || cur.uplinkOn() != next.uplinkOn() ||
+		(cur.Netpol == nil) != (next.Netpol == nil) ||
 		(cur.uplinkOn() && !reflect.DeepEqual(cur.Uplink.Lanes, next.Uplink.Lanes)) {
 		return errors.New("node_id, data_dir, uplink lanes and enabling/disabling rules, the supervisor or the uplink take effect only after a restart; change refused")
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/outpost-edge/outpost/internal/broker"
 	"github.com/outpost-edge/outpost/internal/config"
+	"github.com/outpost-edge/outpost/internal/netpol"
 	"github.com/outpost-edge/outpost/internal/ota"
 	"github.com/outpost-edge/outpost/internal/pipeline"
 	"github.com/outpost-edge/outpost/internal/rules"
@@ -41,6 +42,9 @@ type Config struct {
 	// Uplink forwards lanes of durable queues to a cloud broker when present
 	// and enabled (docs/uplink.md).
 	Uplink *uplink.Config `yaml:"uplink"`
+	// Netpol filters ingress traffic on the gateway's interfaces with eBPF
+	// (XDP) or nftables when present (docs/netpol.md).
+	Netpol *netpol.Config `yaml:"netpol"`
 
 	// baseDir is the directory of the config file: relative paths in the
 	// file resolve against it (config.ResolvePaths), not against the working
@@ -96,6 +100,9 @@ func (c *Config) SetDefaults() {
 		}
 		c.Supervisor.SetDefaults()
 	}
+	if c.Netpol != nil {
+		c.Netpol.SetDefaults()
+	}
 	if c.Rules != nil {
 		c.Rules.SetDefaults()
 		if c.Rules.StateDir == "" {
@@ -132,6 +139,9 @@ func (c *Config) Validate() error {
 	)
 	if c.Rules != nil {
 		errs = append(errs, config.Section("rules", c.Rules.Validate()))
+	}
+	if c.Netpol != nil {
+		errs = append(errs, config.Section("netpol", c.Netpol.Validate()))
 	}
 	if c.Uplink != nil {
 		errs = append(errs, config.Section("uplink", c.Uplink.Validate()))

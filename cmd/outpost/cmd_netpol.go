@@ -1,0 +1,171 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"sort"
+	"text/tabwriter"
+
+	"github.com/outpost-edge/outpost/internal/agent"
+	"github.com/outpost-edge/outpost/internal/netpol"
+)
+
+func init() {
+	register(&command{name: "netpol", summary: "network policy: status, counters, and which rule a packet would hit", run: runNetpol})
+}
+
+func runNetpol(ctx context.Context, args []string) int {
+	fs := flag.NewFlagSet("netpol", flag.ContinueOnError)
+	api := fs.String("api", envOr("OUTPOST_API", defaultAPI), "agent API: http://host:port or unix:///path (env OUTPOST_API)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	cfgPath := fs.String("config", "outpost.yaml", "test: the config whose netpol section is evaluated")
+	iface := fs.String("iface", "", "test: interface (default: the only one in the config)")
+	src := fs.String("src", "", "test: source IPv4 address")
+	dst := fs.String("dst", "0.0.0.0", "test: destination IPv4 address")
+	proto := fs.String("proto", "tcp", "test: tcp, udp or icmp")
+	sport := fs.Uint("sport", 40000, "test: source port")
+	dport := fs.Uint("dport", 0, "test: destination port")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), helpText("outpost netpol [flags] status|counters|test",
+			`"status" shows which backend enforces the policy (ebpf or nftables, and why
+eBPF was not used), "counters" the packets and bytes each rule matched, both
+from the running agent's API (/api/v1/netpol). "test" evaluates one packet
+against the netpol section of a config file, offline, with the same
+first-match logic the kernel programs run, and prints the rule it hits.`,
+			"outpost netpol status",
+			"outpost netpol counters --json",
+			"outpost netpol test --config /etc/outpost/outpost.yaml --src 10.1.2.3 --dport 1883",
+			"outpost netpol test --iface eth1 --src 192.168.7.20 --proto udp --dport 502"))
+		fs.PrintDefaults()
+	}
+	var pos []string
+	rest := args
+	for {
+		if err := fs.Parse(rest); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return exitOK
+			}
+			return exitUsage
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		rest = fs.Args()[1:]
+	}
+	if len(pos) != 1 {
+		fs.Usage()
+		return exitUsage
+	}
+	switch pos[0] {
+	case "status", "counters":
+		c, err := newAPIClient(*api)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "outpost netpol:", err)
+			return exitUsage
+		}
+		var st netpol.Status
+		if code := c.get(ctx, "/api/v1/netpol", &st); code != exitOK {
+			return code
+		}
+		if *asJSON {
+			return printJSON(st)
+		}
+		printNetpol(st, pos[0] == "counters")
+		return exitOK
+	case "test":
+		return netpolTest(*cfgPath, *iface, *src, *dst, *proto, *sport, *dport)
+	}
+	fs.Usage()
+	return exitUsage
+}
+
+func printNetpol(st netpol.Status, counters bool) {
+	fmt.Printf("backend: %s\n", orDash(st.Backend))
+	if st.Fallback != "" {
+		fmt.Printf("eBPF not used: %s\n", st.Fallback)
+	}
+	if st.Error != "" {
+		fmt.Printf("error: %s\n", st.Error)
+	}
+	names := make([]string, 0, len(st.Interfaces))
+	for n := range st.Interfaces {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	for _, n := range names {
+		s := st.Interfaces[n]
+		if !counters {
+			fmt.Fprintf(tw, "%s\t%d rules\trate limited %d\n", n, len(s.Rules)-1, s.Global["rate_limited"].Packets)
+			continue
+		}
+		rules := make([]string, 0, len(s.Rules))
+		for r := range s.Rules {
+			rules = append(rules, r)
+		}
+		sort.Strings(rules)
+		for _, r := range rules {
+			fmt.Fprintf(tw, "%s\t%s\t%d packets\t%d bytes\n", n, r, s.Rules[r].Packets, s.Rules[r].Bytes)
+		}
+		for _, g := range []string{"rate_limited", "ipv6", "non_ip", "malformed"} {
+			fmt.Fprintf(tw, "%s\t(%s)\t%d packets\t%d bytes\n", n, g, s.Global[g].Packets, s.Global[g].Bytes)
+		}
+	}
+	tw.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func netpolTest(cfgPath, iface, src, dst, proto string, sport, dport uint) int {
+	cfg, err := agent.Load(cfgPath)
+	if err != nil {
+		printConfigError(err)
+		return exitUsage
+	}
+	if cfg.Netpol == nil || len(cfg.Netpol.Interfaces) == 0 {
+		fmt.Fprintf(os.Stderr, "outpost netpol: %s has no netpol interfaces\n", cfgPath)
+		return exitUsage
+	}
+	var itf *netpol.Interface
+	for i := range cfg.Netpol.Interfaces {
+		if cfg.Netpol.Interfaces[i].Name == iface || (iface == "" && len(cfg.Netpol.Interfaces) == 1) {
+			itf = &cfg.Netpol.Interfaces[i]
+		}
+	}
+	if itf == nil {
+		fmt.Fprintf(os.Stderr, "outpost netpol: no interface %q in %s (use --iface)\n", iface, cfgPath)
+		return exitUsage
+	}
+	s, err1 := netip.ParseAddr(src)
+	d, err2 := netip.ParseAddr(dst)
+	p, err3 := netpol.ParseProto(proto)
+	if err := errors.Join(err1, err2, err3); err != nil || sport > 65535 || dport > 65535 {
+		fmt.Fprintf(os.Stderr, "outpost netpol: bad packet: %v (need --src, --dst IPv4, --proto, ports 0-65535)\n", err)
+		return exitUsage
+	}
+	dec, err := netpol.Decide(*itf, netpol.Packet{Src: s, Dst: d, Proto: p, SPort: uint16(sport), DPort: uint16(dport)})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "outpost netpol:", err)
+		return exitFailure
+	}
+	verdict := "deny"
+	if dec.Allow {
+		verdict = "allow"
+	}
+	if dec.Index >= 0 {
+		fmt.Printf("%s: rule %q (#%d) on %s\n", verdict, dec.Rule, dec.Index, itf.Name)
+	} else {
+		fmt.Printf("%s: no rule matches; the default action of %s\n", verdict, itf.Name)
+	}
+	return exitOK
+}

@@ -1,0 +1,51 @@
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/outpost-edge/outpost/internal/netpol"
+)
+
+// newNetpol builds the network policy module and its HTTP and metrics
+// surface: GET /api/v1/netpol (backend, counters) and
+// outpost_netpol_{packets,bytes}_total{iface,rule}.
+func newNetpol(a *Agent) (*netpol.Manager, func(*http.ServeMux)) {
+	m := netpol.New(netpol.Options{Log: a.log, Metrics: a.metrics})
+	a.metrics.RegisterMetricsWriter(func(w io.Writer) { writeNetpolMetrics(w, m.Status()) })
+	return m, func(mux *http.ServeMux) {
+		mux.HandleFunc("GET /api/v1/netpol", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			json.NewEncoder(w).Encode(m.Status())
+		})
+	}
+}
+
+func writeNetpolMetrics(w io.Writer, st netpol.Status) {
+	ifaces := make([]string, 0, len(st.Interfaces))
+	for n := range st.Interfaces {
+		ifaces = append(ifaces, n)
+	}
+	sort.Strings(ifaces)
+	for _, itf := range ifaces {
+		s := st.Interfaces[itf]
+		rules := make([]string, 0, len(s.Rules))
+		for r := range s.Rules {
+			rules = append(rules, r)
+		}
+		sort.Strings(rules)
+		for _, r := range rules {
+			c := s.Rules[r]
+			metrics.WriteCounterUint64(w, fmt.Sprintf(`outpost_netpol_packets_total{iface=%q,rule=%q}`, itf, r), c.Packets)
+			metrics.WriteCounterUint64(w, fmt.Sprintf(`outpost_netpol_bytes_total{iface=%q,rule=%q}`, itf, r), c.Bytes)
+		}
+		for _, g := range []string{"rate_limited", "non_ip", "ipv6", "malformed"} {
+			metrics.WriteCounterUint64(w, fmt.Sprintf(`outpost_netpol_global_packets_total{iface=%q,kind=%q}`, itf, g), s.Global[g].Packets)
+		}
+	}
+}
