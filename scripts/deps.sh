@@ -4,6 +4,7 @@
 #   qemu-user-static               runs the arm64 build in the smoke test
 #   python3-paho-mqtt              the Python example component
 #   curl                           HTTP checks in the smoke test
+#   iproute2, clang, llvm, libbpf-dev  netpol tests (namespaces) and the BPF regeneration check
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
@@ -11,6 +12,12 @@ command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v qemu-aarch64-static >/dev/null 2>&1 || need+=(qemu-user-static)
 /usr/bin/python3 -c "import paho.mqtt.client" >/dev/null 2>&1 || need+=(python3-paho-mqtt)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# netpol: network namespaces (ip), BPF regeneration check (clang, llvm-strip,
+# libbpf headers)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v clang >/dev/null 2>&1 || need+=(clang)
+command -v llvm-strip >/dev/null 2>&1 || need+=(llvm)
+[ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""

@@ -17,6 +17,9 @@ scripts/deps.sh
 step "tracked files (no binaries, nothing large unlisted)"
 scripts/check-files.sh
 
+step "generated BPF objects match their C sources"
+scripts/bpf-generate.sh --check
+
 step "gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then echo "not gofmt-ed:"; echo "$unformatted"; exit 1; fi

@@ -29,7 +29,6 @@ import (
 	"github.com/outpost-edge/outpost/internal/config"
 	"github.com/outpost-edge/outpost/internal/message"
 	"github.com/outpost-edge/outpost/internal/module"
-	"github.com/outpost-edge/outpost/internal/netpol"
 	"github.com/outpost-edge/outpost/internal/ota"
 	"github.com/outpost-edge/outpost/internal/pipeline"
 	"github.com/outpost-edge/outpost/internal/rules"
@@ -59,7 +58,7 @@ type Agent struct {
 	OTA        *ota.Updater
 	Supervisor *supervisor.Supervisor
 	Uplink     *uplink.Uplink
-	Netpol     *netpol.Manager
+	Netpol     module.Module
 	lanes      *lanes
 	runner     *module.Runner
 

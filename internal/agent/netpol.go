@@ -1,3 +1,5 @@
+//go:build !outpost_nonetpol
+
 package agent
 
 import (
@@ -9,14 +11,16 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"github.com/outpost-edge/outpost/internal/module"
 	"github.com/outpost-edge/outpost/internal/netpol"
+	"github.com/outpost-edge/outpost/internal/netpol/kernel"
 )
 
 // newNetpol builds the network policy module and its HTTP and metrics
 // surface: GET /api/v1/netpol (backend, counters) and
 // outpost_netpol_{packets,bytes}_total{iface,rule}.
-func newNetpol(a *Agent) (*netpol.Manager, func(*http.ServeMux)) {
-	m := netpol.New(netpol.Options{Log: a.log, Metrics: a.metrics})
+func newNetpol(a *Agent) (module.Module, func(*http.ServeMux)) {
+	m := kernel.New(kernel.Options{Log: a.log, Metrics: a.metrics})
 	a.metrics.RegisterMetricsWriter(func(w io.Writer) { writeNetpolMetrics(w, m.Status()) })
 	return m, func(mux *http.ServeMux) {
 		mux.HandleFunc("GET /api/v1/netpol", func(w http.ResponseWriter, _ *http.Request) {

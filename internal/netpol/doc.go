@@ -1,9 +1,11 @@
-// Package netpol is the gateway's network policy: ordered allow/deny rules
+// Package netpol is the model of the gateway's network policy (config,
+// validation, and Decide, the first-match evaluation `outpost netpol test`
+// uses); package netpol/kernel enforces it. The policy: ordered allow/deny rules
 // on named interfaces (source and destination CIDR, protocol, port ranges,
 // a default action) and a per-source packet rate limit on chosen
 // destination ports, so that one flooding device cannot starve the others.
 //
-// Two backends enforce the same Policy:
+// Two backends in netpol/kernel enforce the same policy:
 //
 //   - ebpf: an XDP program (bpf/xdp_policy.c) attached to each interface,
 //     with per-rule packet and byte counters in BPF maps;

@@ -3,7 +3,6 @@ package netpol
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -160,54 +159,60 @@ const (
 	protoICMP = 1
 	protoTCP  = 6
 	protoUDP  = 17
+
+	ProtoTCP = protoTCP
+	ProtoUDP = protoUDP
 )
 
-// compiled is a rule in the form the backends use.
-type compiled struct {
-	name             string
-	allow            bool
-	src, dst         netip.Prefix // 0.0.0.0/0 = any
-	proto            uint8
-	sportLo, sportHi uint16
-	dportLo, dportHi uint16
+// Compiled is a rule in the form the enforcement backends use.
+type Compiled struct {
+	Name             string
+	Allow            bool
+	Src, Dst         netip.Prefix // 0.0.0.0/0 = any
+	Proto            uint8        // 0 = any
+	SPortLo, SPortHi uint16
+	DPortLo, DPortHi uint16
 }
+
+// Compile checks one rule and returns it in the backends' form.
+func Compile(r Rule) (Compiled, error) { return compileRule(r) }
 
 var anyV4 = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
 
-func compileRule(r Rule) (compiled, error) {
-	c := compiled{name: r.Name, src: anyV4, dst: anyV4, sportHi: 65535, dportHi: 65535}
+func compileRule(r Rule) (Compiled, error) {
+	c := Compiled{Name: r.Name, Src: anyV4, Dst: anyV4, SPortHi: 65535, DPortHi: 65535}
 	switch r.Action {
 	case "allow":
-		c.allow = true
+		c.Allow = true
 	case "deny":
 	default:
 		return c, &fieldError{"action", fmt.Sprintf("%q: want allow or deny", r.Action)}
 	}
 	var err error
-	if c.src, err = parseCIDR(r.Src); err != nil {
+	if c.Src, err = parseCIDR(r.Src); err != nil {
 		return c, &fieldError{"src", err.Error()}
 	}
-	if c.dst, err = parseCIDR(r.Dst); err != nil {
+	if c.Dst, err = parseCIDR(r.Dst); err != nil {
 		return c, &fieldError{"dst", err.Error()}
 	}
 	switch strings.ToLower(r.Proto) {
 	case "", "any":
 	case "tcp":
-		c.proto = protoTCP
+		c.Proto = protoTCP
 	case "udp":
-		c.proto = protoUDP
+		c.Proto = protoUDP
 	case "icmp":
-		c.proto = protoICMP
+		c.Proto = protoICMP
 	default:
 		return c, &fieldError{"proto", fmt.Sprintf("%q: want tcp, udp, icmp or any", r.Proto)}
 	}
-	if c.sportLo, c.sportHi, err = parsePorts(r.SPort); err != nil {
+	if c.SPortLo, c.SPortHi, err = parsePorts(r.SPort); err != nil {
 		return c, &fieldError{"sport", err.Error()}
 	}
-	if c.dportLo, c.dportHi, err = parsePorts(r.DPort); err != nil {
+	if c.DPortLo, c.DPortHi, err = parsePorts(r.DPort); err != nil {
 		return c, &fieldError{"dport", err.Error()}
 	}
-	if (r.SPort != "" || r.DPort != "") && c.proto != protoTCP && c.proto != protoUDP {
+	if (r.SPort != "" || r.DPort != "") && c.Proto != protoTCP && c.Proto != protoUDP {
 		return c, &fieldError{"proto", "ports need proto tcp or udp"}
 	}
 	return c, nil
@@ -281,20 +286,20 @@ func Decide(itf Interface, p Packet) (Decision, error) {
 			return Decision{}, fmt.Errorf("netpol: rule %s: %w", r.Name, err)
 		}
 		if c.matches(p) {
-			return Decision{Allow: c.allow, Rule: c.name, Index: i}, nil
+			return Decision{Allow: c.Allow, Rule: c.Name, Index: i}, nil
 		}
 	}
 	return Decision{Allow: itf.Default == "allow", Rule: "default", Index: -1}, nil
 }
 
-func (c compiled) matches(p Packet) bool {
-	if !c.src.Contains(p.Src) || !c.dst.Contains(p.Dst) {
+func (c Compiled) matches(p Packet) bool {
+	if !c.Src.Contains(p.Src) || !c.Dst.Contains(p.Dst) {
 		return false
 	}
-	if c.proto != protoAny && c.proto != p.Proto {
+	if c.Proto != protoAny && c.Proto != p.Proto {
 		return false
 	}
-	return p.SPort >= c.sportLo && p.SPort <= c.sportHi && p.DPort >= c.dportLo && p.DPort <= c.dportHi
+	return p.SPort >= c.SPortLo && p.SPort <= c.SPortHi && p.DPort >= c.DPortLo && p.DPort <= c.DPortHi
 }
 
 // ParseProto maps a name to a protocol number for `outpost netpol test`.
@@ -308,13 +313,4 @@ func ParseProto(s string) (uint8, error) {
 		return protoICMP, nil
 	}
 	return 0, fmt.Errorf("netpol: protocol %q: want tcp, udp or icmp", s)
-}
-
-// ifaceIndex finds an interface in the current network namespace.
-func ifaceIndex(name string) (int, error) {
-	itf, err := net.InterfaceByName(name)
-	if err != nil {
-		return 0, fmt.Errorf("netpol: interface %q: %w", name, err)
-	}
-	return itf.Index, nil
 }

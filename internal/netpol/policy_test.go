@@ -72,7 +72,7 @@ func FuzzCompileRule(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if c.sportLo > c.sportHi || c.dportLo > c.dportHi || !c.src.Addr().Is4() || !c.dst.Addr().Is4() {
+		if c.SPortLo > c.SPortHi || c.DPortLo > c.DPortHi || !c.Src.Addr().Is4() || !c.Dst.Addr().Is4() {
 			t.Fatalf("accepted an inconsistent rule: %+v", c)
 		}
 	})

@@ -1,12 +1,14 @@
-package netpol
+package kernel
 
 import (
 	"bufio"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"github.com/outpost-edge/outpost/internal/netpol"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -178,10 +180,10 @@ func TestHelperProcess(t *testing.T) {
 
 var backends = []string{"ebpf", "nftables"}
 
-func basePolicy(l *lab) Config {
-	return Config{Interfaces: []Interface{{
+func basePolicy(l *lab) netpol.Config {
+	return netpol.Config{Interfaces: []netpol.Interface{{
 		Name: l.gwIf, Default: "deny",
-		Rules: []Rule{
+		Rules: []netpol.Rule{
 			{Name: "allow-5000", Action: "allow", Src: l.clientIP + "/32", Proto: "udp", DPort: "5000"},
 			{Name: "deny-5001", Action: "deny", Src: "10.211.0.0/16", Proto: "udp", DPort: "5001-5001"},
 			{Name: "allow-range", Action: "allow", Src: "10.211.7.0/24", Dst: l.gwIP, Proto: "udp", DPort: "6000-6010"},
@@ -232,7 +234,7 @@ func TestRulesAllowDenyAndCountExactly(t *testing.T) {
 			if counts["allow-5000"].Bytes == 0 {
 				t.Error("byte counter is 0")
 			}
-			d, err := m.Test(l.gwIf, Packet{Src: mustAddr(l.clientIP), Dst: mustAddr(l.gwIP), Proto: protoUDP, DPort: 5001})
+			d, err := m.Test(l.gwIf, netpol.Packet{Src: netip.MustParseAddr(l.clientIP), Dst: netip.MustParseAddr(l.gwIP), Proto: netpol.ProtoUDP, DPort: 5001})
 			if err != nil || d.Allow || d.Rule != "deny-5001" {
 				t.Errorf("Test(5001) = %+v, %v", d, err)
 			}
@@ -265,18 +267,18 @@ func TestReloadUnderTrafficHasNoWindow(t *testing.T) {
 			l := newLab(t)
 			m := l.manager(t)
 			defer m.Close()
-			policy := func(gen int) Config {
-				rules := []Rule{
+			policy := func(gen int) netpol.Config {
+				rules := []netpol.Rule{
 					{Name: "allow-7000", Action: "allow", Src: l.clientIP, Proto: "udp", DPort: "7000"},
 					{Name: "deny-7001", Action: "deny", Proto: "udp", DPort: "7001"},
 				}
 				// Filler rules that change each generation, so every swap
 				// rewrites the maps or the chain.
 				for i := 0; i < 50+gen%7; i++ {
-					rules = append(rules, Rule{Name: fmt.Sprintf("fill-%d-%d", gen, i), Action: "deny", Src: fmt.Sprintf("172.16.%d.0/24", i), Proto: "tcp", DPort: strconv.Itoa(1000 + gen)})
+					rules = append(rules, netpol.Rule{Name: fmt.Sprintf("fill-%d-%d", gen, i), Action: "deny", Src: fmt.Sprintf("172.16.%d.0/24", i), Proto: "tcp", DPort: strconv.Itoa(1000 + gen)})
 				}
 				allowOther := "allow"
-				return Config{Backend: be, Interfaces: []Interface{{Name: l.gwIf, Default: allowOther, OnAgentStop: "open", Rules: rules}}}
+				return netpol.Config{Backend: be, Interfaces: []netpol.Interface{{Name: l.gwIf, Default: allowOther, OnAgentStop: "open", Rules: rules}}}
 			}
 			if err := m.Apply(policy(0)); err != nil {
 				t.Fatal(err)
@@ -328,8 +330,8 @@ func TestRateLimitPerSource(t *testing.T) {
 			l := newLab(t)
 			m := l.manager(t)
 			defer m.Close()
-			cfg := Config{Backend: be, Interfaces: []Interface{{Name: l.gwIf, Default: "allow", OnAgentStop: "open",
-				RateLimit: &RateLimit{Ports: []int{1883}, PPS: 50, Burst: 50}}}}
+			cfg := netpol.Config{Backend: be, Interfaces: []netpol.Interface{{Name: l.gwIf, Default: "allow", OnAgentStop: "open",
+				RateLimit: &netpol.RateLimit{Ports: []int{1883}, PPS: 50, Burst: 50}}}}
 			if err := m.Apply(cfg); err != nil {
 				t.Fatal(err)
 			}
@@ -365,9 +367,9 @@ func TestAgentStopClosedAndOpen(t *testing.T) {
 	for _, be := range backends {
 		t.Run(be, func(t *testing.T) {
 			l := newLab(t)
-			deny := func(stop string) Config {
-				return Config{Backend: be, Interfaces: []Interface{{Name: l.gwIf, Default: "allow", OnAgentStop: stop,
-					Rules: []Rule{{Name: "deny-8000", Action: "deny", Proto: "udp", DPort: "8000"}}}}}
+			deny := func(stop string) netpol.Config {
+				return netpol.Config{Backend: be, Interfaces: []netpol.Interface{{Name: l.gwIf, Default: "allow", OnAgentStop: stop,
+					Rules: []netpol.Rule{{Name: "deny-8000", Action: "deny", Proto: "udp", DPort: "8000"}}}}}
 			}
 			m := l.manager(t)
 			if err := m.Apply(deny("closed")); err != nil {

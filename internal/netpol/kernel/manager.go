@@ -1,9 +1,10 @@
-package netpol
+package kernel
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/outpost-edge/outpost/internal/netpol"
 	"log/slog"
 	"os"
 	"runtime"
@@ -32,23 +33,23 @@ type Options struct {
 // backend is what Manager needs from an enforcement backend.
 type backend interface {
 	Name() string
-	Apply(Interface) error
-	Stats(iface string) (Stats, error)
+	Apply(netpol.Interface) error
+	Stats(iface string) (netpol.Stats, error)
 	Remove(iface string) error
 	Close() error
 }
 
-// Manager applies Config to the chosen backend; it is the agent's netpol
+// Manager applies netpol.Config to the chosen backend; it is the agent's netpol
 // module.
 type Manager struct {
 	opts Options
 	log  *slog.Logger
 
 	mu       sync.Mutex
-	cfg      Config
+	cfg      netpol.Config
 	be       backend
 	fallback string // why ebpf was not used, when auto fell back
-	applied  map[string]Interface
+	applied  map[string]netpol.Interface
 	errText  string
 }
 
@@ -60,7 +61,7 @@ func New(opts Options) *Manager {
 	if opts.PinRoot == "" {
 		opts.PinRoot = "/sys/fs/bpf/outpost"
 	}
-	m := &Manager{opts: opts, log: opts.Log.With("module", "netpol"), applied: map[string]Interface{}}
+	m := &Manager{opts: opts, log: opts.Log.With("module", "netpol"), applied: map[string]netpol.Interface{}}
 	if opts.Metrics != nil {
 		opts.Metrics.NewGauge(`outpost_netpol_interfaces`, func() float64 {
 			m.mu.Lock()
@@ -141,7 +142,7 @@ func (m *Manager) open(kind string) (backend, string, error) {
 // Apply validates cfg as a whole and applies it: every interface's policy
 // is replaced atomically; interfaces no longer listed are released. An
 // invalid cfg changes nothing.
-func (m *Manager) Apply(cfg Config) error {
+func (m *Manager) Apply(cfg netpol.Config) error {
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -154,7 +155,7 @@ func (m *Manager) Apply(cfg Config) error {
 				m.log.Warn("closing the previous backend", "err", err)
 			}
 			m.be = nil
-			m.applied = map[string]Interface{}
+			m.applied = map[string]netpol.Interface{}
 		}
 	}
 	if m.be == nil {
@@ -205,19 +206,11 @@ func (m *Manager) BackendName() string {
 	return m.be.Name()
 }
 
-// Status is what `outpost netpol status` and /api/v1/netpol show.
-type Status struct {
-	Backend    string           `json:"backend"`
-	Fallback   string           `json:"fallback_reason,omitempty"`
-	Interfaces map[string]Stats `json:"interfaces"`
-	Error      string           `json:"error,omitempty"`
-}
-
-// Status reads every interface's counters.
-func (m *Manager) Status() Status {
+// netpol.Status reads every interface's counters.
+func (m *Manager) Status() netpol.Status {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	st := Status{Fallback: m.fallback, Interfaces: map[string]Stats{}, Error: m.errText}
+	st := netpol.Status{Fallback: m.fallback, Interfaces: map[string]netpol.Stats{}, Error: m.errText}
 	if m.be == nil {
 		return st
 	}
@@ -234,17 +227,17 @@ func (m *Manager) Status() Status {
 }
 
 // Test evaluates a packet against the applied policy of iface.
-func (m *Manager) Test(iface string, p Packet) (Decision, error) {
+func (m *Manager) Test(iface string, p netpol.Packet) (netpol.Decision, error) {
 	m.mu.Lock()
 	itf, ok := m.applied[iface]
 	m.mu.Unlock()
 	if !ok {
-		return Decision{}, fmt.Errorf("netpol: no policy on %q", iface)
+		return netpol.Decision{}, fmt.Errorf("netpol: no policy on %q", iface)
 	}
-	return Decide(itf, p)
+	return netpol.Decide(itf, p)
 }
 
-// Close releases the backend (see Interface.OnAgentStop for what stays).
+// Close releases the backend (see netpol.Interface.OnAgentStop for what stays).
 func (m *Manager) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -253,7 +246,7 @@ func (m *Manager) Close() error {
 	}
 	err := m.be.Close()
 	m.be = nil
-	m.applied = map[string]Interface{}
+	m.applied = map[string]netpol.Interface{}
 	return err
 }
 
@@ -262,7 +255,7 @@ func (m *Manager) Close() error {
 func (m *Manager) Name() string { return "netpol" }
 
 func (m *Manager) Init(_ context.Context, cfg any) error {
-	c, ok := cfg.(*Config)
+	c, ok := cfg.(*netpol.Config)
 	if !ok || c == nil {
 		return fmt.Errorf("netpol: want *netpol.Config, got %T", cfg)
 	}
@@ -282,7 +275,7 @@ func (m *Manager) Start(context.Context) error {
 func (m *Manager) Stop(context.Context) error { return m.Close() }
 
 func (m *Manager) Reconfigure(_ context.Context, cfg any) error {
-	c, ok := cfg.(*Config)
+	c, ok := cfg.(*netpol.Config)
 	if !ok || c == nil {
 		return fmt.Errorf("netpol: want *netpol.Config, got %T", cfg)
 	}

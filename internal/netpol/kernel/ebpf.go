@@ -1,9 +1,11 @@
-package netpol
+package kernel
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/outpost-edge/outpost/internal/netpol"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -29,23 +31,7 @@ type xdpIface struct {
 	pinned  bool
 	gen     uint32
 	names   []string // rule names of the active generation, by index
-	carried map[string]Counter
-}
-
-// Counter is a packet and byte count.
-type Counter struct {
-	Packets uint64 `json:"packets"`
-	Bytes   uint64 `json:"bytes"`
-}
-
-func (c *Counter) add(o Counter) { c.Packets += o.Packets; c.Bytes += o.Bytes }
-
-// Stats are an interface's counters: per rule name ("default" for the
-// default action) and the global ones (rate_limited, non_ip, ipv6,
-// malformed).
-type Stats struct {
-	Rules  map[string]Counter `json:"rules"`
-	Global map[string]Counter `json:"global"`
+	carried map[string]netpol.Counter
 }
 
 var statNames = []string{"rate_limited", "non_ip", "ipv6", "malformed"}
@@ -93,7 +79,7 @@ func (b *xdpBackend) Name() string { return "ebpf" }
 // first Apply after an agent restart it re-adopts a pinned program and maps
 // left by the previous run (no window without filtering), else it loads
 // and attaches a fresh one.
-func (b *xdpBackend) Apply(itf Interface) error {
+func (b *xdpBackend) Apply(itf netpol.Interface) error {
 	x := b.ifaces[itf.Name]
 	if x == nil {
 		var err error
@@ -160,9 +146,9 @@ func (b *xdpBackend) setPinned(x *xdpIface, want bool) error {
 
 func (b *xdpBackend) pinDir(name string) string { return filepath.Join(b.pinRoot, name) }
 
-func (b *xdpBackend) attach(itf Interface) (*xdpIface, error) {
+func (b *xdpBackend) attach(itf netpol.Interface) (*xdpIface, error) {
 	dir := b.pinDir(itf.Name)
-	x := &xdpIface{name: itf.Name, carried: map[string]Counter{}}
+	x := &xdpIface{name: itf.Name, carried: map[string]netpol.Counter{}}
 	// Re-adopt what a previous run pinned: its maps keep the policy in force
 	// until the new one is written into the inactive generation.
 	if l, err := link.LoadPinnedLink(filepath.Join(dir, "link"), nil); err == nil {
@@ -258,29 +244,29 @@ func mask(p netip.Prefix) uint32 {
 	return binary.NativeEndian.Uint32(m[:])
 }
 
-func (x *xdpIface) apply(itf Interface) error {
-	rules := make([]compiled, 0, len(itf.Rules))
+func (x *xdpIface) apply(itf netpol.Interface) error {
+	rules := make([]netpol.Compiled, 0, len(itf.Rules))
 	for _, r := range itf.Rules {
-		c, err := compileRule(r)
+		c, err := netpol.Compile(r)
 		if err != nil {
 			return fmt.Errorf("netpol: %s: rule %s: %w", itf.Name, r.Name, err)
 		}
 		rules = append(rules, c)
 	}
 	next := x.gen ^ 1
-	base := next * MaxRules
+	base := next * netpol.MaxRules
 	if len(rules) > 0 {
 		keys := make([]uint32, len(rules))
 		vals := make([]policyRule, len(rules))
 		for i, c := range rules {
 			keys[i] = base + uint32(i)
 			vals[i] = policyRule{
-				Src: ipv4(c.src.Addr()), SrcMask: mask(c.src),
-				Dst: ipv4(c.dst.Addr()), DstMask: mask(c.dst),
-				SportLo: c.sportLo, SportHi: c.sportHi, DportLo: c.dportLo, DportHi: c.dportHi,
-				Proto: c.proto,
+				Src: ipv4(c.Src.Addr()), SrcMask: mask(c.Src),
+				Dst: ipv4(c.Dst.Addr()), DstMask: mask(c.Dst),
+				SportLo: c.SPortLo, SportHi: c.SPortHi, DportLo: c.DPortLo, DportHi: c.DPortHi,
+				Proto: c.Proto,
 			}
-			if c.allow {
+			if c.Allow {
 				vals[i].Action = 1
 			}
 		}
@@ -295,8 +281,8 @@ func (x *xdpIface) apply(itf Interface) error {
 	}
 	// Zero the next generation's counters (left from two updates ago).
 	zero := make([]policyCounter, ebpf.MustPossibleCPU())
-	cbase := next * (MaxRules + 1)
-	for _, i := range append(seq(cbase, len(rules)), cbase+MaxRules) {
+	cbase := next * (netpol.MaxRules + 1)
+	for _, i := range append(seq(cbase, len(rules)), cbase+netpol.MaxRules) {
 		if err := x.objs.Counters.Put(i, zero); err != nil {
 			return fmt.Errorf("netpol: %s: reset counters: %w", itf.Name, err)
 		}
@@ -338,14 +324,14 @@ func (x *xdpIface) apply(itf Interface) error {
 	if err == nil {
 		for n, c := range old {
 			cc := x.carried[n]
-			cc.add(c)
+			cc.Add(c)
 			x.carried[n] = cc
 		}
 	}
 	x.gen = next
 	x.names = x.names[:0]
 	for _, c := range rules {
-		x.names = append(x.names, c.name)
+		x.names = append(x.names, c.Name)
 	}
 	return nil
 }
@@ -359,9 +345,9 @@ func seq(base uint32, n int) []uint32 {
 }
 
 // read sums the per-CPU counters of generation gen.
-func (x *xdpIface) read(gen uint32, names []string) (map[string]Counter, error) {
-	out := map[string]Counter{}
-	cbase := gen * (MaxRules + 1)
+func (x *xdpIface) read(gen uint32, names []string) (map[string]netpol.Counter, error) {
+	out := map[string]netpol.Counter{}
+	cbase := gen * (netpol.MaxRules + 1)
 	var per []policyCounter
 	for i, n := range names {
 		if err := x.objs.Counters.Lookup(cbase+uint32(i), &per); err != nil {
@@ -369,47 +355,47 @@ func (x *xdpIface) read(gen uint32, names []string) (map[string]Counter, error) 
 		}
 		c := out[n]
 		for _, p := range per {
-			c.add(Counter{p.Packets, p.Bytes})
+			c.Add(netpol.Counter{Packets: p.Packets, Bytes: p.Bytes})
 		}
 		out[n] = c
 	}
-	if err := x.objs.Counters.Lookup(cbase+MaxRules, &per); err != nil {
+	if err := x.objs.Counters.Lookup(cbase+netpol.MaxRules, &per); err != nil {
 		return nil, err
 	}
 	c := out["default"]
 	for _, p := range per {
-		c.add(Counter{p.Packets, p.Bytes})
+		c.Add(netpol.Counter{Packets: p.Packets, Bytes: p.Bytes})
 	}
 	out["default"] = c
 	return out, nil
 }
 
-func (b *xdpBackend) Stats(name string) (Stats, error) {
+func (b *xdpBackend) Stats(name string) (netpol.Stats, error) {
 	x := b.ifaces[name]
 	if x == nil {
-		return Stats{}, fmt.Errorf("netpol: no policy on %q", name)
+		return netpol.Stats{}, fmt.Errorf("netpol: no policy on %q", name)
 	}
 	cur, err := x.read(x.gen, x.names)
 	if err != nil {
-		return Stats{}, err
+		return netpol.Stats{}, err
 	}
-	st := Stats{Rules: map[string]Counter{}, Global: map[string]Counter{}}
+	st := netpol.Stats{Rules: map[string]netpol.Counter{}, Global: map[string]netpol.Counter{}}
 	for n, c := range x.carried {
 		st.Rules[n] = c
 	}
 	for n, c := range cur {
 		cc := st.Rules[n]
-		cc.add(c)
+		cc.Add(c)
 		st.Rules[n] = cc
 	}
 	var per []policyCounter
 	for i, n := range statNames {
 		if err := x.objs.Stats.Lookup(uint32(i), &per); err != nil {
-			return Stats{}, err
+			return netpol.Stats{}, err
 		}
-		var c Counter
+		var c netpol.Counter
 		for _, p := range per {
-			c.add(Counter{p.Packets, p.Bytes})
+			c.Add(netpol.Counter{Packets: p.Packets, Bytes: p.Bytes})
 		}
 		st.Global[n] = c
 	}
@@ -446,4 +432,13 @@ func (b *xdpBackend) Close() error {
 	}
 	b.ifaces = map[string]*xdpIface{}
 	return errors.Join(errs...)
+}
+
+// ifaceIndex finds an interface in the current network namespace.
+func ifaceIndex(name string) (int, error) {
+	itf, err := net.InterfaceByName(name)
+	if err != nil {
+		return 0, fmt.Errorf("netpol: interface %q: %w", name, err)
+	}
+	return itf.Index, nil
 }

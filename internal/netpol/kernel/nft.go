@@ -1,4 +1,4 @@
-package netpol
+package kernel
 
 import (
 	"crypto/sha256"
@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/outpost-edge/outpost/internal/netpol"
 	"time"
 
 	"github.com/google/nftables"
@@ -60,10 +61,10 @@ func tableName(iface string) string { return "outpost_" + iface }
 
 // Apply replaces an interface's chain in one netlink batch, which nftables
 // commits as one transaction.
-func (b *nftBackend) Apply(itf Interface) error {
-	rules := make([]compiled, 0, len(itf.Rules))
+func (b *nftBackend) Apply(itf netpol.Interface) error {
+	rules := make([]netpol.Compiled, 0, len(itf.Rules))
 	for _, r := range itf.Rules {
-		c, err := compileRule(r)
+		c, err := netpol.Compile(r)
 		if err != nil {
 			return fmt.Errorf("netpol: %s: rule %s: %w", itf.Name, r.Name, err)
 		}
@@ -125,7 +126,7 @@ func (b *nftBackend) Apply(itf Interface) error {
 			return fmt.Errorf("netpol: %s: rate-limit set: %w", itf.Name, err)
 		}
 		for _, port := range rl.Ports {
-			for _, proto := range []uint8{protoTCP, protoUDP} {
+			for _, proto := range []uint8{netpol.ProtoTCP, netpol.ProtoUDP} {
 				e := etherIs(unix.ETH_P_IP)
 				e = append(e, matchByte(9, proto)...)
 				e = append(e, matchPortRange(2, uint16(port), uint16(port))...)
@@ -140,23 +141,23 @@ func (b *nftBackend) Apply(itf Interface) error {
 	}
 	for _, c := range rules {
 		e := etherIs(unix.ETH_P_IP)
-		if c.src.Bits() > 0 {
-			e = append(e, matchPrefix(12, c.src.Addr().As4(), c.src.Bits())...)
+		if c.Src.Bits() > 0 {
+			e = append(e, matchPrefix(12, c.Src.Addr().As4(), c.Src.Bits())...)
 		}
-		if c.dst.Bits() > 0 {
-			e = append(e, matchPrefix(16, c.dst.Addr().As4(), c.dst.Bits())...)
+		if c.Dst.Bits() > 0 {
+			e = append(e, matchPrefix(16, c.Dst.Addr().As4(), c.Dst.Bits())...)
 		}
-		if c.proto != protoAny {
-			e = append(e, matchByte(9, c.proto)...)
+		if c.Proto != 0 {
+			e = append(e, matchByte(9, c.Proto)...)
 		}
-		if c.sportLo != 0 || c.sportHi != 65535 {
-			e = append(e, matchPortRange(0, c.sportLo, c.sportHi)...)
+		if c.SPortLo != 0 || c.SPortHi != 65535 {
+			e = append(e, matchPortRange(0, c.SPortLo, c.SPortHi)...)
 		}
-		if c.dportLo != 0 || c.dportHi != 65535 {
-			e = append(e, matchPortRange(2, c.dportLo, c.dportHi)...)
+		if c.DPortLo != 0 || c.DPortHi != 65535 {
+			e = append(e, matchPortRange(2, c.DPortLo, c.DPortHi)...)
 		}
-		e = append(e, verdict(c.allow))
-		add(c.name, e...)
+		e = append(e, verdict(c.Allow))
+		add(c.Name, e...)
 	}
 	add("default", append(etherIs(unix.ETH_P_IP), verdict(def))...)
 	// Counters of rules that are gone, in the same transaction.
@@ -240,34 +241,34 @@ func matchPortRange(off uint32, lo, hi uint16) []expr.Any {
 
 func be16(v uint16) []byte { b := make([]byte, 2); binary.BigEndian.PutUint16(b, v); return b }
 
-func (b *nftBackend) read(x *nftIface) (map[string]Counter, error) {
+func (b *nftBackend) read(x *nftIface) (map[string]netpol.Counter, error) {
 	objs, err := b.conn.GetObjects(x.table)
 	if err != nil {
 		return nil, err
 	}
-	byObj := map[string]Counter{}
+	byObj := map[string]netpol.Counter{}
 	for _, o := range objs {
 		if c, ok := o.(*nftables.CounterObj); ok {
-			byObj[c.Name] = Counter{c.Packets, c.Bytes}
+			byObj[c.Name] = netpol.Counter{Packets: c.Packets, Bytes: c.Bytes}
 		}
 	}
-	out := map[string]Counter{}
+	out := map[string]netpol.Counter{}
 	for name, o := range x.objs {
 		out[name] = byObj[o]
 	}
 	return out, nil
 }
 
-func (b *nftBackend) Stats(name string) (Stats, error) {
+func (b *nftBackend) Stats(name string) (netpol.Stats, error) {
 	x := b.ifaces[name]
 	if x == nil {
-		return Stats{}, fmt.Errorf("netpol: no policy on %q", name)
+		return netpol.Stats{}, fmt.Errorf("netpol: no policy on %q", name)
 	}
 	cur, err := b.read(x)
 	if err != nil {
-		return Stats{}, fmt.Errorf("netpol: %s: read counters: %w", name, err)
+		return netpol.Stats{}, fmt.Errorf("netpol: %s: read counters: %w", name, err)
 	}
-	st := Stats{Rules: map[string]Counter{}, Global: map[string]Counter{}}
+	st := netpol.Stats{Rules: map[string]netpol.Counter{}, Global: map[string]netpol.Counter{}}
 	for n, c := range cur {
 		switch n {
 		case "_non_ip":
@@ -280,7 +281,7 @@ func (b *nftBackend) Stats(name string) (Stats, error) {
 			st.Rules[n] = c
 		}
 	}
-	st.Global["malformed"] = Counter{} // the kernel's parser drops these before nftables
+	st.Global["malformed"] = netpol.Counter{} // the kernel's parser drops these before nftables
 	return st, nil
 }
 

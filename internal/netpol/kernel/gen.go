@@ -1,0 +1,11 @@
+// Package kernel enforces a netpol policy in the kernel: the XDP program
+// (eBPF) where BPF programs can be attached, else an nftables netdev
+// ingress chain; see package netpol for the model and the invariants both
+// keep. It is linked into the agent unless built with the
+// outpost_nonetpol tag (it adds about 0.6 MiB: cilium/ebpf, nftables).
+package kernel
+
+// The XDP program is compiled by clang through bpf2go; the generated Go and
+// the BPF object are committed so a normal `go build` needs no clang.
+// scripts/bpf-generate.sh regenerates them and CI fails if they differ.
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang -target bpfel -type rule -type gen_settings -type counter policy bpf/xdp_policy.c -- -I/usr/include/x86_64-linux-gnu -O2 -g -Wall

@@ -1,0 +1,26 @@
+package netpol
+
+// Counter is a packet and byte count.
+type Counter struct {
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+// Add adds o to c.
+func (c *Counter) Add(o Counter) { c.Packets += o.Packets; c.Bytes += o.Bytes }
+
+// Stats are an interface's counters: per rule name ("default" for the
+// default action) and the global ones (rate_limited, non_ip, ipv6,
+// malformed).
+type Stats struct {
+	Rules  map[string]Counter `json:"rules"`
+	Global map[string]Counter `json:"global"`
+}
+
+// Status is what `outpost netpol status` and /api/v1/netpol show.
+type Status struct {
+	Backend    string           `json:"backend"`
+	Fallback   string           `json:"fallback_reason,omitempty"`
+	Interfaces map[string]Stats `json:"interfaces"`
+	Error      string           `json:"error,omitempty"`
+}
