@@ -24,14 +24,27 @@ type xdpBackend struct {
 }
 
 type xdpIface struct {
-	name    string
-	objs    policyObjects
-	link    link.Link
-	pin     bool // pin when attaching (on_agent_stop: closed)
-	pinned  bool
-	gen     uint32
-	names   []string // rule names of the active generation, by index
-	carried map[string]netpol.Counter
+	name   string
+	objs   policyObjects
+	link   link.Link
+	pin    bool // pin when attaching (on_agent_stop: closed)
+	pinned bool
+	gen    uint32
+	slots  map[string]uint32 // rule name -> counter slot
+	free   []uint32          // unused counter slots
+	// reserved slots are counted into by an adopted generation; they are
+	// freed after the first switch.
+	reserved []uint32
+}
+
+const defaultSlot = 2 * netpol.MaxRules
+
+func newSlots() (map[string]uint32, []uint32) {
+	free := make([]uint32, 0, 2*netpol.MaxRules)
+	for i := 2*netpol.MaxRules - 1; i >= 0; i-- {
+		free = append(free, uint32(i))
+	}
+	return map[string]uint32{}, free
 }
 
 var statNames = []string{"rate_limited", "non_ip", "ipv6", "malformed"}
@@ -148,7 +161,8 @@ func (b *xdpBackend) pinDir(name string) string { return filepath.Join(b.pinRoot
 
 func (b *xdpBackend) attach(itf netpol.Interface) (*xdpIface, error) {
 	dir := b.pinDir(itf.Name)
-	x := &xdpIface{name: itf.Name, carried: map[string]netpol.Counter{}}
+	x := &xdpIface{name: itf.Name}
+	x.slots, x.free = newSlots()
 	// Re-adopt what a previous run pinned: its maps keep the policy in force
 	// until the new one is written into the inactive generation.
 	if l, err := link.LoadPinnedLink(filepath.Join(dir, "link"), nil); err == nil {
@@ -175,6 +189,27 @@ func (b *xdpBackend) attach(itf netpol.Interface) (*xdpIface, error) {
 		var g uint32
 		if err := x.objs.Active.Lookup(uint32(0), &g); err == nil {
 			x.gen = g & 1
+		}
+		// The adopted generation's rules keep counting into their slots
+		// until the first switch: keep those slots out of the free list.
+		var st policyGenSettings
+		if err := x.objs.Settings.Lookup(x.gen, &st); err == nil {
+			inUse := map[uint32]bool{}
+			var r policyRule
+			for i := uint32(0); i < st.Count && i < netpol.MaxRules; i++ {
+				if x.objs.Rules.Lookup(x.gen*netpol.MaxRules+i, &r) == nil {
+					inUse[r.Counter] = true
+				}
+			}
+			free := x.free[:0]
+			for _, slot := range x.free {
+				if inUse[slot] {
+					x.reserved = append(x.reserved, slot)
+				} else {
+					free = append(free, slot)
+				}
+			}
+			x.free = free
 		}
 		return x, nil
 	}
@@ -253,6 +288,36 @@ func (x *xdpIface) apply(itf netpol.Interface) error {
 		}
 		rules = append(rules, c)
 	}
+	// Counter slots: a name kept from the running policy keeps its slot; a
+	// new name takes a free one, zeroed first. Slots of names that go away
+	// are freed only after the switch (packets may still count on them).
+	zero := make([]policyCounter, ebpf.MustPossibleCPU())
+	used := make(map[string]uint32, len(rules))
+	var fresh []string
+	for _, c := range rules {
+		if slot, ok := x.slots[c.Name]; ok {
+			used[c.Name] = slot
+			continue
+		}
+		if len(x.free) == 0 {
+			return fmt.Errorf("netpol: %s: out of counter slots", itf.Name)
+		}
+		slot := x.free[len(x.free)-1]
+		x.free = x.free[:len(x.free)-1]
+		if err := x.objs.Counters.Put(slot, zero); err != nil {
+			x.free = append(x.free, slot)
+			return fmt.Errorf("netpol: %s: reset counter: %w", itf.Name, err)
+		}
+		used[c.Name] = slot
+		x.slots[c.Name] = slot
+		fresh = append(fresh, c.Name)
+	}
+	undo := func() {
+		for _, n := range fresh {
+			x.free = append(x.free, x.slots[n])
+			delete(x.slots, n)
+		}
+	}
 	next := x.gen ^ 1
 	base := next * netpol.MaxRules
 	if len(rules) > 0 {
@@ -264,7 +329,7 @@ func (x *xdpIface) apply(itf netpol.Interface) error {
 				Src: ipv4(c.Src.Addr()), SrcMask: mask(c.Src),
 				Dst: ipv4(c.Dst.Addr()), DstMask: mask(c.Dst),
 				SportLo: c.SPortLo, SportHi: c.SPortHi, DportLo: c.DPortLo, DportHi: c.DPortHi,
-				Proto: c.Proto,
+				Proto: c.Proto, Counter: used[c.Name],
 			}
 			if c.Allow {
 				vals[i].Action = 1
@@ -274,25 +339,17 @@ func (x *xdpIface) apply(itf netpol.Interface) error {
 			// Older kernels: no batch ops on arrays.
 			for i := range keys {
 				if err := x.objs.Rules.Put(keys[i], vals[i]); err != nil {
+					undo()
 					return fmt.Errorf("netpol: %s: write rule %d: %w", itf.Name, i, err)
 				}
 			}
 		}
 	}
-	// Zero the next generation's counters (left from two updates ago).
-	zero := make([]policyCounter, ebpf.MustPossibleCPU())
-	cbase := next * (netpol.MaxRules + 1)
-	for _, i := range append(seq(cbase, len(rules)), cbase+netpol.MaxRules) {
-		if err := x.objs.Counters.Put(i, zero); err != nil {
-			return fmt.Errorf("netpol: %s: reset counters: %w", itf.Name, err)
-		}
-	}
 	// Rate-limited ports of the next generation.
-	var it = x.objs.RlPorts.Iterate()
+	var stale []uint32
 	var k uint32
 	var v uint8
-	var stale []uint32
-	for it.Next(&k, &v) {
+	for it := x.objs.RlPorts.Iterate(); it.Next(&k, &v); {
 		if k>>16 == next {
 			stale = append(stale, k)
 		}
@@ -308,63 +365,56 @@ func (x *xdpIface) apply(itf netpol.Interface) error {
 		s.RlRate, s.RlBurst = uint32(rl.PPS), uint32(rl.Burst)
 		for _, p := range rl.Ports {
 			if err := x.objs.RlPorts.Put(next<<16|uint32(p), uint8(1)); err != nil {
+				undo()
 				return fmt.Errorf("netpol: %s: rate-limited port %d: %w", itf.Name, p, err)
 			}
 		}
 	}
 	if err := x.objs.Settings.Put(next, s); err != nil {
+		undo()
 		return fmt.Errorf("netpol: %s: settings: %w", itf.Name, err)
 	}
-	// The flip: from here on every packet sees the whole new policy.
+	// The switch: from here on every packet sees the whole new policy.
 	if err := x.objs.Active.Put(uint32(0), next); err != nil {
+		undo()
 		return fmt.Errorf("netpol: %s: switch generation: %w", itf.Name, err)
 	}
-	// Carry the old generation's counts over by rule name.
-	old, err := x.read(x.gen, x.names)
-	if err == nil {
-		for n, c := range old {
-			cc := x.carried[n]
-			cc.Add(c)
-			x.carried[n] = cc
-		}
-	}
 	x.gen = next
-	x.names = x.names[:0]
-	for _, c := range rules {
-		x.names = append(x.names, c.Name)
+	x.free = append(x.free, x.reserved...)
+	x.reserved = nil
+	for n, slot := range x.slots {
+		if _, ok := used[n]; !ok {
+			delete(x.slots, n)
+			x.free = append(x.free, slot)
+		}
 	}
 	return nil
 }
 
-func seq(base uint32, n int) []uint32 {
-	out := make([]uint32, n)
-	for i := range out {
-		out[i] = base + uint32(i)
-	}
-	return out
-}
-
-// read sums the per-CPU counters of generation gen.
-func (x *xdpIface) read(gen uint32, names []string) (map[string]netpol.Counter, error) {
-	out := map[string]netpol.Counter{}
-	cbase := gen * (netpol.MaxRules + 1)
+// read sums the per-CPU counters of every current rule and the default.
+func (x *xdpIface) read() (map[string]netpol.Counter, error) {
+	out := make(map[string]netpol.Counter, len(x.slots)+1)
 	var per []policyCounter
-	for i, n := range names {
-		if err := x.objs.Counters.Lookup(cbase+uint32(i), &per); err != nil {
-			return nil, err
+	sum := func(slot uint32) (netpol.Counter, error) {
+		var c netpol.Counter
+		if err := x.objs.Counters.Lookup(slot, &per); err != nil {
+			return c, err
 		}
-		c := out[n]
 		for _, p := range per {
 			c.Add(netpol.Counter{Packets: p.Packets, Bytes: p.Bytes})
 		}
+		return c, nil
+	}
+	for n, slot := range x.slots {
+		c, err := sum(slot)
+		if err != nil {
+			return nil, err
+		}
 		out[n] = c
 	}
-	if err := x.objs.Counters.Lookup(cbase+netpol.MaxRules, &per); err != nil {
+	c, err := sum(defaultSlot)
+	if err != nil {
 		return nil, err
-	}
-	c := out["default"]
-	for _, p := range per {
-		c.Add(netpol.Counter{Packets: p.Packets, Bytes: p.Bytes})
 	}
 	out["default"] = c
 	return out, nil
@@ -375,19 +425,11 @@ func (b *xdpBackend) Stats(name string) (netpol.Stats, error) {
 	if x == nil {
 		return netpol.Stats{}, fmt.Errorf("netpol: no policy on %q", name)
 	}
-	cur, err := x.read(x.gen, x.names)
+	cur, err := x.read()
 	if err != nil {
 		return netpol.Stats{}, err
 	}
-	st := netpol.Stats{Rules: map[string]netpol.Counter{}, Global: map[string]netpol.Counter{}}
-	for n, c := range x.carried {
-		st.Rules[n] = c
-	}
-	for n, c := range cur {
-		cc := st.Rules[n]
-		cc.Add(c)
-		st.Rules[n] = cc
-	}
+	st := netpol.Stats{Rules: cur, Global: map[string]netpol.Counter{}}
 	var per []policyCounter
 	for i, n := range statNames {
 		if err := x.objs.Stats.Lookup(uint32(i), &per); err != nil {

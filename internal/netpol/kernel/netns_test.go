@@ -29,7 +29,7 @@ type lab struct {
 	pinRoot    string
 }
 
-func needRoot(t *testing.T) {
+func needRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("netpol integration tests need root (network namespaces, BPF, nftables)")
@@ -39,7 +39,7 @@ func needRoot(t *testing.T) {
 	}
 }
 
-func newLab(t *testing.T) *lab {
+func newLab(t testing.TB) *lab {
 	t.Helper()
 	needRoot(t)
 	var r [3]byte
@@ -69,7 +69,7 @@ func newLab(t *testing.T) *lab {
 	return l
 }
 
-func (l *lab) manager(t *testing.T) *Manager {
+func (l *lab) manager(t testing.TB) *Manager {
 	return New(Options{Netns: filepath.Join("/var/run/netns", l.gw), PinRoot: l.pinRoot})
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -40,7 +41,23 @@ func objName(rule string) string {
 const nftTableFlagOwner = 0x2 // NFT_TABLE_F_OWNER: removed with its netlink socket
 
 func newNFTBackend(netnsFd int) (*nftBackend, error) {
-	opts := []nftables.ConnOption{nftables.AsLasting()}
+	// A policy of thousands of rules is one transaction, one netlink
+	// message of megabytes, with an acknowledgement per rule: raise both
+	// socket buffers past the sysctl caps (root: SO_*BUFFORCE).
+	bufs := nftables.WithSockOptions(func(c *netlink.Conn) error {
+		rc, err := c.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var serr error
+		err = rc.Control(func(fd uintptr) {
+			serr = errors.Join(
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 64<<20),
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20))
+		})
+		return errors.Join(err, serr)
+	})
+	opts := []nftables.ConnOption{nftables.AsLasting(), bufs}
 	if netnsFd >= 0 {
 		opts = append(opts, nftables.WithNetNSFd(netnsFd))
 	}

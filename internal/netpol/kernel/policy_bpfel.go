@@ -46,6 +46,7 @@ type policyRule struct {
 	Proto   uint8
 	Action  uint8
 	Pad     [2]uint8
+	Counter uint32
 }
 
 // loadPolicy returns the embedded CollectionSpec for policy.

@@ -35,6 +35,7 @@ struct rule {
 	__u8 proto; // IPPROTO_*, 0 = any
 	__u8 action;
 	__u8 pad[2];
+	__u32 counter; // index in counters: stable per rule name across updates
 };
 
 struct gen_settings {
@@ -77,11 +78,13 @@ struct {
 	__type(value, struct rule);
 } rules SEC(".maps");
 
-// Generation g's rule i counts at g*(MAX_RULES+1) + i; the default action at
-// g*(MAX_RULES+1) + MAX_RULES.
+// Per-rule counters, at the slot user space gave the rule's name (a name
+// kept across updates keeps its slot, so updates never reset or copy
+// counters); the default action counts at DEFAULT_SLOT.
+#define DEFAULT_SLOT (2 * MAX_RULES)
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2 * (MAX_RULES + 1));
+	__uint(max_entries, 2 * MAX_RULES + 1);
 	__type(key, __u32);
 	__type(value, struct counter);
 } counters SEC(".maps");
@@ -123,6 +126,7 @@ struct match_ctx {
 	__u8 proto;
 	__s32 hit; // rule index, -1 = none
 	__u8 action;
+	__u32 counter;
 };
 
 static __always_inline void count(void *map, __u32 idx, __u64 bytes) {
@@ -147,6 +151,7 @@ static long match_rule(__u64 i, void *data) {
 		return 0;
 	m->hit = (__s32)i;
 	m->action = r->action;
+	m->counter = r->counter;
 	return 1; // first match wins
 }
 
@@ -244,10 +249,10 @@ int outpost_policy(struct xdp_md *ctx) {
 	__u32 cidx;
 	if (m.hit >= 0) {
 		action = m.action;
-		cidx = gen * (MAX_RULES + 1) + (__u32)m.hit;
+		cidx = m.counter;
 	} else {
 		action = s->default_action;
-		cidx = gen * (MAX_RULES + 1) + MAX_RULES;
+		cidx = DEFAULT_SLOT;
 	}
 	count(&counters, cidx, len);
 	return action == ACTION_PASS ? XDP_PASS : XDP_DROP;

@@ -1,0 +1,53 @@
+package kernel
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/outpost-edge/outpost/internal/netpol"
+)
+
+// TestUpdateLatency measures policy update → enforced (Apply returns after
+// the generation switch or the committed transaction) for 10,000 rules on
+// each backend. A measurement, not a timed assertion: run it with
+//
+//	OUTPOST_NETPOL_BENCH=1 go test -run TestUpdateLatency -v ./internal/netpol/kernel/
+func TestUpdateLatency(t *testing.T) {
+	if os.Getenv("OUTPOST_NETPOL_BENCH") == "" {
+		t.Skip("a benchmark: set OUTPOST_NETPOL_BENCH=1 (docs/bench/netpol.md)")
+	}
+	const nRules, updates = 10000, 40
+	for _, be := range backends {
+		t.Run(be, func(t *testing.T) {
+			l := newLab(t)
+			m := l.manager(t)
+			defer m.Close()
+			policy := func(gen int) netpol.Config {
+				rules := make([]netpol.Rule, nRules)
+				for i := range rules {
+					rules[i] = netpol.Rule{Name: fmt.Sprintf("r%d", i), Action: "deny",
+						Src: fmt.Sprintf("10.%d.%d.0/24", (i/256)%256, i%256), Proto: "tcp", DPort: fmt.Sprint(1000 + gen%100)}
+				}
+				return netpol.Config{Backend: be, Interfaces: []netpol.Interface{{Name: l.gwIf, Default: "allow", OnAgentStop: "open", Rules: rules}}}
+			}
+			if err := m.Apply(policy(0)); err != nil {
+				t.Fatal(err)
+			}
+			var lat []time.Duration
+			for g := 1; g <= updates; g++ {
+				cfg := policy(g)
+				t0 := time.Now()
+				if err := m.Apply(cfg); err != nil {
+					t.Fatal(err)
+				}
+				lat = append(lat, time.Since(t0))
+			}
+			sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+			t.Logf("%s: %d rules, %d updates: p50 %s, p99 %s, max %s", be, nRules, updates,
+				lat[len(lat)/2].Round(time.Microsecond), lat[len(lat)*99/100].Round(time.Microsecond), lat[len(lat)-1].Round(time.Microsecond))
+		})
+	}
+}
