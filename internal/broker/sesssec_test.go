@@ -3,12 +3,17 @@ package broker
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/eclipse/paho.golang/paho"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // The attacks of issue 10 on sessions, wills, shared subscriptions and the
@@ -566,5 +571,39 @@ func TestSessionAndSizeConfigValidation(t *testing.T) {
 				t.Fatalf("error %v, want one about %s", err, tc.want)
 			}
 		})
+	}
+}
+
+// A retained message under a wildcard topic, left in the store by a will
+// before wills were checked, is deleted when the store is read.
+func TestStoredWildcardRetainedIsDropped(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "broker.db")
+	open := func() *store {
+		st := newStore(path, time.Hour, slog.New(slog.DiscardHandler), newBrokerMetrics(metrics.NewSet(), New(Options{})))
+		if err := st.Init(nil); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	st := open()
+	for _, topic := range []string{"cmd/#", "ok/topic"} {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true}, TopicName: topic, Payload: []byte("x")}
+		st.OnRetainMessage(&mqtt.Client{ID: "c"}, pk, 1)
+	}
+	if err := st.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // the second open shows the record was deleted, not just skipped
+		st = open()
+		ms, err := st.StoredRetainedMessages()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ms) != 1 || ms[0].TopicName != "ok/topic" {
+			t.Fatalf("stored retained messages %v, want only ok/topic", ms)
+		}
+		if err := st.Stop(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

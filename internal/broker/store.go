@@ -343,8 +343,21 @@ func (s *store) storedMessages(prefix string) (v []storage.Message, err error) {
 	return v, err
 }
 
+// StoredRetainedMessages returns the retained messages, leaving out (and
+// deleting) any stored under a topic with wildcards: older versions let a
+// will retain such a message, which no client could ever delete.
 func (s *store) StoredRetainedMessages() ([]storage.Message, error) {
-	return s.storedMessages(storage.RetainedKey + "_")
+	all, err := s.storedMessages(storage.RetainedKey + "_")
+	out := all[:0]
+	for _, m := range all {
+		if strings.ContainsAny(m.TopicName, "+#") {
+			s.log.Warn("broker: deleting a stored retained message with a wildcard topic", "file", s.path, "topic", m.TopicName)
+			s.del(retainedKey(m.TopicName))
+			continue
+		}
+		out = append(out, m)
+	}
+	return out, err
 }
 
 func (s *store) StoredInflightMessages() ([]storage.Message, error) {
