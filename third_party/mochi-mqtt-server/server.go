@@ -736,7 +736,13 @@ func (s *Server) processPacket(cl *Client, pk packets.Packet) error {
 
 	if cl.State.Inflight.Len() > 0 && atomic.LoadInt32(&cl.State.Inflight.sendQuota) > 0 {
 		next, ok := cl.State.Inflight.NextImmediate()
-		if ok {
+		if ok && next.TopicName != "" && !s.hooks.OnACLCheck(cl, next.TopicName, false) {
+			// outpost: a queued message the session's user may no longer read is dropped (PATCHES.md 12).
+			if cl.State.Inflight.Delete(next.PacketID) {
+				atomic.AddInt64(&s.Info.Inflight, -1)
+				s.hooks.OnQosDropped(cl, next)
+			}
+		} else if ok {
 			_ = cl.WritePacket(next)
 			if ok := cl.State.Inflight.Delete(next.PacketID); ok {
 				atomic.AddInt64(&s.Info.Inflight, -1)
