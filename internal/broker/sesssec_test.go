@@ -42,6 +42,7 @@ type rawOpts struct {
 	will       string
 	willRetain bool
 	willDelay  uint32 // MQTT 5 will delay interval, seconds
+	receiveMax uint16 // MQTT 5 Receive Maximum (0: not sent)
 }
 
 type rawClient struct {
@@ -90,11 +91,14 @@ func rawConnect(t *testing.T, addr string, o rawOpts) (*rawClient, byte, bool) {
 	}
 	vh := append(mqttString("MQTT"), o.v, flags, 0, 60)
 	if o.v == 5 {
+		var props []byte
 		if o.persistent {
-			vh = append(vh, 5, 0x11, 0, 0, 0x0e, 0x10) // session expiry 3600 s
-		} else {
-			vh = append(vh, 0)
+			props = append(props, 0x11, 0, 0, 0x0e, 0x10) // session expiry 3600 s
 		}
+		if o.receiveMax > 0 {
+			props = append(props, 0x21, byte(o.receiveMax>>8), byte(o.receiveMax))
+		}
+		vh = append(append(vh, byte(len(props))), props...)
 	}
 	body := append(vh, payload...)
 	if _, err := conn.Write(append(append([]byte{0x10}, remLen(len(body))...), body...)); err != nil {
@@ -403,6 +407,35 @@ func TestQueuedMessagesCheckedAtDelivery(t *testing.T) {
 	}
 	if got := back.topicsN(t, 1, testTimeout); len(got) != 1 || got[0] != "jobs/ok/1" {
 		t.Fatalf("got %v, want only jobs/ok/1", got)
+	}
+}
+
+// The same holds for messages parked because the subscriber's Receive
+// Maximum was reached: they are checked when a PUBACK releases them.
+func TestParkedMessagesCheckedAtRelease(t *testing.T) {
+	tb := startBroker(t, probeConfig(), "")
+	sub := mustRaw(t, tb.addr, rawOpts{v: 5, id: "slow", user: "admin", receiveMax: 1})
+	sub.subscribe(t, "jobs/#")
+	pub := mustV5(t, tb.addr, "publisher", "admin", "secret")
+	for _, topic := range []string{"jobs/ok/1", "jobs/secret/2", "jobs/ok/3"} {
+		if rc, err := pub.pub(t, topic, 1, "x"); rc != 0 || err != nil {
+			t.Fatalf("publish %s: %d %v", topic, rc, err)
+		}
+	}
+	_, first := sub.expect(t, 0x30) // in flight; the other two are parked
+	c := probeConfig()
+	c.Users[1].ACL = append([]ACLRule{{Topic: "jobs/secret/#", Access: AccessDeny}}, c.Users[1].ACL...)
+	c.SetDefaults()
+	if err := tb.Reconfigure(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	tl := int(first[0])<<8 | int(first[1])
+	id := first[2+tl : 4+tl]
+	if _, err := sub.Write([]byte{0x40, 0x02, id[0], id[1]}); err != nil {
+		t.Fatal(err)
+	}
+	if got := sub.topicsN(t, 1, testTimeout); len(got) != 1 || got[0] != "jobs/ok/3" {
+		t.Fatalf("released %v, want only jobs/ok/3", got)
 	}
 }
 
