@@ -622,6 +622,7 @@ func newBrokerMetrics(set *metrics.Set, b *Broker) *brokerMetrics {
 	set.NewGauge("outpost_broker_messages_sent", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.MessagesSent) }))
 	set.NewGauge("outpost_broker_inflight_messages", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.Inflight) }))
 	set.NewGauge("outpost_broker_retained_messages", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.Retained) }))
+	set.NewGauge("outpost_broker_retained_bytes", info(func(s *mqtt.Server) int64 { return s.Topics.Retained.Bytes() }))
 	set.NewGauge("outpost_broker_subscriptions", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.Subscriptions) }))
 	set.NewGauge("outpost_broker_bytes_received", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.BytesReceived) }))
 	set.NewGauge(`outpost_broker_messages_dropped_inflight_full`, info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.InflightDropped) }))

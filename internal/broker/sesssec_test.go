@@ -582,6 +582,9 @@ func TestMaxRetained(t *testing.T) {
 	if n := tb.counter(t, `outpost_broker_limit_refusals_total{limit="max_retained"}`); n < 2 {
 		t.Errorf("max_retained refusals counted: %d", n)
 	}
+	if n := tb.counter(t, "outpost_broker_retained_bytes"); n == 0 || n > 64<<10 {
+		t.Errorf("outpost_broker_retained_bytes %d", n)
+	}
 	if n := tb.counter(t, `outpost_broker_limit_refusals_total{limit="max_retained_bytes"}`); n != 1 {
 		t.Errorf("max_retained_bytes refusals counted: %d", n)
 	}
