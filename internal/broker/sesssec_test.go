@@ -361,6 +361,22 @@ func TestSessionBelongsToTheUserThatCreatedIt(t *testing.T) {
 	}
 }
 
+// Nor can another user kick a connected owner (clean session) off by
+// reusing its client id.
+func TestForeignClientCannotKickOwner(t *testing.T) {
+	tb := startBroker(t, probeConfig(), "")
+	owner := mustV5(t, tb.addr, "console", "admin", "secret")
+	owner.sub(t, "jobs/#", 1)
+	for _, v := range []byte{4, 5} {
+		if _, code, _ := rawConnect(t, tb.addr, rawOpts{v: v, id: "console", user: "dev"}); code == 0 {
+			t.Fatalf("v%d: dev connected with the connected owner's client id", v)
+		}
+	}
+	pub := mustV5(t, tb.addr, "publisher", "admin", "secret")
+	pub.pub(t, "jobs/1", 1, "x")
+	expectMsg(t, owner.msgs, "jobs/1") // still connected and subscribed
+}
+
 // With foreign_session: fresh, the other user starts a fresh session: it
 // gets none of the owner's subscriptions or queued messages.
 func TestForeignSessionFresh(t *testing.T) {
