@@ -220,7 +220,8 @@ func (b *Broker) build(c *Config) (*mqtt.Server, error) {
 		InlineClient:           true,
 		SysTopicResendInterval: 3600,
 	})
-	if err := srv.AddHook(&hook{b: b}, nil); err != nil {
+	h := &hook{b: b}
+	if err := srv.AddHook(h, nil); err != nil {
 		return nil, fmt.Errorf("broker: hook: %w", err)
 	}
 	if c.Persistence.On() {
@@ -228,7 +229,8 @@ func (b *Broker) build(c *Config) (*mqtt.Server, error) {
 		if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 			return nil, fmt.Errorf("broker: persistence: %w", err)
 		}
-		if err := srv.AddHook(newStore(path, c.Persistence.FlushInterval.D(), b.log), nil); err != nil {
+		h.store = newStore(path, c.Persistence.FlushInterval.D(), b.log, b.m)
+		if err := srv.AddHook(h.store, nil); err != nil {
 			return nil, fmt.Errorf("broker: persistence: open %s: %w", path, err)
 		}
 	}

@@ -23,6 +23,12 @@ type Config struct {
 	AnonymousACL   []ACLRule `yaml:"anonymous_acl"`
 	Users          []User    `yaml:"users"`
 	Limits         Limits    `yaml:"limits"`
+	// ForeignSession is what happens when a client connects with the client id
+	// of a session that belongs to another user: "refuse" (default: CONNACK
+	// 0x87, 3.1.1: 5 not authorized; the owner's session and connection are
+	// untouched) or "fresh" (the other user's session is discarded, its client
+	// disconnected, and the newcomer starts a fresh session).
+	ForeignSession string `yaml:"foreign_session"`
 	// Persistence keeps retained messages and persistent sessions (with
 	// their queued QoS>0 messages) across restarts in a bbolt file.
 	Persistence Persistence `yaml:"persistence"`
@@ -91,6 +97,20 @@ type Limits struct {
 	MaxPending int `yaml:"max_pending"`
 	// SessionExpiry caps how long a disconnected persistent session is kept.
 	SessionExpiry config.Duration `yaml:"session_expiry"` // default 24h
+	// MaxClientIDLength bounds client ids in bytes (default 256): CONNACK
+	// 0x85, 3.1.1: 2 identifier rejected.
+	MaxClientIDLength int `yaml:"max_client_id_length"`
+	// MaxTopicLength bounds topic names, will topics and subscription
+	// filters in bytes (default 1024): PUBACK 0x90, SUBACK 0x8F, CONNACK 0x90
+	// (3.1.1: the connection is closed).
+	MaxTopicLength int `yaml:"max_topic_length"`
+	// MaxRetained bounds the number of retained topics (default 10000) and
+	// MaxRetainedBytes their topic and payload bytes (default 32MiB). A
+	// publish that would add a topic or bytes beyond them is refused (PUBACK
+	// 0x97); replacing or deleting a retained message is always possible
+	// while it does not grow the store past the limit.
+	MaxRetained      int         `yaml:"max_retained"`
+	MaxRetainedBytes config.Size `yaml:"max_retained_bytes"`
 }
 
 // Persistence configures the broker's file store.
@@ -113,6 +133,12 @@ const (
 	TypeWS   = "ws"
 	TypeWSS  = "wss"
 	TypeUnix = "unix"
+)
+
+// ForeignSession values.
+const (
+	ForeignSessionRefuse = "refuse"
+	ForeignSessionFresh  = "fresh"
 )
 
 // Access values.
@@ -170,6 +196,21 @@ func (c *Config) SetDefaults() {
 	}
 	if lim.SessionExpiry == 0 {
 		lim.SessionExpiry = config.Duration(24 * 60 * 60 * 1e9)
+	}
+	if lim.MaxClientIDLength == 0 {
+		lim.MaxClientIDLength = 256
+	}
+	if lim.MaxTopicLength == 0 {
+		lim.MaxTopicLength = 1024
+	}
+	if lim.MaxRetained == 0 {
+		lim.MaxRetained = 10000
+	}
+	if lim.MaxRetainedBytes == 0 {
+		lim.MaxRetainedBytes = 32 << 20
+	}
+	if c.ForeignSession == "" {
+		c.ForeignSession = ForeignSessionRefuse
 	}
 }
 
@@ -289,6 +330,23 @@ func (c *Config) Validate() error {
 	}
 	if lim.SessionExpiry < 0 {
 		add("limits.session_expiry", "must not be negative")
+	}
+	if lim.MaxClientIDLength < 23 || lim.MaxClientIDLength > 65535 {
+		add("limits.max_client_id_length", "must be between 23 (the least MQTT allows) and 65535")
+	}
+	if lim.MaxTopicLength < 1 || lim.MaxTopicLength > 65535 {
+		add("limits.max_topic_length", "must be between 1 and 65535")
+	}
+	if lim.MaxRetained < 1 {
+		add("limits.max_retained", "must be at least 1")
+	}
+	if lim.MaxRetainedBytes < 1 {
+		add("limits.max_retained_bytes", "must be at least 1 byte")
+	}
+	switch c.ForeignSession {
+	case ForeignSessionRefuse, ForeignSessionFresh:
+	default:
+		add("foreign_session", "unknown value %q (want refuse or fresh)", c.ForeignSession)
 	}
 	return errors.Join(errs...)
 }

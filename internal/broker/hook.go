@@ -28,7 +28,8 @@ import (
 // metrics and the publish handler.
 type hook struct {
 	mqtt.HookBase
-	b *Broker
+	b     *Broker
+	store *store // nil without persistence
 }
 
 func (h *hook) ID() string { return "outpost" }
@@ -37,15 +38,20 @@ func (h *hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnSubscribe,
 		mqtt.OnDisconnect, mqtt.OnPublishDropped, mqtt.OnQosDropped, mqtt.OnSessionEstablished,
-		mqtt.OnPacketProcessed,
+		mqtt.OnPacketProcessed, mqtt.OnConnectAuthorize, mqtt.OnSelectSubscribers, mqtt.OnWill,
 	}, []byte{b})
 }
 
 // OnConnect enforces max_connections: the client gets CONNACK "server busy"
 // (3.1.1: "server unavailable") and the refusal is counted.
-func (h *hook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
+func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	b := h.b
 	srv, cfg := b.server(), b.conf.Load()
+	if srv != nil && cfg != nil {
+		if err := h.connectLimits(srv, cl, pk, cfg.Limits); err != nil {
+			return err
+		}
+	}
 	if srv == nil || cfg == nil || atomic.LoadInt64(&srv.Info.ClientsConnected) < int64(cfg.Limits.MaxConnections) {
 		return nil
 	}
@@ -168,17 +174,28 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, name string, write bool) bool {
 	return ok
 }
 
-// OnSubscribe marks filters deeper than the topic-level limit invalid, so the
-// SUBACK refuses them (0x8F).
+// OnSubscribe marks filters deeper than the topic-level limit or longer than
+// the topic-length limit invalid, so the SUBACK refuses them (0x8F).
 func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
-	max := h.b.maxLevels()
+	max, maxLen := h.b.maxLevels(), h.b.maxTopicLength()
 	for i, f := range pk.Filters {
-		if topic.Levels(topic.StripShare(f.Filter)) > max {
-			h.b.m.limitRefused("topic_levels").Inc()
+		switch {
+		case len(f.Filter) > maxLen:
+			h.b.m.limitRefused("topic_length").Inc()
 			pk.Filters[i].Filter = "#/" // invalid on purpose: refused by the broker
+		case topic.Levels(topic.StripShare(f.Filter)) > max:
+			h.b.m.limitRefused("topic_levels").Inc()
+			pk.Filters[i].Filter = "#/"
 		}
 	}
 	return pk
+}
+
+func (b *Broker) maxTopicLength() int {
+	if cfg := b.conf.Load(); cfg != nil {
+		return cfg.Limits.MaxTopicLength
+	}
+	return 1024
 }
 
 func (b *Broker) maxLevels() int {
@@ -196,9 +213,16 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	}
 	b := h.b
 	b.m.received.Inc()
+	if len(pk.TopicName) > b.maxTopicLength() {
+		b.m.limitRefused("topic_length").Inc()
+		return pk, h.refuse(cl, pk, packets.ErrTopicNameInvalid)
+	}
 	if topic.Levels(pk.TopicName) > b.maxLevels() {
 		b.m.limitRefused("topic_levels").Inc()
 		return pk, h.refuse(cl, pk, packets.ErrTopicNameInvalid)
+	}
+	if pk.FixedHeader.Retain && len(pk.Payload) > 0 && !b.retainFits(pk.TopicName, len(pk.Payload)) {
+		return pk, h.refuse(cl, pk, packets.ErrQuotaExceeded)
 	}
 	b.flowControl(pk.TopicName, pk.FixedHeader.Qos)
 	if b.opts.OnPublish == nil && b.opts.OnPublishAsync == nil {
@@ -447,6 +471,18 @@ func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, err error) 
 		if atomic.LoadInt32(q) <= 0 {
 			return
 		}
+		if next.TopicName != "" && !h.OnACLCheck(cl, next.TopicName, false) {
+			// No longer readable by this session's user (ACL reloaded): dropped.
+			if cl.State.Inflight.Delete(next.PacketID) {
+				if srv := h.b.server(); srv != nil {
+					atomic.AddInt64(&srv.Info.Inflight, -1)
+				}
+				if h.store != nil {
+					h.store.OnQosDropped(cl, next)
+				}
+			}
+			continue
+		}
 		next.Expiry = 0 // no longer parked; awaits its PUBACK
 		cl.State.Inflight.Set(next)
 		cl.State.Inflight.DecreaseSendQuota()
@@ -586,6 +622,7 @@ func newBrokerMetrics(set *metrics.Set, b *Broker) *brokerMetrics {
 	set.NewGauge("outpost_broker_messages_sent", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.MessagesSent) }))
 	set.NewGauge("outpost_broker_inflight_messages", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.Inflight) }))
 	set.NewGauge("outpost_broker_retained_messages", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.Retained) }))
+	set.NewGauge("outpost_broker_retained_bytes", info(func(s *mqtt.Server) int64 { return s.Topics.Retained.Bytes() }))
 	set.NewGauge("outpost_broker_subscriptions", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.Subscriptions) }))
 	set.NewGauge("outpost_broker_bytes_received", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.BytesReceived) }))
 	set.NewGauge(`outpost_broker_messages_dropped_inflight_full`, info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.InflightDropped) }))
@@ -603,6 +640,10 @@ func (m *brokerMetrics) disconnect(reason string) *metrics.Counter {
 
 func (m *brokerMetrics) dropped(reason string) *metrics.Counter {
 	return m.set.GetOrCreateCounter(`outpost_broker_messages_dropped_total{reason="` + reason + `"}`)
+}
+
+func (m *brokerMetrics) connectRefused(reason string) *metrics.Counter {
+	return m.set.GetOrCreateCounter(`outpost_broker_connects_refused_total{reason="` + reason + `"}`)
 }
 
 func (m *brokerMetrics) limitRefused(limit string) *metrics.Counter {

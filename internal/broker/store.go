@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -32,6 +33,7 @@ type store struct {
 	path     string
 	interval time.Duration
 	log      *slog.Logger
+	failed   *metrics.Counter // records that could not be written (each fails alone)
 
 	db *bbolt.DB
 
@@ -47,9 +49,10 @@ var bucketName = []byte("outpost")
 // maxPending triggers an early flush so memory stays bounded under load.
 const maxPending = 4096
 
-func newStore(path string, interval time.Duration, log *slog.Logger) *store {
+func newStore(path string, interval time.Duration, log *slog.Logger, m *brokerMetrics) *store {
 	return &store{path: path, interval: interval, log: log, pending: map[string][]byte{},
-		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+		failed: m.set.GetOrCreateCounter(`outpost_broker_persistence_records_failed_total`),
+		kick:   make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 }
 
 func (s *store) ID() string { return "outpost-store" }
@@ -127,6 +130,7 @@ func (s *store) flush() error {
 	s.mu.Unlock()
 	return s.db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketName)
+		failed := 0
 		for k, v := range batch {
 			var err error
 			if v == nil {
@@ -135,11 +139,26 @@ func (s *store) flush() error {
 				err = b.Put([]byte(k), v)
 			}
 			if err != nil {
-				return err
+				// One bad record (a key over bbolt's 32 KiB limit, a value over
+				// its size limit) fails alone: bbolt checks these before it
+				// changes anything, so the rest of the batch still commits.
+				s.failed.Inc()
+				if failed++; failed > 1 {
+					continue // one line per flush; the counter has them all
+				}
+				s.log.Warn("broker: a session state record could not be persisted", "file", s.path,
+					"key", truncate(k, 64), "key_bytes", len(k), "err", err)
 			}
 		}
 		return nil
 	})
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }
 
 func (s *store) set(key string, v storage.Serializable) {
@@ -324,8 +343,21 @@ func (s *store) storedMessages(prefix string) (v []storage.Message, err error) {
 	return v, err
 }
 
+// StoredRetainedMessages returns the retained messages, leaving out (and
+// deleting) any stored under a topic with wildcards: older versions let a
+// will retain such a message, which no client could ever delete.
 func (s *store) StoredRetainedMessages() ([]storage.Message, error) {
-	return s.storedMessages(storage.RetainedKey + "_")
+	all, err := s.storedMessages(storage.RetainedKey + "_")
+	out := all[:0]
+	for _, m := range all {
+		if strings.ContainsAny(m.TopicName, "+#") {
+			s.log.Warn("broker: deleting a stored retained message with a wildcard topic", "file", s.path, "topic", m.TopicName)
+			s.del(retainedKey(m.TopicName))
+			continue
+		}
+		out = append(out, m)
+	}
+	return out, err
 }
 
 func (s *store) StoredInflightMessages() ([]storage.Message, error) {

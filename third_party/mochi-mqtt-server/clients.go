@@ -311,6 +311,15 @@ func (cl *Client) ResendInflightMessages(force bool) error {
 
 	for _, tk := range cl.State.Inflight.GetAll(false) {
 		if tk.FixedHeader.Type == packets.Publish {
+			// outpost: a queued message is delivered only if the session's user may
+			// still read it (PATCHES.md 12); otherwise it is dropped.
+			if tk.TopicName != "" && !cl.ops.hooks.OnACLCheck(cl, tk.TopicName, false) {
+				if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
+					cl.ops.hooks.OnQosDropped(cl, tk)
+					atomic.AddInt64(&cl.ops.info.Inflight, -1)
+				}
+				continue
+			}
 			tk.FixedHeader.Dup = true // [MQTT-3.3.1-1] [MQTT-3.3.1-3]
 		}
 

@@ -56,6 +56,7 @@ const (
 	StoredInflightMessages
 	StoredRetainedMessages
 	StoredSysInfo
+	OnConnectAuthorize // outpost: appended so the other events keep their values
 )
 
 var (
@@ -81,6 +82,7 @@ type Hook interface {
 	OnStarted()
 	OnStopped()
 	OnConnectAuthenticate(cl *Client, pk packets.Packet) bool
+	OnConnectAuthorize(cl *Client, pk packets.Packet) (packets.Packet, error) // outpost: after authentication, before the session is set up
 	OnACLCheck(cl *Client, topic string, write bool) bool
 	OnSysInfoTick(*system.Info)
 	OnConnect(cl *Client, pk packets.Packet) error
@@ -671,6 +673,26 @@ func (h *Hooks) OnConnectAuthenticate(cl *Client, pk packets.Packet) bool {
 	return false
 }
 
+// OnConnectAuthorize is called after a client has authenticated and before its
+// session is set up (taken over or created). A hook may refuse the connection by
+// returning a packets.Code error (sent as the CONNACK reason), or return a modified
+// packet, e.g. with Connect.Clean set so the client starts a fresh session.
+//
+// outpost: new event (PATCHES.md 10): an authenticated client may still be refused,
+// for a will it may not publish or a session that belongs to another user.
+func (h *Hooks) OnConnectAuthorize(cl *Client, pk packets.Packet) (packets.Packet, error) {
+	for _, hook := range h.GetAll() {
+		if hook.Provides(OnConnectAuthorize) {
+			npk, err := hook.OnConnectAuthorize(cl, pk)
+			if err != nil {
+				return pk, err
+			}
+			pk = npk
+		}
+	}
+	return pk, nil
+}
+
 // OnACLCheck is called when a user attempts to publish or subscribe to a topic filter.
 // An implementation of this method MUST be used to allow or deny access to the
 // (see hooks/auth/allow_all or basic). It can be used in custom hooks to
@@ -736,6 +758,11 @@ func (h *HookBase) OnSysInfoTick(*system.Info) {}
 // OnConnectAuthenticate is called when a user attempts to authenticate with the server.
 func (h *HookBase) OnConnectAuthenticate(cl *Client, pk packets.Packet) bool {
 	return false
+}
+
+// OnConnectAuthorize is called after a client authenticated, before its session is set up.
+func (h *HookBase) OnConnectAuthorize(cl *Client, pk packets.Packet) (packets.Packet, error) {
+	return pk, nil
 }
 
 // OnACLCheck is called when a user attempts to subscribe or publish to a topic.

@@ -449,6 +449,24 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 		return packets.ErrBadUsernameOrPassword
 	}
 
+	// outpost: an authenticated client may still be refused, with a reason code
+	// (PATCHES.md 10). MQTT 3.1.1 has return codes for few reasons: for the others
+	// the connection is closed without a CONNACK, as 3.1.1 requires for errors.
+	if pkx, err := s.hooks.OnConnectAuthorize(cl, pk); err != nil {
+		code, ok := err.(packets.Code)
+		if !ok {
+			code = packets.ErrNotAuthorized
+		}
+		if _, v3 := packets.V5CodesToV3[code]; cl.Properties.ProtocolVersion == 5 || v3 {
+			if err := s.SendConnack(cl, code, false, nil); err != nil {
+				return fmt.Errorf("invalid connection send ack: %w", err)
+			}
+		}
+		return code
+	} else {
+		pk = pkx
+	}
+
 	atomic.AddInt64(&s.Info.ClientsConnected, 1)
 	defer atomic.AddInt64(&s.Info.ClientsConnected, -1)
 
@@ -718,7 +736,13 @@ func (s *Server) processPacket(cl *Client, pk packets.Packet) error {
 
 	if cl.State.Inflight.Len() > 0 && atomic.LoadInt32(&cl.State.Inflight.sendQuota) > 0 {
 		next, ok := cl.State.Inflight.NextImmediate()
-		if ok {
+		if ok && next.TopicName != "" && !s.hooks.OnACLCheck(cl, next.TopicName, false) {
+			// outpost: a queued message the session's user may no longer read is dropped (PATCHES.md 12).
+			if cl.State.Inflight.Delete(next.PacketID) {
+				atomic.AddInt64(&s.Info.Inflight, -1)
+				s.hooks.OnQosDropped(cl, next)
+			}
+		} else if ok {
 			_ = cl.WritePacket(next)
 			if ok := cl.State.Inflight.Delete(next.PacketID); ok {
 				atomic.AddInt64(&s.Info.Inflight, -1)
@@ -1520,6 +1544,13 @@ func (s *Server) sendLWT(cl *Client) {
 
 	modifiedLWT := s.hooks.OnWill(cl, cl.Properties.Will)
 
+	// outpost: a will is a publish by its client: it must still be allowed when it
+	// fires (the ACL may have changed since CONNECT). PATCHES.md 11.
+	if !IsValidFilter(modifiedLWT.TopicName, true) || !s.hooks.OnACLCheck(cl, modifiedLWT.TopicName, true) {
+		atomic.StoreUint32(&cl.Properties.Will.Flag, 0)
+		return
+	}
+
 	pk := packets.Packet{
 		FixedHeader: packets.FixedHeader{
 			Type:   packets.Publish,
@@ -1534,6 +1565,7 @@ func (s *Server) sendLWT(cl *Client) {
 		Origin:  cl.ID,
 		Created: time.Now().Unix(),
 	}
+	pk.Connect.Username = cl.Properties.Username // outpost: whose ACL applies when a delayed will fires
 
 	if cl.Properties.Will.WillDelayInterval > 0 {
 		pk.Connect.WillProperties.WillDelayInterval = cl.Properties.Will.WillDelayInterval
@@ -1746,6 +1778,17 @@ func (s *Server) clearExpiredInflights(now int64) {
 func (s *Server) sendDelayedLWT(dt int64) {
 	for id, pk := range s.loop.willDelayed.GetAll() {
 		if dt > pk.Expiry {
+			// outpost: checked against its client's ACL again when it fires, with the
+			// username it was sent under if the session is gone (PATCHES.md 11).
+			acl, ok := s.Clients.Get(id)
+			if !ok {
+				acl = s.NewClient(nil, "", id, false)
+				acl.Properties.Username = pk.Connect.Username
+			}
+			if !s.hooks.OnACLCheck(acl, pk.TopicName, true) {
+				s.loop.willDelayed.Delete(id)
+				continue
+			}
 			s.publishToSubscribers(pk) // [MQTT-3.1.2-8]
 			if cl, ok := s.Clients.Get(id); ok {
 				if pk.FixedHeader.Retain {

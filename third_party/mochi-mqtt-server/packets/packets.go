@@ -65,7 +65,20 @@ var (
 // Packets is a concurrency safe map of packets.
 type Packets struct {
 	internal map[string]Packet
+	bytes    int64 // outpost: topic and payload bytes of the packets held (PATCHES.md 13)
 	sync.RWMutex
+}
+
+// outpost: size counts what a held packet costs for Packets.Bytes.
+func size(pk Packet) int64 { return int64(len(pk.TopicName) + len(pk.Payload)) }
+
+// Bytes returns the topic and payload bytes of the packets held.
+//
+// outpost: lets the broker bound the retained store in bytes (PATCHES.md 13).
+func (p *Packets) Bytes() int64 {
+	p.RLock()
+	defer p.RUnlock()
+	return p.bytes
 }
 
 // NewPackets returns a new instance of Packets.
@@ -79,6 +92,10 @@ func NewPackets() *Packets {
 func (p *Packets) Add(id string, val Packet) {
 	p.Lock()
 	defer p.Unlock()
+	if old, ok := p.internal[id]; ok {
+		p.bytes -= size(old)
+	}
+	p.bytes += size(val)
 	p.internal[id] = val
 }
 
@@ -132,6 +149,9 @@ func (p *Packets) Len() int {
 func (p *Packets) Delete(id string) {
 	p.Lock()
 	defer p.Unlock()
+	if old, ok := p.internal[id]; ok {
+		p.bytes -= size(old)
+	}
 	delete(p.internal, id)
 }
 
