@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -41,7 +42,7 @@ import (
 
 // verifyHook, when set (tests only), runs inside every slow verification
 // while its slot is held.
-var verifyHook func()
+var verifyHook atomic.Pointer[func()]
 
 // loginGuard is the broker's failed-login state; it outlives config
 // reloads.
@@ -318,8 +319,8 @@ func (b *Broker) checkPassword(st *authState, cl *mqtt.Client, user string, pw [
 		return r
 	}
 	b.m.verifications.Inc()
-	if verifyHook != nil {
-		verifyHook()
+	if h := verifyHook.Load(); h != nil {
+		(*h)()
 	}
 	ok := verifyPassword(hash, pw) && known
 	st.releaseHash()

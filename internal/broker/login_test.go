@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"runtime"
@@ -203,3 +204,155 @@ func TestPendingConnectionsCountAgainstMaxConnections(t *testing.T) {
 }
 
 var _ = context.Background
+
+// rawConnectFrom is rawConnect from a given loopback source address.
+func rawConnectFrom(t *testing.T, src, addr, id, user, pass string) int {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: testTimeout}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(testTimeout))
+	if _, err := c.Write(connectPacket(id, user, pass)); err != nil {
+		return -1
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(c, buf); err != nil || buf[0] != 0x20 {
+		return -1
+	}
+	return int(buf[3])
+}
+
+// TestVerificationSlotsBusy: with every verification slot taken, a login
+// waits login.hash_wait and is refused "server busy" (3.1.1: server
+// unavailable) instead of hashing in parallel.
+func TestVerificationSlotsBusy(t *testing.T) {
+	c := baseConfig(t)
+	c.Login.MaxParallelHashes = 1
+	c.Login.HashWait = config.Duration(50 * time.Millisecond)
+	tb := startBroker(t, c, "")
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	hook := func() {
+		select {
+		case entered <- struct{}{}:
+			<-release
+		default:
+		}
+	}
+	verifyHook.Store(&hook)
+	t.Cleanup(func() { verifyHook.Store(nil) })
+	first := make(chan int, 1)
+	go func() { first <- rawConnect(t, tb.addr, "c1", "alice", "secret") }()
+	<-entered // the only slot is held
+	if rc := rawConnect(t, tb.addr, "c2", "admin", "secret"); rc != 0x03 {
+		t.Fatalf("3.1.1 login with all slots busy: return code %d, want 3 (server unavailable)", rc)
+	}
+	if _, ca, err := dialV5(t, "tcp", tb.addr, "c3", "admin", "secret", true); err == nil || ca == nil || ca.ReasonCode != 0x89 {
+		t.Fatalf("MQTT 5 login with all slots busy: err=%v connack=%+v, want 0x89", err, ca)
+	}
+	close(release)
+	if rc := <-first; rc != 0 {
+		t.Fatalf("the login holding the slot: return code %d", rc)
+	}
+	if got := tb.counter(t, `outpost_broker_login_refusals_total{reason="verification_busy"}`); got != 2 {
+		t.Fatalf("verification_busy refusals = %d, want 2", got)
+	}
+	mustV5(t, tb.addr, "c4", "admin", "secret") // slot free again
+}
+
+// TestFailedLoginBackoff: after login.free_failures failures an address is
+// refused without verification, and so is the username from addresses it
+// has not logged in from; other addresses and users are not slowed.
+func TestFailedLoginBackoff(t *testing.T) {
+	c := baseConfig(t)
+	c.Login.FreeFailures = 2
+	c.Login.BackoffInitial = config.Duration(time.Minute) // no expiry during the test
+	tb := startBroker(t, c, "")
+	const attacker, other, device = "127.0.0.1", "127.0.0.2", "127.0.0.3"
+	if rc := rawConnectFrom(t, device, tb.addr, "dev", "alice", "secret"); rc != 0 {
+		t.Fatalf("alice from her device: %d", rc)
+	}
+	for i := range 2 {
+		if rc := rawConnectFrom(t, attacker, tb.addr, "x", "alice", "guess"); rc != 0x05 {
+			t.Fatalf("guess %d: return code %d, want 5", i, rc)
+		}
+	}
+	v := tb.verifications(t)
+	steps := []struct {
+		src, user, pass string
+		want            int
+		what            string
+	}{
+		{attacker, "admin", "secret", 0x03, "any login from the backed-off address"},
+		{attacker, "alice", "guess", 0x03, "another guess from the backed-off address"},
+		{other, "alice", "secret", 0x03, "alice from an address she never logged in from"},
+		{other, "admin", "secret", 0, "another user from another address"},
+		{device, "alice", "secret", 0, "alice from the address she logged in from before"},
+	}
+	for _, s := range steps {
+		if rc := rawConnectFrom(t, s.src, tb.addr, "y", s.user, s.pass); rc != s.want {
+			t.Fatalf("%s: return code %d, want %d", s.what, rc, s.want)
+		}
+	}
+	if got := tb.verifications(t); got != v+1 { // admin from `other`; alice hits the cache
+		t.Fatalf("verifications during backoff: %d, want %d (refusals must not hash)", got, v+1)
+	}
+	if got := tb.counter(t, `outpost_broker_login_refusals_total{reason="rate_limited_address"}`); got != 2 {
+		t.Fatalf("rate_limited_address = %d, want 2", got)
+	}
+	if got := tb.counter(t, `outpost_broker_login_refusals_total{reason="rate_limited_username"}`); got != 1 {
+		t.Fatalf("rate_limited_username = %d, want 1", got)
+	}
+	if _, ca, err := dialV5(t, "tcp", tb.addr, "z", "admin", "secret", true); err == nil || ca == nil || ca.ReasonCode != 0x9F {
+		t.Fatalf("MQTT 5 from the backed-off address: err=%v connack=%+v, want 0x9F", err, ca)
+	}
+}
+
+func TestFailLimiter(t *testing.T) {
+	p := Login{FreeFailures: 3, BackoffInitial: config.Duration(time.Second), BackoffMax: config.Duration(10 * time.Second), Tracked: 16}
+	var l failLimiter
+	now := time.Unix(1000, 0)
+	want := []time.Duration{0, 0, time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 10 * time.Second, 10 * time.Second}
+	for i, w := range want {
+		if d := l.fail("a", now, p); d != w {
+			t.Fatalf("failure %d: backoff %v, want %v", i+1, d, w)
+		}
+		if got := l.blockedFor("a", now); got != w {
+			t.Fatalf("failure %d: blocked for %v, want %v", i+1, got, w)
+		}
+	}
+	if d := l.blockedFor("a", now.Add(11*time.Second)); d != 0 {
+		t.Fatalf("still blocked after the backoff: %v", d)
+	}
+	// Quiet for twice backoff_max: forgiven.
+	if d := l.fail("a", now.Add(time.Minute), p); d != 0 {
+		t.Fatalf("after a quiet minute: backoff %v, want 0", d)
+	}
+	// Bounded: the least recently failed keys are forgotten.
+	for i := range 100 {
+		l.fail(fmt.Sprint("k", i), now, p)
+	}
+	if n := l.ll.Len(); n != 16 || len(l.m) != 16 {
+		t.Fatalf("tracked %d/%d keys, want 16", n, len(l.m))
+	}
+	if l.has("a") || !l.has("k99") {
+		t.Fatal("LRU kept the wrong keys")
+	}
+}
+
+func TestAddrKey(t *testing.T) {
+	for _, tc := range []struct{ remote, want string }{
+		{"127.0.0.1:5555", "127.0.0.1"},
+		{"[::ffff:10.0.0.1]:1", "10.0.0.1"},
+		{"[2001:db8:1:2:3:4:5:6]:1883", "2001:db8:1:2::/64"},
+		{"[2001:db8:1:2:ffff::1]:1883", "2001:db8:1:2::/64"},
+		{"@", "local:unix"},
+		{"", "local:unix"},
+	} {
+		if got := addrKey(tc.remote, "unix"); got != tc.want {
+			t.Errorf("addrKey(%q) = %q, want %q", tc.remote, got, tc.want)
+		}
+	}
+}
