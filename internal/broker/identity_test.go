@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -248,5 +249,42 @@ func TestCertificateIdentity(t *testing.T) {
 		if got := connect(tc.listener, tc.cert, tc.key, tc.id, tc.user); got != tc.want {
 			t.Errorf("%s: reason 0x%x, want 0x%x", tc.what, got, tc.want)
 		}
+	}
+}
+
+// TestPeerCertThroughWrapper: the verified certificate is found behind a
+// connection wrapper that embeds its net.Conn as Conn, as mochi's WebSocket
+// connection does (wss listeners).
+func TestPeerCertThroughWrapper(t *testing.T) {
+	dir := t.TempDir()
+	ca, caKey := newCA(t)
+	s := &signer{ca, caKey}
+	serverCert, serverKey := writeCert(t, dir, "server", s)
+	clientCert, clientKey := writeClientCert(t, dir, "dev", "dev7", nil, s)
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	skp, _ := tls.LoadX509KeyPair(serverCert, serverKey)
+	ckp, _ := tls.LoadX509KeyPair(clientCert, clientKey)
+	a, b := net.Pipe()
+	srv := tls.Server(a, &tls.Config{Certificates: []tls.Certificate{skp}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert})
+	cli := tls.Client(b, &tls.Config{RootCAs: pool, ServerName: "localhost", Certificates: []tls.Certificate{ckp}})
+	done := make(chan error, 1)
+	go func() { done <- cli.Handshake() }()
+	if err := srv.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	defer cli.Close()
+	type wrapper struct{ net.Conn }
+	for _, c := range []net.Conn{srv, &wrapper{Conn: srv}, &wrapper{Conn: &wrapper{Conn: srv}}} {
+		if name, err := certIdentity(c, IdentityCertCN); err != nil || name != "dev7" {
+			t.Fatalf("%T: identity %q, %v; want dev7", c, name, err)
+		}
+	}
+	if cert := peerCert(&wrapper{Conn: a}); cert != nil {
+		t.Fatal("a plain connection has no certificate")
 	}
 }
