@@ -44,7 +44,8 @@ type Login struct {
 	MaxParallelHashes int `yaml:"max_parallel_hashes"`
 	// HashWait is how long a login waits for a free verification slot
 	// before it is refused with CONNACK 0x89 server busy (3.1.1: 0x03).
-	// Default 2s.
+	// Default 2s (at most half of limits.connect_timeout); it must be
+	// shorter than connect_timeout, which bounds the whole login.
 	HashWait config.Duration `yaml:"hash_wait"`
 	// RateLimit slows down failed logins per source address and per
 	// username (default on).
@@ -239,7 +240,7 @@ func (c *Config) SetDefaults() {
 		lg.MaxParallelHashes = min(runtime.GOMAXPROCS(0), 4)
 	}
 	if lg.HashWait == 0 {
-		lg.HashWait = config.Duration(2 * time.Second)
+		lg.HashWait = config.Duration(min(2*time.Second, lim.ConnectTimeout.D()/2))
 	}
 	if lg.FreeFailures == 0 {
 		lg.FreeFailures = 5
@@ -404,6 +405,8 @@ func (c *Config) Validate() error {
 	}
 	if d := lg.HashWait.D(); d < time.Millisecond || d > time.Minute {
 		add("login.hash_wait", "must be between 1ms and 1m")
+	} else if d >= lim.ConnectTimeout.D() {
+		add("login.hash_wait", "must be shorter than limits.connect_timeout (%s), which also bounds the login: a refusal after a longer wait could not be sent", lim.ConnectTimeout)
 	}
 	if lg.FreeFailures < 1 || lg.FreeFailures > 1000 {
 		add("login.free_failures", "must be between 1 and 1000")

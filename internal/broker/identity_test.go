@@ -125,6 +125,10 @@ func TestLoginConfigValidation(t *testing.T) {
 		{"max_parallel_hashes", func(c *Config) { c.Login.MaxParallelHashes = -1 }, "login.max_parallel_hashes"},
 		{"backoff_max", func(c *Config) { c.Login.BackoffMax = config.Duration(time.Millisecond) }, "login.backoff_max"},
 		{"tracked", func(c *Config) { c.Login.Tracked = 1 }, "login.tracked"},
+		{"hash_wait vs connect_timeout", func(c *Config) {
+			c.Limits.ConnectTimeout = config.Duration(time.Second)
+			c.Login.HashWait = config.Duration(time.Second)
+		}, "login.hash_wait: must be shorter than limits.connect_timeout (1s)"},
 		{"identity", func(c *Config) {
 			c.Listeners = []Listener{{Type: TypeTLS, Address: "127.0.0.1:0", TLS: TLS{Identity: "cert_uid"}}}
 		}, `unknown identity "cert_uid"`},
