@@ -114,7 +114,7 @@ type Broker struct {
 
 	guard    loginGuard // failed logins per address and username (login.go)
 	conns    connGuard  // connections that have not logged in yet (conns.go)
-	admitted sync.Map   // *mqtt.Client -> struct{}: login admitted it (login.go)
+	admitted sync.Map   // net.Conn -> struct{}: login admitted its client (login.go)
 }
 
 var _ module.Module = (*Broker)(nil)

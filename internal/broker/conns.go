@@ -69,6 +69,7 @@ func (g *connGuard) establish(id string, c net.Conn, next listeners.EstablishFn)
 	g.conns.Store(c, struct{}{})
 	_ = c.SetDeadline(time.Now().Add(timeout))
 	err := next(id, c)
+	b.admitted.Delete(c) // in case a later OnConnect hook refused an admitted client
 	if g.decided(c) && isTimeout(err) {
 		b.m.disconnect("connect_timeout").Inc()
 	}

@@ -205,7 +205,7 @@ func (b *Broker) login(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	if r.ok() {
 		cl.Properties.Username = []byte(r.user)
-		b.admitted.Store(cl, struct{}{})
+		b.admitted.Store(cl.Net.Conn, struct{}{})
 		return nil
 	}
 	b.m.authFailures.Inc()
@@ -232,7 +232,10 @@ func (b *Broker) login(cl *mqtt.Client, pk packets.Packet) error {
 
 // loggedIn reports (once) whether login admitted cl.
 func (b *Broker) loggedIn(cl *mqtt.Client) bool {
-	_, ok := b.admitted.LoadAndDelete(cl)
+	if cl.Net.Conn == nil {
+		return false
+	}
+	_, ok := b.admitted.LoadAndDelete(cl.Net.Conn)
 	return ok
 }
 
