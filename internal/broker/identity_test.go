@@ -20,6 +20,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/outpost-edge/outpost/internal/config"
+	"github.com/outpost-edge/outpost/internal/loadgen"
 )
 
 // TestClientIDBinding: devices sharing an ACL with %c cannot impersonate
@@ -290,5 +291,39 @@ func TestPeerCertThroughWrapper(t *testing.T) {
 	}
 	if cert := peerCert(&wrapper{Conn: a}); cert != nil {
 		t.Fatal("a plain connection has no certificate")
+	}
+}
+
+// TestCertificateIdentityOverWSS: identity cert_cn works on a wss listener,
+// where the TLS connection sits under mochi's WebSocket wrapper; without a
+// certificate the client is refused.
+func TestCertificateIdentityOverWSS(t *testing.T) {
+	dir := t.TempDir()
+	ca, caKey := newCA(t)
+	s := &signer{ca, caKey}
+	serverCert, serverKey := writeCert(t, dir, "server", s)
+	caFile := filepath.Join(dir, "ca.pem")
+	os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw}), 0o600)
+	adminCert, adminKey := writeClientCert(t, dir, "cn-admin", "admin", nil, s)
+	addr := freeAddr(t)
+	c := baseConfig(t)
+	c.Listeners = []Listener{{Name: "wss", Type: TypeWSS, Address: addr,
+		TLS: TLS{CertFile: serverCert, KeyFile: serverKey, ClientCAFile: caFile, Identity: IdentityCertCN}}}
+	startBroker(t, c, "")
+	run := func(cert, key string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		res, err := loadgen.Run(ctx, loadgen.Config{URL: "wss://" + addr + "/", CAFile: caFile, CertFile: cert, KeyFile: key,
+			Publishers: 1, Subscribers: 1, QoS: 1, Count: 20, Topic: "lt/{client}/x"})
+		if err == nil && (res.Sent != 20 || res.Lost != 0) {
+			t.Fatalf("sent %d lost %d", res.Sent, res.Lost)
+		}
+		return err
+	}
+	if err := run(adminCert, adminKey); err != nil {
+		t.Fatalf("wss with certificate CN admin: %v", err)
+	}
+	if err := run("", ""); err == nil {
+		t.Fatal("wss without a certificate was admitted")
 	}
 }
