@@ -5,33 +5,52 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 )
 
 // authState is the immutable snapshot of users and policies from config,
 // swapped atomically on reload.
 type authState struct {
-	users      map[string]*userEntry
-	anonymous  bool
-	anonACL    acl
-	cnListener map[string]bool // listeners authenticating by certificate CN
+	users     map[string]*userEntry
+	anonymous bool
+	anonACL   acl
+	// certListener maps a listener to where it takes identities from
+	// verified client certificates: identityLenient (use_cn_as_username:
+	// the CN when a certificate is given, else a password), cert_cn or
+	// cert_san (the certificate only).
+	certListener map[string]string
+	login        Login
 
-	// verified caches a keyed hash of passwords that passed the slow hash
-	// check, so reconnect storms do not cost 50 ms of CPU per client. It lives
-	// only as long as this snapshot: a config change clears it.
+	// hashes bounds concurrent slow verifications (a semaphore).
+	hashes chan struct{}
+	// dummy is a hash with the most common parameters among the users',
+	// verified (and the result ignored) for unknown usernames, so that they
+	// cost what a known one costs.
+	dummy string
+
+	// verified caches a keyed hash (HMAC with a random per-snapshot key) of
+	// username and password pairs that passed the slow hash check, so
+	// reconnect storms do not cost a slow hash per client. Only the exact
+	// right credential hits: a wrong password misses and pays the full
+	// verification. It lives only as long as this snapshot: a config
+	// change clears it.
 	cacheKey []byte
 	mu       sync.Mutex
-	verified map[string][32]byte
+	verified map[[32]byte]struct{}
 }
 
+// identityLenient is certListener's value for use_cn_as_username.
+const identityLenient = "cn_or_password"
+
 type userEntry struct {
-	hash string
-	acl  acl
+	hash      string
+	acl       acl
+	clientIDs *clientIDPattern // nil: any client id
 }
 
 // identity is a run-time credential issued to a supervised component. Its
@@ -46,25 +65,71 @@ type identity struct {
 // may not use it.
 const IdentityPrefix = "component:"
 
+// verifiedCacheMax bounds the verified cache (it is cleared when full).
+const verifiedCacheMax = 10000
+
 func newAuthState(c *Config) *authState {
 	st := &authState{
-		users:      make(map[string]*userEntry, len(c.Users)),
-		anonymous:  c.AllowAnonymous,
-		anonACL:    compileACL(c.AnonymousACL),
-		cnListener: map[string]bool{},
-		verified:   map[string][32]byte{},
-		cacheKey:   make([]byte, 32),
+		users:        make(map[string]*userEntry, len(c.Users)),
+		anonymous:    c.AllowAnonymous,
+		anonACL:      compileACL(c.AnonymousACL),
+		certListener: map[string]string{},
+		login:        c.Login,
+		hashes:       make(chan struct{}, max(c.Login.MaxParallelHashes, 1)),
+		verified:     map[[32]byte]struct{}{},
+		cacheKey:     make([]byte, 32),
 	}
 	_, _ = rand.Read(st.cacheKey)
 	for _, u := range c.Users {
-		st.users[u.Username] = &userEntry{hash: u.PasswordHash, acl: compileACL(u.ACL)}
+		e := &userEntry{hash: u.PasswordHash, acl: compileACL(u.ACL)}
+		pattern := u.ClientIDPattern
+		if pattern == "" {
+			pattern = c.ClientIDPattern
+		}
+		if pattern != "" {
+			e.clientIDs = compileClientIDPattern(pattern, u.Username)
+		}
+		st.users[u.Username] = e
 	}
+	st.dummy = dummyHash(c.Users)
 	for _, l := range c.Listeners {
-		if l.TLS.UseCNAsUsername {
-			st.cnListener[l.Name] = true
+		switch {
+		case l.TLS.Identity != "":
+			st.certListener[l.Name] = l.TLS.Identity
+		case l.TLS.UseCNAsUsername:
+			st.certListener[l.Name] = identityLenient
 		}
 	}
 	return st
+}
+
+// dummyHash returns the hash of a user whose parameters (format and cost)
+// are the most common among users: verifying an unknown username's password
+// against it costs what a known user's costs.
+func dummyHash(users []User) string {
+	count := map[string]int{}
+	best, bestN := "", 0
+	for _, u := range users {
+		k := hashParams(u.PasswordHash)
+		count[k]++
+		if count[k] > bestN {
+			best, bestN = u.PasswordHash, count[k]
+		}
+	}
+	return best
+}
+
+// hashParams is the part of a hash that sets its cost: "$2a$10$" for
+// bcrypt, "$argon2id$v=19$m=..,t=..,p=..$" for argon2id.
+func hashParams(h string) string {
+	parts := strings.SplitAfterN(h, "$", 5)
+	if strings.HasPrefix(h, "$argon2id$") && len(parts) == 5 {
+		return strings.Join(parts[:4], "")
+	}
+	if len(parts) >= 3 {
+		return strings.Join(parts[:3], "")
+	}
+	return h
 }
 
 func (st *authState) mac(user string, pw []byte) [32]byte {
@@ -77,30 +142,40 @@ func (st *authState) mac(user string, pw []byte) [32]byte {
 	return out
 }
 
-// checkUser verifies a config user's password, using the verified cache.
-func (st *authState) checkUser(user string, pw []byte) bool {
-	u, ok := st.users[user]
-	if !ok {
-		return false
-	}
-	m := st.mac(user, pw)
+func (st *authState) cached(m [32]byte) bool {
 	st.mu.Lock()
-	cached, hit := st.verified[user]
-	st.mu.Unlock()
-	if hit {
-		return subtle.ConstantTimeCompare(cached[:], m[:]) == 1
-	}
-	if !verifyPassword(u.hash, pw) {
-		return false
-	}
+	defer st.mu.Unlock()
+	_, ok := st.verified[m]
+	return ok
+}
+
+func (st *authState) remember(m [32]byte) {
 	st.mu.Lock()
-	if len(st.verified) > 10000 {
+	defer st.mu.Unlock()
+	if len(st.verified) >= verifiedCacheMax {
 		clear(st.verified)
 	}
-	st.verified[user] = m
-	st.mu.Unlock()
-	return true
+	st.verified[m] = struct{}{}
 }
+
+// acquireHash takes a verification slot, waiting at most wait.
+func (st *authState) acquireHash(wait time.Duration) bool {
+	select {
+	case st.hashes <- struct{}{}:
+		return true
+	default:
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case st.hashes <- struct{}{}:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+func (st *authState) releaseHash() { <-st.hashes }
 
 // Access is what a component identity may do beyond its own namespace
 // components/<name>/#.

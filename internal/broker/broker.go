@@ -111,6 +111,10 @@ type Broker struct {
 	nextSub int
 
 	logOnce logLimiter
+
+	guard    loginGuard // failed logins per address and username (login.go)
+	conns    connGuard  // connections that have not logged in yet (conns.go)
+	admitted sync.Map   // net.Conn -> struct{}: login admitted its client (login.go)
 }
 
 var _ module.Module = (*Broker)(nil)
@@ -129,6 +133,7 @@ func New(opts Options) *Broker {
 	}
 	b := &Broker{opts: opts, log: opts.Logger, identities: map[string]*identity{}, subs: map[int]inlineSub{},
 		ackers: map[*mqtt.Client]*acker{}}
+	b.conns.b = b
 	b.m = newBrokerMetrics(opts.Metrics, b)
 	b.logOnce.max = 4096
 	b.setHealth(module.StateStarting, "")
@@ -240,7 +245,7 @@ func (b *Broker) build(c *Config) (*mqtt.Server, error) {
 			srv.Close()
 			return nil, err
 		}
-		if err := srv.AddListener(l); err != nil {
+		if err := srv.AddListener(&guardedListener{Listener: l, g: &b.conns}); err != nil {
 			srv.Close()
 			return nil, fmt.Errorf("%w %s (%s %s): %v", ErrListener, lc.Name, lc.Type, listenerAddr(lc), err)
 		}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -32,7 +33,46 @@ type Config struct {
 	// Persistence keeps retained messages and persistent sessions (with
 	// their queued QoS>0 messages) across restarts in a bbolt file.
 	Persistence Persistence `yaml:"persistence"`
+	// ClientIDPattern binds client ids to users: a user without its own
+	// client_id_pattern may connect only with a client id matching this one
+	// (%u is the username, * any run of characters). Empty: any client id.
+	ClientIDPattern string `yaml:"client_id_pattern"`
+	// Login bounds the cost of password logins (see login.go).
+	Login Login `yaml:"login"`
 }
+
+// Login bounds what password logins may cost the gateway: how many slow
+// hash verifications run at once, and how failed logins are slowed down.
+type Login struct {
+	// MaxParallelHashes is how many password verifications may run at once
+	// (default: GOMAXPROCS, at most 4). Each argon2id verification holds
+	// its m parameter in memory while it runs.
+	MaxParallelHashes int `yaml:"max_parallel_hashes"`
+	// HashWait is how long a login waits for a free verification slot
+	// before it is refused with CONNACK 0x89 server busy (3.1.1: 0x03).
+	// Default 2s (at most half of limits.connect_timeout); it must be
+	// shorter than connect_timeout, which bounds the whole login.
+	HashWait config.Duration `yaml:"hash_wait"`
+	// RateLimit slows down failed logins per source address and per
+	// username (default on).
+	RateLimit *bool `yaml:"rate_limit"`
+	// FreeFailures is how many failed logins an address or a username may
+	// have before backoff starts (default 5).
+	FreeFailures int `yaml:"free_failures"`
+	// BackoffInitial is the first refusal period after FreeFailures
+	// failures; it doubles with every further failure up to BackoffMax.
+	// During it logins from that address (or for that username) are
+	// refused with CONNACK 0x9F connection rate exceeded (3.1.1: 0x03)
+	// without verifying the password. Defaults 1s and 5m.
+	BackoffInitial config.Duration `yaml:"backoff_initial"`
+	BackoffMax     config.Duration `yaml:"backoff_max"`
+	// Tracked is how many addresses, and how many usernames, the rate
+	// limiter remembers (least recently failed forgotten first). Default 4096.
+	Tracked int `yaml:"tracked"`
+}
+
+// RateLimitOn reports whether failed logins are rate-limited.
+func (l Login) RateLimitOn() bool { return l.RateLimit == nil || *l.RateLimit }
 
 // Listener is one network endpoint.
 type Listener struct {
@@ -55,8 +95,14 @@ type TLS struct {
 	RequireClientCert bool   `yaml:"require_client_cert"`
 	// UseCNAsUsername authenticates a client by its verified certificate's
 	// common name (no password needed); ACLs then apply to that user.
-	UseCNAsUsername bool   `yaml:"use_cn_as_username"`
-	MinVersion      string `yaml:"min_version"` // "1.2" (default) or "1.3"
+	UseCNAsUsername bool `yaml:"use_cn_as_username"`
+	// Identity, when set, makes the verified client certificate the only
+	// way to log in on this listener: cert_cn uses its common name as the
+	// username, cert_san its one DNS subject alternative name. Usernames
+	// and passwords sent in CONNECT are ignored; a client without a
+	// verified certificate is refused (0x87 not authorized).
+	Identity   string `yaml:"identity"`
+	MinVersion string `yaml:"min_version"` // "1.2" (default) or "1.3"
 }
 
 // User is a local account.
@@ -67,6 +113,11 @@ type User struct {
 	// `outpost passwd`.
 	PasswordHash string    `yaml:"password_hash"`
 	ACL          []ACLRule `yaml:"acl"`
+	// ClientIDPattern restricts the client ids this user may connect with
+	// (%u is the username, * any run of characters), e.g. "%u" or "%u-*";
+	// others are refused with CONNACK 0x85 (3.1.1: 0x02). Default: the
+	// broker's client_id_pattern.
+	ClientIDPattern string `yaml:"client_id_pattern"`
 }
 
 // ACLRule allows or denies access to topics matching Topic, a topic filter
@@ -111,6 +162,10 @@ type Limits struct {
 	// while it does not grow the store past the limit.
 	MaxRetained      int         `yaml:"max_retained"`
 	MaxRetainedBytes config.Size `yaml:"max_retained_bytes"`
+	// ConnectTimeout is how long a new connection may take to send its
+	// CONNECT packet (TLS handshake included); it is closed after that and
+	// counted. Until then it counts against MaxConnections. Default 10s.
+	ConnectTimeout config.Duration `yaml:"connect_timeout"`
 }
 
 // Persistence configures the broker's file store.
@@ -139,6 +194,12 @@ const (
 const (
 	ForeignSessionRefuse = "refuse"
 	ForeignSessionFresh  = "fresh"
+)
+
+// TLS identity sources.
+const (
+	IdentityCertCN  = "cert_cn"
+	IdentityCertSAN = "cert_san"
 )
 
 // Access values.
@@ -212,6 +273,28 @@ func (c *Config) SetDefaults() {
 	if c.ForeignSession == "" {
 		c.ForeignSession = ForeignSessionRefuse
 	}
+	if lim.ConnectTimeout == 0 {
+		lim.ConnectTimeout = config.Duration(10 * time.Second)
+	}
+	lg := &c.Login
+	if lg.MaxParallelHashes == 0 {
+		lg.MaxParallelHashes = min(runtime.GOMAXPROCS(0), 4)
+	}
+	if lg.HashWait == 0 {
+		lg.HashWait = config.Duration(min(2*time.Second, lim.ConnectTimeout.D()/2))
+	}
+	if lg.FreeFailures == 0 {
+		lg.FreeFailures = 5
+	}
+	if lg.BackoffInitial == 0 {
+		lg.BackoffInitial = config.Duration(time.Second)
+	}
+	if lg.BackoffMax == 0 {
+		lg.BackoffMax = config.Duration(5 * time.Minute)
+	}
+	if lg.Tracked == 0 {
+		lg.Tracked = 4096
+	}
 }
 
 // Validate checks the section as a whole; every problem is reported.
@@ -272,6 +355,18 @@ func (c *Config) Validate() error {
 			if l.TLS.UseCNAsUsername && l.TLS.ClientCAFile == "" {
 				add(p+".tls.use_cn_as_username", "listener %s: use_cn_as_username needs client_ca_file", l.Name)
 			}
+			switch l.TLS.Identity {
+			case "":
+			case IdentityCertCN, IdentityCertSAN:
+				if l.TLS.ClientCAFile == "" {
+					add(p+".tls.identity", "listener %s: identity %s needs client_ca_file", l.Name, l.TLS.Identity)
+				}
+				if l.TLS.UseCNAsUsername {
+					add(p+".tls.identity", "listener %s: set identity or use_cn_as_username, not both", l.Name)
+				}
+			default:
+				add(p+".tls.identity", "listener %s: unknown identity %q (want cert_cn or cert_san)", l.Name, l.TLS.Identity)
+			}
 			switch l.TLS.MinVersion {
 			case "", "1.2", "1.3":
 			default:
@@ -301,7 +396,18 @@ func (c *Config) Validate() error {
 			add(p+".password_hash", "user %q: %v", u.Username, err)
 		}
 		errs = append(errs, validateACL(p+".acl", u.ACL)...)
+		if u.ClientIDPattern != "" {
+			if err := validClientIDPattern(u.ClientIDPattern); err != nil {
+				add(p+".client_id_pattern", "user %q: %v", u.Username, err)
+			}
+		}
 	}
+	if c.ClientIDPattern != "" {
+		if err := validClientIDPattern(c.ClientIDPattern); err != nil {
+			add("client_id_pattern", "%v", err)
+		}
+	}
+	errs = append(errs, c.checkClientIDOverlap()...)
 	errs = append(errs, validateACL("anonymous_acl", c.AnonymousACL)...)
 	if len(c.AnonymousACL) > 0 && !c.AllowAnonymous {
 		add("anonymous_acl", "anonymous_acl is set but allow_anonymous is false")
@@ -347,6 +453,30 @@ func (c *Config) Validate() error {
 	case ForeignSessionRefuse, ForeignSessionFresh:
 	default:
 		add("foreign_session", "unknown value %q (want refuse or fresh)", c.ForeignSession)
+	}
+	if d := lim.ConnectTimeout.D(); d < 10*time.Millisecond || d > 10*time.Minute {
+		add("limits.connect_timeout", "must be between 10ms and 10m")
+	}
+	lg := c.Login
+	if lg.MaxParallelHashes < 1 || lg.MaxParallelHashes > 256 {
+		add("login.max_parallel_hashes", "must be between 1 and 256")
+	}
+	if d := lg.HashWait.D(); d < time.Millisecond || d > time.Minute {
+		add("login.hash_wait", "must be between 1ms and 1m")
+	} else if d >= lim.ConnectTimeout.D() {
+		add("login.hash_wait", "must be shorter than limits.connect_timeout (%s), which also bounds the login: a refusal after a longer wait could not be sent", lim.ConnectTimeout)
+	}
+	if lg.FreeFailures < 1 || lg.FreeFailures > 1000 {
+		add("login.free_failures", "must be between 1 and 1000")
+	}
+	if d := lg.BackoffInitial.D(); d < time.Millisecond || d > time.Hour {
+		add("login.backoff_initial", "must be between 1ms and 1h")
+	}
+	if d := lg.BackoffMax.D(); d < lg.BackoffInitial.D() || d > 24*time.Hour {
+		add("login.backoff_max", "must be between backoff_initial and 24h")
+	}
+	if lg.Tracked < 16 || lg.Tracked > 1<<20 {
+		add("login.tracked", "must be between 16 and 1048576")
 	}
 	return errors.Join(errs...)
 }

@@ -36,6 +36,8 @@ func FuzzBrokerPackets(f *testing.F) {
 		fuzzOnce.Do(func() {
 			c := baseConfig(nil)
 			c.Limits.MaxPacketSize = 64 << 10
+			off := false
+			c.Login.RateLimit = &off // mutated CONNECTs fail logins: keep the valid one admitted
 			fuzzBroker = startSharedBroker(c)
 		})
 		conn, err := net.DialTimeout("tcp", fuzzBroker.addr, 2*time.Second)

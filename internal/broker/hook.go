@@ -2,9 +2,6 @@ package broker
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"crypto/subtle"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -43,9 +40,12 @@ func (h *hook) Provides(b byte) bool {
 }
 
 // OnConnect enforces max_connections: the client gets CONNACK "server busy"
-// (3.1.1: "server unavailable") and the refusal is counted.
+// (3.1.1: "server unavailable") and the refusal is counted. Then it
+// authenticates the client (login.go), refusing it with the reason code
+// that fits.
 func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	b := h.b
+	defer b.conns.decided(cl.Net.Conn)
 	srv, cfg := b.server(), b.conf.Load()
 	if srv != nil && cfg != nil {
 		if err := h.connectLimits(srv, cl, pk, cfg.Limits); err != nil {
@@ -53,7 +53,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		}
 	}
 	if srv == nil || cfg == nil || atomic.LoadInt64(&srv.Info.ClientsConnected) < int64(cfg.Limits.MaxConnections) {
-		return nil
+		return b.login(cl, pk)
 	}
 	b.m.limitRefused("max_connections").Inc()
 	if b.logOnce.first("maxconn") {
@@ -67,60 +67,9 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	return code
 }
 
-// OnConnectAuthenticate decides whether a client may connect.
-func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
-	b := h.b
-	st := b.auth.Load()
-	user := string(pk.Connect.Username)
-	ok, why := false, ""
-	switch {
-	case st.cnListener[cl.Net.Listener] && peerCN(cl) != "":
-		cn := peerCN(cl)
-		if _, known := st.users[cn]; known {
-			cl.Properties.Username = []byte(cn)
-			ok = true
-		} else {
-			why = fmt.Sprintf("certificate CN %q is not a configured user", cn)
-		}
-	case strings.HasPrefix(user, IdentityPrefix):
-		id := b.identity(user)
-		switch {
-		case id == nil:
-			why = "unknown or revoked component identity"
-		case !b.isUnixListener(cl.Net.Listener):
-			why = "component identities may connect only through the unix listener"
-		default:
-			sum := sha256.Sum256(pk.Connect.Password)
-			ok = subtle.ConstantTimeCompare(sum[:], id.secret[:]) == 1
-			why = "wrong password"
-		}
-	case user == "" && len(pk.Connect.Password) == 0:
-		ok = st.anonymous
-		why = "anonymous access is disabled"
-	default:
-		ok = st.checkUser(user, pk.Connect.Password)
-		why = "unknown user or wrong password"
-	}
-	if !ok {
-		b.m.authFailures.Inc()
-		if b.logOnce.first("auth:" + cl.ID) {
-			b.log.Warn("broker: connection refused", "client", cl.ID, "user", user, "remote", cl.Net.Remote,
-				"listener", cl.Net.Listener, "reason", why)
-		}
-	}
-	return ok
-}
-
-func peerCN(cl *mqtt.Client) string {
-	tc, ok := cl.Net.Conn.(*tls.Conn)
-	if !ok {
-		return ""
-	}
-	cs := tc.ConnectionState()
-	if len(cs.VerifiedChains) == 0 || len(cs.PeerCertificates) == 0 {
-		return ""
-	}
-	return cs.PeerCertificates[0].Subject.CommonName
+// OnConnectAuthenticate admits the clients that OnConnect's login admitted.
+func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
+	return h.b.loggedIn(cl)
 }
 
 // aclFor returns the ACL that applies to a connected client.
@@ -596,6 +545,7 @@ type brokerMetrics struct {
 	received      *metrics.Counter
 	rejected      *metrics.Counter
 	authFailures  *metrics.Counter
+	verifications *metrics.Counter
 	flowWaits     *metrics.Counter
 	slowConsumers *metrics.Counter
 }
@@ -606,6 +556,7 @@ func newBrokerMetrics(set *metrics.Set, b *Broker) *brokerMetrics {
 		received:      set.NewCounter("outpost_broker_messages_received_total"),
 		rejected:      set.NewCounter(`outpost_broker_messages_dropped_total{reason="pipeline_rejected"}`),
 		authFailures:  set.NewCounter("outpost_broker_auth_failures_total"),
+		verifications: set.NewCounter("outpost_broker_password_verifications_total"),
 		flowWaits:     set.NewCounter("outpost_broker_flow_control_waits_total"),
 		slowConsumers: set.NewCounter(`outpost_broker_messages_dropped_total{reason="slow_consumer_disconnected"}`),
 	}
@@ -626,6 +577,7 @@ func newBrokerMetrics(set *metrics.Set, b *Broker) *brokerMetrics {
 	set.NewGauge("outpost_broker_subscriptions", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.Subscriptions) }))
 	set.NewGauge("outpost_broker_bytes_received", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.BytesReceived) }))
 	set.NewGauge(`outpost_broker_messages_dropped_inflight_full`, info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.InflightDropped) }))
+	set.NewGauge("outpost_broker_connections_pending", func() float64 { return float64(b.conns.pending.Load()) })
 	set.NewGauge("outpost_broker_bytes_sent", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.BytesSent) }))
 	return m
 }
@@ -644,6 +596,10 @@ func (m *brokerMetrics) dropped(reason string) *metrics.Counter {
 
 func (m *brokerMetrics) connectRefused(reason string) *metrics.Counter {
 	return m.set.GetOrCreateCounter(`outpost_broker_connects_refused_total{reason="` + reason + `"}`)
+}
+
+func (m *brokerMetrics) loginRefused(reason string) *metrics.Counter {
+	return m.set.GetOrCreateCounter(`outpost_broker_login_refusals_total{reason="` + reason + `"}`)
 }
 
 func (m *brokerMetrics) limitRefused(limit string) *metrics.Counter {

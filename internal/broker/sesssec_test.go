@@ -55,7 +55,7 @@ const noConnack = 0xFF // the broker closed the connection without a CONNACK
 
 // rawConnect connects and returns the CONNACK's reason code (or noConnack)
 // and session-present flag; the connection is closed by the test's cleanup.
-func rawConnect(t *testing.T, addr string, o rawOpts) (*rawClient, byte, bool) {
+func rawConnectOpts(t *testing.T, addr string, o rawOpts) (*rawClient, byte, bool) {
 	t.Helper()
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -119,7 +119,7 @@ func rawConnect(t *testing.T, addr string, o rawOpts) (*rawClient, byte, bool) {
 
 func mustRaw(t *testing.T, addr string, o rawOpts) *rawClient {
 	t.Helper()
-	c, code, _ := rawConnect(t, addr, o)
+	c, code, _ := rawConnectOpts(t, addr, o)
 	if code != 0 {
 		t.Fatalf("connect %s as %s (v%d): CONNACK 0x%02x", o.id, o.user, o.v, code)
 	}
@@ -254,7 +254,7 @@ func TestWillMustBeAllowedToPublish(t *testing.T) {
 				if v == 5 {
 					want = tc.v5
 				}
-				c, code, _ := rawConnect(t, tb.addr, rawOpts{v: v, id: "dev1", user: "dev", will: tc.will, willRetain: tc.retain})
+				c, code, _ := rawConnectOpts(t, tb.addr, rawOpts{v: v, id: "dev1", user: "dev", will: tc.will, willRetain: tc.retain})
 				if code != want {
 					t.Fatalf("CONNACK 0x%02x, want 0x%02x", code, want)
 				}
@@ -334,7 +334,7 @@ func TestSessionBelongsToTheUserThatCreatedIt(t *testing.T) {
 			steal := func(addr string) {
 				t.Helper()
 				for _, persistent := range []bool{true, false} {
-					thief, code, present := rawConnect(t, addr, rawOpts{v: v, id: "console", user: "dev", persistent: persistent})
+					thief, code, present := rawConnectOpts(t, addr, rawOpts{v: v, id: "console", user: "dev", persistent: persistent})
 					if code != want {
 						got := thief.topics(t, 500*time.Millisecond)
 						t.Fatalf("dev with admin's client id (persistent %v): CONNACK 0x%02x session present %v, got %v; want CONNACK 0x%02x",
@@ -350,7 +350,7 @@ func TestSessionBelongsToTheUserThatCreatedIt(t *testing.T) {
 			}
 			tb2 := startBroker(t, probeConfig(), dir)
 			steal(tb2.addr)
-			back, code, present := rawConnect(t, tb2.addr, rawOpts{v: v, id: "console", user: "admin", persistent: true})
+			back, code, present := rawConnectOpts(t, tb2.addr, rawOpts{v: v, id: "console", user: "admin", persistent: true})
 			if code != 0 || !present {
 				t.Fatalf("owner back: CONNACK 0x%02x session present %v", code, present)
 			}
@@ -368,7 +368,7 @@ func TestForeignClientCannotKickOwner(t *testing.T) {
 	owner := mustV5(t, tb.addr, "console", "admin", "secret")
 	owner.sub(t, "jobs/#", 1)
 	for _, v := range []byte{4, 5} {
-		if _, code, _ := rawConnect(t, tb.addr, rawOpts{v: v, id: "console", user: "dev"}); code == 0 {
+		if _, code, _ := rawConnectOpts(t, tb.addr, rawOpts{v: v, id: "console", user: "dev"}); code == 0 {
 			t.Fatalf("v%d: dev connected with the connected owner's client id", v)
 		}
 	}
@@ -389,7 +389,7 @@ func TestForeignSessionFresh(t *testing.T) {
 	waitFor(t, func() bool { return tb.Clients() == 0 }, "admin's disconnect")
 	pub := mustV5(t, tb.addr, "publisher", "admin", "secret")
 	pub.pub(t, "cmd/console/x", 1, "for admin")
-	thief, code, present := rawConnect(t, tb.addr, rawOpts{v: 5, id: "console", user: "dev", persistent: true})
+	thief, code, present := rawConnectOpts(t, tb.addr, rawOpts{v: 5, id: "console", user: "dev", persistent: true})
 	if code != 0 || present {
 		t.Fatalf("CONNACK 0x%02x session present %v, want a fresh session", code, present)
 	}
@@ -417,7 +417,7 @@ func TestQueuedMessagesCheckedAtDelivery(t *testing.T) {
 	if err := tb.Reconfigure(context.Background(), c); err != nil {
 		t.Fatal(err)
 	}
-	back, code, present := rawConnect(t, tb.addr, rawOpts{v: 5, id: "console", user: "admin", persistent: true})
+	back, code, present := rawConnectOpts(t, tb.addr, rawOpts{v: 5, id: "console", user: "admin", persistent: true})
 	if code != 0 || !present {
 		t.Fatalf("CONNACK 0x%02x present %v", code, present)
 	}
@@ -533,11 +533,11 @@ func TestKeyLengthLimits(t *testing.T) {
 	for _, v := range []byte{4, 5} {
 		t.Run(versionName(v), func(t *testing.T) {
 			want := map[byte]byte{4: 0x02, 5: 0x85}[v]
-			if _, code, _ := rawConnect(t, tb.addr, rawOpts{v: v, id: longID, user: "dev"}); code != want {
+			if _, code, _ := rawConnectOpts(t, tb.addr, rawOpts{v: v, id: longID, user: "dev"}); code != want {
 				t.Errorf("long client id: CONNACK 0x%02x, want 0x%02x", code, want)
 			}
 			want = map[byte]byte{4: noConnack, 5: 0x90}[v]
-			if _, code, _ := rawConnect(t, tb.addr, rawOpts{v: v, id: "dev1", user: "dev", will: longTopic}); code != want {
+			if _, code, _ := rawConnectOpts(t, tb.addr, rawOpts{v: v, id: "dev1", user: "dev", will: longTopic}); code != want {
 				t.Errorf("long will topic: CONNACK 0x%02x, want 0x%02x", code, want)
 			}
 			ok := mustRaw(t, tb.addr, rawOpts{v: v, id: "dev1", user: "dev"})
