@@ -200,7 +200,8 @@ func (cl *Client) WriteLoop() {
 		case pk := <-cl.State.outbound:
 			if err := cl.WritePacket(*pk); err != nil {
 				// TODO : Figure out what to do with error
-				cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
+				cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID,
+					"type", packets.PacketNames[pk.FixedHeader.Type]) // outpost: never the packet
 			}
 			atomic.AddInt32(&cl.State.outboundQty, -1)
 		case <-cl.State.open.Done():
@@ -304,12 +305,29 @@ func (cl *Client) NextPacketID() (i uint32, err error) {
 }
 
 // ResendInflightMessages attempts to resend any pending inflight messages to connected clients.
+//
+// outpost: only the server's own PUBLISH and PUBREL packets are resent
+// [MQTT-4.4.0-1]; a PUBREC for the client's QoS 2 PUBLISH stays in the
+// client's identifier space awaiting its PUBREL (upstream resent it, and
+// PUBACK/PUBCOMP too). A message whose expiry passed while the session was
+// offline is dropped, not delivered [MQTT-3.3.2-5].
 func (cl *Client) ResendInflightMessages(force bool) error {
 	if cl.State.Inflight.Len() == 0 {
 		return nil
 	}
 
+	now := time.Now().Unix()
 	for _, tk := range cl.State.Inflight.GetAll(false) {
+		if IsInbound(tk) {
+			continue
+		}
+		if tk.FixedHeader.Type == packets.Publish && expiredAt(tk, now) {
+			if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
+				cl.ops.hooks.OnQosDropped(cl, tk)
+				atomic.AddInt64(&cl.ops.info.Inflight, -1)
+			}
+			continue
+		}
 		if tk.FixedHeader.Type == packets.Publish {
 			tk.FixedHeader.Dup = true // [MQTT-3.3.1-1] [MQTT-3.3.1-3]
 		}
@@ -319,22 +337,24 @@ func (cl *Client) ResendInflightMessages(force bool) error {
 		if err != nil {
 			return err
 		}
-
-		if tk.FixedHeader.Type == packets.Puback || tk.FixedHeader.Type == packets.Pubcomp {
-			if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
-				cl.ops.hooks.OnQosComplete(cl, tk)
-				atomic.AddInt64(&cl.ops.info.Inflight, -1)
-			}
-		}
 	}
 
 	return nil
 }
 
+// expiredAt reports whether an outbound message's Message Expiry Interval
+// has passed at unix time now [MQTT-3.3.2-5].
+//
+// outpost: any protocol version; the expiry belongs to the message (set by a
+// v5 publisher), not to the subscriber's protocol.
+func expiredAt(pk packets.Packet, now int64) bool {
+	return pk.Expiry > 0 && pk.Expiry < now
+}
+
 // ClearInflights deletes all inflight messages for the client, e.g. for a disconnected user with a clean session.
 func (cl *Client) ClearInflights() {
 	for _, tk := range cl.State.Inflight.GetAll(false) {
-		if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
+		if ok := cl.State.Inflight.Remove(tk); ok { // outpost: Remove, by direction
 			cl.ops.hooks.OnQosDropped(cl, tk)
 			atomic.AddInt64(&cl.ops.info.Inflight, -1)
 		}
@@ -345,14 +365,14 @@ func (cl *Client) ClearInflights() {
 func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 	deleted := []uint16{}
 	for _, tk := range cl.State.Inflight.GetAll(false) {
-		expired := tk.ProtocolVersion == 5 && tk.Expiry > 0 && tk.Expiry < now // [MQTT-3.3.2-5]
+		expired := tk.FixedHeader.Type == packets.Publish && expiredAt(tk, now) // [MQTT-3.3.2-5]
 
 		// If the maximum message expiry interval is set (greater than 0), and the message
 		// retention period exceeds the maximum expiry, the message will be forcibly removed.
 		enforced := maximumExpiry > 0 && now-tk.Created > maximumExpiry
 
 		if expired || enforced {
-			if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
+			if ok := cl.State.Inflight.Remove(tk); ok { // outpost: Remove, by direction
 				cl.ops.hooks.OnQosDropped(cl, tk)
 				atomic.AddInt64(&cl.ops.info.Inflight, -1)
 				deleted = append(deleted, tk.PacketID)
@@ -662,7 +682,10 @@ func (cl *Client) WritePackets(pks []packets.Packet) error {
 // encodePacket prepares pk for this client (expiry, protocol version, size
 // and property limits, OnPacketEncode hooks) and encodes it into buf.
 func (cl *Client) encodePacket(pk packets.Packet, buf *bytes.Buffer) (packets.Packet, *bytes.Buffer, error) {
-	if pk.Expiry > 0 {
+	// outpost: only when the publisher set one; Expiry is also set from the
+	// server's maximum for messages without one, which must then arrive
+	// without the property (upstream added it).
+	if pk.Expiry > 0 && pk.Properties.MessageExpiryInterval > 0 {
 		expiry := pk.Expiry - time.Now().Unix()
 		if expiry < 1 {
 			expiry = 1

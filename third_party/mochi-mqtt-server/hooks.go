@@ -273,7 +273,8 @@ func (h *Hooks) OnPacketRead(cl *Client, pk packets.Packet) (pkx packets.Packet,
 		if hook.Provides(OnPacketRead) {
 			npk, err := hook.OnPacketRead(cl, pkx)
 			if err != nil && errors.Is(err, packets.ErrRejectPacket) {
-				h.Log.Debug("packet rejected", "hook", hook.ID(), "packet", pkx)
+				h.Log.Debug("packet rejected", "hook", hook.ID(), "client", cl.ID,
+					"type", packets.PacketNames[pkx.FixedHeader.Type]) // outpost: never the packet (payload, credentials)
 				return pk, err
 			} else if err != nil {
 				continue
@@ -401,14 +402,16 @@ func (h *Hooks) OnPublish(cl *Client, pk packets.Packet) (pkx packets.Packet, er
 			npk, err := hook.OnPublish(cl, pkx)
 			if err != nil {
 				if errors.Is(err, packets.ErrRejectPacket) {
-					// outpost: only box the packet for the log when debug is on:
-					// the argument escaped to the heap on every rejected
-					// publish (every QoS 1 publish Outpost acknowledges itself).
+					// outpost: only log when debug is on (the arguments
+					// escaped to the heap on every rejected publish, and
+					// Outpost rejects every QoS 1 publish it acknowledges
+					// itself), and never the packet: topic only, no payload.
 					if h.Log.Enabled(context.Background(), slog.LevelDebug) {
 						h.Log.Debug("publish packet rejected",
 							"error", err,
 							"hook", hook.ID(),
-							"packet", pkx)
+							"client", cl.ID,
+							"topic", pkx.TopicName)
 					}
 					return pk, err
 				} else if errors.Is(err, packets.CodeSuccessIgnore) {
@@ -417,7 +420,8 @@ func (h *Hooks) OnPublish(cl *Client, pk packets.Packet) (pkx packets.Packet, er
 				h.Log.Error("publish packet error",
 					"error", err,
 					"hook", hook.ID(),
-					"packet", pkx)
+					"client", cl.ID,
+					"topic", pkx.TopicName) // outpost: never the payload
 				return pk, err
 			}
 			pkx = npk

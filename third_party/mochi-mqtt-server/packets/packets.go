@@ -157,6 +157,12 @@ type Packet struct {
 	ReasonCode      byte          // reason code for a packet response (acks, etc)
 	ReservedBit     byte          // reserved, do not use (except in testing)
 	Ignore          bool          // if true, do not perform any message forwarding operations
+	// Parked marks an outbound QoS>0 message held in the in-flight store
+	// until the client's Receive Maximum allows sending it.
+	// outpost: upstream marked these with Expiry = -1, which lost the
+	// message's expiry (delivered after it expired, without the remaining
+	// Message Expiry Interval).
+	Parked bool
 }
 
 // Mods specifies certain values required for certain mqtt v5 compliance within packet encoding/decoding.
