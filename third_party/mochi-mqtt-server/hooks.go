@@ -417,11 +417,18 @@ func (h *Hooks) OnPublish(cl *Client, pk packets.Packet) (pkx packets.Packet, er
 				} else if errors.Is(err, packets.CodeSuccessIgnore) {
 					return pk, err
 				}
-				h.Log.Error("publish packet error",
+				// outpost: a hook refusing a publish with a reason code is
+				// not an error of the server (Outpost refuses publishes its
+				// pipeline cannot take): debug, and never the payload.
+				level := slog.LevelError
+				if errors.As(err, new(packets.Code)) {
+					level = slog.LevelDebug
+				}
+				h.Log.Log(context.Background(), level, "publish packet error",
 					"error", err,
 					"hook", hook.ID(),
 					"client", cl.ID,
-					"topic", pkx.TopicName) // outpost: never the payload
+					"topic", pkx.TopicName)
 				return pk, err
 			}
 			pkx = npk
@@ -523,7 +530,8 @@ func (h *Hooks) OnWill(cl *Client, will Will) Will {
 				h.Log.Error("parse will error",
 					"error", err,
 					"hook", hook.ID(),
-					"will", will)
+					"client", cl.ID,
+					"will_topic", will.TopicName) // outpost: never the will payload
 				continue
 			}
 			will = mlwt

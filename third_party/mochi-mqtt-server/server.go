@@ -884,8 +884,21 @@ func (s *Server) InjectPacket(cl *Client, pk packets.Packet) error {
 
 // processPublish processes a Publish packet.
 func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
+	// outpost: resolve the topic alias first [MQTT-3.3.2-12]: upstream
+	// checked validity and the ACL against the empty topic name of an alias
+	// reuse, so a client whose ACL lacked '#' had every reuse refused.
+	if !cl.Net.Inline && pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 { // [MQTT-3.3.2-11]
+		pk.TopicName = cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, pk.TopicName)
+		if pk.TopicName == "" {
+			return packets.ErrProtocolViolationNoTopic // an alias never set: Protocol Error [MQTT-3.3.2-8]
+		}
+	}
+
 	if !cl.Net.Inline && !IsValidFilter(pk.TopicName, true) {
-		return nil
+		// outpost: answer instead of dropping silently (a QoS>0 publisher
+		// waited for an acknowledgement forever): a client may not publish
+		// to $SYS (4.7.2): not authorised, as for an ACL denial.
+		return s.refusePublish(cl, pk, packets.ErrNotAuthorized)
 	}
 
 	// outpost: a QoS 2 PUBLISH whose id still awaits the client's PUBREL is
@@ -905,21 +918,7 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	}
 
 	if !cl.Net.Inline && !s.hooks.OnACLCheck(cl, pk.TopicName, true) {
-		if pk.FixedHeader.Qos == 0 {
-			return nil
-		}
-
-		if cl.Properties.ProtocolVersion != 5 {
-			return s.DisconnectClient(cl, packets.ErrNotAuthorized)
-		}
-
-		ackType := packets.Puback
-		if pk.FixedHeader.Qos == 2 {
-			ackType = packets.Pubrec
-		}
-
-		ack := s.buildAck(pk.PacketID, ackType, 0, pk.Properties, packets.ErrNotAuthorized)
-		return cl.WritePacket(ack)
+		return s.refusePublish(cl, pk, packets.ErrNotAuthorized)
 	}
 
 	pk.Origin = cl.ID
@@ -937,10 +936,6 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		if ok := cl.State.Inflight.DeleteInbound(pk.PacketID); ok { // [MQTT-4.3.2-5]
 			atomic.AddInt64(&s.Info.Inflight, -1)
 		}
-	}
-
-	if pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 { // [MQTT-3.3.2-11]
-		pk.TopicName = cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, pk.TopicName)
 	}
 
 	if pk.FixedHeader.Qos > s.Options.Capabilities.MaximumQos {
@@ -1005,6 +1000,27 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	s.hooks.OnPublished(cl, pk)
 
 	return nil
+}
+
+// refusePublish refuses a client's publish: QoS 0 is dropped, MQTT 5 QoS>0
+// gets a PUBACK/PUBREC with code, and a 3.1.1 QoS>0 publisher (which has no
+// negative acknowledgement) is disconnected.
+func (s *Server) refusePublish(cl *Client, pk packets.Packet, code packets.Code) error {
+	if pk.FixedHeader.Qos == 0 {
+		return nil
+	}
+
+	if cl.Properties.ProtocolVersion != 5 {
+		return s.DisconnectClient(cl, code)
+	}
+
+	ackType := packets.Puback
+	if pk.FixedHeader.Qos == 2 {
+		ackType = packets.Pubrec
+	}
+
+	ack := s.buildAck(pk.PacketID, ackType, 0, pk.Properties, code)
+	return cl.WritePacket(ack)
 }
 
 // retainMessage adds a message to a topic, and if a persistent store is provided,
