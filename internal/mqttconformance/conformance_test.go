@@ -58,16 +58,16 @@ func TestPacketIdentifierSpacesAreSeparate(t *testing.T) {
 					t.Fatalf("SUBSCRIBE with packet id %d (in flight from the server): SUBACK codes % x, want 01", m1.id, a.codes)
 				}
 				sub.publish(pubOpts{topic: "own/q1", payload: "x", qos: 1, id: m1.id})
-				if a := sub.expect(tPuback); a.id != m1.id || a.reason != 0 {
-					t.Fatalf("own QoS 1 PUBLISH id %d: %v, want PUBACK 0x00", m1.id, a)
+				if a := sub.expect(tPuback); a.id != m1.id || !success(a.reason) {
+					t.Fatalf("own QoS 1 PUBLISH id %d: %v, want PUBACK 0x00 or 0x10", m1.id, a)
 				}
 				up := props{}
 				if v5 {
 					up.user = [][2]string{{"k", "v"}}
 				}
 				sub.publish(pubOpts{topic: "own/q2", payload: "y", qos: 2, id: m2.id, props: up})
-				if a := sub.expect(tPubrec); a.id != m2.id || a.reason != 0 {
-					t.Fatalf("own QoS 2 PUBLISH id %d: %v, want PUBREC 0x00", m2.id, a)
+				if a := sub.expect(tPubrec); a.id != m2.id || !success(a.reason) {
+					t.Fatalf("own QoS 2 PUBLISH id %d: %v, want PUBREC 0x00 or 0x10", m2.id, a)
 				}
 				sub.ack(tPubrel, m2.id)
 				if a := sub.expect(tPubcomp); a.id != m2.id || a.reason != 0 {
@@ -76,6 +76,7 @@ func TestPacketIdentifierSpacesAreSeparate(t *testing.T) {
 				// The server's messages are still in flight: acknowledge the
 				// first only; the second comes again, DUP set, after reconnecting.
 				sub.ack(tPuback, m1.id)
+				sub.ping() // the PUBACK is processed before the session moves to the next connection
 				sub.disconnect()
 				sub = dial(t, e.addr, "sub", v5)
 				sub.connect(connectOpts{id: "sub", props: sessionProps(v5)})
@@ -104,18 +105,19 @@ func TestQoS2Retransmission(t *testing.T) {
 		pub := dial(t, e.addr, "pub", v5)
 		pub.connect(connectOpts{id: "pub", clean: true})
 		pub.publish(pubOpts{topic: "q2/a", payload: "once", qos: 2, id: 7})
-		if a := pub.expect(tPubrec); a.reason != 0 {
+		if a := pub.expect(tPubrec); !success(a.reason) {
 			t.Fatalf("PUBREC %v", a)
 		}
 		pub.publish(pubOpts{topic: "q2/a", payload: "once", qos: 2, id: 7, dup: true})
-		if a := pub.expect(tPubrec); a.id != 7 || a.reason != 0 {
-			t.Fatalf("retransmitted PUBLISH: %v, want PUBREC 0x00", a)
+		if a := pub.expect(tPubrec); a.id != 7 || !success(a.reason) {
+			t.Fatalf("retransmitted PUBLISH: %v, want PUBREC 0x00 (or 0x10)", a)
 		}
 		want := byte(0x80)
 		if v5 {
 			want = 0x91
 		}
-		if a := pub.subscribe(7, subOpt{filter: "x/#", qos: 0}); !bytes.Equal(a.codes, []byte{want}) {
+		if a := pub.subscribe(7, subOpt{filter: "x/#", qos: 0}); !bytes.Equal(a.codes, []byte{want}) && !onMosquitto {
+			// Mosquitto grants it (the check is a MAY); Outpost refuses.
 			t.Fatalf("SUBSCRIBE with an id in use: codes % x, want %02x", a.codes, want)
 		}
 		pub.ack(tPubrel, 7)
@@ -271,6 +273,9 @@ func TestRequestResponse(t *testing.T) {
 func TestReceiveMaximumExceeded(t *testing.T) {
 	const rm = 3
 	t.Run("qos2", func(t *testing.T) {
+		// Mosquitto 2.0.11 answers the extra QoS 2 PUBLISH with PUBREC 0x97
+		// and closes the connection, without DISCONNECT 0x93.
+		outpostOnly(t, "Mosquitto 2.0.11 sends PUBREC 0x97 instead of DISCONNECT 0x93")
 		e := start(t, envOpts{mode: modeSync, receiveMax: rm})
 		c := dial(t, e.addr, "c", true)
 		if ack := c.connect(connectOpts{id: "c", clean: true}); ack.props.receiveMaximum == nil || *ack.props.receiveMaximum != rm {
@@ -286,6 +291,7 @@ func TestReceiveMaximumExceeded(t *testing.T) {
 		expectDisconnect(t, c, 0x93)
 	})
 	t.Run("qos1_async", func(t *testing.T) {
+		outpostOnly(t, "holds the pipeline's acknowledgements")
 		e := start(t, envOpts{mode: modeAsync, receiveMax: rm})
 		e.holdAcks() // the pipeline has not committed: PUBACKs are outstanding
 		c := dial(t, e.addr, "c", true)
@@ -296,6 +302,7 @@ func TestReceiveMaximumExceeded(t *testing.T) {
 		expectDisconnect(t, c, 0x93)
 	})
 	t.Run("within_limit_async", func(t *testing.T) {
+		outpostOnly(t, "the asynchronous PUBACK path")
 		e := start(t, envOpts{mode: modeAsync, receiveMax: rm})
 		c := dial(t, e.addr, "c", true)
 		c.connect(connectOpts{id: "c", clean: true})
@@ -316,6 +323,10 @@ func TestReceiveMaximumExceeded(t *testing.T) {
 		}
 	})
 }
+
+// success reports whether a PUBACK/PUBREC reason code is a success: 0x00,
+// or 0x10 "No matching subscribers" (MQTT 5 sections 3.4.2.1, 3.5.2.1).
+func success(code byte) bool { return code == 0x00 || code == 0x10 }
 
 func expectDisconnect(t *testing.T, c *client, code byte) {
 	t.Helper()
@@ -371,6 +382,7 @@ func TestDollarTopics(t *testing.T) {
 		wild.expectNothing(quiet)
 
 		// ACL: '#' grants no $ topic.
+		outpostOnly(t, "Outpost's ACL rules")
 		h := dial(t, e.addr, "hash", v5)
 		h.connect(connectOpts{id: "hash", user: "hash", pass: password, clean: true})
 		want := byte(0x87)
@@ -404,6 +416,7 @@ func TestDollarTopics(t *testing.T) {
 // uses the topic the alias was set to [MQTT-3.3.2-12]; authorisation applies
 // to that topic, so it works for a user whose ACL allows only that topic.
 func TestTopicAliasReuse(t *testing.T) {
+	outpostOnly(t, "users with Outpost ACLs")
 	e := start(t, envOpts{mode: modeSync, users: []broker.User{
 		user("dev", rule("sensors/%c/#", broker.AccessPublish), rule("sensors/#", broker.AccessSubscribe)),
 	}})
@@ -437,6 +450,7 @@ func TestTopicAliasReuse(t *testing.T) {
 // 3.1.1 section 2.2.1): the connection is closed at once, without waiting
 // for the body its length byte announces (section 4.13: malformed packet).
 func TestReservedPacketType(t *testing.T) {
+	outpostOnly(t, "Mosquitto 2.0.11 reads the announced body before refusing the type")
 	each(t, func(t *testing.T, v5 bool) {
 		e := start(t, envOpts{mode: modeSync})
 		c := dial(t, e.addr, "c", v5)

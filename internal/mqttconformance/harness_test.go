@@ -2,6 +2,8 @@ package mqttconformance
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"sync"
 	"testing"
 
@@ -9,6 +11,7 @@ import (
 
 	"github.com/outpost-edge/outpost/internal/broker"
 	"github.com/outpost-edge/outpost/internal/message"
+	"github.com/outpost-edge/outpost/internal/testutil/mosq"
 )
 
 // Pipeline modes: how the broker's pipeline hook acknowledges QoS 1.
@@ -17,7 +20,12 @@ const (
 	modeAsync = "async" // Options.OnPublishAsync: PUBACK after a (here immediate) commit
 )
 
-var modes = []string{modeSync, modeAsync}
+var modes = func() []string {
+	if os.Getenv("OUTPOST_CONFORMANCE_MOSQUITTO") != "" {
+		return []string{"mosquitto"}
+	}
+	return []string{modeSync, modeAsync}
+}()
 
 // versions: MQTT 3.1.1 (v5=false) and 5.0.
 var versions = []struct {
@@ -54,10 +62,32 @@ type envOpts struct {
 	users      []broker.User
 }
 
+// onMosquitto is set by OUTPOST_CONFORMANCE_MOSQUITTO=1: the tests then
+// run against a real Mosquitto instead, as a cross-check of the tests
+// themselves (parts that need Outpost's users/ACLs or its pipeline are
+// skipped there).
+var onMosquitto = os.Getenv("OUTPOST_CONFORMANCE_MOSQUITTO") != ""
+
+// outpostOnly skips the calling (sub)test against Mosquitto.
+func outpostOnly(t *testing.T, why string) {
+	t.Helper()
+	if onMosquitto {
+		t.Skip("Outpost only: " + why)
+	}
+}
+
 // start runs a broker on 127.0.0.1:0 with anonymous clients allowed
 // everything (the ACL tests add users).
 func start(t *testing.T, o envOpts) *env {
 	t.Helper()
+	if onMosquitto {
+		mo := mosq.Options{Persistence: true, MaxQueued: -1}
+		if o.receiveMax > 0 {
+			mo.Extra = fmt.Sprintf("max_inflight_messages %d", o.receiveMax)
+		}
+		m := mosq.Start(t, mo)
+		return &env{addr: m.Addr}
+	}
 	c := &broker.Config{
 		Listeners:      []broker.Listener{{Name: "tcp", Type: broker.TypeTCP, Address: "127.0.0.1:0"}},
 		AllowAnonymous: true,
@@ -105,6 +135,9 @@ func start(t *testing.T, o envOpts) *env {
 
 // holdAcks keeps QoS 1 completions (async mode) until release.
 func (e *env) holdAcks() {
+	if e.b == nil {
+		panic("holdAcks needs Outpost's pipeline")
+	}
 	e.mu.Lock()
 	e.hold = true
 	e.mu.Unlock()

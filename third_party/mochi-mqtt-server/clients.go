@@ -88,6 +88,20 @@ func (cl *Clients) Delete(id string) {
 	delete(cl.internal, id)
 }
 
+// deleteIfSame removes cl from the map if the map still holds cl under its
+// id (not a newer client that took the id over). Reports whether it did.
+//
+// outpost: see attachClient.
+func (cl *Clients) deleteIfSame(c *Client) bool {
+	cl.Lock()
+	defer cl.Unlock()
+	if cur, ok := cl.internal[c.ID]; ok && cur != c {
+		return false
+	}
+	delete(cl.internal, c.ID)
+	return true
+}
+
 // GetByListener returns clients matching a listener id.
 func (cl *Clients) GetByListener(id string) []*Client {
 	cl.RLock()

@@ -485,10 +485,14 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) || (cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
 	s.hooks.OnDisconnect(cl, err, expire)
 
-	if expire && !cl.IsTakenOver() {
+	// outpost: only while this connection still owns the client id. A
+	// reconnect with the same id that arrived between the check of
+	// IsTakenOver and here registered a new session, which upstream then
+	// deleted (the new session was gone: session present 0 on the next
+	// connect, its queued messages lost).
+	if expire && !cl.IsTakenOver() && s.Clients.deleteIfSame(cl) {
 		cl.ClearInflights()
 		s.UnsubscribeClient(cl)
-		s.Clients.Delete(cl.ID) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
 	}
 
 	return err
