@@ -463,3 +463,43 @@ func TestReservedPacketType(t *testing.T) {
 		}
 	})
 }
+
+// TestTopicAliasNotCarriedAcrossConnections: Topic Alias mappings last one
+// Network Connection and are not carried to the next [MQTT-3.3.2-7]: a
+// message sent with an alias (and an empty topic name) and not acknowledged
+// is resent on the next connection with its topic name [MQTT-4.4.0-1].
+func TestTopicAliasNotCarriedAcrossConnections(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode, func(t *testing.T) {
+			e := start(t, envOpts{mode: mode})
+			cp := connectOpts{id: "sub", clean: true, props: props{sessionExpiry: u32(300), topicAliasMax: u16(5)}}
+			sub := dial(t, e.addr, "sub", true)
+			sub.connect(cp)
+			sub.subscribe(1, subOpt{filter: "alias/#", qos: 1})
+			pub := dial(t, e.addr, "pub", true)
+			pub.connect(connectOpts{id: "pub", clean: true})
+			for i := range 2 {
+				pub.publish(pubOpts{topic: "alias/t", payload: fmt.Sprint(i), qos: 1, id: uint16(i + 1)})
+				pub.expect(tPuback)
+			}
+			first, second := sub.expect(tPublish), sub.expect(tPublish)
+			if first.topic != "alias/t" {
+				t.Fatalf("first delivery %v", first)
+			}
+			if second.topic != "" && second.topic != "alias/t" {
+				t.Fatalf("second delivery %v", second)
+			}
+			sub.ack(tPuback, first.id)
+			sub.ping()
+			sub.disconnect()
+			sub = dial(t, e.addr, "sub", true)
+			cp.clean = false
+			sub.connect(cp)
+			again := sub.expect(tPublish)
+			if again.topic != "alias/t" || string(again.payload) != "1" {
+				t.Fatalf("resent on the next connection: %v alias %d, want topic alias/t [MQTT-3.3.2-7]", again, again.props.topicAlias)
+			}
+			sub.ack(tPuback, again.id)
+		})
+	}
+}
