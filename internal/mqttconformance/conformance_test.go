@@ -503,3 +503,27 @@ func TestTopicAliasNotCarriedAcrossConnections(t *testing.T) {
 		})
 	}
 }
+
+// TestKeepAliveClosesAStalledPacket: a client that goes silent inside a
+// packet is disconnected after one and a half times its Keep Alive
+// [MQTT-3.1.2-24] (3.1.1: [MQTT-3.1.2-24] too), so a stalled connection ends
+// and the client can reconnect and resend.
+func TestKeepAliveClosesAStalledPacket(t *testing.T) {
+	outpostOnly(t, "Mosquitto 2.0.11 did not close the connection within 5 s")
+	each(t, func(t *testing.T, v5 bool) {
+		t.Parallel()
+		e := start(t, envOpts{mode: modeSync})
+		c := dial(t, e.addr, "c", v5)
+		c.connect(connectOpts{id: "c", clean: true, keepAlive: 1})
+		began := time.Now()
+		c.send([]byte{0x30, 20, 0, 3, 'a'}) // a PUBLISH announcing 20 bytes, 3 sent
+		for _, p := range c.expectClosed() {
+			if p.typ != tDisconnect {
+				t.Fatalf("before closing, the broker sent %v", p)
+			}
+		}
+		if d := time.Since(began); d > 4*time.Second {
+			t.Fatalf("closed after %v, want about 1.5 s (Keep Alive 1 s)", d)
+		}
+	})
+}
