@@ -225,43 +225,85 @@ func TestMessageExpiry(t *testing.T) {
 // Correlation Data unaltered to every subscriber [MQTT-3.3.2-15]
 // [MQTT-3.3.2-16], so a responder's answer on the response topic reaches
 // the requester (section 4.10), also when requester and responder share one
-// topic with No Local [MQTT-3.8.3-3].
+// topic with No Local [MQTT-3.8.3-3], at QoS 1 and 2, and when the responder
+// answers before acknowledging the request, with its own packet id equal to
+// the one the server used to deliver the request (independent id spaces,
+// section 2.2.1): before the fix that answer was tangled with the delivery's
+// flow and its QoS 2 handshake failed.
 func TestRequestResponse(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(mode, func(t *testing.T) {
-			for _, shared := range []bool{false, true} {
-				t.Run(fmt.Sprintf("same_topic=%v", shared), func(t *testing.T) {
-					e := start(t, envOpts{mode: mode})
-					reqTopic, respTopic := "rr/req", "rr/resp/a"
-					if shared {
-						reqTopic, respTopic = "rr/both", "rr/both"
-					}
-					a := dial(t, e.addr, "requester", true)
-					a.connect(connectOpts{id: "requester", clean: true})
-					a.subscribe(1, subOpt{filter: respTopic, qos: 1, noLocal: true})
-					b := dial(t, e.addr, "responder", true)
-					b.connect(connectOpts{id: "responder", clean: true})
-					b.subscribe(1, subOpt{filter: reqTopic, qos: 1, noLocal: true})
+			for _, qos := range []byte{1, 2} {
+				for _, shared := range []bool{false, true} {
+					t.Run(fmt.Sprintf("qos%d/same_topic=%v", qos, shared), func(t *testing.T) {
+						e := start(t, envOpts{mode: mode})
+						reqTopic, respTopic := "rr/req", "rr/resp/a"
+						if shared {
+							reqTopic, respTopic = "rr/both", "rr/both"
+						}
+						a := dial(t, e.addr, "requester", true)
+						a.connect(connectOpts{id: "requester", clean: true})
+						a.subscribe(1, subOpt{filter: respTopic, qos: qos, noLocal: true})
+						b := dial(t, e.addr, "responder", true)
+						b.connect(connectOpts{id: "responder", clean: true})
+						b.subscribe(1, subOpt{filter: reqTopic, qos: qos, noLocal: true})
 
-					a.publish(pubOpts{topic: reqTopic, payload: "request", qos: 1, id: 1,
-						props: props{responseTopic: str(respTopic), correlationData: []byte("334")}})
-					a.expect(tPuback)
-					req := b.expect(tPublish)
-					b.ack(tPuback, req.id)
-					if req.props.responseTopic == nil || *req.props.responseTopic != respTopic || string(req.props.correlationData) != "334" {
-						t.Fatalf("responder got response topic %v, correlation %q [MQTT-3.3.2-15] [MQTT-3.3.2-16]", req.props.responseTopic, req.props.correlationData)
-					}
-					b.publish(pubOpts{topic: *req.props.responseTopic, payload: "response", qos: 1, id: 1,
-						props: props{correlationData: req.props.correlationData}})
-					b.expect(tPuback)
-					resp := a.expect(tPublish)
-					if string(resp.payload) != "response" || string(resp.props.correlationData) != "334" {
-						t.Fatalf("requester got %v correlation %q", resp, resp.props.correlationData)
-					}
-					a.ack(tPuback, resp.id)
-				})
+						a.publish(pubOpts{topic: reqTopic, payload: "request", qos: qos, id: 1,
+							props: props{responseTopic: str(respTopic), correlationData: []byte("334")}})
+						sendComplete(t, a, 1, qos)
+						req := b.expect(tPublish)
+						if req.props.responseTopic == nil || *req.props.responseTopic != respTopic || string(req.props.correlationData) != "334" {
+							t.Fatalf("responder got response topic %v, correlation %q [MQTT-3.3.2-15] [MQTT-3.3.2-16]", req.props.responseTopic, req.props.correlationData)
+						}
+						// Answer first, with the delivery's packet id, then acknowledge.
+						b.publish(pubOpts{topic: *req.props.responseTopic, payload: "response", qos: qos, id: req.id,
+							props: props{correlationData: req.props.correlationData}})
+						sendComplete(t, b, req.id, qos)
+						recvComplete(t, b, req)
+						resp := a.expect(tPublish)
+						if string(resp.payload) != "response" || string(resp.props.correlationData) != "334" {
+							t.Fatalf("requester got %v correlation %q", resp, resp.props.correlationData)
+						}
+						recvComplete(t, a, resp)
+						a.expectNothing(quiet)
+					})
+				}
 			}
 		})
+	}
+}
+
+// sendComplete finishes the sender's side of a QoS 1 or 2 PUBLISH with id:
+// PUBACK, or PUBREC, PUBREL, PUBCOMP, each with a success code.
+func sendComplete(t *testing.T, c *client, id uint16, qos byte) {
+	t.Helper()
+	if qos == 1 {
+		if a := c.expect(tPuback); a.id != id || !success(a.reason) {
+			t.Fatalf("%s: %v, want PUBACK %d", c.name, a, id)
+		}
+		return
+	}
+	if a := c.expect(tPubrec); a.id != id || !success(a.reason) {
+		t.Fatalf("%s: %v, want PUBREC %d", c.name, a, id)
+	}
+	c.ack(tPubrel, id)
+	if a := c.expect(tPubcomp); a.id != id || a.reason != 0 {
+		t.Fatalf("%s: %v, want PUBCOMP %d", c.name, a, id)
+	}
+}
+
+// recvComplete finishes the receiver's side of a delivered PUBLISH.
+func recvComplete(t *testing.T, c *client, p packet) {
+	t.Helper()
+	switch p.qos() {
+	case 1:
+		c.ack(tPuback, p.id)
+	case 2:
+		c.ack(tPubrec, p.id)
+		if r := c.expect(tPubrel); r.id != p.id || r.reason != 0 {
+			t.Fatalf("%s: %v, want PUBREL %d", c.name, r, p.id)
+		}
+		c.ack(tPubcomp, p.id)
 	}
 }
 
