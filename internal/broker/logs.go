@@ -59,10 +59,11 @@ func (h *limitHandler) Handle(ctx context.Context, r slog.Record) error {
 }
 
 func (h *limitHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	for i := range as {
-		as[i] = shorten(as[i])
+	short := make([]slog.Attr, len(as))
+	for i, a := range as {
+		short[i] = shorten(a)
 	}
-	return &limitHandler{Handler: h.Handler.WithAttrs(as), lim: h.lim}
+	return &limitHandler{Handler: h.Handler.WithAttrs(short), lim: h.lim}
 }
 
 func (h *limitHandler) WithGroup(n string) slog.Handler {

@@ -162,3 +162,27 @@ func readFull(c net.Conn, b []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// TestClientLogLimiter: a burst, then one line per interval, and the count
+// of suppressed lines on the next allowed one; clients are independent.
+func TestClientLogLimiter(t *testing.T) {
+	l := newClientLogLimiter()
+	t0 := time.Unix(1000, 0)
+	for i := range clientLogBurst {
+		if ok, _ := l.allow("a", t0); !ok {
+			t.Fatalf("line %d of the burst refused", i)
+		}
+	}
+	for range 5 {
+		if ok, _ := l.allow("a", t0); ok {
+			t.Fatal("line beyond the burst allowed")
+		}
+	}
+	if ok, _ := l.allow("b", t0); !ok {
+		t.Fatal("another client limited by a")
+	}
+	ok, n := l.allow("a", t0.Add(clientLogEvery))
+	if !ok || n != 5 {
+		t.Fatalf("after one interval: allowed %v, suppressed %d, want true, 5", ok, n)
+	}
+}
