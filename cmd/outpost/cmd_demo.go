@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/outpost-edge/outpost/examples"
@@ -150,7 +151,9 @@ func dialMQTT(ctx context.Context, addr, id string, onMsg func(*paho.Publish)) (
 	if err != nil {
 		return nil, err
 	}
-	cc := paho.ClientConfig{ClientID: id, Conn: conn}
+	// NewThreadSafeConn: paho writes a packet with several Writes and
+	// serialises them only on a sync.Locker connection (see docs/broker.md).
+	cc := paho.ClientConfig{ClientID: id, Conn: packets.NewThreadSafeConn(conn)}
 	if onMsg != nil {
 		cc.OnPublishReceived = []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
 			onMsg(pr.Packet)

@@ -12,9 +12,12 @@ import (
 // With Options.OnPublishAsync set, a QoS 1 publish from a network client is
 // not acknowledged by mochi in the client's read loop. Instead:
 //
-//  1. the hook reserves a slot in the client's acker (at most the broker's
-//     receive_maximum publishes may await their PUBACK; beyond that the read
-//     loop waits, which is MQTT's own flow control [MQTT-3.3.4-7]);
+//  1. the hook reserves a slot in the client's acker: at most the broker's
+//     receive_maximum publishes may await their PUBACK. An MQTT 5 client
+//     also takes one of its receive quota (mochi's count of unacknowledged
+//     QoS>0 publishes), so one more publish than Receive Maximum gets
+//     DISCONNECT 0x93 [MQTT-3.3.4-7], section 3.3.4; a 3.1.1 client, which
+//     has no Receive Maximum, makes the read loop wait for a slot;
 //  2. the message is handed to the pipeline, whose durable sinks group many
 //     publishes into one fsync;
 //  3. local subscribers get the message at once, through an inline client
@@ -33,6 +36,7 @@ type acker struct {
 	kick   chan struct{}
 	stop   chan struct{}
 	refuse func(error) packets.Code
+	quota  bool // MQTT 5: publishes awaiting PUBACK count against the client's receive quota
 
 	mu      sync.Mutex
 	pending []*ackEntry // in arrival order
@@ -58,7 +62,8 @@ func (b *Broker) ackerFor(srv *mqtt.Server, cl *mqtt.Client) *acker {
 		max = cfg.Limits.ReceiveMaximum
 	}
 	a := &acker{cl: cl, inline: srv.NewClient(nil, cl.Net.Listener, cl.ID, true), slots: make(chan struct{}, max),
-		kick: make(chan struct{}, 1), stop: make(chan struct{}), refuse: refusalCode}
+		kick: make(chan struct{}, 1), stop: make(chan struct{}), refuse: refusalCode,
+		quota: cl.Properties.ProtocolVersion == 5}
 	b.ackers[cl] = a
 	go a.writer()
 	return a
@@ -76,6 +81,9 @@ func (b *Broker) dropAcker(cl *mqtt.Client) {
 
 // reserve appends an entry for packet id, waiting for a free slot.
 func (a *acker) reserve(id uint16) *ackEntry {
+	if a.quota {
+		a.cl.State.Inflight.DecreaseReceiveQuota()
+	}
 	a.slots <- struct{}{}
 	e := &ackEntry{id: id}
 	a.mu.Lock()
@@ -119,10 +127,15 @@ func (a *acker) writer() {
 		ready = append(ready[:0], a.pending[:n]...)
 		a.pending = append(a.pending[:0], a.pending[n:]...)
 		a.mu.Unlock()
-		a.send(ready)
+		// Quota and slots return before the PUBACKs go out: a client that
+		// publishes again the moment it reads one must find room.
 		for range ready {
+			if a.quota {
+				a.cl.State.Inflight.IncreaseReceiveQuota()
+			}
 			<-a.slots
 		}
+		a.send(ready)
 	}
 }
 

@@ -131,7 +131,11 @@ func New(opts Options) *Broker {
 	if opts.DataDir == "" {
 		opts.DataDir = "."
 	}
-	b := &Broker{opts: opts, log: opts.Logger, identities: map[string]*identity{}, subs: map[int]inlineSub{},
+	// Every broker log line (Outpost's and mochi's) goes through the
+	// per-client limiter: a client cannot flood the log (one SUBSCRIBE with
+	// thousands of refused filters wrote 1.5 MB), and no value is long.
+	log := slog.New(&limitHandler{Handler: opts.Logger.Handler(), lim: newClientLogLimiter()})
+	b := &Broker{opts: opts, log: log, identities: map[string]*identity{}, subs: map[int]inlineSub{},
 		ackers: map[*mqtt.Client]*acker{}}
 	b.conns.b = b
 	b.m = newBrokerMetrics(opts.Metrics, b)
@@ -219,6 +223,9 @@ func (b *Broker) build(c *Config) (*mqtt.Server, error) {
 	caps.MaximumClientWritesPending = int32(c.Limits.MaxPending)
 	caps.MaximumSessionExpiryInterval = uint32(c.Limits.SessionExpiry.D() / time.Second)
 	caps.MaximumMessageExpiryInterval = int64(c.Limits.SessionExpiry.D() / time.Second)
+	// Acknowledgements do not echo the publish's properties (user
+	// properties) back to the publisher.
+	caps.Compatibilities.NoInheritedPropertiesOnAck = true
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities:           caps,
 		Logger:                 slog.New(quietHandler{b.log.Handler()}).With("module", "broker"),

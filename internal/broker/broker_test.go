@@ -36,6 +36,8 @@ const testTimeout = 20 * time.Second
 
 // testHash is a bcrypt hash of "secret" (cost 4 for speed in tests).
 var testHash = func() string {
+	// Cost 4, not HashPassword's 10: one cost-10 hash takes seconds under
+	// -race on a loaded machine, longer than the tests' connect timeouts.
 	h, err := bcrypt.GenerateFromPassword([]byte("secret"), 4)
 	if err != nil {
 		panic(err)
@@ -127,7 +129,7 @@ func dialV5(t *testing.T, network, addr, id, user, pass string, clean bool) (*v5
 	c := &v5client{msgs: make(chan *paho.Publish, 10000)}
 	c.Client = paho.NewClient(paho.ClientConfig{
 		ClientID: id,
-		Conn:     conn,
+		Conn:     wrapConn(conn),
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
 			c.msgs <- pr.Packet
 			return true, nil
@@ -474,7 +476,7 @@ func TestTLSAndMutualTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl := paho.NewClient(paho.ClientConfig{ClientID: "dev1", Conn: conn})
+	cl := paho.NewClient(paho.ClientConfig{ClientID: "dev1", Conn: wrapConn(conn)})
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
 	if _, err := cl.Connect(ctx, &paho.Connect{ClientID: "dev1", KeepAlive: 30, CleanStart: true}); err != nil {

@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"io"
 	"reflect"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/VictoriaMetrics/metrics"
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -35,7 +33,7 @@ func (h *hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnSubscribe,
 		mqtt.OnDisconnect, mqtt.OnPublishDropped, mqtt.OnQosDropped, mqtt.OnSessionEstablished,
-		mqtt.OnPacketProcessed, mqtt.OnConnectAuthorize, mqtt.OnSelectSubscribers, mqtt.OnWill,
+		mqtt.OnConnectAuthorize, mqtt.OnSelectSubscribers, mqtt.OnWill,
 	}, []byte{b})
 }
 
@@ -375,93 +373,6 @@ func (b *Broker) flowControl(topic string, qos byte) {
 // QoS0MaxWait bounds how long a QoS 0 publisher is held for a full
 // subscriber queue before the message is delivered best effort.
 const QoS0MaxWait = 100 * time.Millisecond
-
-// sendQuotaField locates the unexported outbound send quota (the client's
-// Receive Maximum minus unacknowledged QoS>0 publishes) in mochi's Inflight.
-var sendQuotaField = func() []int {
-	f, ok := reflect.TypeFor[mqtt.Inflight]().FieldByName("sendQuota")
-	if !ok || f.Type.Kind() != reflect.Int32 {
-		return nil
-	}
-	return f.Index
-}()
-
-func sendQuota(in *mqtt.Inflight) *int32 {
-	if sendQuotaField == nil {
-		return nil
-	}
-	return (*int32)(unsafe.Pointer(reflect.ValueOf(in).Elem().FieldByIndex(sendQuotaField).UnsafeAddr()))
-}
-
-// OnPacketProcessed releases QoS>0 messages that mochi parked because the
-// subscriber's Receive Maximum was reached, as acknowledgements free quota.
-//
-// mochi 2.7.9 releases one parked message per inbound packet and then deletes
-// it from the in-flight store, so its PUBACK is ignored and the quota it used
-// is never returned: after Receive Maximum such releases a subscriber stalls
-// for good, and the released messages are no longer redelivered on
-// reconnect. This hook runs just before that code and releases parked
-// messages itself, in publish order, keeping them in flight until acknowledged;
-// mochi's own release then finds nothing to do.
-func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, err error) {
-	if err != nil || cl.Net.Inline || cl.Closed() || cl.Net.Conn == nil {
-		return
-	}
-	q := sendQuota(cl.State.Inflight)
-	if q == nil || atomic.LoadInt32(q) <= 0 {
-		return
-	}
-	parked := cl.State.Inflight.GetAll(true)
-	if len(parked) == 0 {
-		return
-	}
-	sortPublishOrder(parked)
-	for _, next := range parked {
-		if atomic.LoadInt32(q) <= 0 {
-			return
-		}
-		if next.TopicName != "" && !h.OnACLCheck(cl, next.TopicName, false) {
-			// No longer readable by this session's user (ACL reloaded): dropped.
-			if cl.State.Inflight.Delete(next.PacketID) {
-				if srv := h.b.server(); srv != nil {
-					atomic.AddInt64(&srv.Info.Inflight, -1)
-				}
-				if h.store != nil {
-					h.store.OnQosDropped(cl, next)
-				}
-			}
-			continue
-		}
-		next.Expiry = 0 // no longer parked; awaits its PUBACK
-		cl.State.Inflight.Set(next)
-		cl.State.Inflight.DecreaseSendQuota()
-		if err := cl.WritePacket(next); err != nil {
-			return // stays in flight; resent on reconnect
-		}
-	}
-}
-
-// sortPublishOrder orders packets by creation second, then by packet id,
-// treating ids as a sequence that may have wrapped past 65535.
-func sortPublishOrder(ps []packets.Packet) {
-	lo, hi := uint16(65535), uint16(0)
-	for _, p := range ps {
-		lo, hi = min(lo, p.PacketID), max(hi, p.PacketID)
-	}
-	wrapped := hi-lo > 32768
-	key := func(id uint16) int {
-		if wrapped && id < 32768 {
-			return int(id) + 65536
-		}
-		return int(id)
-	}
-	sort.Slice(ps, func(i, j int) bool {
-		if ps[i].Created != ps[j].Created {
-			return ps[i].Created < ps[j].Created
-		}
-		return key(ps[i].PacketID) < key(ps[j].PacketID)
-	})
-}
 
 // OnSessionEstablished resets the once-per-client log keys of a client that
 // managed to connect.

@@ -303,8 +303,11 @@ func TestFailedLoginBackoff(t *testing.T) {
 		{other, "admin", "secret", 0, "another user from another address"},
 		{device, "alice", "secret", 0, "alice from the address she logged in from before"},
 	}
-	for _, s := range steps {
-		if rc := rawConnectFrom(t, s.src, tb.addr, "y", s.user, s.pass); rc != s.want {
+	for i, s := range steps {
+		// A client id per step: reusing one would take over the previous
+		// step's connection (possibly still attached), which a different
+		// user may not do (foreign_session: refuse).
+		if rc := rawConnectFrom(t, s.src, tb.addr, fmt.Sprintf("y%d", i), s.user, s.pass); rc != s.want {
 			t.Fatalf("%s: return code %d, want %d", s.what, rc, s.want)
 		}
 	}

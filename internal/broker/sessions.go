@@ -39,12 +39,12 @@ func (h *hook) connectLimits(srv *mqtt.Server, cl *mqtt.Client, pk packets.Packe
 }
 
 // OnConnectAuthorize runs after authentication, before the session is set
-// up (fork patch 10). It refuses:
+// up (fork patch 20). It refuses:
 //
 //   - a will topic with wildcards (a protocol error: 0x82; 3.1.1 closes the
 //     connection), on a $ topic, or one the client's publish ACL denies
 //     (0x87; 3.1.1: 5 not authorized). The will is checked again when it
-//     fires (fork patch 11), as the ACL may have been reloaded meanwhile.
+//     fires (fork patch 21), as the ACL may have been reloaded meanwhile.
 //   - a client id whose session belongs to another user (foreign_session:
 //     refuse), or makes the newcomer start fresh (foreign_session: fresh).
 //     The owner is the session's username, which the store persists.

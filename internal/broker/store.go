@@ -190,7 +190,15 @@ func subKey(id, filter string) string {
 	return storage.SubscriptionKey + "_" + id + ":" + filter
 }
 func retainedKey(topic string) string { return storage.RetainedKey + "_" + topic }
+
+// inflightKey names a session's in-flight record. A flow the client started
+// (its QoS 2 PUBLISH awaiting PUBREL) is in the client's packet identifier
+// space, apart from the server's own messages to it: "<id>:in" (mochi's
+// hooks pass the stored packet, whose type tells the direction).
 func inflightKey(id string, pk packets.Packet) string {
+	if mqtt.IsInbound(pk) {
+		return storage.InflightKey + "_" + id + ":" + pk.FormatID() + ":in"
+	}
 	return storage.InflightKey + "_" + id + ":" + pk.FormatID()
 }
 

@@ -88,6 +88,20 @@ func (cl *Clients) Delete(id string) {
 	delete(cl.internal, id)
 }
 
+// deleteIfSame removes cl from the map if the map still holds cl under its
+// id (not a newer client that took the id over). Reports whether it did.
+//
+// outpost: see attachClient.
+func (cl *Clients) deleteIfSame(c *Client) bool {
+	cl.Lock()
+	defer cl.Unlock()
+	if cur, ok := cl.internal[c.ID]; ok && cur != c {
+		return false
+	}
+	delete(cl.internal, c.ID)
+	return true
+}
+
 // GetByListener returns clients matching a listener id.
 func (cl *Clients) GetByListener(id string) []*Client {
 	cl.RLock()
@@ -200,7 +214,8 @@ func (cl *Client) WriteLoop() {
 		case pk := <-cl.State.outbound:
 			if err := cl.WritePacket(*pk); err != nil {
 				// TODO : Figure out what to do with error
-				cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
+				cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID,
+					"type", packets.PacketNames[pk.FixedHeader.Type]) // outpost: never the packet
 			}
 			atomic.AddInt32(&cl.State.outboundQty, -1)
 		case <-cl.State.open.Done():
@@ -304,15 +319,32 @@ func (cl *Client) NextPacketID() (i uint32, err error) {
 }
 
 // ResendInflightMessages attempts to resend any pending inflight messages to connected clients.
+//
+// outpost: only the server's own PUBLISH and PUBREL packets are resent
+// [MQTT-4.4.0-1]; a PUBREC for the client's QoS 2 PUBLISH stays in the
+// client's identifier space awaiting its PUBREL (upstream resent it, and
+// PUBACK/PUBCOMP too). A message whose expiry passed while the session was
+// offline is dropped, not delivered [MQTT-3.3.2-5].
 func (cl *Client) ResendInflightMessages(force bool) error {
 	if cl.State.Inflight.Len() == 0 {
 		return nil
 	}
 
+	now := time.Now().Unix()
 	for _, tk := range cl.State.Inflight.GetAll(false) {
+		if IsInbound(tk) {
+			continue
+		}
+		if tk.FixedHeader.Type == packets.Publish && expiredAt(tk, now) {
+			if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
+				cl.ops.hooks.OnQosDropped(cl, tk)
+				atomic.AddInt64(&cl.ops.info.Inflight, -1)
+			}
+			continue
+		}
 		if tk.FixedHeader.Type == packets.Publish {
 			// outpost: a queued message is delivered only if the session's user may
-			// still read it (PATCHES.md 12); otherwise it is dropped.
+			// still read it (PATCHES.md 22); otherwise it is dropped.
 			if tk.TopicName != "" && !cl.ops.hooks.OnACLCheck(cl, tk.TopicName, false) {
 				if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
 					cl.ops.hooks.OnQosDropped(cl, tk)
@@ -328,22 +360,24 @@ func (cl *Client) ResendInflightMessages(force bool) error {
 		if err != nil {
 			return err
 		}
-
-		if tk.FixedHeader.Type == packets.Puback || tk.FixedHeader.Type == packets.Pubcomp {
-			if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
-				cl.ops.hooks.OnQosComplete(cl, tk)
-				atomic.AddInt64(&cl.ops.info.Inflight, -1)
-			}
-		}
 	}
 
 	return nil
 }
 
+// expiredAt reports whether an outbound message's Message Expiry Interval
+// has passed at unix time now [MQTT-3.3.2-5].
+//
+// outpost: any protocol version; the expiry belongs to the message (set by a
+// v5 publisher), not to the subscriber's protocol.
+func expiredAt(pk packets.Packet, now int64) bool {
+	return pk.Expiry > 0 && pk.Expiry < now
+}
+
 // ClearInflights deletes all inflight messages for the client, e.g. for a disconnected user with a clean session.
 func (cl *Client) ClearInflights() {
 	for _, tk := range cl.State.Inflight.GetAll(false) {
-		if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
+		if ok := cl.State.Inflight.Remove(tk); ok { // outpost: Remove, by direction
 			cl.ops.hooks.OnQosDropped(cl, tk)
 			atomic.AddInt64(&cl.ops.info.Inflight, -1)
 		}
@@ -354,14 +388,14 @@ func (cl *Client) ClearInflights() {
 func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 	deleted := []uint16{}
 	for _, tk := range cl.State.Inflight.GetAll(false) {
-		expired := tk.ProtocolVersion == 5 && tk.Expiry > 0 && tk.Expiry < now // [MQTT-3.3.2-5]
+		expired := tk.FixedHeader.Type == packets.Publish && expiredAt(tk, now) // [MQTT-3.3.2-5]
 
 		// If the maximum message expiry interval is set (greater than 0), and the message
 		// retention period exceeds the maximum expiry, the message will be forcibly removed.
 		enforced := maximumExpiry > 0 && now-tk.Created > maximumExpiry
 
 		if expired || enforced {
-			if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
+			if ok := cl.State.Inflight.Remove(tk); ok { // outpost: Remove, by direction
 				cl.ops.hooks.OnQosDropped(cl, tk)
 				atomic.AddInt64(&cl.ops.info.Inflight, -1)
 				deleted = append(deleted, tk.PacketID)
@@ -671,7 +705,10 @@ func (cl *Client) WritePackets(pks []packets.Packet) error {
 // encodePacket prepares pk for this client (expiry, protocol version, size
 // and property limits, OnPacketEncode hooks) and encodes it into buf.
 func (cl *Client) encodePacket(pk packets.Packet, buf *bytes.Buffer) (packets.Packet, *bytes.Buffer, error) {
-	if pk.Expiry > 0 {
+	// outpost: only when the publisher set one; Expiry is also set from the
+	// server's maximum for messages without one, which must then arrive
+	// without the property (upstream added it).
+	if pk.Expiry > 0 && pk.Properties.MessageExpiryInterval > 0 {
 		expiry := pk.Expiry - time.Now().Unix()
 		if expiry < 1 {
 			expiry = 1

@@ -275,7 +275,8 @@ func (h *Hooks) OnPacketRead(cl *Client, pk packets.Packet) (pkx packets.Packet,
 		if hook.Provides(OnPacketRead) {
 			npk, err := hook.OnPacketRead(cl, pkx)
 			if err != nil && errors.Is(err, packets.ErrRejectPacket) {
-				h.Log.Debug("packet rejected", "hook", hook.ID(), "packet", pkx)
+				h.Log.Debug("packet rejected", "hook", hook.ID(), "client", cl.ID,
+					"type", packets.PacketNames[pkx.FixedHeader.Type]) // outpost: never the packet (payload, credentials)
 				return pk, err
 			} else if err != nil {
 				continue
@@ -403,23 +404,33 @@ func (h *Hooks) OnPublish(cl *Client, pk packets.Packet) (pkx packets.Packet, er
 			npk, err := hook.OnPublish(cl, pkx)
 			if err != nil {
 				if errors.Is(err, packets.ErrRejectPacket) {
-					// outpost: only box the packet for the log when debug is on:
-					// the argument escaped to the heap on every rejected
-					// publish (every QoS 1 publish Outpost acknowledges itself).
+					// outpost: only log when debug is on (the arguments
+					// escaped to the heap on every rejected publish, and
+					// Outpost rejects every QoS 1 publish it acknowledges
+					// itself), and never the packet: topic only, no payload.
 					if h.Log.Enabled(context.Background(), slog.LevelDebug) {
 						h.Log.Debug("publish packet rejected",
 							"error", err,
 							"hook", hook.ID(),
-							"packet", pkx)
+							"client", cl.ID,
+							"topic", pkx.TopicName)
 					}
 					return pk, err
 				} else if errors.Is(err, packets.CodeSuccessIgnore) {
 					return pk, err
 				}
-				h.Log.Error("publish packet error",
+				// outpost: a hook refusing a publish with a reason code is
+				// not an error of the server (Outpost refuses publishes its
+				// pipeline cannot take): debug, and never the payload.
+				level := slog.LevelError
+				if errors.As(err, new(packets.Code)) {
+					level = slog.LevelDebug
+				}
+				h.Log.Log(context.Background(), level, "publish packet error",
 					"error", err,
 					"hook", hook.ID(),
-					"packet", pkx)
+					"client", cl.ID,
+					"topic", pkx.TopicName)
 				return pk, err
 			}
 			pkx = npk
@@ -521,7 +532,8 @@ func (h *Hooks) OnWill(cl *Client, will Will) Will {
 				h.Log.Error("parse will error",
 					"error", err,
 					"hook", hook.ID(),
-					"will", will)
+					"client", cl.ID,
+					"will_topic", will.TopicName) // outpost: never the will payload
 				continue
 			}
 			will = mlwt
@@ -678,7 +690,7 @@ func (h *Hooks) OnConnectAuthenticate(cl *Client, pk packets.Packet) bool {
 // returning a packets.Code error (sent as the CONNACK reason), or return a modified
 // packet, e.g. with Connect.Clean set so the client starts a fresh session.
 //
-// outpost: new event (PATCHES.md 10): an authenticated client may still be refused,
+// outpost: new event (PATCHES.md 20): an authenticated client may still be refused,
 // for a will it may not publish or a session that belongs to another user.
 func (h *Hooks) OnConnectAuthorize(cl *Client, pk packets.Packet) (packets.Packet, error) {
 	for _, hook := range h.GetAll() {

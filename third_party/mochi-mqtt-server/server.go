@@ -450,7 +450,7 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	}
 
 	// outpost: an authenticated client may still be refused, with a reason code
-	// (PATCHES.md 10). MQTT 3.1.1 has return codes for few reasons: for the others
+	// (PATCHES.md 20). MQTT 3.1.1 has return codes for few reasons: for the others
 	// the connection is closed without a CONNACK, as 3.1.1 requires for errors.
 	if pkx, err := s.hooks.OnConnectAuthorize(cl, pk); err != nil {
 		code, ok := err.(packets.Code)
@@ -503,10 +503,14 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) || (cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
 	s.hooks.OnDisconnect(cl, err, expire)
 
-	if expire && !cl.IsTakenOver() {
+	// outpost: only while this connection still owns the client id. A
+	// reconnect with the same id that arrived between the check of
+	// IsTakenOver and here registered a new session, which upstream then
+	// deleted (the new session was gone: session present 0 on the next
+	// connect, its queued messages lost).
+	if expire && !cl.IsTakenOver() && s.Clients.deleteIfSame(cl) {
 		cl.ClearInflights()
 		s.UnsubscribeClient(cl)
-		s.Clients.Delete(cl.ID) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
 	}
 
 	return err
@@ -544,7 +548,9 @@ func (s *Server) receivePacket(cl *Client, pk packets.Packet) error {
 			_ = s.DisconnectClient(cl, code)
 		}
 
-		s.Log.Warn("error processing packet", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "pk", pk)
+		// outpost: never the packet itself (payload, credentials); its type and id.
+		s.Log.Warn("error processing packet", "error", err, "client", cl.ID, "listener", cl.Net.Listener,
+			"type", packets.PacketNames[pk.FixedHeader.Type], "packet_id", pk.PacketID)
 
 		return err
 	}
@@ -735,23 +741,51 @@ func (s *Server) processPacket(cl *Client, pk packets.Packet) error {
 	}
 
 	if cl.State.Inflight.Len() > 0 && atomic.LoadInt32(&cl.State.Inflight.sendQuota) > 0 {
-		next, ok := cl.State.Inflight.NextImmediate()
-		if ok && next.TopicName != "" && !s.hooks.OnACLCheck(cl, next.TopicName, false) {
-			// outpost: a queued message the session's user may no longer read is dropped (PATCHES.md 12).
-			if cl.State.Inflight.Delete(next.PacketID) {
-				atomic.AddInt64(&s.Info.Inflight, -1)
-				s.hooks.OnQosDropped(cl, next)
-			}
-		} else if ok {
-			_ = cl.WritePacket(next)
-			if ok := cl.State.Inflight.Delete(next.PacketID); ok {
-				atomic.AddInt64(&s.Info.Inflight, -1)
-			}
-			cl.State.Inflight.DecreaseSendQuota()
-		}
+		s.releaseParked(cl)
 	}
 
 	return nil
+}
+
+// releaseParked sends QoS>0 messages parked because the client's Receive
+// Maximum was reached, in publish order, while send quota is available.
+//
+// outpost: upstream released one parked message per inbound packet and then
+// deleted it from the in-flight store: its PUBACK was ignored, the quota it
+// used never came back (after Receive Maximum releases the client stalled
+// for good) and it was not redelivered on reconnect. A released message now
+// stays in flight until acknowledged; an expired one is dropped.
+func (s *Server) releaseParked(cl *Client) {
+	if cl.Net.Inline || cl.Closed() || cl.Net.Conn == nil {
+		return
+	}
+	now := time.Now().Unix()
+	for _, next := range cl.State.Inflight.GetAll(true) {
+		if atomic.LoadInt32(&cl.State.Inflight.sendQuota) <= 0 {
+			return
+		}
+		if expiredAt(next, now) { // [MQTT-3.3.2-5]
+			if ok := cl.State.Inflight.Delete(next.PacketID); ok {
+				cl.ops.hooks.OnQosDropped(cl, next)
+				atomic.AddInt64(&s.Info.Inflight, -1)
+			}
+			continue
+		}
+		if next.TopicName != "" && !s.hooks.OnACLCheck(cl, next.TopicName, false) {
+			// outpost: a queued message the session's user may no longer read is dropped (PATCHES.md 22).
+			if ok := cl.State.Inflight.Delete(next.PacketID); ok {
+				cl.ops.hooks.OnQosDropped(cl, next)
+				atomic.AddInt64(&s.Info.Inflight, -1)
+			}
+			continue
+		}
+		next.Parked = false // awaits its acknowledgement now
+		cl.State.Inflight.Set(next)
+		cl.State.Inflight.DecreaseSendQuota()
+		if err := cl.WritePacket(next); err != nil {
+			return // stays in flight; resent on reconnect
+		}
+	}
 }
 
 // processConnect processes a Connect packet. The packet cannot be used to establish
@@ -880,30 +914,41 @@ func (s *Server) InjectPacket(cl *Client, pk packets.Packet) error {
 
 // processPublish processes a Publish packet.
 func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
-	if !cl.Net.Inline && !IsValidFilter(pk.TopicName, true) {
-		return nil
+	// outpost: resolve the topic alias first [MQTT-3.3.2-12]: upstream
+	// checked validity and the ACL against the empty topic name of an alias
+	// reuse, so a client whose ACL lacked '#' had every reuse refused.
+	if !cl.Net.Inline && pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 { // [MQTT-3.3.2-11]
+		pk.TopicName = cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, pk.TopicName)
+		if pk.TopicName == "" {
+			return packets.ErrProtocolViolationNoTopic // an alias never set: Protocol Error [MQTT-3.3.2-8]
+		}
 	}
 
-	if atomic.LoadInt32(&cl.State.Inflight.receiveQuota) == 0 {
-		return s.DisconnectClient(cl, packets.ErrReceiveMaximum) // ~[MQTT-3.3.4-7] ~[MQTT-3.3.4-8]
+	if !cl.Net.Inline && !IsValidFilter(pk.TopicName, true) {
+		// outpost: answer instead of dropping silently (a QoS>0 publisher
+		// waited for an acknowledgement forever): a client may not publish
+		// to $SYS (4.7.2): not authorised, as for an ACL denial.
+		return s.refusePublish(cl, pk, packets.ErrNotAuthorized)
+	}
+
+	// outpost: a QoS 2 PUBLISH whose id still awaits the client's PUBREL is
+	// a retransmission of that message: acknowledge it again, do not deliver
+	// it twice [MQTT-4.3.3-10] (upstream answered PUBREC 0x91, even to a
+	// QoS 1 PUBLISH, and only after counting it against Receive Maximum).
+	if !cl.Net.Inline && pk.FixedHeader.Qos == 2 {
+		if pki, ok := cl.State.Inflight.GetInbound(pk.PacketID); ok && pki.FixedHeader.Type == packets.Pubrec {
+			return cl.WritePacket(s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.CodeSuccess))
+		}
+	}
+
+	// outpost: only QoS>0 publishes count against Receive Maximum
+	// (upstream also disconnected a QoS 0 publish while the quota was used up).
+	if pk.FixedHeader.Qos > 0 && atomic.LoadInt32(&cl.State.Inflight.receiveQuota) == 0 {
+		return s.DisconnectClient(cl, packets.ErrReceiveMaximum) // [MQTT-3.3.4-7] 0x93, section 3.3.4
 	}
 
 	if !cl.Net.Inline && !s.hooks.OnACLCheck(cl, pk.TopicName, true) {
-		if pk.FixedHeader.Qos == 0 {
-			return nil
-		}
-
-		if cl.Properties.ProtocolVersion != 5 {
-			return s.DisconnectClient(cl, packets.ErrNotAuthorized)
-		}
-
-		ackType := packets.Puback
-		if pk.FixedHeader.Qos == 2 {
-			ackType = packets.Pubrec
-		}
-
-		ack := s.buildAck(pk.PacketID, ackType, 0, pk.Properties, packets.ErrNotAuthorized)
-		return cl.WritePacket(ack)
+		return s.refusePublish(cl, pk, packets.ErrNotAuthorized)
 	}
 
 	pk.Origin = cl.ID
@@ -915,19 +960,12 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	}
 
 	if !cl.Net.Inline {
-		if pki, ok := cl.State.Inflight.Get(pk.PacketID); ok {
-			if pki.FixedHeader.Type == packets.Pubrec { // [MQTT-4.3.3-10]
-				ack := s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.ErrPacketIdentifierInUse)
-				return cl.WritePacket(ack)
-			}
-			if ok := cl.State.Inflight.Delete(pk.PacketID); ok { // [MQTT-4.3.2-5]
-				atomic.AddInt64(&s.Info.Inflight, -1)
-			}
+		// outpost: the client's id space only (see Inflight); upstream looked
+		// the id up among the server's own messages to this client, and
+		// deleted the one it found.
+		if ok := cl.State.Inflight.DeleteInbound(pk.PacketID); ok { // [MQTT-4.3.2-5]
+			atomic.AddInt64(&s.Info.Inflight, -1)
 		}
-	}
-
-	if pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 { // [MQTT-3.3.2-11]
-		pk.TopicName = cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, pk.TopicName)
 	}
 
 	if pk.FixedHeader.Qos > s.Options.Capabilities.MaximumQos {
@@ -963,7 +1001,9 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	}
 
 	cl.State.Inflight.DecreaseReceiveQuota()
-	ack := s.buildAck(pk.PacketID, packets.Puback, 0, pk.Properties, packets.QosCodes[pk.FixedHeader.Qos]) // [MQTT-4.3.2-4]
+	// outpost: success, not QosCodes[1] (0x01 "granted QoS 1"), which is not a
+	// PUBACK reason code and was sent whenever the PUBACK carried properties.
+	ack := s.buildAck(pk.PacketID, packets.Puback, 0, pk.Properties, packets.CodeSuccess) // [MQTT-4.3.2-4] [MQTT-3.4.2-1]
 	if pk.FixedHeader.Qos == 2 {
 		ack = s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.CodeSuccess) // [MQTT-3.3.4-1] [MQTT-4.3.3-8]
 	}
@@ -979,7 +1019,7 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	}
 
 	if pk.FixedHeader.Qos == 1 {
-		if ok := cl.State.Inflight.Delete(ack.PacketID); ok {
+		if ok := cl.State.Inflight.DeleteInbound(ack.PacketID); ok {
 			atomic.AddInt64(&s.Info.Inflight, -1)
 		}
 		cl.State.Inflight.IncreaseReceiveQuota()
@@ -990,6 +1030,27 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	s.hooks.OnPublished(cl, pk)
 
 	return nil
+}
+
+// refusePublish refuses a client's publish: QoS 0 is dropped, MQTT 5 QoS>0
+// gets a PUBACK/PUBREC with code, and a 3.1.1 QoS>0 publisher (which has no
+// negative acknowledgement) is disconnected.
+func (s *Server) refusePublish(cl *Client, pk packets.Packet, code packets.Code) error {
+	if pk.FixedHeader.Qos == 0 {
+		return nil
+	}
+
+	if cl.Properties.ProtocolVersion != 5 {
+		return s.DisconnectClient(cl, code)
+	}
+
+	ackType := packets.Puback
+	if pk.FixedHeader.Qos == 2 {
+		ackType = packets.Pubrec
+	}
+
+	ack := s.buildAck(pk.PacketID, ackType, 0, pk.Properties, code)
+	return cl.WritePacket(ack)
 }
 
 // retainMessage adds a message to a topic, and if a persistent store is provided,
@@ -1039,7 +1100,7 @@ func (s *Server) publishToSubscribers(pk packets.Packet) {
 		if cl, ok := s.Clients.Get(id); ok {
 			_, err := s.publishToClient(cl, subs, pk)
 			if err != nil {
-				s.Log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
+				s.Log.Debug("failed publishing packet", "error", err, "client", cl.ID, "topic", pk.TopicName) // outpost: no payload
 			}
 		}
 	}
@@ -1074,17 +1135,6 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		out.FixedHeader.Qos = s.Options.Capabilities.MaximumQos // [MQTT-3.2.2-9]
 	}
 
-	if cl.Properties.Props.TopicAliasMaximum > 0 {
-		var aliasExists bool
-		out.Properties.TopicAlias, aliasExists = cl.State.TopicAliases.Outbound.Set(pk.TopicName)
-		if out.Properties.TopicAlias > 0 {
-			out.Properties.TopicAliasFlag = true
-			if aliasExists {
-				out.TopicName = ""
-			}
-		}
-	}
-
 	if out.FixedHeader.Qos > 0 {
 		if cl.State.Inflight.Len() >= int(s.Options.Capabilities.MaximumInflight) {
 			// add hook?
@@ -1111,7 +1161,7 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		}
 
 		if sentQuota == 0 && atomic.LoadInt32(&cl.State.Inflight.maximumSendQuota) > 0 {
-			out.Expiry = -1
+			out.Parked = true // outpost: was Expiry = -1 (see packets.Packet.Parked)
 			cl.State.Inflight.Set(out)
 			return out, nil
 		}
@@ -1119,6 +1169,22 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 
 	if cl.Net.Conn == nil || cl.Closed() {
 		return out, packets.CodeDisconnect
+	}
+
+	// outpost: the outbound topic alias is applied only to the copy sent on
+	// this connection now; the in-flight store keeps the topic name. Alias
+	// mappings last one network connection [MQTT-3.3.2-7]: upstream stored
+	// the aliased copy (empty topic name), and resent or released it later,
+	// on a connection where that alias meant nothing.
+	if cl.Properties.Props.TopicAliasMaximum > 0 {
+		var aliasExists bool
+		out.Properties.TopicAlias, aliasExists = cl.State.TopicAliases.Outbound.Set(pk.TopicName)
+		if out.Properties.TopicAlias > 0 {
+			out.Properties.TopicAliasFlag = true
+			if aliasExists {
+				out.TopicName = ""
+			}
+		}
 	}
 
 	select {
@@ -1150,7 +1216,7 @@ func (s *Server) publishRetainedToClient(cl *Client, sub packets.Subscription, e
 	for _, pkv := range s.Topics.Messages(sub.Filter) { // [MQTT-3.8.4-4]
 		_, err := s.publishToClient(cl, sub, pkv)
 		if err != nil {
-			s.Log.Debug("failed to publish retained message", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "packet", pkv)
+			s.Log.Debug("failed to publish retained message", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "topic", pkv.TopicName) // outpost: no payload
 			continue
 		}
 		s.hooks.OnRetainPublished(cl, pkv)
@@ -1182,15 +1248,18 @@ func (s *Server) buildAck(packetID uint16, pkt, qos byte, properties packets.Pro
 }
 
 // processPuback processes a Puback packet, denoting completion of a QOS 1 packet sent from the server.
+//
+// outpost: the hooks get the stored PUBLISH (see processPubrel).
 func (s *Server) processPuback(cl *Client, pk packets.Packet) error {
-	if _, ok := cl.State.Inflight.Get(pk.PacketID); !ok {
+	stored, ok := cl.State.Inflight.Get(pk.PacketID)
+	if !ok {
 		return nil // omit, but would be packets.ErrPacketIdentifierNotFound
 	}
 
 	if ok := cl.State.Inflight.Delete(pk.PacketID); ok { // [MQTT-4.3.2-5]
 		cl.State.Inflight.IncreaseSendQuota()
 		atomic.AddInt64(&s.Info.Inflight, -1)
-		s.hooks.OnQosComplete(cl, pk)
+		s.hooks.OnQosComplete(cl, stored)
 	}
 
 	return nil
@@ -1203,59 +1272,76 @@ func (s *Server) processPubrec(cl *Client, pk packets.Packet) error {
 	}
 
 	if pk.ReasonCode >= packets.ErrUnspecifiedError.Code || !pk.ReasonCodeValid() { // [MQTT-4.3.3-4]
-		if ok := cl.State.Inflight.Delete(pk.PacketID); ok {
+		if stored, ok := cl.State.Inflight.Get(pk.PacketID); ok && cl.State.Inflight.Delete(pk.PacketID) {
 			atomic.AddInt64(&s.Info.Inflight, -1)
+			cl.State.Inflight.IncreaseSendQuota() // outpost: the flow ends; its quota returns (section 4.9)
+			cl.ops.hooks.OnQosDropped(cl, stored)
 		}
-		cl.ops.hooks.OnQosDropped(cl, pk)
 		return nil // as per MQTT5 Section 4.13.2 paragraph 2
 	}
 
-	ack := s.buildAck(pk.PacketID, packets.Pubrel, 1, pk.Properties, packets.CodeSuccess) // [MQTT-4.3.3-4] ![MQTT-4.3.3-6]
-	cl.State.Inflight.DecreaseReceiveQuota()                                              // -1 RECV QUOTA
-	cl.State.Inflight.Set(ack)                                                            // [MQTT-4.3.3-5]
+	// outpost: an outbound flow no longer touches the receive quota (which
+	// counts the client's publishes); upstream took one here.
+	ack := s.buildAck(pk.PacketID, packets.Pubrel, 1, packets.Properties{}, packets.CodeSuccess) // [MQTT-4.3.3-4] ![MQTT-4.3.3-6]
+	cl.State.Inflight.Set(ack)                                                                   // [MQTT-4.3.3-5]
 	return cl.WritePacket(ack)
 }
 
 // processPubrel processes a Pubrel packet, denoting completion of a QOS 2 packet sent from the client.
+//
+// outpost: PUBREL belongs to a flow the client started, so its id is looked
+// up in the client's identifier space (see Inflight), it returns receive
+// quota only (upstream also added send quota), and the hooks get the stored
+// PUBREC, so a store can tell the directions apart.
 func (s *Server) processPubrel(cl *Client, pk packets.Packet) error {
-	if _, ok := cl.State.Inflight.Get(pk.PacketID); !ok { // [MQTT-4.3.3-7] [MQTT-4.3.3-13]
-		return cl.WritePacket(s.buildAck(pk.PacketID, packets.Pubcomp, 0, pk.Properties, packets.ErrPacketIdentifierNotFound))
+	stored, ok := cl.State.Inflight.GetInbound(pk.PacketID)
+	if !ok || stored.FixedHeader.Type != packets.Pubrec { // [MQTT-4.3.3-7] [MQTT-4.3.3-13]
+		code := packets.ErrPacketIdentifierNotFound
+		if cl.Properties.ProtocolVersion < 5 {
+			code = packets.CodeSuccess // 3.1.1 has no reason codes: PUBCOMP anyway [MQTT-4.3.3-2]
+		}
+		return cl.WritePacket(s.buildAck(pk.PacketID, packets.Pubcomp, 0, packets.Properties{}, code))
 	}
 
 	if pk.ReasonCode >= packets.ErrUnspecifiedError.Code || !pk.ReasonCodeValid() { // [MQTT-4.3.3-9]
-		if ok := cl.State.Inflight.Delete(pk.PacketID); ok {
+		if ok := cl.State.Inflight.DeleteInbound(pk.PacketID); ok {
 			atomic.AddInt64(&s.Info.Inflight, -1)
+			cl.State.Inflight.IncreaseReceiveQuota()
+			cl.ops.hooks.OnQosDropped(cl, stored)
 		}
-		cl.ops.hooks.OnQosDropped(cl, pk)
 		return nil
 	}
 
-	ack := s.buildAck(pk.PacketID, packets.Pubcomp, 0, pk.Properties, packets.CodeSuccess) // [MQTT-4.3.3-11]
-	cl.State.Inflight.Set(ack)
+	ack := s.buildAck(pk.PacketID, packets.Pubcomp, 0, packets.Properties{}, packets.CodeSuccess) // [MQTT-4.3.3-11]
 
 	err := cl.WritePacket(ack)
 	if err != nil {
 		return err
 	}
 
-	cl.State.Inflight.IncreaseReceiveQuota()             // +1 RECV QUOTA
-	cl.State.Inflight.IncreaseSendQuota()                // +1 SENT QUOTA
-	if ok := cl.State.Inflight.Delete(pk.PacketID); ok { // [MQTT-4.3.3-12]
+	if ok := cl.State.Inflight.DeleteInbound(pk.PacketID); ok { // [MQTT-4.3.3-12]
+		cl.State.Inflight.IncreaseReceiveQuota() // +1 RECV QUOTA
 		atomic.AddInt64(&s.Info.Inflight, -1)
-		s.hooks.OnQosComplete(cl, pk)
+		s.hooks.OnQosComplete(cl, stored)
 	}
 
 	return nil
 }
 
 // processPubcomp processes a Pubcomp packet, denoting completion of a QOS 2 packet sent from the server.
+//
+// outpost: only a PUBCOMP for a PUBREL the server sent ends a flow and
+// returns send quota (upstream returned both quotas for any PUBCOMP).
 func (s *Server) processPubcomp(cl *Client, pk packets.Packet) error {
 	// regardless of whether the pubcomp is a success or failure, we end the qos flow, delete inflight, and restore the quotas.
-	cl.State.Inflight.IncreaseReceiveQuota() // +1 RECV QUOTA
-	cl.State.Inflight.IncreaseSendQuota()    // +1 SENT QUOTA
+	stored, ok := cl.State.Inflight.Get(pk.PacketID)
+	if !ok {
+		return nil
+	}
 	if ok := cl.State.Inflight.Delete(pk.PacketID); ok {
+		cl.State.Inflight.IncreaseSendQuota() // +1 SENT QUOTA
 		atomic.AddInt64(&s.Info.Inflight, -1)
-		s.hooks.OnQosComplete(cl, pk)
+		s.hooks.OnQosComplete(cl, stored)
 	}
 
 	return nil
@@ -1265,8 +1351,14 @@ func (s *Server) processPubcomp(cl *Client, pk packets.Packet) error {
 func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 	pk = s.hooks.OnSubscribe(cl, pk)
 	code := packets.CodeSuccess
-	if _, ok := cl.State.Inflight.Get(pk.PacketID); ok {
+	// outpost: the client's identifier space only (see Inflight): an id the
+	// client still uses for a QoS 2 PUBLISH awaiting PUBREL is in use
+	// [MQTT-2.2.1-3]; the server's own ids to this client are not.
+	if pki, ok := cl.State.Inflight.GetInbound(pk.PacketID); ok && pki.FixedHeader.Type == packets.Pubrec {
 		code = packets.ErrPacketIdentifierInUse
+		if cl.Properties.ProtocolVersion < 5 {
+			code = packets.ErrUnspecifiedError // 3.1.1 SUBACK knows only 0x80 failure [MQTT-3.9.3-2]
+		}
 	}
 
 	filterExisted := make([]bool, len(pk.Filters))
@@ -1339,7 +1431,10 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 // processUnsubscribe processes an unsubscribe packet.
 func (s *Server) processUnsubscribe(cl *Client, pk packets.Packet) error {
 	code := packets.CodeSuccess
-	if _, ok := cl.State.Inflight.Get(pk.PacketID); ok {
+	// outpost: the client's identifier space only (see processSubscribe).
+	// 3.1.1 UNSUBACK has no reason codes, so there the unsubscribe proceeds.
+	if pki, ok := cl.State.Inflight.GetInbound(pk.PacketID); ok && pki.FixedHeader.Type == packets.Pubrec &&
+		cl.Properties.ProtocolVersion == 5 {
 		code = packets.ErrPacketIdentifierInUse
 	}
 
@@ -1450,7 +1545,12 @@ func (s *Server) DisconnectClient(cl *Client, code packets.Code) error {
 
 	// We already have a code we are using to disconnect the client, so we are not
 	// interested if the write packet fails due to a closed connection (as we are closing it).
-	err := cl.WritePacket(out)
+	// outpost: only MQTT 5 has a server DISCONNECT; a 3.1.1 connection is
+	// just closed [MQTT-3.14.0-1 (3.1.1): DISCONNECT is sent by the client].
+	var err error
+	if cl.Properties.ProtocolVersion == 5 {
+		err = cl.WritePacket(out)
+	}
 	if !s.Options.Capabilities.Compatibilities.PassiveClientDisconnect {
 		cl.Stop(code)
 		if code.Code >= packets.ErrUnspecifiedError.Code {
@@ -1545,7 +1645,7 @@ func (s *Server) sendLWT(cl *Client) {
 	modifiedLWT := s.hooks.OnWill(cl, cl.Properties.Will)
 
 	// outpost: a will is a publish by its client: it must still be allowed when it
-	// fires (the ACL may have changed since CONNECT). PATCHES.md 11.
+	// fires (the ACL may have changed since CONNECT). PATCHES.md 21.
 	if !IsValidFilter(modifiedLWT.TopicName, true) || !s.hooks.OnACLCheck(cl, modifiedLWT.TopicName, true) {
 		atomic.StoreUint32(&cl.Properties.Will.Flag, 0)
 		return
@@ -1766,11 +1866,10 @@ func (s *Server) clearExpiredRetainedMessages(now int64) {
 // clearExpiredInflights deletes any inflight messages which have expired.
 func (s *Server) clearExpiredInflights(now int64) {
 	for _, client := range s.Clients.GetAll() {
-		if deleted := client.ClearExpiredInflights(now, s.Options.Capabilities.MaximumMessageExpiryInterval); len(deleted) > 0 {
-			for _, id := range deleted {
-				s.hooks.OnQosDropped(client, packets.Packet{PacketID: id})
-			}
-		}
+		// outpost: ClearExpiredInflights already called OnQosDropped with
+		// each stored packet; upstream called it a second time here with an
+		// empty packet of no direction.
+		client.ClearExpiredInflights(now, s.Options.Capabilities.MaximumMessageExpiryInterval)
 	}
 }
 
@@ -1779,7 +1878,7 @@ func (s *Server) sendDelayedLWT(dt int64) {
 	for id, pk := range s.loop.willDelayed.GetAll() {
 		if dt > pk.Expiry {
 			// outpost: checked against its client's ACL again when it fires, with the
-			// username it was sent under if the session is gone (PATCHES.md 11).
+			// username it was sent under if the session is gone (PATCHES.md 21).
 			acl, ok := s.Clients.Get(id)
 			if !ok {
 				acl = s.NewClient(nil, "", id, false)

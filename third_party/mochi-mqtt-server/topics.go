@@ -560,7 +560,10 @@ func (x *TopicsIndex) scanMessages(filter string, d int, n *particle, pks []pack
 	key, hasNext := isolateParticle(filter, d)
 	if key == "+" || key == "#" || d == -1 {
 		for _, adjacent := range n.particles.getAll() {
-			if d == 0 && adjacent.key == SysPrefix {
+			// outpost: no '$' topic at all, not only $SYS [MQTT-4.7.2-1]:
+			// '#' and '+' at the first level do not match topics beginning
+			// with '$' (a retained $app/x reached a '#' subscriber).
+			if d == 0 && strings.HasPrefix(adjacent.key, "$") {
 				continue
 			}
 
@@ -620,13 +623,13 @@ func (x *TopicsIndex) scanSubscribers(topic string, d int, n *particle, subs *Su
 				x.scanSubscribers(topic, d+1, particle, subs)
 			} else {
 				x.gatherSubscriptions(topic, particle, subs)
-				x.gatherSharedSubscriptions(particle, subs)
-				x.gatherInlineSubscriptions(particle, subs)
+				x.gatherSharedSubscriptions(topic, particle, subs)
+				x.gatherInlineSubscriptions(topic, particle, subs)
 
 				if wild := particle.particles.get("#"); wild != nil && partKey != "+" {
 					x.gatherSubscriptions(topic, wild, subs) // also match any subs where filter/# is filter as per 4.7.1.2
-					x.gatherSharedSubscriptions(wild, subs)
-					x.gatherInlineSubscriptions(particle, subs)
+					x.gatherSharedSubscriptions(topic, wild, subs)
+					x.gatherInlineSubscriptions(topic, particle, subs)
 				}
 			}
 		}
@@ -634,8 +637,8 @@ func (x *TopicsIndex) scanSubscribers(topic string, d int, n *particle, subs *Su
 
 	if particle := n.particles.get("#"); particle != nil {
 		x.gatherSubscriptions(topic, particle, subs)
-		x.gatherSharedSubscriptions(particle, subs)
-		x.gatherInlineSubscriptions(particle, subs)
+		x.gatherSharedSubscriptions(topic, particle, subs)
+		x.gatherInlineSubscriptions(topic, particle, subs)
 	}
 
 	return subs
@@ -662,13 +665,17 @@ func (x *TopicsIndex) gatherSubscriptions(topic string, particle *particle, subs
 }
 
 // gatherSharedSubscriptions gathers all shared subscriptions for a particle.
-func (x *TopicsIndex) gatherSharedSubscriptions(particle *particle, subs *Subscribers) {
+func (x *TopicsIndex) gatherSharedSubscriptions(topic string, particle *particle, subs *Subscribers) {
 	if subs.Shared == nil {
 		subs.Shared = map[string]map[string]packets.Subscription{}
 	}
 
 	for _, shares := range particle.shared.GetAll() {
 		for client, sub := range shares {
+			// outpost: a shared filter's wildcards follow [MQTT-4.7.2-1] too.
+			if dollarTopicWildcard(topic, shareFilterTopic(sub.Filter)) {
+				continue
+			}
 			if _, ok := subs.Shared[sub.Filter]; !ok {
 				subs.Shared[sub.Filter] = map[string]packets.Subscription{}
 			}
@@ -679,14 +686,34 @@ func (x *TopicsIndex) gatherSharedSubscriptions(particle *particle, subs *Subscr
 }
 
 // gatherSharedSubscriptions gathers all inline subscriptions for a particle.
-func (x *TopicsIndex) gatherInlineSubscriptions(particle *particle, subs *Subscribers) {
+func (x *TopicsIndex) gatherInlineSubscriptions(topic string, particle *particle, subs *Subscribers) {
 	if subs.InlineSubscriptions == nil {
 		subs.InlineSubscriptions = map[int]InlineSubscription{}
 	}
 
 	for id, inline := range particle.inlineSubscriptions.GetAll() {
+		if dollarTopicWildcard(topic, inline.Filter) { // outpost: [MQTT-4.7.2-1] for inline subscriptions too
+			continue
+		}
 		subs.InlineSubscriptions[id] = inline
 	}
+}
+
+// dollarTopicWildcard reports whether filter starts with a wildcard and
+// topic with '$': such a filter does not match that topic [MQTT-4.7.2-1].
+func dollarTopicWildcard(topic, filter string) bool {
+	return len(topic) > 0 && topic[0] == '$' && len(filter) > 0 && (filter[0] == '+' || filter[0] == '#')
+}
+
+// shareFilterTopic returns the topic filter part of a shared subscription
+// filter ($share/<group>/<filter>).
+func shareFilterTopic(filter string) string {
+	if _, rest, ok := strings.Cut(filter, "/"); ok {
+		if _, f, ok := strings.Cut(rest, "/"); ok {
+			return f
+		}
+	}
+	return filter
 }
 
 // isolateParticle extracts a particle between d / and d+1 / without allocations.

@@ -145,6 +145,6 @@ var (
 		ErrMalformedUsername:          ErrMalformedUsernameOrPassword,
 		ErrMalformedPassword:          ErrMalformedUsernameOrPassword,
 		ErrBadUsernameOrPassword:      Err3NotAuthorized,
-		ErrNotAuthorized:              Err3NotAuthorized, // outpost: PATCHES.md 10
+		ErrNotAuthorized:              Err3NotAuthorized, // outpost: PATCHES.md 20
 	}
 )

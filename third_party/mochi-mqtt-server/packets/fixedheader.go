@@ -28,6 +28,12 @@ func (fh *FixedHeader) Decode(hb byte) error {
 	fh.Type = hb >> 4 // Get the message type from the first 4 bytes.
 
 	switch fh.Type {
+	case Reserved:
+		// outpost: type 0 is reserved and forbidden (MQTT 5 section 2.1.2,
+		// 3.1.1 section 2.2.1): a malformed packet, refused at once. Upstream
+		// decoded it and first read the "body" its length byte announced, so
+		// a corrupted stream kept the connection waiting until keepalive.
+		return ErrMalformedPacket
 	case Publish:
 		if (hb>>1)&0x01 > 0 && (hb>>1)&0x02 > 0 {
 			return ErrProtocolViolationQosOutOfRange // [MQTT-3.3.1-4]

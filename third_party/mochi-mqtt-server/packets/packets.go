@@ -65,7 +65,7 @@ var (
 // Packets is a concurrency safe map of packets.
 type Packets struct {
 	internal map[string]Packet
-	bytes    int64 // outpost: topic and payload bytes of the packets held (PATCHES.md 13)
+	bytes    int64 // outpost: topic and payload bytes of the packets held (PATCHES.md 23)
 	sync.RWMutex
 }
 
@@ -74,7 +74,7 @@ func size(pk Packet) int64 { return int64(len(pk.TopicName) + len(pk.Payload)) }
 
 // Bytes returns the topic and payload bytes of the packets held.
 //
-// outpost: lets the broker bound the retained store in bytes (PATCHES.md 13).
+// outpost: lets the broker bound the retained store in bytes (PATCHES.md 23).
 func (p *Packets) Bytes() int64 {
 	p.RLock()
 	defer p.RUnlock()
@@ -177,6 +177,12 @@ type Packet struct {
 	ReasonCode      byte          // reason code for a packet response (acks, etc)
 	ReservedBit     byte          // reserved, do not use (except in testing)
 	Ignore          bool          // if true, do not perform any message forwarding operations
+	// Parked marks an outbound QoS>0 message held in the in-flight store
+	// until the client's Receive Maximum allows sending it.
+	// outpost: upstream marked these with Expiry = -1, which lost the
+	// message's expiry (delivered after it expired, without the remaining
+	// Message Expiry Interval).
+	Parked bool
 }
 
 // Mods specifies certain values required for certain mqtt v5 compliance within packet encoding/decoding.
