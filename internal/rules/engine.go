@@ -50,24 +50,30 @@ type Options struct {
 // Engine evaluates rules against messages. Process is safe for concurrent
 // use; see the package doc for ordering and reload guarantees.
 type Engine struct {
-	env       Env
-	log       *slog.Logger
-	set       *metrics.Set
-	now       func() time.Time
-	tick      time.Duration
-	idle      time.Duration
-	maxHops   int
-	webhook   func(webhook.Config) (message.Sink, error)
-	devID     func(*message.Message) string
-	selectors map[string]string
+	env     Env
+	log     *slog.Logger
+	set     *metrics.Set
+	now     func() time.Time
+	webhook func(webhook.Config) (message.Sink, error)
 
-	parts []partition
+	// Settings a config reload changes on the live engine (Set...): read
+	// per message or per tick without a lock.
+	idle      atomic.Int64 // time.Duration
+	maxHops   atomic.Int32
+	devID     atomic.Pointer[func(*message.Message) string]
+	selectors atomic.Pointer[map[string]string]
+
+	// parts is replaced as a whole by SetPartitions; Process re-checks it
+	// after taking a partition lock (see lockPartition).
+	parts atomic.Pointer[[]partition]
 	cur   atomic.Pointer[ruleset]
 
 	mu       sync.Mutex // serializes Apply, Snapshot, Restore, Tick bookkeeping
 	restored map[string]*savedState
 	hooks    map[string]*webhookRef
 	tickCtx  evalCtx
+	tick     time.Duration
+	ticker   *time.Ticker // while started
 	stopTick context.CancelFunc
 	tickDone chan struct{}
 
@@ -216,20 +222,18 @@ func New(opts Options) *Engine {
 		opts.MaxHops = DefaultMaxHops
 	}
 	e := &Engine{
-		env: opts.Env, log: opts.Log.With("module", "rules"), set: opts.Metrics, now: opts.Now, tick: opts.Tick, idle: opts.Idle, maxHops: opts.MaxHops,
-		webhook: opts.Webhook, devID: opts.DeviceID, selectors: opts.Selectors,
-		parts:    make([]partition, opts.Partitions),
+		env: opts.Env, log: opts.Log.With("module", "rules"), set: opts.Metrics, now: opts.Now, tick: opts.Tick,
+		webhook:  opts.Webhook,
 		restored: map[string]*savedState{},
 		hooks:    map[string]*webhookRef{},
 	}
-	if e.devID == nil {
-		e.devID = func(m *message.Message) string { return m.ClientID }
-	}
+	e.SetIdle(opts.Idle)
+	e.SetMaxHops(opts.MaxHops)
+	e.SetDeviceID(opts.DeviceID)
+	e.SetSelectors(opts.Selectors)
+	e.parts.Store(e.newPartitions(opts.Partitions))
 	if e.webhook == nil {
 		e.webhook = func(cfg webhook.Config) (message.Sink, error) { return webhook.New(cfg, e.log, e.set) }
-	}
-	for i := range e.parts {
-		e.parts[i].c.env = e.env
 	}
 	e.tickCtx.env = e.env
 	e.mMessages = e.set.GetOrCreateCounter("outpost_rules_messages_total")
@@ -246,11 +250,103 @@ func New(opts Options) *Engine {
 	return e
 }
 
+func (e *Engine) newPartitions(n int) *[]partition {
+	parts := make([]partition, n)
+	for i := range parts {
+		parts[i].c.env = e.env
+	}
+	return &parts
+}
+
+// Live settings. A config reload applies them to the running engine, so
+// the pipeline keeps feeding the same engine and no rule, window or device
+// state is rebuilt.
+
+// SetIdle sets the idle timeout of event-time windows (Options.Idle); it
+// applies from the next timer tick.
+func (e *Engine) SetIdle(d time.Duration) {
+	if d == 0 {
+		d = DefaultIdle
+	}
+	e.idle.Store(int64(d))
+}
+
+// SetMaxHops sets Options.MaxHops for the next message.
+func (e *Engine) SetMaxHops(n int) {
+	if n <= 0 {
+		n = DefaultMaxHops
+	}
+	e.maxHops.Store(int32(n))
+}
+
+// SetDeviceID sets Options.DeviceID for the next message.
+func (e *Engine) SetDeviceID(f func(*message.Message) string) {
+	if f == nil {
+		f = func(m *message.Message) string { return m.ClientID }
+	}
+	e.devID.Store(&f)
+}
+
+// SetSelectors sets the configured device selectors (Options.Selectors)
+// used by the next Compile; rules already compiled keep theirs, so the
+// caller recompiles them (Store.Recompile).
+func (e *Engine) SetSelectors(sel map[string]string) {
+	e.selectors.Store(&sel)
+}
+
+// SetTick changes how often the window timer runs (Options.Tick), at once
+// when it is running.
+func (e *Engine) SetTick(d time.Duration) {
+	if d <= 0 {
+		d = 50 * time.Millisecond
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.tick = d
+	if e.ticker != nil {
+		e.ticker.Reset(d)
+	}
+}
+
+// SetPartitions changes the number of device lock stripes. It waits until
+// no message is being evaluated, then switches: a message either finished
+// on the old stripes or runs on the new ones, so per-device order holds.
+func (e *Engine) SetPartitions(n int) {
+	if n <= 0 {
+		n = 64
+	}
+	old := e.parts.Load()
+	if len(*old) == n {
+		return
+	}
+	for i := range *old {
+		(*old)[i].mu.Lock()
+	}
+	e.parts.Store(e.newPartitions(n))
+	for i := range *old {
+		(*old)[i].mu.Unlock()
+	}
+}
+
+// lockPartition locks and returns the stripe of key, retrying when
+// SetPartitions replaced the stripes while this call waited for the lock.
+func (e *Engine) lockPartition(key string) *partition {
+	for {
+		parts := e.parts.Load()
+		p := &(*parts)[hashString(key)%uint32(len(*parts))]
+		p.mu.Lock()
+		if e.parts.Load() == parts {
+			return p
+		}
+		p.mu.Unlock()
+	}
+}
+
 // CompileOptions returns the options to compile rules for this engine
 // (its Env; webhook sinks shared between rule versions with the same
 // configuration).
 func (e *Engine) CompileOptions() CompileOptions {
-	return CompileOptions{Env: e.env, Webhook: e.sharedWebhook, Selectors: e.selectors}
+	return CompileOptions{Env: e.env, Webhook: e.sharedWebhook, Selectors: *e.selectors.Load()}
 }
 
 func (e *Engine) sharedWebhook(cfg webhook.Config) (message.Sink, error) {
@@ -295,12 +391,11 @@ func (e *Engine) Process(ctx context.Context, m *message.Message) error {
 	if key == "" {
 		key = m.ClientID
 	}
-	p := &e.parts[hashString(key)%uint32(len(e.parts))]
-	p.mu.Lock()
+	p := e.lockPartition(key)
 	defer p.mu.Unlock()
-	if m.DeviceID == "" && e.devID != nil {
+	if m.DeviceID == "" {
 		p.copy = *m
-		p.copy.DeviceID = e.devID(m)
+		p.copy.DeviceID = (*e.devID.Load())(m)
 		m = &p.copy
 	}
 	rs := e.cur.Load() // the reload boundary: one ruleset per message
@@ -314,14 +409,15 @@ func (e *Engine) Process(ctx context.Context, m *message.Message) error {
 	p.n++
 	sample := p.n&15 == 0
 	c.hops = messageHops(m)
+	maxHops := int(e.maxHops.Load())
 	var first error
 	for _, en := range c.matched {
 		r := en.r
 		if !en.g.simple && e.pick(c, en.g) != r {
 			continue
 		}
-		if c.hops >= e.maxHops {
-			e.refuseLoop(r, m)
+		if c.hops >= maxHops {
+			e.refuseLoop(r, m, maxHops)
 			continue
 		}
 		var t0 time.Time
@@ -379,12 +475,12 @@ func messageHops(m *message.Message) int {
 
 // refuseLoop counts a message that reached MaxHops for rule r (and logs
 // the first of each rule version).
-func (e *Engine) refuseLoop(r *Rule, m *message.Message) {
+func (e *Engine) refuseLoop(r *Rule, m *message.Message, maxHops int) {
 	r.m.matched.Inc()
 	r.m.errors[reasonLoop].Inc()
 	if r.loopLogged.CompareAndSwap(false, true) {
 		e.log.Warn("rule loop: message not evaluated, it went through too many republishes",
-			"rule", r.Name, "version", r.Version, "topic", m.Topic, "hops", messageHops(m), "max_hops", e.maxHops,
+			"rule", r.Name, "version", r.Version, "topic", m.Topic, "hops", messageHops(m), "max_hops", maxHops,
 			"property", HopsProperty)
 	}
 }
@@ -884,7 +980,8 @@ func (e *Engine) tickWatermark(r *Rule, now int64) int64 {
 	}
 	w := r.state.win
 	wm := w.wm.Load()
-	if e.idle < 0 || w.maxEvent.Load() == 0 {
+	idle := e.idle.Load()
+	if idle < 0 || w.maxEvent.Load() == 0 {
 		return wm
 	}
 	arrival := w.arrival.Load()
@@ -893,7 +990,7 @@ func (e *Engine) tickWatermark(r *Rule, now int64) int64 {
 		return wm
 	}
 	since := now - arrival
-	if since < int64(e.idle) {
+	if since < idle {
 		return wm
 	}
 	return max(wm, w.maxEvent.Load()+since-r.win.lateness)
@@ -926,10 +1023,11 @@ func (e *Engine) Start(ctx context.Context) {
 	tctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	e.stopTick = cancel
 	e.tickDone = make(chan struct{})
+	t := time.NewTicker(e.tick)
+	e.ticker = t
 	e.mu.Unlock()
 	go func() {
 		defer close(e.tickDone)
-		t := time.NewTicker(e.tick)
 		defer t.Stop()
 		for {
 			select {
@@ -947,7 +1045,7 @@ func (e *Engine) Start(ctx context.Context) {
 func (e *Engine) Stop(ctx context.Context) error {
 	e.mu.Lock()
 	cancel, done := e.stopTick, e.tickDone
-	e.stopTick = nil
+	e.stopTick, e.ticker = nil, nil
 	hooks := e.hooks
 	e.hooks = map[string]*webhookRef{}
 	e.mu.Unlock()

@@ -183,6 +183,30 @@ func (s *Store) reloadLocked() error {
 	return errors.Join(errs...)
 }
 
+// Recompile compiles every file again, also those whose content did not
+// change (after the engine's configured selectors changed), and applies
+// the result. Rules keep their names and versions, so their state carries
+// over.
+func (s *Store) Recompile() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, f := range s.files {
+		f.hash, f.badHash = [32]byte{}, [32]byte{}
+	}
+	return s.reloadLocked()
+}
+
+// memSources returns a copy of the in-memory sources (no directory).
+func (s *Store) memSources() map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]string, len(s.mem))
+	for k, v := range s.mem {
+		out[k] = v
+	}
+	return out
+}
+
 // keptRules returns the old rules that stay because their new version
 // failed to compile.
 func keptRules(old, fresh []*Rule, err error) []*Rule {
