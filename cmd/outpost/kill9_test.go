@@ -201,3 +201,148 @@ func dialQoS1(ctx context.Context, addr, id string) (*paho.Client, error) {
 	go func() { <-ctx.Done(); conn.Close() }()
 	return c, nil
 }
+
+// TestKill9ThroughRuleNothingAcknowledgedIsLost is the same guarantee
+// through the rule engine: devices publish sequenced QoS 1 messages that no
+// route sends to the uplink; only a per-message rule does (UPLINK LANE). The
+// agent is killed with SIGKILL at random moments and restarted; every
+// message a device saw PUBACKed must reach the cloud broker as the rule's
+// output. Smaller than the store-and-forward test (8 kills, 16 devices) so
+// it stays well under a minute.
+func TestKill9ThroughRuleNothingAcknowledgedIsLost(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	const iterations, devices = 8, 16
+	cloud := mosq.Start(t, mosq.Options{Persistence: true, MaxQueued: -1, MaxInflight: 1000})
+	got := mosq.Subscribe(t, cloud, "outpost/gw/#")
+
+	dir := t.TempDir()
+	rulesDir := filepath.Join(dir, "rules")
+	os.MkdirAll(rulesDir, 0o755)
+	// the rule re-shapes the payload so the test sees that the rule, not a
+	// route, delivered it
+	os.WriteFile(filepath.Join(rulesDir, "fwd.sql"), []byte(
+		`CREATE RULE fwd AS SELECT seq FROM 'sensors/+' WHERE seq >= 0 DO UPLINK LANE 'telemetry' TOPIC 'ruled/${topic(2)}';`), 0o644)
+	mqttAddr, httpAddr := freePort(t), freePort(t)
+	cfg := fmt.Sprintf(`node_id: gw
+data_dir: %s/data
+telemetry: {address: "%s"}
+broker:
+  listeners: [{type: tcp, address: "%s"}]
+  allow_anonymous: true
+  anonymous_acl: [{topic: "#", access: all}]
+  limits: {receive_maximum: 1024}
+pipeline:
+  partitions: 4
+rules:
+  dir: %s
+uplink:
+  enabled: true
+  broker: %s
+  reconnect: {min: 50ms, max: 500ms}
+  lanes: [{name: telemetry}]
+`, dir, httpAddr, mqttAddr, rulesDir, cloud.URL())
+	path := filepath.Join(dir, "outpost.yaml")
+	os.WriteFile(path, []byte(cfg), 0o600)
+
+	acked := make([][]int, devices)
+	next := make([]int, devices)
+	var total atomic.Int64
+	start := time.Now()
+	for it := 0; it < iterations; it++ {
+		agent := startOutpost(t, path, httpAddr)
+		ctx, stop := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		for d := 0; d < devices; d++ {
+			wg.Add(1)
+			go func(d int) {
+				defer wg.Done()
+				c, err := dialQoS1(ctx, mqttAddr, fmt.Sprintf("dev-%d", d))
+				if err != nil {
+					return
+				}
+				for ctx.Err() == nil {
+					seq := next[d]
+					r, err := c.Publish(ctx, &paho.Publish{Topic: fmt.Sprintf("sensors/dev-%d", d), QoS: 1, Payload: []byte(fmt.Sprintf(`{"seq":%d}`, seq))})
+					if err != nil || r == nil || r.ReasonCode != 0 {
+						return
+					}
+					acked[d] = append(acked[d], seq)
+					next[d]++
+					total.Add(1)
+				}
+			}(d)
+		}
+		time.Sleep(time.Duration(400+rand.IntN(1000)) * time.Millisecond)
+		agent.Process.Kill()
+		agent.Wait()
+		stop()
+		wg.Wait()
+		for d := range next {
+			next[d]++
+		}
+	}
+	if n := total.Load(); n < 1_000 {
+		t.Fatalf("only %d messages acknowledged in %d kills: too few to test anything", n, iterations)
+	}
+	agent := startOutpost(t, path, httpAddr)
+	defer func() { agent.Process.Signal(os.Interrupt); agent.Wait() }()
+	want := total.Load()
+	check := func(ms []mosq.Message) (lost int, dups int, firstLost string) {
+		seen := make([]map[int]int, devices)
+		for d := range seen {
+			seen[d] = map[int]int{}
+		}
+		for _, m := range ms {
+			d, err := strconv.Atoi(strings.TrimPrefix(m.Topic, "outpost/gw/ruled/dev-"))
+			var seq int
+			_, err2 := fmt.Sscanf(string(m.Payload), `{"seq":%d}`, &seq)
+			if err != nil || err2 != nil || d < 0 || d >= devices {
+				t.Fatalf("unexpected message %s %q", m.Topic, m.Payload)
+			}
+			seen[d][seq]++
+		}
+		for d := range acked {
+			for _, s := range acked[d] {
+				if seen[d][s] == 0 {
+					lost++
+					if firstLost == "" {
+						firstLost = fmt.Sprintf("dev-%d seq %d", d, s)
+					}
+				}
+			}
+			for _, n := range seen[d] {
+				dups += n - 1
+			}
+		}
+		return
+	}
+	// wait until nothing is missing, or (on a loss) until the count has
+	// stopped growing for 5 s, so a loss fails fast and says how many
+	var msgs []mosq.Message
+	deadline, lastGrowth, lastLen := time.Now().Add(2*time.Minute), time.Now(), -1
+	for {
+		msgs = got.Messages()
+		if lost, _, _ := check(msgs); lost == 0 {
+			break
+		}
+		if len(msgs) != lastLen {
+			lastLen, lastGrowth = len(msgs), time.Now()
+		}
+		if time.Since(lastGrowth) > 5*time.Second || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	lost, dups, first := check(msgs)
+	if lost > 0 {
+		log, _ := os.ReadFile(filepath.Join(dir, "agent.log"))
+		if len(log) > 4000 {
+			log = log[len(log)-4000:]
+		}
+		t.Fatalf("%d of %d acknowledged inputs lost through the rule (first: %s); %d outputs at the cloud; agent log tail:\n%s", lost, want, first, len(msgs), log)
+	}
+	t.Logf("%d kills, %d inputs acknowledged, %d rule outputs at the cloud broker: 0 lost, %d duplicates (%s)",
+		iterations, want, len(msgs), dups, time.Since(start).Round(time.Second))
+}

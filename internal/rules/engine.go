@@ -55,6 +55,9 @@ type Engine struct {
 	set     *metrics.Set
 	now     func() time.Time
 	webhook func(webhook.Config) (message.Sink, error)
+	// durable: the Env has durable targets (uplink lanes), so the engine's
+	// sink is Durable and a QoS 1 publish waits for the rules' outputs.
+	durable bool
 
 	// Settings a config reload changes on the live engine (Set...): read
 	// per message or per tick without a lock.
@@ -236,6 +239,7 @@ func New(opts Options) *Engine {
 		e.webhook = func(cfg webhook.Config) (message.Sink, error) { return webhook.New(cfg, e.log, e.set) }
 	}
 	e.tickCtx.env = e.env
+	e.durable = e.env != nil && len(e.env.Lanes()) > 0
 	e.mMessages = e.set.GetOrCreateCounter("outpost_rules_messages_total")
 	e.mReloads = e.set.GetOrCreateCounter("outpost_rules_reloads_total")
 	e.mReloadDur = e.set.GetOrCreateHistogram("outpost_rules_reload_duration_seconds")
@@ -387,6 +391,65 @@ func hashString(s string) uint32 {
 // QoS 1 publish; run-time evaluation errors are only counted. m and its
 // payload are not retained.
 func (e *Engine) Process(ctx context.Context, m *message.Message) error {
+	return e.process(ctx, m, nil)
+}
+
+// ProcessAsync is Process for a caller that must know when the outputs
+// the message caused are durable (the pipeline, before the broker
+// acknowledges a QoS 1 publish). It evaluates m before it returns (so the
+// caller's per-device order holds), delivering to durable action targets
+// (uplink lanes) without waiting for their fsync; done is called exactly
+// once, when every durable output of m, including window outputs that m
+// closed, is durable, with the first durable output's error (nil if there
+// were none). Errors of non-durable actions (republish, webhook, file) are
+// counted and logged only, as a retry of the input would duplicate the
+// outputs that did succeed. done may run before ProcessAsync returns or on a
+// sink's goroutine; completions of different messages may come in any
+// order.
+func (e *Engine) ProcessAsync(m *message.Message, done func(error)) {
+	w := &asyncWait{pending: 1, done: done}
+	e.process(context.Background(), m, w)
+	w.complete(nil)
+}
+
+// asyncWait counts the durable outputs of one message still outstanding
+// (plus one for the evaluation itself).
+type asyncWait struct {
+	mu      sync.Mutex
+	pending int
+	err     error
+	done    func(error)
+}
+
+func (w *asyncWait) add() {
+	w.mu.Lock()
+	w.pending++
+	w.mu.Unlock()
+}
+
+func (w *asyncWait) fail(err error) {
+	w.mu.Lock()
+	if w.err == nil {
+		w.err = err
+	}
+	w.mu.Unlock()
+}
+
+func (w *asyncWait) complete(err error) {
+	w.mu.Lock()
+	if err != nil && w.err == nil {
+		w.err = err
+	}
+	w.pending--
+	last := w.pending == 0
+	err = w.err
+	w.mu.Unlock()
+	if last {
+		w.done(err)
+	}
+}
+
+func (e *Engine) process(ctx context.Context, m *message.Message, w *asyncWait) error {
 	key := m.DeviceID
 	if key == "" {
 		key = m.ClientID
@@ -401,7 +464,8 @@ func (e *Engine) Process(ctx context.Context, m *message.Message) error {
 	rs := e.cur.Load() // the reload boundary: one ruleset per message
 	e.mMessages.Inc()
 	c := &p.c
-	c.msg, c.labelsOK, c.now = m, false, time.Time{}
+	c.msg, c.labelsOK, c.now, c.async = m, false, time.Time{}, w
+	defer func() { c.async = nil }()
 	c.matched = rs.trie.match(m.Topic, c.matched[:0])
 	if len(c.matched) == 0 {
 		return nil
@@ -678,12 +742,36 @@ func (e *Engine) deliver(ctx context.Context, c *evalCtx, r *Rule, ac *action, p
 		c.hopProp[0] = message.UserProperty{Key: HopsProperty, Value: hopString(c.hops + 1)}
 		om.Props.User = c.hopProp[:]
 	}
+	if w := c.async; w != nil && ac.durable {
+		if ad, ok := ac.sink.(message.AsyncDurable); ok {
+			// the caller's completion waits for this output's fsync
+			w.add()
+			rm, sent, kind := r.m, ac.sent, ac.kind
+			ad.DeliverAsync(om, func(err error) {
+				if err != nil {
+					rm.errors[reasonAction].Inc()
+					e.log.Warn("rule action failed", "rule", r.Name, "action", kind, "topic", topic, "err", err)
+					err = fmt.Errorf("rules: rule %s: %s: %w", r.Name, kind, err)
+				} else {
+					rm.emitted.Inc()
+					sent.Inc()
+				}
+				w.complete(err)
+			})
+			om.Payload = nil
+			return nil
+		}
+	}
 	err := ac.sink.Deliver(ctx, om)
 	om.Payload = nil
 	if err != nil {
 		c.fail(reasonAction)
 		e.log.Warn("rule action failed", "rule", r.Name, "action", ac.kind, "topic", topic, "err", err)
-		return fmt.Errorf("%s: %w", ac.kind, err)
+		err = fmt.Errorf("%s: %w", ac.kind, err)
+		if c.async != nil && ac.durable {
+			c.async.fail(fmt.Errorf("rules: rule %s: %w", r.Name, err))
+		}
+		return err
 	}
 	r.m.emitted.Inc()
 	ac.sent.Inc()
@@ -1064,13 +1152,28 @@ func (e *Engine) Stop(ctx context.Context) error {
 	return first
 }
 
-// engineSink adapts the engine to message.Sink.
+// engineSink adapts the engine to message.Sink. When the Env has durable
+// targets (uplink lanes) it is an AsyncDurable sink, so the pipeline
+// acknowledges a QoS 1 publish routed to the rules only once every durable
+// output the message caused is fsynced (ProcessAsync). Unlike other
+// AsyncDurable sinks its completions may come out of order (a message
+// without durable outputs completes at once); the broker orders PUBACKs.
 type engineSink struct{ e *Engine }
+
+var _ message.AsyncDurable = engineSink{}
 
 func (s engineSink) Name() string { return "rules" }
 func (s engineSink) Deliver(ctx context.Context, m *message.Message) error {
 	return s.e.Process(ctx, m)
 }
 
-// Sink returns the engine as a pipeline stage (Deliver = Process).
+// Durable reports whether the rules can deliver to a durable target.
+func (s engineSink) Durable() bool { return s.e.durable }
+
+func (s engineSink) DeliverAsync(m *message.Message, done func(error)) {
+	s.e.ProcessAsync(m, done)
+}
+
+// Sink returns the engine as a pipeline stage (Deliver = Process,
+// DeliverAsync = ProcessAsync).
 func (e *Engine) Sink() message.Sink { return engineSink{e} }

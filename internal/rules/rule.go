@@ -71,10 +71,13 @@ type action struct {
 	topic  *template // nil: the input topic
 	qos    int       // -1: input QoS (0 for windowed rules)
 	retain bool
-	hops   bool       // stamp HopsProperty (REPUBLISH)
-	target string     // REPUBLISH: the topic template as written
-	pos    parser.Pos // of the target
-	sent   *metrics.Counter
+	hops   bool // stamp HopsProperty (REPUBLISH)
+	// durable: the sink's acceptance is crash-safe (message.Durable, an
+	// uplink lane): ProcessAsync waits for it.
+	durable bool
+	target  string     // REPUBLISH: the topic template as written
+	pos     parser.Pos // of the target
+	sent    *metrics.Counter
 }
 
 // template is a topic with ${expr} parts.
@@ -533,6 +536,9 @@ func (cp *compiler) action(r *Rule, a parser.Action, mode exprMode, opts Compile
 		ac.sink = s
 		r.webhookKeys = append(r.webhookKeys, cfg.Key())
 		ac.desc = "WEBHOOK " + webhook.Redact(a.Target)
+	}
+	if d, ok := ac.sink.(message.Durable); ok && d.Durable() {
+		ac.durable = true
 	}
 	return ac
 }
