@@ -80,6 +80,8 @@ type Engine struct {
 	stopTick context.CancelFunc
 	tickDone chan struct{}
 
+	ck checkpointer
+
 	mMessages  *metrics.Counter
 	mReloads   *metrics.Counter
 	mReloadDur *metrics.Histogram
@@ -409,6 +411,12 @@ func (e *Engine) Process(ctx context.Context, m *message.Message) error {
 func (e *Engine) ProcessAsync(m *message.Message, done func(error)) {
 	w := &asyncWait{pending: 1, done: done}
 	e.process(context.Background(), m, w)
+	if w.state {
+		// m changed the state of a rule with durable outputs: complete
+		// once a checkpoint taken after the change is on disk
+		w.add()
+		e.ck.await(w.complete)
+	}
 	w.complete(nil)
 }
 
@@ -419,6 +427,7 @@ type asyncWait struct {
 	pending int
 	err     error
 	done    func(error)
+	state   bool // the message changed a durableState rule's state (partition goroutine only)
 }
 
 func (w *asyncWait) add() {
@@ -569,6 +578,9 @@ func (c *evalCtx) clock(e *Engine) time.Time {
 
 func (e *Engine) runRule(ctx context.Context, c *evalCtx, r *Rule) (err error) {
 	r.m.matched.Inc()
+	if r.durableState && c.async != nil {
+		c.async.state = true
+	}
 	c.rule, c.errs = r, 0
 	c.payload = c.msg.Payload
 	if r.usesNow {
@@ -781,9 +793,12 @@ func (e *Engine) deliver(ctx context.Context, c *evalCtx, r *Rule, ac *action, p
 // emitGroup evaluates HAVING and the columns for a window group and runs
 // the actions. The caller holds the rule state lock.
 func (e *Engine) emitGroup(ctx context.Context, r *Rule, c *evalCtx, g *group, aggs []aggState, b winBounds) error {
-	saveAggs, saveWin, saveHops := c.aggs, c.win, c.hops
-	c.aggs, c.win, c.hops = aggs, b, g.Hops
-	defer func() { c.aggs, c.win, c.hops = saveAggs, saveWin, saveHops }()
+	// A window output is delivered synchronously, also during ProcessAsync:
+	// the group leaves the window state (and so the next checkpoint) only
+	// once its output is durable, so a crash loses neither.
+	saveAggs, saveWin, saveHops, saveAsync := c.aggs, c.win, c.hops, c.async
+	c.aggs, c.win, c.hops, c.async = aggs, b, g.Hops, nil
+	defer func() { c.aggs, c.win, c.hops, c.async = saveAggs, saveWin, saveHops, saveAsync }()
 	if r.having != nil && !r.having(c).truthy() {
 		return nil
 	}
@@ -1114,6 +1129,7 @@ func (e *Engine) Start(ctx context.Context) {
 	t := time.NewTicker(e.tick)
 	e.ticker = t
 	e.mu.Unlock()
+	e.ck.start(e)
 	go func() {
 		defer close(e.tickDone)
 		defer t.Stop()
@@ -1141,6 +1157,7 @@ func (e *Engine) Stop(ctx context.Context) error {
 		cancel()
 		<-done
 	}
+	e.ck.stop()
 	var first error
 	for _, h := range hooks {
 		if cl, ok := h.sink.(interface{ Close(context.Context) error }); ok {

@@ -101,6 +101,7 @@ func (m *Module) Init(_ context.Context, cfg any) error {
 		Env: m.labels, Partitions: c.Partitions, Log: m.log, Metrics: m.set,
 		Tick: c.WindowTick.D(), Idle: c.IdleTimeout.D(), MaxHops: c.MaxHops, DeviceID: c.DeviceIDFunc(), Selectors: c.Selectors(),
 	})
+	m.eng.SetCheckpointDir(c.StateDir)
 	m.store = NewStore(m.eng, c.Dir, c.Debounce.D(), m.log)
 	m.set.GetOrCreateGauge("outpost_rules_rejected_files", func() float64 {
 		m.mu.Lock()
@@ -125,6 +126,7 @@ func (m *Module) applySettings(c Config) {
 	m.eng.SetSelectors(c.Selectors())
 	m.eng.SetTick(c.WindowTick.D())
 	m.eng.SetPartitions(c.Partitions)
+	m.eng.SetCheckpointDir(c.StateDir)
 }
 
 // Start restores window state, loads the rule directory, starts watching

@@ -50,6 +50,10 @@ type Rule struct {
 
 	slots   int // per-device state call sites
 	actions []*action
+	// durableState: the rule keeps state (windows, per-device) and has a
+	// durable action, so ProcessAsync makes its state crash-safe before
+	// completing (see Engine.SetCheckpointDir).
+	durableState bool
 
 	winSig, devSig string
 	state          *ruleState
@@ -278,6 +282,9 @@ func CompileAST(a *parser.Rule, opts CompileOptions) (*Rule, error) {
 	}
 	r.aggs = cp.aggs
 	r.slots = cp.slots
+	for _, ac := range r.actions {
+		r.durableState = r.durableState || ac.durable && (r.win != nil || r.slots > 0)
+	}
 	r.fields = jsonpath.NewSet(cp.paths)
 	r.nFields = len(cp.paths)
 	for _, p := range cp.paths {
