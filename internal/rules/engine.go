@@ -409,6 +409,11 @@ func (e *Engine) Process(ctx context.Context, m *message.Message) error {
 // sink's goroutine; completions of different messages may come in any
 // order.
 func (e *Engine) ProcessAsync(m *message.Message, done func(error)) {
+	if !e.durable { // no durable target: nothing to wait for
+		e.process(context.Background(), m, nil)
+		done(nil)
+		return
+	}
 	w := &asyncWait{pending: 1, done: done}
 	e.process(context.Background(), m, w)
 	if w.state {
