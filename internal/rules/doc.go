@@ -66,7 +66,7 @@
 // # Caveats
 //
 //   - Loops: a REPUBLISH that can match the rule's own FROM is a compile
-//     error (a ${...} level counts as +); the Store and CheckLoops refuse a
+//     error (a ${...} level counts as +); the Store (and CheckFiles, for `rules check`) refuses a
 //     rule closing a REPUBLISH → FROM cycle through other rules. At run
 //     time REPUBLISH outputs carry HopsProperty (input hops + 1) and a
 //     message with Options.MaxHops hops is not evaluated (reason "loop").
