@@ -401,9 +401,12 @@ func (e *Engine) Process(ctx context.Context, m *message.Message) error {
 // acknowledges a QoS 1 publish). It evaluates m before it returns (so the
 // caller's per-device order holds), delivering to durable action targets
 // (uplink lanes) without waiting for their fsync; done is called exactly
-// once, when every durable output of m, including window outputs that m
-// closed, is durable, with the first durable output's error (nil if there
-// were none). Errors of non-durable actions (republish, webhook, file) are
+// once, when every durable output of m is durable (window outputs that m
+// closed are delivered synchronously, so they are durable before
+// ProcessAsync returns) and, for a QoS 1/2 message that changed the window
+// or per-device state of a rule with a durable action, once a checkpoint
+// holding that change is on disk (see SetCheckpointDir); it gets the first
+// durable output's or the checkpoint's error (nil if none). Errors of non-durable actions (republish, webhook, file) are
 // counted and logged only, as a retry of the input would duplicate the
 // outputs that did succeed. done may run before ProcessAsync returns or on a
 // sink's goroutine; completions of different messages may come in any
@@ -416,9 +419,10 @@ func (e *Engine) ProcessAsync(m *message.Message, done func(error)) {
 	}
 	w := &asyncWait{pending: 1, done: done}
 	e.process(context.Background(), m, w)
-	if w.state {
+	if w.state && m.QoS > 0 {
 		// m changed the state of a rule with durable outputs: complete
-		// once a checkpoint taken after the change is on disk
+		// once a checkpoint taken after the change is on disk (QoS 0 is
+		// not acknowledged, so it does not cause a checkpoint)
 		w.add()
 		e.ck.await(w.complete)
 	}
