@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/outpost-edge/outpost/internal/message"
@@ -219,5 +220,60 @@ func TestCheckpointBeforeCompletion(t *testing.T) {
 	e3.ProcessAsync(&message.Message{Topic: "in/x", QoS: 1, DeviceID: "d", Payload: []byte(`{"v":1}`)}, func(error) { called = true })
 	if !called {
 		t.Fatal("waited for a checkpoint with no checkpoint directory")
+	}
+}
+
+// instantLane is a durable lane that accepts at once (the fsync cost is
+// the lane's, measured in internal/queue; here only the checkpoint's).
+type instantLane struct{}
+
+func (instantLane) Name() string                                      { return "uplink:l" }
+func (instantLane) Durable() bool                                     { return true }
+func (instantLane) Deliver(context.Context, *message.Message) error   { return nil }
+func (instantLane) DeliverAsync(_ *message.Message, done func(error)) { done(nil) }
+
+type instantEnv struct{ *MemEnv }
+
+func (instantEnv) Uplink(string) (message.Sink, error) { return instantLane{}, nil }
+func (instantEnv) Lanes() []string                     { return []string{"l"} }
+
+// BenchmarkCheckpointedWindowInput: QoS 1 inputs into a windowed UPLINK
+// rule with `groups` open groups, each waited for until a checkpoint
+// holding it is fsynced, from 64 concurrent publishers (one input in flight
+// each, like devices waiting for their PUBACK).
+func BenchmarkCheckpointedWindowInput(b *testing.B) {
+	for _, groups := range []int{10, 1000, 10000} {
+		b.Run(fmt.Sprintf("groups=%d", groups), func(b *testing.B) {
+			e := New(Options{Env: instantEnv{NewMemEnv()}})
+			rs, err := e.Compile("b.sql", `CREATE RULE agg AS SELECT deviceid() AS d, count(*) AS n, avg(temp) AS t FROM 'factory/+/telemetry'
+GROUP BY deviceid(), TUMBLINGWINDOW(hh, 1) DO UPLINK LANE 'l' TOPIC 'agg'`)
+			if err != nil {
+				b.Fatal(err)
+			}
+			e.Apply(rs)
+			ctx := context.Background()
+			for i := 0; i < groups; i++ {
+				e.Process(ctx, &message.Message{Topic: "factory/l1/telemetry", DeviceID: fmt.Sprint("d", i), Payload: payload200})
+			}
+			e.SetCheckpointDir(b.TempDir())
+			e.Start(ctx)
+			defer e.Stop(ctx)
+			var next atomic.Int64
+			b.SetParallelism(32) // 64 publishers on 2 cores
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				done := make(chan error, 1)
+				for pb.Next() {
+					dev := fmt.Sprint("d", next.Add(1)%int64(groups))
+					e.ProcessAsync(&message.Message{Topic: "factory/l1/telemetry", QoS: 1, DeviceID: dev, Payload: payload200}, func(err error) { done <- err })
+					if err := <-done; err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/float64(e.Checkpoints()), "inputs/checkpoint")
+		})
 	}
 }
