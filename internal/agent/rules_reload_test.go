@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/outpost-edge/outpost/internal/testutil/mosq"
 )
 
 // rulesKnobs is every key of the rules: section the reload test changes.
@@ -343,4 +345,33 @@ func TestRulesConfigReloadKeepsEngineLive(t *testing.T) {
 		t.Fatalf("windows cover seq 0..%d, want 0..%d", next-1, n-1)
 	}
 	t.Logf("%d messages through 11 rules-section reloads: every output exactly once", n)
+}
+
+// TestUplinkRuleLoadsAtStart: a rule file with an UPLINK action is loaded
+// when the agent starts (the lanes start before the rule engine; they used
+// to start after it, and such a rule was rejected with "unknown lane") and
+// its output reaches the cloud.
+func TestUplinkRuleLoadsAtStart(t *testing.T) {
+	cloud := mosq.Start(t, mosq.Options{})
+	got := mosq.Subscribe(t, cloud, "outpost/gw/#")
+	dir := t.TempDir()
+	rulesDir := filepath.Join(dir, "rules")
+	os.MkdirAll(rulesDir, 0o755)
+	os.WriteFile(filepath.Join(rulesDir, "up.sql"), []byte(`CREATE RULE up AS SELECT v FROM 'r/+' DO UPLINK LANE 'alarms' TOPIC 'ruled/${topic(2)}';`), 0o644)
+	path := filepath.Join(dir, "outpost.yaml")
+	os.WriteFile(path, []byte(uplinkConfig(dir, cloud.URL(), "")+"rules: {dir: "+rulesDir+"}\n"), 0o600)
+	a, logs := startAgent(t, path)
+	for _, f := range a.Rules.Store().Status() {
+		if len(f.Errors) > 0 {
+			t.Fatalf("rule file rejected at start: %v\n%s", f.Errors, logs.String())
+		}
+	}
+	dev := dialDevice(t, a.Broker.Addr("tcp"), "d1")
+	if rc := dev.publish(t, "r/x", `{"v":7}`); rc != 0 {
+		t.Fatalf("PUBACK 0x%x", rc)
+	}
+	msgs := got.WaitN(t, 1, 20*time.Second)
+	if msgs[0].Topic != "outpost/gw/ruled/x" || string(msgs[0].Payload) != `{"v":7}` {
+		t.Fatalf("cloud got %s %q", msgs[0].Topic, msgs[0].Payload)
+	}
 }
