@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strings"
 
 	"github.com/outpost-edge/outpost/internal/rules"
@@ -27,9 +28,12 @@ func rulesMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
   outpost rules check [--lanes a,b] [--files x] [--functions f] FILE...
   outpost rules test FILE --input samples.jsonl [--stats] [--lanes a,b]
 
-check compiles rule files offline and reports every error like a compiler
-(file:line:col: rule NAME: message); it exits 2 when any file has errors.
-Lanes, files and functions are only checked when listed with the flags.
+check validates rule files offline exactly as the gateway loads its rules
+directory (files in name order; the same name and version in two files, or
+a rule closing a REPUBLISH loop with the files before it, is rejected) and
+reports every error like a compiler (file:line:col: rule NAME: message); it
+exits 2 when any file has errors. Lanes, files and functions are only
+checked when listed with the flags.
 
 test runs the rules of FILE over the sample messages (JSON lines) and prints
 every action output as "SINK TOPIC PAYLOAD". Webhooks are recorded, not sent.
@@ -117,9 +121,8 @@ func rulesCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "outpost rules check: no files given")
 		return exitUsage
 	}
-	env := mkEnv()
 	code := exitOK
-	var all []*rules.Rule
+	srcs := map[string]string{}
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
@@ -127,42 +130,38 @@ func rulesCheck(args []string, stdout, stderr io.Writer) int {
 			code = exitUsage
 			continue
 		}
-		rs, err := rules.Compile(f, string(b), rules.CompileOptions{Env: env, Webhook: rules.CheckWebhook})
-		if err != nil {
-			var el parser.ErrorList
-			if errors.As(err, &el) {
-				for _, e := range el {
-					fmt.Fprintln(stderr, e.Error())
-				}
-			} else {
-				fmt.Fprintf(stderr, "%s: %v\n", f, err)
-			}
-			code = exitUsage
-			continue
-		}
-		if len(rs) == 0 {
-			fmt.Fprintf(stderr, "%s: no CREATE RULE statement\n", f)
-			code = exitUsage
-			continue
-		}
-		all = append(all, rs...)
+		srcs[f] = string(b)
 	}
-	// REPUBLISH → FROM cycles across every rule given, as the gateway
-	// refuses them when it loads the files
-	looped := map[string]bool{}
-	if err := rules.CheckLoops(all); err != nil {
+	// the agent's own path: the rule store, files in name order, each
+	// checked against those loaded before it (duplicate name and version,
+	// REPUBLISH → FROM cycles), so check rejects exactly what run rejects
+	active, err := rules.CheckFiles(srcs, rules.CompileOptions{Env: mkEnv(), Webhook: rules.CheckWebhook})
+	bad := map[string]bool{}
+	if err != nil {
+		code = exitUsage
 		var el parser.ErrorList
-		errors.As(err, &el)
+		if !errors.As(err, &el) {
+			fmt.Fprintf(stderr, "outpost rules check: %v\n", err)
+			return code
+		}
 		for _, e := range el {
 			fmt.Fprintln(stderr, e.Error())
-			looped[e.File+"\x00"+e.Rule] = true
+			bad[e.File] = true
 		}
-		code = exitUsage
 	}
-	for _, r := range all {
-		if !looped[r.File+"\x00"+r.Name] {
-			fmt.Fprintf(stdout, "%s: rule %s version %d ok\n", r.File, r.Name, r.Version)
+	perFile := map[string]int{}
+	for _, r := range active {
+		perFile[r.File]++
+	}
+	for _, f := range files {
+		if _, read := srcs[f]; read && perFile[f] == 0 && !bad[f] {
+			fmt.Fprintf(stderr, "%s: no CREATE RULE statement\n", f)
+			code = exitUsage
 		}
+	}
+	sort.SliceStable(active, func(i, j int) bool { return active[i].File < active[j].File })
+	for _, r := range active {
+		fmt.Fprintf(stdout, "%s: rule %s version %d ok\n", r.File, r.Name, r.Version)
 	}
 	return code
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -200,4 +201,204 @@ func dialQoS1(ctx context.Context, addr, id string) (*paho.Client, error) {
 	}
 	go func() { <-ctx.Done(); conn.Close() }()
 	return c, nil
+}
+
+// TestKill9ThroughRuleNothingAcknowledgedIsLost is the same guarantee
+// through the rule engine: devices publish sequenced QoS 1 messages that no
+// route sends to the uplink; only rules do (UPLINK LANE): a per-message rule
+// for 12 devices, a tumbling-window aggregate for 4 more. The agent is
+// killed with SIGKILL at random moments and restarted. Every message a
+// device saw PUBACKed must reach the cloud broker as the per-message rule's
+// output, or be counted in a window output (restored from the state
+// checkpoint after a kill). Smaller than the store-and-forward test (8
+// kills, 16 devices) so it stays well under a minute.
+func TestKill9ThroughRuleNothingAcknowledgedIsLost(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	const iterations, devices, perMessage = 8, 16, 12 // devices >= perMessage feed the window
+	cloud := mosq.Start(t, mosq.Options{Persistence: true, MaxQueued: -1, MaxInflight: 1000})
+	got := mosq.Subscribe(t, cloud, "outpost/gw/#")
+
+	dir := t.TempDir()
+	rulesDir := filepath.Join(dir, "rules")
+	os.MkdirAll(rulesDir, 0o755)
+	// the rule re-shapes the payload so the test sees that the rule, not a
+	// route, delivered it
+	os.WriteFile(filepath.Join(rulesDir, "fwd.sql"), []byte(
+		`CREATE RULE fwd AS SELECT seq FROM 'sensors/+' WHERE seq >= 0 DO UPLINK LANE 'telemetry' TOPIC 'ruled/${topic(2)}';
+CREATE RULE agg AS SELECT deviceid() AS d, count(*) AS n, min(seq) AS lo, max(seq) AS hi FROM 'agg/+'
+  GROUP BY deviceid(), TUMBLINGWINDOW(ms, 200) DO UPLINK LANE 'telemetry' TOPIC 'agg/${d}';`), 0o644)
+	mqttAddr, httpAddr := freePort(t), freePort(t)
+	cfg := fmt.Sprintf(`node_id: gw
+data_dir: %s/data
+telemetry: {address: "%s"}
+broker:
+  listeners: [{type: tcp, address: "%s"}]
+  allow_anonymous: true
+  anonymous_acl: [{topic: "#", access: all}]
+  limits: {receive_maximum: 1024}
+pipeline:
+  partitions: 4
+rules:
+  dir: %s
+uplink:
+  enabled: true
+  broker: %s
+  reconnect: {min: 50ms, max: 500ms}
+  lanes: [{name: telemetry}]
+`, dir, httpAddr, mqttAddr, rulesDir, cloud.URL())
+	path := filepath.Join(dir, "outpost.yaml")
+	os.WriteFile(path, []byte(cfg), 0o600)
+
+	acked := make([][]int, devices)
+	next := make([]int, devices)
+	var total, windowed atomic.Int64
+	start := time.Now()
+	for it := 0; it < iterations; it++ {
+		agent := startOutpost(t, path, httpAddr)
+		ctx, stop := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		for d := 0; d < devices; d++ {
+			wg.Add(1)
+			go func(d int) {
+				defer wg.Done()
+				c, err := dialQoS1(ctx, mqttAddr, fmt.Sprintf("dev-%d", d))
+				if err != nil {
+					return
+				}
+				topic := fmt.Sprintf("sensors/dev-%d", d)
+				if d >= perMessage {
+					topic = fmt.Sprintf("agg/dev-%d", d)
+				}
+				for ctx.Err() == nil {
+					seq := next[d]
+					r, err := c.Publish(ctx, &paho.Publish{Topic: topic, QoS: 1, Payload: []byte(fmt.Sprintf(`{"seq":%d}`, seq))})
+					if err != nil || r == nil || r.ReasonCode != 0 {
+						return
+					}
+					acked[d] = append(acked[d], seq)
+					next[d]++
+					total.Add(1)
+					if d >= perMessage {
+						windowed.Add(1)
+					}
+				}
+			}(d)
+		}
+		time.Sleep(time.Duration(400+rand.IntN(1000)) * time.Millisecond)
+		agent.Process.Kill()
+		agent.Wait()
+		stop()
+		wg.Wait()
+		for d := range next {
+			next[d]++
+		}
+	}
+	if n, w := total.Load(), windowed.Load(); n < 1_000 || w < 100 {
+		t.Fatalf("only %d messages (%d to the window) acknowledged in %d kills: too few to test anything", n, w, iterations)
+	}
+	agent := startOutpost(t, path, httpAddr)
+	defer func() { agent.Process.Signal(os.Interrupt); agent.Wait() }()
+	want := total.Load()
+	// check returns the acknowledged inputs missing from the rules' outputs:
+	// per-message outputs by seq; for the window, an acknowledged seq must
+	// lie in a window output's [lo, hi], and no window output may count
+	// fewer inputs than were acknowledged in its range
+	check := func(ms []mosq.Message) (lost int, dups int, firstLost string) {
+		seen := make([]map[int]int, devices)
+		for d := range seen {
+			seen[d] = map[int]int{}
+		}
+		type window struct{ n, lo, hi int }
+		wins := make([][]window, devices)
+		for _, m := range ms {
+			if rest, ok := strings.CutPrefix(m.Topic, "outpost/gw/agg/dev-"); ok {
+				d, err := strconv.Atoi(rest)
+				var w struct{ N, Lo, Hi int }
+				if err2 := json.Unmarshal(m.Payload, &w); err != nil || err2 != nil || d < perMessage || d >= devices {
+					t.Fatalf("unexpected window output %s %q", m.Topic, m.Payload)
+				}
+				wins[d] = append(wins[d], window{w.N, w.Lo, w.Hi})
+				continue
+			}
+			d, err := strconv.Atoi(strings.TrimPrefix(m.Topic, "outpost/gw/ruled/dev-"))
+			var seq int
+			_, err2 := fmt.Sscanf(string(m.Payload), `{"seq":%d}`, &seq)
+			if err != nil || err2 != nil || d < 0 || d >= perMessage {
+				t.Fatalf("unexpected message %s %q", m.Topic, m.Payload)
+			}
+			seen[d][seq]++
+		}
+		miss := func(d, s int) {
+			lost++
+			if firstLost == "" {
+				firstLost = fmt.Sprintf("dev-%d seq %d", d, s)
+			}
+		}
+		for d := range acked {
+			if d < perMessage {
+				for _, s := range acked[d] {
+					if seen[d][s] == 0 {
+						miss(d, s)
+					}
+				}
+				for _, n := range seen[d] {
+					dups += n - 1
+				}
+				continue
+			}
+			for _, s := range acked[d] {
+				in := false
+				for _, w := range wins[d] {
+					in = in || w.lo <= s && s <= w.hi
+				}
+				if !in {
+					miss(d, s)
+				}
+			}
+			for _, w := range wins[d] {
+				a := 0
+				for _, s := range acked[d] {
+					if w.lo <= s && s <= w.hi {
+						a++
+					}
+				}
+				if w.n < a {
+					lost += a - w.n
+					if firstLost == "" {
+						firstLost = fmt.Sprintf("dev-%d window %+v counts %d of %d acknowledged inputs", d, w, w.n, a)
+					}
+				}
+			}
+		}
+		return
+	}
+	// wait until nothing is missing, or (on a loss) until the count has
+	// stopped growing for 5 s, so a loss fails fast and says how many
+	var msgs []mosq.Message
+	deadline, lastGrowth, lastLen := time.Now().Add(2*time.Minute), time.Now(), -1
+	for {
+		msgs = got.Messages()
+		if lost, _, _ := check(msgs); lost == 0 {
+			break
+		}
+		if len(msgs) != lastLen {
+			lastLen, lastGrowth = len(msgs), time.Now()
+		}
+		if time.Since(lastGrowth) > 5*time.Second || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	lost, dups, first := check(msgs)
+	if lost > 0 {
+		log, _ := os.ReadFile(filepath.Join(dir, "agent.log"))
+		if len(log) > 4000 {
+			log = log[len(log)-4000:]
+		}
+		t.Fatalf("%d of %d acknowledged inputs lost through the rules (first: %s); %d outputs at the cloud; agent log tail:\n%s", lost, want, first, len(msgs), log)
+	}
+	t.Logf("%d kills, %d inputs acknowledged (%d into the window), %d rule outputs at the cloud broker: 0 lost, %d per-message duplicates (%s)",
+		iterations, want, windowed.Load(), len(msgs), dups, time.Since(start).Round(time.Second))
 }

@@ -125,7 +125,14 @@ func New(cfg *Config, path string, logs *telemetry.Logs) (*Agent, error) {
 	})
 	mods := []module.Module{a.Telemetry}
 	if a.Rules != nil {
-		mods = append(mods, a.Rules)
+		// UPLINK actions resolve to the lanes' sinks when rules compile, and
+		// window outputs emitted by the timer go to them: the lanes start
+		// before the rule engine and stop after it.
+		var deps []string
+		if a.lanes != nil {
+			deps = append(deps, "lanes")
+		}
+		mods = append(mods, depends{a.Rules, deps})
 	}
 	mods = append(mods, depends{a.Pipeline, a.ruleDeps()}, depends{a.Broker, []string{"pipeline"}}, depends{a.OTA, []string{"telemetry"}})
 	if a.Supervisor != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/outpost-edge/outpost/internal/config"
@@ -179,25 +180,31 @@ func deviceIDFunc(s string) (func(*message.Message) string, error) {
 }
 
 // labelEnv overlays the devices declared in config on an Env's labels.
+// The declared devices are replaced as a whole on a config reload (set),
+// while the engine keeps the same Env.
 type labelEnv struct {
 	Env
-	devices map[string]map[string]string
+	devices atomic.Pointer[map[string]map[string]string]
 }
 
-func (l labelEnv) Labels(id string) map[string]string {
-	if m, ok := l.devices[id]; ok {
+func (l *labelEnv) Labels(id string) map[string]string {
+	if m, ok := (*l.devices.Load())[id]; ok {
 		return m
 	}
 	return l.Env.Labels(id)
 }
 
-func withConfigLabels(env Env, devs []Device) Env {
-	if len(devs) == 0 {
-		return env
-	}
+// set replaces the declared devices; the next message sees them.
+func (l *labelEnv) set(devs []Device) {
 	m := make(map[string]map[string]string, len(devs))
 	for _, d := range devs {
 		m[d.ID] = d.Labels
 	}
-	return labelEnv{Env: env, devices: m}
+	l.devices.Store(&m)
+}
+
+func withConfigLabels(env Env, devs []Device) *labelEnv {
+	l := &labelEnv{Env: env}
+	l.set(devs)
+	return l
 }

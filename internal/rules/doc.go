@@ -49,6 +49,17 @@
 //     file:line:col and the rule name.
 //   - Output messages passed to sinks are reused after Deliver returns: a
 //     sink that keeps one must Clone it (the message.Sink contract).
+//   - One Module, one Engine: a config change (Module.Reconfigure) sets the
+//     live engine's settings (Set...) instead of building another, so the
+//     sink the pipeline holds, the timer, the store and the HTTP API keep
+//     acting on the same engine and state.
+//   - Durability (when the Env has lanes): Sink() is message.AsyncDurable;
+//     ProcessAsync completes only when every durable (UPLINK) output of the
+//     message is durable and, for a QoS 1/2 message that changed the state
+//     of a rule with a durable action, when a state checkpoint holding the
+//     change is on disk (checkpoint.go). Window outputs are delivered
+//     synchronously, so a group leaves the state only once its output is
+//     durable. See docs/rules.md, "Delivery guarantees".
 //
 // # Metrics
 //
@@ -57,6 +68,8 @@
 // outpost_rules_action_sent_total{rule,version,action},
 // outpost_rules_errors_total{rule,version,reason},
 // outpost_rules_eval_duration_seconds{rule,version} (sampled 1 in 16),
+// outpost_rules_checkpoint_duration_seconds,
+// outpost_rules_checkpoint_errors_total,
 // outpost_rules_reloads_total, outpost_rules_reload_duration_seconds,
 // outpost_rules_window_groups_discarded_total, outpost_rules_active,
 // outpost_rules_rejected_files. The per-version series are unregistered when
@@ -66,7 +79,7 @@
 // # Caveats
 //
 //   - Loops: a REPUBLISH that can match the rule's own FROM is a compile
-//     error (a ${...} level counts as +); the Store and CheckLoops refuse a
+//     error (a ${...} level counts as +); the Store (and CheckFiles, for `rules check`) refuses a
 //     rule closing a REPUBLISH → FROM cycle through other rules. At run
 //     time REPUBLISH outputs carry HopsProperty (input hops + 1) and a
 //     message with Options.MaxHops hops is not evaluated (reason "loop").

@@ -50,26 +50,37 @@ type Options struct {
 // Engine evaluates rules against messages. Process is safe for concurrent
 // use; see the package doc for ordering and reload guarantees.
 type Engine struct {
-	env       Env
-	log       *slog.Logger
-	set       *metrics.Set
-	now       func() time.Time
-	tick      time.Duration
-	idle      time.Duration
-	maxHops   int
-	webhook   func(webhook.Config) (message.Sink, error)
-	devID     func(*message.Message) string
-	selectors map[string]string
+	env     Env
+	log     *slog.Logger
+	set     *metrics.Set
+	now     func() time.Time
+	webhook func(webhook.Config) (message.Sink, error)
+	// durable: the Env has durable targets (uplink lanes), so the engine's
+	// sink is Durable and a QoS 1 publish waits for the rules' outputs.
+	durable bool
 
-	parts []partition
+	// Settings a config reload changes on the live engine (Set...): read
+	// per message or per tick without a lock.
+	idle      atomic.Int64 // time.Duration
+	maxHops   atomic.Int32
+	devID     atomic.Pointer[func(*message.Message) string]
+	selectors atomic.Pointer[map[string]string]
+
+	// parts is replaced as a whole by SetPartitions; Process re-checks it
+	// after taking a partition lock (see lockPartition).
+	parts atomic.Pointer[[]partition]
 	cur   atomic.Pointer[ruleset]
 
 	mu       sync.Mutex // serializes Apply, Snapshot, Restore, Tick bookkeeping
 	restored map[string]*savedState
 	hooks    map[string]*webhookRef
 	tickCtx  evalCtx
+	tick     time.Duration
+	ticker   *time.Ticker // while started
 	stopTick context.CancelFunc
 	tickDone chan struct{}
+
+	ck checkpointer
 
 	mMessages  *metrics.Counter
 	mReloads   *metrics.Counter
@@ -216,22 +227,21 @@ func New(opts Options) *Engine {
 		opts.MaxHops = DefaultMaxHops
 	}
 	e := &Engine{
-		env: opts.Env, log: opts.Log.With("module", "rules"), set: opts.Metrics, now: opts.Now, tick: opts.Tick, idle: opts.Idle, maxHops: opts.MaxHops,
-		webhook: opts.Webhook, devID: opts.DeviceID, selectors: opts.Selectors,
-		parts:    make([]partition, opts.Partitions),
+		env: opts.Env, log: opts.Log.With("module", "rules"), set: opts.Metrics, now: opts.Now, tick: opts.Tick,
+		webhook:  opts.Webhook,
 		restored: map[string]*savedState{},
 		hooks:    map[string]*webhookRef{},
 	}
-	if e.devID == nil {
-		e.devID = func(m *message.Message) string { return m.ClientID }
-	}
+	e.SetIdle(opts.Idle)
+	e.SetMaxHops(opts.MaxHops)
+	e.SetDeviceID(opts.DeviceID)
+	e.SetSelectors(opts.Selectors)
+	e.parts.Store(e.newPartitions(opts.Partitions))
 	if e.webhook == nil {
 		e.webhook = func(cfg webhook.Config) (message.Sink, error) { return webhook.New(cfg, e.log, e.set) }
 	}
-	for i := range e.parts {
-		e.parts[i].c.env = e.env
-	}
 	e.tickCtx.env = e.env
+	e.durable = e.env != nil && len(e.env.Lanes()) > 0
 	e.mMessages = e.set.GetOrCreateCounter("outpost_rules_messages_total")
 	e.mReloads = e.set.GetOrCreateCounter("outpost_rules_reloads_total")
 	e.mReloadDur = e.set.GetOrCreateHistogram("outpost_rules_reload_duration_seconds")
@@ -246,11 +256,103 @@ func New(opts Options) *Engine {
 	return e
 }
 
+func (e *Engine) newPartitions(n int) *[]partition {
+	parts := make([]partition, n)
+	for i := range parts {
+		parts[i].c.env = e.env
+	}
+	return &parts
+}
+
+// Live settings. A config reload applies them to the running engine, so
+// the pipeline keeps feeding the same engine and no rule, window or device
+// state is rebuilt.
+
+// SetIdle sets the idle timeout of event-time windows (Options.Idle); it
+// applies from the next timer tick.
+func (e *Engine) SetIdle(d time.Duration) {
+	if d == 0 {
+		d = DefaultIdle
+	}
+	e.idle.Store(int64(d))
+}
+
+// SetMaxHops sets Options.MaxHops for the next message.
+func (e *Engine) SetMaxHops(n int) {
+	if n <= 0 {
+		n = DefaultMaxHops
+	}
+	e.maxHops.Store(int32(n))
+}
+
+// SetDeviceID sets Options.DeviceID for the next message.
+func (e *Engine) SetDeviceID(f func(*message.Message) string) {
+	if f == nil {
+		f = func(m *message.Message) string { return m.ClientID }
+	}
+	e.devID.Store(&f)
+}
+
+// SetSelectors sets the configured device selectors (Options.Selectors)
+// used by the next Compile; rules already compiled keep theirs, so the
+// caller recompiles them (Store.Recompile).
+func (e *Engine) SetSelectors(sel map[string]string) {
+	e.selectors.Store(&sel)
+}
+
+// SetTick changes how often the window timer runs (Options.Tick), at once
+// when it is running.
+func (e *Engine) SetTick(d time.Duration) {
+	if d <= 0 {
+		d = 50 * time.Millisecond
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.tick = d
+	if e.ticker != nil {
+		e.ticker.Reset(d)
+	}
+}
+
+// SetPartitions changes the number of device lock stripes. It waits until
+// no message is being evaluated, then switches: a message either finished
+// on the old stripes or runs on the new ones, so per-device order holds.
+func (e *Engine) SetPartitions(n int) {
+	if n <= 0 {
+		n = 64
+	}
+	old := e.parts.Load()
+	if len(*old) == n {
+		return
+	}
+	for i := range *old {
+		(*old)[i].mu.Lock()
+	}
+	e.parts.Store(e.newPartitions(n))
+	for i := range *old {
+		(*old)[i].mu.Unlock()
+	}
+}
+
+// lockPartition locks and returns the stripe of key, retrying when
+// SetPartitions replaced the stripes while this call waited for the lock.
+func (e *Engine) lockPartition(key string) *partition {
+	for {
+		parts := e.parts.Load()
+		p := &(*parts)[hashString(key)%uint32(len(*parts))]
+		p.mu.Lock()
+		if e.parts.Load() == parts {
+			return p
+		}
+		p.mu.Unlock()
+	}
+}
+
 // CompileOptions returns the options to compile rules for this engine
 // (its Env; webhook sinks shared between rule versions with the same
 // configuration).
 func (e *Engine) CompileOptions() CompileOptions {
-	return CompileOptions{Env: e.env, Webhook: e.sharedWebhook, Selectors: e.selectors}
+	return CompileOptions{Env: e.env, Webhook: e.sharedWebhook, Selectors: *e.selectors.Load()}
 }
 
 func (e *Engine) sharedWebhook(cfg webhook.Config) (message.Sink, error) {
@@ -291,22 +393,97 @@ func hashString(s string) uint32 {
 // QoS 1 publish; run-time evaluation errors are only counted. m and its
 // payload are not retained.
 func (e *Engine) Process(ctx context.Context, m *message.Message) error {
+	return e.process(ctx, m, nil)
+}
+
+// ProcessAsync is Process for a caller that must know when the outputs
+// the message caused are durable (the pipeline, before the broker
+// acknowledges a QoS 1 publish). It evaluates m before it returns (so the
+// caller's per-device order holds), delivering to durable action targets
+// (uplink lanes) without waiting for their fsync; done is called exactly
+// once, when every durable output of m is durable (window outputs that m
+// closed are delivered synchronously, so they are durable before
+// ProcessAsync returns) and, for a QoS 1/2 message that changed the window
+// or per-device state of a rule with a durable action, once a checkpoint
+// holding that change is on disk (see SetCheckpointDir); it gets the first
+// durable output's or the checkpoint's error (nil if none). Errors of non-durable actions (republish, webhook, file) are
+// counted and logged only, as a retry of the input would duplicate the
+// outputs that did succeed. done may run before ProcessAsync returns or on a
+// sink's goroutine; completions of different messages may come in any
+// order.
+func (e *Engine) ProcessAsync(m *message.Message, done func(error)) {
+	if !e.durable { // no durable target: nothing to wait for
+		e.process(context.Background(), m, nil)
+		done(nil)
+		return
+	}
+	w := &asyncWait{pending: 1, done: done}
+	e.process(context.Background(), m, w)
+	if w.state && m.QoS > 0 {
+		// m changed the state of a rule with durable outputs: complete
+		// once a checkpoint taken after the change is on disk (QoS 0 is
+		// not acknowledged, so it does not cause a checkpoint)
+		w.add()
+		e.ck.await(w.complete)
+	}
+	w.complete(nil)
+}
+
+// asyncWait counts the durable outputs of one message still outstanding
+// (plus one for the evaluation itself).
+type asyncWait struct {
+	mu      sync.Mutex
+	pending int
+	err     error
+	done    func(error)
+	state   bool // the message changed a durableState rule's state (partition goroutine only)
+}
+
+func (w *asyncWait) add() {
+	w.mu.Lock()
+	w.pending++
+	w.mu.Unlock()
+}
+
+func (w *asyncWait) fail(err error) {
+	w.mu.Lock()
+	if w.err == nil {
+		w.err = err
+	}
+	w.mu.Unlock()
+}
+
+func (w *asyncWait) complete(err error) {
+	w.mu.Lock()
+	if err != nil && w.err == nil {
+		w.err = err
+	}
+	w.pending--
+	last := w.pending == 0
+	err = w.err
+	w.mu.Unlock()
+	if last {
+		w.done(err)
+	}
+}
+
+func (e *Engine) process(ctx context.Context, m *message.Message, w *asyncWait) error {
 	key := m.DeviceID
 	if key == "" {
 		key = m.ClientID
 	}
-	p := &e.parts[hashString(key)%uint32(len(e.parts))]
-	p.mu.Lock()
+	p := e.lockPartition(key)
 	defer p.mu.Unlock()
-	if m.DeviceID == "" && e.devID != nil {
+	if m.DeviceID == "" {
 		p.copy = *m
-		p.copy.DeviceID = e.devID(m)
+		p.copy.DeviceID = (*e.devID.Load())(m)
 		m = &p.copy
 	}
 	rs := e.cur.Load() // the reload boundary: one ruleset per message
 	e.mMessages.Inc()
 	c := &p.c
-	c.msg, c.labelsOK, c.now = m, false, time.Time{}
+	c.msg, c.labelsOK, c.now, c.async = m, false, time.Time{}, w
+	defer func() { c.async = nil }()
 	c.matched = rs.trie.match(m.Topic, c.matched[:0])
 	if len(c.matched) == 0 {
 		return nil
@@ -314,14 +491,15 @@ func (e *Engine) Process(ctx context.Context, m *message.Message) error {
 	p.n++
 	sample := p.n&15 == 0
 	c.hops = messageHops(m)
+	maxHops := int(e.maxHops.Load())
 	var first error
 	for _, en := range c.matched {
 		r := en.r
 		if !en.g.simple && e.pick(c, en.g) != r {
 			continue
 		}
-		if c.hops >= e.maxHops {
-			e.refuseLoop(r, m)
+		if c.hops >= maxHops {
+			e.refuseLoop(r, m, maxHops)
 			continue
 		}
 		var t0 time.Time
@@ -379,12 +557,12 @@ func messageHops(m *message.Message) int {
 
 // refuseLoop counts a message that reached MaxHops for rule r (and logs
 // the first of each rule version).
-func (e *Engine) refuseLoop(r *Rule, m *message.Message) {
+func (e *Engine) refuseLoop(r *Rule, m *message.Message, maxHops int) {
 	r.m.matched.Inc()
 	r.m.errors[reasonLoop].Inc()
 	if r.loopLogged.CompareAndSwap(false, true) {
 		e.log.Warn("rule loop: message not evaluated, it went through too many republishes",
-			"rule", r.Name, "version", r.Version, "topic", m.Topic, "hops", messageHops(m), "max_hops", e.maxHops,
+			"rule", r.Name, "version", r.Version, "topic", m.Topic, "hops", messageHops(m), "max_hops", maxHops,
 			"property", HopsProperty)
 	}
 }
@@ -409,6 +587,9 @@ func (c *evalCtx) clock(e *Engine) time.Time {
 
 func (e *Engine) runRule(ctx context.Context, c *evalCtx, r *Rule) (err error) {
 	r.m.matched.Inc()
+	if r.durableState && c.async != nil {
+		c.async.state = true
+	}
 	c.rule, c.errs = r, 0
 	c.payload = c.msg.Payload
 	if r.usesNow {
@@ -582,12 +763,36 @@ func (e *Engine) deliver(ctx context.Context, c *evalCtx, r *Rule, ac *action, p
 		c.hopProp[0] = message.UserProperty{Key: HopsProperty, Value: hopString(c.hops + 1)}
 		om.Props.User = c.hopProp[:]
 	}
+	if w := c.async; w != nil && ac.durable {
+		if ad, ok := ac.sink.(message.AsyncDurable); ok {
+			// the caller's completion waits for this output's fsync
+			w.add()
+			rm, sent, kind := r.m, ac.sent, ac.kind
+			ad.DeliverAsync(om, func(err error) {
+				if err != nil {
+					rm.errors[reasonAction].Inc()
+					e.log.Warn("rule action failed", "rule", r.Name, "action", kind, "topic", topic, "err", err)
+					err = fmt.Errorf("rules: rule %s: %s: %w", r.Name, kind, err)
+				} else {
+					rm.emitted.Inc()
+					sent.Inc()
+				}
+				w.complete(err)
+			})
+			om.Payload = nil
+			return nil
+		}
+	}
 	err := ac.sink.Deliver(ctx, om)
 	om.Payload = nil
 	if err != nil {
 		c.fail(reasonAction)
 		e.log.Warn("rule action failed", "rule", r.Name, "action", ac.kind, "topic", topic, "err", err)
-		return fmt.Errorf("%s: %w", ac.kind, err)
+		err = fmt.Errorf("%s: %w", ac.kind, err)
+		if c.async != nil && ac.durable {
+			c.async.fail(fmt.Errorf("rules: rule %s: %w", r.Name, err))
+		}
+		return err
 	}
 	r.m.emitted.Inc()
 	ac.sent.Inc()
@@ -597,9 +802,12 @@ func (e *Engine) deliver(ctx context.Context, c *evalCtx, r *Rule, ac *action, p
 // emitGroup evaluates HAVING and the columns for a window group and runs
 // the actions. The caller holds the rule state lock.
 func (e *Engine) emitGroup(ctx context.Context, r *Rule, c *evalCtx, g *group, aggs []aggState, b winBounds) error {
-	saveAggs, saveWin, saveHops := c.aggs, c.win, c.hops
-	c.aggs, c.win, c.hops = aggs, b, g.Hops
-	defer func() { c.aggs, c.win, c.hops = saveAggs, saveWin, saveHops }()
+	// A window output is delivered synchronously, also during ProcessAsync:
+	// the group leaves the window state (and so the next checkpoint) only
+	// once its output is durable, so a crash loses neither.
+	saveAggs, saveWin, saveHops, saveAsync := c.aggs, c.win, c.hops, c.async
+	c.aggs, c.win, c.hops, c.async = aggs, b, g.Hops, nil
+	defer func() { c.aggs, c.win, c.hops, c.async = saveAggs, saveWin, saveHops, saveAsync }()
 	if r.having != nil && !r.having(c).truthy() {
 		return nil
 	}
@@ -884,7 +1092,8 @@ func (e *Engine) tickWatermark(r *Rule, now int64) int64 {
 	}
 	w := r.state.win
 	wm := w.wm.Load()
-	if e.idle < 0 || w.maxEvent.Load() == 0 {
+	idle := e.idle.Load()
+	if idle < 0 || w.maxEvent.Load() == 0 {
 		return wm
 	}
 	arrival := w.arrival.Load()
@@ -893,7 +1102,7 @@ func (e *Engine) tickWatermark(r *Rule, now int64) int64 {
 		return wm
 	}
 	since := now - arrival
-	if since < int64(e.idle) {
+	if since < idle {
 		return wm
 	}
 	return max(wm, w.maxEvent.Load()+since-r.win.lateness)
@@ -926,10 +1135,12 @@ func (e *Engine) Start(ctx context.Context) {
 	tctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	e.stopTick = cancel
 	e.tickDone = make(chan struct{})
+	t := time.NewTicker(e.tick)
+	e.ticker = t
 	e.mu.Unlock()
+	e.ck.start(e)
 	go func() {
 		defer close(e.tickDone)
-		t := time.NewTicker(e.tick)
 		defer t.Stop()
 		for {
 			select {
@@ -947,7 +1158,7 @@ func (e *Engine) Start(ctx context.Context) {
 func (e *Engine) Stop(ctx context.Context) error {
 	e.mu.Lock()
 	cancel, done := e.stopTick, e.tickDone
-	e.stopTick = nil
+	e.stopTick, e.ticker = nil, nil
 	hooks := e.hooks
 	e.hooks = map[string]*webhookRef{}
 	e.mu.Unlock()
@@ -955,6 +1166,7 @@ func (e *Engine) Stop(ctx context.Context) error {
 		cancel()
 		<-done
 	}
+	e.ck.stop()
 	var first error
 	for _, h := range hooks {
 		if cl, ok := h.sink.(interface{ Close(context.Context) error }); ok {
@@ -966,13 +1178,28 @@ func (e *Engine) Stop(ctx context.Context) error {
 	return first
 }
 
-// engineSink adapts the engine to message.Sink.
+// engineSink adapts the engine to message.Sink. When the Env has durable
+// targets (uplink lanes) it is an AsyncDurable sink, so the pipeline
+// acknowledges a QoS 1 publish routed to the rules only once every durable
+// output the message caused is fsynced (ProcessAsync). Unlike other
+// AsyncDurable sinks its completions may come out of order (a message
+// without durable outputs completes at once); the broker orders PUBACKs.
 type engineSink struct{ e *Engine }
+
+var _ message.AsyncDurable = engineSink{}
 
 func (s engineSink) Name() string { return "rules" }
 func (s engineSink) Deliver(ctx context.Context, m *message.Message) error {
 	return s.e.Process(ctx, m)
 }
 
-// Sink returns the engine as a pipeline stage (Deliver = Process).
+// Durable reports whether the rules can deliver to a durable target.
+func (s engineSink) Durable() bool { return s.e.durable }
+
+func (s engineSink) DeliverAsync(m *message.Message, done func(error)) {
+	s.e.ProcessAsync(m, done)
+}
+
+// Sink returns the engine as a pipeline stage (Deliver = Process,
+// DeliverAsync = ProcessAsync).
 func (e *Engine) Sink() message.Sink { return engineSink{e} }

@@ -60,6 +60,9 @@ type evalCtx struct {
 	outMsg  message.Message
 	hopProp [1]message.UserProperty
 	matched []*entry
+	// async, while a message is evaluated by ProcessAsync, collects the
+	// durable outputs the message causes.
+	async *asyncWait
 }
 
 type winBounds struct{ start, end int64 }

@@ -102,7 +102,7 @@ func TestIdleDisabled(t *testing.T) {
 		t.Fatalf("idle disabled: %d outputs", n)
 	}
 	// and enabled (default 5s), the same tick closes it
-	e.idle = DefaultIdle
+	e.SetIdle(DefaultIdle)
 	e.Tick(ctx) // starts nothing new: arrival is set, an hour ago
 	if n := env.Sink("republish").Count(); n != 1 {
 		t.Fatalf("idle enabled: %d outputs", n)

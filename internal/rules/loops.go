@@ -112,18 +112,6 @@ func findCycles(file string, fresh, others []*Rule) ([]*Rule, parser.ErrorList) 
 	return bad, el
 }
 
-// CheckLoops reports the rules of rules (all compiled together, as
-// `outpost rules check` does for several files) that lie on a REPUBLISH →
-// FROM cycle, as the Store does when it loads them.
-func CheckLoops(rules []*Rule) error {
-	var el parser.ErrorList
-	for _, r := range rules {
-		_, e := findCycles(r.File, []*Rule{r}, rules)
-		el = append(el, e...)
-	}
-	return el.Err()
-}
-
 // findPath returns a shortest cycle of edges from start back to start
 // through other rules (breadth first), or nil.
 func findPath(start *Rule, nodes []*Rule) []loopEdge {

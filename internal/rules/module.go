@@ -7,9 +7,9 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"reflect"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/outpost-edge/outpost/internal/module"
@@ -19,6 +19,12 @@ import (
 // Module runs the rule engine as an Outpost module (name "rules"): it owns
 // an Engine and a Store, restores window state on Start and saves it on
 // Stop.
+//
+// The engine is built once, by the first Init, and lives as long as the
+// Module: a config reload (Reconfigure) changes the running engine's
+// settings in place, so the pipeline, which holds the engine's sink, keeps
+// feeding the engine that the timer ticks, the store loads rule files into
+// and the HTTP API manages, and no rule, window or device state is rebuilt.
 type Module struct {
 	env Env
 	log *slog.Logger
@@ -26,6 +32,7 @@ type Module struct {
 
 	mu      sync.Mutex
 	cfg     Config
+	labels  *labelEnv
 	eng     *Engine
 	store   *Store
 	started bool
@@ -66,7 +73,8 @@ func asConfig(cfg any) (Config, error) {
 	return Config{}, fmt.Errorf("rules: config of type %T, want rules.Config", cfg)
 }
 
-// Init validates cfg (rules.Config or *rules.Config) and builds the engine.
+// Init validates cfg (rules.Config or *rules.Config) and builds the engine
+// (once; a later Init applies cfg to the same engine, like Reconfigure).
 func (m *Module) Init(_ context.Context, cfg any) error {
 	c, err := asConfig(cfg)
 	if err != nil {
@@ -78,11 +86,22 @@ func (m *Module) Init(_ context.Context, cfg any) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.eng != nil {
+		if m.started {
+			return errors.New("rules: Init while running")
+		}
+		m.applySettings(c)
+		m.cfg = c
+		m.store = NewStore(m.eng, c.Dir, c.Debounce.D(), m.log)
+		return nil
+	}
 	m.cfg = c
+	m.labels = withConfigLabels(m.env, c.Devices)
 	m.eng = New(Options{
-		Env: withConfigLabels(m.env, c.Devices), Partitions: c.Partitions, Log: m.log, Metrics: m.set,
+		Env: m.labels, Partitions: c.Partitions, Log: m.log, Metrics: m.set,
 		Tick: c.WindowTick.D(), Idle: c.IdleTimeout.D(), MaxHops: c.MaxHops, DeviceID: c.DeviceIDFunc(), Selectors: c.Selectors(),
 	})
+	m.eng.SetCheckpointDir(c.StateDir)
 	m.store = NewStore(m.eng, c.Dir, c.Debounce.D(), m.log)
 	m.set.GetOrCreateGauge("outpost_rules_rejected_files", func() float64 {
 		m.mu.Lock()
@@ -94,6 +113,20 @@ func (m *Module) Init(_ context.Context, cfg any) error {
 		return float64(s.Rejected())
 	})
 	return nil
+}
+
+// applySettings sets everything of c that lives in the engine; the caller
+// holds m.mu. Rollout selectors are compiled into rules: the caller
+// recompiles them when they changed.
+func (m *Module) applySettings(c Config) {
+	m.labels.set(c.Devices)
+	m.eng.SetIdle(c.IdleTimeout.D())
+	m.eng.SetMaxHops(c.MaxHops)
+	m.eng.SetDeviceID(c.DeviceIDFunc())
+	m.eng.SetSelectors(c.Selectors())
+	m.eng.SetTick(c.WindowTick.D())
+	m.eng.SetPartitions(c.Partitions)
+	m.eng.SetCheckpointDir(c.StateDir)
 }
 
 // Start restores window state, loads the rule directory, starts watching
@@ -205,9 +238,15 @@ func (m *Module) proxy(w http.ResponseWriter, r *http.Request) {
 	mux.ServeHTTP(w, r)
 }
 
-// Reconfigure applies a changed section: device labels and window tick in
-// place keep rules and state; a changed dir, partitions or device_id_from
-// rebuilds the engine (state is carried through a snapshot in memory).
+// Reconfigure applies a changed section to the running engine, without a
+// gap or a duplicate: labels, idle_timeout, max_hops, device_id_from,
+// window_tick and partitions apply from the next message or tick; changed
+// rollouts recompile the loaded rules (same names and versions, so window
+// and device state carry over); a changed dir or debounce moves the rule
+// store to the new directory (its rules replace the old directory's, with
+// state carried over per Reload semantics) and watches it; state_dir is
+// used at the next stop. A new dir that cannot be read is refused and the
+// old one stays.
 func (m *Module) Reconfigure(ctx context.Context, cfg any) error {
 	c, err := asConfig(cfg)
 	if err != nil {
@@ -217,13 +256,49 @@ func (m *Module) Reconfigure(ctx context.Context, cfg any) error {
 	if err := c.Validate(); err != nil {
 		return fmt.Errorf("rules: %w", err)
 	}
-	if err := m.Stop(ctx); err != nil {
-		m.log.Warn("rules: stop during reconfigure", "err", err)
+	m.mu.Lock()
+	if !m.started {
+		m.mu.Unlock()
+		return m.Init(ctx, c)
 	}
-	if err := m.Init(ctx, c); err != nil {
-		return err
+	defer m.mu.Unlock()
+	old := m.cfg
+	if old.Dir != c.Dir || old.Debounce != c.Debounce {
+		ns := NewStore(m.eng, c.Dir, c.Debounce.D(), m.log)
+		if c.Dir != "" {
+			if err := os.MkdirAll(c.Dir, 0o755); err != nil {
+				return fmt.Errorf("rules: dir: %w", err)
+			}
+		} else {
+			ns.mem = m.store.memSources()
+		}
+		// the selectors first, so the new store compiles with them
+		m.applySettings(c)
+		if err := ns.Reload(); err != nil {
+			var el parser.ErrorList
+			if !errors.As(err, &el) {
+				m.eng.SetSelectors(old.Selectors())
+				return err // unreadable: nothing was applied, the old store stays
+			}
+			m.log.Warn("some rules were rejected", "module", "rules", "err", err)
+		}
+		if err := m.store.Close(); err != nil {
+			m.log.Warn("rules: closing the old directory watch", "module", "rules", "err", err)
+		}
+		m.store = ns
+		m.cfg = c
+		return ns.Watch()
 	}
-	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	return m.Start(sctx)
+	m.applySettings(c)
+	m.cfg = c
+	if !reflect.DeepEqual(old.Selectors(), c.Selectors()) {
+		if err := m.store.Recompile(); err != nil {
+			var el parser.ErrorList
+			if !errors.As(err, &el) {
+				return err
+			}
+			m.log.Warn("some rules were rejected", "module", "rules", "err", err)
+		}
+	}
+	return nil
 }

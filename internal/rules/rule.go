@@ -50,6 +50,10 @@ type Rule struct {
 
 	slots   int // per-device state call sites
 	actions []*action
+	// durableState: the rule keeps state (windows, per-device) and has a
+	// durable action, so ProcessAsync makes its state crash-safe before
+	// completing (see Engine.SetCheckpointDir).
+	durableState bool
 
 	winSig, devSig string
 	state          *ruleState
@@ -71,10 +75,13 @@ type action struct {
 	topic  *template // nil: the input topic
 	qos    int       // -1: input QoS (0 for windowed rules)
 	retain bool
-	hops   bool       // stamp HopsProperty (REPUBLISH)
-	target string     // REPUBLISH: the topic template as written
-	pos    parser.Pos // of the target
-	sent   *metrics.Counter
+	hops   bool // stamp HopsProperty (REPUBLISH)
+	// durable: the sink's acceptance is crash-safe (message.Durable, an
+	// uplink lane): ProcessAsync waits for it.
+	durable bool
+	target  string     // REPUBLISH: the topic template as written
+	pos     parser.Pos // of the target
+	sent    *metrics.Counter
 }
 
 // template is a topic with ${expr} parts.
@@ -275,6 +282,9 @@ func CompileAST(a *parser.Rule, opts CompileOptions) (*Rule, error) {
 	}
 	r.aggs = cp.aggs
 	r.slots = cp.slots
+	for _, ac := range r.actions {
+		r.durableState = r.durableState || ac.durable && (r.win != nil || r.slots > 0)
+	}
 	r.fields = jsonpath.NewSet(cp.paths)
 	r.nFields = len(cp.paths)
 	for _, p := range cp.paths {
@@ -533,6 +543,9 @@ func (cp *compiler) action(r *Rule, a parser.Action, mode exprMode, opts Compile
 		ac.sink = s
 		r.webhookKeys = append(r.webhookKeys, cfg.Key())
 		ac.desc = "WEBHOOK " + webhook.Redact(a.Target)
+	}
+	if d, ok := ac.sink.(message.Durable); ok && d.Durable() {
+		ac.durable = true
 	}
 	return ac
 }

@@ -183,6 +183,75 @@ func (s *Store) reloadLocked() error {
 	return errors.Join(errs...)
 }
 
+// Recompile compiles every file again, also those whose content did not
+// change (after the engine's configured selectors changed), and applies
+// the result. Rules keep their names and versions, so their state carries
+// over.
+func (s *Store) Recompile() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, f := range s.files {
+		f.hash, f.badHash = [32]byte{}, [32]byte{}
+	}
+	return s.reloadLocked()
+}
+
+// memSources returns a copy of the in-memory sources (no directory).
+func (s *Store) memSources() map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]string, len(s.mem))
+	for k, v := range s.mem {
+		out[k] = v
+	}
+	return out
+}
+
+// CheckFiles validates rule files exactly as the gateway loads them from
+// its rules directory, through the same Store: files in name order, each
+// compiled (syntax, functions, targets per opts.Env, selectors per
+// opts.Selectors), then checked against the files loaded before it (a rule
+// name and version defined in two files; a rule closing a REPUBLISH → FROM
+// cycle). srcs maps a file name (as it should appear in errors) to its
+// source. It returns the rules the gateway would run and every error (a
+// parser.ErrorList), so `outpost rules check` rejects exactly what the
+// agent rejects.
+func CheckFiles(srcs map[string]string, opts CompileOptions) ([]*Rule, error) {
+	e := New(Options{Env: opts.Env, Webhook: opts.Webhook, Selectors: opts.Selectors, Partitions: 1})
+	s := NewStore(e, "", 0, nil)
+	for name, src := range srcs {
+		s.mem[name] = src
+	}
+	err := flattenErrors(s.Reload())
+	return e.Rules(), err
+}
+
+// flattenErrors merges the per-file error lists a reload joins into one
+// parser.ErrorList (in file order); any other error is returned as is.
+func flattenErrors(err error) error {
+	var el parser.ErrorList
+	var walk func(error) bool
+	walk = func(err error) bool {
+		switch x := err.(type) {
+		case parser.ErrorList:
+			el = append(el, x...)
+			return true
+		case interface{ Unwrap() []error }:
+			for _, e := range x.Unwrap() {
+				if !walk(e) {
+					return false
+				}
+			}
+			return true
+		}
+		return false
+	}
+	if err == nil || !walk(err) {
+		return err
+	}
+	return el.Err()
+}
+
 // keptRules returns the old rules that stay because their new version
 // failed to compile.
 func keptRules(old, fresh []*Rule, err error) []*Rule {
