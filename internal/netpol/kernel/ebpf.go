@@ -69,7 +69,7 @@ func newXDPBackend(pinRoot string, inNS func(func() error) error) (*xdpBackend, 
 // ensureBPFFS mounts bpffs on /sys/fs/bpf if needed and creates dir on it.
 func ensureBPFFS(dir string) error {
 	var st unix.Statfs_t
-	if err := unix.Statfs("/sys/fs/bpf", &st); err == nil && st.Type != unix.BPF_FS_MAGIC {
+	if err := unix.Statfs("/sys/fs/bpf", &st); err == nil && uint32(st.Type) != unix.BPF_FS_MAGIC {
 		if err := unix.Mount("bpf", "/sys/fs/bpf", "bpf", 0, ""); err != nil {
 			return fmt.Errorf("mount bpffs on /sys/fs/bpf: %w", err)
 		}
@@ -80,7 +80,7 @@ func ensureBPFFS(dir string) error {
 	if err := unix.Statfs(dir, &st); err != nil {
 		return err
 	}
-	if st.Type != unix.BPF_FS_MAGIC {
+	if uint32(st.Type) != unix.BPF_FS_MAGIC {
 		return fmt.Errorf("%s is not on a bpf filesystem", dir)
 	}
 	return nil
