@@ -1,7 +1,9 @@
 package function
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
@@ -254,4 +256,9 @@ func DecodeCall(b []byte) (name, deviceID string, args []Value, err error) {
 		return "", "", nil, r.err
 	}
 	return name, deviceID, args, nil
+}
+
+func hashHex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
 }
