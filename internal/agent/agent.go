@@ -59,6 +59,7 @@ type Agent struct {
 	Supervisor *supervisor.Supervisor
 	Uplink     *uplink.Uplink
 	lanes      *lanes
+	fns        *functionsModule
 	runner     *module.Runner
 
 	reloadOK, reloadRejected *metrics.Counter
@@ -97,6 +98,9 @@ func New(cfg *Config, path string, logs *telemetry.Logs) (*Agent, error) {
 		a.Rules = rules.NewModule(&rulesEnv{a: a}, a.log, a.metrics)
 		routes = append(routes, a.Rules.RegisterHTTP)
 	}
+	if cfg.functionsOn() {
+		routes = append(routes, a.newFunctions())
+	}
 	if cfg.Supervisor != nil {
 		a.Supervisor = supervisor.New(supervisor.Options{
 			Logger: a.log, Identity: brokerIdentity{a.Broker}, Publisher: a.Broker, Bus: a.Broker,
@@ -118,8 +122,9 @@ func New(cfg *Config, path string, logs *telemetry.Logs) (*Agent, error) {
 		RedactedConfig: func() any { a.mu.Lock(); defer a.mu.Unlock(); return Redacted(a.cfg) },
 	})
 	mods := []module.Module{a.Telemetry}
+	mods = append(mods, a.functionModules()...)
 	if a.Rules != nil {
-		mods = append(mods, a.Rules)
+		mods = append(mods, a.withFunctionsDep(a.Rules))
 	}
 	mods = append(mods, depends{a.Pipeline, a.ruleDeps()}, depends{a.Broker, []string{"pipeline"}}, depends{a.OTA, []string{"telemetry"}})
 	if a.Supervisor != nil {
@@ -145,6 +150,9 @@ func (a *Agent) ruleDeps() []string {
 	}
 	if a.lanes != nil {
 		d = append(d, "lanes")
+	}
+	if a.fns != nil {
+		d = append(d, "functions")
 	}
 	return d
 }
@@ -179,6 +187,9 @@ func (a *Agent) moduleSinks() map[string]message.Sink {
 	if a.Rules != nil && a.Rules.Engine() != nil {
 		m[RulesSink] = a.Rules.Engine().Sink()
 	}
+	if s := a.functionsSink(); s != nil {
+		m[FunctionsSink] = s
+	}
 	if a.lanes != nil {
 		for k, v := range a.lanes.sinkMap() {
 			m[k] = v
@@ -206,6 +217,8 @@ func section(c *Config, name string) any {
 		return c.Uplink.Lanes
 	case "uplink":
 		return c.Uplink
+	case "functions":
+		return c.Functions
 	}
 	return nil
 }
@@ -214,6 +227,9 @@ func section(c *Config, name string) any {
 // when rules are enabled and no route names the engine.
 func pipelineConfig(c *Config) *pipeline.Config {
 	pc := c.Pipeline
+	if c.functionsOn() {
+		pc.Routes = implicitRoute(pc.Routes, FunctionsSink)
+	}
 	if c.Rules == nil {
 		return &pc
 	}

@@ -41,6 +41,9 @@ type Config struct {
 	// Uplink forwards lanes of durable queues to a cloud broker when present
 	// and enabled (docs/uplink.md).
 	Uplink *uplink.Config `yaml:"uplink"`
+	// Functions runs WebAssembly functions when present and enabled
+	// (docs/functions.md).
+	Functions *FunctionsConfig `yaml:"functions"`
 }
 
 // uplinkOn reports whether the uplink and its lanes are configured.
@@ -91,6 +94,9 @@ func (c *Config) SetDefaults() {
 		}
 		c.Supervisor.SetDefaults()
 	}
+	if c.Functions != nil {
+		c.Functions.setDefaults(c)
+	}
 	if c.Rules != nil {
 		c.Rules.SetDefaults()
 		if c.Rules.StateDir == "" {
@@ -133,6 +139,9 @@ func (c *Config) Validate() error {
 			errs = append(errs, config.Section(fmt.Sprintf("uplink.lanes[%d].queue", i), l.Queue.Validate()))
 		}
 	}
+	if c.Functions != nil {
+		errs = append(errs, config.Section("functions", c.Functions.validate()))
+	}
 	if c.Supervisor != nil {
 		errs = append(errs, config.Section("supervisor", c.Supervisor.Validate()))
 		if !c.hasUnixListener() {
@@ -156,6 +165,9 @@ func (c *Config) moduleSinks() []string {
 	var s []string
 	if c.Rules != nil {
 		s = append(s, RulesSink)
+	}
+	if c.functionsOn() {
+		s = append(s, FunctionsSink)
 	}
 	if c.uplinkOn() {
 		for _, l := range c.Uplink.Lanes {

@@ -77,8 +77,20 @@ func loadExample(t testing.TB, rt *Runtime, name string, opts LoadOptions) *Modu
 	return m
 }
 
+// exampleRT shares one on-disk compilation cache between test runs: a
+// Go-built module takes seconds to compile (over a minute under -race).
+func exampleRT(t testing.TB) *Runtime {
+	t.Helper()
+	rt, err := NewRuntime(RuntimeOptions{CacheDir: filepath.Join(os.TempDir(), "outpost-function-test-cache")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rt.Close(context.Background()) })
+	return rt
+}
+
 func TestExampleAnomaly(t *testing.T) {
-	rt := newRT(t)
+	rt := exampleRT(t)
 	m := loadExample(t, rt, "anomaly", LoadOptions{})
 	ctx := context.Background()
 	num := func(f float64) Value { return Value{Kind: KindNum, Num: f} }

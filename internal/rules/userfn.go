@@ -2,6 +2,7 @@ package rules
 
 import (
 	"context"
+	"errors"
 	"strings"
 
 	"github.com/outpost-edge/outpost/internal/rules/parser"
@@ -31,11 +32,15 @@ func compileUserFn(cp *compiler, x *parser.Call, args []cexpr, _ exprMode) cexpr
 	}
 	name := args[0].val.S
 	fe, ok := cp.env.(FuncEnv)
-	if !ok {
+	var f ScalarFunc
+	var err error
+	if ok {
+		f, err = fe.ScalarFunc(name)
+	}
+	if !ok || errors.Is(err, errNoUserFuncs) {
 		cp.errorf(x.P, "fn('%s'): user functions are not available (no functions are configured)", name)
 		return konst(null)
 	}
-	f, err := fe.ScalarFunc(name)
 	if err != nil {
 		cp.errorf(x.Args[0].Position(), "fn('%s'): %s", name, strings.TrimPrefix(stripPrefix(err), "function: "))
 		return konst(null)
@@ -57,4 +62,15 @@ func compileUserFn(cp *compiler, x *parser.Call, args []cexpr, _ exprMode) cexpr
 			return v
 		})
 	}}
+}
+
+var errNoUserFuncs = errors.New("rules: the environment has no user functions")
+
+// ScalarFunc passes through the wrapped Env's user functions (the labels
+// from rules.devices wrap the integrator's Env).
+func (e labelEnv) ScalarFunc(name string) (ScalarFunc, error) {
+	if fe, ok := e.Env.(FuncEnv); ok {
+		return fe.ScalarFunc(name)
+	}
+	return nil, errNoUserFuncs
 }

@@ -88,6 +88,9 @@ func TestUserFunctionCompileErrors(t *testing.T) {
 		{env, `CREATE RULE r AS SELECT fn(a) AS x FROM 'x' DO REPUBLISH 'o'`, `t.sql:1:28: rule r: fn: the function name must be a string literal`},
 		{env, `CREATE RULE r AS SELECT fn() AS x FROM 'x' DO REPUBLISH 'o'`, `fn() takes at least 1 argument(s)`},
 		{NewMemEnv(), `CREATE RULE r AS SELECT fn('ok') AS x FROM 'x' DO REPUBLISH 'o'`, `fn('ok'): user functions are not available`},
+		{withConfigLabels(NewMemEnv(), []Device{{ID: "d"}}), `CREATE RULE r AS SELECT fn('ok') AS x FROM 'x' DO REPUBLISH 'o'`, `fn('ok'): user functions are not available`},
+		// rules.devices wraps the Env: its functions stay visible.
+		{withConfigLabels(env, []Device{{ID: "d"}}), `CREATE RULE r AS SELECT fn('nope') AS x FROM 'x' DO REPUBLISH 'o'`, `fn('nope'): unknown function 'nope'`},
 	} {
 		_, err := Compile("t.sql", c.src, CompileOptions{Env: c.env})
 		if err == nil || !strings.Contains(err.Error(), c.want) {

@@ -49,7 +49,11 @@ func init() {
 		}
 		out := `{"device":` + strconv.Quote(m.DeviceID) + `,"temp":` + strconv.FormatFloat(*r.Temp, 'g', -1, 64) +
 			`,"vibration":` + strconv.FormatFloat(*r.Vibration, 'g', -1, 64) + `}`
-		return outpostfn.Emit("alerts/anomaly/"+m.DeviceID, []byte(out))
+		prefix, ok := outpostfn.Config("alert_prefix")
+		if !ok {
+			prefix = "alerts/anomaly/"
+		}
+		return outpostfn.Emit(prefix+m.DeviceID, []byte(out))
 	})
 }
 
