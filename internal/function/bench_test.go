@@ -176,3 +176,30 @@ func BenchmarkInstances(b *testing.B) {
 		})
 	}
 }
+
+// The floor of a standard-Go guest: examples/functions/noop returns its
+// argument (call) or nothing (on_message); the difference to
+// BenchmarkWarmCall is the Go runtime's cost per wasmexport call.
+func BenchmarkGoFloor(b *testing.B) {
+	rt := exampleRT(b)
+	m := loadExample(b, rt, "noop", LoadOptions{})
+	ctx := context.Background()
+	b.Run("call", func(b *testing.B) {
+		args := []Value{{Kind: KindNum, Num: 1}}
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			if _, err := m.Call(ctx, "noop", "d", args); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("on_message", func(b *testing.B) {
+		in := &Input{Topic: "noop/x", DeviceID: "d", Payload: payload200}
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			if err := m.OnMessage(ctx, in, nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

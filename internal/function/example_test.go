@@ -134,3 +134,22 @@ func TestExampleAnomaly(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+func TestExampleNoop(t *testing.T) {
+	m := loadExample(t, exampleRT(t), "noop", LoadOptions{})
+	v, err := m.Call(context.Background(), "noop", "d", []Value{{Kind: KindStr, Str: "echo"}})
+	if err != nil || v.Kind != KindStr || v.Str != "echo" {
+		t.Fatalf("noop = %+v, %v", v, err)
+	}
+	if err := m.OnMessage(context.Background(), &Input{Topic: "noop/x"}, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if exampleDir != "" {
+		_ = os.RemoveAll(exampleDir)
+	}
+	os.Exit(code)
+}
