@@ -119,6 +119,12 @@ func (r *Registry) pick(s *snapshot, name, device string) *version {
 // returned (durability as for rules: a QoS 1 publish is acknowledged after
 // the outputs are accepted).
 func (r *Registry) Deliver(ctx context.Context, m *message.Message) error {
+	return r.deliverFrom(ctx, m, r.snap.Load())
+}
+
+// deliverFrom is Deliver starting from snapshot s (a test passes a stale
+// one: the swap happened between picking a version and running it).
+func (r *Registry) deliverFrom(ctx context.Context, m *message.Message, s *snapshot) error {
 	origin := ""
 	for _, p := range m.Props.User {
 		if p.Key == OriginProperty {
@@ -126,7 +132,6 @@ func (r *Registry) Deliver(ctx context.Context, m *message.Message) error {
 		}
 	}
 	var errs []error
-	s := r.snap.Load()
 	for _, name := range s.names {
 		if name == origin {
 			continue

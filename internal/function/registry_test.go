@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -177,33 +178,37 @@ func TestHotSwapNoLossNoDup(t *testing.T) {
 	if err := r.Reload(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	const workers, perWorker = 4, 500
+	// Workers send until the swaps are done (bounded in count), so the
+	// swaps always happen under load however fast the machine is.
+	const workers, maxPerWorker, swapsWanted = 4, 20000, 5
+	var stop atomic.Bool
+	sent := make([]int, workers)
 	var wg sync.WaitGroup
-	done := make(chan struct{})
+	started := make(chan struct{}, workers)
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func(w int) {
 			defer wg.Done()
-			for i := 0; i < perWorker; i++ {
+			for i := 0; i < maxPerWorker && !stop.Load(); i++ {
 				deliver(t, r, "d", fmt.Sprintf("%d-%d", w, i))
+				sent[w]++
+				if i == 10 {
+					started <- struct{}{}
+				}
 			}
 		}(w)
 	}
-	go func() { wg.Wait(); close(done) }()
-	swaps := 0
-	for v := 2; ; v++ {
-		select {
-		case <-done:
-		default:
-			writeFn(t, fdir, v, "", tagGuest(v))
-			if err := r.Reload(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-			swaps++
-			continue
-		}
-		break
+	for w := 0; w < workers; w++ {
+		<-started
 	}
+	for v := 2; v < 2+swapsWanted; v++ {
+		writeFn(t, fdir, v, "", tagGuest(v))
+		if err := r.Reload(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop.Store(true)
+	wg.Wait()
 	seen := map[string]int{}
 	versions := map[string]bool{}
 	for _, m := range sink.take() {
@@ -214,19 +219,21 @@ func TestHotSwapNoLossNoDup(t *testing.T) {
 		seen[string(in.Payload)]++
 		versions[m.Topic] = true
 	}
+	total := 0
 	for w := 0; w < workers; w++ {
-		for i := 0; i < perWorker; i++ {
+		total += sent[w]
+		for i := 0; i < sent[w]; i++ {
 			if n := seen[fmt.Sprintf("%d-%d", w, i)]; n != 1 {
 				t.Fatalf("message %d-%d run %d times", w, i, n)
 			}
 		}
 	}
-	if len(seen) != workers*perWorker {
-		t.Fatalf("%d distinct outputs", len(seen))
+	if len(seen) != total {
+		t.Fatalf("%d distinct outputs for %d messages", len(seen), total)
 	}
-	t.Logf("%d swaps, outputs from %d versions", swaps, len(versions))
-	if swaps < 2 || len(versions) < 2 {
-		t.Fatalf("the test did not swap under load (%d swaps, %d versions)", swaps, len(versions))
+	t.Logf("%d messages across %d swaps, outputs from %d versions", total, swapsWanted, len(versions))
+	if len(versions) < 2 {
+		t.Fatalf("the test did not swap under load (outputs from %d versions)", len(versions))
 	}
 }
 
@@ -327,4 +334,28 @@ func FuzzManifest(f *testing.F) {
 			t.Fatalf("accepted an unusable manifest: %+v", m)
 		}
 	})
+}
+
+// A message that picked a version just before a swap closed it is run once,
+// by the new version (deterministic form of the race TestHotSwapNoLossNoDup
+// exercises under load).
+func TestStaleSnapshotRunsOnNewVersion(t *testing.T) {
+	dir := t.TempDir()
+	fdir := filepath.Join(dir, "tag")
+	writeFn(t, fdir, 1, "", tagGuest(1))
+	r, sink := newReg(t, dir, nil, nil)
+	if err := r.Reload(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	stale := r.snap.Load()
+	writeFn(t, fdir, 2, "", tagGuest(2))
+	if err := r.Reload(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.deliverFrom(context.Background(), &message.Message{Topic: "in/d", DeviceID: "d"}, stale); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(outTopics(sink.take()), " "); got != "d:out/v2" {
+		t.Fatalf("outputs %q, want one from version 2", got)
+	}
 }
