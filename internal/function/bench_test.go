@@ -4,8 +4,12 @@ import (
 	"context"
 	"os"
 	"runtime"
+	"sort"
+	"strconv"
 	"testing"
 	"time"
+
+	"github.com/outpost-edge/outpost/internal/message"
 )
 
 // Benchmarks for docs/BENCHMARKS.md (Functions). Run:
@@ -202,4 +206,70 @@ func BenchmarkGoFloor(b *testing.B) {
 			}
 		}
 	})
+}
+
+// Hot swap under load: one goroutine delivers messages to the tiny tag
+// function (each output recorded), p50/p99 latency of Deliver with no swap
+// and with a new version swapped in every 100 ms; lost or duplicated
+// outputs fail the benchmark.
+func BenchmarkHotSwap(b *testing.B) {
+	for _, swap := range []bool{false, true} {
+		name := "steady"
+		if swap {
+			name = "swap-every-100ms"
+		}
+		b.Run(name, func(b *testing.B) {
+			dir := b.TempDir()
+			fdir := dir + "/tag"
+			writeFn(b, fdir, 1, "", tagGuest(1))
+			r, sink := newReg(b, dir, nil, nil)
+			if err := r.Reload(context.Background()); err != nil {
+				b.Fatal(err)
+			}
+			stop := make(chan struct{})
+			swaps := 0
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				t := time.NewTicker(100 * time.Millisecond)
+				defer t.Stop()
+				for v := 2; swap; v++ {
+					select {
+					case <-stop:
+						return
+					case <-t.C:
+					}
+					writeFn(b, fdir, v, "", tagGuest(v))
+					if err := r.Reload(context.Background()); err != nil {
+						b.Error(err)
+						return
+					}
+					swaps++
+				}
+			}()
+			lat := make([]time.Duration, 0, b.N)
+			ctx := context.Background()
+			b.ResetTimer()
+			start := time.Now()
+			for i := 0; i < b.N; i++ {
+				t0 := time.Now()
+				if err := r.Deliver(ctx, &message.Message{Topic: "in/d", DeviceID: "d", Payload: []byte(strconv.Itoa(i))}); err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, time.Since(t0))
+			}
+			el := time.Since(start)
+			b.StopTimer()
+			close(stop)
+			<-done
+			if got := len(sink.take()); got != b.N {
+				b.Fatalf("%d outputs for %d messages", got, b.N)
+			}
+			sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+			b.ReportMetric(float64(b.N)/el.Seconds(), "msgs/s")
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-us")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-us")
+			b.ReportMetric(float64(swaps), "swaps")
+		})
+	}
 }
