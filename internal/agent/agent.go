@@ -439,9 +439,9 @@ func (s pipelineSink) Deliver(ctx context.Context, m *message.Message) error {
 	return sink.Deliver(ctx, m)
 }
 
-func (e *rulesEnv) Function(name string) (message.Sink, error) {
-	return nil, fmt.Errorf("%w: function %q (functions are not available in this build)", rules.ErrUnknownTarget, name)
-}
+// Function resolves DO FUNCTION 'name' (functions.go; in a build without
+// -tags functions, every name is unknown).
+func (e *rulesEnv) Function(name string) (message.Sink, error) { return e.functionAction(name) }
 
 func (e *rulesEnv) Lanes() []string {
 	c := e.a.Config()

@@ -224,3 +224,32 @@ func (e *rulesEnv) ScalarFunc(name string) (rules.ScalarFunc, error) {
 		return rules.Value{K: rules.Kind(out.Kind), N: out.Num, S: out.Str}, nil
 	}, nil
 }
+
+// functionAction resolves a rule's DO FUNCTION 'name': the rule's output
+// message runs the function's on_message entry (its emits go to its first
+// trigger's sinks, or are republished).
+func (e *rulesEnv) functionAction(name string) (message.Sink, error) {
+	f := e.a.fns
+	if f == nil || f.registry() == nil {
+		return nil, fmt.Errorf("%w: function %q (functions are not enabled)", rules.ErrUnknownTarget, name)
+	}
+	if err := f.registry().Runnable(name); err != nil {
+		return nil, fmt.Errorf("%w: %v", rules.ErrUnknownTarget, err)
+	}
+	return functionAction{f: f, name: name}, nil
+}
+
+type functionAction struct {
+	f    *functionsModule
+	name string
+}
+
+func (s functionAction) Name() string { return "function:" + s.name }
+
+func (s functionAction) Deliver(ctx context.Context, m *message.Message) error {
+	r := s.f.registry()
+	if r == nil {
+		return fmt.Errorf("function %s: functions stopped", s.name)
+	}
+	return r.Run(ctx, s.name, m)
+}

@@ -105,7 +105,8 @@ func TestFunctionsEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(rulesDir, "hot.sql"), []byte(
-		`CREATE RULE hot AS SELECT fn('anomaly', temp, vibration) AS anomalous FROM 'rule/+' DO REPUBLISH 'out/${deviceid()}';`), 0o644); err != nil {
+		`CREATE RULE hot AS SELECT fn('anomaly', temp, vibration) AS anomalous FROM 'rule/+' DO REPUBLISH 'out/${deviceid()}';
+CREATE RULE act AS SELECT temp, vibration FROM 'act/+' DO FUNCTION 'anomaly';`), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cfgPath := filepath.Join(dir, "outpost.yaml")
@@ -171,6 +172,14 @@ functions:
 	}
 	feed(d1, "d1")
 	next(`alerts/v1/d1 {"device":"d1","temp":95,"vibration":4}`)
+
+	// From a rule's action: DO FUNCTION runs it on the rule's output.
+	d5 := dialDevice(t, addr, "d5")
+	for i := 0; i < 4; i++ {
+		d5.publish(t, "act/d5", `{"temp":20,"vibration":1,"extra":"dropped by the rule"}`)
+	}
+	d5.publish(t, "act/d5", `{"temp":95,"vibration":4}`)
+	next(`alerts/v1/d5 {"device":"d5","temp":95,"vibration":4}`)
 
 	// Hot load of a canary version: only the canary device runs it.
 	writeSigned(t, filepath.Join(fdir, "anomaly-2"), fmt.Sprintf(anomalyManifest, 2, "alerts/v2/", "devices: {ring: canary}\n"), wasm, key)

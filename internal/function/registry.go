@@ -191,6 +191,43 @@ func (r *Registry) emitter(v *version, ti int, in *message.Message, errs *[]erro
 	}
 }
 
+// Run runs function name's on_message entry on m whatever its topic (the
+// rule action DO FUNCTION 'name'), on the version chosen for m's device.
+// What it emits goes to its first trigger's sinks, or is republished when
+// it has no triggers. Unlike Deliver, the function's failure is returned.
+func (r *Registry) Run(ctx context.Context, name string, m *message.Message) error {
+	s := r.snap.Load()
+	for attempt := 0; ; attempt++ {
+		v := r.pick(s, name, m.DeviceID)
+		if v == nil {
+			return fmt.Errorf("%w: %q has no version for device %q", ErrUnknownFunction, name, m.DeviceID)
+		}
+		var errs []error
+		err := v.mod.OnMessage(ctx, inputOf(m), r.emitter(v, 0, m, &errs))
+		if errors.Is(err, ErrClosed) && attempt < 3 {
+			s = r.snap.Load()
+			continue
+		}
+		return errors.Join(append(errs, err)...)
+	}
+}
+
+// Runnable reports whether name is loaded with an on_message entry (checked
+// when a rule with DO FUNCTION 'name' is compiled).
+func (r *Registry) Runnable(name string) error {
+	s := r.snap.Load()
+	vs := s.byName[name]
+	if len(vs) == 0 {
+		return fmt.Errorf("%w: %q (loaded: %s)", ErrUnknownFunction, name, strings.Join(s.names, ", "))
+	}
+	for _, v := range vs {
+		if v.mod.Manifest.Entry.OnMessage == "" {
+			return fmt.Errorf("%w: %q version %d has no on_message entry (set entry.on_message or triggers)", ErrUnknownFunction, name, v.mod.Manifest.Version)
+		}
+	}
+	return nil
+}
+
 // Call runs fn('name', args...) for a rule, on the version chosen for the
 // device.
 func (r *Registry) Call(ctx context.Context, name, device string, args []Value) (Value, error) {
@@ -336,7 +373,12 @@ func (r *Registry) loadDir(ctx context.Context, dir string, cur *version) (*vers
 		signed = true
 	}
 	v := &version{dir: dir, print: print, signed: signed}
-	for i, t := range man.Triggers {
+	triggers := man.Triggers
+	if len(triggers) == 0 {
+		// Run (DO FUNCTION) of a function without triggers: republish.
+		triggers = []Trigger{{To: []string{"republish"}}}
+	}
+	for i, t := range triggers {
 		var sinks []message.Sink
 		for j, name := range t.To {
 			if r.o.Sinks == nil {

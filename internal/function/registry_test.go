@@ -359,3 +359,34 @@ func TestStaleSnapshotRunsOnNewVersion(t *testing.T) {
 		t.Fatalf("outputs %q, want one from version 2", got)
 	}
 }
+
+// Run (a rule's DO FUNCTION action) runs the function on any topic and
+// returns its failure.
+func TestRunAction(t *testing.T) {
+	dir := t.TempDir()
+	writeFn(t, filepath.Join(dir, "tag"), 1, "", tagGuest(1))
+	r, sink := newReg(t, dir, nil, nil)
+	if err := r.Reload(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Runnable("tag"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Runnable("nope"); !errors.Is(err, ErrUnknownFunction) {
+		t.Fatalf("Runnable(nope) = %v", err)
+	}
+	if err := r.Run(context.Background(), "tag", &message.Message{Topic: "rule/out", DeviceID: "d"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(outTopics(sink.take()), " "); got != "d:out/v1" {
+		t.Fatalf("outputs %q", got)
+	}
+	// A trapping version: the error is returned.
+	writeFn(t, filepath.Join(dir, "tag"), 2, "", guest(bodyTrap, bodyResult, num42))
+	if err := r.Reload(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Run(context.Background(), "tag", &message.Message{Topic: "rule/out", DeviceID: "d"}); !errors.Is(err, ErrTrap) {
+		t.Fatalf("Run of a trapping function = %v", err)
+	}
+}
