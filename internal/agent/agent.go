@@ -60,6 +60,7 @@ type Agent struct {
 	Uplink     *uplink.Uplink
 	Netpol     module.Module
 	lanes      *lanes
+	fns        *functionsModule
 	runner     *module.Runner
 
 	reloadOK, reloadRejected *metrics.Counter
@@ -98,6 +99,9 @@ func New(cfg *Config, path string, logs *telemetry.Logs) (*Agent, error) {
 		a.Rules = rules.NewModule(&rulesEnv{a: a}, a.log, a.metrics)
 		routes = append(routes, a.Rules.RegisterHTTP)
 	}
+	if cfg.functionsOn() {
+		routes = append(routes, a.newFunctions())
+	}
 	if cfg.Supervisor != nil {
 		a.Supervisor = supervisor.New(supervisor.Options{
 			Logger: a.log, Identity: brokerIdentity{a.Broker}, Publisher: a.Broker, Bus: a.Broker,
@@ -124,6 +128,7 @@ func New(cfg *Config, path string, logs *telemetry.Logs) (*Agent, error) {
 		RedactedConfig: func() any { a.mu.Lock(); defer a.mu.Unlock(); return Redacted(a.cfg) },
 	})
 	mods := []module.Module{a.Telemetry}
+	mods = append(mods, a.functionModules()...)
 	if a.Rules != nil {
 		// UPLINK actions resolve to the lanes' sinks when rules compile, and
 		// window outputs emitted by the timer go to them: the lanes start
@@ -132,7 +137,7 @@ func New(cfg *Config, path string, logs *telemetry.Logs) (*Agent, error) {
 		if a.lanes != nil {
 			deps = append(deps, "lanes")
 		}
-		mods = append(mods, depends{a.Rules, deps})
+		mods = append(mods, a.withFunctionsDep(depends{a.Rules, deps}))
 	}
 	mods = append(mods, depends{a.Pipeline, a.ruleDeps()}, depends{a.Broker, []string{"pipeline"}}, depends{a.OTA, []string{"telemetry"}})
 	if a.Supervisor != nil {
@@ -161,6 +166,9 @@ func (a *Agent) ruleDeps() []string {
 	}
 	if a.lanes != nil {
 		d = append(d, "lanes")
+	}
+	if a.fns != nil {
+		d = append(d, "functions")
 	}
 	return d
 }
@@ -195,6 +203,9 @@ func (a *Agent) moduleSinks() map[string]message.Sink {
 	if a.Rules != nil && a.Rules.Engine() != nil {
 		m[RulesSink] = a.Rules.Engine().Sink()
 	}
+	if s := a.functionsSink(); s != nil {
+		m[FunctionsSink] = s
+	}
 	if a.lanes != nil {
 		for k, v := range a.lanes.sinkMap() {
 			m[k] = v
@@ -224,6 +235,8 @@ func section(c *Config, name string) any {
 		return c.Uplink
 	case "netpol":
 		return c.Netpol
+	case "functions":
+		return c.Functions
 	}
 	return nil
 }
@@ -232,6 +245,9 @@ func section(c *Config, name string) any {
 // when rules are enabled and no route names the engine.
 func pipelineConfig(c *Config) *pipeline.Config {
 	pc := c.Pipeline
+	if c.functionsOn() {
+		pc.Routes = implicitRoute(pc.Routes, FunctionsSink)
+	}
 	if c.Rules == nil {
 		return &pc
 	}
@@ -442,9 +458,9 @@ func (s pipelineSink) Deliver(ctx context.Context, m *message.Message) error {
 	return sink.Deliver(ctx, m)
 }
 
-func (e *rulesEnv) Function(name string) (message.Sink, error) {
-	return nil, fmt.Errorf("%w: function %q (functions are not available in this build)", rules.ErrUnknownTarget, name)
-}
+// Function resolves DO FUNCTION 'name' (functions.go; in a build without
+// -tags functions, every name is unknown).
+func (e *rulesEnv) Function(name string) (message.Sink, error) { return e.functionAction(name) }
 
 func (e *rulesEnv) Lanes() []string {
 	c := e.a.Config()

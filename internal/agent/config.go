@@ -42,6 +42,9 @@ type Config struct {
 	// Uplink forwards lanes of durable queues to a cloud broker when present
 	// and enabled (docs/uplink.md).
 	Uplink *uplink.Config `yaml:"uplink"`
+	// Functions runs WebAssembly functions when present and enabled
+	// (docs/functions.md).
+	Functions *FunctionsConfig `yaml:"functions"`
 	// Netpol filters ingress traffic on the gateway's interfaces with eBPF
 	// (XDP) or nftables when present (docs/netpol.md).
 	Netpol *netpol.Config `yaml:"netpol"`
@@ -103,6 +106,9 @@ func (c *Config) SetDefaults() {
 	if c.Netpol != nil {
 		c.Netpol.SetDefaults()
 	}
+	if c.Functions != nil {
+		c.Functions.setDefaults(c)
+	}
 	if c.Rules != nil {
 		c.Rules.SetDefaults()
 		if c.Rules.StateDir == "" {
@@ -149,6 +155,9 @@ func (c *Config) Validate() error {
 			errs = append(errs, config.Section(fmt.Sprintf("uplink.lanes[%d].queue", i), l.Queue.Validate()))
 		}
 	}
+	if c.Functions != nil {
+		errs = append(errs, config.Section("functions", c.Functions.validate()))
+	}
 	if c.Supervisor != nil {
 		errs = append(errs, config.Section("supervisor", c.Supervisor.Validate()))
 		if !c.hasUnixListener() {
@@ -172,6 +181,9 @@ func (c *Config) moduleSinks() []string {
 	var s []string
 	if c.Rules != nil {
 		s = append(s, RulesSink)
+	}
+	if c.functionsOn() {
+		s = append(s, FunctionsSink)
 	}
 	if c.uplinkOn() {
 		for _, l := range c.Uplink.Lanes {

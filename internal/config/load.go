@@ -57,7 +57,13 @@ func Parse(name string, data []byte, dst any, opts Options) error {
 	var root yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&root); err != nil && err.Error() != "EOF" {
-		return Problems{{Pos: Pos{File: name, Line: yamlErrLine(err), Column: 1}, Err: fmt.Errorf("invalid YAML: %v", cleanYAMLErr(err))}}
+		line := yamlErrLine(err)
+		if line == 0 {
+			// yaml.v3 gives no line for errors at the end of the input
+			// ("found unexpected end of stream"): that is the last line.
+			line = bytes.Count(data, []byte("\n")) + 1
+		}
+		return Problems{{Pos: Pos{File: name, Line: line, Column: 1}, Err: fmt.Errorf("invalid YAML: %v", cleanYAMLErr(err))}}
 	}
 	if root.Kind == 0 { // empty file
 		root = yaml.Node{Kind: yaml.DocumentNode, Content: []*yaml.Node{{Kind: yaml.MappingNode, Tag: "!!map"}}}

@@ -21,12 +21,13 @@ const (
 	reasonAction              // an action's sink returned an error
 	reasonOverflow            // a bound was hit (groups, percentile samples)
 	reasonLoop                // the message went through MaxHops republishes: a loop
+	reasonFunction            // fn(): the user function failed (trap, timeout, error)
 	numReasons
 )
 
 var reasonNames = [numReasons]string{
 	"missing_field", "type_mismatch", "div_by_zero", "bad_argument", "decode",
-	"late", "bad_timestamp", "action_failed", "overflow", "loop",
+	"late", "bad_timestamp", "action_failed", "overflow", "loop", "function_failed",
 }
 
 // fn is a compiled expression.

@@ -241,6 +241,7 @@ func buildFunctions() map[string]*funcSpec {
 		"rate":     {min: 1, max: 1, message: true, sig: "rate(x)", special: compileState("rate")},
 	}
 	functions["power"] = functions["pow"]
+	functions["fn"] = userFnSpec
 	return functions
 }
 
