@@ -128,6 +128,9 @@ func New(cfg *Config, path string, logs *telemetry.Logs) (*Agent, error) {
 	if a.lanes != nil {
 		mods = append(mods, a.lanes, depends{a.Uplink, []string{"lanes"}})
 	}
+	if cfg.Fleet != nil {
+		mods = append(mods, a.newFleet())
+	}
 	r, err := module.NewRunner(a.log, mods...)
 	if err != nil {
 		return nil, err
@@ -206,6 +209,8 @@ func section(c *Config, name string) any {
 		return c.Uplink.Lanes
 	case "uplink":
 		return c.Uplink
+	case "fleet":
+		return c.Fleet
 	}
 	return nil
 }

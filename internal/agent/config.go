@@ -13,6 +13,7 @@ import (
 
 	"github.com/outpost-edge/outpost/internal/broker"
 	"github.com/outpost-edge/outpost/internal/config"
+	"github.com/outpost-edge/outpost/internal/fleet/client"
 	"github.com/outpost-edge/outpost/internal/ota"
 	"github.com/outpost-edge/outpost/internal/pipeline"
 	"github.com/outpost-edge/outpost/internal/rules"
@@ -41,6 +42,9 @@ type Config struct {
 	// Uplink forwards lanes of durable queues to a cloud broker when present
 	// and enabled (docs/uplink.md).
 	Uplink *uplink.Config `yaml:"uplink"`
+	// Fleet keeps the gateway in sync with outpost-server when present
+	// (docs/fleet.md).
+	Fleet *client.Config `yaml:"fleet"`
 }
 
 // uplinkOn reports whether the uplink and its lanes are configured.
@@ -91,6 +95,12 @@ func (c *Config) SetDefaults() {
 		}
 		c.Supervisor.SetDefaults()
 	}
+	if c.Fleet != nil {
+		c.Fleet.SetDefaults()
+		if c.Fleet.Dir == "" {
+			c.Fleet.Dir = filepath.Join(c.DataDir, "fleet")
+		}
+	}
 	if c.Rules != nil {
 		c.Rules.SetDefaults()
 		if c.Rules.StateDir == "" {
@@ -126,6 +136,9 @@ func (c *Config) Validate() error {
 	)
 	if c.Rules != nil {
 		errs = append(errs, config.Section("rules", c.Rules.Validate()))
+	}
+	if c.Fleet != nil {
+		errs = append(errs, config.Section("fleet", c.Fleet.Validate()))
 	}
 	if c.Uplink != nil {
 		errs = append(errs, config.Section("uplink", c.Uplink.Validate()))

@@ -160,7 +160,9 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request, id string)
 	if !s.decode(w, r, &st) {
 		return
 	}
-	if err := s.st.SetGatewayStatus(r.Context(), id, st, s.opt.Now()); err != nil {
+	facts := st.Facts
+	st.Facts = nil // stored once, as the gateway's facts
+	if err := s.st.SetGatewayStatus(r.Context(), id, st, facts, s.opt.Now()); err != nil {
 		s.storeErr(w, "status", err)
 		return
 	}

@@ -125,7 +125,7 @@ type Store interface {
 	ListGateways(ctx context.Context) ([]Gateway, error)
 	// SetGatewayLabels replaces the labels and logs a gateway Event.
 	SetGatewayLabels(ctx context.Context, id string, labels map[string]string) (int64, error)
-	SetGatewayStatus(ctx context.Context, id string, st proto.Status, seen time.Time) error
+	SetGatewayStatus(ctx context.Context, id string, st proto.Status, facts map[string]string, seen time.Time) error
 	TouchGateway(ctx context.Context, id string, seen time.Time) error
 	RevokeGateway(ctx context.Context, id string) error
 	DeleteGateway(ctx context.Context, id string) (int64, error)

@@ -367,9 +367,9 @@ func (s *Store) SetGatewayLabels(ctx context.Context, id string, labels map[stri
 }
 
 // SetGatewayStatus implements store.Store.
-func (s *Store) SetGatewayStatus(ctx context.Context, id string, st proto.Status, seen time.Time) error {
+func (s *Store) SetGatewayStatus(ctx context.Context, id string, st proto.Status, facts map[string]string, seen time.Time) error {
 	_, err := s.updateGateway(ctx, id, false, `UPDATE gateways SET status = ?, facts = CASE WHEN ? = 'null' THEN facts ELSE ? END, last_seen = ? WHERE id = ?`,
-		mustJSON(st), mustJSON(st.Facts), mustJSON(st.Facts), ms(seen), id)
+		mustJSON(st), mustJSON(facts), mustJSON(facts), ms(seen), id)
 	return err
 }
 
