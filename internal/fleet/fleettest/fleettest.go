@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/internal/fleet/server"
+	"github.com/outpost-edge/outpost/internal/fleet/store"
 	"github.com/outpost-edge/outpost/internal/fleet/store/sqlite"
 )
 
@@ -50,15 +51,24 @@ func (s *SyncBuffer) String() string {
 	return s.b.String()
 }
 
-// Start runs a server on dir (on addr, "" = 127.0.0.1:0) until the test
-// ends or Stop. opt's Store and Logger are filled in.
+// Start runs a server on a SQLite store in dir (on addr, "" =
+// 127.0.0.1:0) until the test ends or Stop. opt's Store and Logger are
+// filled in.
 func Start(t testing.TB, dir, addr string, opt server.Options) *Server {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	st, err := sqlite.Open(ctx, dir)
+	st, err := sqlite.Open(context.Background(), dir)
 	if err != nil {
 		t.Fatal(err)
 	}
+	s := StartWith(t, st, addr, opt)
+	s.Store = st
+	return s
+}
+
+// StartWith runs a server on st (closed when the server stops).
+func StartWith(t testing.TB, st store.Store, addr string, opt server.Options) *Server {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
 	logs := &SyncBuffer{}
 	opt.Store = st
 	opt.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -80,7 +90,7 @@ func Start(t testing.TB, dir, addr string, opt server.Options) *Server {
 	t.Cleanup(stop)
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(srv.CACertPEM())
-	return &Server{Server: srv, URL: "https://" + ln.Addr().String(), Admin: admin, CA: srv.CACertPEM(), Logs: logs, Store: st, stop: stop,
+	return &Server{Server: srv, URL: "https://" + ln.Addr().String(), Admin: admin, CA: srv.CACertPEM(), Logs: logs, stop: stop,
 		HC: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}}}
 }
 
