@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -20,16 +21,16 @@ import (
 
 var (
 	once sync.Once
-	url  string
+	pg   *pgtest.Cluster
 )
 
 // cluster is shared by the package's tests (starting one takes ~2 s).
 func cluster(t *testing.T) string {
-	once.Do(func() { url = pgtest.Start(&keepAlive{t}) })
-	if url == "" {
+	once.Do(func() { pg = pgtest.StartCluster(&keepAlive{t}) })
+	if pg == nil {
 		t.Fatal("no PostgreSQL cluster")
 	}
-	return url
+	return pg.URL
 }
 
 // keepAlive defers the cluster's cleanup to the end of the process
@@ -159,6 +160,62 @@ func TestTwoReplicas(t *testing.T) {
 	fleettest.Eventually(t, 10*time.Second, "B drops the revoked gateway", func() bool {
 		st := s.State()
 		return !st.Connected && st.Err != nil
+	})
+}
+
+// TestDatabaseUnavailable: PostgreSQL stops under a running server; the
+// gateway keeps its applied state, the API answers 500 without crashing;
+// when the database is back, a change made then reaches the gateway (the
+// LISTEN connection reconnects) and its status is recorded.
+func TestDatabaseUnavailable(t *testing.T) {
+	st := open(t)
+	srv := fleettest.StartWith(t, st, "", server.Options{Keepalive: 200 * time.Millisecond})
+	if srv.Admin == "" {
+		tok, err := srv.CreateAPIToken(context.Background(), "admin", "test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv.Admin = tok
+	}
+	dir := filepath.Join(t.TempDir(), "fleet")
+	if err := client.Enroll(context.Background(), client.EnrollOptions{Server: srv.URL, Token: srv.Token(t, nil, "1h"), CAPEM: srv.CA, ID: "gw-down", Dir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	app := &memApplier{m: map[string]string{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s, err := client.New(ctx, client.Options{Dir: dir, Applier: app, ReconnectMax: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	srv.MustDo(t, "PUT", "/api/v1/objects/ruleset/down1", fleettest.RuleSet("v1", nil), 200, nil)
+	fleettest.Eventually(t, 10*time.Second, "down1 applied", func() bool { return app.get("ruleset/down1") != "" })
+
+	if err := pg.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := srv.Do(t, srv.Admin, "GET", "/api/v1/gateways", nil); code != 500 || !strings.Contains(string(body), "internal error") {
+		t.Fatalf("API with the database down = %d %s", code, body)
+	}
+	if app.get("ruleset/down1") == "" {
+		t.Fatal("the gateway lost its state")
+	}
+	if err := pg.Start(); err != nil {
+		t.Fatal(err)
+	}
+	fleettest.Eventually(t, 20*time.Second, "the API answers again", func() bool {
+		code, _ := srv.Do(t, srv.Admin, "GET", "/api/v1/gateways", nil)
+		return code == 200
+	})
+	srv.MustDo(t, "PUT", "/api/v1/objects/ruleset/down2", fleettest.RuleSet("v2", nil), 200, nil)
+	fleettest.Eventually(t, 20*time.Second, "down2 applied after the database came back", func() bool { return app.get("ruleset/down2") != "" })
+	var g store.Gateway
+	fleettest.Eventually(t, 20*time.Second, "status recorded", func() bool {
+		srv.MustDo(t, "GET", "/api/v1/gateways/gw-down", nil, 200, &g)
+		return len(g.Status.Conditions) == 2
 	})
 }
 

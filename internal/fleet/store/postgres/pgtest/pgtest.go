@@ -28,8 +28,22 @@ func bin() (string, error) {
 	return filepath.Dir(m[len(m)-1]), nil
 }
 
+// Cluster is a running throwaway cluster.
+type Cluster struct {
+	URL         string
+	start, stop func() error
+}
+
+// Stop stops the server (immediate mode); Start starts it again on the same
+// port and data (the "database unavailable" fault).
+func (c *Cluster) Stop() error  { return c.stop() }
+func (c *Cluster) Start() error { return c.start() }
+
 // Start starts a cluster and returns the URL of its postgres database.
-func Start(t testing.TB) string {
+func Start(t testing.TB) string { return StartCluster(t).URL }
+
+// StartCluster starts a cluster.
+func StartCluster(t testing.TB) *Cluster {
 	t.Helper()
 	dir, err := bin()
 	if err != nil {
@@ -74,15 +88,30 @@ func Start(t testing.TB) string {
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
 	run("initdb", "-D", data, "-U", "postgres", "--auth=trust", "--no-sync")
-	run("pg_ctl", "-D", data, "-l", filepath.Join(root, "pg.log"), "-w", "-o",
-		fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", port, sock), "start")
-	t.Cleanup(func() {
-		cmd := exec.Command(filepath.Join(dir, "pg_ctl"), "-D", data, "-m", "immediate", "-w", "stop")
+	pgctl := func(args ...string) error {
+		cmd := exec.Command(filepath.Join(dir, "pg_ctl"), args...)
 		if cred != nil {
 			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 		}
-		cmd.Run()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("pg_ctl %v: %w: %s", args, err, out)
+		}
+		return nil
+	}
+	c := &Cluster{
+		URL: fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port),
+		start: func() error {
+			return pgctl("-D", data, "-l", filepath.Join(root, "pg.log"), "-w", "-o",
+				fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", port, sock), "start")
+		},
+		stop: func() error { return pgctl("-D", data, "-m", "immediate", "-w", "stop") },
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.Stop()
 		os.RemoveAll(root)
 	})
-	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)
+	return c
 }
