@@ -30,7 +30,7 @@ import (
 const channel = "outpost_fleet"
 
 // migrationLock is the advisory lock key held while migrating.
-const migrationLock = 0x6f7574706f7374 // "outpost"
+const migrationLock int64 = 0x6f7574706f7374 // "outpost"
 
 var migrations = []string{
 	`CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
