@@ -5,6 +5,7 @@
 #   python3-paho-mqtt              the Python example component
 #   curl                           HTTP checks in the smoke test
 #   iproute2, clang, llvm, libbpf-dev  netpol tests (namespaces) and the BPF regeneration check
+#   postgresql                     the fleet store tests start a throwaway cluster (initdb + pg_ctl)
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
@@ -18,6 +19,7 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v clang >/dev/null 2>&1 || need+=(clang)
 command -v llvm-strip >/dev/null 2>&1 || need+=(llvm)
 [ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""

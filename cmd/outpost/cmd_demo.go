@@ -22,6 +22,7 @@ import (
 	"github.com/outpost-edge/outpost/examples"
 	"github.com/outpost-edge/outpost/internal/agent"
 	"github.com/outpost-edge/outpost/internal/config"
+	fleetclient "github.com/outpost-edge/outpost/internal/fleet/client"
 	"github.com/outpost-edge/outpost/internal/telemetry"
 )
 
@@ -77,6 +78,11 @@ publish over MQTT; a summary line every 2 s shows messages flowing.`,
 	if err := os.WriteFile(filepath.Join(cfg.Rules.Dir, "hot.sql"), rule, 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, "outpost demo:", err)
 		return exitFailure
+	}
+	// Enrolled with a fleet server (outpost enroll --data DIR): stay in sync.
+	if _, err := os.Stat(filepath.Join(*dataDir, "fleet", "server.json")); err == nil {
+		cfg.Fleet = &fleetclient.Config{Dir: filepath.Join(*dataDir, "fleet")}
+		cfg.Fleet.SetDefaults()
 	}
 	if *duration > 0 {
 		var cancel context.CancelFunc

@@ -149,6 +149,9 @@ func New(cfg *Config, path string, logs *telemetry.Logs) (*Agent, error) {
 	if a.lanes != nil {
 		mods = append(mods, a.lanes, depends{a.Uplink, []string{"lanes"}})
 	}
+	if cfg.Fleet != nil {
+		mods = append(mods, a.newFleet())
+	}
 	r, err := module.NewRunner(a.log, mods...)
 	if err != nil {
 		return nil, err
@@ -237,6 +240,8 @@ func section(c *Config, name string) any {
 		return c.Netpol
 	case "functions":
 		return c.Functions
+	case "fleet":
+		return c.Fleet
 	}
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/outpost-edge/outpost/internal/broker"
 	"github.com/outpost-edge/outpost/internal/config"
 	"github.com/outpost-edge/outpost/internal/netpol"
+	"github.com/outpost-edge/outpost/internal/fleet/client"
 	"github.com/outpost-edge/outpost/internal/ota"
 	"github.com/outpost-edge/outpost/internal/pipeline"
 	"github.com/outpost-edge/outpost/internal/rules"
@@ -42,6 +43,9 @@ type Config struct {
 	// Uplink forwards lanes of durable queues to a cloud broker when present
 	// and enabled (docs/uplink.md).
 	Uplink *uplink.Config `yaml:"uplink"`
+	// Fleet keeps the gateway in sync with outpost-server when present
+	// (docs/fleet.md).
+	Fleet *client.Config `yaml:"fleet"`
 	// Functions runs WebAssembly functions when present and enabled
 	// (docs/functions.md).
 	Functions *FunctionsConfig `yaml:"functions"`
@@ -109,6 +113,12 @@ func (c *Config) SetDefaults() {
 	if c.Functions != nil {
 		c.Functions.setDefaults(c)
 	}
+	if c.Fleet != nil {
+		c.Fleet.SetDefaults()
+		if c.Fleet.Dir == "" {
+			c.Fleet.Dir = filepath.Join(c.DataDir, "fleet")
+		}
+	}
 	if c.Rules != nil {
 		c.Rules.SetDefaults()
 		if c.Rules.StateDir == "" {
@@ -148,6 +158,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Netpol != nil {
 		errs = append(errs, config.Section("netpol", c.Netpol.Validate()))
+	}
+	if c.Fleet != nil {
+		errs = append(errs, config.Section("fleet", c.Fleet.Validate()))
 	}
 	if c.Uplink != nil {
 		errs = append(errs, config.Section("uplink", c.Uplink.Validate()))

@@ -1,0 +1,113 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/outpost-edge/outpost/internal/fleet/server"
+	"github.com/outpost-edge/outpost/internal/fleet/store"
+	"github.com/outpost-edge/outpost/internal/fleet/store/postgres"
+	"github.com/outpost-edge/outpost/internal/fleet/store/sqlite"
+)
+
+func init() {
+	register(&command{name: "run", summary: "run the fleet server (SQLite in --data, generated CA, admin token printed once)", run: runServer})
+}
+
+type hostList []string
+
+func (h *hostList) String() string     { return strings.Join(*h, ",") }
+func (h *hostList) Set(v string) error { *h = append(*h, v); return nil }
+
+func runServer(ctx context.Context, args []string) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	data := fs.String("data", "fleet-data", "data directory (fleet.db, ca.pem)")
+	db := fs.String("db", "", "postgres://... to run on PostgreSQL (N replicas share it); default: SQLite in --data")
+	listen := fs.String("listen", "127.0.0.1:8443", "HTTPS listen address (gateways and the API)")
+	var hosts hostList
+	fs.Var(&hosts, "host", "a DNS name or IP gateways use to reach the server (repeatable; localhost, 127.0.0.1 and ::1 are always included)")
+	keepalive := fs.Duration("keepalive", 30*time.Second, "watch stream keepalive (bookmark) period")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), helpText("outpost-server run [--data DIR] [--listen ADDR] [--host NAME]...",
+			`Run the fleet server on its embedded SQLite store (DIR/fleet.db, WAL mode).
+On first start it generates the fleet CA (its certificate is written to
+DIR/ca.pem: gateways and the CLI trust it) and an admin API token, which is
+printed once and never stored in clear. Schema migrations are applied on
+start. The server certificate is issued by the fleet CA for localhost,
+127.0.0.1, ::1 and every --host. With --db postgres://..., the state (CA,
+tokens, registry, desired state) lives in PostgreSQL and any number of
+replicas behind a TCP load balancer serve the same fleet; changes reach every
+replica through LISTEN/NOTIFY. --data then only holds ca.pem.`,
+			"outpost-server run --data fleet-data",
+			"outpost-server run --data /var/lib/outpost-server --db postgres://outpost@db:5432/fleet --listen 0.0.0.0:8443   # one of N replicas",
+			"outpost-server run --data /var/lib/outpost-server --listen 0.0.0.0:8443 --host fleet.example.com"))
+		fs.PrintDefaults()
+	}
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		fmt.Fprintf(os.Stderr, "outpost-server run: --log-level: %v\n", err)
+		return exitUsage
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	var err error
+	if err := os.MkdirAll(*data, 0o700); err != nil {
+		fmt.Fprintln(os.Stderr, "outpost-server run:", err)
+		return exitFailure
+	}
+	var st store.Store
+	schema := sqlite.SchemaVersion()
+	if *db != "" {
+		if !strings.HasPrefix(*db, "postgres://") && !strings.HasPrefix(*db, "postgresql://") {
+			fmt.Fprintln(os.Stderr, "outpost-server run: --db: want postgres://user@host:port/db")
+			return exitUsage
+		}
+		st, err = postgres.Open(ctx, *db, log)
+		schema = postgres.SchemaVersion()
+	} else {
+		st, err = sqlite.Open(ctx, *data)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "outpost-server run:", err)
+		return exitFailure
+	}
+	defer st.Close()
+	allHosts := append([]string{"localhost", "127.0.0.1", "::1"}, hosts...)
+	srv, admin, err := server.Open(ctx, server.Options{Store: st, Logger: log, Hosts: allHosts, Keepalive: *keepalive})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "outpost-server run:", err)
+		return exitFailure
+	}
+	caPath := filepath.Join(*data, "ca.pem")
+	if err := os.WriteFile(caPath, srv.CACertPEM(), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, "outpost-server run:", err)
+		return exitFailure
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "outpost-server run:", err)
+		return exitFailure
+	}
+	url := "https://" + ln.Addr().String()
+	if admin != "" {
+		fmt.Printf("\nThe admin API token (shown once; only its hash is stored):\n\n  export OUTPOST_SERVER_TOKEN=%s\n\n", admin)
+		fmt.Printf("CLI setup:\n  export OUTPOST_SERVER=%s OUTPOST_SERVER_CA=%s\n\n", url, caPath)
+	}
+	log.Info("outpost-server listening", "url", url, "data", *data, "postgres", *db != "", "schema", schema, "ca", caPath)
+	if err := srv.Serve(ctx, ln); err != nil {
+		fmt.Fprintln(os.Stderr, "outpost-server run:", err)
+		return exitFailure
+	}
+	log.Info("outpost-server stopped")
+	return exitOK
+}

@@ -1,0 +1,334 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/outpost-edge/outpost/internal/fleet/store"
+)
+
+// proxy forwards TCP to a target and can cut every open connection (a
+// network cut as the agents see it: the socket closes under them).
+type proxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+func startProxy(t *testing.T, target string) *proxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, target: target}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, u)
+			p.mu.Unlock()
+			go func() { io.Copy(u, c); u.Close() }()
+			go func() { io.Copy(c, u); c.Close() }()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); p.cut() })
+	return p
+}
+
+func (p *proxy) cut() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := len(p.conns)
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+	return n / 2
+}
+
+type serverProc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// startServer runs `outpost-server run`; it returns once it listens.
+func startServer(t *testing.T, data, listen string) (*serverProc, string) {
+	t.Helper()
+	cmd := exec.Command(serverBin, "run", "--data", data, "--listen", listen, "--keepalive", "1s")
+	out, _ := cmd.StdoutPipe()
+	logf, _ := os.OpenFile(filepath.Join(data, "..", "server.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	cmd.Stderr = logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sp := &serverProc{cmd: cmd, done: make(chan struct{})}
+	tokc := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if m := regexp.MustCompile(`OUTPOST_SERVER_TOKEN=(\S+)`).FindStringSubmatch(sc.Text()); m != nil {
+				tokc <- m[1]
+			}
+		}
+	}()
+	go func() { cmd.Wait(); close(sp.done) }()
+	t.Cleanup(func() { sp.kill() })
+	waitFor(t, 15*time.Second, "the server listening", func() bool {
+		c, err := net.Dial("tcp", listen)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	// The token line is printed before listening (first start only).
+	select {
+	case tok := <-tokc:
+		return sp, tok
+	case <-time.After(200 * time.Millisecond):
+	}
+	return sp, ""
+}
+
+func (sp *serverProc) kill() {
+	sp.cmd.Process.Signal(syscall.SIGKILL)
+	<-sp.done
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestFleetEndToEnd: a real outpost-server process and three real outpost
+// processes. Enroll, push a rule set, see it applied and reported; kill -9
+// and restart the server, cut every connection: the gateways converge each
+// time; a rule that does not compile changes nothing and is reported.
+func TestFleetEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "server")
+	os.MkdirAll(data, 0o700)
+	listen := freeAddr(t)
+	srv, admin := startServer(t, data, listen)
+	if !strings.HasPrefix(admin, "opa_") {
+		b, _ := os.ReadFile(filepath.Join(dir, "server.log"))
+		t.Fatalf("no admin token printed; log:\n%s", b)
+	}
+	px := startProxy(t, listen)
+	url := "https://" + px.ln.Addr().String()
+	env := []string{"OUTPOST_SERVER=https://" + listen, "OUTPOST_SERVER_CA=" + filepath.Join(data, "ca.pem"), "OUTPOST_SERVER_TOKEN=" + admin}
+	cli := func(args ...string) string {
+		t.Helper()
+		out, errOut, code := run(t, env, serverBin, args...)
+		if code != 0 {
+			t.Fatalf("outpost-server %v: exit %d\n%s%s", args, code, out, errOut)
+		}
+		return out
+	}
+
+	const n = 3
+	var agents []*exec.Cmd
+	rulesDirs := make([]string, n)
+	for i := range n {
+		gdir := filepath.Join(dir, fmt.Sprintf("gw%d", i))
+		rulesDirs[i] = filepath.Join(gdir, "rules")
+		cfg := fmt.Sprintf(`node_id: gw%d
+data_dir: %s/data
+telemetry: {address: "127.0.0.1:0"}
+broker:
+  listeners: [{type: tcp, address: "127.0.0.1:0"}]
+  allow_anonymous: true
+  anonymous_acl: [{topic: "#", access: all}]
+rules: {dir: %s}
+fleet: {reconnect_max: 1s}
+`, i, gdir, rulesDirs[i])
+		os.MkdirAll(gdir, 0o700)
+		path := filepath.Join(gdir, "outpost.yaml")
+		os.WriteFile(path, []byte(cfg), 0o600)
+		site := "plant1"
+		if i > 0 {
+			site = "plant2"
+		}
+		tok := strings.TrimSpace(cli("token", "create", "--labels", "site="+site, "--expires", "10m"))
+		if out, errOut, code := run(t, nil, agentBin, "enroll", "--config", path, "--server", url, "--ca", filepath.Join(data, "ca.pem"), "--token", tok); code != 0 {
+			t.Fatalf("enroll: %d %s %s", code, out, errOut)
+		}
+		// The token is single-use.
+		if _, errOut, code := run(t, nil, agentBin, "enroll", "--data", filepath.Join(gdir, "other"), "--id", "again", "--server", url, "--ca", filepath.Join(data, "ca.pem"), "--token", tok); code == 0 || !strings.Contains(errOut, "already used") {
+			t.Fatalf("a reused token enrolled: %d %s", code, errOut)
+		}
+		cmd := exec.Command(agentBin, "run", "--config", path)
+		logf, _ := os.Create(filepath.Join(gdir, "agent.log"))
+		cmd.Stderr = logf
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		agents = append(agents, cmd)
+	}
+	t.Cleanup(func() {
+		for _, a := range agents {
+			a.Process.Signal(syscall.SIGTERM)
+			a.Wait()
+		}
+		if t.Failed() {
+			for i := range n {
+				b, _ := os.ReadFile(filepath.Join(dir, fmt.Sprintf("gw%d", i), "agent.log"))
+				t.Logf("gw%d log:\n%s", i, tail(string(b), 3000))
+			}
+			b, _ := os.ReadFile(filepath.Join(dir, "server.log"))
+			t.Logf("server log:\n%s", tail(string(b), 3000))
+		}
+	})
+
+	gateways := func() []store.Gateway {
+		var gws []store.Gateway
+		if err := json.Unmarshal([]byte(cli("gateways", "list", "--json")), &gws); err != nil {
+			t.Fatal(err)
+		}
+		return gws
+	}
+	// converged: every gateway (matching site) reports slot at rv with
+	// applied (or the error containing errText).
+	converged := func(what string, rv int64, sel map[string]bool, errText string) {
+		t.Helper()
+		waitFor(t, 20*time.Second, what, func() bool {
+			gws := gateways()
+			ok := 0
+			for _, g := range gws {
+				if !sel[g.Labels["site"]] {
+					continue
+				}
+				for _, c := range g.Status.Conditions {
+					if c.Kind == "ruleset" && c.Name == "alarms" && c.ResourceVersion == rv && (errText == "" && c.Applied || errText != "" && strings.Contains(c.Error, errText)) {
+						ok++
+					}
+				}
+			}
+			return ok == countSites(gws, sel)
+		})
+	}
+	all := map[string]bool{"plant1": true, "plant2": true}
+
+	waitFor(t, 20*time.Second, "three connected gateways", func() bool {
+		c := 0
+		for _, g := range gateways() {
+			if g.Connected {
+				c++
+			}
+		}
+		return c == n
+	})
+	rv := putRule(t, cli, dir, "alarms", 1)
+	converged("v1 applied everywhere", rv, all, "")
+	for i := range n {
+		if b, err := os.ReadFile(filepath.Join(rulesDirs[i], "fleet-alarms.sql")); err != nil || !strings.Contains(string(b), "v1") {
+			t.Fatalf("gw%d rule file: %s %v", i, b, err)
+		}
+	}
+
+	// kill -9 the server, start it again on the same address and data.
+	srv.kill()
+	srv, _ = startServer(t, data, listen)
+	rv = putRule(t, cli, dir, "alarms", 2)
+	converged("v2 after the server restart", rv, all, "")
+
+	// Cut every connection between the gateways and the server.
+	if c := px.cut(); c < n {
+		t.Fatalf("cut %d connections, want >= %d", c, n)
+	}
+	rv = putRule(t, cli, dir, "alarms", 3)
+	converged("v3 after the network cut", rv, all, "")
+
+	// A rule that does not compile: reported with file:line:col, the
+	// running v3 stays on disk and in force.
+	bad := filepath.Join(dir, "bad.sql")
+	os.WriteFile(bad, []byte("CREATE RULE alarms AS\nSELECT nope( FROM 'a/b';\n"), 0o600)
+	out := cli("objects", "put", "--kind", "ruleset", "--id", "alarms", "--file", bad, "--json")
+	var o struct{ ResourceVersion int64 }
+	json.Unmarshal([]byte(out), &o)
+	converged("the compile error reported", o.ResourceVersion, all, "fleet-alarms.sql:2:14")
+	for i := range n {
+		if b, _ := os.ReadFile(filepath.Join(rulesDirs[i], "fleet-alarms.sql")); !strings.Contains(string(b), "v3") {
+			t.Fatalf("gw%d: a rejected rule changed the file: %s", i, b)
+		}
+	}
+
+	// Revoke gw0: its stream is closed and it is refused from then on.
+	cli("gateways", "revoke", "gw0")
+	waitFor(t, 10*time.Second, "gw0 disconnected", func() bool {
+		for _, g := range gateways() {
+			if g.ID == "gw0" {
+				return !g.Connected
+			}
+		}
+		return false
+	})
+	_ = srv
+}
+
+func countSites(gws []store.Gateway, sel map[string]bool) int {
+	n := 0
+	for _, g := range gws {
+		if sel[g.Labels["site"]] {
+			n++
+		}
+	}
+	return n
+}
+
+func putRule(t *testing.T, cli func(...string) string, dir, name string, version int) int64 {
+	t.Helper()
+	f := filepath.Join(dir, name+".sql")
+	os.WriteFile(f, []byte(fmt.Sprintf("-- v%d\nCREATE RULE %s AS SELECT temp FROM 'sensors/+/t' WHERE temp > %d DO REPUBLISH 'alarms/x';\n", version, name, 50+version)), 0o600)
+	out := cli("objects", "put", "--kind", "ruleset", "--id", name, "--file", f, "--json")
+	var o struct{ ResourceVersion int64 }
+	if err := json.Unmarshal([]byte(out), &o); err != nil || o.ResourceVersion == 0 {
+		t.Fatalf("objects put: %s %v", out, err)
+	}
+	return o.ResourceVersion
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+var _ = context.Background

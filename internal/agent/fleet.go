@@ -1,0 +1,239 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/outpost-edge/outpost/internal/buildinfo"
+	"github.com/outpost-edge/outpost/internal/fleet/client"
+	"github.com/outpost-edge/outpost/internal/fleet/proto"
+	"github.com/outpost-edge/outpost/internal/module"
+)
+
+// fleetModule keeps the gateway in sync with outpost-server (docs/fleet.md):
+// the desired state streamed by the server is applied through the agent's
+// own reload paths, rule sets as files in rules.dir. Built only when the
+// config has a `fleet:` section, so a gateway without it pays nothing.
+type fleetModule struct {
+	a       *Agent
+	mu      sync.Mutex
+	cfg     client.Config
+	syncer  *client.Syncer
+	cancel  context.CancelFunc
+	done    chan struct{}
+	started time.Time
+	err     error
+}
+
+func (a *Agent) newFleet() module.Module {
+	deps := []string{"telemetry"}
+	if a.Rules != nil {
+		deps = append(deps, "rules")
+	}
+	return depends{&fleetModule{a: a}, deps}
+}
+
+func (m *fleetModule) Name() string { return "fleet" }
+
+func (m *fleetModule) Init(_ context.Context, cfg any) error {
+	c, ok := cfg.(*client.Config)
+	if !ok || c == nil {
+		return fmt.Errorf("fleet: config of type %T", cfg)
+	}
+	m.mu.Lock()
+	m.cfg = *c
+	m.mu.Unlock()
+	return nil
+}
+
+// Start loads the identity and the cached desired state (applied at once,
+// offline) and starts syncing. A gateway that is not enrolled runs
+// degraded: it is not an error to start before `outpost enroll`.
+func (m *fleetModule) Start(ctx context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.started = time.Now()
+	s, err := client.New(ctx, client.Options{Dir: m.cfg.Dir, Server: m.cfg.Server, Applier: fleetApplier{m.a},
+		Logger: m.a.log.With("module", "fleet"), Facts: m.facts, ReconnectMax: m.cfg.ReconnectMax.D()})
+	if errors.Is(err, client.ErrNotEnrolled) {
+		m.err = err
+		m.a.log.Warn("fleet: not enrolled; running without the fleet server", "module", "fleet", "dir", m.cfg.Dir)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	m.syncer, m.err = s, nil
+	runCtx, cancel := context.WithCancel(context.Background())
+	m.cancel, m.done = cancel, make(chan struct{})
+	go func() { defer close(m.done); s.Run(runCtx) }()
+	return nil
+}
+
+func (m *fleetModule) Stop(ctx context.Context) error {
+	m.mu.Lock()
+	cancel, done := m.cancel, m.done
+	m.cancel, m.syncer = nil, nil
+	m.mu.Unlock()
+	if cancel == nil {
+		return nil
+	}
+	cancel()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (m *fleetModule) Health() module.Status {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.syncer == nil {
+		if m.err != nil {
+			return module.Status{State: module.StateDegraded, Detail: m.err.Error()}
+		}
+		return module.Status{State: module.StateStopped}
+	}
+	st := m.syncer.State()
+	if st.Connected {
+		return module.Status{State: module.StateReady, Detail: fmt.Sprintf("in sync (resourceVersion %d)", st.ResourceVersion)}
+	}
+	d := fmt.Sprintf("offline, running the cached desired state (resourceVersion %d)", st.ResourceVersion)
+	if st.Err != nil {
+		d += ": " + st.Err.Error()
+	}
+	return module.Status{State: module.StateDegraded, Detail: d}
+}
+
+// facts are reported to the server with every status.
+func (m *fleetModule) facts() map[string]string {
+	f := map[string]string{"arch": runtime.GOARCH, "os": runtime.GOOS, "version": buildinfo.Read().Version,
+		"node_id": m.a.Config().NodeID, "uptime": time.Since(m.started).Round(time.Second).String()}
+	if h, err := os.Hostname(); err == nil {
+		f["hostname"] = h
+	}
+	var st syscall.Statfs_t
+	if syscall.Statfs(m.a.Config().DataDir, &st) == nil {
+		f["free_disk_bytes"] = fmt.Sprint(st.Bavail * uint64(st.Bsize))
+	}
+	return f
+}
+
+// fleetApplier applies desired objects through the agent's reload paths.
+type fleetApplier struct{ a *Agent }
+
+// fleetRuleFile is the rules.dir file of a fleet rule set.
+func fleetRuleFile(name string) string { return "fleet-" + name + ".sql" }
+
+func (f fleetApplier) rulesDir() (string, error) {
+	if f.a.Rules == nil || f.a.Rules.Store() == nil {
+		return "", errors.New("the rule engine is not enabled on this gateway (no rules: section)")
+	}
+	dir := f.a.Rules.Store().Dir()
+	if dir == "" {
+		return "", errors.New("the rule engine has no rules.dir on this gateway")
+	}
+	return dir, nil
+}
+
+// Apply validates first and changes nothing on error.
+func (f fleetApplier) Apply(_ context.Context, d proto.Desired) error {
+	switch d.Kind {
+	case proto.KindRuleSet:
+		var spec struct {
+			SQL string `json:"sql"`
+		}
+		if err := json.Unmarshal(d.Spec, &spec); err != nil {
+			return fmt.Errorf("spec: %w", err)
+		}
+		dir, err := f.rulesDir()
+		if err != nil {
+			return err
+		}
+		file := fleetRuleFile(d.Name)
+		if _, err := f.a.Rules.Engine().Compile(file, spec.SQL); err != nil {
+			return err // file:line:col per error
+		}
+		path := filepath.Join(dir, file)
+		old, oldErr := os.ReadFile(path)
+		if err := writeFileAtomic(path, []byte(spec.SQL)); err != nil {
+			return err
+		}
+		f.a.Rules.Store().Reload()
+		if errs := f.fileErrors(file); len(errs) > 0 {
+			// Compiled alone but rejected with the others (a duplicate rule
+			// version): put the previous file back.
+			if oldErr == nil {
+				writeFileAtomic(path, old)
+			} else {
+				os.Remove(path)
+			}
+			f.a.Rules.Store().Reload()
+			return errors.New(strings.Join(errs, "; "))
+		}
+		return nil
+	case proto.KindConfig:
+		return errors.New("config fragments are not applied by this agent version yet (docs/fleet.md)")
+	}
+	return fmt.Errorf("kind %q is not supported by this agent version", d.Kind)
+}
+
+func (f fleetApplier) fileErrors(file string) []string {
+	for _, st := range f.a.Rules.Store().Status() {
+		if st.File == file {
+			return st.Errors
+		}
+	}
+	return nil
+}
+
+func (f fleetApplier) Remove(_ context.Context, kind, name string) error {
+	if kind != proto.KindRuleSet {
+		return nil // nothing was applied for other kinds
+	}
+	dir, err := f.rulesDir()
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(dir, fleetRuleFile(name))); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	f.a.Rules.Store().Reload()
+	return nil
+}
+
+// writeFileAtomic writes via a hidden temp file (the rule store ignores
+// dot files), fsync and rename.
+func writeFileAtomic(path string, b []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".fleet-*.tmp")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}

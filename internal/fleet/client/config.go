@@ -1,0 +1,38 @@
+package client
+
+import (
+	"strings"
+
+	"github.com/outpost-edge/outpost/internal/config"
+)
+
+// Config is the agent's `fleet:` section. Present = the agent keeps itself
+// in sync with the fleet server it was enrolled with (outpost enroll).
+//
+//	fleet:
+//	  dir: /var/lib/outpost/fleet   # identity + cache (default DATA_DIR/fleet)
+//	  server: https://fleet.example.com:8443   # default: the enrolled server
+//	  reconnect_max: 30s
+type Config struct {
+	Dir          string          `yaml:"dir"`
+	Server       string          `yaml:"server"`
+	ReconnectMax config.Duration `yaml:"reconnect_max"`
+}
+
+// SetDefaults fills the zero values (dir is set by the agent from data_dir).
+func (c *Config) SetDefaults() {
+	if c.ReconnectMax == 0 {
+		c.ReconnectMax = config.Duration(30e9)
+	}
+}
+
+// Validate checks the section.
+func (c Config) Validate() error {
+	if c.Server != "" && !strings.HasPrefix(c.Server, "https://") {
+		return config.Field("server", "%q: want https://host:port", c.Server)
+	}
+	if c.ReconnectMax.D() < 1e9 {
+		return config.Field("reconnect_max", "must be at least 1s")
+	}
+	return nil
+}

@@ -1,0 +1,443 @@
+package client
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/outpost-edge/outpost/internal/fleet/proto"
+)
+
+// Applier applies desired objects through the agent's own reload paths.
+// Apply must validate first and change nothing when it returns an error;
+// the error text is reported verbatim (say file, line:column where there
+// is one). Remove undoes a slot that is no longer desired.
+type Applier interface {
+	Apply(ctx context.Context, d proto.Desired) error
+	Remove(ctx context.Context, kind, name string) error
+}
+
+// Options configure a Syncer.
+type Options struct {
+	Dir     string // fleet directory (identity + cache)
+	Server  string // overrides the enrolled server URL
+	Applier Applier
+	Logger  *slog.Logger
+	// Facts are reported with every status (arch, version, hostname...).
+	Facts func() map[string]string
+	// ReconnectMax caps the reconnect backoff (default 30s; it starts at
+	// 500ms and has jitter).
+	ReconnectMax time.Duration
+	// IdleTimeout ends a watch with no bytes for this long (default 100s;
+	// the server sends keepalives every 30s).
+	IdleTimeout time.Duration
+}
+
+// cacheFile is cache.json.
+type cacheFile struct {
+	ResourceVersion int64                    `json:"resourceVersion"`
+	Desired         map[string]proto.Desired `json:"desired"` // by slot key
+	Applied         map[string]string        `json:"applied"` // slot key -> content hash applied
+	Conditions      map[string]proto.Condition
+	StatusSent      bool `json:"statusSent"`
+}
+
+// Syncer keeps the gateway in sync with the server.
+type Syncer struct {
+	opt Options
+	log *slog.Logger
+	id  *Identity
+	hc  *http.Client
+	srv string
+
+	mu        sync.Mutex
+	c         cacheFile
+	connected bool
+	lastErr   error
+	changes   chan struct{}
+}
+
+// New loads the identity and the cache and applies what the cache holds
+// that is not applied yet (the offline start).
+func New(ctx context.Context, opt Options) (*Syncer, error) {
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opt.ReconnectMax <= 0 {
+		opt.ReconnectMax = 30 * time.Second
+	}
+	if opt.IdleTimeout <= 0 {
+		opt.IdleTimeout = 100 * time.Second
+	}
+	id, err := LoadIdentity(opt.Dir)
+	if err != nil {
+		return nil, err
+	}
+	s := &Syncer{opt: opt, log: opt.Logger, id: id, hc: id.HTTPClient(), srv: id.Server, changes: make(chan struct{}, 1)}
+	if opt.Server != "" {
+		s.srv = opt.Server
+	}
+	s.c = cacheFile{Desired: map[string]proto.Desired{}, Applied: map[string]string{}, Conditions: map[string]proto.Condition{}}
+	if b, err := os.ReadFile(s.cachePath()); err == nil {
+		if err := json.Unmarshal(b, &s.c); err != nil {
+			s.log.Warn("fleet: cache unreadable; starting from a full list", "file", s.cachePath(), "err", err)
+			s.c = cacheFile{Desired: map[string]proto.Desired{}, Applied: map[string]string{}, Conditions: map[string]proto.Condition{}}
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("fleet: cache: %w", err)
+	}
+	if s.c.Conditions == nil {
+		s.c.Conditions = map[string]proto.Condition{}
+	}
+	// Offline start: run the last desired state.
+	s.mu.Lock()
+	keys := sortedKeys(s.c.Desired)
+	for _, k := range keys {
+		s.applyLocked(ctx, s.c.Desired[k])
+	}
+	s.saveLocked()
+	s.mu.Unlock()
+	return s, nil
+}
+
+// ID is the enrolled gateway id.
+func (s *Syncer) ID() string { return s.id.ID }
+
+func (s *Syncer) cachePath() string { return filepath.Join(s.opt.Dir, "cache.json") }
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func (s *Syncer) saveLocked() {
+	b, _ := json.Marshal(s.c)
+	if err := writeFile(s.cachePath(), b); err != nil {
+		s.log.Error("fleet: cache not saved", "err", err)
+	}
+}
+
+// applyLocked applies d unless its content was applied already, and
+// records its condition.
+func (s *Syncer) applyLocked(ctx context.Context, d proto.Desired) {
+	key, h := d.Key(), d.Hash()
+	cond := proto.Condition{Kind: d.Kind, Name: d.Name, ResourceVersion: d.ResourceVersion, Applied: true}
+	if s.c.Applied[key] != h {
+		if err := s.opt.Applier.Apply(ctx, d); err != nil {
+			cond.Applied, cond.Error = false, err.Error()
+			s.log.Warn("fleet: desired object not applied; the running state stays", "object", key, "rv", d.ResourceVersion, "err", err)
+		} else {
+			s.c.Applied[key] = h
+			s.log.Info("fleet: applied", "object", key, "rv", d.ResourceVersion)
+		}
+	}
+	if old, ok := s.c.Conditions[key]; !ok || old != cond {
+		s.c.Conditions[key] = cond
+		s.c.StatusSent = false
+	}
+}
+
+func (s *Syncer) removeLocked(ctx context.Context, kind, name string) {
+	key := kind + "/" + name
+	delete(s.c.Desired, key)
+	if _, ok := s.c.Applied[key]; ok {
+		if err := s.opt.Applier.Remove(ctx, kind, name); err != nil {
+			s.log.Warn("fleet: removing an object failed", "object", key, "err", err)
+			s.c.Conditions[key] = proto.Condition{Kind: kind, Name: name, Error: "remove: " + err.Error()}
+			s.c.StatusSent = false
+			return
+		}
+		delete(s.c.Applied, key)
+		s.log.Info("fleet: removed", "object", key)
+	}
+	if _, ok := s.c.Conditions[key]; ok {
+		delete(s.c.Conditions, key)
+		s.c.StatusSent = false
+	}
+}
+
+// Status is the syncer's state for health checks.
+type Status struct {
+	Connected       bool
+	ResourceVersion int64
+	Err             error
+}
+
+// State returns the current sync state.
+func (s *Syncer) State() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return Status{Connected: s.connected, ResourceVersion: s.c.ResourceVersion, Err: s.lastErr}
+}
+
+// Changed receives (coalesced) after each applied batch (tests, status).
+func (s *Syncer) Changed() <-chan struct{} { return s.changes }
+
+// Run lists, watches and reconnects until ctx ends.
+func (s *Syncer) Run(ctx context.Context) {
+	backoff := 500 * time.Millisecond
+	for ctx.Err() == nil {
+		t0 := time.Now()
+		err := s.session(ctx)
+		s.mu.Lock()
+		s.connected = false
+		s.lastErr = err
+		s.mu.Unlock()
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(t0) > time.Minute {
+			backoff = 500 * time.Millisecond
+		}
+		s.log.Warn("fleet: disconnected; running from the local cache", "server", s.srv, "err", err, "retry_in", backoff)
+		wait := backoff/2 + rand.N(backoff/2+1)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		backoff = min(backoff*2, s.opt.ReconnectMax)
+	}
+}
+
+// session: report pending status, list if needed, then watch.
+func (s *Syncer) session(ctx context.Context) error {
+	s.mu.Lock()
+	rv := s.c.ResourceVersion
+	s.mu.Unlock()
+	if err := s.reportStatus(ctx); err != nil {
+		return err
+	}
+	if rv == 0 {
+		if err := s.list(ctx); err != nil {
+			return err
+		}
+	}
+	err := s.watch(ctx)
+	var se *StatusError
+	if errors.As(err, &se) && se.Code == http.StatusGone {
+		s.log.Info("fleet: resume point compacted; listing again")
+		if err := s.list(ctx); err != nil {
+			return err
+		}
+		return s.watch(ctx)
+	}
+	return err
+}
+
+func (s *Syncer) get(ctx context.Context, path string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.srv+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if err := httpError(resp); err != nil {
+		resp.Body.Close()
+		return nil, err
+	}
+	return resp, nil
+}
+
+// list replaces the desired state with the server's document.
+func (s *Syncer) list(ctx context.Context) error {
+	resp, err := s.get(ctx, "/api/v1/agent/desired")
+	if err != nil {
+		return fmt.Errorf("list: %w", err)
+	}
+	defer resp.Body.Close()
+	var doc proto.Document
+	if err := json.NewDecoder(resp.Body).Decode(&doc); err != nil {
+		return fmt.Errorf("list: %w", err)
+	}
+	s.mu.Lock()
+	want := map[string]bool{}
+	for _, d := range doc.Objects {
+		want[d.Key()] = true
+		s.c.Desired[d.Key()] = d
+		s.applyLocked(ctx, d)
+	}
+	for _, k := range sortedKeys(s.c.Desired) {
+		if !want[k] {
+			d := s.c.Desired[k]
+			s.removeLocked(ctx, d.Kind, d.Name)
+		}
+	}
+	for _, k := range sortedKeys(s.c.Applied) {
+		if !want[k] {
+			kind, name, _ := cut(k)
+			s.removeLocked(ctx, kind, name)
+		}
+	}
+	s.c.ResourceVersion = doc.ResourceVersion
+	s.saveLocked()
+	s.mu.Unlock()
+	s.notify()
+	return s.reportStatus(ctx)
+}
+
+func cut(k string) (string, string, bool) {
+	for i := 0; i < len(k); i++ {
+		if k[i] == '/' {
+			return k[:i], k[i+1:], true
+		}
+	}
+	return k, "", false
+}
+
+func (s *Syncer) notify() {
+	select {
+	case s.changes <- struct{}{}:
+	default:
+	}
+}
+
+// watch follows the stream until it ends; a read idle for IdleTimeout
+// ends it (a dead NAT mapping or a silently cut connection).
+func (s *Syncer) watch(ctx context.Context) error {
+	s.mu.Lock()
+	rv := s.c.ResourceVersion
+	s.mu.Unlock()
+	wctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	resp, err := s.get(wctx, "/api/v1/agent/watch?resourceVersion="+strconv.FormatInt(rv, 10))
+	if err != nil {
+		return fmt.Errorf("watch: %w", err)
+	}
+	defer resp.Body.Close()
+	s.mu.Lock()
+	s.connected, s.lastErr = true, nil
+	s.mu.Unlock()
+	s.log.Info("fleet: watching", "server", s.srv, "gateway", s.id.ID, "from", rv)
+	idle := time.AfterFunc(s.opt.IdleTimeout, func() { cancel(errors.New("no data from the server within the idle timeout")) })
+	defer idle.Stop()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	var batch []proto.Event
+	for sc.Scan() {
+		idle.Reset(s.opt.IdleTimeout)
+		line := bytes.TrimSpace(sc.Bytes())
+		if len(line) == 0 {
+			continue
+		}
+		var e proto.Event
+		if err := json.Unmarshal(line, &e); err != nil {
+			return fmt.Errorf("watch: bad event: %w", err)
+		}
+		switch e.Type {
+		case proto.EventModified, proto.EventDeleted:
+			if e.Object == nil {
+				return fmt.Errorf("watch: %s event without object", e.Type)
+			}
+			batch = append(batch, e)
+		case proto.EventBookmark:
+			s.applyBatch(ctx, batch, e.ResourceVersion)
+			batch = batch[:0]
+			if err := s.reportStatus(ctx); err != nil {
+				s.log.Warn("fleet: status not reported; will retry", "err", err)
+			}
+		case proto.EventError:
+			return &StatusError{Code: e.Code, Msg: e.Message}
+		}
+	}
+	if err := context.Cause(wctx); err != nil {
+		return fmt.Errorf("watch: %w", err)
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("watch: %w", err)
+	}
+	return errors.New("watch: the server ended the stream")
+}
+
+func (s *Syncer) applyBatch(ctx context.Context, batch []proto.Event, rv int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range batch {
+		if e.Type == proto.EventDeleted {
+			s.removeLocked(ctx, e.Object.Kind, e.Object.Name)
+			continue
+		}
+		s.c.Desired[e.Object.Key()] = *e.Object
+		s.applyLocked(ctx, *e.Object)
+	}
+	if rv > s.c.ResourceVersion || len(batch) > 0 {
+		if rv > s.c.ResourceVersion {
+			s.c.ResourceVersion = rv
+		}
+		s.saveLocked()
+	}
+	if len(batch) > 0 {
+		s.c.StatusSent = false // the applied resourceVersion moved
+		s.saveLocked()
+		defer s.notify()
+	}
+}
+
+// reportStatus sends the status when it changed since the last report.
+func (s *Syncer) reportStatus(ctx context.Context) error {
+	s.mu.Lock()
+	if s.c.StatusSent {
+		s.mu.Unlock()
+		return nil
+	}
+	st := proto.Status{AppliedResourceVersion: s.c.ResourceVersion, Conditions: []proto.Condition{}, Health: "ok"}
+	for _, k := range sortedKeys(s.c.Conditions) {
+		c := s.c.Conditions[k]
+		st.Conditions = append(st.Conditions, c)
+		if !c.Applied {
+			st.Health = "degraded"
+		}
+	}
+	s.mu.Unlock()
+	if s.opt.Facts != nil {
+		st.Facts = s.opt.Facts()
+	}
+	body, _ := json.Marshal(st)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.srv+"/api/v1/agent/status", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := s.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
+	defer resp.Body.Close()
+	if err := httpError(resp); err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
+	s.mu.Lock()
+	// Sent unless it changed meanwhile.
+	if s.c.ResourceVersion == st.AppliedResourceVersion && len(s.c.Conditions) == len(st.Conditions) {
+		same := true
+		for _, c := range st.Conditions {
+			if s.c.Conditions[c.Kind+"/"+c.Name] != c {
+				same = false
+			}
+		}
+		if same {
+			s.c.StatusSent = true
+			s.saveLocked()
+		}
+	}
+	s.mu.Unlock()
+	return nil
+}

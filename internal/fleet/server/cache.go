@@ -1,0 +1,316 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+
+	"github.com/outpost-edge/outpost/internal/fleet/proto"
+	"github.com/outpost-edge/outpost/internal/fleet/selector"
+	"github.com/outpost-edge/outpost/internal/fleet/store"
+)
+
+// cache is the server's in-memory view of the store (the server-side
+// informer): every object, every gateway's labels and revocation, and the
+// recent change log. One goroutine follows the store's change log; watch
+// streams read from here, so a change costs one store query, not one per
+// connected gateway.
+type cache struct {
+	st store.Store
+	store.Notifier
+	catchMu sync.Mutex // one catchUp at a time
+
+	mu       sync.RWMutex
+	rv       int64
+	objects  map[string]*cobj          // kind/id
+	slots    map[string]map[string]int // kind/name -> set of kind/id
+	gateways map[string]cgw
+	ring     []store.Event // recent events, oldest first
+	ringMax  int
+}
+
+type cobj struct {
+	proto.Object
+	sel selector.Selector
+}
+
+type cgw struct {
+	labels  map[string]string
+	serial  string
+	revoked bool
+}
+
+func newCache(st store.Store) *cache {
+	return &cache{st: st, ringMax: 50000}
+}
+
+func slotKey(kind, name string) string { return kind + "/" + name }
+
+// load reads everything at the store's current rv.
+func (c *cache) load(ctx context.Context) error {
+	rv, err := c.st.CurrentRV(ctx)
+	if err != nil {
+		return err
+	}
+	objs, err := c.st.ListObjects(ctx)
+	if err != nil {
+		return err
+	}
+	gws, err := c.st.ListGateways(ctx)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.rv = rv
+	c.objects = map[string]*cobj{}
+	c.slots = map[string]map[string]int{}
+	c.gateways = map[string]cgw{}
+	for _, o := range objs {
+		c.putLocked(o)
+	}
+	for _, g := range gws {
+		c.gateways[g.ID] = cgw{labels: g.Labels, serial: g.CertSerial, revoked: g.Revoked}
+	}
+	return nil
+}
+
+func (c *cache) putLocked(o proto.Object) {
+	key := o.Kind + "/" + o.ID
+	if old := c.objects[key]; old != nil {
+		delete(c.slots[slotKey(old.Kind, old.Name)], key)
+	}
+	sel, err := selector.Parse(o.Target.Selector)
+	if err != nil {
+		sel = nil // validated on write; an unparsable stored selector matches nothing
+	}
+	c.objects[key] = &cobj{Object: o, sel: sel}
+	sk := slotKey(o.Kind, o.Name)
+	if c.slots[sk] == nil {
+		c.slots[sk] = map[string]int{}
+	}
+	c.slots[sk][key] = 1
+}
+
+func (c *cache) deleteLocked(kind, id string) {
+	key := kind + "/" + id
+	if old := c.objects[key]; old != nil {
+		delete(c.slots[slotKey(old.Kind, old.Name)], key)
+		delete(c.objects, key)
+	}
+}
+
+// follow applies the store's new events to the cache until ctx ends.
+func (c *cache) follow(ctx context.Context, changed <-chan struct{}, onErr func(error)) {
+	for {
+		if err := c.catchUp(ctx); err != nil && ctx.Err() == nil {
+			onErr(err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+	}
+}
+
+func (c *cache) catchUp(ctx context.Context) error {
+	c.catchMu.Lock()
+	defer c.catchMu.Unlock()
+	for {
+		c.mu.RLock()
+		from := c.rv
+		c.mu.RUnlock()
+		evs, err := c.st.Events(ctx, from, 1000)
+		if errors.Is(err, store.ErrCompacted) {
+			if err := c.load(ctx); err != nil {
+				return err
+			}
+			c.Broadcast()
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if len(evs) == 0 {
+			return nil
+		}
+		// Read the current state of what changed, then switch under the lock.
+		objs := map[string]*proto.Object{}
+		gws := map[string]*store.Gateway{}
+		for _, e := range evs {
+			if e.Kind == store.KindGateway {
+				g, err := c.st.GetGateway(ctx, e.ID)
+				if errors.Is(err, store.ErrNotFound) {
+					gws[e.ID] = nil
+					continue
+				} else if err != nil {
+					return err
+				}
+				gws[e.ID] = &g
+				continue
+			}
+			o, err := c.st.GetObject(ctx, e.Kind, e.ID)
+			if errors.Is(err, store.ErrNotFound) {
+				objs[e.Kind+"/"+e.ID] = nil
+				continue
+			} else if err != nil {
+				return err
+			}
+			objs[e.Kind+"/"+e.ID] = &o
+		}
+		c.mu.Lock()
+		for _, e := range evs {
+			if e.Kind == store.KindGateway {
+				if g := gws[e.ID]; g != nil {
+					c.gateways[e.ID] = cgw{labels: g.Labels, serial: g.CertSerial, revoked: g.Revoked}
+				} else {
+					delete(c.gateways, e.ID)
+				}
+				continue
+			}
+			if o := objs[e.Kind+"/"+e.ID]; o != nil {
+				c.putLocked(*o)
+			} else {
+				c.deleteLocked(e.Kind, e.ID)
+			}
+		}
+		c.ring = append(c.ring, evs...)
+		if len(c.ring) > c.ringMax {
+			c.ring = append([]store.Event(nil), c.ring[len(c.ring)-c.ringMax/2:]...)
+		}
+		c.rv = evs[len(evs)-1].RV
+		c.mu.Unlock()
+		c.Broadcast()
+	}
+}
+
+// gateway returns a gateway's cached registry entry.
+func (c *cache) gateway(id string) (cgw, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	g, ok := c.gateways[id]
+	return g, ok
+}
+
+// since returns the events after rv up to the cache's rv (from memory when
+// the ring holds them, else from the store; store.ErrCompacted when gone).
+func (c *cache) since(ctx context.Context, rv int64) ([]store.Event, int64, error) {
+	c.mu.RLock()
+	cur := c.rv
+	if rv >= cur {
+		c.mu.RUnlock()
+		return nil, cur, nil
+	}
+	if len(c.ring) > 0 && c.ring[0].RV <= rv+1 {
+		i := sort.Search(len(c.ring), func(i int) bool { return c.ring[i].RV > rv })
+		out := append([]store.Event(nil), c.ring[i:]...)
+		c.mu.RUnlock()
+		return out, cur, nil
+	}
+	c.mu.RUnlock()
+	var out []store.Event
+	for from := rv; from < cur; {
+		evs, err := c.st.Events(ctx, from, 5000)
+		if err != nil {
+			return nil, 0, err
+		}
+		if len(evs) == 0 {
+			break
+		}
+		for _, e := range evs {
+			if e.RV <= cur {
+				out = append(out, e)
+			}
+		}
+		from = evs[len(evs)-1].RV
+	}
+	return out, cur, nil
+}
+
+// layer ranks how an object targets gateway id with labels: -1 = not at
+// all, 0 fleet default, 1 selector group, 2 this gateway.
+func (o *cobj) layer(id string, labels map[string]string) int {
+	switch {
+	case o.Target.Gateway != "":
+		if o.Target.Gateway == id {
+			return 2
+		}
+		return -1
+	case o.Target.Selector == "":
+		return 0
+	case o.sel != nil && o.sel.Matches(labels):
+		return 1
+	}
+	return -1
+}
+
+// winnerLocked resolves one slot for a gateway: highest layer, then highest
+// priority, then lowest id.
+func (c *cache) winnerLocked(sk, id string, labels map[string]string) *cobj {
+	var best *cobj
+	bestLayer := -1
+	for key := range c.slots[sk] {
+		o := c.objects[key]
+		l := o.layer(id, labels)
+		if l < 0 {
+			continue
+		}
+		if best == nil || l > bestLayer || l == bestLayer && (o.Target.Priority > best.Target.Priority ||
+			o.Target.Priority == best.Target.Priority && o.ID < best.ID) {
+			best, bestLayer = o, l
+		}
+	}
+	return best
+}
+
+func desired(o *cobj) proto.Desired {
+	return proto.Desired{Kind: o.Kind, Name: o.Name, ID: o.ID, ResourceVersion: o.ResourceVersion, Spec: o.Spec}
+}
+
+// document resolves the gateway's whole desired state.
+func (c *cache) document(id string) (proto.Document, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	g, ok := c.gateways[id]
+	if !ok {
+		return proto.Document{}, fmt.Errorf("%w: gateway %s", store.ErrNotFound, id)
+	}
+	doc := proto.Document{Gateway: id, ResourceVersion: c.rv, Objects: []proto.Desired{}}
+	for sk := range c.slots {
+		if w := c.winnerLocked(sk, id, g.labels); w != nil {
+			doc.Objects = append(doc.Objects, desired(w))
+		}
+	}
+	sort.Slice(doc.Objects, func(i, j int) bool { return doc.Objects[i].Key() < doc.Objects[j].Key() })
+	return doc, nil
+}
+
+// resolve returns, for each slot in slots (kind/name), the gateway's
+// winner or nil; all = every slot known.
+func (c *cache) resolve(id string, slots map[string]bool, all bool) (map[string]*proto.Desired, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	g, ok := c.gateways[id]
+	if !ok || g.revoked {
+		return nil, false
+	}
+	if all {
+		slots = map[string]bool{}
+		for sk := range c.slots {
+			slots[sk] = true
+		}
+	}
+	out := make(map[string]*proto.Desired, len(slots))
+	for sk := range slots {
+		if w := c.winnerLocked(sk, id, g.labels); w != nil {
+			d := desired(w)
+			out[sk] = &d
+		} else {
+			out[sk] = nil
+		}
+	}
+	return out, true
+}

@@ -1,0 +1,245 @@
+package postgres_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/outpost-edge/outpost/internal/fleet/client"
+	"github.com/outpost-edge/outpost/internal/fleet/fleettest"
+	"github.com/outpost-edge/outpost/internal/fleet/proto"
+	"github.com/outpost-edge/outpost/internal/fleet/server"
+	"github.com/outpost-edge/outpost/internal/fleet/store"
+	"github.com/outpost-edge/outpost/internal/fleet/store/postgres"
+	"github.com/outpost-edge/outpost/internal/fleet/store/postgres/pgtest"
+)
+
+var (
+	once sync.Once
+	pg   *pgtest.Cluster
+)
+
+// cluster is shared by the package's tests (starting one takes ~2 s).
+func cluster(t *testing.T) string {
+	once.Do(func() { pg = pgtest.StartCluster(&keepAlive{t}) })
+	if pg == nil {
+		t.Fatal("no PostgreSQL cluster")
+	}
+	return pg.URL
+}
+
+// keepAlive defers the cluster's cleanup to the end of the process
+// (TestMain), not the first test.
+type keepAlive struct{ *testing.T }
+
+var cleanups []func()
+
+func (k *keepAlive) Cleanup(f func()) { cleanups = append(cleanups, f) }
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	for _, f := range cleanups {
+		f()
+	}
+	os.Exit(code)
+}
+
+func open(t *testing.T) *postgres.Store {
+	t.Helper()
+	s, err := postgres.Open(context.Background(), cluster(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestStore(t *testing.T) {
+	ctx := context.Background()
+	s := open(t)
+	defer s.Close()
+	// A second Open (a second replica) migrates nothing and shares state.
+	s2 := open(t)
+	defer s2.Close()
+	ch, stop := s2.Notify()
+	defer stop()
+	base, _ := s.CurrentRV(ctx)
+	o1, err := s.PutObject(ctx, proto.Object{Kind: "ruleset", ID: "a", Name: "a", Spec: []byte(`{"sql":"x"}`)}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o1.ResourceVersion != base+1 {
+		t.Fatalf("rv = %d, want %d", o1.ResourceVersion, base+1)
+	}
+	select {
+	case <-ch:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the other replica got no NOTIFY")
+	}
+	if _, err := s2.PutObject(ctx, proto.Object{Kind: "ruleset", ID: "a", Name: "a", Spec: []byte(`{}`)}, o1.ResourceVersion+7); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("stale put = %v", err)
+	}
+	o2, err := s2.PutObject(ctx, proto.Object{Kind: "ruleset", ID: "a", Name: "b", Spec: []byte(`{}`)}, o1.ResourceVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs, err := s.Events(ctx, base, 10)
+	if err != nil || len(evs) != 3 || !evs[1].Deleted || evs[1].Name != "a" || evs[2].RV != o2.ResourceVersion {
+		t.Fatalf("events = %+v %v", evs, err)
+	}
+	if err := s.Compact(ctx, o1.ResourceVersion); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s2.Events(ctx, base, 10); !errors.Is(err, store.ErrCompacted) {
+		t.Fatalf("events behind compaction = %v", err)
+	}
+	now := time.Now()
+	s.CreateBootstrapToken(ctx, store.BootstrapToken{ID: "t1", Hash: "h1", Expires: now.Add(time.Hour), Created: now})
+	if _, err := s.ConsumeBootstrapToken(ctx, "h1", "gw", now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s2.ConsumeBootstrapToken(ctx, "h1", "gw2", now); !errors.Is(err, store.ErrTokenUsed) {
+		t.Fatalf("second use through the other replica = %v", err)
+	}
+	if _, err := s.DeleteObject(ctx, "ruleset", "a", 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestTwoReplicas: two outpost-server replicas on one database; a gateway
+// watching replica B gets a change written through replica A (LISTEN /
+// NOTIFY fan-out), and both share the CA and the admin token.
+func TestTwoReplicas(t *testing.T) {
+	sa, sb := open(t), open(t)
+	a := fleettest.StartWith(t, sa, "", server.Options{})
+	b := fleettest.StartWith(t, sb, "", server.Options{})
+	admin := a.Admin + b.Admin // exactly one replica made it
+	if a.Admin != "" && b.Admin != "" {
+		t.Fatal("both replicas made an admin token")
+	}
+	if admin == "" {
+		// Made by an earlier test's server on this cluster: make one.
+		tok, err := a.CreateAPIToken(context.Background(), "admin", "test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		admin = tok
+	}
+	a.Admin, b.Admin = admin, admin
+	if string(a.CA) != string(b.CA) {
+		t.Fatal("the replicas have different CAs")
+	}
+	dir := filepath.Join(t.TempDir(), "fleet")
+	if err := client.Enroll(context.Background(), client.EnrollOptions{Server: a.URL, Token: a.Token(t, map[string]string{"site": "x"}, "1h"), CAPEM: a.CA, ID: "gw-pg", Dir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	app := &memApplier{m: map[string]string{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s, err := client.New(ctx, client.Options{Dir: dir, Server: b.URL, Applier: app})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	fleettest.Eventually(t, 10*time.Second, "connected to replica B", func() bool { return s.State().Connected })
+	a.MustDo(t, "PUT", "/api/v1/objects/ruleset/pg", fleettest.RuleSet("v1", nil), 200, nil)
+	fleettest.Eventually(t, 10*time.Second, "the change made on A applied through B", func() bool { return app.get("ruleset/pg") != "" })
+	var g store.Gateway
+	fleettest.Eventually(t, 10*time.Second, "status visible on A", func() bool {
+		a.MustDo(t, "GET", "/api/v1/gateways/gw-pg", nil, 200, &g)
+		return len(g.Status.Conditions) == 1 && g.Status.Conditions[0].Applied
+	})
+	// Revoked on A: B closes the stream and refuses.
+	a.MustDo(t, "POST", "/api/v1/gateways/gw-pg/revoke", nil, 204, nil)
+	fleettest.Eventually(t, 10*time.Second, "B drops the revoked gateway", func() bool {
+		st := s.State()
+		return !st.Connected && st.Err != nil
+	})
+}
+
+// TestDatabaseUnavailable: PostgreSQL stops under a running server; the
+// gateway keeps its applied state, the API answers 500 without crashing;
+// when the database is back, a change made then reaches the gateway (the
+// LISTEN connection reconnects) and its status is recorded.
+func TestDatabaseUnavailable(t *testing.T) {
+	st := open(t)
+	srv := fleettest.StartWith(t, st, "", server.Options{Keepalive: 200 * time.Millisecond})
+	if srv.Admin == "" {
+		tok, err := srv.CreateAPIToken(context.Background(), "admin", "test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv.Admin = tok
+	}
+	dir := filepath.Join(t.TempDir(), "fleet")
+	if err := client.Enroll(context.Background(), client.EnrollOptions{Server: srv.URL, Token: srv.Token(t, nil, "1h"), CAPEM: srv.CA, ID: "gw-down", Dir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	app := &memApplier{m: map[string]string{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s, err := client.New(ctx, client.Options{Dir: dir, Applier: app, ReconnectMax: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	srv.MustDo(t, "PUT", "/api/v1/objects/ruleset/down1", fleettest.RuleSet("v1", nil), 200, nil)
+	fleettest.Eventually(t, 10*time.Second, "down1 applied", func() bool { return app.get("ruleset/down1") != "" })
+
+	if err := pg.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := srv.Do(t, srv.Admin, "GET", "/api/v1/gateways", nil); code != 500 || !strings.Contains(string(body), "internal error") {
+		t.Fatalf("API with the database down = %d %s", code, body)
+	}
+	if app.get("ruleset/down1") == "" {
+		t.Fatal("the gateway lost its state")
+	}
+	if err := pg.Start(); err != nil {
+		t.Fatal(err)
+	}
+	fleettest.Eventually(t, 20*time.Second, "the API answers again", func() bool {
+		code, _ := srv.Do(t, srv.Admin, "GET", "/api/v1/gateways", nil)
+		return code == 200
+	})
+	srv.MustDo(t, "PUT", "/api/v1/objects/ruleset/down2", fleettest.RuleSet("v2", nil), 200, nil)
+	fleettest.Eventually(t, 20*time.Second, "down2 applied after the database came back", func() bool { return app.get("ruleset/down2") != "" })
+	var g store.Gateway
+	fleettest.Eventually(t, 20*time.Second, "status recorded", func() bool {
+		srv.MustDo(t, "GET", "/api/v1/gateways/gw-down", nil, 200, &g)
+		return len(g.Status.Conditions) == 2
+	})
+}
+
+type memApplier struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+func (a *memApplier) Apply(_ context.Context, d proto.Desired) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.m[d.Key()] = string(d.Spec)
+	return nil
+}
+
+func (a *memApplier) Remove(_ context.Context, kind, name string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.m, kind+"/"+name)
+	return nil
+}
+
+func (a *memApplier) get(k string) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.m[k]
+}
