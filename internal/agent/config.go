@@ -13,8 +13,8 @@ import (
 
 	"github.com/outpost-edge/outpost/internal/broker"
 	"github.com/outpost-edge/outpost/internal/config"
-	"github.com/outpost-edge/outpost/internal/netpol"
 	"github.com/outpost-edge/outpost/internal/fleet/client"
+	"github.com/outpost-edge/outpost/internal/netpol"
 	"github.com/outpost-edge/outpost/internal/ota"
 	"github.com/outpost-edge/outpost/internal/pipeline"
 	"github.com/outpost-edge/outpost/internal/rules"
