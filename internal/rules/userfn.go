@@ -68,7 +68,7 @@ var errNoUserFuncs = errors.New("rules: the environment has no user functions")
 
 // ScalarFunc passes through the wrapped Env's user functions (the labels
 // from rules.devices wrap the integrator's Env).
-func (e labelEnv) ScalarFunc(name string) (ScalarFunc, error) {
+func (e *labelEnv) ScalarFunc(name string) (ScalarFunc, error) {
 	if fe, ok := e.Env.(FuncEnv); ok {
 		return fe.ScalarFunc(name)
 	}
