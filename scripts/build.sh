@@ -4,6 +4,7 @@
 #   scripts/build.sh                 # all release platforms into dist/
 #   scripts/build.sh linux/arm64     # one platform
 #   VERSION=1.4.0 scripts/build.sh   # stamp a version (default: git describe)
+#   TAGS=netpol,functions scripts/build.sh  # optional features (docs/netpol.md, docs/functions.md)
 #
 # Platforms: linux/amd64 linux/arm64 linux/arm (GOARM=7) linux/riscv64.
 set -euo pipefail
@@ -26,6 +27,6 @@ for p in "${platforms[@]}"; do
   if [ "$arch" = arm ]; then goarm=7; out=dist/outpost-$os-armv7; fi
   echo "building $out ($VERSION)"
   CGO_ENABLED=0 GOOS=$os GOARCH=$arch GOARM=$goarm \
-    go build -trimpath -ldflags "$LDFLAGS" -o "$out" ./cmd/outpost
+    go build -trimpath -tags "${TAGS:-}" -ldflags "$LDFLAGS" -o "$out" ./cmd/outpost
   ls -l "$out" | awk '{printf "  %s: %.1f MiB\n", $9, $5/1048576}'
 done

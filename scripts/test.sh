@@ -38,12 +38,13 @@ race="-race"
 # slowdown of the test's own MQTT clients does not starve it.
 go test $race -count=1 -timeout 30m -skip 'TestKill9' ./...
 
-step "go test: WebAssembly functions build (-tags functions)"
-# The wazero runtime is linked only with -tags functions (docs/functions.md);
-# vet, staticcheck and the tests of the tagged files run here.
-go vet -tags functions ./internal/agent/ ./cmd/outpost/
-go run honnef.co/go/tools/cmd/staticcheck@v0.7.0 -tags functions ./internal/agent/ ./cmd/outpost/
-go test $race -count=1 -timeout 15m -tags functions -run 'Function' ./internal/agent/ ./cmd/outpost/
+step "go test: optional features (-tags functions,netpol)"
+# The wazero runtime (docs/functions.md) and the eBPF/nftables network policy
+# (docs/netpol.md) are linked only with their build tags; their own packages
+# are tested above, their agent wiring and commands here.
+go vet -tags functions,netpol ./internal/agent/ ./cmd/outpost/
+go run honnef.co/go/tools/cmd/staticcheck@v0.7.0 -tags functions,netpol ./internal/agent/ ./cmd/outpost/
+go test $race -count=1 -timeout 15m -tags functions,netpol -run 'Function|Netpol' ./internal/agent/ ./cmd/outpost/
 
 step "go test: kill -9 store-and-forward test (no -race)"
 set -o pipefail

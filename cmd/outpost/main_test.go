@@ -19,13 +19,17 @@ import (
 // binary is the outpost binary built once for the process-level tests.
 var binary string
 
+// testBuildTags are the build tags of this test binary that the outpost
+// binary must be built with too (tagged test files add theirs in init).
+var testBuildTags []string
+
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "outpost-bin")
 	if err != nil {
 		panic(err)
 	}
 	binary = filepath.Join(dir, "outpost")
-	build := exec.Command("go", "build", "-o", binary, ".")
+	build := exec.Command("go", "build", "-tags", strings.Join(testBuildTags, ","), "-o", binary, ".")
 	build.Stderr = os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building outpost:", err)

@@ -1,3 +1,5 @@
+//go:build netpol
+
 package main
 
 import (
@@ -12,6 +14,8 @@ import (
 	"testing"
 	"time"
 )
+
+func init() { testBuildTags = append(testBuildTags, "netpol") }
 
 // The real agent enforces its netpol section inside a gateway network
 // namespace, reports counters through `outpost netpol counters`, and a

@@ -1,4 +1,4 @@
-//go:build !outpost_nonetpol
+//go:build netpol
 
 package agent
 

@@ -1,4 +1,4 @@
-//go:build outpost_nonetpol
+//go:build !netpol
 
 package agent
 
@@ -10,15 +10,15 @@ import (
 	"github.com/outpost-edge/outpost/internal/module"
 )
 
-// newNetpol in a build without netpol (tag outpost_nonetpol): a netpol
-// section is refused at start with a message that says so.
+// newNetpol in a build without the netpol tag: a netpol section is refused
+// at start with a message that says how to get a build that has it.
 func newNetpol(*Agent) (module.Module, func(*http.ServeMux)) {
 	return netpolOff{}, func(*http.ServeMux) {}
 }
 
 type netpolOff struct{}
 
-var errNoNetpol = errors.New("netpol: this outpost was built without network policy (tag outpost_nonetpol); remove the netpol section or use a full build")
+var errNoNetpol = errors.New("netpol: this outpost was built without network policy; build it with -tags netpol (TAGS=netpol scripts/build.sh) or remove the netpol section")
 
 func (netpolOff) Name() string                    { return "netpol" }
 func (netpolOff) Init(context.Context, any) error { return errNoNetpol }

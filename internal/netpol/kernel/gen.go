@@ -1,8 +1,9 @@
 // Package kernel enforces a netpol policy in the kernel: the XDP program
 // (eBPF) where BPF programs can be attached, else an nftables netdev
 // ingress chain; see package netpol for the model and the invariants both
-// keep. It is linked into the agent unless built with the
-// outpost_nonetpol tag (it adds about 0.6 MiB: cilium/ebpf, nftables).
+// keep. It is linked into the agent only with -tags netpol: cilium/ebpf
+// and nftables add 1.7 MiB to the binary and about 1 MB to the idle RSS
+// of an agent that does not use them.
 package kernel
 
 // The XDP program is compiled by clang through bpf2go; the generated Go and
