@@ -64,8 +64,8 @@ is missing the command says which and why and exits 1.`,
 		{"metrics.txt", "/metrics", "metrics", 0},
 		{"heap.pprof", "/debug/pprof/heap", "heap profile", 0},
 		{"goroutines.txt", "/debug/pprof/goroutine?debug=2", "goroutine dump", 0},
-		{"cpu.pprof", fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(cpu.Seconds())), fmt.Sprintf("CPU profile (%s)", *cpu), *cpu},
-		{"trace.out", fmt.Sprintf("/debug/pprof/trace?seconds=%g", trace.Seconds()), fmt.Sprintf("execution trace (%s)", *trace), *trace},
+		{"cpu.pprof", fmt.Sprintf("/debug/pprof/profile?seconds=%d", wholeSeconds(*cpu)), fmt.Sprintf("CPU profile (%s)", *cpu), *cpu},
+		{"trace.out", fmt.Sprintf("/debug/pprof/trace?seconds=%d", wholeSeconds(*trace)), fmt.Sprintf("execution trace (%s)", *trace), *trace},
 	}
 	f, err := os.Create(*out)
 	if err != nil {
@@ -152,4 +152,11 @@ func diagRaw(ctx context.Context, c *apiClient, path string) ([]byte, error) {
 	}
 	defer resp.Body.Close()
 	return io.ReadAll(io.LimitReader(resp.Body, 256<<20))
+}
+
+// wholeSeconds rounds d up to whole seconds, at least 1: the agent's
+// profile endpoints take a positive integer (a sub-second --trace was
+// refused with HTTP 400).
+func wholeSeconds(d time.Duration) int {
+	return max(1, int((d+time.Second-1)/time.Second))
 }
