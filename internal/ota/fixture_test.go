@@ -292,6 +292,7 @@ type gateway struct {
 	// pre-start arguments and the API address (host:port).
 	args, prestartArgs []string
 	api                string
+	token              string   // bearer token of the update API
 	env                []string // added to the agent's environment
 }
 

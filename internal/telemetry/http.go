@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -119,6 +121,7 @@ func New(o Options) *Server {
 	}
 	s := &Server{log: o.Logger, set: o.Metrics, health: o.Health, extra: o.Routes, cfgJSON: o.RedactedConfig, protected: o.Protected}
 	registerRuntimeMetrics(o.Metrics)
+	registerBuildInfo(o.Metrics)
 	return s
 }
 
@@ -336,10 +339,11 @@ func (s *Server) mux(cfg Config, trusted bool) http.Handler {
 	})
 }
 
+// metrics serves the Prometheus text exposition format (0.0.4) with a
+// # HELP and # TYPE line for every family (see help.go).
 func (s *Server) metrics(w http.ResponseWriter, _ *http.Request) {
-	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-	s.set.WritePrometheus(w)
-	vm.WriteProcessMetrics(w)
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	WriteMetrics(w, s.set)
 }
 
 // Readiness is the /readyz body.
@@ -380,21 +384,41 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 // registerRuntimeMetrics adds GC pause quantiles from runtime/metrics, which
-// VictoriaMetrics' process metrics do not include as a histogram.
+// VictoriaMetrics' process metrics do not include as a histogram. They are
+// exposed as a summary (quantile labels belong to summaries only).
 func registerRuntimeMetrics(set *vm.Set) {
 	sample := []metrics.Sample{{Name: "/sched/pauses/total/gc:seconds"}}
-	q := func(p float64) func() float64 {
-		return func() float64 {
-			metrics.Read(sample)
-			if sample[0].Value.Kind() != metrics.KindFloat64Histogram {
-				return 0
-			}
-			return histQuantile(sample[0].Value.Float64Histogram(), p)
+	set.RegisterMetricsWriter(func(w io.Writer) {
+		metrics.Read(sample)
+		var h *metrics.Float64Histogram
+		if sample[0].Value.Kind() == metrics.KindFloat64Histogram {
+			h = sample[0].Value.Float64Histogram()
 		}
-	}
-	set.GetOrCreateGauge(`outpost_gc_pause_seconds{quantile="0.5"}`, q(0.5))
-	set.GetOrCreateGauge(`outpost_gc_pause_seconds{quantile="0.99"}`, q(0.99))
-	set.GetOrCreateGauge(`outpost_gc_pause_seconds{quantile="1"}`, q(1))
+		const name = "outpost_gc_pause_seconds"
+		vm.WriteMetadataIfNeeded(w, name, "summary")
+		for _, q := range []struct {
+			label string
+			p     float64
+		}{{"0.5", 0.5}, {"0.99", 0.99}, {"1", 1}} {
+			v := 0.0
+			if h != nil {
+				v = histQuantile(h, q.p)
+			}
+			fmt.Fprintf(w, "%s{quantile=%q} %g\n", name, q.label, v)
+		}
+		var n uint64
+		var sum float64
+		if h != nil {
+			for i, c := range h.Counts {
+				n += c
+				// The bucket's lower bound: the sum is a lower estimate.
+				if lo := h.Buckets[i]; c > 0 && !math.IsInf(lo, -1) {
+					sum += float64(c) * lo
+				}
+			}
+		}
+		fmt.Fprintf(w, "%s_sum %g\n%s_count %d\n", name, sum, name, n)
+	})
 }
 
 func histQuantile(h *metrics.Float64Histogram, p float64) float64 {
