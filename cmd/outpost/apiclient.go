@@ -232,11 +232,3 @@ func exitCode(err error) int {
 	}
 	return exitFailure
 }
-
-// envOr returns $k, or def when it is empty.
-func envOr(k, def string) string {
-	if v := os.Getenv(k); v != "" {
-		return v
-	}
-	return def
-}
