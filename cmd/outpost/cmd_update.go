@@ -124,6 +124,10 @@ are exhausted, even if that version dies before it can count itself.`,
 	return exitOK
 }
 
+// maxUnreachable bounds how long `update apply` waits for the agent to
+// answer again while it restarts.
+const maxUnreachable = 2 * time.Minute
+
 // followUpdate follows an update to version target, accepted by the agent
 // at started, until the agent runs target committed (nil) or the update
 // failed or was rolled back (an error saying why). It goes by the version
@@ -141,9 +145,13 @@ func followUpdate(ctx context.Context, c *apiClient, target string, started time
 		}
 	}
 	inProgress := false
+	var gone time.Time // since when the agent does not answer
 	for {
 		var s ota.Status
 		err := c.call(ctx, http.MethodGet, "/api/v1/update/status", &s)
+		if err == nil {
+			gone = time.Time{}
+		}
 		switch {
 		case ctx.Err() != nil:
 			if inProgress {
@@ -154,6 +162,12 @@ func followUpdate(ctx context.Context, c *apiClient, target string, started time
 			if inProgress {
 				fmt.Println()
 				inProgress = false
+			}
+			if gone.IsZero() {
+				gone = time.Now()
+			}
+			if time.Since(gone) > maxUnreachable {
+				return fmt.Errorf("the agent has not answered at %s for %v (restarted elsewhere, or down?); see `outpost update status`", c.where, maxUnreachable)
 			}
 			say("agent restarting ...")
 		case err != nil:
