@@ -111,6 +111,7 @@ func TestUpdaterPanicRecovered(t *testing.T) {
 	r := newTestRepo(t)
 	s := newServer(t, r.Dir)
 	g := newGateway(t, "1.0.0", s.URL, r.root)
+	g.cfg.Interval = 1e12 // only the triggered apply
 	ip := g.inproc(t, "1.0.0")
 	defer ota.SetPanicHook(func(step string) { panic("injected at " + step) })()
 	if err := ip.Start(context.Background()); err != nil {
@@ -125,8 +126,8 @@ func TestUpdaterPanicRecovered(t *testing.T) {
 		}
 		return nil
 	})
-	if e := ip.Status().LastError; !strings.Contains(e, "panicked") {
-		t.Fatalf("last error %q", e)
+	if st := g.state(t); !strings.Contains(st.Last.Reason, "panicked") {
+		t.Fatalf("last outcome %+v", st.Last)
 	}
 	assertNothingInstalled(t, g, ip)
 	// Still alive and checking.

@@ -224,20 +224,20 @@ func (e *engine) loadSeen() map[string]int64 {
 	return m
 }
 
-// saveSeen raises the floor to the versions just trusted and saves it when
-// anything rose.
+// saveSeen saves the floor after a refresh: floor as the client left it
+// (entries a key rotation removed are gone) raised to the versions just
+// trusted. It writes only when that differs from the file.
 func (e *engine) saveSeen(floor, now map[string]int64) {
 	out := maps.Clone(floor)
 	if out == nil {
 		out = map[string]int64{}
 	}
-	changed := false
 	for k, v := range now {
 		if v > out[k] {
-			out[k], changed = v, true
+			out[k] = v
 		}
 	}
-	if !changed {
+	if maps.Equal(out, e.loadSeen()) {
 		return
 	}
 	raw, _ := json.MarshalIndent(out, "", "  ")

@@ -48,7 +48,10 @@ type Client struct {
 	// "timestamp.json", "snapshot.json", "targets.json", "<role>.json")
 	// that this device has trusted before, kept outside Dir by the caller
 	// (see Versions). Refresh refuses anything older as a rollback, so
-	// rollback protection survives a wiped or lost cache directory.
+	// rollback protection survives a wiped or lost cache directory. A
+	// root newer than Floor["root.json"] that rotates the timestamp,
+	// snapshot or targets keys removes their entries (fast-forward
+	// recovery, TUF 5.3.11); Refresh edits the map in place.
 	Floor map[string]int64
 
 	root      *Root
@@ -170,12 +173,24 @@ func (c *Client) updateRoot(ctx context.Context) error {
 		// §5.3.11: fast-forward attack recovery: when timestamp or snapshot
 		// keys rotate, forget the trusted files signed by the old keys so
 		// that a fast-forwarded version cannot block the new ones.
+		// The floor recorded under an older root is forgotten the same
+		// way, so the recovery works with a floor too; a rotation the
+		// floor was already recorded after (a wiped cache walking the
+		// chain again) keeps it.
+		newer := nr.Version > c.Floor["root.json"]
 		if !sameRoleKeys(c.root, nr, RoleTimestamp) || !sameRoleKeys(c.root, nr, RoleSnapshot) {
 			os.Remove(filepath.Join(c.Dir, "timestamp.json"))
 			os.Remove(filepath.Join(c.Dir, "snapshot.json"))
+			if newer {
+				delete(c.Floor, "timestamp.json")
+				delete(c.Floor, "snapshot.json")
+			}
 		}
 		if !sameRoleKeys(c.root, nr, RoleTargets) {
 			os.Remove(filepath.Join(c.Dir, "targets.json"))
+			if newer {
+				delete(c.Floor, "targets.json")
+			}
 		}
 		if err := c.persist("root.json", raw); err != nil {
 			return err
