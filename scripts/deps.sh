@@ -6,6 +6,7 @@
 #   curl                           HTTP checks in the smoke test
 #   iproute2, clang, llvm, libbpf-dev  netpol tests (namespaces) and the BPF regeneration check
 #   postgresql                     the fleet store tests start a throwaway cluster (initdb + pg_ctl)
+#   prometheus                     promtool: lints a real agent's /metrics
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
@@ -20,6 +21,7 @@ command -v clang >/dev/null 2>&1 || need+=(clang)
 command -v llvm-strip >/dev/null 2>&1 || need+=(llvm)
 [ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""

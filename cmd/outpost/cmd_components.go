@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -24,13 +23,9 @@ func init() {
 	register(&command{name: "components", summary: "list, inspect, restart and read logs of supervised components", run: runComponents})
 }
 
-// defaultAPI is where `outpost components` finds the running agent's local
-// HTTP API unless --api or OUTPOST_API says otherwise.
-const defaultAPI = "http://127.0.0.1:9100" // the telemetry HTTP endpoint's default address
-
 func runComponents(ctx context.Context, args []string) int {
 	fs := flag.NewFlagSet("components", flag.ContinueOnError)
-	api := fs.String("api", envOr("OUTPOST_API", defaultAPI), "agent API: http://host:port or unix:///path/to/api.sock (env OUTPOST_API)")
+	apiF := addAPIFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
 	lines := fs.Int("n", 100, "logs: number of lines")
 	fs.Usage = func() {
@@ -75,16 +70,23 @@ unhealthy, stopping, stopped, finished, backoff, broken, invalid.`,
 		}
 		return pos[1], true
 	}
-	c, err := newAPIClient(*api)
-	if err != nil && pos[0] != "check" {
+	var c *apiClient
+	if pos[0] != "check" {
+		var err error
+		if c, err = apiF.client(); err != nil {
+			fmt.Fprintln(os.Stderr, "outpost components:", err)
+			return exitUsage
+		}
+	}
+	fail := func(err error) int {
 		fmt.Fprintln(os.Stderr, "outpost components:", err)
-		return exitUsage
+		return exitCode(err)
 	}
 	switch pos[0] {
 	case "list":
 		var sts []supervisor.Status
-		if code := c.get(ctx, "/api/v1/components", &sts); code != exitOK {
-			return code
+		if err := c.call(ctx, http.MethodGet, "/api/v1/components", &sts); err != nil {
+			return fail(err)
 		}
 		if *asJSON {
 			return printJSON(sts)
@@ -96,8 +98,8 @@ unhealthy, stopping, stopped, finished, backoff, broken, invalid.`,
 			return exitUsage
 		}
 		var st supervisor.Status
-		if code := c.get(ctx, "/api/v1/components/"+url.PathEscape(name), &st); code != exitOK {
-			return code
+		if err := c.call(ctx, http.MethodGet, "/api/v1/components/"+url.PathEscape(name), &st); err != nil {
+			return fail(err)
 		}
 		if *asJSON {
 			return printJSON(st)
@@ -108,8 +110,8 @@ unhealthy, stopping, stopped, finished, backoff, broken, invalid.`,
 		if !ok {
 			return exitUsage
 		}
-		if code := c.do(ctx, http.MethodPost, "/api/v1/components/"+url.PathEscape(name)+"/restart", nil); code != exitOK {
-			return code
+		if err := c.call(ctx, http.MethodPost, "/api/v1/components/"+url.PathEscape(name)+"/restart", nil); err != nil {
+			return fail(err)
 		}
 		fmt.Printf("restarting %s\n", name)
 	case "logs":
@@ -117,7 +119,14 @@ unhealthy, stopping, stopped, finished, backoff, broken, invalid.`,
 		if !ok {
 			return exitUsage
 		}
-		return c.do(ctx, http.MethodGet, fmt.Sprintf("/api/v1/components/%s/logs?lines=%d", url.PathEscape(name), *lines), os.Stdout)
+		body, err := c.stream(ctx, http.MethodGet, fmt.Sprintf("/api/v1/components/%s/logs?lines=%d", url.PathEscape(name), *lines))
+		if err != nil {
+			return fail(err)
+		}
+		defer body.Close()
+		if _, err := io.Copy(os.Stdout, body); err != nil {
+			return fail(err)
+		}
 	case "check":
 		if len(pos) != 2 {
 			fmt.Fprintln(os.Stderr, "outpost components check: expected a recipes directory")
@@ -128,81 +137,6 @@ unhealthy, stopping, stopped, finished, backoff, broken, invalid.`,
 		fmt.Fprintf(os.Stderr, "outpost components: unknown subcommand %q\n", pos[0])
 		fs.Usage()
 		return exitUsage
-	}
-	return exitOK
-}
-
-func envOr(k, def string) string {
-	if v := os.Getenv(k); v != "" {
-		return v
-	}
-	return def
-}
-
-type apiClient struct {
-	base string
-	hc   *http.Client
-}
-
-func newAPIClient(api string) (*apiClient, error) {
-	u, err := url.Parse(api)
-	if err != nil {
-		return nil, fmt.Errorf("bad --api %q: %w", api, err)
-	}
-	switch u.Scheme {
-	case "unix":
-		sock := u.Path
-		return &apiClient{base: "http://agent", hc: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-			},
-		}}}, nil
-	case "http", "https":
-		return &apiClient{base: strings.TrimRight(api, "/"), hc: &http.Client{Timeout: 30 * time.Second}}, nil
-	}
-	return nil, fmt.Errorf("bad --api %q: want http://host:port or unix:///path", api)
-}
-
-func (c *apiClient) do(ctx context.Context, method, path string, out io.Writer) int {
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, nil)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "outpost components:", err)
-		return exitFailure
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "outpost components: cannot reach the agent: %v\n", err)
-		return exitFailure
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		var e struct{ Error string }
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		if json.Unmarshal(b, &e) != nil || e.Error == "" {
-			e.Error = strings.TrimSpace(string(b))
-		}
-		fmt.Fprintf(os.Stderr, "outpost components: %s (HTTP %d)\n", e.Error, resp.StatusCode)
-		if resp.StatusCode == http.StatusNotFound {
-			return exitUsage
-		}
-		return exitFailure
-	}
-	if out != nil {
-		if _, err := io.Copy(out, resp.Body); err != nil {
-			return exitFailure
-		}
-	}
-	return exitOK
-}
-
-func (c *apiClient) get(ctx context.Context, path string, v any) int {
-	var b strings.Builder
-	if code := c.do(ctx, http.MethodGet, path, &b); code != exitOK {
-		return code
-	}
-	if err := json.Unmarshal([]byte(b.String()), v); err != nil {
-		fmt.Fprintf(os.Stderr, "outpost components: bad answer from the agent: %v\n", err)
-		return exitFailure
 	}
 	return exitOK
 }

@@ -20,9 +20,8 @@ func init() {
 
 func runNetpol(ctx context.Context, args []string) int {
 	fs := flag.NewFlagSet("netpol", flag.ContinueOnError)
-	api := fs.String("api", envOr("OUTPOST_API", defaultAPI), "agent API: http://host:port or unix:///path (env OUTPOST_API)")
+	apiF := addAPIFlags(fs) // --config is also the file "test" evaluates
 	asJSON := fs.Bool("json", false, "print JSON")
-	cfgPath := fs.String("config", "outpost.yaml", "test: the config whose netpol section is evaluated")
 	iface := fs.String("iface", "", "test: interface (default: the only one in the config)")
 	src := fs.String("src", "", "test: source IPv4 address")
 	dst := fs.String("dst", "0.0.0.0", "test: destination IPv4 address")
@@ -63,14 +62,15 @@ first-match logic the kernel programs run, and prints the rule it hits.`,
 	}
 	switch pos[0] {
 	case "status", "counters":
-		c, err := newAPIClient(*api)
+		c, err := apiF.client()
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "outpost netpol:", err)
 			return exitUsage
 		}
 		var st netpol.Status
-		if code := c.get(ctx, "/api/v1/netpol", &st); code != exitOK {
-			return code
+		if err := c.call(ctx, "GET", "/api/v1/netpol", &st); err != nil {
+			fmt.Fprintln(os.Stderr, "outpost netpol:", err)
+			return exitCode(err)
 		}
 		if *asJSON {
 			return printJSON(st)
@@ -78,7 +78,7 @@ first-match logic the kernel programs run, and prints the rule it hits.`,
 		printNetpol(st, pos[0] == "counters")
 		return exitOK
 	case "test":
-		return netpolTest(*cfgPath, *iface, *src, *dst, *proto, *sport, *dport)
+		return netpolTest(apiF.config, *iface, *src, *dst, *proto, *sport, *dport)
 	}
 	fs.Usage()
 	return exitUsage

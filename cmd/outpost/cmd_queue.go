@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"sort"
 	"strconv"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/outpost-edge/outpost/internal/message"
 	"github.com/outpost-edge/outpost/internal/queue"
+	"github.com/outpost-edge/outpost/internal/uplink"
 )
 
 func init() {
@@ -23,28 +26,39 @@ func init() {
 }
 
 const queueUsage = `Usage:
-  outpost queue status  --dir DIR [--json]
+  outpost queue status  [--dir DIR] [--offline] [--api URL] [--token T] [--config FILE] [--json]
   outpost queue inspect --dir DIR [-n N] [--all] [--json]
   outpost queue verify  --dir DIR [--json]
 
-Offline tools for the durable store-and-forward queues. DIR is one queue
-directory or a directory whose subdirectories are queues (one per uplink
-lane). They only read, without taking the queue's lock, so they are safe to
-run next to a running agent (which may have newer records than they see).
+Tools for the durable store-and-forward queues. DIR is one queue directory
+or a directory whose subdirectories are queues (one per uplink lane).
 
-  status   depth, bytes, oldest age, drops by reason, per lane
+  status   with the agent running (its API reachable, see --api): LIVE
+           figures from the agent: the uplink connection (state, broker,
+           connected since or next retry, last error, reconnects, window,
+           in flight, bandwidth cap) and per lane the backlog, in flight,
+           published, acknowledged, resent, rejected, dead-lettered,
+           acknowledgement rate and ETA, depth, oldest age and drops.
+           Otherwise (or with --offline) OFFLINE figures read from the
+           files in --dir: depth, bytes, oldest age, drops by reason. The
+           first line says which.
   inspect  print records from the first unacknowledged one (--all: from the
            oldest on disk), decoding Outpost messages where possible
   verify   scan every record's CRC; report damage with file and offset;
            exit status 1 if any is found
 
+inspect and verify only read the files, without taking the queue's lock,
+so they are safe next to a running agent (which may have newer records
+than they see).
+
 Examples:
+  outpost queue status
   outpost queue status --dir /var/lib/outpost/queue
   outpost queue inspect --dir /var/lib/outpost/queue/alarms -n 5
   outpost queue verify --dir /var/lib/outpost/queue
 `
 
-func runQueue(_ context.Context, args []string) int {
+func runQueue(ctx context.Context, args []string) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		w := os.Stderr
 		if len(args) > 0 {
@@ -61,9 +75,13 @@ func runQueue(_ context.Context, args []string) int {
 	dir := fs.String("dir", "", "queue directory, or a directory of lane queue directories (required)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	var n *int
-	var all *bool
+	var all, offline *bool
+	var apiF *apiFlags
 	switch sub {
-	case "status", "verify":
+	case "status":
+		offline = fs.Bool("offline", false, "read the files in --dir even when the agent runs")
+		apiF = addAPIFlags(fs)
+	case "verify":
 	case "inspect":
 		n = fs.Int("n", 10, "number of records to print (0 = all)")
 		all = fs.Bool("all", false, "start at the oldest record on disk, acknowledged ones included")
@@ -78,8 +96,28 @@ func runQueue(_ context.Context, args []string) int {
 		}
 		return exitUsage
 	}
-	if *dir == "" || fs.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "outpost queue %s: --dir is required and no arguments are taken\n", sub)
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "outpost queue %s: no arguments are taken (did you mean --dir %s?)\n", sub, fs.Arg(0))
+		return exitUsage
+	}
+	if sub == "status" && !*offline {
+		c, err := apiF.client()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "outpost queue status: %v\n", err)
+			return exitUsage
+		}
+		live, err := liveQueueStatus(ctx, c)
+		switch {
+		case err == nil:
+			return printLiveQueue(os.Stdout, c, live, *asJSON)
+		case *dir == "":
+			fmt.Fprintf(os.Stderr, "outpost queue status: no live figures (%v) and no --dir for offline ones\n", err)
+			return exitFailure
+		}
+		fmt.Fprintf(os.Stderr, "outpost queue status: no live figures: %v\n", err)
+	}
+	if *dir == "" {
+		fmt.Fprintf(os.Stderr, "outpost queue %s: --dir is required\n", sub)
 		return exitUsage
 	}
 	lanes, err := queue.LaneDirs(*dir)
@@ -89,6 +127,9 @@ func runQueue(_ context.Context, args []string) int {
 	}
 	switch sub {
 	case "status":
+		if !*asJSON {
+			fmt.Printf("OFFLINE figures read from %s (the agent's connection, in-flight, acknowledged counts and ETA need the agent running)\n", *dir)
+		}
 		return queueStatus(os.Stdout, lanes, *asJSON)
 	case "inspect":
 		return queueInspect(os.Stdout, lanes, *n, *all, *asJSON)
@@ -115,6 +156,82 @@ func queueStatus(w io.Writer, lanes []string, asJSON bool) int {
 	for _, s := range all {
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%s\n", s.Lane, s.Depth, humanBytes(s.Bytes),
 			humanBytes(s.DiskBytes), s.Segments, s.OldestAge.Round(time.Second), s.FirstSeq, s.NextSeq, s.Rejected, dropsText(s.Drops))
+	}
+	tw.Flush()
+	return exitOK
+}
+
+// liveQueue is the agent's GET /api/v1/queue answer.
+type liveQueue struct {
+	Source string                 `json:"source"` // "live"
+	Lanes  map[string]queue.Stats `json:"lanes"`
+	Uplink *uplink.Status         `json:"uplink,omitempty"`
+}
+
+// liveQueueStatus asks the running agent. An agent without an uplink
+// answers 404 (no queues to show).
+func liveQueueStatus(ctx context.Context, c *apiClient) (*liveQueue, error) {
+	var l liveQueue
+	if err := c.call(ctx, http.MethodGet, "/api/v1/queue", &l); err != nil {
+		var ae *APIError
+		if errors.As(err, &ae) && ae.Status == http.StatusNotFound {
+			return nil, fmt.Errorf("the agent at %s has no uplink lanes", c.where)
+		}
+		return nil, err
+	}
+	l.Source = "live"
+	return &l, nil
+}
+
+func printLiveQueue(w io.Writer, c *apiClient, l *liveQueue, asJSON bool) int {
+	if asJSON {
+		return writeJSON(w, l)
+	}
+	fmt.Fprintf(w, "LIVE figures from the agent at %s\n", c.where)
+	if u := l.Uplink; u != nil {
+		fmt.Fprintf(w, "uplink:      %s (broker %s)\n", u.State, u.Broker)
+		switch {
+		case u.ConnectedSince != nil:
+			fmt.Fprintf(w, "connected:   since %s (%s)\n", u.ConnectedSince.Format(time.RFC3339), time.Since(*u.ConnectedSince).Round(time.Second))
+		case u.NextRetry != nil:
+			fmt.Fprintf(w, "connected:   no; next retry %s\n", u.NextRetry.Format(time.RFC3339))
+		default:
+			fmt.Fprintf(w, "connected:   no\n")
+		}
+		if u.LastError != "" {
+			fmt.Fprintf(w, "last error:  %s\n", u.LastError)
+		}
+		bw := "none"
+		if u.Bandwidth > 0 {
+			bw = humanBytes(u.Bandwidth) + "/s"
+		}
+		fmt.Fprintf(w, "reconnects:  %d   window: %d   in flight: %d   bandwidth cap: %s\n", u.Reconnects, u.Window, u.InFlight, bw)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "LANE\tPRIORITY\tBACKLOG\tBYTES\tIN_FLIGHT\tPUBLISHED\tACKED\tRESENT\tREJECTED\tDEAD\tRATE\tETA\tOLDEST\tDROPS")
+	seen := map[string]bool{}
+	if l.Uplink != nil {
+		for _, ln := range l.Uplink.Lanes {
+			seen[ln.Name] = true
+			q := l.Lanes[ln.Name]
+			eta := "-"
+			if ln.ETASeconds != nil {
+				eta = (time.Duration(*ln.ETASeconds * float64(time.Second))).Round(time.Second).String()
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%.1f/s\t%s\t%s\t%s\n", ln.Name, ln.Priority, ln.Backlog, humanBytes(ln.BacklogBytes),
+				ln.InFlight, ln.Published, ln.Acked, ln.Resent, ln.Rejected, ln.DeadLettered, ln.Rate, eta, q.OldestAge.Round(time.Second), dropsText(q.Drops))
+		}
+	}
+	names := make([]string, 0, len(l.Lanes))
+	for n := range l.Lanes {
+		if !seen[n] {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		q := l.Lanes[n]
+		fmt.Fprintf(tw, "%s\t-\t%d\t%s\t%d\t-\t%d\t-\t%d\t-\t-\t-\t%s\t%s\n", n, q.Depth, humanBytes(q.Bytes), q.Inflight, q.Acked, q.Rejected, q.OldestAge.Round(time.Second), dropsText(q.Drops))
 	}
 	tw.Flush()
 	return exitOK

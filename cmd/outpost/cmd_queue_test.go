@@ -31,13 +31,13 @@ func TestQueueCommands(t *testing.T) {
 		args []string
 		code int
 	}{
-		{[]string{"queue", "status", "--dir", root}, exitOK},
-		{[]string{"queue", "status", "--dir", root, "--json"}, exitOK},
+		{[]string{"queue", "status", "--offline", "--dir", root}, exitOK},
+		{[]string{"queue", "status", "--offline", "--dir", root, "--json"}, exitOK},
 		{[]string{"queue", "inspect", "--dir", filepath.Join(root, "alarms"), "-n", "2"}, exitOK},
 		{[]string{"queue", "verify", "--dir", root}, exitOK},
 		{[]string{"queue", "verify"}, exitUsage},
 		{[]string{"queue", "frobnicate", "--dir", root}, exitUsage},
-		{[]string{"queue", "status", "--dir", t.TempDir()}, exitUsage},
+		{[]string{"queue", "status", "--offline", "--dir", t.TempDir()}, exitUsage},
 	} {
 		if got := dispatch(tc.args, io.Discard, io.Discard); got != tc.code {
 			t.Errorf("%v: exit %d, want %d", tc.args, got, tc.code)

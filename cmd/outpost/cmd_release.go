@@ -123,14 +123,17 @@ func runRelease(ctx context.Context, args []string) int {
 		if r, err = openRepo(*repo, *keys, *passFile); err != nil {
 			break
 		}
+		if !*noSign {
+			// A wrong passphrase fails here, before anything is written.
+			if err = release.CheckKeys(r, *role); err != nil {
+				break
+			}
+		}
 		t0 := time.Now()
 		var res *release.AddResult
 		if res, err = release.AddTo(r, *role, *binary, *version, *platform, *deltas); err != nil {
+			// AddTo may have stored some targets before failing.
 			break
-		}
-		fmt.Printf("added %s: %d bytes, %d compressed (%.1f%%)\n", res.Full, res.Size, res.Packed, pct(res.Packed, res.Size))
-		for name, n := range res.Deltas {
-			fmt.Printf("added %s: delta from %s, %d bytes (%.1f%% of compressed full)\n", name, res.From[name], n, pct(n, res.Packed))
 		}
 		switch {
 		case *noSign:
@@ -140,9 +143,16 @@ func runRelease(ctx context.Context, args []string) int {
 		default:
 			err = release.Sign(r)
 		}
-		if err == nil {
-			fmt.Printf("done in %v; targets v%d\n", time.Since(t0).Round(time.Millisecond), r.Targets.Version)
+		if err != nil {
+			release.Discard(r, res)
+			break
 		}
+		// Printed only once the release is published (or staged).
+		fmt.Printf("added %s: %d bytes, %d compressed (%.1f%%)\n", res.Full, res.Size, res.Packed, pct(res.Packed, res.Size))
+		for name, n := range res.Deltas {
+			fmt.Printf("added %s: delta from %s, %d bytes (%.1f%% of compressed full)\n", name, res.From[name], n, pct(n, res.Packed))
+		}
+		fmt.Printf("done in %v; targets v%d\n", time.Since(t0).Round(time.Millisecond), r.Targets.Version)
 	case "sign":
 		tsOnly := fs.Bool("timestamp", false, "only re-sign timestamp.json with a fresh expiry")
 		role := fs.String("role", "", "re-sign only this delegated role (with snapshot and timestamp)")

@@ -2,13 +2,17 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"sort"
 	"strings"
+	"text/tabwriter"
 
 	"github.com/outpost-edge/outpost/internal/rules"
 	"github.com/outpost-edge/outpost/internal/rules/parser"
@@ -27,6 +31,7 @@ func rulesMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprint(w, `Usage:
   outpost rules check [--lanes a,b] [--files x] [--functions f] FILE...
   outpost rules test FILE --input samples.jsonl [--stats] [--lanes a,b]
+  outpost rules list|show NAME [--api URL] [--token T] [--config FILE] [--json]
 
 check validates rule files offline exactly as the gateway loads its rules
 directory (files in name order; the same name and version in two files, or
@@ -40,10 +45,15 @@ every action output as "SINK TOPIC PAYLOAD". Webhooks are recorded, not sent.
 Processing time follows the samples' "time" fields; open windows are flushed
 at the end. See docs/rules.md for the sample format.
 
+list and show ask the running agent (its local API, /api/v1/rules): the
+active rules with their match and output counts, or one rule's versions and
+source.
+
 Examples:
   outpost rules check rules/*.sql
   outpost rules check --lanes alarms,bulk rules/overheat.sql
   outpost rules test rules/overheat.sql --input samples.jsonl --stats
+  outpost rules list --config /etc/outpost/outpost.yaml
 `)
 	}
 	if len(args) == 0 {
@@ -58,6 +68,8 @@ Examples:
 		return rulesCheck(args[1:], stdout, stderr)
 	case "test":
 		return rulesTest(ctx, args[1:], stdout, stderr)
+	case "list", "show":
+		return rulesAPI(ctx, args[0], args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "outpost rules: unknown subcommand %q\n\n", args[0])
 	usage(stderr)
@@ -210,5 +222,65 @@ func rulesTest(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		}
 		return exitUsage
 	}
+	return exitOK
+}
+
+// rulesAPI lists the running agent's rules or shows one.
+func rulesAPI(ctx context.Context, sub string, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("rules "+sub, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	apiF := addAPIFlags(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	if (sub == "list") != (len(pos) == 0) || len(pos) > 1 {
+		fmt.Fprintf(stderr, "outpost rules %s: %s\n", sub, map[string]string{"list": "takes no arguments", "show": "expected one rule name"}[sub])
+		return exitUsage
+	}
+	c, err := apiF.client()
+	if err != nil {
+		fmt.Fprintf(stderr, "outpost rules %s: %v\n", sub, err)
+		return exitUsage
+	}
+	path := "/api/v1/rules"
+	if sub == "show" {
+		path += "/" + url.PathEscape(pos[0])
+	}
+	var raw json.RawMessage
+	if err := c.call(ctx, http.MethodGet, path, &raw); err != nil {
+		fmt.Fprintf(stderr, "outpost rules %s: %v\n", sub, err)
+		return exitCode(err)
+	}
+	if *asJSON || sub == "show" {
+		var v any
+		json.Unmarshal(raw, &v)
+		if sub == "show" && !*asJSON {
+			if m, ok := v.(map[string]any); ok {
+				if src, ok := m["source"].(string); ok {
+					fmt.Fprintf(stdout, "-- %v\n%s\n", m["file"], strings.TrimRight(src, "\n"))
+					return exitOK
+				}
+			}
+		}
+		return writeJSON(stdout, v)
+	}
+	var l struct {
+		Rules []rules.RuleInfo `json:"rules"`
+	}
+	if err := json.Unmarshal(raw, &l); err != nil {
+		fmt.Fprintf(stderr, "outpost rules list: bad answer from the agent: %v\n", err)
+		return exitFailure
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tVERSION\tMATCHED\tEMITTED\tFILE")
+	for _, r := range l.Rules {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\n", r.Name, r.Version, r.Matched, r.Emitted, r.File)
+	}
+	tw.Flush()
 	return exitOK
 }

@@ -3,9 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -23,20 +23,27 @@ func init() {
 
 func runUpdate(ctx context.Context, args []string) int {
 	fs := flag.NewFlagSet("update", flag.ContinueOnError)
-	api := fs.String("api", "http://127.0.0.1:9100", "the running agent's local API")
-	token := fs.String("token", os.Getenv("OUTPOST_TELEMETRY__TOKEN"), "bearer token when telemetry.token is set (default $OUTPOST_TELEMETRY__TOKEN)")
+	apiF := addAPIFlags(fs)
 	asJSON := fs.Bool("json", false, "print the status as JSON")
 	noWait := fs.Bool("no-wait", false, "apply: return once the update has started")
-	cfgPath := fs.String("config", "/etc/outpost/outpost.yaml", "prestart: the agent's config file (its ota: section)")
+	timeout := fs.Duration("timeout", 30*time.Minute, "apply: give up waiting for the commit after this long")
+	poll := fs.Duration("poll", 500*time.Millisecond, "apply: status poll interval")
 	all := fs.Bool("all", false, "forget-bad: forget every bad version")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), helpText("outpost update check|apply|status [--api URL] [--json] [--no-wait]\n"+
+		fmt.Fprint(fs.Output(), helpText("outpost update check|apply|status [--api URL] [--token T] [--config FILE] [--json] [--no-wait]\n"+
 			"  outpost update bad [--json]\n  outpost update forget-bad VERSION...|--all\n  outpost update prestart [--config FILE]",
 			`Talk to the running agent's updater. check refreshes the signed release
 metadata and shows whether a newer version exists; apply downloads it
 (delta when possible), verifies, installs and restarts the agent into it,
-printing progress until the agent restarts; status shows the state, the
-last outcome (committed or rolled back) and versions marked bad.
+printing progress, and then follows the new version's trial until it is
+committed (exit 0) or rolled back (exit 1); --no-wait returns at once.
+status shows the state, the last outcome (committed or rolled back) and
+versions marked bad.
+
+The update API needs the agent's telemetry.token (sent as a Bearer token:
+--token, $OUTPOST_TOKEN, or read from the config with --config) or a
+connection on its unix socket telemetry.socket (--api unix:///PATH, or
+found in the config).
 
 bad lists the versions marked bad: they failed their health gate, were
 rolled back, and are never installed automatically again. forget-bad
@@ -49,6 +56,7 @@ binary (ExecStartPre=-/usr/local/bin/outpost.prev update prestart): it
 counts each start of a version on trial and rolls it back when its attempts
 are exhausted, even if that version dies before it can count itself.`,
 			"outpost update check", "outpost update apply", "outpost update status --json",
+			"outpost update apply --api unix:///run/outpost/api.sock",
 			"outpost update bad", "outpost update forget-bad 1.2.0", "outpost update forget-bad --all && outpost update apply"))
 		fs.PrintDefaults()
 	}
@@ -70,32 +78,37 @@ are exhausted, even if that version dies before it can count itself.`,
 		}
 		pos, args = append(pos, fs.Arg(0)), fs.Args()[1:]
 	}
-	base := strings.TrimRight(*api, "/") + "/api/v1/update/"
-	apiToken = *token
-	var st ota.Status
-	var err error
 	switch sub {
-	case "check":
-		err = call(ctx, http.MethodPost, base+"check", &st)
-	case "status":
-		err = call(ctx, http.MethodGet, base+"status", &st)
 	case "prestart":
-		return runPrestart(*cfgPath)
-	case "bad", "forget-bad":
-		return runBad(ctx, sub, base, pos, *all, *asJSON)
-	case "apply":
-		if err = call(ctx, http.MethodPost, base+"apply", &st); err != nil || st.Available == nil || *noWait {
-			break
-		}
-		fmt.Printf("updating %s -> %s (%s, %d bytes)\n", st.Running, st.Available.Version, st.Available.Kind, st.Available.Download)
-		var restarted bool
-		if restarted, err = watchUpdate(ctx, base, &st); restarted {
-			fmt.Println("agent restarting into the new version; check with `outpost update status`")
-			return exitOK
-		}
+		return runPrestart(apiF.config)
+	case "check", "status", "apply", "bad", "forget-bad":
 	default:
 		fs.Usage()
 		return exitUsage
+	}
+	c, err := apiF.client()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "outpost update %s: %v\n", sub, err)
+		return exitUsage
+	}
+	const base = "/api/v1/update/"
+	var st ota.Status
+	switch sub {
+	case "check":
+		err = c.call(ctx, http.MethodPost, base+"check", &st)
+	case "status":
+		err = c.call(ctx, http.MethodGet, base+"status", &st)
+	case "bad", "forget-bad":
+		return runBad(ctx, c, sub, base, pos, *all, *asJSON)
+	case "apply":
+		started := time.Now()
+		if err = c.call(ctx, http.MethodPost, base+"apply", &st); err != nil || st.Available == nil || *noWait {
+			break
+		}
+		fmt.Printf("updating %s -> %s (%s, %d bytes)\n", st.Running, st.Available.Version, st.Available.Kind, st.Available.Download)
+		if err = followUpdate(ctx, c, st.Available.Version, started, *poll, *timeout); err == nil {
+			return exitOK
+		}
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "outpost update %s: %v\n", sub, err)
@@ -111,74 +124,101 @@ are exhausted, even if that version dies before it can count itself.`,
 	return exitOK
 }
 
-// watchUpdate polls status and prints progress until the agent restarts (the
-// API goes away: restarted) or the update fails.
-func watchUpdate(ctx context.Context, base string, st *ota.Status) (restarted bool, err error) {
-	sawBusy := false
-	for i := 0; i < 36000; i++ {
+// maxUnreachable bounds how long `update apply` waits for the agent to
+// answer again while it restarts.
+const maxUnreachable = 2 * time.Minute
+
+// followUpdate follows an update to version target, accepted by the agent
+// at started, until the agent runs target committed (nil) or the update
+// failed or was rolled back (an error saying why). It goes by the version
+// the agent runs and the state it reports, never by catching the moment
+// of the restart: the agent may restart between two polls, or be briefly
+// unreachable while it does, and both are fine.
+func followUpdate(ctx context.Context, c *apiClient, target string, started time.Time, poll, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var said string // the last phase line printed
+	say := func(line string) {
+		if line != said {
+			fmt.Println(line)
+			said = line
+		}
+	}
+	inProgress := false
+	var gone time.Time // since when the agent does not answer
+	for {
+		var s ota.Status
+		err := c.call(ctx, http.MethodGet, "/api/v1/update/status", &s)
+		if err == nil {
+			gone = time.Time{}
+		}
+		switch {
+		case ctx.Err() != nil:
+			if inProgress {
+				fmt.Println()
+			}
+			return fmt.Errorf("%s not committed after %v (see `outpost update status`)", target, timeout)
+		case errors.Is(err, ErrAgentUnreachable):
+			if inProgress {
+				fmt.Println()
+				inProgress = false
+			}
+			if gone.IsZero() {
+				gone = time.Now()
+			}
+			if time.Since(gone) > maxUnreachable {
+				return fmt.Errorf("the agent has not answered at %s for %v (restarted elsewhere, or down?); see `outpost update status`", c.where, maxUnreachable)
+			}
+			say("agent restarting ...")
+		case err != nil:
+			return err
+		case s.Running == target:
+			if inProgress {
+				fmt.Println()
+				inProgress = false
+			}
+			switch {
+			case s.Phase == ota.PhaseTrial:
+				say(fmt.Sprintf("running %s on trial (attempt %d); waiting for the health gate to commit it", target, s.Attempts))
+			case s.Phase == ota.PhaseIdle:
+				say(fmt.Sprintf("%s committed", target))
+				return nil
+			}
+		default:
+			if l := s.Last; l != nil && l.Version == target && l.Result != "committed" && l.Time.After(started.Add(-time.Second)) {
+				if inProgress {
+					fmt.Println()
+				}
+				return fmt.Errorf("%s %s: %s; running %s", target, strings.ReplaceAll(l.Result, "_", " "), l.Reason, s.Running)
+			}
+			if p := s.Progress; p != nil {
+				inProgress = true
+				fmt.Printf("\r%5.1f%%  %d/%d bytes  %.0f KiB/s  ETA %v   ", p.Percent, p.Done, p.Total,
+					p.BytesPerSec/1024, time.Duration(p.ETASeconds*float64(time.Second)).Round(time.Second))
+			}
+			if s.Restarting {
+				if inProgress {
+					fmt.Println()
+					inProgress = false
+				}
+				say("installed; agent restarting into " + target)
+			}
+			if !s.Busy && !s.Restarting && s.Phase == ota.PhaseIdle && s.LastError != "" {
+				if inProgress {
+					fmt.Println()
+				}
+				return fmt.Errorf("%s", s.LastError)
+			}
+		}
 		select {
 		case <-ctx.Done():
-			return false, ctx.Err()
-		case <-time.After(500 * time.Millisecond):
-		}
-		var s ota.Status
-		if err := call(ctx, http.MethodGet, base+"status", &s); err != nil {
-			fmt.Println()
-			return true, nil
-		}
-		*st = s
-		if p := s.Progress; p != nil {
-			fmt.Printf("\r%5.1f%%  %d/%d bytes  %.0f KiB/s  ETA %v   ", p.Percent, p.Done, p.Total,
-				p.BytesPerSec/1024, time.Duration(p.ETASeconds*float64(time.Second)).Round(time.Second))
-		}
-		if s.Busy || s.Restarting {
-			sawBusy = true
-			continue
-		}
-		if sawBusy || s.LastError != "" {
-			fmt.Println()
-			if s.LastError != "" {
-				return false, fmt.Errorf("%s", s.LastError)
-			}
-			return false, nil
+		case <-time.After(poll):
 		}
 	}
-	return false, nil
-}
-
-// apiToken is sent as a bearer token when set.
-var apiToken string
-
-func call(ctx context.Context, method, url string, out any) error {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, url, nil)
-	if err != nil {
-		return err
-	}
-	if apiToken != "" {
-		req.Header.Set("Authorization", "Bearer "+apiToken)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("agent API: %w (is `outpost run` running with ota enabled?)", err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode >= 300 {
-		var e struct {
-			Error string `json:"error"`
-		}
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
-			return fmt.Errorf("%s", e.Error)
-		}
-		return fmt.Errorf("agent API: HTTP %s", resp.Status)
-	}
-	return json.Unmarshal(body, out)
 }
 
 // runBad lists (bad) or forgets (forget-bad) bad versions through the API.
-func runBad(ctx context.Context, sub, base string, args []string, all, asJSON bool) int {
+func runBad(ctx context.Context, c *apiClient, sub, base string, args []string, all, asJSON bool) int {
 	versions := args
 	var l ota.BadList
 	var err error
@@ -188,16 +228,16 @@ func runBad(ctx context.Context, sub, base string, args []string, all, asJSON bo
 			fmt.Fprintln(os.Stderr, "outpost update bad: takes no arguments (did you mean forget-bad?)")
 			return exitUsage
 		}
-		err = call(ctx, http.MethodGet, base+"bad", &l)
+		err = c.call(ctx, http.MethodGet, base+"bad", &l)
 	case all && len(versions) > 0, !all && len(versions) == 0:
 		fmt.Fprintln(os.Stderr, "outpost update forget-bad: give one or more versions, or --all")
 		return exitUsage
 	case all:
-		err = call(ctx, http.MethodDelete, base+"bad", &l)
+		err = c.call(ctx, http.MethodDelete, base+"bad", &l)
 	default:
 		for _, v := range versions {
 			var one ota.BadList
-			if err = call(ctx, http.MethodDelete, base+"bad/"+url.PathEscape(v), &one); err != nil {
+			if err = c.call(ctx, http.MethodDelete, base+"bad/"+url.PathEscape(v), &one); err != nil {
 				break
 			}
 			l.Bad, l.Forgotten = one.Bad, append(l.Forgotten, one.Forgotten...)

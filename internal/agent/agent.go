@@ -125,6 +125,8 @@ func New(cfg *Config, path string, logs *telemetry.Logs) (*Agent, error) {
 	})
 	a.Telemetry = telemetry.New(telemetry.Options{
 		Logger: a.log, Metrics: a.metrics, Routes: routes, Health: a,
+		// Installing software needs the token or the unix socket.
+		Protected:      []string{"/api/v1/update/"},
 		RedactedConfig: func() any { a.mu.Lock(); defer a.mu.Unlock(); return Redacted(a.cfg) },
 	})
 	mods := []module.Module{a.Telemetry}

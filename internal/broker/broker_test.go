@@ -634,7 +634,7 @@ func TestFlowControlInsteadOfDrops(t *testing.T) {
 	got := readPublishes(t, sub, pubs*per, 60*time.Second)
 	wg.Wait()
 	drops := tb.counter(t, `outpost_broker_messages_dropped_total{reason="outbound_full_qos1"}`) +
-		tb.counter(t, "outpost_broker_messages_dropped_inflight_full")
+		tb.counter(t, "outpost_broker_messages_dropped_inflight_full_total")
 	if sent.Load() != pubs*per || got != pubs*per || drops != 0 {
 		t.Fatalf("acknowledged %d, received %d of %d, dropped %d (flow-control waits %d)",
 			sent.Load(), got, pubs*per, drops, tb.counter(t, "outpost_broker_flow_control_waits_total"))

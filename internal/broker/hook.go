@@ -481,15 +481,27 @@ func newBrokerMetrics(set *metrics.Set, b *Broker) *brokerMetrics {
 		}
 	}
 	set.NewGauge("outpost_broker_clients_connected", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.ClientsConnected) }))
-	set.NewGauge("outpost_broker_messages_sent", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.MessagesSent) }))
 	set.NewGauge("outpost_broker_inflight_messages", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.Inflight) }))
 	set.NewGauge("outpost_broker_retained_messages", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.Retained) }))
 	set.NewGauge("outpost_broker_retained_bytes", info(func(s *mqtt.Server) int64 { return s.Topics.Retained.Bytes() }))
 	set.NewGauge("outpost_broker_subscriptions", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.Subscriptions) }))
-	set.NewGauge("outpost_broker_bytes_received", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.BytesReceived) }))
-	set.NewGauge(`outpost_broker_messages_dropped_inflight_full`, info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.InflightDropped) }))
 	set.NewGauge("outpost_broker_connections_pending", func() float64 { return float64(b.conns.pending.Load()) })
-	set.NewGauge("outpost_broker_bytes_sent", info(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.BytesSent) }))
+	// Cumulative server counters, exposed as counters (_total; they were
+	// gauges without _total before).
+	counters := []struct {
+		name string
+		f    func(*mqtt.Server) int64
+	}{
+		{"outpost_broker_messages_sent_total", func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.MessagesSent) }},
+		{"outpost_broker_received_bytes_total", func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.BytesReceived) }},
+		{"outpost_broker_sent_bytes_total", func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.BytesSent) }},
+		{"outpost_broker_messages_dropped_inflight_full_total", func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.InflightDropped) }},
+	}
+	set.RegisterMetricsWriter(func(w io.Writer) {
+		for _, c := range counters {
+			metrics.WriteCounterUint64(w, c.name, uint64(info(c.f)()))
+		}
+	})
 	return m
 }
 

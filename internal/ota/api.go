@@ -16,7 +16,9 @@ import (
 //	DELETE /api/v1/update/bad            forget every bad version: 200 BadList
 //
 // Errors are JSON {"error": "..."} with 409 while busy or on trial, 502 for
-// repository failures.
+// repository failures. The handlers do not authenticate: the agent serves
+// /api/v1/update/ only with telemetry.token or on telemetry.socket
+// (telemetry.Options.Protected).
 func (u *Updater) Register(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/v1/update/check", u.handleCheck)
 	mux.HandleFunc("POST /api/v1/update/apply", u.handleApply)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"time"
 )
 
@@ -64,7 +65,16 @@ func (e *RestartError) Error() string {
 // to run the agent. When Boot restarts the process (exec or exit, see
 // Restart) it does not return. It returns (nil, nil) when there is nothing to gate, and an error
 // only when the state cannot be written (the agent should still run).
-func Boot(ctx context.Context, cfg Config, opt BootOptions) (*Trial, error) {
+func Boot(ctx context.Context, cfg Config, opt BootOptions) (t *Trial, err error) {
+	defer func() {
+		// An updater bug must not keep the agent from starting.
+		if r := recover(); r != nil {
+			t, err = nil, fmt.Errorf("%w: boot: %v", ErrPanic, r)
+			if opt.Log != nil {
+				opt.Log.Error("updater panicked at boot; starting without it", "module", "ota", "err", err, "stack", string(debug.Stack()))
+			}
+		}
+	}()
 	if !cfg.Enabled {
 		return nil, nil
 	}
@@ -82,7 +92,8 @@ func Boot(ctx context.Context, cfg Config, opt BootOptions) (*Trial, error) {
 		// cannot exec.
 		return nil, e.watchdog(4 * poll)
 	}
-	t, next, err := e.boot()
+	var next int
+	t, next, err = e.boot()
 	switch next {
 	case nextRestart:
 		if rerr := e.restart(); rerr != nil {

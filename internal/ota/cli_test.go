@@ -65,6 +65,9 @@ func TestReleaseAndUpdateCLI(t *testing.T) {
 	g := newGateway(t, "1.0.0", url, filepath.Join(repo, "metadata", "1.root.json"))
 	g.cfg.Interval = 1e12 // check only on command
 	g.cfg.StabilityWindow = 1e9
+	// The API keeps its address across restarts, as a real agent's does:
+	// `update apply` follows the new version to its commit.
+	g.listen = freePort(t)
 	s := g.supervise(t, "")
 	var api string
 	checkFor(t, 10*time.Second, func() error {
@@ -77,8 +80,11 @@ func TestReleaseAndUpdateCLI(t *testing.T) {
 	if !strings.Contains(out, "available: 1.1.0 (delta") {
 		t.Fatalf("check output:\n%s", out)
 	}
-	out = run("update", "apply", "--api", api)
+	out = run("update", "apply", "--api", api, "--timeout", "60s")
 	t.Logf("outpost update apply:\n%s", out)
+	if !strings.Contains(out, "1.1.0 committed") {
+		t.Fatalf("apply did not follow the update to its commit:\n%s", out)
+	}
 	s.waitCommitted(t, "1.1.0", 30*time.Second)
 	b, _ := os.ReadFile(g.addrFile)
 	out = run("update", "status", "--api", "http://"+string(b))

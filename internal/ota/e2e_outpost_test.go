@@ -58,6 +58,9 @@ type realBuild struct {
 	repo, keys string
 }
 
+// e2eToken is the real agents' telemetry.token: the update API needs it.
+const e2eToken = "e2e-update-token"
+
 // realGateway returns a gateway running real outpost 1.0.0 against a copy
 // of the real repository, configured with restart mode restart.
 func realGateway(t *testing.T, restart string) (*gateway, *server, *tuf.Repo, *realBuild) {
@@ -84,6 +87,7 @@ log:
   level: debug
 telemetry:
   address: %s
+  token: %s
 broker:
   listeners:
     - type: tcp
@@ -101,7 +105,7 @@ ota:
   stability_window: 1s
   max_attempts: 2
   restart: %s
-`, filepath.Join(g.dir, "data"), telemetry, broker, g.cfg.URL, g.cfg.Root, fixture.platform, g.cfg.StagingDir, g.bin, restart)
+`, filepath.Join(g.dir, "data"), telemetry, e2eToken, broker, g.cfg.URL, g.cfg.Root, fixture.platform, g.cfg.StagingDir, g.bin, restart)
 	if err := os.WriteFile(cfg, []byte(y), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +114,7 @@ ota:
 	}
 	g.args = []string{"run", "--config", cfg}
 	g.prestartArgs = []string{"update", "prestart", "--config", cfg}
-	g.api = telemetry
+	g.api, g.token = telemetry, e2eToken
 	return g, srv, r, b
 }
 
@@ -182,11 +186,11 @@ func TestRealOutpostWatchdogRollback(t *testing.T) {
 	}
 	t.Logf("rolled back without a service manager: %+v", st.Last)
 	api := "http://" + g.api
-	if out, err := exec.Command(g.bin, "update", "bad", "--api", api).CombinedOutput(); err != nil || !strings.Contains(string(out), "bad:       1.1.0") {
+	if out, err := exec.Command(g.bin, "update", "bad", "--api", api, "--token", g.token).CombinedOutput(); err != nil || !strings.Contains(string(out), "bad:       1.1.0") {
 		t.Fatalf("update bad: %v\n%s", err, out)
 	}
 	first := st.Last.Time
-	if out, err := exec.Command(g.bin, "update", "forget-bad", "1.1.0", "--api", api).CombinedOutput(); err != nil || !strings.Contains(string(out), "forgotten: 1.1.0") {
+	if out, err := exec.Command(g.bin, "update", "forget-bad", "1.1.0", "--api", api, "--token", g.token).CombinedOutput(); err != nil || !strings.Contains(string(out), "forgotten: 1.1.0") {
 		t.Fatalf("update forget-bad: %v %q", err, out)
 	}
 	checkFor(t, 90*time.Second, func() error {
@@ -224,4 +228,38 @@ func vmRSS(pid int) string {
 		}
 	}
 	return "RSS ?"
+}
+
+// Issue 9 item 4: `outpost update apply` kept polling for over ten minutes
+// after a successful update when the agent restarted within one poll
+// interval: it waited to catch the API going away. It must follow the trial
+// by the version running and the commit state. Here it polls every 3 s and
+// the agent (restarted by the supervisor in 50 ms, as systemd would)
+// restarts between two polls.
+func TestUpdateApplyFollowsTrialToCommit(t *testing.T) {
+	g, _, _, _ := realGateway(t, "exit")
+	raw, err := os.ReadFile(g.args[2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Check and apply only on command.
+	y := strings.Replace(string(raw), "  interval: 300ms\n", "  interval: 1h\n  auto_apply: false\n", 1)
+	if err := os.WriteFile(g.args[2], []byte(y), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	g.prestart = true
+	s := g.supervise(t, "")
+	checkFor(t, 30*time.Second, func() error { _, err := s.status(); return err })
+	cmd := exec.Command(fixture.outpost, "update", "apply", "--api", "http://"+g.api, "--token", g.token,
+		"--poll", "3s", "--timeout", "90s")
+	t0 := time.Now()
+	out, err := cmd.CombinedOutput()
+	t.Logf("outpost update apply (%v):\n%s", time.Since(t0).Round(time.Millisecond), out)
+	if err != nil || !strings.Contains(string(out), "1.1.0 committed") {
+		t.Fatalf("apply: %v", err)
+	}
+	st := s.waitCommitted(t, "1.1.0", 5*time.Second)
+	if st.Running != "1.1.0" {
+		t.Fatalf("running %s", st.Running)
+	}
 }

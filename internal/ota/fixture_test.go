@@ -292,6 +292,8 @@ type gateway struct {
 	// pre-start arguments and the API address (host:port).
 	args, prestartArgs []string
 	api                string
+	token              string   // bearer token of the update API
+	listen             string   // test agent's API address (default: a new port each start)
 	env                []string // added to the agent's environment
 }
 
@@ -324,7 +326,11 @@ func newGateway(t testing.TB, version, url, root string) *gateway {
 
 func (g *gateway) writeConfig(t testing.TB) {
 	t.Helper()
-	y := fmt.Sprintf(`addr_file: %s
+	listen := ""
+	if g.listen != "" {
+		listen = "listen: " + g.listen + "\n"
+	}
+	y := listen + fmt.Sprintf(`addr_file: %s
 ota:
   enabled: true
   url: %s

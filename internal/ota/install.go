@@ -49,6 +49,14 @@ var (
 	// ErrTrial is returned by Apply while the running version is on trial
 	// (not yet committed).
 	ErrTrial = errors.New("ota: running version not yet committed")
+	// ErrBadTarget is returned by Check and Apply when the newest signed
+	// target for this platform cannot be used: a hash, length or custom
+	// field is missing or malformed. It is refused before any state is
+	// written (and logged); a valid older target may still be offered.
+	ErrBadTarget = errors.New("ota: signed target metadata is unusable")
+	// ErrPanic is returned when the updater panicked; the update in
+	// progress is marked bad and the agent keeps running.
+	ErrPanic = errors.New("ota: updater panicked")
 	// ErrDisabled is returned by Check and Apply when ota.enabled is false.
 	ErrDisabled = errors.New("ota: updater disabled (ota.enabled: false)")
 )
@@ -106,6 +114,10 @@ func newEngine(cfg Config, log *slog.Logger) (*engine, error) {
 // names it: the crash tests' power cut. It costs a string compare.
 var failpointName = os.Getenv("OUTPOST_OTA_FAILPOINT")
 
+// panicHook, set only by tests (export_test.go), panics at a named step:
+// the updater bug that recovery must contain.
+var panicHook func(step string)
+
 func failpoint(name string) {
 	if failpointName != "" && failpointName == name {
 		syscall.Kill(os.Getpid(), syscall.SIGKILL)
@@ -122,6 +134,13 @@ func (e *engine) loadState() *State {
 		os.Rename(e.cfg.StateFile, e.cfg.StateFile+".bad")
 		return &State{Phase: PhaseIdle}
 	}
+	if st.Phase == PhaseDownloading {
+		// A download recorded by an older version from a target it did
+		// not validate (no sha256: it panicked at every start): drop it.
+		if _, err := ValidateTarget(st.Target.Target, st.Target.File); err != nil {
+			e.abandon(st, err.Error())
+		}
+	}
 	return st
 }
 
@@ -133,7 +152,29 @@ func (e *engine) saveState(st *State) error {
 }
 
 func (e *engine) partPath(p *Pending) string {
-	return filepath.Join(e.dlDir, safeName(p.Target)+"."+p.File.Hashes["sha256"][:16]+".part")
+	id := p.File.Hashes["sha256"]
+	if !hexSHA256().MatchString(id) {
+		// Never reached with validated targets; no panic if it is.
+		id = "nosha256"
+	}
+	return filepath.Join(e.dlDir, safeName(p.Target)+"."+id[:min(16, len(id))]+".part")
+}
+
+// abandon drops the download in progress as unusable: the version is
+// marked bad (never installed automatically again; `update forget-bad`
+// clears it) and the outcome recorded. Hold e.mu.
+func (e *engine) abandon(st *State, reason string) {
+	p := st.Target
+	e.log.Error("update abandoned; version marked bad", "version", p.Version, "reason", reason)
+	os.Remove(e.partPath(p))
+	if !st.isBad(p.Version) {
+		st.Bad = append(st.Bad, p.Version)
+	}
+	st.Last = &Outcome{Version: p.Version, From: p.FromVersion, Result: "failed", Reason: reason, Time: time.Now().UTC()}
+	st.Phase, st.Target, st.Attempts, st.Reason = PhaseIdle, nil, 0, ""
+	if err := e.saveState(st); err != nil {
+		e.log.Error("state", "err", err)
+	}
 }
 
 // stage downloads p's target (resuming), verifies it and builds the new
@@ -141,6 +182,9 @@ func (e *engine) partPath(p *Pending) string {
 func (e *engine) stage(ctx context.Context, f *fetcher, targetPath string, p *Pending, targets *tuf.Targets, progress func(Progress)) error {
 	if err := os.MkdirAll(e.dlDir, 0o755); err != nil {
 		return fmt.Errorf("ota: %w", err)
+	}
+	if panicHook != nil {
+		panicHook("stage")
 	}
 	part := e.partPath(p)
 	var err error

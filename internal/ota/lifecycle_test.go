@@ -195,11 +195,17 @@ func (s *supervisor) status() (*ota.Status, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+string(addr)+"/api/v1/update/status", nil)
+	if s.g.token != "" {
+		req.Header.Set("Authorization", "Bearer "+s.g.token)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("status: HTTP %s", resp.Status)
+	}
 	var st ota.Status
 	return &st, json.NewDecoder(resp.Body).Decode(&st)
 }

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"sync"
@@ -192,4 +194,58 @@ func (s *State) noDelta(version string) bool {
 		}
 	}
 	return false
+}
+
+// The highest TUF metadata versions this gateway has trusted are kept in
+// seen-versions.json next to the state file (not in the metadata cache,
+// which an operator may wipe to recover from a bad mirror), and passed to
+// the TUF client as its rollback floor. They are not in state.json because
+// older binaries parse that file strictly and the previous binary reads it
+// (pre-start hook, trial watchdog).
+func (e *engine) seenPath() string {
+	return filepath.Join(filepath.Dir(e.cfg.StateFile), "seen-versions.json")
+}
+
+// loadSeen returns the saved floor; an unreadable file is logged and
+// ignored (the metadata cache still protects).
+func (e *engine) loadSeen() map[string]int64 {
+	raw, err := os.ReadFile(e.seenPath())
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			e.log.Warn("seen versions unreadable", "err", err, "file", e.seenPath())
+		}
+		return nil
+	}
+	var m map[string]int64
+	if err := json.Unmarshal(raw, &m); err != nil {
+		e.log.Warn("seen versions unreadable", "err", err, "file", e.seenPath())
+		return nil
+	}
+	return m
+}
+
+// saveSeen saves the floor after a refresh: floor as the client left it
+// (entries a key rotation removed are gone) raised to the versions just
+// trusted. It writes only when that differs from the file.
+func (e *engine) saveSeen(floor, now map[string]int64) {
+	out := maps.Clone(floor)
+	if out == nil {
+		out = map[string]int64{}
+	}
+	for k, v := range now {
+		if v > out[k] {
+			out[k] = v
+		}
+	}
+	if maps.Equal(out, e.loadSeen()) {
+		return
+	}
+	raw, _ := json.MarshalIndent(out, "", "  ")
+	err := os.MkdirAll(filepath.Dir(e.seenPath()), 0o755)
+	if err == nil {
+		err = tuf.WriteFileAtomic(e.seenPath(), append(raw, '\n'), 0o644)
+	}
+	if err != nil {
+		e.log.Warn("cannot save seen versions", "err", err, "file", e.seenPath())
+	}
 }

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"strings"
+	"sync"
 
 	"github.com/outpost-edge/outpost/internal/ota/tuf"
 )
@@ -67,17 +69,67 @@ type Plan struct {
 	FullSize int64 `json:"full_size"`
 }
 
+// hexSHA512 matches a lowercase hex SHA-512.
+var hexSHA512 = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9a-f]{128}$`) })
+
+// MaxTargetLength bounds a target's signed length (a binary or a delta):
+// larger is refused as malformed before anything is downloaded.
+const MaxTargetLength = 1 << 30
+
+// ValidateTarget checks everything the updater later relies on in a signed
+// target, so that no malformed metadata (signed by a careless publisher or
+// by a compromised delegated key) reaches the state file or the download
+// code: a positive length within MaxTargetLength, a lowercase hex sha256
+// (the staging file name and the consistent-snapshot path are built from
+// it), well-formed optional sha512, and complete Outpost custom data whose
+// name matches its kind, platform and version.
+func ValidateTarget(name string, tf tuf.TargetFile) (*Custom, error) {
+	if tf.Length <= 0 || tf.Length > MaxTargetLength {
+		return nil, fmt.Errorf("%w: %s: length %d (want 1..%d)", ErrBadTarget, name, tf.Length, int64(MaxTargetLength))
+	}
+	if !hexSHA256().MatchString(tf.Hashes["sha256"]) {
+		return nil, fmt.Errorf("%w: %s: hashes.sha256 missing or malformed (%q)", ErrBadTarget, name, tf.Hashes["sha256"])
+	}
+	if h, ok := tf.Hashes["sha512"]; ok && !hexSHA512().MatchString(h) {
+		return nil, fmt.Errorf("%w: %s: hashes.sha512 malformed", ErrBadTarget, name)
+	}
+	c, err := ParseCustom(tf)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: custom: %v", ErrBadTarget, name, err)
+	}
+	if !canonicalVersion(c.Version) {
+		return nil, fmt.Errorf("%w: %s: custom.version %q is not a canonical semantic version", ErrBadTarget, name, c.Version)
+	}
+	want := FullTargetName(c.Platform, c.Version)
+	if c.Kind == "delta" {
+		want = DeltaTargetName(c.Platform, c.From, c.Version)
+	}
+	if name != want {
+		return nil, fmt.Errorf("%w: %s: custom data names %s", ErrBadTarget, name, want)
+	}
+	return c, nil
+}
+
 // choose picks the newest version for platform above running that is not
 // bad, and a delta from the running binary (whose sha256 is runningSHA)
 // when one exists and useDelta. It returns nil when nothing is newer.
-func choose(targets map[string]tuf.TargetFile, platform, running, runningSHA string, st *State, useDelta bool) *Plan {
-	var best *Plan
+// Targets of this platform that would be candidates but fail
+// ValidateTarget are skipped and returned in rejected.
+func choose(targets map[string]tuf.TargetFile, platform, running, runningSHA string, st *State, useDelta bool) (best *Plan, rejected []error) {
+	prefix := platform + "/outpost-"
 	for name, tf := range targets {
-		c, err := ParseCustom(tf)
-		if err != nil || c.Kind != "full" || c.Platform != platform {
+		if !strings.HasPrefix(name, prefix) || !strings.HasSuffix(name, ".zst") {
 			continue
 		}
-		if name != FullTargetName(platform, c.Version) {
+		c, err := ValidateTarget(name, tf)
+		if err != nil {
+			// Only a target that could be an update is worth reporting.
+			if v := strings.TrimSuffix(strings.TrimPrefix(name, prefix), ".zst"); CompareVersions(v, running) > 0 {
+				rejected = append(rejected, err)
+			}
+			continue
+		}
+		if c.Kind != "full" || c.Platform != platform {
 			continue
 		}
 		if CompareVersions(c.Version, running) <= 0 || st.isBad(c.Version) {
@@ -88,21 +140,24 @@ func choose(targets map[string]tuf.TargetFile, platform, running, runningSHA str
 		}
 	}
 	if best == nil || !useDelta || st.noDelta(best.Version) {
-		return best
+		return best, rejected
 	}
 	name := DeltaTargetName(platform, running, best.Version)
 	tf, ok := targets[name]
 	if !ok {
-		return best
+		return best, rejected
 	}
-	c, err := ParseCustom(tf)
-	if err != nil || c.Kind != "delta" || c.FromSHA256 != runningSHA || c.SHA256 != best.Custom.SHA256 || c.Platform != platform {
-		return best
+	c, err := ValidateTarget(name, tf)
+	if err != nil {
+		return best, append(rejected, err)
+	}
+	if c.Kind != "delta" || c.FromSHA256 != runningSHA || c.SHA256 != best.Custom.SHA256 || c.Platform != platform {
+		return best, rejected
 	}
 	if tf.Length >= best.File.Length {
-		return best
+		return best, rejected
 	}
-	return &Plan{Version: best.Version, Kind: "delta", Target: name, Download: tf.Length, Custom: *c, File: tf, FullSize: best.FullSize}
+	return &Plan{Version: best.Version, Kind: "delta", Target: name, Download: tf.Length, Custom: *c, File: tf, FullSize: best.FullSize}, rejected
 }
 
 // fileSHA256 hashes a file.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -319,9 +320,46 @@ func (u *Updater) runningSHA() (string, error) {
 
 // Check refreshes and verifies the repository metadata and returns the
 // update that Apply would install, or nil when nothing is newer.
-func (u *Updater) Check(ctx context.Context) (*Plan, error) {
-	p, _, err := u.check(ctx)
+func (u *Updater) Check(ctx context.Context) (p *Plan, err error) {
+	defer u.recoverPanic(&err)
+	p, _, err = u.check(ctx)
 	return p, err
+}
+
+// recoverPanic turns a panic in the updater into ErrPanic: the update in
+// progress (if any is being downloaded) is marked bad and dropped, the
+// stack is logged, and the agent keeps running. An updater bug or a
+// malformed input that slipped past validation must never stop the agent
+// from starting, or keep it down by panicking again at every start.
+func (u *Updater) recoverPanic(errp *error) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	stack := debug.Stack()
+	err := fmt.Errorf("%w: %v", ErrPanic, r)
+	u.opt.Log.Error("updater panicked; update abandoned, agent continues", "module", "ota", "err", err, "stack", string(stack))
+	u.m.applyErrors.Inc()
+	if e := u.e; e != nil && e.cfg.Enabled {
+		func() {
+			defer func() {
+				if r := recover(); r != nil {
+					u.opt.Log.Error("updater panicked while recording a panic", "module", "ota", "err", fmt.Sprint(r))
+				}
+			}()
+			e.mu.Lock()
+			defer e.mu.Unlock()
+			st := e.loadState()
+			if st.Phase == PhaseDownloading && st.Target != nil {
+				e.abandon(st, err.Error())
+			}
+			u.mu.Lock()
+			u.applyState(st)
+			u.mu.Unlock()
+		}()
+	}
+	u.setErr(err)
+	*errp = err
 }
 
 func (u *Updater) check(ctx context.Context) (*Plan, *tuf.Targets, error) {
@@ -332,7 +370,11 @@ func (u *Updater) check(ctx context.Context) (*Plan, *tuf.Targets, error) {
 		return nil, nil, ErrDisabled
 	}
 	u.m.checks.Inc()
+	client.Floor = e.loadSeen()
 	targets, err := client.Refresh(ctx)
+	if err == nil {
+		e.saveSeen(client.Floor, client.Versions())
+	}
 	u.mu.Lock()
 	u.status.LastCheck = time.Now().UTC()
 	u.mu.Unlock()
@@ -347,11 +389,20 @@ func (u *Updater) check(ctx context.Context) (*Plan, *tuf.Targets, error) {
 		return nil, nil, err
 	}
 	st := e.loadState()
-	plan := choose(targets.Targets, e.cfg.Platform, u.opt.Version, sum, st, *e.cfg.Delta)
+	plan, rejected := choose(targets.Targets, e.cfg.Platform, u.opt.Version, sum, st, *e.cfg.Delta)
+	for _, r := range rejected {
+		u.opt.Log.Warn("signed target refused", "module", "ota", "err", r)
+	}
 	u.mu.Lock()
 	u.status.Available = plan
 	u.applyState(st)
 	u.mu.Unlock()
+	if plan == nil && len(rejected) > 0 {
+		err := errors.Join(rejected...)
+		u.m.checkErrors.Inc()
+		u.setErr(err)
+		return nil, nil, err
+	}
 	u.setErr(nil)
 	if plan != nil {
 		u.opt.Log.Info("update available", "module", "ota", "version", plan.Version, "kind", plan.Kind, "download", plan.Download)
@@ -362,7 +413,7 @@ func (u *Updater) check(ctx context.Context) (*Plan, *tuf.Targets, error) {
 // Apply checks, then downloads, verifies, stages and installs the newest
 // version, and calls Options.Restart. It resumes an interrupted download.
 // It returns ErrNoUpdate when nothing is newer.
-func (u *Updater) Apply(ctx context.Context) error {
+func (u *Updater) Apply(ctx context.Context) (err error) {
 	u.mu.Lock()
 	if u.busy {
 		u.mu.Unlock()
@@ -375,7 +426,8 @@ func (u *Updater) Apply(ctx context.Context) error {
 		u.busy = false
 		u.mu.Unlock()
 	}()
-	err := u.apply(ctx)
+	defer u.recoverPanic(&err)
+	err = u.apply(ctx)
 	if err != nil && !errors.Is(err, ErrNoUpdate) {
 		u.m.applyErrors.Inc()
 		u.setErr(err)

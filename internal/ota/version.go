@@ -1,6 +1,7 @@
 package ota
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
 )
@@ -101,4 +102,73 @@ func comparePre(a, b string) int {
 		return 1
 	}
 	return 0
+}
+
+// canonicalVersion reports whether s is a semantic version in its one
+// canonical spelling: MAJOR.MINOR.PATCH with an optional pre-release, no
+// "v" prefix, no build metadata ("+..."), no leading zeros in numeric
+// identifiers. Releases and targets use only canonical versions, so that
+// one version has one name (1.2.0, v1.2.0 and 1.2.0+x would otherwise be
+// three targets of the same version).
+func canonicalVersion(s string) bool {
+	core, pre, hasPre := strings.Cut(s, "-")
+	parts := strings.Split(core, ".")
+	if len(parts) != 3 {
+		return false
+	}
+	for _, p := range parts {
+		if !numericIdent(p) {
+			return false
+		}
+	}
+	if !hasPre {
+		return true
+	}
+	for _, id := range strings.Split(pre, ".") {
+		if id == "" {
+			return false
+		}
+		allDigits := true
+		for _, r := range id {
+			switch {
+			case r >= '0' && r <= '9':
+			case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r == '-':
+				allDigits = false
+			default:
+				return false
+			}
+		}
+		if allDigits && !numericIdent(id) {
+			return false
+		}
+	}
+	return true
+}
+
+// numericIdent: digits only, no leading zero (except "0" itself).
+func numericIdent(s string) bool {
+	if s == "" || len(s) > 18 || (len(s) > 1 && s[0] == '0') {
+		return false
+	}
+	for _, r := range s {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// CanonicalVersion returns nil when s is a canonical semantic version
+// (see canonicalVersion) and an error naming the problem otherwise.
+func CanonicalVersion(s string) error {
+	if canonicalVersion(s) {
+		return nil
+	}
+	if c := strings.TrimPrefix(s, "v"); c != s && canonicalVersion(c) {
+		return fmt.Errorf("version %q: write it without the v prefix (%s)", s, c)
+	}
+	if c, _, ok := strings.Cut(s, "+"); ok && canonicalVersion(c) {
+		return fmt.Errorf("version %q: build metadata (+...) is not allowed; it would publish %s a second time", s, c)
+	}
+	return fmt.Errorf("version %q is not a semantic version MAJOR.MINOR.PATCH[-PRERELEASE] without leading zeros", s)
 }

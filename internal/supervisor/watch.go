@@ -2,7 +2,9 @@ package supervisor
 
 import (
 	"context"
+	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -31,6 +33,14 @@ func (s *Supervisor) watch(dir string) (*watcher, error) {
 		fw.Close()
 		return nil, err
 	}
+	// Component subdirectories (DIR/NAME/recipe.yaml) are watched too.
+	if entries, err := os.ReadDir(dir); err == nil {
+		for _, e := range entries {
+			if e.IsDir() && !strings.HasPrefix(e.Name(), ".") {
+				fw.Add(filepath.Join(dir, e.Name()))
+			}
+		}
+	}
 	w := &watcher{w: fw, done: make(chan struct{})}
 	go func() {
 		defer close(w.done)
@@ -42,7 +52,19 @@ func (s *Supervisor) watch(dir string) (*watcher, error) {
 				if !ok {
 					return
 				}
-				if !recipe.IsRecipeFile(filepath.Base(ev.Name)) || ev.Op == fsnotify.Chmod {
+				if ev.Op == fsnotify.Chmod {
+					continue
+				}
+				inSub := filepath.Dir(ev.Name) != filepath.Clean(dir)
+				switch {
+				case !inSub && ev.Op&fsnotify.Create != 0 && isDir(ev.Name):
+					// A new component subdirectory.
+					fw.Add(ev.Name)
+				case !inSub && recipe.IsRecipeFile(filepath.Base(ev.Name)):
+				case inSub && recipe.IsRecipeFile(filepath.Base(ev.Name)):
+				case !inSub && ev.Op&(fsnotify.Remove|fsnotify.Rename) != 0:
+					// Perhaps a component subdirectory went away.
+				default:
 					continue
 				}
 				if timer == nil {
@@ -66,6 +88,11 @@ func (s *Supervisor) watch(dir string) (*watcher, error) {
 		}
 	}()
 	return w, nil
+}
+
+func isDir(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.IsDir()
 }
 
 func (w *watcher) close() {

@@ -6,9 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"runtime/metrics"
 	"strings"
 	"sync"
@@ -27,6 +31,12 @@ type Config struct {
 	Address string `yaml:"address"`
 	// Token, when set, is required as a Bearer token on /api/ and /debug/.
 	Token string `yaml:"token"`
+	// Socket, when set, is the path of a unix socket serving the same
+	// endpoints to local processes without a token: the socket file is
+	// created with mode 0600, so only its owner (and root) can connect.
+	// Protected APIs (the update API) need either the token over TCP or
+	// this socket.
+	Socket string `yaml:"socket"`
 	// Pprof enables /debug/pprof (default true; loopback-only by default).
 	Pprof *bool `yaml:"pprof"`
 }
@@ -44,6 +54,9 @@ func (c *Config) SetDefaults() {
 
 // Validate checks the section.
 func (c Config) Validate() error {
+	if c.Socket != "" && !filepath.IsAbs(c.Socket) {
+		return fmt.Errorf("socket: %q must be an absolute path", c.Socket)
+	}
 	if c.Address == "off" {
 		return nil
 	}
@@ -69,12 +82,15 @@ type Server struct {
 	health  HealthSource
 	extra   []func(*http.ServeMux)
 	cfgJSON func() any // redacted config for /api/v1/config
+	// protected path prefixes need the token (or the unix socket).
+	protected []string
 
-	mu   sync.Mutex
-	cfg  Config
-	srv  *http.Server
-	ln   net.Listener
-	addr string
+	mu      sync.Mutex
+	cfg     Config
+	srv     *http.Server
+	sockSrv *http.Server
+	ln      net.Listener
+	addr    string
 }
 
 // Options are the server's dependencies.
@@ -86,6 +102,10 @@ type Options struct {
 	Routes []func(*http.ServeMux)
 	// RedactedConfig returns the running config with secrets replaced.
 	RedactedConfig func() any
+	// Protected lists path prefixes (such as "/api/v1/update/") that are
+	// served only to authenticated callers: with telemetry.token over TCP,
+	// or anyone on telemetry.socket. Without either they answer 403.
+	Protected []string
 }
 
 var _ module.Module = (*Server)(nil)
@@ -99,8 +119,9 @@ func New(o Options) *Server {
 	if o.Metrics == nil {
 		o.Metrics = vm.NewSet()
 	}
-	s := &Server{log: o.Logger, set: o.Metrics, health: o.Health, extra: o.Routes, cfgJSON: o.RedactedConfig}
+	s := &Server{log: o.Logger, set: o.Metrics, health: o.Health, extra: o.Routes, cfgJSON: o.RedactedConfig, protected: o.Protected}
 	registerRuntimeMetrics(o.Metrics)
+	registerBuildInfo(o.Metrics)
 	return s
 }
 
@@ -123,23 +144,64 @@ func (s *Server) Init(_ context.Context, cfg any) error {
 func (s *Server) Start(context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.cfg.Socket != "" {
+		ln, err := listenSocket(s.cfg.Socket)
+		if err != nil {
+			return err
+		}
+		srv := &http.Server{Handler: s.mux(s.cfg, true), ReadHeaderTimeout: 10 * time.Second}
+		s.sockSrv = srv
+		go s.serve(srv, ln)
+	}
 	if s.cfg.Address == "off" {
 		return nil
 	}
 	ln, err := net.Listen("tcp", s.cfg.Address)
 	if err != nil {
+		if s.sockSrv != nil {
+			s.sockSrv.Close()
+			s.sockSrv = nil
+		}
 		return fmt.Errorf("telemetry: listen on %s: %w", s.cfg.Address, err)
 	}
 	s.ln = ln
 	s.addr = ln.Addr().String()
-	srv := &http.Server{Handler: s.mux(s.cfg), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: s.mux(s.cfg, false), ReadHeaderTimeout: 10 * time.Second}
 	s.srv = srv
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.log.Error("telemetry: HTTP server stopped", "err", err)
-		}
-	}()
+	go s.serve(srv, ln)
 	return nil
+}
+
+func (s *Server) serve(srv *http.Server, ln net.Listener) {
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		s.log.Error("telemetry: HTTP server stopped", "err", err)
+	}
+}
+
+// listenSocket binds the unix socket at path with mode 0600, replacing a
+// stale socket file (never another kind of file).
+func listenSocket(path string) (net.Listener, error) {
+	if st, err := os.Lstat(path); err == nil {
+		if st.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("telemetry: socket %s: exists and is not a socket", path)
+		}
+		os.Remove(path)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("telemetry: socket: %w", err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("telemetry: listen on %s: %w", path, err)
+	}
+	// Not through the umask: that is process-wide and other modules may
+	// create files meanwhile. Connections are accepted only once Start
+	// returns, after the chmod.
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("telemetry: socket %s: %w", path, err)
+	}
+	return ln, nil
 }
 
 // Addr returns the bound address ("" when disabled).
@@ -152,13 +214,17 @@ func (s *Server) Addr() string {
 // Stop implements module.Module.
 func (s *Server) Stop(ctx context.Context) error {
 	s.mu.Lock()
-	srv := s.srv
-	s.srv = nil
+	srv, sock := s.srv, s.sockSrv
+	s.srv, s.sockSrv = nil, nil
 	s.mu.Unlock()
-	if srv == nil {
-		return nil
+	var errs []error
+	if sock != nil {
+		errs = append(errs, sock.Shutdown(ctx))
 	}
-	return srv.Shutdown(ctx)
+	if srv != nil {
+		errs = append(errs, srv.Shutdown(ctx))
+	}
+	return errors.Join(errs...)
 }
 
 // Reconfigure restarts the endpoint when its settings change.
@@ -181,7 +247,7 @@ func (s *Server) Health() module.Status {
 	if s.cfg.Address == "off" {
 		return module.Status{State: module.StateReady, Detail: "HTTP endpoint disabled"}
 	}
-	if s.srv == nil {
+	if s.srv == nil && s.sockSrv == nil {
 		return module.Status{State: module.StateStopped}
 	}
 	return module.Status{State: module.StateReady, Detail: s.addr}
@@ -193,7 +259,7 @@ func (s *Server) Health() module.Status {
 // pattern it registers (runtime.Caller): registering the endpoint's routes and
 // the update API at start read about 0.5 MB of the binary's line tables, which
 // then stayed in the agent's RSS although /readyz and /metrics never need them.
-func (s *Server) mux(cfg Config) http.Handler {
+func (s *Server) mux(cfg Config, trusted bool) http.Handler {
 	extra := sync.OnceValue(func() http.Handler {
 		if len(s.extra) == 0 {
 			return http.NotFoundHandler()
@@ -242,8 +308,23 @@ func (s *Server) mux(cfg Config) http.Handler {
 			extra().ServeHTTP(w, r)
 		}
 	})
-	if cfg.Token == "" {
+	if trusted {
+		// The unix socket: its file mode is the authentication.
 		return mux
+	}
+	if cfg.Token == "" {
+		if len(s.protected) == 0 {
+			return mux
+		}
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			for _, p := range s.protected {
+				if strings.HasPrefix(r.URL.Path, p) {
+					http.Error(w, "forbidden: "+p+" needs telemetry.token (send it as a Bearer token) or a request on telemetry.socket", http.StatusForbidden)
+					return
+				}
+			}
+			mux.ServeHTTP(w, r)
+		})
 	}
 	token := []byte("Bearer " + cfg.Token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -258,10 +339,11 @@ func (s *Server) mux(cfg Config) http.Handler {
 	})
 }
 
+// metrics serves the Prometheus text exposition format (0.0.4) with a
+// # HELP and # TYPE line for every family (see help.go).
 func (s *Server) metrics(w http.ResponseWriter, _ *http.Request) {
-	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-	s.set.WritePrometheus(w)
-	vm.WriteProcessMetrics(w)
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	WriteMetrics(w, s.set)
 }
 
 // Readiness is the /readyz body.
@@ -302,21 +384,41 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 // registerRuntimeMetrics adds GC pause quantiles from runtime/metrics, which
-// VictoriaMetrics' process metrics do not include as a histogram.
+// VictoriaMetrics' process metrics do not include as a histogram. They are
+// exposed as a summary (quantile labels belong to summaries only).
 func registerRuntimeMetrics(set *vm.Set) {
 	sample := []metrics.Sample{{Name: "/sched/pauses/total/gc:seconds"}}
-	q := func(p float64) func() float64 {
-		return func() float64 {
-			metrics.Read(sample)
-			if sample[0].Value.Kind() != metrics.KindFloat64Histogram {
-				return 0
-			}
-			return histQuantile(sample[0].Value.Float64Histogram(), p)
+	set.RegisterMetricsWriter(func(w io.Writer) {
+		metrics.Read(sample)
+		var h *metrics.Float64Histogram
+		if sample[0].Value.Kind() == metrics.KindFloat64Histogram {
+			h = sample[0].Value.Float64Histogram()
 		}
-	}
-	set.GetOrCreateGauge(`outpost_gc_pause_seconds{quantile="0.5"}`, q(0.5))
-	set.GetOrCreateGauge(`outpost_gc_pause_seconds{quantile="0.99"}`, q(0.99))
-	set.GetOrCreateGauge(`outpost_gc_pause_seconds{quantile="1"}`, q(1))
+		const name = "outpost_gc_pause_seconds"
+		vm.WriteMetadataIfNeeded(w, name, "summary")
+		for _, q := range []struct {
+			label string
+			p     float64
+		}{{"0.5", 0.5}, {"0.99", 0.99}, {"1", 1}} {
+			v := 0.0
+			if h != nil {
+				v = histQuantile(h, q.p)
+			}
+			fmt.Fprintf(w, "%s{quantile=%q} %g\n", name, q.label, v)
+		}
+		var n uint64
+		var sum float64
+		if h != nil {
+			for i, c := range h.Counts {
+				n += c
+				// The bucket's lower bound: the sum is a lower estimate.
+				if lo := h.Buckets[i]; c > 0 && !math.IsInf(lo, -1) {
+					sum += float64(c) * lo
+				}
+			}
+		}
+		fmt.Fprintf(w, "%s_sum %g\n%s_count %d\n", name, sum, name, n)
+	})
 }
 
 func histQuantile(h *metrics.Float64Histogram, p float64) float64 {

@@ -96,12 +96,31 @@ func Add(r *tuf.Repo, binary, version, platform string, deltas int) (*AddResult,
 // AddTo is Add into the delegated role (tuf.Repo.Delegate); role "" is the
 // top-level targets role. The target names must match the role's paths
 // (for instance "linux/arm64/*" for a role that publishes arm64 builds).
-func AddTo(r *tuf.Repo, role, binary, version, platform string, deltas int) (*AddResult, error) {
-	add := r.AddTarget
+func AddTo(r *tuf.Repo, role, binary, version, platform string, deltas int) (_ *AddResult, err error) {
+	var stored []string
+	store := r.AddTarget
 	if role != "" {
-		add = func(name, src string, custom any) (tuf.TargetFile, error) {
+		store = func(name, src string, custom any) (tuf.TargetFile, error) {
 			return r.AddDelegatedTarget(role, name, src, custom)
 		}
+	}
+	add := func(name, src string, custom any) (tuf.TargetFile, error) {
+		tf, err := store(name, src, custom)
+		if err == nil {
+			stored = append(stored, name)
+		}
+		return tf, err
+	}
+	defer func() {
+		if err != nil {
+			// Nothing is left behind by a failed add.
+			for _, n := range stored {
+				os.Remove(r.TargetFilePath(n))
+			}
+		}
+	}()
+	if err := ota.CanonicalVersion(version); err != nil {
+		return nil, fmt.Errorf("release: %w", err)
 	}
 	if _, err := os.Stat(binary); err != nil {
 		return nil, fmt.Errorf("release: %w", err)
@@ -115,6 +134,13 @@ func AddTo(r *tuf.Repo, role, binary, version, platform string, deltas int) (*Ad
 	all := r.AllTargets()
 	if _, dup := all[full]; dup {
 		return nil, fmt.Errorf("release: %s is already in the repository", full)
+	}
+	// One version, one release: an older repository may hold another
+	// spelling of it (v1.2.0, 1.2.0+build) that gateways order equal.
+	for name, tf := range all {
+		if c, err := ota.ParseCustom(tf); err == nil && c.Kind == "full" && c.Platform == platform && ota.CompareVersions(c.Version, version) == 0 {
+			return nil, fmt.Errorf("release: version %s is already in the repository as %s", version, name)
+		}
 	}
 	res := &AddResult{Full: full, Size: int64(len(nw)), Deltas: map[string]int64{}, From: map[string]string{}}
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(8<<20))
@@ -180,6 +206,36 @@ func AddTo(r *tuf.Repo, role, binary, version, platform string, deltas int) (*Ad
 	return res, nil
 }
 
+// CheckKeys loads (and decrypts) every key that publishing with role
+// needs: role (default the targets role), snapshot and timestamp. Call it
+// before Add so that a wrong passphrase fails before anything is written.
+func CheckKeys(r *tuf.Repo, role string) error {
+	if role == "" {
+		role = tuf.RoleTargets
+	}
+	for _, k := range []string{role, tuf.RoleSnapshot, tuf.RoleTimestamp} {
+		if _, err := r.LoadKey(k); err != nil {
+			return fmt.Errorf("release: %s key: %w", k, err)
+		}
+	}
+	return nil
+}
+
+// Discard removes the target files Add stored (when what follows it, such
+// as signing, failed), so a failed add leaves nothing behind.
+func Discard(r *tuf.Repo, res *AddResult) {
+	if res == nil {
+		return
+	}
+	names := []string{res.Full}
+	for n := range res.Deltas {
+		names = append(names, n)
+	}
+	for _, n := range names {
+		os.Remove(r.TargetFilePath(n))
+	}
+}
+
 // readFull decompresses a full target.
 func readFull(path string) ([]byte, error) {
 	f, err := os.Open(path)
@@ -212,9 +268,11 @@ func writeTemp(dir string, b []byte) (string, error) {
 }
 
 // Handler serves a repository directory as static files, with HTTP Range
-// support (http.FileServer), for `outpost release serve`.
+// support (http.FileServer), for `outpost release serve`. Directories are
+// not listed (404): clients only ever ask for names that signed metadata
+// gives them, and a listing would show staged or unpublished files.
 func Handler(dir string) http.Handler {
-	fs := http.FileServer(http.Dir(dir))
+	fs := http.FileServer(filesOnly{http.Dir(dir)})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
@@ -223,4 +281,21 @@ func Handler(dir string) http.Handler {
 		w.Header().Set("Cache-Control", "no-cache")
 		fs.ServeHTTP(w, r)
 	})
+}
+
+// filesOnly is a file system whose directories do not exist (no listing,
+// no index.html).
+type filesOnly struct{ http.FileSystem }
+
+func (f filesOnly) Open(name string) (http.File, error) {
+	file, err := f.FileSystem.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	st, err := file.Stat()
+	if err != nil || st.IsDir() {
+		file.Close()
+		return nil, os.ErrNotExist
+	}
+	return file, nil
 }

@@ -2,9 +2,13 @@ package release
 
 import (
 	"bytes"
+	"io"
 	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/outpost-edge/outpost/internal/ota"
@@ -83,5 +87,65 @@ func TestAddStageSign(t *testing.T) {
 	full, err := readFull(signed.TargetFilePath(ota.FullTargetName("linux/arm64", "1.1.0")))
 	if err != nil || !bytes.Equal(full, v2) {
 		t.Fatalf("full target does not decompress to v2: %v", err)
+	}
+}
+
+// `release serve` serves files, never directory listings.
+func TestHandlerNoDirectoryListing(t *testing.T) {
+	d := t.TempDir()
+	r, err := tuf.InitRepo(filepath.Join(d, "repo"), filepath.Join(d, "keys"), true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(Handler(r.Dir))
+	defer srv.Close()
+	for path, want := range map[string]int{
+		"/": 404, "/metadata/": 404, "/metadata": 404, "/targets/": 404, "/targets": 404,
+		"/metadata/root.json": 200, "/metadata/1.root.json": 200, "/metadata/nope.json": 404,
+	} {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET %s: %d, want %d\n%s", path, resp.StatusCode, want, b)
+		}
+		if want == 404 && bytes.Contains(b, []byte("<a href")) {
+			t.Errorf("GET %s lists a directory", path)
+		}
+	}
+}
+
+// Versions have one spelling: v-prefixed, build metadata and leading
+// zeros are refused, and so is a version already present under another
+// spelling.
+func TestAddRefusesNonCanonicalAndDuplicateVersions(t *testing.T) {
+	d := t.TempDir()
+	r, err := tuf.InitRepo(filepath.Join(d, "repo"), filepath.Join(d, "keys"), true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := filepath.Join(d, "bin")
+	os.WriteFile(b, bytes.Repeat([]byte("outpost"), 1000), 0o755)
+	for _, v := range []string{"v1.2.0", "1.2.0+evil", "01.2.0", "1.2", "1.2.0-", "1.2.0-01", "1.2.0-a..b"} {
+		if _, err := Add(r, b, v, "linux/arm64", 3); err == nil {
+			t.Errorf("version %q accepted", v)
+		}
+	}
+	for _, v := range []string{"1.2.0", "1.3.0-rc.1", "1.3.0-0.3.7", "1.3.0-x-y.1"} {
+		if _, err := Add(r, b, v, "linux/arm64", 0); err != nil {
+			t.Errorf("version %q refused: %v", v, err)
+		}
+	}
+	// An older repository holding "v1.4.0" (published before the check).
+	src := filepath.Join(d, "v140")
+	os.WriteFile(src, []byte("x"), 0o644)
+	if _, err := r.AddTarget(ota.FullTargetName("linux/arm64", "v1.4.0"), src, ota.Custom{Kind: "full", Version: "v1.4.0", Platform: "linux/arm64", SHA256: strings.Repeat("ab", 32), Size: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Add(r, b, "1.4.0", "linux/arm64", 0); err == nil || !strings.Contains(err.Error(), "already") {
+		t.Fatalf("duplicate of v1.4.0 accepted: %v", err)
 	}
 }

@@ -44,6 +44,15 @@ type Client struct {
 	Dir   string  // trusted metadata cache (root.json, timestamp.json, ...)
 	Fetch Fetcher // remote metadata
 	Now   func() time.Time
+	// Floor holds the highest versions of each metadata file ("root.json",
+	// "timestamp.json", "snapshot.json", "targets.json", "<role>.json")
+	// that this device has trusted before, kept outside Dir by the caller
+	// (see Versions). Refresh refuses anything older as a rollback, so
+	// rollback protection survives a wiped or lost cache directory. A
+	// root newer than Floor["root.json"] that rotates the timestamp,
+	// snapshot or targets keys removes their entries (fast-forward
+	// recovery, TUF 5.3.11); Refresh edits the map in place.
+	Floor map[string]int64
 
 	root      *Root
 	rootRaw   []byte
@@ -164,17 +173,32 @@ func (c *Client) updateRoot(ctx context.Context) error {
 		// §5.3.11: fast-forward attack recovery: when timestamp or snapshot
 		// keys rotate, forget the trusted files signed by the old keys so
 		// that a fast-forwarded version cannot block the new ones.
+		// The floor recorded under an older root is forgotten the same
+		// way, so the recovery works with a floor too; a rotation the
+		// floor was already recorded after (a wiped cache walking the
+		// chain again) keeps it.
+		newer := nr.Version > c.Floor["root.json"]
 		if !sameRoleKeys(c.root, nr, RoleTimestamp) || !sameRoleKeys(c.root, nr, RoleSnapshot) {
 			os.Remove(filepath.Join(c.Dir, "timestamp.json"))
 			os.Remove(filepath.Join(c.Dir, "snapshot.json"))
+			if newer {
+				delete(c.Floor, "timestamp.json")
+				delete(c.Floor, "snapshot.json")
+			}
 		}
 		if !sameRoleKeys(c.root, nr, RoleTargets) {
 			os.Remove(filepath.Join(c.Dir, "targets.json"))
+			if newer {
+				delete(c.Floor, "targets.json")
+			}
 		}
 		if err := c.persist("root.json", raw); err != nil {
 			return err
 		}
 		c.root, c.rootRaw = nr, raw
+	}
+	if f := c.Floor["root.json"]; c.root.Version < f {
+		return fmt.Errorf("tuf: root: %w: newest root the repository offers is v%d, v%d seen before", ErrRollback, c.root.Version, f)
 	}
 	if c.root.Expired(c.Now()) {
 		return fmt.Errorf("tuf: root v%d expired %s: %w", c.root.Version, c.root.Expires.Format(time.RFC3339), ErrExpired)
@@ -195,13 +219,20 @@ func sameRoleKeys(a, b *Root, role string) bool {
 
 // loadTrusted reads a cached file and verifies it against the current root;
 // anything that does not verify is ignored (and the remote copy decides).
-func (c *Client) loadTrusted(name, role string) *Envelope {
-	return c.loadTrustedBy(name, func(e *Envelope) error { return Verify(c.root, role, e) })
+// With ref, the cached bytes must also match ref's length and hashes (the
+// reference in the newer timestamp or snapshot): a cached file is reused
+// only when it is exactly the file that signed metadata now points at, not
+// merely one with the same version number.
+func (c *Client) loadTrusted(name, role string, ref *MetaFile) *Envelope {
+	return c.loadTrustedBy(name, ref, func(e *Envelope) error { return Verify(c.root, role, e) })
 }
 
-func (c *Client) loadTrustedBy(name string, verify func(*Envelope) error) *Envelope {
+func (c *Client) loadTrustedBy(name string, ref *MetaFile, verify func(*Envelope) error) *Envelope {
 	raw, err := os.ReadFile(filepath.Join(c.Dir, name))
 	if err != nil {
+		return nil
+	}
+	if ref != nil && CheckHashes(raw, ref.Length, ref.Hashes) != nil {
 		return nil
 	}
 	e, err := ParseEnvelope(raw)
@@ -216,7 +247,7 @@ func (c *Client) loadTrustedBy(name string, verify func(*Envelope) error) *Envel
 
 func (c *Client) updateTimestamp(ctx context.Context) error {
 	var old *Timestamp
-	if e := c.loadTrusted("timestamp.json", RoleTimestamp); e != nil {
+	if e := c.loadTrusted("timestamp.json", RoleTimestamp, nil); e != nil {
 		old, _ = ParseTimestamp(e)
 	}
 	raw, err := c.Fetch.Fetch(ctx, "timestamp.json", MaxTimestampSize)
@@ -233,6 +264,12 @@ func (c *Client) updateTimestamp(ctx context.Context) error {
 	ts, err := ParseTimestamp(e)
 	if err != nil {
 		return fmt.Errorf("tuf: timestamp.json: %w", err)
+	}
+	if f := c.Floor["timestamp.json"]; ts.Version < f {
+		return fmt.Errorf("tuf: timestamp.json: %w: version %d < %d seen before", ErrRollback, ts.Version, f)
+	}
+	if err := c.checkFloor("timestamp.json", ts.Meta); err != nil {
+		return err
 	}
 	unchanged := false
 	if old != nil {
@@ -261,12 +298,18 @@ func (c *Client) updateTimestamp(ctx context.Context) error {
 
 func (c *Client) updateSnapshot(ctx context.Context) error {
 	ref := c.timestamp.Meta["snapshot.json"]
-	var old *Snapshot
-	if e := c.loadTrusted("snapshot.json", RoleSnapshot); e != nil {
+	var old, same *Snapshot
+	if e := c.loadTrusted("snapshot.json", RoleSnapshot, nil); e != nil {
 		old, _ = ParseSnapshot(e)
 	}
-	if old != nil && old.Version == ref.Version && !old.Expired(c.Now()) {
-		c.snapshot = old // nothing new: no request
+	if e := c.loadTrusted("snapshot.json", RoleSnapshot, &ref); e != nil {
+		same, _ = ParseSnapshot(e)
+	}
+	if same != nil && same.Version == ref.Version && !same.Expired(c.Now()) {
+		if err := c.checkFloor("snapshot.json", same.Meta); err != nil {
+			return err
+		}
+		c.snapshot = same // nothing new: no request
 		return nil
 	}
 	name, raw, e, err := c.fetchVerified(ctx, "snapshot.json", RoleSnapshot, ref, MaxSnapshotSize)
@@ -290,6 +333,9 @@ func (c *Client) updateSnapshot(ctx context.Context) error {
 				return fmt.Errorf("tuf: %s: %w: %s version %d < trusted %d", name, ErrRollback, file, nm.Version, m.Version)
 			}
 		}
+	}
+	if err := c.checkFloor(name, s.Meta); err != nil {
+		return err
 	}
 	if s.Expired(c.Now()) {
 		return fmt.Errorf("tuf: %s v%d expired %s: %w", name, s.Version, s.Expires.Format(time.RFC3339), ErrExpired)
@@ -336,7 +382,7 @@ func (c *Client) fetchVerifiedBy(ctx context.Context, file string, ref MetaFile,
 
 func (c *Client) updateTargets(ctx context.Context) error {
 	ref := c.snapshot.Meta["targets.json"]
-	if e := c.loadTrusted("targets.json", RoleTargets); e != nil {
+	if e := c.loadTrusted("targets.json", RoleTargets, &ref); e != nil {
 		if old, err := ParseTargets(e); err == nil && old.Version == ref.Version && !old.Expired(c.Now()) {
 			c.targets = old
 			return nil
@@ -361,6 +407,34 @@ func (c *Client) updateTargets(ctx context.Context) error {
 	}
 	c.targets = t
 	return nil
+}
+
+// checkFloor refuses references (from timestamp or snapshot metadata
+// named by) to older versions than Floor holds.
+func (c *Client) checkFloor(by string, meta map[string]MetaFile) error {
+	for file, m := range meta {
+		if f := c.Floor[file]; m.Version < f {
+			return fmt.Errorf("tuf: %s: %w: %s version %d < %d seen before", by, ErrRollback, file, m.Version, f)
+		}
+	}
+	return nil
+}
+
+// Versions returns the version of every metadata file trusted by the last
+// successful Refresh, keyed like Floor. Keep the highest values outside
+// the cache directory and pass them back as Floor.
+func (c *Client) Versions() map[string]int64 {
+	v := map[string]int64{"root.json": c.root.Version}
+	if c.timestamp != nil {
+		v["timestamp.json"] = c.timestamp.Version
+	}
+	if c.snapshot != nil {
+		v["snapshot.json"] = c.snapshot.Version
+		for file, m := range c.snapshot.Meta {
+			v[file] = m.Version
+		}
+	}
+	return v
 }
 
 // TargetPath returns the path to download a target from, relative to the

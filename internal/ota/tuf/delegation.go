@@ -168,7 +168,7 @@ func (c *Client) updateDelegated(ctx context.Context) error {
 		rk := &RoleKeys{KeyIDs: dr.KeyIDs, Threshold: dr.Threshold}
 		verify := func(e *Envelope) error { return verifyKeys(d.Keys, rk, dr.Name, e) }
 		var t *Targets
-		if e := c.loadTrustedBy(file, verify); e != nil {
+		if e := c.loadTrustedBy(file, &ref, verify); e != nil {
 			if old, err := ParseTargets(e); err == nil && old.Version == ref.Version && !old.Expired(c.Now()) {
 				t = old
 			}

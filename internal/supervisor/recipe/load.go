@@ -45,9 +45,17 @@ func IsRecipeFile(name string) bool {
 	return ext == ".yaml" || ext == ".yml"
 }
 
-// LoadDir loads every recipe file in dir (not recursive), in file name
-// order. Files that fail are reported in errs (one joined error per file),
-// keyed by path; the others are returned.
+// SubdirRecipeNames are the file names a recipe has in its own
+// subdirectory of the recipes directory (DIR/NAME/recipe.yaml, the layout
+// of examples/components, next to the component's artifacts).
+var SubdirRecipeNames = []string{"recipe.yaml", "recipe.yml"}
+
+// LoadDir loads every recipe file in dir, in file name order: the recipe
+// files in dir itself, and DIR/SUB/recipe.yaml (or recipe.yml) of each
+// subdirectory (one level; hidden subdirectories are skipped). A
+// subdirectory that holds YAML files but no recipe.yaml is reported as an
+// error rather than silently ignored. Files that fail are reported in errs
+// (one joined error per file), keyed by path; the others are returned.
 func LoadDir(dir string) (recipes []*Recipe, errs map[string]error, err error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -55,19 +63,53 @@ func LoadDir(dir string) (recipes []*Recipe, errs map[string]error, err error) {
 	}
 	errs = map[string]error{}
 	sort.Slice(entries, func(i, j int) bool { return entries[i].Name() < entries[j].Name() })
-	for _, e := range entries {
-		if e.IsDir() || !IsRecipeFile(e.Name()) {
-			continue
-		}
-		p := filepath.Join(dir, e.Name())
+	load := func(p string) {
 		r, err := LoadFile(p)
 		if err != nil {
 			errs[p] = err
-			continue
+			return
 		}
 		recipes = append(recipes, r)
 	}
+	for _, e := range entries {
+		p := filepath.Join(dir, e.Name())
+		if e.IsDir() {
+			if strings.HasPrefix(e.Name(), ".") {
+				continue
+			}
+			if f, ok, ferr := subdirRecipe(p); ferr != nil {
+				errs[p] = ferr
+			} else if ok {
+				load(f)
+			}
+			continue
+		}
+		if !IsRecipeFile(e.Name()) {
+			continue
+		}
+		load(p)
+	}
 	return recipes, errs, nil
+}
+
+// subdirRecipe finds the recipe file of a component subdirectory.
+func subdirRecipe(sub string) (file string, ok bool, err error) {
+	for _, n := range SubdirRecipeNames {
+		p := filepath.Join(sub, n)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+			return p, true, nil
+		}
+	}
+	entries, err := os.ReadDir(sub)
+	if err != nil {
+		return "", false, &Error{File: sub, Err: fmt.Errorf("%w: %v", ErrInvalid, err)}
+	}
+	for _, e := range entries {
+		if !e.IsDir() && IsRecipeFile(e.Name()) {
+			return "", false, &Error{File: filepath.Join(sub, e.Name()), Err: fmt.Errorf("%w: a recipe in a subdirectory must be named %s (this file is not loaded)", ErrInvalid, SubdirRecipeNames[0])}
+		}
+	}
+	return "", false, nil // a directory of artifacts, not a component
 }
 
 // Dir returns the directory the recipe file is in: local artifact paths

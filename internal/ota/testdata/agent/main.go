@@ -45,6 +45,7 @@ func initCheck() int {
 
 type config struct {
 	AddrFile string     `yaml:"addr_file"`
+	Listen   string     `yaml:"listen"` // default 127.0.0.1:0
 	OTA      ota.Config `yaml:"ota"`
 }
 
@@ -93,7 +94,10 @@ func main() {
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		log.Error("listen", "err", err)
 		os.Exit(1)
