@@ -4,6 +4,8 @@
 #   qemu-user-static               runs the arm64 build in the smoke test
 #   python3-paho-mqtt              the Python example component
 #   curl                           HTTP checks in the smoke test
+#   podman                         container components (its Docker Engine API service)
+#   containerd + runc              the containerd measurements (docs/components.md)
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
@@ -11,6 +13,9 @@ command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v qemu-aarch64-static >/dev/null 2>&1 || need+=(qemu-user-static)
 /usr/bin/python3 -c "import paho.mqtt.client" >/dev/null 2>&1 || need+=(python3-paho-mqtt)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v podman >/dev/null 2>&1 || need+=(podman)
+command -v containerd >/dev/null 2>&1 || need+=(containerd)
+command -v runc >/dev/null 2>&1 || need+=(runc)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""

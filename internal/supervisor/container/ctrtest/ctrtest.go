@@ -1,0 +1,314 @@
+// Package ctrtest gives tests a real container runtime and images built on
+// the spot: a private `podman system service` (Docker Engine API on a unix
+// socket, its own root, runroot, tmpdir and containers.conf) shared by
+// every test of a package, and image archives around the static test
+// program ctrapp (see ctrapp/main.go), written by Go code (no registry).
+//
+// Use from TestMain:
+//
+//	func TestMain(m *testing.M) { code := m.Run(); ctrtest.Shutdown(); os.Exit(code) }
+//
+// and in a test: sock := ctrtest.Podman(t); arch := ctrtest.AppImage(t, "outpost-test/app:1").
+package ctrtest
+
+import (
+	"archive/tar"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// containersConf is the private podman config. Root here lacks
+// CAP_SYS_RESOURCE: podman's default ulimits (raised to the hard maximum)
+// fail, so they are set to what the host allows.
+const containersConf = `[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+log_driver = "k8s-file"
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+`
+
+var (
+	podmanOnce sync.Once
+	podman     *Service
+	podmanErr  error
+)
+
+// Service is a running podman API service.
+type Service struct {
+	Dir    string // its private directory
+	Socket string
+	cmd    *exec.Cmd
+	done   chan struct{}
+}
+
+// Podman returns the socket of the package's podman service, starting it
+// on first use. The test fails (it does not skip) when podman cannot run:
+// scripts/deps.sh installs it.
+func Podman(tb testing.TB) string {
+	tb.Helper()
+	podmanOnce.Do(func() { podman, podmanErr = StartPodman() })
+	if podmanErr != nil {
+		tb.Fatalf("podman service: %v", podmanErr)
+	}
+	return podman.Socket
+}
+
+// Shutdown stops the package's podman service (if started), removing its
+// containers and storage.
+func Shutdown() {
+	if podman != nil {
+		podman.Stop()
+	}
+}
+
+// StartPodman starts a private podman API service in a new temporary
+// directory.
+func StartPodman() (*Service, error) {
+	bin, err := exec.LookPath("podman")
+	if err != nil {
+		return nil, fmt.Errorf("podman not installed (scripts/deps.sh): %w", err)
+	}
+	dir, err := os.MkdirTemp("", "outpost-podman-")
+	if err != nil {
+		return nil, err
+	}
+	s := &Service{Dir: dir, Socket: filepath.Join(dir, "podman.sock"), done: make(chan struct{})}
+	conf := filepath.Join(dir, "containers.conf")
+	storage := filepath.Join(dir, "storage.conf")
+	if err := os.WriteFile(conf, []byte(containersConf), 0o644); err != nil {
+		return nil, err
+	}
+	st := fmt.Sprintf("[storage]\ndriver = \"overlay\"\nrunroot = %q\ngraphroot = %q\n", filepath.Join(dir, "runroot"), filepath.Join(dir, "root"))
+	if err := os.WriteFile(storage, []byte(st), 0o644); err != nil {
+		return nil, err
+	}
+	logf, err := os.Create(filepath.Join(dir, "service.log"))
+	if err != nil {
+		return nil, err
+	}
+	s.cmd = exec.Command(bin, s.Args("system", "service", "--time=0", "unix://"+s.Socket)...)
+	s.cmd.Env = s.Env()
+	s.cmd.Stdout, s.cmd.Stderr = logf, logf
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := s.cmd.Start(); err != nil {
+		logf.Close()
+		return nil, err
+	}
+	go func() { _ = s.cmd.Wait(); logf.Close(); close(s.done) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if c, err := net.Dial("unix", s.Socket); err == nil {
+			c.Close()
+			return s, nil
+		}
+		select {
+		case <-s.done:
+			b, _ := os.ReadFile(filepath.Join(dir, "service.log"))
+			return nil, fmt.Errorf("podman service exited: %s", strings.TrimSpace(string(b)))
+		default:
+		}
+		if time.Now().After(deadline) {
+			s.Stop()
+			return nil, fmt.Errorf("podman service socket %s did not appear", s.Socket)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Args returns podman's global flags for this service's storage followed
+// by args (for running the podman CLI against it).
+func (s *Service) Args(args ...string) []string {
+	return append([]string{"--root", filepath.Join(s.Dir, "root"), "--runroot", filepath.Join(s.Dir, "runroot"),
+		"--tmpdir", filepath.Join(s.Dir, "tmp"), "--cgroup-manager", "cgroupfs"}, args...)
+}
+
+// Env returns the environment selecting the private configs.
+func (s *Service) Env() []string {
+	return append(os.Environ(), "CONTAINERS_CONF="+filepath.Join(s.Dir, "containers.conf"),
+		"CONTAINERS_STORAGE_CONF="+filepath.Join(s.Dir, "storage.conf"))
+}
+
+// Stop stops the service and its containers and removes its directory.
+func (s *Service) Stop() {
+	if bin, err := exec.LookPath("podman"); err == nil {
+		cmd := exec.Command(bin, s.Args("rm", "--all", "--force", "--time", "0")...)
+		cmd.Env = s.Env()
+		_ = cmd.Run()
+	}
+	_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(10 * time.Second):
+		_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+		<-s.done
+	}
+	if bin, err := exec.LookPath("podman"); err == nil {
+		// Unmount what overlay left mounted before removing the storage.
+		cmd := exec.Command(bin, s.Args("system", "reset", "--force")...)
+		cmd.Env = s.Env()
+		_ = cmd.Run()
+	}
+	_ = os.RemoveAll(s.Dir)
+}
+
+// Kill stops the service process only (the daemon is down; containers
+// keep running under conmon). Used for fault tests.
+func (s *Service) Kill() {
+	_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+	<-s.done
+}
+
+var (
+	appOnce sync.Once
+	appBin  []byte
+	appErr  error
+)
+
+// App returns the static ctrapp binary, built once per test process.
+func App(tb testing.TB) []byte {
+	tb.Helper()
+	appOnce.Do(func() {
+		_, self, _, _ := runtime.Caller(0)
+		dir, err := os.MkdirTemp("", "ctrapp-")
+		if err != nil {
+			appErr = err
+			return
+		}
+		defer os.RemoveAll(dir)
+		out := filepath.Join(dir, "ctrapp")
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, ".")
+		cmd.Dir = filepath.Join(filepath.Dir(self), "ctrapp")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			appErr = fmt.Errorf("build ctrapp: %v: %s", err, b)
+			return
+		}
+		appBin, appErr = os.ReadFile(out)
+	})
+	if appErr != nil {
+		tb.Fatal(appErr)
+	}
+	return appBin
+}
+
+// Archive is a docker-archive image tarball.
+type Archive struct {
+	Data []byte
+	ID   string // sha256:<hex> of the image config: the image ID
+	Tag  string // the reference it is tagged with
+}
+
+// SHA256 returns the hex sha256 of the archive file.
+func (a Archive) SHA256() string {
+	s := sha256.Sum256(a.Data)
+	return hex.EncodeToString(s[:])
+}
+
+// Write writes the archive to path.
+func (a Archive) Write(tb testing.TB, path string) {
+	tb.Helper()
+	if err := os.WriteFile(path, a.Data, 0o644); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// AppImage builds a docker-archive with one layer holding ctrapp at /app
+// (the entrypoint), tagged tag. salt changes the image ID (distinct
+// images from the same program).
+func AppImage(tb testing.TB, tag, salt string) Archive {
+	tb.Helper()
+	a, err := BuildImage(map[string][]byte{"app": App(tb)}, []string{"/app"}, tag, salt)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return a
+}
+
+// BuildImage writes a docker-archive (the format of `docker save`) with
+// one layer holding files (mode 0755) under /, plus /tmp and /data.
+func BuildImage(files map[string][]byte, entrypoint []string, tag, salt string) (Archive, error) {
+	var layer bytes.Buffer
+	tw := tar.NewWriter(&layer)
+	mt := time.Unix(0, 0)
+	for _, d := range []string{"tmp/", "data/", "run/"} {
+		if err := tw.WriteHeader(&tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: 0o1777, ModTime: mt}); err != nil {
+			return Archive{}, err
+		}
+	}
+	for name, b := range files {
+		if err := tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(b)), ModTime: mt}); err != nil {
+			return Archive{}, err
+		}
+		if _, err := tw.Write(b); err != nil {
+			return Archive{}, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return Archive{}, err
+	}
+	ls := sha256.Sum256(layer.Bytes())
+	layerHex := hex.EncodeToString(ls[:])
+	cfg := map[string]any{
+		"architecture": runtime.GOARCH,
+		"os":           "linux",
+		"created":      "1970-01-01T00:00:00Z",
+		"config": map[string]any{
+			"Entrypoint": entrypoint,
+			"Env":        []string{"PATH=/"},
+			"Labels":     map[string]string{"salt": salt},
+		},
+		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{"sha256:" + layerHex}},
+	}
+	cfgJSON, err := json.Marshal(cfg)
+	if err != nil {
+		return Archive{}, err
+	}
+	cs := sha256.Sum256(cfgJSON)
+	cfgHex := hex.EncodeToString(cs[:])
+	manifest, _ := json.Marshal([]map[string]any{{
+		"Config":   cfgHex + ".json",
+		"RepoTags": []string{tag},
+		"Layers":   []string{layerHex + "/layer.tar"},
+	}})
+	var out bytes.Buffer
+	ow := tar.NewWriter(&out)
+	add := func(name string, b []byte) error {
+		if err := ow.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(b)), ModTime: mt}); err != nil {
+			return err
+		}
+		_, err := ow.Write(b)
+		return err
+	}
+	if err := ow.WriteHeader(&tar.Header{Name: layerHex + "/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: mt}); err != nil {
+		return Archive{}, err
+	}
+	for _, f := range []struct {
+		name string
+		b    []byte
+	}{{layerHex + "/layer.tar", layer.Bytes()}, {cfgHex + ".json", cfgJSON}, {"manifest.json", manifest}} {
+		if err := add(f.name, f.b); err != nil {
+			return Archive{}, err
+		}
+	}
+	if err := ow.Close(); err != nil {
+		return Archive{}, err
+	}
+	return Archive{Data: out.Bytes(), ID: "sha256:" + cfgHex, Tag: tag}, nil
+}
+
+// Current returns the package's podman service (nil before Podman).
+func Current() *Service { return podman }
