@@ -264,4 +264,3 @@ func TestDockerUnavailable(t *testing.T) {
 		t.Fatalf("reason missing: %v", err)
 	}
 }
-
