@@ -19,6 +19,7 @@ import (
 
 	"github.com/outpost-edge/outpost/internal/module"
 	"github.com/outpost-edge/outpost/internal/supervisor/cgroup"
+	"github.com/outpost-edge/outpost/internal/supervisor/container"
 	"github.com/outpost-edge/outpost/internal/supervisor/recipe"
 )
 
@@ -43,6 +44,9 @@ type Options struct {
 	// After names the modules that must start first (module.Deps), e.g.
 	// "broker" when Identity is the embedded broker.
 	After []string
+	// Runtime runs kind: container components; nil: the Docker Engine
+	// API at supervisor.containers.socket (or a default socket).
+	Runtime container.Runtime
 }
 
 // Supervisor runs components declared by recipes. It implements
@@ -70,6 +74,8 @@ type Supervisor struct {
 	pub      *statePublisher
 	reloadMu sync.Mutex
 	watchW   *watcher
+	rt       container.Runtime // see runtime()
+	rtSocket string
 }
 
 var (
@@ -512,6 +518,7 @@ func (s *Supervisor) Reload(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("supervisor: %w", err)
 	}
+	loaded = s.applyContainerPolicy(loaded, fileErrs, cfg.Containers)
 	for f, e := range fileErrs {
 		s.log.Error("invalid recipe", "file", f, "err", e)
 	}
@@ -655,6 +662,7 @@ func (s *Supervisor) Reload(ctx context.Context) error {
 		s.changeCh = make(chan struct{})
 		s.mu.Unlock()
 	}
+	s.afterReload(toStop)
 	return nil
 }
 
@@ -750,6 +758,7 @@ func (s *Supervisor) Components() []Status {
 	out := make([]Status, 0, len(comps)+len(invalid))
 	for _, c := range comps {
 		st := c.status()
+		s.containerStats(&st)
 		if e, ok := invalid[c.name]; ok {
 			st.Error = e.Error()
 			delete(invalid, c.name)

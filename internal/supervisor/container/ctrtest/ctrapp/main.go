@@ -5,6 +5,7 @@
 //	ignore         ignore SIGTERM, run forever
 //	exit N         exit with code N after printing a line on stderr
 //	hog            allocate and touch memory until killed
+//	env            print the environment
 //	check FILE     exit 0 when FILE exists (an exec health check)
 //	touch FILE     create FILE, then run as sleep
 //	http ADDR      serve GET /healthz on ADDR until SIGTERM
@@ -62,6 +63,10 @@ func main() {
 			}
 			hogged = append(hogged, b)
 			time.Sleep(time.Millisecond)
+		}
+	case "env":
+		for _, kv := range os.Environ() {
+			fmt.Println(kv)
 		}
 	case "check":
 		if _, err := os.Stat(arg); err != nil {

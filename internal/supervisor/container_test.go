@@ -1,0 +1,264 @@
+package supervisor
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/outpost-edge/outpost/internal/config"
+	"github.com/outpost-edge/outpost/internal/supervisor/container"
+	"github.com/outpost-edge/outpost/internal/supervisor/container/ctrtest"
+)
+
+// ctrEnv is a test supervisor whose container components run through the
+// package's podman service.
+func ctrEnv(t *testing.T) (*testEnv, container.Runtime) {
+	t.Helper()
+	sock := ctrtest.Podman(t)
+	e := newEnv(t)
+	e.cfg.Containers.Socket = sock
+	return e, container.NewDocker(sock)
+}
+
+// ctrRecipe writes the app image archive next to the recipes and returns
+// a recipe running it with args. extra is appended (YAML at top level).
+func (e *testEnv) ctrRecipe(name string, args []string, extra string) (string, ctrtest.Archive) {
+	e.tb.Helper()
+	a := ctrtest.AppImage(e.tb, "localhost/outpost-test/"+name+":1", e.tb.Name()+name)
+	a.Write(e.tb, filepath.Join(e.recipes, name+".tar"))
+	var q []string
+	for _, s := range args {
+		q = append(q, fmt.Sprintf("%q", s))
+	}
+	return fmt.Sprintf(`name: %s
+version: 1.0.0
+kind: container
+container:
+  image: %s@%s
+  args: [%s]
+artifacts:
+  - path: %s.tar
+    sha256: %s
+    image: true
+restart:
+  initial_backoff: 100ms
+`, name, a.Tag, a.ID, strings.Join(q, ", "), name, a.SHA256()) + extra, a
+}
+
+func ctrList(t *testing.T, rt container.Runtime, s *Supervisor, component string) []container.Info {
+	t.Helper()
+	l := s.ownLabels()
+	if component != "" {
+		l[container.LabelComponent] = component
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	list, err := rt.List(ctx, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return list
+}
+
+// End to end: a container component connects to the bus through the
+// mounted socket with its own credentials (its MQTT heartbeat makes it
+// healthy), its output reaches the log, it is restarted when it dies, and
+// stopping the supervisor removes it.
+func TestContainerComponent(t *testing.T) {
+	e, rt := ctrEnv(t)
+	bus := startBus(t)
+	e.opts.Identity, e.opts.Bus, e.opts.Publisher = busIdentity{bus}, bus, bus
+	body, _ := e.ctrRecipe("hb", []string{"mqtt"}, "health:\n  mqtt: components/hb/heartbeat\n  interval: 2s\nrestart:\n  policy: always\n  initial_backoff: 100ms\n")
+	body = strings.Replace(body, "restart:\n  initial_backoff: 100ms\n", "", 1)
+	e.write("hb", body)
+	s := e.start()
+	st := e.waitState("hb", 60*time.Second, StateHealthy)
+	if st.Container == nil || st.Container.ID == "" || st.Container.Adopted || st.PID == 0 {
+		t.Fatalf("container status %+v", st.Container)
+	}
+	if st.Memory <= 0 {
+		t.Fatalf("no memory figure from the runtime's stats: %+v", st)
+	}
+	if got := bus.Issued("hb"); len(got) != 1 {
+		t.Fatalf("credentials issued %d times", len(got))
+	}
+	waitFor(t, 10*time.Second, "connected in the log", func() bool {
+		l, _ := s.Logs("hb", 50)
+		return strings.Contains(strings.Join(l, "\n"), "stdout connected")
+	})
+	// The password is in the credentials file, never in the container's
+	// environment (which the runtime shows to anyone asking).
+	for _, kv := range e.inspectEnv(t, rt, st.Container.ID) {
+		if strings.Contains(kv, bus.Issued("hb")[0].Password) {
+			t.Fatalf("password in the container environment: %s", strings.SplitN(kv, "=", 2)[0])
+		}
+	}
+	// It dies (stopped behind the agent's back): restarted, healthy again.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := rt.Stop(ctx, st.Container.ID, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "a restart", func() bool {
+		st2, _ := s.Component("hb")
+		return st2.Restarts == 1 && st2.State == StateHealthy
+	})
+	if l := ctrList(t, rt, s, "hb"); len(l) != 1 || l[0].ID == st.Container.ID {
+		t.Fatalf("after the restart: %+v", l)
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer scancel()
+	if err := s.Stop(sctx); err != nil {
+		t.Fatal(err)
+	}
+	if l := ctrList(t, rt, s, ""); len(l) != 0 {
+		t.Fatalf("containers left after stop: %+v", l)
+	}
+}
+
+func (e *testEnv) inspectEnv(t *testing.T, rt container.Runtime, id string) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	code, out, err := rt.Exec(ctx, id, []string{"/app", "env"})
+	_ = code
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Split(out, "\n")
+}
+
+// An exec health check runs inside the container; an OOM kill is
+// reported as such; a container ignoring SIGTERM is killed after the
+// grace period and the stop does not hang.
+func TestContainerExecHealthOOMAndStop(t *testing.T) {
+	e, rt := ctrEnv(t)
+	e.cfg.GracePeriod = config.Duration(time.Second)
+	body, _ := e.ctrRecipe("ready", []string{"touch", "/var/lib/outpost/data/ready"}, "health:\n  exec: [/app, check, /var/lib/outpost/data/ready]\n")
+	e.write("ready", body)
+	body, _ = e.ctrRecipe("hog", []string{"hog"}, "resources:\n  memory: 32MiB\n")
+	e.write("hog", strings.Replace(body, "restart:\n", "restart:\n  policy: never\n", 1))
+	body, _ = e.ctrRecipe("stubborn", []string{"ignore"}, "")
+	e.write("stubborn", body)
+	s := e.start()
+	e.waitState("ready", 60*time.Second, StateHealthy)
+	st := e.waitState("hog", 60*time.Second, StateFinished)
+	if st.LastExit == nil || !st.LastExit.OOMKilled || !strings.Contains(st.Reason, "OOM") {
+		t.Fatalf("hog: %+v last exit %+v", st, st.LastExit)
+	}
+	st = e.waitState("stubborn", 60*time.Second, StateRunning)
+	t0 := time.Now()
+	if err := s.Restart("stubborn"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "a new container", func() bool {
+		st2, _ := s.Component("stubborn")
+		return st2.State == StateRunning && st2.Container != nil && st2.Container.ID != "" && st2.Container.ID != st.Container.ID
+	})
+	if took := time.Since(t0); took < time.Second || took > 15*time.Second {
+		t.Fatalf("restart of a container ignoring SIGTERM took %s (grace 1s)", took)
+	}
+	_ = rt
+}
+
+// The runtime's socket is missing: the container component waits with the
+// reason and retries with backoff; a native component is unaffected. When
+// the socket appears, the container starts.
+func TestContainerRuntimeMissing(t *testing.T) {
+	real := ctrtest.Podman(t)
+	e := newEnv(t)
+	link := filepath.Join(e.dir, "runtime.sock")
+	e.cfg.Containers.Socket = link
+	e.cfg.Containers.RetryMax = config.Duration(500 * time.Millisecond)
+	body, _ := e.ctrRecipe("late", []string{"sleep"}, "")
+	e.write("late", body)
+	e.write("native", helperRecipe("native", "sleep", ""))
+	s := e.start()
+	var st Status
+	waitFor(t, 10*time.Second, "waiting for runtime", func() bool {
+		st, _ = s.Component("late")
+		return st.State == StateWaiting && st.Reason != ""
+	})
+	if !strings.Contains(st.Reason, "waiting for runtime") || !strings.Contains(st.Reason, "no such file") {
+		t.Fatalf("reason %q", st.Reason)
+	}
+	e.waitState("native", 10*time.Second, StateRunning)
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState("late", 60*time.Second, StateRunning)
+}
+
+// Bad images are refused with the reason: a digest that is not the
+// archive's, an archive that does not load, an image neither in the
+// runtime nor in an archive. An archive whose sha256 differs from the
+// recipe's is rejected when the recipe is loaded.
+func TestContainerBadImages(t *testing.T) {
+	e, _ := ctrEnv(t)
+	other := "sha256:" + strings.Repeat("ab", 32)
+	body, a := e.ctrRecipe("wrongdigest", []string{"sleep"}, "")
+	e.write("wrongdigest", strings.Replace(body, a.ID, other, 1))
+
+	body, _ = e.ctrRecipe("corrupt", []string{"sleep"}, "")
+	bad := []byte("this is not an image archive")
+	if err := os.WriteFile(filepath.Join(e.recipes, "corrupt.tar"), bad, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sum := ctrtest.Archive{Data: bad}.SHA256()
+	e.write("corrupt", regexpReplaceSHA(body, sum))
+
+	e.write("missing", "name: missing\nversion: 1.0.0\nkind: container\ncontainer:\n  image: localhost/outpost-test/none:1@"+other+"\n")
+
+	body, _ = e.ctrRecipe("badsum", []string{"sleep"}, "")
+	e.write("badsum", regexpReplaceSHA(body, strings.Repeat("0", 64)))
+	e.start()
+	for _, c := range []struct{ name, want string }{
+		{"wrongdigest", "not the pinned digest " + other},
+		{"corrupt", "load image archive corrupt.tar"},
+		{"missing", "is not in the runtime and the recipe has no image archive"},
+	} {
+		st := e.waitState(c.name, 60*time.Second, StateInstallFailed)
+		if !strings.Contains(st.Reason, c.want) {
+			t.Errorf("%s: reason %q, want %q", c.name, st.Reason, c.want)
+		}
+	}
+	st := e.waitState("badsum", 10*time.Second, StateInvalid)
+	if !strings.Contains(st.Error, "badsum.yaml:8:5: artifacts[0]") || !strings.Contains(st.Error, "recipe says 0000") {
+		t.Errorf("badsum: %q", st.Error)
+	}
+}
+
+func regexpReplaceSHA(body, sum string) string {
+	i := strings.Index(body, "sha256: ")
+	return body[:i+8] + sum + body[i+8+64:]
+}
+
+// Host paths outside the agent's allowed list and privileged mode are
+// refused with file:line:col; an allowed host path is mounted.
+func TestContainerPolicy(t *testing.T) {
+	e, _ := ctrEnv(t)
+	allowed := filepath.Join(e.dir, "shared")
+	if err := os.MkdirAll(allowed, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e.cfg.Containers.HostPaths = []string{allowed}
+	body, _ := e.ctrRecipe("hostok", []string{"touch", "/shared/hello"}, "")
+	e.write("hostok", strings.Replace(body, "  args:", "  mounts:\n    - {source: "+allowed+", target: /shared}\n  args:", 1))
+	body, _ = e.ctrRecipe("hostbad", []string{"sleep"}, "")
+	e.write("hostbad", strings.Replace(body, "  args:", "  mounts:\n    - {source: /etc, target: /hostetc}\n  privileged: true\n  args:", 1))
+	e.start()
+	waitFor(t, 60*time.Second, "the file written through the allowed mount", func() bool {
+		_, err := os.Stat(filepath.Join(allowed, "hello"))
+		return err == nil
+	})
+	st := e.waitState("hostbad", 10*time.Second, StateInvalid)
+	for _, want := range []string{"hostbad.yaml:7:16: container.mounts[0].source", "/etc is not under", "hostbad.yaml:8:15: container.privileged"} {
+		if !strings.Contains(st.Error, want) {
+			t.Errorf("error %q does not contain %q", st.Error, want)
+		}
+	}
+}
