@@ -2,10 +2,12 @@ package supervisor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -261,4 +263,83 @@ func TestContainerPolicy(t *testing.T) {
 			t.Errorf("error %q does not contain %q", st.Error, want)
 		}
 	}
+}
+
+// Kill -9 the agent: its container keeps running and the restarted agent
+// re-adopts it (same container, no duplicate) instead of starting another.
+// Removing the recipe then removes the container and its image.
+func TestContainerReadoptAfterKill9(t *testing.T) {
+	sockRT := ctrtest.Podman(t)
+	rt := container.NewDocker(sockRT)
+	bin := buildTestAgent(t)
+	e := newEnv(t)
+	body, a := e.ctrRecipe("keep", []string{"sleep"}, "")
+	e.write("keep", body)
+	sockDir, _ := os.MkdirTemp("", "opagent")
+	defer os.RemoveAll(sockDir)
+	api := filepath.Join(sockDir, "api.sock")
+	state := filepath.Join(e.dir, "state")
+	cfg := fmt.Sprintf("recipes_dir: %s\nstate_dir: %s\nlog_dir: %s\ngrace_period: 2s\ncgroup: {mode: none}\ncontainers: {socket: %s}\n",
+		e.recipes, state, filepath.Join(e.dir, "logs"), sockRT)
+	cfgPath := filepath.Join(e.dir, "cfg.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	probe := New(Options{})
+	probe.cfg.StateDir = state
+	labels := probe.ownLabels()
+	list := func() []container.Info {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		l, err := rt.List(ctx, labels)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	running := func(ag *agentProc) Status {
+		var st Status
+		waitFor(t, 60*time.Second, "keep running in a container", func() bool {
+			sts, err := ag.list()
+			if err != nil || len(sts) != 1 {
+				return false
+			}
+			st = sts[0]
+			return st.State == StateRunning && st.Container != nil && st.Container.ID != ""
+		})
+		return st
+	}
+	a1 := startAgent(t, bin, cfgPath, api)
+	first := running(a1)
+	if err := a1.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = a1.cmd.Wait()
+
+	a2 := startAgent(t, bin, cfgPath, api)
+	defer func() {
+		_ = a2.cmd.Process.Signal(syscall.SIGTERM)
+		_ = a2.cmd.Wait()
+		if l := list(); len(l) != 0 {
+			t.Errorf("containers left after the agent stopped: %+v", l)
+		}
+	}()
+	second := running(a2)
+	if second.Container.ID != first.Container.ID || !second.Container.Adopted {
+		t.Fatalf("after kill -9: container %s (adopted %v), before %s", second.Container.ID, second.Container.Adopted, first.Container.ID)
+	}
+	if l := list(); len(l) != 1 {
+		t.Fatalf("%d containers, want the one re-adopted: %+v", len(l), l)
+	}
+	// Removal garbage-collects the container and the image.
+	if err := os.Remove(filepath.Join(e.recipes, "keep.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the container removed", func() bool { return len(list()) == 0 })
+	waitFor(t, 30*time.Second, "the image removed", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := rt.Image(ctx, a.ID)
+		return errors.Is(err, container.ErrNotFound)
+	})
 }
