@@ -100,7 +100,18 @@ func StartPodman() (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.cmd = exec.Command(bin, s.Args("system", "service", "--time=0", "unix://"+s.Socket)...)
+	// The service runs below a subreaper of its own: its conmon processes
+	// double-fork, and a test process that is itself a subreaper (as the
+	// supervisor is) would otherwise inherit them as zombies.
+	app, err := buildApp()
+	if err != nil {
+		return nil, err
+	}
+	reaper := filepath.Join(dir, "reaper")
+	if err := os.WriteFile(reaper, app, 0o755); err != nil {
+		return nil, err
+	}
+	s.cmd = exec.Command(reaper, append([]string{"reaper", bin}, s.Args("system", "service", "--time=0", "unix://"+s.Socket)...)...)
 	s.cmd.Env = s.Env()
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
@@ -181,6 +192,14 @@ var (
 // App returns the static ctrapp binary, built once per test process.
 func App(tb testing.TB) []byte {
 	tb.Helper()
+	b, err := buildApp()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return b
+}
+
+func buildApp() ([]byte, error) {
 	appOnce.Do(func() {
 		_, self, _, _ := runtime.Caller(0)
 		dir, err := os.MkdirTemp("", "ctrapp-")
@@ -199,10 +218,7 @@ func App(tb testing.TB) []byte {
 		}
 		appBin, appErr = os.ReadFile(out)
 	})
-	if appErr != nil {
-		tb.Fatal(appErr)
-	}
-	return appBin
+	return appBin, appErr
 }
 
 // Archive is a docker-archive image tarball.

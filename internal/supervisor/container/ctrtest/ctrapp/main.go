@@ -9,6 +9,9 @@
 //	check FILE     exit 0 when FILE exists (an exec health check)
 //	touch FILE     create FILE, then run as sleep
 //	http ADDR      serve GET /healthz on ADDR until SIGTERM
+//	reaper CMD...  run CMD as a child subreaper, reaping every orphan
+//	               below it, until CMD exits (keeps podman's conmon
+//	               processes away from a test process that is a subreaper)
 //	mqtt           connect to the bus with the credentials file, publish a
 //	               heartbeat on components/<name>/heartbeat every 100ms,
 //	               reconnect (re-reading the credentials) when it breaks
@@ -39,6 +42,9 @@ func main() {
 	arg := ""
 	if len(os.Args) > 2 {
 		arg = os.Args[2]
+	}
+	if os.Args[1] == "reaper" {
+		os.Exit(reaper(os.Args[2:]))
 	}
 	term := make(chan os.Signal, 1)
 	signal.Notify(term, syscall.SIGTERM)
@@ -175,4 +181,41 @@ func packet(h byte, body []byte) []byte {
 		}
 	}
 	return append(out, body...)
+}
+
+func reaper(argv []string) int {
+	if _, _, errno := syscall.RawSyscall(syscall.SYS_PRCTL, 36 /* PR_SET_CHILD_SUBREAPER */, 1, 0); errno != 0 {
+		fmt.Fprintln(os.Stderr, "prctl:", errno)
+		return 1
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	p, err := os.StartProcess(argv[0], argv, &os.ProcAttr{Files: []*os.File{os.Stdin, os.Stdout, os.Stderr}, Env: os.Environ()})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	go func() {
+		for s := range sigs {
+			_ = p.Signal(s)
+		}
+	}()
+	for {
+		var ws syscall.WaitStatus
+		pid, err := syscall.Wait4(-1, &ws, 0, nil)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return 0
+		}
+		if pid == p.Pid {
+			// Orphans left (conmon) are reaped until none remain.
+			for {
+				if _, err := syscall.Wait4(-1, &ws, 0, nil); err != nil && err != syscall.EINTR {
+					return ws.ExitStatus()
+				}
+			}
+		}
+	}
 }
