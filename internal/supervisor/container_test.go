@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -234,6 +237,23 @@ func TestContainerBadImages(t *testing.T) {
 	}
 }
 
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
 func regexpReplaceSHA(body, sum string) string {
 	i := strings.Index(body, "sha256: ")
 	return body[:i+8] + sum + body[i+8+64:]
@@ -248,8 +268,20 @@ func TestContainerPolicy(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.cfg.Containers.HostPaths = []string{allowed}
+	// A secret from the agent's secrets directory reaches the container's
+	// environment and never the agent's log.
+	const secret = "s3cr3t-value-for-the-test"
+	e.cfg.Containers.SecretsDir = filepath.Join(e.dir, "secrets")
+	if err := os.MkdirAll(e.cfg.Containers.SecretsDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(e.cfg.Containers.SecretsDir, "api-token"), []byte(secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logBuf syncBuffer
+	e.opts.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{t}, &logBuf), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	body, _ := e.ctrRecipe("hostok", []string{"touch", "/shared/hello"}, "")
-	e.write("hostok", strings.Replace(body, "  args:", "  mounts:\n    - {source: "+allowed+", target: /shared}\n  args:", 1))
+	e.write("hostok", strings.Replace(body, "  args:", "  secret_env: {API_TOKEN: api-token}\n  mounts:\n    - {source: "+allowed+", target: /shared}\n  args:", 1))
 	body, _ = e.ctrRecipe("hostbad", []string{"sleep"}, "")
 	e.write("hostbad", strings.Replace(body, "  args:", "  mounts:\n    - {source: /etc, target: /hostetc}\n  privileged: true\n  args:", 1))
 	e.start()
@@ -257,6 +289,13 @@ func TestContainerPolicy(t *testing.T) {
 		_, err := os.Stat(filepath.Join(allowed, "hello"))
 		return err == nil
 	})
+	ok := e.waitState("hostok", 30*time.Second, StateRunning)
+	if env := strings.Join(e.inspectEnv(t, container.NewDocker(e.cfg.Containers.Socket), ok.Container.ID), "\n"); !strings.Contains(env, "API_TOKEN="+secret+"\n") {
+		t.Fatalf("secret not in the container's environment:\n%s", env)
+	}
+	if strings.Contains(logBuf.String(), secret) {
+		t.Fatal("the secret's value is in the agent's log")
+	}
 	st := e.waitState("hostbad", 10*time.Second, StateInvalid)
 	for _, want := range []string{"hostbad.yaml:7:16: container.mounts[0].source", "/etc is not under", "hostbad.yaml:8:15: container.privileged"} {
 		if !strings.Contains(st.Error, want) {
