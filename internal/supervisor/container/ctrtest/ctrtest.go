@@ -176,6 +176,38 @@ func (s *Service) Stop() {
 	_ = os.RemoveAll(s.Dir)
 }
 
+// PID returns the podman service's process ID, 0 if it is not found.
+func (s *Service) PID() int {
+	if p := s.Children("podman"); len(p) > 0 {
+		return p[0]
+	}
+	return 0
+}
+
+// Children returns the pids of the service reaper's children named comm:
+// "podman" (the service) or "conmon" (one per container, re-parented).
+func (s *Service) Children(comm string) []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		open, close := strings.IndexByte(string(b), '('), strings.LastIndexByte(string(b), ')')
+		if open < 0 || close < open {
+			continue
+		}
+		f := strings.Fields(string(b[close+1:]))
+		if len(f) > 1 && f[1] == fmt.Sprint(s.cmd.Process.Pid) && string(b[open+1:close]) == comm {
+			pid := 0
+			fmt.Sscan(e.Name(), &pid)
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
 // Kill stops the service process only (the daemon is down; containers
 // keep running under conmon). Used for fault tests.
 func (s *Service) Kill() {
