@@ -162,4 +162,3 @@ func BenchmarkIdleContainers20(b *testing.B) {
 		float64(rss)/(1<<20), 100*cpu.Seconds()/wall.Seconds(), wall.Round(time.Second),
 		float64(procRSS(podman))/(1<<20), 100*pcpu.Seconds()/wall.Seconds(), len(conmons), float64(crss)/(1<<20))
 }
-
