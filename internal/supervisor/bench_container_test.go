@@ -126,6 +126,9 @@ func BenchmarkIdleContainers20(b *testing.B) {
 	t0 := time.Now()
 	for {
 		sts, _ := ag.list()
+		if time.Since(t0) > 3*time.Minute && len(sts) > 0 {
+			b.Logf("first component: %s %s", sts[0].State, sts[0].Reason)
+		}
 		h := 0
 		for _, st := range sts {
 			if st.State == StateHealthy {

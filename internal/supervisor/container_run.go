@@ -450,6 +450,16 @@ func (c *component) ensureImage(ctx context.Context, rt container.Runtime, r *re
 		img, err = rt.Image(ctx, ct.Image+"@"+ct.Digest)
 	}
 	if errors.Is(err, container.ErrNotFound) {
+		// One load at a time: components sharing an image wait for the
+		// first load instead of each loading the same archive.
+		c.s.imageMu.Lock()
+		defer c.s.imageMu.Unlock()
+		img, err = rt.Image(ctx, ref)
+		if errors.Is(err, container.ErrNotFound) && ref != ct.Image {
+			img, err = rt.Image(ctx, ct.Image+"@"+ct.Digest)
+		}
+	}
+	if errors.Is(err, container.ErrNotFound) {
 		_, art, _ := c.dirs(r)
 		loaded := false
 		for i, a := range r.Artifacts {

@@ -76,6 +76,7 @@ type Supervisor struct {
 	watchW   *watcher
 	rt       container.Runtime // see runtime()
 	rtSocket string
+	imageMu  sync.Mutex // serializes image archive loads
 }
 
 var (

@@ -331,36 +331,47 @@ func (d *Docker) Inspect(ctx context.Context, id string) (Info, error) {
 		Pid: m.State.Pid, StartedAt: parseTime(m.State.StartedAt), FinishedAt: parseTime(m.State.FinishedAt)}, nil
 }
 
-// Wait implements Runtime. It uses the runtime's wait call and falls back
-// to polling when that connection breaks (daemon restarted).
+// waitRecheck bounds how long Wait trusts one output stream before it
+// inspects the container again.
+const waitRecheck = time.Minute
+
+// Wait implements Runtime. It does not use the runtime's wait call:
+// podman 4.3 serves it by polling, measured at about 4% of a core per
+// waiting container (20 idle containers: 84%). Instead it follows the
+// container's output stream, discarded, which the runtime ends when the
+// container stops (20 streams: 0.7%), then inspects the container; an
+// unreachable runtime is polled every second.
 func (d *Docker) Wait(ctx context.Context, id string) (Info, error) {
 	for {
-		resp, err := d.do(ctx, d.stream, http.MethodPost, "/containers/"+url.PathEscape(id)+"/wait", url.Values{"condition": {"not-running"}}, nil, "")
-		if err == nil {
-			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
-			resp.Body.Close()
-		}
+		info, err := d.inspectBounded(ctx, id)
 		if ctx.Err() != nil {
 			return Info{}, ctx.Err()
+		}
+		if err == nil && !info.Running && info.Status != "created" {
+			return info, nil
 		}
 		if errors.Is(err, ErrNotFound) {
 			return Info{}, err
 		}
-		info, ierr := d.inspectBounded(ctx, id)
-		if ierr == nil && !info.Running && info.Status != "created" {
-			return info, nil
+		t0 := time.Now()
+		if err == nil {
+			sctx, cancel := context.WithTimeout(ctx, waitRecheck)
+			_ = d.Logs(sctx, id, time.Now(), io.Discard, io.Discard)
+			cancel()
 		}
-		if errors.Is(ierr, ErrNotFound) {
-			return Info{}, ierr
-		}
-		// Still running (the wait connection broke) or the runtime is
-		// unreachable: poll.
-		t := time.NewTimer(time.Second)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return Info{}, ctx.Err()
-		case <-t.C:
+		// Never spin: a stream that ends at once (or a runtime that is
+		// down) is retried after a pause.
+		if pause := time.Second - time.Since(t0); pause > 0 {
+			if err == nil {
+				pause = min(pause, 100*time.Millisecond)
+			}
+			t := time.NewTimer(pause)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return Info{}, ctx.Err()
+			case <-t.C:
+			}
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -252,15 +253,30 @@ func TestDockerBadInput(t *testing.T) {
 	}
 }
 
+// A missing socket and a socket nobody listens on (the daemon died) are
+// both ErrUnavailable, with the reason.
 func TestDockerUnavailable(t *testing.T) {
-	rt := container.NewDocker(filepath.Join(t.TempDir(), "missing.sock"))
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	err := rt.Ping(ctx)
-	if !errors.Is(err, container.ErrUnavailable) {
-		t.Fatalf("ping a missing socket: %v, want ErrUnavailable", err)
+	dir := t.TempDir()
+	dead := filepath.Join(dir, "dead.sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: dead, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !strings.Contains(err.Error(), "no such file") {
-		t.Fatalf("reason missing: %v", err)
+	l.SetUnlinkOnClose(false)
+	l.Close()
+	for _, c := range []struct{ sock, want string }{
+		{filepath.Join(dir, "missing.sock"), "no such file"},
+		{dead, "connection refused"},
+	} {
+		rt := container.NewDocker(c.sock)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := rt.Ping(ctx)
+		cancel()
+		if !errors.Is(err, container.ErrUnavailable) || !container.IsUnavailable(err) {
+			t.Fatalf("ping %s: %v, want ErrUnavailable", c.sock, err)
+		}
+		if !strings.Contains(err.Error(), c.want) {
+			t.Fatalf("reason missing: %v, want %q", err, c.want)
+		}
 	}
 }
