@@ -382,3 +382,32 @@ func TestContainerReadoptAfterKill9(t *testing.T) {
 		return errors.Is(err, container.ErrNotFound)
 	})
 }
+
+// Dependencies work both ways between native and container components: a
+// container waits for its native hard dependency, a native component for
+// its container dependency, and a restart of the native base restarts
+// the chain.
+func TestContainerDependencies(t *testing.T) {
+	e, _ := ctrEnv(t)
+	e.write("base", helperRecipe("base", "sleep", ""))
+	body, _ := e.ctrRecipe("mid", []string{"sleep"}, "depends_on: [base]\n")
+	e.write("mid", body)
+	e.write("top", helperRecipe("top", "sleep", "depends_on: [mid]\n"))
+	s := e.start()
+	e.waitState("top", 60*time.Second, StateRunning)
+	mid, _ := s.Component("mid")
+	top, _ := s.Component("top")
+	base, _ := s.Component("base")
+	if !base.Since.Before(mid.Since) || !mid.Since.Before(top.Since) || mid.Container == nil {
+		t.Fatalf("start order: base %s, mid %s, top %s", base.Since, mid.Since, top.Since)
+	}
+	first := mid.Container.ID
+	if err := s.Restart("base"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "the chain restarted", func() bool {
+		m, _ := s.Component("mid")
+		tp, _ := s.Component("top")
+		return m.State == StateRunning && m.Container != nil && m.Container.ID != "" && m.Container.ID != first && tp.State == StateRunning && tp.Since.After(m.Since)
+	})
+}

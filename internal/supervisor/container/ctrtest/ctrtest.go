@@ -114,7 +114,11 @@ func StartPodman() (*Service, error) {
 	s.cmd = exec.Command(reaper, append([]string{"reaper", bin}, s.Args("system", "service", "--time=0", "unix://"+s.Socket)...)...)
 	s.cmd.Env = s.Env()
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	// No Pdeathsig: it fires when the forking *thread* exits, and the
+	// supervisor under test ends threads (those it moved into a v1 cgroup
+	// to start a component), which stopped the service mid-test. The
+	// reaper stops the service when the test process goes instead.
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := s.cmd.Start(); err != nil {
 		logf.Close()
 		return nil, err

@@ -200,6 +200,16 @@ func reaper(argv []string) int {
 			_ = p.Signal(s)
 		}
 	}()
+	// When the process that started us goes (a test killed), stop too.
+	parent := os.Getppid()
+	go func() {
+		for range time.Tick(time.Second) {
+			if os.Getppid() != parent {
+				_ = p.Signal(syscall.SIGTERM)
+				return
+			}
+		}
+	}()
 	for {
 		var ws syscall.WaitStatus
 		pid, err := syscall.Wait4(-1, &ws, 0, nil)
