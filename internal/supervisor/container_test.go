@@ -411,3 +411,69 @@ func TestContainerDependencies(t *testing.T) {
 		return m.State == StateRunning && m.Container != nil && m.Container.ID != "" && m.Container.ID != first && tp.State == StateRunning && tp.Since.After(m.Since)
 	})
 }
+
+// The daemon dies while a container runs: the container keeps running
+// (under conmon) and stays healthy, a native component is unaffected, a
+// container component added meanwhile waits for the runtime with the
+// reason; when the daemon is back, the new one starts and the running one
+// is still the same container, and it can be restarted through it.
+func TestContainerDaemonDown(t *testing.T) {
+	ctrtest.Podman(t) // builds ctrapp and checks podman before a private service
+	svc, err := ctrtest.StartPodman()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Stop()
+	e := newEnv(t)
+	e.cfg.Containers.Socket = svc.Socket
+	e.cfg.Containers.RetryMax = config.Duration(500 * time.Millisecond)
+	port := freePort(t)
+	body, _ := e.ctrRecipe("survivor", []string{"http", fmt.Sprintf("127.0.0.1:%d", port)},
+		fmt.Sprintf("health:\n  http: http://127.0.0.1:%d/healthz\n  interval: 500ms\n", port))
+	e.write("survivor", body)
+	e.write("nat", helperRecipe("nat", "sleep", ""))
+	s := e.start()
+	first := e.waitState("survivor", 60*time.Second, StateHealthy)
+	e.waitState("nat", 10*time.Second, StateRunning)
+
+	svc.Kill()
+	body, _ = e.ctrRecipe("late", []string{"sleep"}, "")
+	e.write("late", body)
+	if err := s.Reload(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var late Status
+	waitFor(t, 20*time.Second, "late waiting for the runtime", func() bool {
+		late, _ = s.Component("late")
+		return late.State == StateWaiting && strings.Contains(late.Reason, "waiting for runtime")
+	})
+	if !strings.Contains(late.Reason, "connection refused") {
+		t.Fatalf("reason %q", late.Reason)
+	}
+	// Several health intervals without the daemon: still healthy.
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		if st, _ := s.Component("survivor"); st.State != StateHealthy {
+			t.Fatalf("survivor while the daemon is down: %s %s", st.State, st.Reason)
+		}
+		if st, _ := s.Component("nat"); st.State != StateRunning {
+			t.Fatalf("native component: %s %s", st.State, st.Reason)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	if err := svc.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState("late", 60*time.Second, StateRunning)
+	if st, _ := s.Component("survivor"); st.State != StateHealthy || st.Container == nil || st.Container.ID != first.Container.ID {
+		t.Fatalf("survivor after the daemon came back: %+v", st)
+	}
+	if err := s.Restart("survivor"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "survivor restarted in a new container", func() bool {
+		st, _ := s.Component("survivor")
+		return st.State == StateHealthy && st.Container != nil && st.Container.ID != "" && st.Container.ID != first.Container.ID
+	})
+}

@@ -78,8 +78,7 @@ func Shutdown() {
 // StartPodman starts a private podman API service in a new temporary
 // directory.
 func StartPodman() (*Service, error) {
-	bin, err := exec.LookPath("podman")
-	if err != nil {
+	if _, err := exec.LookPath("podman"); err != nil {
 		return nil, fmt.Errorf("podman not installed (scripts/deps.sh): %w", err)
 	}
 	dir, err := os.MkdirTemp("", "outpost-podman-")
@@ -96,21 +95,40 @@ func StartPodman() (*Service, error) {
 	if err := os.WriteFile(storage, []byte(st), 0o644); err != nil {
 		return nil, err
 	}
-	logf, err := os.Create(filepath.Join(dir, "service.log"))
-	if err != nil {
+	if err := s.start(); err != nil {
+		s.Stop()
 		return nil, err
+	}
+	return s, nil
+}
+
+// start starts the service process (again) and waits for its socket.
+func (s *Service) start() error {
+	bin, err := exec.LookPath("podman")
+	if err != nil {
+		return err
+	}
+	dir := s.Dir
+	logf, err := os.OpenFile(filepath.Join(dir, "service.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
 	}
 	// The service runs below a subreaper of its own: its conmon processes
 	// double-fork, and a test process that is itself a subreaper (as the
 	// supervisor is) would otherwise inherit them as zombies.
 	app, err := buildApp()
 	if err != nil {
-		return nil, err
+		logf.Close()
+		return err
 	}
 	reaper := filepath.Join(dir, "reaper")
-	if err := os.WriteFile(reaper, app, 0o755); err != nil {
-		return nil, err
+	if _, err := os.Stat(reaper); err != nil { // a previous reaper may still run it
+		if err := os.WriteFile(reaper, app, 0o755); err != nil {
+			logf.Close()
+			return err
+		}
 	}
+	_ = os.Remove(s.Socket)
 	s.cmd = exec.Command(reaper, append([]string{"reaper", bin}, s.Args("system", "service", "--time=0", "unix://"+s.Socket)...)...)
 	s.cmd.Env = s.Env()
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
@@ -121,28 +139,32 @@ func StartPodman() (*Service, error) {
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := s.cmd.Start(); err != nil {
 		logf.Close()
-		return nil, err
+		return err
 	}
-	go func() { _ = s.cmd.Wait(); logf.Close(); close(s.done) }()
+	s.done = make(chan struct{})
+	cmd, done := s.cmd, s.done
+	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		if c, err := net.Dial("unix", s.Socket); err == nil {
 			c.Close()
-			return s, nil
+			return nil
 		}
 		select {
-		case <-s.done:
+		case <-done:
 			b, _ := os.ReadFile(filepath.Join(dir, "service.log"))
-			return nil, fmt.Errorf("podman service exited: %s", strings.TrimSpace(string(b)))
+			return fmt.Errorf("podman service exited: %s", strings.TrimSpace(string(b)))
 		default:
 		}
 		if time.Now().After(deadline) {
-			s.Stop()
-			return nil, fmt.Errorf("podman service socket %s did not appear", s.Socket)
+			return fmt.Errorf("podman service socket %s did not appear", s.Socket)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// Restart starts the service again after Kill (same storage and socket).
+func (s *Service) Restart() error { return s.start() }
 
 // Args returns podman's global flags for this service's storage followed
 // by args (for running the podman CLI against it).
@@ -159,6 +181,10 @@ func (s *Service) Env() []string {
 
 // Stop stops the service and its containers and removes its directory.
 func (s *Service) Stop() {
+	if s.cmd == nil || s.cmd.Process == nil {
+		_ = os.RemoveAll(s.Dir)
+		return
+	}
 	if bin, err := exec.LookPath("podman"); err == nil {
 		cmd := exec.Command(bin, s.Args("rm", "--all", "--force", "--time", "0")...)
 		cmd.Env = s.Env()
@@ -213,10 +239,23 @@ func (s *Service) Children(comm string) []int {
 }
 
 // Kill stops the service process only (the daemon is down; containers
-// keep running under conmon). Used for fault tests.
+// keep running under conmon). Used for fault tests; Restart brings it back.
+//
+// Only the podman process is killed: its reaper stays to reap the conmon
+// processes (and exits once they are gone), so nothing is re-parented to
+// the test process.
 func (s *Service) Kill() {
-	_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
-	<-s.done
+	pid := s.PID()
+	if pid == 0 {
+		return
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	for i := 0; i < 500; i++ {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 var (
