@@ -477,3 +477,33 @@ func TestContainerDaemonDown(t *testing.T) {
 		return st.State == StateHealthy && st.Container != nil && st.Container.ID != "" && st.Container.ID != first.Container.ID
 	})
 }
+
+// A new version with another image replaces the container, and the old
+// image, no longer used, is removed from the runtime.
+func TestContainerNewVersionCollectsOldImage(t *testing.T) {
+	e, rt := ctrEnv(t)
+	body, a1 := e.ctrRecipe("ver", []string{"sleep"}, "")
+	e.write("ver", body)
+	s := e.start()
+	first := e.waitState("ver", 60*time.Second, StateRunning)
+	a2 := ctrtest.AppImage(t, "localhost/outpost-test/ver:2", "v2")
+	a2.Write(t, filepath.Join(e.recipes, "ver2.tar"))
+	body = strings.NewReplacer("version: 1.0.0", "version: 2.0.0", a1.Tag+"@"+a1.ID, a2.Tag+"@"+a2.ID,
+		"path: ver.tar", "path: ver2.tar", a1.SHA256(), a2.SHA256()).Replace(body)
+	e.write("ver", body)
+	if err := s.Reload(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "version 2 running", func() bool {
+		st, _ := s.Component("ver")
+		return st.State == StateRunning && st.Version == "2.0.0" && st.Container != nil && st.Container.Image == a2.ID
+	})
+	if l := ctrList(t, rt, s, "ver"); len(l) != 1 || l[0].ID == first.Container.ID {
+		t.Fatalf("containers after the update: %+v", l)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := rt.Image(ctx, a1.ID); !errors.Is(err, container.ErrNotFound) {
+		t.Fatalf("old image still in the runtime: %v", err)
+	}
+}
