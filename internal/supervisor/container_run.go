@@ -405,6 +405,10 @@ loop:
 	return res, ex, reason
 }
 
+// waitingForRuntime starts the reason of a container component waiting
+// for its runtime (Health reports them).
+const waitingForRuntime = "waiting for runtime: "
+
 // awaitRuntime waits until the runtime answers, retrying with backoff
 // (1s doubling to containers.retry_max) in state waiting with the reason. It returns false
 // when interrupted.
@@ -426,7 +430,7 @@ func (c *component) awaitRuntime(ctx context.Context, gen uint64) (container.Run
 		if ctx.Err() != nil || c.interrupted(gen) {
 			return nil, false
 		}
-		c.setState(StateWaiting, "waiting for runtime: "+err.Error()+fmt.Sprintf("; retrying in %s", delay))
+		c.setState(StateWaiting, waitingForRuntime+err.Error()+fmt.Sprintf("; retrying in %s", delay))
 		c.sleep(ctx, gen, delay)
 		if ctx.Err() != nil || c.interrupted(gen) {
 			return nil, false

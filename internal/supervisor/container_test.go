@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/internal/config"
+	"github.com/outpost-edge/outpost/internal/module"
 	"github.com/outpost-edge/outpost/internal/supervisor/container"
 	"github.com/outpost-edge/outpost/internal/supervisor/container/ctrtest"
 )
@@ -192,6 +193,9 @@ func TestContainerRuntimeMissing(t *testing.T) {
 		t.Fatalf("reason %q", st.Reason)
 	}
 	e.waitState("native", 10*time.Second, StateRunning)
+	if h := s.Health(); h.State != module.StateDegraded || !strings.Contains(h.Detail, "waiting for the container runtime: late") {
+		t.Fatalf("health %+v", h)
+	}
 	if err := os.Symlink(real, link); err != nil {
 		t.Fatal(err)
 	}

@@ -333,17 +333,25 @@ func (s *Supervisor) Health() module.Status {
 	if cg != nil && cg.Mode() == cgroup.None {
 		notes = append(notes, "cgroups unavailable, components run without resource limits: "+cg.Reason())
 	}
-	var broken, failed []string
+	var broken, failed, noRuntime []string
 	for _, c := range comps {
 		c.mu.Lock()
-		st := c.state
+		st, reason := c.state, c.reason
 		c.mu.Unlock()
 		switch st {
 		case StateBroken:
 			broken = append(broken, c.name)
 		case StateInstallFailed:
 			failed = append(failed, c.name)
+		case StateWaiting:
+			if strings.HasPrefix(reason, waitingForRuntime) {
+				noRuntime = append(noRuntime, c.name)
+			}
 		}
+	}
+	sort.Strings(noRuntime)
+	if len(noRuntime) > 0 {
+		notes = append(notes, "waiting for the container runtime: "+strings.Join(noRuntime, ", "))
 	}
 	sort.Strings(broken)
 	sort.Strings(failed)
