@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -800,22 +801,31 @@ func (s *Supervisor) collectContainers(ctx context.Context, removed []string) {
 	}
 }
 
-// containerStats fills a container component's memory and CPU from the
-// runtime (bounded, for the API's listing).
-func (s *Supervisor) containerStats(st *Status) {
-	if st.Container == nil || st.Container.ID == "" || !st.State.up() {
-		return
+// containerStats fills container components' memory and CPU from the
+// runtime's stats (for the API's listing): concurrently, each bounded.
+func (s *Supervisor) containerStats(sts []Status) {
+	var wg sync.WaitGroup
+	for i := range sts {
+		st := &sts[i]
+		if st.Container == nil || st.Container.ID == "" || !st.State.up() {
+			continue
+		}
+		rt, err := s.runtime()
+		if err != nil {
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			if cs, err := rt.Stats(ctx, st.Container.ID); err == nil {
+				st.Memory = cs.MemoryBytes
+				st.Container.CPUSeconds = float64(cs.CPUNanos) / 1e9
+			}
+		}()
 	}
-	rt, err := s.runtime()
-	if err != nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if cs, err := rt.Stats(ctx, st.Container.ID); err == nil {
-		st.Memory = cs.MemoryBytes
-		st.Container.CPUSeconds = float64(cs.CPUNanos) / 1e9
-	}
+	wg.Wait()
 }
 
 // applyContainerPolicy moves container recipes the agent config does not

@@ -767,7 +767,6 @@ func (s *Supervisor) Components() []Status {
 	out := make([]Status, 0, len(comps)+len(invalid))
 	for _, c := range comps {
 		st := c.status()
-		s.containerStats(&st)
 		if e, ok := invalid[c.name]; ok {
 			st.Error = e.Error()
 			delete(invalid, c.name)
@@ -794,6 +793,7 @@ func (s *Supervisor) Components() []Status {
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	s.containerStats(out)
 	return out
 }
 
