@@ -285,7 +285,10 @@ func (c *component) runContainer(ctx context.Context, r *recipe.Recipe, ov Overr
 		if r.Health.Kind == recipe.HealthExec {
 			argv := r.Health.Exec.Argv()
 			check = func(timeout time.Duration) error {
-				cctx, cancel := context.WithTimeout(hctx, timeout)
+				// Not cut short by a stop: an exec aborted mid-flight left
+				// podman's exec conmon behind, sleeping, after the
+				// container was gone. Bounded by the check's timeout.
+				cctx, cancel := context.WithTimeout(context.WithoutCancel(hctx), timeout)
 				defer cancel()
 				code, out, err := rt.Exec(cctx, id, argv)
 				if err != nil {

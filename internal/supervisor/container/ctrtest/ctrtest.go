@@ -131,6 +131,8 @@ func (s *Service) start() error {
 	_ = os.Remove(s.Socket)
 	s.cmd = exec.Command(reaper, append([]string{"reaper", bin}, s.Args("system", "service", "--time=0", "unix://"+s.Socket)...)...)
 	s.cmd.Env = s.Env()
+	// conmon writes files (an "oom" marker) to its working directory.
+	s.cmd.Dir = dir
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	// No Pdeathsig: it fires when the forking *thread* exits, and the
 	// supervisor under test ends threads (those it moved into a v1 cgroup
