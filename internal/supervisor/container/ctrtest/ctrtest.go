@@ -199,6 +199,11 @@ func (s *Service) Stop() {
 		_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
 		<-s.done
 	}
+	// podman's exec sessions can leave their conmon behind, sleeping,
+	// re-parented to init once the reaper is gone (seen after exec health
+	// checks; not understood yet): kill every process of this service's
+	// storage.
+	s.killStrays()
 	if bin, err := exec.LookPath("podman"); err == nil {
 		// Unmount what overlay left mounted before removing the storage.
 		cmd := exec.Command(bin, s.Args("system", "reset", "--force")...)
@@ -405,3 +410,19 @@ func BuildImage(files map[string][]byte, entrypoint []string, tag, salt string) 
 
 // Current returns the package's podman service (nil before Podman).
 func Current() *Service { return podman }
+
+// killStrays SIGKILLs processes whose command line names the service's
+// directory (conmon processes outliving their containers).
+func (s *Service) killStrays() {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid := 0
+		if _, err := fmt.Sscan(e.Name(), &pid); err != nil || pid == os.Getpid() {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err == nil && strings.Contains(string(b), s.Dir+"/") {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
