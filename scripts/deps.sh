@@ -7,6 +7,8 @@
 #   iproute2, clang, llvm, libbpf-dev  netpol tests (namespaces) and the BPF regeneration check
 #   postgresql                     the fleet store tests start a throwaway cluster (initdb + pg_ctl)
 #   prometheus                     promtool: lints a real agent's /metrics
+#   podman                         container components (its Docker Engine API service)
+#   containerd + runc              the containerd measurements (docs/components.md)
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
@@ -22,6 +24,9 @@ command -v llvm-strip >/dev/null 2>&1 || need+=(llvm)
 [ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v podman >/dev/null 2>&1 || need+=(podman)
+command -v containerd >/dev/null 2>&1 || need+=(containerd)
+command -v runc >/dev/null 2>&1 || need+=(runc)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""

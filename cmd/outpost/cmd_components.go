@@ -204,6 +204,9 @@ func printComponentStatus(w io.Writer, st supervisor.Status) {
 	if st.Memory != 0 {
 		p("memory", fmt.Sprintf("%.1f MiB", float64(st.Memory)/(1<<20)))
 	}
+	if c := st.Container; c != nil {
+		p("container", fmt.Sprintf("%s image=%s adopted=%v cpu=%.2fs via %s", c.ID, c.Image, c.Adopted, c.CPUSeconds, c.Runtime))
+	}
 	if st.Recipe != "" {
 		p("recipe", st.Recipe)
 	}

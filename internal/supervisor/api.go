@@ -90,6 +90,8 @@ type Config struct {
 	Watch *bool `yaml:"watch"` // default true
 	// Overrides adjust components without editing their recipes.
 	Overrides map[string]Override `yaml:"overrides"`
+	// Containers configures kind: container components.
+	Containers ContainersConfig `yaml:"containers"`
 }
 
 // LogConfig is the component log rotation.
@@ -118,6 +120,7 @@ type Override struct {
 
 // SetDefaults fills zero values with defaults.
 func (c *Config) SetDefaults() {
+	c.Containers.setDefaults()
 	if c.RecipesDir == "" {
 		c.RecipesDir = "/etc/outpost/components"
 	}
@@ -187,5 +190,6 @@ func (c Config) Validate() error {
 			bad("overrides."+name, "not a valid component name")
 		}
 	}
+	errs = append(errs, c.Containers.validate()...)
 	return errors.Join(errs...)
 }

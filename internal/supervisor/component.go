@@ -47,6 +47,7 @@ type component struct {
 	kickGen  uint64 // incremented by manual restarts and recipe changes
 	exit     bool   // the loop must stop and return
 	limits   *LimitsStatus
+	ctr      *ContainerStatus // kind container: the current container
 
 	wake    chan struct{} // cap 1: something changed for this component
 	done    chan struct{} // closed when loop returns
@@ -104,6 +105,10 @@ func (c *component) status() Status {
 		Name: c.name, Version: r.Version.String(), State: c.state, Since: c.since, Reason: c.reason,
 		PID: c.pid, Restarts: c.restarts, Health: c.health, LastExit: c.lastExit, Output: c.output,
 		Recipe: r.File, DependsOn: r.Dependencies(""), Limits: c.limits,
+	}
+	if c.ctr != nil {
+		cs := *c.ctr
+		st.Container = &cs
 	}
 	if c.state.up() && c.group != nil && c.group.Mode() != cgroup.None {
 		st.Memory = c.group.MemoryUsage()

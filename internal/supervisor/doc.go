@@ -50,7 +50,16 @@
 //     removed and changed components (and hard dependents of changed ones)
 //     are restarted. An invalid or cyclic change is rejected with
 //     file:line:column and the running version stays.
-//   - Restart of the agent: nothing is re-adopted. Start stops every process
+//   - Containers (kind: container, container_run.go): run through the
+//     host's runtime (package container; Docker Engine API), with the same
+//     states, health checks, restart policy and dependencies. Images are
+//     pinned by digest and loaded from verified archives; credentials reach
+//     the container in a mounted file. Containers carry owner labels; a
+//     running one with the same spec is re-adopted after an agent crash,
+//     others are removed; removed components' containers and images are
+//     collected. Without a runtime a container component waits, with the
+//     reason, retrying with backoff.
+//   - Restart of the agent: no native process is re-adopted. Start stops every process
 //     left in the components' cgroups and every process named by a pid file
 //     whose start time and boot id still match, then starts components
 //     cleanly, so no component runs twice.

@@ -33,8 +33,11 @@ type healthEvent struct {
 // an idle component costs the agent no parked goroutine stack for its
 // health check (with 100 components, that was 100 stacks).
 func (c *component) checkHealth(ctx context.Context, r *recipe.Recipe, env []string, cred *credential, out chan<- healthEvent) {
-	h := r.Health
-	check := c.checker(ctx, r, env, cred)
+	c.runHealth(ctx, r.Health, c.checker(ctx, r, env, cred), out)
+}
+
+// runHealth drives one check function (see checkHealth).
+func (c *component) runHealth(ctx context.Context, h *recipe.Health, check func(timeout time.Duration) error, out chan<- healthEvent) {
 	if check == nil {
 		return
 	}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/internal/supervisor/cgroup"
+	"github.com/outpost-edge/outpost/internal/supervisor/container/ctrtest"
 )
 
 // hogged keeps the hog helper's memory reachable.
@@ -29,7 +30,9 @@ func TestMain(m *testing.M) {
 	if mode := os.Getenv(helperEnv); mode != "" {
 		os.Exit(helperMain(mode))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	ctrtest.Shutdown() // the podman service of the container tests, if started
+	os.Exit(code)
 }
 
 // helperMain implements the test components:

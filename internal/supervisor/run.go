@@ -19,6 +19,9 @@ import (
 // exits, fails its health check, loses a hard dependency or is interrupted.
 // On return nothing of it is left running.
 func (c *component) runOnce(ctx context.Context, r *recipe.Recipe, ov Override, gen uint64) (outcome, *exitInfo, string) {
+	if r.Kind == recipe.KindContainer {
+		return c.runContainer(ctx, r, ov, gen)
+	}
 	cred, err := resolveCredential(r)
 	if err != nil {
 		return c.startFailed(err)

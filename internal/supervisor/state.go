@@ -57,6 +57,8 @@ type Status struct {
 	Limits    *LimitsStatus `json:"limits,omitempty"`
 	Memory    int64         `json:"memory_bytes,omitempty"`
 	Error     string        `json:"error,omitempty"` // recipe problem
+	// Container is set for kind: container components.
+	Container *ContainerStatus `json:"container,omitempty"`
 }
 
 // ExitStatus is how the last process ended.

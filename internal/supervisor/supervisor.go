@@ -19,6 +19,7 @@ import (
 
 	"github.com/outpost-edge/outpost/internal/module"
 	"github.com/outpost-edge/outpost/internal/supervisor/cgroup"
+	"github.com/outpost-edge/outpost/internal/supervisor/container"
 	"github.com/outpost-edge/outpost/internal/supervisor/recipe"
 )
 
@@ -43,6 +44,9 @@ type Options struct {
 	// After names the modules that must start first (module.Deps), e.g.
 	// "broker" when Identity is the embedded broker.
 	After []string
+	// Runtime runs kind: container components; nil: the Docker Engine
+	// API at supervisor.containers.socket (or a default socket).
+	Runtime container.Runtime
 }
 
 // Supervisor runs components declared by recipes. It implements
@@ -70,6 +74,9 @@ type Supervisor struct {
 	pub      *statePublisher
 	reloadMu sync.Mutex
 	watchW   *watcher
+	rt       container.Runtime // see runtime()
+	rtSocket string
+	imageMu  sync.Mutex // serializes image archive loads
 }
 
 var (
@@ -326,17 +333,25 @@ func (s *Supervisor) Health() module.Status {
 	if cg != nil && cg.Mode() == cgroup.None {
 		notes = append(notes, "cgroups unavailable, components run without resource limits: "+cg.Reason())
 	}
-	var broken, failed []string
+	var broken, failed, noRuntime []string
 	for _, c := range comps {
 		c.mu.Lock()
-		st := c.state
+		st, reason := c.state, c.reason
 		c.mu.Unlock()
 		switch st {
 		case StateBroken:
 			broken = append(broken, c.name)
 		case StateInstallFailed:
 			failed = append(failed, c.name)
+		case StateWaiting:
+			if strings.HasPrefix(reason, waitingForRuntime) {
+				noRuntime = append(noRuntime, c.name)
+			}
 		}
+	}
+	sort.Strings(noRuntime)
+	if len(noRuntime) > 0 {
+		notes = append(notes, "waiting for the container runtime: "+strings.Join(noRuntime, ", "))
 	}
 	sort.Strings(broken)
 	sort.Strings(failed)
@@ -512,6 +527,7 @@ func (s *Supervisor) Reload(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("supervisor: %w", err)
 	}
+	loaded = s.applyContainerPolicy(loaded, fileErrs, cfg.Containers)
 	for f, e := range fileErrs {
 		s.log.Error("invalid recipe", "file", f, "err", e)
 	}
@@ -655,6 +671,7 @@ func (s *Supervisor) Reload(ctx context.Context) error {
 		s.changeCh = make(chan struct{})
 		s.mu.Unlock()
 	}
+	s.afterReload(toStop)
 	return nil
 }
 
@@ -776,6 +793,7 @@ func (s *Supervisor) Components() []Status {
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	s.containerStats(out)
 	return out
 }
 

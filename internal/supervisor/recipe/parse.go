@@ -280,7 +280,8 @@ func (d *decoder) recipe(n *yaml.Node) {
 				r.Configuration = m
 			}
 		},
-		"access": d.access,
+		"access":    d.access,
+		"container": d.container,
 	})
 	if n.Kind != yaml.MappingNode {
 		return
@@ -379,6 +380,7 @@ func (d *decoder) artifacts(n *yaml.Node, path string) {
 			},
 			"unpack":     func(v *yaml.Node, p string) { a.Unpack = d.boolean(v, p) },
 			"executable": func(v *yaml.Node, p string) { a.Executable = d.boolean(v, p) },
+			"image":      func(v *yaml.Node, p string) { a.Image = d.boolean(v, p) },
 		})
 		if e.Kind != yaml.MappingNode {
 			continue

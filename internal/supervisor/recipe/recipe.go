@@ -11,7 +11,8 @@ type Recipe struct {
 	Name        string
 	Version     Version
 	Description string
-	Kind        string // "native" (the only kind supported today)
+	Kind        string     // KindNative (default) or KindContainer
+	Container   *Container // kind container only
 	DependsOn   []Dependency
 	Artifacts   []Artifact
 	Lifecycle   Lifecycle
@@ -94,6 +95,7 @@ type Artifact struct {
 	SHA256     string // lower-case hex; verified when set
 	Unpack     bool   // unpack a .zip, .tar.gz or .tgz into the artifacts directory
 	Executable bool   // set the executable bit on the copied file
+	Image      bool   // an image archive (docker-archive or oci-archive tar) loaded into the container runtime
 	Pos        Pos
 }
 

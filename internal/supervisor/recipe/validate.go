@@ -30,14 +30,27 @@ func (d *decoder) validate() {
 	}
 	switch r.Kind {
 	case "":
-		r.Kind = "native"
-	case "native":
+		r.Kind = KindNative
+	case KindNative, KindContainer:
 	default:
-		errAt("kind", "kind %q is not supported (supported: native)", r.Kind)
+		errAt("kind", "kind %q is not supported (supported: native, container)", r.Kind)
+	}
+	if r.Kind == KindContainer {
+		d.validateContainer(errAt)
+	} else {
+		if r.Container != nil {
+			errAt("container", "container needs kind: container")
+		}
+		for i, a := range r.Artifacts {
+			if a.Image {
+				errAt(fmt.Sprintf("artifacts[%d].image", i), "image archives are for kind: container")
+			}
+		}
 	}
 
 	l := &r.Lifecycle
 	switch {
+	case r.Kind == KindContainer:
 	case l.Run == nil && l.Startup == nil:
 		errAt("lifecycle", "lifecycle needs run (a long-running process) or startup (a one-shot step)")
 	case l.Run != nil && l.Startup != nil:
