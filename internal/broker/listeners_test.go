@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"github.com/outpost-edge/outpost/internal/message"
 	"net"
 	"path/filepath"
 	"testing"
@@ -46,4 +47,43 @@ func freeAddr(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// A WebSocket listener binds when the broker starts: connecting right after
+// Start never gets "connection refused", and an address already in use
+// fails the start instead of only being logged (fork patch 24).
+func TestWebSocketListenerBindsAtStart(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	c := baseConfig(t)
+	c.Listeners = []Listener{{Name: "ws", Type: TypeWS, Address: busy.Addr().String()}}
+	c.SetDefaults()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	b := New(Options{DataDir: t.TempDir(), OnPublish: func(*message.Message) error { return nil }})
+	ctx := context.Background()
+	err = b.Init(ctx, c)
+	if err == nil {
+		err = b.Start(ctx)
+	}
+	b.Stop(ctx)
+	if err == nil {
+		t.Fatal("a ws listener on an address in use started without an error")
+	}
+
+	for i := 0; i < 20; i++ {
+		c := baseConfig(t)
+		c.Listeners = []Listener{{Name: "ws", Type: TypeWS, Address: "127.0.0.1:0"}}
+		tb := startBroker(t, c, "")
+		conn, err := net.Dial("tcp", tb.addr)
+		if err != nil {
+			t.Fatalf("start %d: dial right after Start: %v", i, err)
+		}
+		conn.Close()
+		tb.Stop(ctx)
+	}
 }

@@ -33,6 +33,7 @@ type Websocket struct { // [MQTT-4.2.0-1]
 	address   string              // the network address to bind to
 	config    Config              // configuration values for the listener
 	listen    *http.Server        // a http server for serving websocket connections
+	ln        net.Listener        // outpost: bound in Init (PATCHES.md 24)
 	log       *slog.Logger        // server logger
 	establish EstablishFn         // the server's establish connection handler
 	upgrader  *websocket.Upgrader //  upgrade the incoming http/tcp connection to a websocket compliant connection.
@@ -59,8 +60,12 @@ func (l *Websocket) ID() string {
 	return l.id
 }
 
-// Address returns the address of the listener.
+// Address returns the address of the listener: the bound one once Init
+// has run (so ":0" reports the port chosen).
 func (l *Websocket) Address() string {
+	if l.ln != nil {
+		return l.ln.Addr().String()
+	}
 	return l.address
 }
 
@@ -87,6 +92,14 @@ func (l *Websocket) Init(log *slog.Logger) error {
 		WriteTimeout: 60 * time.Second,
 	}
 
+	// outpost: bind here, as the TCP listener does, not in Serve's
+	// goroutine: the listener accepts as soon as the server has started,
+	// and an address in use fails the start instead of only being logged.
+	ln, err := net.Listen("tcp", l.address)
+	if err != nil {
+		return err
+	}
+	l.ln = ln
 	return nil
 }
 
@@ -111,9 +124,9 @@ func (l *Websocket) Serve(establish EstablishFn) {
 	l.establish = establish
 
 	if l.listen.TLSConfig != nil {
-		err = l.listen.ListenAndServeTLS("", "")
+		err = l.listen.ServeTLS(l.ln, "", "")
 	} else {
-		err = l.listen.ListenAndServe()
+		err = l.listen.Serve(l.ln)
 	}
 
 	// After the listener has been shutdown, no need to print the http.ErrServerClosed error.
@@ -131,6 +144,9 @@ func (l *Websocket) Close(closeClients CloseFn) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = l.listen.Shutdown(ctx)
+		if l.ln != nil {
+			_ = l.ln.Close() // outpost: closed even if Serve never ran
+		}
 	}
 
 	closeClients(l.id)
