@@ -15,10 +15,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
-	"sort"
-	"strings"
-	"syscall"
+
+	"github.com/outpost-edge/outpost/internal/cli"
 )
 
 // command is one `outpost-server <name>` subcommand.
@@ -28,19 +26,16 @@ type command struct {
 	run     func(ctx context.Context, args []string) int
 }
 
-var commands = map[string]*command{}
+var program = &cli.Program{Name: "outpost-server", Tagline: "outpost-server: the Outpost fleet control plane."}
 
 func register(c *command) {
-	if _, dup := commands[c.name]; dup {
-		panic("outpost-server: duplicate command " + c.name)
-	}
-	commands[c.name] = c
+	program.Register(&cli.Command{Name: c.name, Summary: c.summary, Run: c.run})
 }
 
 const (
-	exitOK      = 0
-	exitFailure = 1
-	exitUsage   = 2
+	exitOK      = cli.ExitOK
+	exitFailure = cli.ExitFailure
+	exitUsage   = cli.ExitUsage
 )
 
 func main() {
@@ -48,61 +43,12 @@ func main() {
 }
 
 func dispatch(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		usage(stderr)
-		return exitUsage
-	}
-	name := args[0]
-	switch name {
-	case "-h", "--help", "help":
-		if len(args) > 1 {
-			if c, ok := commands[args[1]]; ok {
-				return c.run(context.Background(), []string{"--help"})
-			}
-		}
-		usage(stdout)
-		return exitOK
-	}
-	c, ok := commands[name]
-	if !ok {
-		fmt.Fprintf(stderr, "outpost-server: unknown command %q\n\n", name)
-		usage(stderr)
-		return exitUsage
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	return c.run(ctx, args[1:])
-}
-
-func usage(w io.Writer) {
-	fmt.Fprintf(w, "outpost-server: the Outpost fleet control plane.\n\nUsage:\n  outpost-server <command> [flags]\n\nCommands:\n")
-	names := make([]string, 0, len(commands))
-	for n := range commands {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	width := 0
-	for _, n := range names {
-		width = max(width, len(n))
-	}
-	for _, n := range names {
-		fmt.Fprintf(w, "  %-*s  %s\n", width, n, commands[n].summary)
-	}
-	fmt.Fprintf(w, "\nRun 'outpost-server <command> --help' for a command's flags and examples.\n")
+	return program.Dispatch(args, stdout, stderr)
 }
 
 // helpText formats a command's --help header.
 func helpText(usageLine, description string, examples ...string) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "Usage:\n  %s\n\n%s\n", usageLine, strings.TrimSpace(description))
-	if len(examples) > 0 {
-		b.WriteString("\nExamples:\n")
-		for _, e := range examples {
-			fmt.Fprintf(&b, "  %s\n", e)
-		}
-	}
-	b.WriteString("\nFlags:\n")
-	return b.String()
+	return cli.HelpText(usageLine, description, examples...)
 }
 
 // parse parses flags; it returns (exit code, false) on --help or an error.

@@ -51,7 +51,7 @@ func run(t *testing.T, env []string, bin string, args ...string) (stdout, stderr
 }
 
 func TestEveryCommandHasHelpWithExamples(t *testing.T) {
-	for name := range commands {
+	for name := range program.Commands {
 		t.Run(name, func(t *testing.T) {
 			out, errOut, code := run(t, nil, serverBin, name, "--help")
 			text := out + errOut

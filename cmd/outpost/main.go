@@ -9,13 +9,10 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"os"
-	"os/signal"
-	"sort"
-	"strings"
-	"syscall"
+
+	"github.com/outpost-edge/outpost/internal/cli"
 )
 
 // command is one `outpost <name>` subcommand.
@@ -27,21 +24,22 @@ type command struct {
 	run func(ctx context.Context, args []string) int
 }
 
-var commands = map[string]*command{}
+var program = &cli.Program{
+	Name:    "outpost",
+	Tagline: "Outpost: edge runtime for IoT gateways.",
+	Aliases: map[string]string{"-v": "version", "--version": "version"},
+}
 
 // register adds a subcommand; a duplicate name is a programming error.
 func register(c *command) {
-	if _, dup := commands[c.name]; dup {
-		panic("outpost: duplicate command " + c.name)
-	}
-	commands[c.name] = c
+	program.Register(&cli.Command{Name: c.name, Summary: c.summary, Run: c.run})
 }
 
 // Exit codes.
 const (
-	exitOK      = 0
-	exitFailure = 1
-	exitUsage   = 2
+	exitOK      = cli.ExitOK
+	exitFailure = cli.ExitFailure
+	exitUsage   = cli.ExitUsage
 )
 
 func main() {
@@ -49,62 +47,11 @@ func main() {
 }
 
 func dispatch(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		usage(stderr)
-		return exitUsage
-	}
-	name := args[0]
-	switch name {
-	case "-h", "--help", "help":
-		if len(args) > 1 {
-			if c, ok := commands[args[1]]; ok {
-				return c.run(context.Background(), []string{"--help"})
-			}
-		}
-		usage(stdout)
-		return exitOK
-	case "-v", "--version":
-		name = "version"
-	}
-	c, ok := commands[name]
-	if !ok {
-		fmt.Fprintf(stderr, "outpost: unknown command %q\n\n", name)
-		usage(stderr)
-		return exitUsage
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	return c.run(ctx, args[1:])
-}
-
-func usage(w io.Writer) {
-	fmt.Fprintf(w, "Outpost: edge runtime for IoT gateways.\n\nUsage:\n  outpost <command> [flags]\n\nCommands:\n")
-	names := make([]string, 0, len(commands))
-	for n := range commands {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	width := 0
-	for _, n := range names {
-		width = max(width, len(n))
-	}
-	for _, n := range names {
-		fmt.Fprintf(w, "  %-*s  %s\n", width, n, commands[n].summary)
-	}
-	fmt.Fprintf(w, "\nRun 'outpost <command> --help' for a command's flags and examples.\n")
+	return program.Dispatch(args, stdout, stderr)
 }
 
 // helpText formats a command's --help header: usage line, description and
 // examples, for flag.FlagSet.Usage.
 func helpText(usageLine, description string, examples ...string) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "Usage:\n  %s\n\n%s\n", usageLine, strings.TrimSpace(description))
-	if len(examples) > 0 {
-		b.WriteString("\nExamples:\n")
-		for _, e := range examples {
-			fmt.Fprintf(&b, "  %s\n", e)
-		}
-	}
-	b.WriteString("\nFlags:\n")
-	return b.String()
+	return cli.HelpText(usageLine, description, examples...)
 }

@@ -67,7 +67,7 @@ func freePort(t *testing.T) string {
 }
 
 func TestEveryCommandHasHelpWithExamples(t *testing.T) {
-	for name := range commands {
+	for name := range program.Commands {
 		t.Run(name, func(t *testing.T) {
 			out, errOut, code := outpost(t, name, "--help")
 			text := out + errOut
