@@ -394,17 +394,7 @@ func (x *xdpIface) apply(itf netpol.Interface) error {
 // read sums the per-CPU counters of every current rule and the default.
 func (x *xdpIface) read() (map[string]netpol.Counter, error) {
 	out := make(map[string]netpol.Counter, len(x.slots)+1)
-	var per []policyCounter
-	sum := func(slot uint32) (netpol.Counter, error) {
-		var c netpol.Counter
-		if err := x.objs.Counters.Lookup(slot, &per); err != nil {
-			return c, err
-		}
-		for _, p := range per {
-			c.Add(netpol.Counter{Packets: p.Packets, Bytes: p.Bytes})
-		}
-		return c, nil
-	}
+	sum := func(slot uint32) (netpol.Counter, error) { return sumPerCPU(x.objs.Counters, slot) }
 	for n, slot := range x.slots {
 		c, err := sum(slot)
 		if err != nil {
@@ -430,14 +420,10 @@ func (b *xdpBackend) Stats(name string) (netpol.Stats, error) {
 		return netpol.Stats{}, err
 	}
 	st := netpol.Stats{Rules: cur, Global: map[string]netpol.Counter{}}
-	var per []policyCounter
 	for i, n := range statNames {
-		if err := x.objs.Stats.Lookup(uint32(i), &per); err != nil {
+		c, err := sumPerCPU(x.objs.Stats, uint32(i))
+		if err != nil {
 			return netpol.Stats{}, err
-		}
-		var c netpol.Counter
-		for _, p := range per {
-			c.Add(netpol.Counter{Packets: p.Packets, Bytes: p.Bytes})
 		}
 		st.Global[n] = c
 	}
@@ -483,4 +469,18 @@ func ifaceIndex(name string) (int, error) {
 		return 0, fmt.Errorf("netpol: interface %q: %w", name, err)
 	}
 	return itf.Index, nil
+}
+
+// sumPerCPU adds up the per-CPU packet and byte counts at key of a
+// per-CPU counter map.
+func sumPerCPU(m *ebpf.Map, key uint32) (netpol.Counter, error) {
+	var per []policyCounter
+	var c netpol.Counter
+	if err := m.Lookup(key, &per); err != nil {
+		return c, err
+	}
+	for _, p := range per {
+		c.Add(netpol.Counter{Packets: p.Packets, Bytes: p.Bytes})
+	}
+	return c, nil
 }

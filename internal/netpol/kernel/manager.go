@@ -105,26 +105,12 @@ func (m *Manager) inNS(fn func() error) error {
 }
 
 func (m *Manager) open(kind string) (backend, string, error) {
-	nsFd := -1
-	if m.opts.Netns != "" {
-		f, err := os.Open(m.opts.Netns)
-		if err != nil {
-			return nil, "", fmt.Errorf("netpol: netns: %w", err)
-		}
-		defer f.Close()
-		// nftables dups nothing: keep our own descriptor for the conn's life.
-		fd, err := unix.Dup(int(f.Fd()))
-		if err != nil {
-			return nil, "", err
-		}
-		nsFd = fd
-	}
 	switch kind {
 	case "ebpf":
 		b, err := newXDPBackend(m.opts.PinRoot, m.inNS)
 		return b, "", err
 	case "nftables":
-		b, err := newNFTBackend(nsFd)
+		b, err := m.openNFT()
 		return b, "", err
 	}
 	b, err := newXDPBackend(m.opts.PinRoot, m.inNS)
@@ -132,11 +118,26 @@ func (m *Manager) open(kind string) (backend, string, error) {
 		return b, "", nil
 	}
 	why := err.Error()
-	nb, nerr := newNFTBackend(nsFd)
+	nb, nerr := m.openNFT()
 	if nerr != nil {
 		return nil, "", errors.Join(err, nerr)
 	}
 	return nb, why, nil
+}
+
+// openNFT opens the nftables backend in the configured namespace. Its
+// netlink socket is made (in that namespace) when the connection opens and
+// is kept, so the namespace file is needed only until then.
+func (m *Manager) openNFT() (*nftBackend, error) {
+	if m.opts.Netns == "" {
+		return newNFTBackend(-1)
+	}
+	f, err := os.Open(m.opts.Netns)
+	if err != nil {
+		return nil, fmt.Errorf("netpol: netns: %w", err)
+	}
+	defer f.Close()
+	return newNFTBackend(int(f.Fd()))
 }
 
 // Apply validates cfg as a whole and applies it: every interface's policy
