@@ -6,6 +6,7 @@
 package pgtest
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -14,8 +15,13 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // bin finds a PostgreSQL server binary directory.
@@ -32,6 +38,32 @@ func bin() (string, error) {
 type Cluster struct {
 	URL         string
 	start, stop func() error
+
+	mu sync.Mutex
+	n  int // databases made by NewDatabase
+}
+
+// NewDatabase creates an empty database of its own for one test and
+// returns its URL, so that tests sharing the cluster never see each
+// other's rows (objects one test leaves behind are desired state for every
+// gateway of the next).
+func (c *Cluster) NewDatabase(t testing.TB) string {
+	t.Helper()
+	c.mu.Lock()
+	c.n++
+	name := fmt.Sprintf("t%d", c.n)
+	c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, c.URL)
+	if err != nil {
+		t.Fatalf("connect to the test cluster: %v", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatalf("create database %s: %v", name, err)
+	}
+	return strings.Replace(c.URL, "/postgres?", "/"+name+"?", 1)
 }
 
 // Stop stops the server (immediate mode); Start starts it again on the same
