@@ -199,10 +199,11 @@ func (s *Service) Stop() {
 		_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
 		<-s.done
 	}
-	// podman's exec sessions can leave their conmon behind, sleeping,
-	// re-parented to init once the reaper is gone (seen after exec health
-	// checks; not understood yet): kill every process of this service's
-	// storage.
+	// Every exec made through the API keeps its conmon for 5 minutes after
+	// the command ends (podman passes conmon --exit-delay 300 so that the
+	// session can still be inspected, as Docker allows; see
+	// docs/components.md). A test ends well before that: kill every process
+	// of this service's storage.
 	s.killStrays()
 	if bin, err := exec.LookPath("podman"); err == nil {
 		// Unmount what overlay left mounted before removing the storage.
