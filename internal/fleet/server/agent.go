@@ -169,6 +169,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request, id string)
 	s.mu.Lock()
 	s.seen[id] = s.opt.Now()
 	s.mu.Unlock()
+	s.wakeRollouts()
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -237,6 +238,10 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request, id string) 
 			for _, e := range evs {
 				if e.Kind == store.KindGateway {
 					all = all || e.ID == id
+					continue
+				}
+				if e.Kind == store.KindRollout {
+					slots[e.Name] = true // the slot the rollout pins
 					continue
 				}
 				slots[slotKey(e.Kind, e.Name)] = true
