@@ -51,6 +51,15 @@ func (s *Server) view(d *rolloutDoc, gws map[string]*store.Gateway) Rollout {
 			}
 		}
 	}
+	for i := range d.Waves {
+		d.Waves[i].Started, d.Waves[i].SoakUntil = nil, nil
+		if t := d.Plan[i].Started; !t.IsZero() {
+			d.Waves[i].Started = &t
+		}
+		if t := d.Plan[i].SoakUntil; !t.IsZero() {
+			d.Waves[i].SoakUntil = &t
+		}
+	}
 	r := d.Rollout
 	if r.Failing == nil {
 		r.Failing = []Failing{}
