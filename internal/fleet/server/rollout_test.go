@@ -272,12 +272,12 @@ func TestRolloutWatchdogStuckGateway(t *testing.T) {
 		t.Fatalf("waves: %+v", r.Waves)
 	}
 	var doc proto.Document
-	srv.MustDo(t, "GET", "/api/v1/gateways/gw-dead/desired", nil, 200, &doc)
-	if len(doc.Objects) != 1 || compact(doc.Objects[0].Spec) != specJSON("v2") {
-		// Done lifts the hold: the stuck gateway gets the current revision
-		// when it comes back.
-		t.Fatalf("after done: %+v", doc)
-	}
+	// Done lifts the hold: the stuck gateway gets the current revision
+	// when it comes back.
+	fleettest.Eventually(t, 5*time.Second, "the stuck gateway's desired state is v2 after done", func() bool {
+		srv.MustDo(t, "GET", "/api/v1/gateways/gw-dead/desired", nil, 200, &doc)
+		return len(doc.Objects) == 1 && compact(doc.Objects[0].Spec) == specJSON("v2")
+	})
 
 	// The same with the gate at 0: the stuck gateway halts the rollout,
 	// the reason names it, and it is held at the last good revision.
@@ -295,10 +295,12 @@ func TestRolloutWatchdogStuckGateway(t *testing.T) {
 	if len(r.Failing) != 1 || r.Failing[0].Gateway != "gw-dead" || r.Failing[0].Signal != server.SignalSilent || !strings.Contains(r.Reason, "1 of 3") {
 		t.Fatalf("halt: %q %+v", r.Reason, r.Failing)
 	}
-	srv.MustDo(t, "GET", "/api/v1/gateways/gw-dead/desired", nil, 200, &doc)
-	if compact(doc.Objects[0].Spec) != specJSON("v2") || doc.Objects[0].ResourceVersion != r.FromRevision {
-		t.Fatalf("the stuck gateway is not back at the last good revision %d: %+v", r.FromRevision, doc)
-	}
+	// (The desired state is served from the replica's cache, which follows
+	// the store's change log: eventually, within milliseconds.)
+	fleettest.Eventually(t, 5*time.Second, "the stuck gateway is back at the last good revision", func() bool {
+		srv.MustDo(t, "GET", "/api/v1/gateways/gw-dead/desired", nil, 200, &doc)
+		return compact(doc.Objects[0].Spec) == specJSON("v2") && doc.Objects[0].ResourceVersion == r.FromRevision
+	})
 }
 
 // A server restarted in the middle of a rollout resumes where it was: the

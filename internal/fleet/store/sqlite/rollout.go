@@ -29,6 +29,12 @@ func (s *Store) PutRollout(ctx context.Context, r store.Rollout, expectRV int64,
 		case expectRV != -1 && cur != expectRV:
 			return false, fmt.Errorf("%w: rollout %s is at resourceVersion %d, not %d", store.ErrConflict, r.Name, cur, expectRV)
 		}
+		// The rollout's event first: a reader of the change log that stops
+		// between the two events has the rollout (read as committed, with
+		// its hold) and still the old object, never the new object alone.
+		if r.ResourceVersion, err = appendEvent(ctx, tx, store.KindRollout, r.Name, r.Slot, false); err != nil {
+			return false, err
+		}
 		var objRV int64
 		if put != nil {
 			o, err := putObjectTx(ctx, tx, *put, put.ResourceVersion)
@@ -38,9 +44,6 @@ func (s *Store) PutRollout(ctx context.Context, r store.Rollout, expectRV int64,
 			objRV = o.ResourceVersion
 		}
 		if r.Doc, err = doc(objRV); err != nil {
-			return false, err
-		}
-		if r.ResourceVersion, err = appendEvent(ctx, tx, store.KindRollout, r.Name, r.Slot, false); err != nil {
 			return false, err
 		}
 		_, err = tx.ExecContext(ctx, `INSERT INTO rollouts (name, kind, object_id, slot, doc, rv) VALUES (?, ?, ?, ?, ?, ?)
