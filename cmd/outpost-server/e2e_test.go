@@ -298,7 +298,7 @@ fleet: {reconnect_max: 1s}
 		b, _ := json.Marshal(map[string]any{"name": name, "object": map[string]string{"kind": "ruleset", "name": "alarms"},
 			"spec": map[string]string{"sql": sqlText}, "selector": "site in (plant1,plant2)",
 			"waves": []map[string]any{{"name": "canary", "selector": "site=plant1"}, {"name": "all", "percent": 100}},
-			"soak": "0s", "deadline": "1m", "gates": map[string]any{"maxFailed": 0}, "autoRollback": true})
+			"soak":  "0s", "deadline": "1m", "gates": map[string]any{"maxFailed": 0}, "autoRollback": true})
 		os.WriteFile(f, b, 0o600)
 		var r server.Rollout
 		if err := json.Unmarshal([]byte(cli("rollouts", "create", "-f", f, "--json")), &r); err != nil {
