@@ -360,11 +360,11 @@ func (s *Server) orchestrate(ctx context.Context) {
 				s.log.Info("fleet: this replica runs the rollouts")
 			}
 		}
-		// While a rollout is in progress, step on every tick and on reports
-		// (at most every quarter tick, so a burst of reports costs a few
-		// reads, not one each); otherwise once a second, for rollouts made
-		// on other replicas.
-		if release != nil && (active && now.Sub(lastStep) >= s.opt.RolloutTick/4 || now.Sub(lastStep) >= time.Second) {
+		// While a rollout is in progress, step on reports and ticks, at
+		// most once per tick (a step reads every gateway's report, so a
+		// burst of reports costs one read per tick, not one each);
+		// otherwise once a second, for rollouts made on other replicas.
+		if release != nil && (active && now.Sub(lastStep) >= s.opt.RolloutTick || now.Sub(lastStep) >= time.Second) {
 			lastStep = now
 			var err error
 			active, err = s.stepRollouts(ctx)
