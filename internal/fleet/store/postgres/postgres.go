@@ -47,6 +47,12 @@ var migrations = []string{
 	CREATE TABLE object_revisions (kind TEXT NOT NULL, id TEXT NOT NULL, rv BIGINT NOT NULL, name TEXT NOT NULL, target TEXT NOT NULL,
 		spec TEXT NOT NULL, deleted BOOLEAN NOT NULL DEFAULT FALSE, PRIMARY KEY (kind, id, rv));
 	CREATE TABLE events (rv BIGINT PRIMARY KEY, kind TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL DEFAULT '', deleted BOOLEAN NOT NULL DEFAULT FALSE);`,
+	// 2: device twins (issue 12 item 6). Times are Unix ms; *_meta are
+	// JSON objects key -> Unix ms of the key's last write.
+	`CREATE TABLE twins (gateway TEXT NOT NULL, device TEXT NOT NULL,
+		desired TEXT NOT NULL DEFAULT '{}', desired_version BIGINT NOT NULL DEFAULT 0, desired_meta TEXT NOT NULL DEFAULT '{}', desired_updated BIGINT NOT NULL DEFAULT 0,
+		reported TEXT NOT NULL DEFAULT '{}', reported_version BIGINT NOT NULL DEFAULT 0, reported_meta TEXT NOT NULL DEFAULT '{}', reported_updated BIGINT NOT NULL DEFAULT 0,
+		rv BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (gateway, device));`,
 }
 
 // Store is the PostgreSQL store.
@@ -471,6 +477,9 @@ func (s *Store) DeleteGateway(ctx context.Context, id string) (int64, error) {
 		}
 		if tag.RowsAffected() == 0 {
 			return false, fmt.Errorf("%w: gateway %s", store.ErrNotFound, id)
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM twins WHERE gateway = $1`, id); err != nil {
+			return false, err
 		}
 		rv, err = appendEvent(ctx, tx, store.KindGateway, id, "", true)
 		return true, err

@@ -37,6 +37,12 @@ var migrations = []string{
 	CREATE TABLE object_revisions (kind TEXT NOT NULL, id TEXT NOT NULL, rv INTEGER NOT NULL, name TEXT NOT NULL, target TEXT NOT NULL,
 		spec TEXT NOT NULL, deleted INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (kind, id, rv));
 	CREATE TABLE events (rv INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL DEFAULT '', deleted INTEGER NOT NULL DEFAULT 0);`,
+	// 2: device twins (issue 12 item 6). Times are Unix ms; *_meta are
+	// JSON objects key -> Unix ms of the key's last write.
+	`CREATE TABLE twins (gateway TEXT NOT NULL, device TEXT NOT NULL,
+		desired TEXT NOT NULL DEFAULT '{}', desired_version INTEGER NOT NULL DEFAULT 0, desired_meta TEXT NOT NULL DEFAULT '{}', desired_updated INTEGER NOT NULL DEFAULT 0,
+		reported TEXT NOT NULL DEFAULT '{}', reported_version INTEGER NOT NULL DEFAULT 0, reported_meta TEXT NOT NULL DEFAULT '{}', reported_updated INTEGER NOT NULL DEFAULT 0,
+		rv INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (gateway, device));`,
 }
 
 // Store is the SQLite store.
@@ -396,6 +402,9 @@ func (s *Store) DeleteGateway(ctx context.Context, id string) (int64, error) {
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
 			return false, fmt.Errorf("%w: gateway %s", store.ErrNotFound, id)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM twins WHERE gateway = ?`, id); err != nil {
+			return false, err
 		}
 		rv, err = appendEvent(ctx, tx, store.KindGateway, id, "", true)
 		return true, err
