@@ -53,16 +53,15 @@ func FoldReported(cur ReportedState, ups []twin.Reported) (ReportedState, int, e
 		if u.Version <= cur.Version {
 			continue
 		}
-		doc, keys, err := twin.Merge(cur.Reported, u.Patch)
-		if err != nil {
-			return cur, n, fmt.Errorf("store: twin %s/%s: %w", u.Gateway, u.Device, err)
-		}
 		at := u.Time
 		if at.IsZero() {
 			at = time.Now()
 		}
-		cur.Reported, cur.Version = doc, u.Version
-		cur.Meta = twin.Stamp(cur.Meta, u.Patch, keys, at)
+		doc, meta, err := twin.MergeStamp(cur.Reported, u.Patch, cur.Meta, at)
+		if err != nil {
+			return cur, n, fmt.Errorf("store: twin %s/%s: %w", u.Gateway, u.Device, err)
+		}
+		cur.Reported, cur.Version, cur.Meta = doc, u.Version, meta
 		cur.Updated = at.UTC().Truncate(time.Millisecond)
 		n++
 	}

@@ -266,6 +266,38 @@ func ValidDevice(id string) bool {
 	return id != "." && id != ".."
 }
 
+// MergeStamp is Merge followed by Stamp with the patch parsed once (the
+// server's hot path for reported updates). meta is modified in place.
+func MergeStamp(doc, patch json.RawMessage, meta map[string]int64, at time.Time) (json.RawMessage, map[string]int64, error) {
+	d, err := objectMap(doc)
+	if err != nil {
+		return nil, meta, fmt.Errorf("twin: document: %w", err)
+	}
+	p, err := objectMap(patch)
+	if err != nil {
+		return nil, meta, fmt.Errorf("twin: patch: %w", err)
+	}
+	if meta == nil {
+		meta = make(map[string]int64, len(p))
+	}
+	ms := at.UnixMilli()
+	for k, v := range p {
+		if isNull(v) {
+			delete(meta, k)
+		} else {
+			meta[k] = ms
+		}
+	}
+	if err := mergeMap(d, p); err != nil {
+		return nil, meta, err
+	}
+	out, err := json.Marshal(d)
+	if err != nil {
+		return nil, meta, fmt.Errorf("twin: merge: %w", err)
+	}
+	return out, meta, nil
+}
+
 // Merge applies the JSON merge patch (RFC 7386) patch to doc, both JSON
 // objects (doc may be empty = {}). It returns the new document (compact,
 // keys sorted) and the top-level keys the patch touched.

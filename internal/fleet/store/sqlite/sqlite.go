@@ -42,7 +42,7 @@ var migrations = []string{
 	`CREATE TABLE twins (gateway TEXT NOT NULL, device TEXT NOT NULL,
 		desired TEXT NOT NULL DEFAULT '{}', desired_version INTEGER NOT NULL DEFAULT 0, desired_meta TEXT NOT NULL DEFAULT '{}', desired_updated INTEGER NOT NULL DEFAULT 0,
 		reported TEXT NOT NULL DEFAULT '{}', reported_version INTEGER NOT NULL DEFAULT 0, reported_meta TEXT NOT NULL DEFAULT '{}', reported_updated INTEGER NOT NULL DEFAULT 0,
-		rv INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (gateway, device));`,
+		rv INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (gateway, device)) WITHOUT ROWID;`,
 }
 
 // Store is the SQLite store.
@@ -50,6 +50,10 @@ type Store struct {
 	store.Notifier
 	db  *sql.DB
 	wmu sync.Mutex // one writer
+	// reported caches the reported side of twins (under wmu; see
+	// ApplyTwinReported).
+	reported map[store.TwinKey]store.ReportedState
+	upsert   map[int]*sql.Stmt // n rows -> prepared multi-row upsert (under wmu)
 }
 
 var _ store.Store = (*Store)(nil)
@@ -106,13 +110,26 @@ func (s *Store) migrate(ctx context.Context) error {
 }
 
 // Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	s.wmu.Lock()
+	for _, st := range s.upsert {
+		st.Close()
+	}
+	s.upsert = nil
+	s.wmu.Unlock()
+	return s.db.Close()
+}
 
 // write runs fn in a transaction under the writer lock and broadcasts on
 // commit when changed is set by fn.
 func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) (changed bool, err error)) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	return s.writeLocked(ctx, fn)
+}
+
+// writeLocked is write with wmu held.
+func (s *Store) writeLocked(ctx context.Context, fn func(tx *sql.Tx) (changed bool, err error)) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("sqlite: begin: %w", err)
@@ -405,6 +422,11 @@ func (s *Store) DeleteGateway(ctx context.Context, id string) (int64, error) {
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM twins WHERE gateway = ?`, id); err != nil {
 			return false, err
+		}
+		for k := range s.reported { // under wmu
+			if k.Gateway == id {
+				delete(s.reported, k)
+			}
 		}
 		rv, err = appendEvent(ctx, tx, store.KindGateway, id, "", true)
 		return true, err

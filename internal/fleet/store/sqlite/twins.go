@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"strings"
 	"time"
 
 	"github.com/outpost-edge/outpost/internal/fleet/proto"
@@ -99,44 +101,53 @@ func (s *Store) PatchTwinDesired(ctx context.Context, gateway, device string, pa
 	return t, nil
 }
 
-// ApplyTwinReported implements store.Store: one transaction, one read and
-// at most one write per twin of the batch (prepared statements).
+// ApplyTwinReported implements store.Store. The SQLite store is the only
+// writer of its database file (one server process), so it keeps the
+// reported side of every twin it has written or read in memory (under the
+// writer lock): a batch costs no read, only multi-row upserts, 100 twins
+// per statement. The cache changes only after the commit.
 func (s *Store) ApplyTwinReported(ctx context.Context, ups []twin.Reported) (int, error) {
 	if len(ups) == 0 {
 		return 0, nil
 	}
 	keys, groups := store.GroupReported(ups)
 	applied := 0
-	err := s.write(ctx, func(tx *sql.Tx) (bool, error) {
-		sel, err := tx.PrepareContext(ctx, `SELECT reported, reported_version, reported_meta, reported_updated FROM twins WHERE gateway = ? AND device = ?`)
-		if err != nil {
-			return false, err
-		}
-		defer sel.Close()
-		put, err := tx.PrepareContext(ctx, `INSERT INTO twins (gateway, device, reported, reported_version, reported_meta, reported_updated) VALUES (?, ?, ?, ?, ?, ?)
-			ON CONFLICT(gateway, device) DO UPDATE SET reported = excluded.reported, reported_version = excluded.reported_version,
-			reported_meta = excluded.reported_meta, reported_updated = excluded.reported_updated`)
-		if err != nil {
-			return false, err
-		}
-		defer put.Close()
+	next := make(map[store.TwinKey]store.ReportedState, len(keys))
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.reported == nil {
+		s.reported = map[store.TwinKey]store.ReportedState{}
+	}
+	err := s.writeLocked(ctx, func(tx *sql.Tx) (bool, error) {
+		var sel *sql.Stmt
 		for _, k := range keys {
-			var cur store.ReportedState
-			var rep, meta string
-			var up int64
-			err := sel.QueryRowContext(ctx, k.Gateway, k.Device).Scan(&rep, &cur.Version, &meta, &up)
-			switch {
-			case errors.Is(err, sql.ErrNoRows):
-			case err != nil:
-				return false, err
-			default:
-				cur.Reported = json.RawMessage(rep)
-				if meta != "{}" {
-					_ = json.Unmarshal([]byte(meta), &cur.Meta)
+			cur, ok := s.reported[k]
+			if !ok {
+				if sel == nil {
+					var err error
+					if sel, err = tx.PrepareContext(ctx, `SELECT reported, reported_version, reported_meta, reported_updated FROM twins WHERE gateway = ? AND device = ?`); err != nil {
+						return false, err
+					}
+					defer sel.Close()
 				}
-				cur.Updated = fromMS(up)
+				var rep, meta string
+				var up int64
+				err := sel.QueryRowContext(ctx, k.Gateway, k.Device).Scan(&rep, &cur.Version, &meta, &up)
+				switch {
+				case errors.Is(err, sql.ErrNoRows):
+				case err != nil:
+					return false, err
+				default:
+					cur.Reported = json.RawMessage(rep)
+					if meta != "{}" {
+						_ = json.Unmarshal([]byte(meta), &cur.Meta)
+					}
+					cur.Updated = fromMS(up)
+				}
+			} else {
+				cur.Meta = maps.Clone(cur.Meta) // FoldReported writes into it
 			}
-			next, n, err := store.FoldReported(cur, groups[k])
+			nx, n, err := store.FoldReported(cur, groups[k])
 			if err != nil {
 				return false, err
 			}
@@ -144,14 +155,69 @@ func (s *Store) ApplyTwinReported(ctx context.Context, ups []twin.Reported) (int
 				continue
 			}
 			applied += n
-			if _, err := put.ExecContext(ctx, k.Gateway, k.Device, string(next.Reported), next.Version, mustJSON(next.Meta), ms(next.Updated)); err != nil {
+			next[k] = nx
+		}
+		const perStmt = 100
+		rows := make([]store.TwinKey, 0, len(next))
+		for _, k := range keys {
+			if _, ok := next[k]; ok {
+				rows = append(rows, k)
+			}
+		}
+		for len(rows) > 0 {
+			n := min(len(rows), perStmt)
+			if n < perStmt && n > 8 {
+				n = 8 // statements for 100, 8 and 1 rows are prepared once
+			} else if n < 8 {
+				n = 1
+			}
+			stmt, err := s.upsertStmt(ctx, n)
+			if err != nil {
 				return false, err
 			}
+			args := make([]any, 0, 6*n)
+			for _, k := range rows[:n] {
+				nx := next[k]
+				args = append(args, k.Gateway, k.Device, string(nx.Reported), nx.Version, mustJSON(nx.Meta), ms(nx.Updated))
+			}
+			if _, err := tx.StmtContext(ctx, stmt).ExecContext(ctx, args...); err != nil {
+				return false, err
+			}
+			rows = rows[n:]
 		}
 		return false, nil
 	})
 	if err != nil {
 		return 0, fmt.Errorf("sqlite: twins: %w", err)
 	}
+	for k, nx := range next {
+		s.reported[k] = nx
+	}
 	return applied, nil
+}
+
+// upsertStmt returns the prepared upsert of n reported rows (wmu held).
+func (s *Store) upsertStmt(ctx context.Context, n int) (*sql.Stmt, error) {
+	if st := s.upsert[n]; st != nil {
+		return st, nil
+	}
+	var q strings.Builder
+	q.WriteString(`INSERT INTO twins (gateway, device, reported, reported_version, reported_meta, reported_updated) VALUES `)
+	for i := range n {
+		if i > 0 {
+			q.WriteString(",")
+		}
+		q.WriteString("(?,?,?,?,?,?)")
+	}
+	q.WriteString(` ON CONFLICT(gateway, device) DO UPDATE SET reported = excluded.reported, reported_version = excluded.reported_version,
+		reported_meta = excluded.reported_meta, reported_updated = excluded.reported_updated`)
+	st, err := s.db.PrepareContext(ctx, q.String())
+	if err != nil {
+		return nil, err
+	}
+	if s.upsert == nil {
+		s.upsert = map[int]*sql.Stmt{}
+	}
+	s.upsert[n] = st
+	return st, nil
 }
