@@ -16,6 +16,8 @@ import (
 	"github.com/outpost-edge/outpost/internal/buildinfo"
 	"github.com/outpost-edge/outpost/internal/fleet/client"
 	"github.com/outpost-edge/outpost/internal/fleet/proto"
+	"github.com/outpost-edge/outpost/internal/fleet/twin"
+	"github.com/outpost-edge/outpost/internal/fleet/twinsync"
 	"github.com/outpost-edge/outpost/internal/module"
 )
 
@@ -32,10 +34,11 @@ type fleetModule struct {
 	done    chan struct{}
 	started time.Time
 	err     error
+	twins   *twinsync.Service
 }
 
 func (a *Agent) newFleet() module.Module {
-	deps := []string{"telemetry"}
+	deps := []string{"telemetry", "broker"}
 	if a.Rules != nil {
 		deps = append(deps, "rules")
 	}
@@ -62,14 +65,28 @@ func (m *fleetModule) Start(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.started = time.Now()
-	s, err := client.New(ctx, client.Options{Dir: m.cfg.Dir, Server: m.cfg.Server, Applier: fleetApplier{m.a},
-		Logger: m.a.log.With("module", "fleet"), Facts: m.facts, ReconnectMax: m.cfg.ReconnectMax.D()})
-	if errors.Is(err, client.ErrNotEnrolled) {
+	if _, err := client.LoadIdentity(m.cfg.Dir); errors.Is(err, client.ErrNotEnrolled) {
 		m.err = err
 		m.a.log.Warn("fleet: not enrolled; running without the fleet server", "module", "fleet", "dir", m.cfg.Dir)
 		return nil
 	}
+	// Device twins first: the cached desired state applied by client.New
+	// includes the twins' desired side.
+	tw, err := twinsync.Open(twinsync.Options{Dir: filepath.Join(m.cfg.Dir, "twins"), Gateway: m.a.Config().NodeID, Broker: m.a.Broker,
+		Uplink: syncerUplink{m}, Logger: m.a.log.With("module", "fleet"), Metrics: m.a.metrics, RetryMax: m.cfg.ReconnectMax.D()})
 	if err != nil {
+		return err
+	}
+	if err := tw.Start(context.Background()); err != nil {
+		tw.Close()
+		return err
+	}
+	m.twins = tw
+	s, err := client.New(ctx, client.Options{Dir: m.cfg.Dir, Server: m.cfg.Server, Applier: fleetApplier{m.a, tw},
+		Logger: m.a.log.With("module", "fleet"), Facts: m.facts, ReconnectMax: m.cfg.ReconnectMax.D()})
+	if err != nil {
+		m.twins = nil
+		tw.Close()
 		return err
 	}
 	m.syncer, m.err = s, nil
@@ -81,8 +98,8 @@ func (m *fleetModule) Start(ctx context.Context) error {
 
 func (m *fleetModule) Stop(ctx context.Context) error {
 	m.mu.Lock()
-	cancel, done := m.cancel, m.done
-	m.cancel, m.syncer = nil, nil
+	cancel, done, tw := m.cancel, m.done, m.twins
+	m.cancel, m.syncer, m.twins = nil, nil, nil
 	m.mu.Unlock()
 	if cancel == nil {
 		return nil
@@ -90,10 +107,23 @@ func (m *fleetModule) Stop(ctx context.Context) error {
 	cancel()
 	select {
 	case <-done:
-		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	return tw.Close()
+}
+
+// syncerUplink sends reported twin updates through the running syncer.
+type syncerUplink struct{ m *fleetModule }
+
+func (u syncerUplink) PostReported(ctx context.Context, ups []twin.Reported) error {
+	u.m.mu.Lock()
+	s := u.m.syncer
+	u.m.mu.Unlock()
+	if s == nil {
+		return errors.New("not connected to a fleet server")
+	}
+	return s.PostReported(ctx, ups)
 }
 
 func (m *fleetModule) Health() module.Status {
@@ -131,7 +161,10 @@ func (m *fleetModule) facts() map[string]string {
 }
 
 // fleetApplier applies desired objects through the agent's reload paths.
-type fleetApplier struct{ a *Agent }
+type fleetApplier struct {
+	a     *Agent
+	twins *twinsync.Service
+}
 
 // fleetRuleFile is the rules.dir file of a fleet rule set.
 func fleetRuleFile(name string) string { return "fleet-" + name + ".sql" }
@@ -185,6 +218,12 @@ func (f fleetApplier) Apply(_ context.Context, d proto.Desired) error {
 		return nil
 	case proto.KindConfig:
 		return errors.New("config fragments are not applied by this agent version yet (docs/fleet.md)")
+	case proto.KindTwin:
+		var spec twin.Spec
+		if err := json.Unmarshal(d.Spec, &spec); err != nil {
+			return fmt.Errorf("spec: %w", err)
+		}
+		return f.twins.SetDesired(d.Name, spec)
 	}
 	return fmt.Errorf("kind %q is not supported by this agent version", d.Kind)
 }

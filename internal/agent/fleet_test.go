@@ -27,7 +27,7 @@ func TestFleetApplierRules(t *testing.T) {
 	if h := healthOf(a, "fleet"); !strings.Contains(h, "not enrolled") {
 		t.Fatalf("fleet health without enrollment = %q", h)
 	}
-	ap := fleetApplier{a}
+	ap := fleetApplier{a: a}
 	spec := func(sql string) proto.Desired {
 		b, _ := json.Marshal(map[string]string{"sql": sql})
 		return proto.Desired{Kind: proto.KindRuleSet, Name: "alarms", Spec: b}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/internal/fleet/proto"
+	"github.com/outpost-edge/outpost/internal/fleet/twin"
 )
 
 // Applier applies desired objects through the agent's own reload paths.
@@ -439,5 +440,30 @@ func (s *Syncer) reportStatus(ctx context.Context) error {
 		}
 	}
 	s.mu.Unlock()
+	return nil
+}
+
+// PostReported sends reported twin updates (oldest first, at most
+// server.MaxReportedBatch) to the server over the gateway's mTLS
+// connection. The server applies each once (by version), so sending again
+// after an error is safe.
+func (s *Syncer) PostReported(ctx context.Context, ups []twin.Reported) error {
+	body, err := json.Marshal(map[string]any{"updates": ups})
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.srv+"/api/v1/agent/twins", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := s.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("twins: %w", err)
+	}
+	defer resp.Body.Close()
+	if err := httpError(resp); err != nil {
+		return fmt.Errorf("twins: %w", err)
+	}
 	return nil
 }

@@ -334,6 +334,9 @@ func ValidateObject(o proto.Object) error {
 	if !proto.KnownKind(o.Kind) {
 		return fmt.Errorf("kind: %q: want one of %s", o.Kind, strings.Join(proto.Kinds, ", "))
 	}
+	if o.Kind == proto.KindTwin {
+		return errors.New("kind: twin: device twins have their own API: PATCH /api/v1/gateways/{gateway}/twins/{device}")
+	}
 	if !validID(o.ID) {
 		return fmt.Errorf("id: %q: must be 1-128 letters, digits, _ . -", o.ID)
 	}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -10,6 +11,7 @@ import (
 	"github.com/outpost-edge/outpost/internal/fleet/proto"
 	"github.com/outpost-edge/outpost/internal/fleet/selector"
 	"github.com/outpost-edge/outpost/internal/fleet/store"
+	"github.com/outpost-edge/outpost/internal/fleet/twin"
 )
 
 // cache is the server's in-memory view of the store (the server-side
@@ -94,6 +96,15 @@ func (c *cache) load(ctx context.Context) error {
 		}
 		pins[r.Name] = p
 	}
+	twins, err := c.st.ListTwins(ctx, "")
+	if err != nil {
+		return err
+	}
+	for _, t := range twins {
+		if t.DesiredVersion > 0 { // reported-only twins have nothing to send
+			objs = append(objs, twinObject(t))
+		}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.rollouts = pins
@@ -133,6 +144,24 @@ func (c *cache) deleteLocked(kind, id string) {
 	if old := c.objects[key]; old != nil {
 		delete(c.slots[slotKey(old.Kind, old.Name)], key)
 		delete(c.objects, key)
+	}
+}
+
+// twinObject is a twin's desired side as a desired-state object: kind
+// twin, slot named after the device, targeted at its one gateway. Twins
+// travel on the watch stream like any object (see docs/twins.md for why).
+func twinObject(t twin.Twin) proto.Object {
+	spec, _ := json.Marshal(twin.SpecOf(t))
+	return proto.Object{Kind: proto.KindTwin, ID: store.TwinEventID(t.Gateway, t.Device), Name: t.Device,
+		Target: proto.Target{Gateway: t.Gateway}, Spec: spec, ResourceVersion: t.ResourceVersion, Updated: t.Metadata.DesiredUpdated}
+}
+
+func (c *cache) dropTwinsLocked(gateway string) {
+	for key, o := range c.objects {
+		if o.Kind == proto.KindTwin && o.Target.Gateway == gateway {
+			delete(c.slots[slotKey(o.Kind, o.Name)], key)
+			delete(c.objects, key)
+		}
 	}
 }
 
@@ -197,7 +226,17 @@ func (c *cache) catchUp(ctx context.Context) error {
 				gws[e.ID] = &g
 				continue
 			}
-			o, err := c.st.GetObject(ctx, e.Kind, e.ID)
+			var o proto.Object
+			var err error
+			if e.Kind == proto.KindTwin {
+				gw, _, _ := cutSlot(e.ID)
+				var t twin.Twin
+				if t, err = c.st.GetTwin(ctx, gw, e.Name); err == nil {
+					o = twinObject(t)
+				}
+			} else {
+				o, err = c.st.GetObject(ctx, e.Kind, e.ID)
+			}
 			if errors.Is(err, store.ErrNotFound) {
 				objs[e.Kind+"/"+e.ID] = nil
 				continue
@@ -222,6 +261,7 @@ func (c *cache) catchUp(ctx context.Context) error {
 					c.gateways[e.ID] = cgw{labels: g.Labels, serial: g.CertSerial, revoked: g.Revoked}
 				} else {
 					delete(c.gateways, e.ID)
+					c.dropTwinsLocked(e.ID) // the store deleted them with the gateway
 				}
 				continue
 			}

@@ -60,6 +60,7 @@ type Server struct {
 	set   *metrics.Set
 	ca    *ca.CA
 	cache *cache
+	twins *store.GroupCommit // reported twin updates, group-committed
 
 	tlsCert tls.Certificate
 
@@ -140,6 +141,7 @@ func Open(ctx context.Context, opt Options) (s *Server, adminToken string, err e
 			return nil, "", err
 		}
 	}
+	s.twins = &store.GroupCommit{Store: s.st}
 	s.cache = newCache(s.st)
 	if err := s.cache.load(ctx); err != nil {
 		return nil, "", fmt.Errorf("server: load: %w", err)
@@ -254,6 +256,11 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /api/v1/tokens", s.role(store.RoleAdmin, s.handleTokenCreate))
 	mux.HandleFunc("GET /api/v1/tokens", s.role(store.RoleAdmin, s.handleTokenList))
 	mux.HandleFunc("POST /api/v1/apitokens", s.role(store.RoleAdmin, s.handleAPITokenCreate))
+	mux.HandleFunc("GET /api/v1/gateways/{id}/twins", s.role(store.RoleViewer, s.handleTwins))
+	mux.HandleFunc("GET /api/v1/gateways/{id}/twins/{device}", s.role(store.RoleViewer, s.handleTwinGet))
+	mux.HandleFunc("PATCH /api/v1/gateways/{id}/twins/{device}", s.role(store.RoleOperator, s.handleTwinPatch))
+	mux.HandleFunc("GET /api/v1/agent/twins", s.agentAuth(s.handleAgentTwins))
+	mux.HandleFunc("POST /api/v1/agent/twins", s.agentAuth(s.handleAgentReported))
 	mux.HandleFunc("GET /api/v1/objects", s.role(store.RoleViewer, s.handleObjects))
 	mux.HandleFunc("GET /api/v1/objects/{kind}/{id}", s.role(store.RoleViewer, s.handleObjectGet))
 	mux.HandleFunc("PUT /api/v1/objects/{kind}/{id}", s.role(store.RoleOperator, s.handleObjectPut))

@@ -15,10 +15,12 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"time"
 
 	"github.com/outpost-edge/outpost/internal/fleet/proto"
+	"github.com/outpost-edge/outpost/internal/fleet/twin"
 )
 
 // Sentinel errors.
@@ -99,6 +101,10 @@ type Event struct {
 // KindGateway is Event.Kind for a gateway's label change or deletion.
 const KindGateway = "gateway"
 
+// TwinEventID is Event.ID of a twin's desired change (Event.Kind is
+// proto.KindTwin, Event.Name the device): "gateway/device".
+func TwinEventID(gateway, device string) string { return gateway + "/" + device }
+
 // Store is the persistence contract (see the package doc for invariants).
 type Store interface {
 	// Meta is a small key/value table (the fleet CA lives there, so every
@@ -146,6 +152,23 @@ type Store interface {
 	CompactedRV(ctx context.Context) (int64, error)
 	// Compact drops events with RV <= rv.
 	Compact(ctx context.Context, rv int64) error
+
+	// GetTwin returns one device twin (ErrNotFound when none).
+	GetTwin(ctx context.Context, gateway, device string) (twin.Twin, error)
+	// ListTwins returns the twins of gateway ("" = every gateway), ordered
+	// by gateway and device.
+	ListTwins(ctx context.Context, gateway string) ([]twin.Twin, error)
+	// PatchTwinDesired merges patch (RFC 7386) into the desired state,
+	// creating the twin; expect >= 0 requires the stored desired version to
+	// equal it (ErrConflict otherwise; 0 = no desired state yet). It bumps
+	// the desired version and logs a proto.KindTwin Event.
+	PatchTwinDesired(ctx context.Context, gateway, device string, patch json.RawMessage, expect int64, now time.Time) (twin.Twin, error)
+	// ApplyTwinReported applies reported updates in one transaction (group
+	// commit). An update whose Version is not newer than the stored
+	// reported version is skipped (a replay); the answer counts the
+	// applied ones. Reported updates do not log Events (they do not change
+	// any gateway's desired state).
+	ApplyTwinReported(ctx context.Context, ups []twin.Reported) (applied int, err error)
 
 	// Notify returns a channel that receives after each committed change
 	// (coalesced; capacity 1) and a function to stop receiving.

@@ -49,6 +49,12 @@ var migrations = []string{
 	CREATE TABLE events (rv BIGINT PRIMARY KEY, kind TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL DEFAULT '', deleted BOOLEAN NOT NULL DEFAULT FALSE);`,
 	// 2: rollouts (issue 13).
 	`CREATE TABLE rollouts (name TEXT PRIMARY KEY, kind TEXT NOT NULL, object_id TEXT NOT NULL, slot TEXT NOT NULL, doc TEXT NOT NULL, rv BIGINT NOT NULL);`,
+	// 3: device twins (issue 12 item 6). Times are Unix ms; *_meta are
+	// JSON objects key -> Unix ms of the key's last write.
+	`CREATE TABLE twins (gateway TEXT NOT NULL, device TEXT NOT NULL,
+		desired TEXT NOT NULL DEFAULT '{}', desired_version BIGINT NOT NULL DEFAULT 0, desired_meta TEXT NOT NULL DEFAULT '{}', desired_updated BIGINT NOT NULL DEFAULT 0,
+		reported TEXT NOT NULL DEFAULT '{}', reported_version BIGINT NOT NULL DEFAULT 0, reported_meta TEXT NOT NULL DEFAULT '{}', reported_updated BIGINT NOT NULL DEFAULT 0,
+		rv BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (gateway, device));`,
 }
 
 // Store is the PostgreSQL store.
@@ -473,6 +479,9 @@ func (s *Store) DeleteGateway(ctx context.Context, id string) (int64, error) {
 		}
 		if tag.RowsAffected() == 0 {
 			return false, fmt.Errorf("%w: gateway %s", store.ErrNotFound, id)
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM twins WHERE gateway = $1`, id); err != nil {
+			return false, err
 		}
 		rv, err = appendEvent(ctx, tx, store.KindGateway, id, "", true)
 		return true, err

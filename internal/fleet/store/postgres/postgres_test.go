@@ -18,6 +18,7 @@ import (
 	"github.com/outpost-edge/outpost/internal/fleet/store"
 	"github.com/outpost-edge/outpost/internal/fleet/store/postgres"
 	"github.com/outpost-edge/outpost/internal/fleet/store/postgres/pgtest"
+	"github.com/outpost-edge/outpost/internal/fleet/store/storetest"
 )
 
 var (
@@ -257,4 +258,11 @@ func (a *memApplier) get(k string) string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.m[k]
+}
+
+// TestTwins: the twin contract on a real PostgreSQL (migration 2).
+func TestTwins(t *testing.T) {
+	s := open(t, database(t))
+	defer s.Close()
+	storetest.Twins(t, s)
 }

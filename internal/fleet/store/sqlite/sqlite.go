@@ -39,6 +39,12 @@ var migrations = []string{
 	CREATE TABLE events (rv INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL DEFAULT '', deleted INTEGER NOT NULL DEFAULT 0);`,
 	// 2: rollouts (issue 13).
 	`CREATE TABLE rollouts (name TEXT PRIMARY KEY, kind TEXT NOT NULL, object_id TEXT NOT NULL, slot TEXT NOT NULL, doc TEXT NOT NULL, rv INTEGER NOT NULL);`,
+	// 3: device twins (issue 12 item 6). Times are Unix ms; *_meta are
+	// JSON objects key -> Unix ms of the key's last write.
+	`CREATE TABLE twins (gateway TEXT NOT NULL, device TEXT NOT NULL,
+		desired TEXT NOT NULL DEFAULT '{}', desired_version INTEGER NOT NULL DEFAULT 0, desired_meta TEXT NOT NULL DEFAULT '{}', desired_updated INTEGER NOT NULL DEFAULT 0,
+		reported TEXT NOT NULL DEFAULT '{}', reported_version INTEGER NOT NULL DEFAULT 0, reported_meta TEXT NOT NULL DEFAULT '{}', reported_updated INTEGER NOT NULL DEFAULT 0,
+		rv INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (gateway, device)) WITHOUT ROWID;`,
 }
 
 // Store is the SQLite store.
@@ -49,6 +55,10 @@ type Store struct {
 	// locks are the singleton locks (TryLock): in-process, since one
 	// server process owns a SQLite database.
 	locks sync.Map // int64 -> *sync.Mutex
+	// reported caches the reported side of twins (under wmu; see
+	// ApplyTwinReported).
+	reported map[store.TwinKey]store.ReportedState
+	upsert   map[int]*sql.Stmt // n rows -> prepared multi-row upsert (under wmu)
 }
 
 var _ store.Store = (*Store)(nil)
@@ -105,13 +115,26 @@ func (s *Store) migrate(ctx context.Context) error {
 }
 
 // Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	s.wmu.Lock()
+	for _, st := range s.upsert {
+		st.Close()
+	}
+	s.upsert = nil
+	s.wmu.Unlock()
+	return s.db.Close()
+}
 
 // write runs fn in a transaction under the writer lock and broadcasts on
 // commit when changed is set by fn.
 func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) (changed bool, err error)) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	return s.writeLocked(ctx, fn)
+}
+
+// writeLocked is write with wmu held.
+func (s *Store) writeLocked(ctx context.Context, fn func(tx *sql.Tx) (changed bool, err error)) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("sqlite: begin: %w", err)
@@ -401,6 +424,14 @@ func (s *Store) DeleteGateway(ctx context.Context, id string) (int64, error) {
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
 			return false, fmt.Errorf("%w: gateway %s", store.ErrNotFound, id)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM twins WHERE gateway = ?`, id); err != nil {
+			return false, err
+		}
+		for k := range s.reported { // under wmu
+			if k.Gateway == id {
+				delete(s.reported, k)
+			}
 		}
 		rv, err = appendEvent(ctx, tx, store.KindGateway, id, "", true)
 		return true, err

@@ -8,6 +8,7 @@ import (
 
 	"github.com/outpost-edge/outpost/internal/fleet/proto"
 	"github.com/outpost-edge/outpost/internal/fleet/store"
+	"github.com/outpost-edge/outpost/internal/fleet/store/storetest"
 )
 
 func TestMigrationsEventsAndCompaction(t *testing.T) {
@@ -104,4 +105,17 @@ func TestBootstrapTokenSingleUse(t *testing.T) {
 	if _, err := s.ConsumeBootstrapToken(ctx, "nope", "gw", now); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("unknown = %v", err)
 	}
+}
+
+// TestTwins: desired patches are versioned (ErrConflict on a stale
+// version) and logged as twin events; reported batches apply in version
+// order and skip replays; deleting the gateway deletes its twins.
+func TestTwins(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	storetest.Twins(t, s)
 }
