@@ -41,14 +41,18 @@ type pin struct {
 	objKey   string // kind/id of the rolled-out object
 	toRV     int64  // orders a object's rollouts: the latest wins
 	active   bool   // not done
+	ended    bool   // aborted or rolled back: holds only while the object is still at toRV
 	sel      selector.Selector
 	released map[string]bool
 	from     *cobj // the object at fromRevision
 }
 
-// holds reports whether the pin keeps gateway id at fromRevision.
-func (p *pin) holds(id string, labels map[string]string) bool {
-	return p != nil && p.active && p.from != nil && p.sel != nil && p.sel.Matches(labels) && !p.released[id]
+// holds reports whether the pin keeps gateway id at fromRevision when the
+// object is at revision objRV. An aborted or rolled-back rollout holds the
+// gateways off its toRevision only until the object changes again (an
+// operator's direct change then reaches everyone, as without a rollout).
+func (p *pin) holds(id string, labels map[string]string, objRV int64) bool {
+	return p != nil && p.active && p.from != nil && p.sel != nil && (!p.ended || objRV == p.toRV) && p.sel.Matches(labels) && !p.released[id]
 }
 
 type cobj struct {
@@ -248,7 +252,8 @@ func (c *cache) readPin(ctx context.Context, r store.Rollout) (*pin, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &pin{objKey: r.Kind + "/" + r.ObjectID, toRV: d.ToRevision, active: d.State != RolloutDone, released: d.released()}
+	p := &pin{objKey: r.Kind + "/" + r.ObjectID, toRV: d.ToRevision, active: d.State != RolloutDone, released: d.released(),
+		ended: d.State == RolloutAborted || d.State == RolloutRolledBack}
 	if !p.active {
 		return p, nil
 	}
@@ -351,7 +356,7 @@ func (c *cache) winnerLocked(sk, id string, labels map[string]string) *cobj {
 		}
 	}
 	if best != nil {
-		if p := c.pins[best.Kind+"/"+best.ID]; p.holds(id, labels) {
+		if p := c.pins[best.Kind+"/"+best.ID]; p.holds(id, labels, best.ResourceVersion) {
 			from := *p.from
 			from.Name, from.Target = best.Name, best.Target
 			return &from

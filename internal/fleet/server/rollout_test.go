@@ -203,6 +203,14 @@ func TestRolloutCanaryFailureHaltsAndRollsBack(t *testing.T) {
 			t.Fatalf("waves: %+v", r.Waves)
 		}
 	}
+
+	// After a rollback, a direct change of the object (no rollout) reaches
+	// everyone: the rolled-back rollout holds the gateways off its own
+	// toRevision only.
+	srv.MustDo(t, "POST", "/api/v1/rollouts/filter-v3/rollback", map[string]int64{"resourceVersion": r.ResourceVersion}, 200, &r)
+	waitAll(t, gws, specJSON("v1"))
+	srv.MustDo(t, "PUT", "/api/v1/objects/ruleset/filter", map[string]any{"target": map[string]any{"selector": "app=x"}, "spec": sqlSpec("v4")}, 200, nil)
+	waitAll(t, gws, specJSON("v4"))
 }
 
 // Waves release in order; a rollout ends with every target on the new
