@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"sync"
 
 	"github.com/outpost-edge/outpost/internal/fleet/proto"
@@ -441,4 +442,33 @@ func (c *cache) resolve(id string, slots map[string]bool, all bool) (map[string]
 		}
 	}
 	return out, true
+}
+
+// sentMark identifies what a watch stream sent for a slot (content and
+// revision).
+func sentMark(d *proto.Desired) string {
+	if d == nil {
+		return "deleted"
+	}
+	return d.Hash() + "@" + strconv.FormatInt(d.ResourceVersion, 10)
+}
+
+// marksAt returns the marks of gateway id's resolved slots if the cache is
+// at rv (else nil): a watch from the cache's current rv starts from exactly
+// what the gateway's List gave it.
+func (c *cache) marksAt(id string, rv int64) map[string]string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	g, ok := c.gateways[id]
+	if !ok || c.rv != rv {
+		return nil
+	}
+	out := map[string]string{}
+	for sk := range c.slots {
+		if w := c.winnerLocked(sk, id, g.labels); w != nil {
+			d := desired(w)
+			out[sk] = sentMark(&d)
+		}
+	}
+	return out
 }
