@@ -219,6 +219,9 @@ func (f fleetApplier) Apply(_ context.Context, d proto.Desired) error {
 	case proto.KindConfig:
 		return errors.New("config fragments are not applied by this agent version yet (docs/fleet.md)")
 	case proto.KindTwin:
+		if f.twins == nil {
+			return errors.New("device twins are not running on this gateway")
+		}
 		var spec twin.Spec
 		if err := json.Unmarshal(d.Spec, &spec); err != nil {
 			return fmt.Errorf("spec: %w", err)

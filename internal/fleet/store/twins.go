@@ -69,10 +69,12 @@ func FoldReported(cur ReportedState, ups []twin.Reported) (ReportedState, int, e
 }
 
 // GroupCommit merges concurrent ApplyTwinReported calls into one
-// transaction: the first caller commits everything queued while the
-// previous transaction ran (up to Max updates per transaction), the others
-// wait for their batch's result. This is what turns many small reported
-// updates from many gateways into few fsyncs.
+// transaction: a committer goroutine (started when work arrives, gone when
+// none is left) commits everything queued while the previous transaction
+// ran, up to Max updates per transaction; callers wait for their batch's
+// result. This is what turns many small reported updates from many
+// gateways into few commits. No caller commits for others, so one caller's
+// latency does not grow with the load behind it.
 type GroupCommit struct {
 	Store Store
 	Max   int // updates per transaction (default 4096)
@@ -88,29 +90,31 @@ type gcReq struct {
 	done chan struct{}
 }
 
-// Apply queues ups and returns once they are committed (or failed).
+// Apply queues ups and returns once they are committed (or failed), or ctx
+// ends (the updates may still be committed: they are idempotent).
 func (g *GroupCommit) Apply(ctx context.Context, ups []twin.Reported) error {
 	r := &gcReq{ups: ups, done: make(chan struct{})}
 	g.mu.Lock()
 	g.pending = append(g.pending, r)
-	if g.running {
-		g.mu.Unlock()
-		select {
-		case <-r.done:
-			return r.err
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	if !g.running {
+		g.running = true
+		go g.commitLoop()
 	}
-	g.running = true
+	g.mu.Unlock()
+	select {
+	case <-r.done:
+		return r.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (g *GroupCommit) commitLoop() {
 	max := g.Max
 	if max <= 0 {
 		max = 4096
 	}
-	// Lead: commit batches until nothing is pending. The transaction does
-	// not end with this caller's context (others wait on it too).
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-	defer cancel()
+	g.mu.Lock()
 	for len(g.pending) > 0 {
 		var batch []*gcReq
 		size := 0
@@ -124,7 +128,9 @@ func (g *GroupCommit) Apply(ctx context.Context, ups []twin.Reported) error {
 		for _, b := range batch {
 			all = append(all, b.ups...)
 		}
-		_, err := g.Store.ApplyTwinReported(cctx, all)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		_, err := g.Store.ApplyTwinReported(ctx, all)
+		cancel()
 		for _, b := range batch {
 			b.err = err
 			close(b.done)
@@ -133,6 +139,4 @@ func (g *GroupCommit) Apply(ctx context.Context, ups []twin.Reported) error {
 	}
 	g.running = false
 	g.mu.Unlock()
-	<-r.done
-	return r.err
 }

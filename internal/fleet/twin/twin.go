@@ -291,11 +291,7 @@ func MergeStamp(doc, patch json.RawMessage, meta map[string]int64, at time.Time)
 	if err := mergeMap(d, p); err != nil {
 		return nil, meta, err
 	}
-	out, err := json.Marshal(d)
-	if err != nil {
-		return nil, meta, fmt.Errorf("twin: merge: %w", err)
-	}
-	return out, meta, nil
+	return joinObject(d), meta, nil
 }
 
 // Merge applies the JSON merge patch (RFC 7386) patch to doc, both JSON
@@ -326,10 +322,13 @@ func Merge(doc, patch json.RawMessage) (json.RawMessage, []string, error) {
 }
 
 func objectMap(b json.RawMessage) (map[string]json.RawMessage, error) {
-	m := map[string]json.RawMessage{}
 	if len(bytes.TrimSpace(b)) == 0 {
+		return map[string]json.RawMessage{}, nil
+	}
+	if m, err := splitObject(b); err == nil {
 		return m, nil
 	}
+	m := map[string]json.RawMessage{}
 	if err := json.Unmarshal(b, &m); err != nil {
 		return nil, err
 	}

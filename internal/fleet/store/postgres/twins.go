@@ -155,7 +155,7 @@ func (s *Store) ApplyTwinReported(ctx context.Context, ups []twin.Reported) (int
 			}
 			applied += n
 			oGW, oDev = append(oGW, k.Gateway), append(oDev, k.Device)
-			oRep, oMeta = append(oRep, string(next.Reported)), append(oMeta, mustJSON(next.Meta))
+			oRep, oMeta = append(oRep, string(next.Reported)), append(oMeta, twin.MetaJSON(next.Meta))
 			oVer, oUp = append(oVer, next.Version), append(oUp, ms(next.Updated))
 		}
 		if len(oGW) == 0 {

@@ -178,7 +178,7 @@ func (s *Store) ApplyTwinReported(ctx context.Context, ups []twin.Reported) (int
 			args := make([]any, 0, 6*n)
 			for _, k := range rows[:n] {
 				nx := next[k]
-				args = append(args, k.Gateway, k.Device, string(nx.Reported), nx.Version, mustJSON(nx.Meta), ms(nx.Updated))
+				args = append(args, k.Gateway, k.Device, string(nx.Reported), nx.Version, twin.MetaJSON(nx.Meta), ms(nx.Updated))
 			}
 			if _, err := tx.StmtContext(ctx, stmt).ExecContext(ctx, args...); err != nil {
 				return false, err
