@@ -106,6 +106,9 @@ func (m *fleetModule) Health() module.Status {
 		return module.Status{State: module.StateStopped}
 	}
 	st := m.syncer.State()
+	if st.RenewErr != nil {
+		return module.Status{State: module.StateDegraded, Detail: "certificate renewal failing: " + st.RenewErr.Error()}
+	}
 	if st.Connected {
 		return module.Status{State: module.StateReady, Detail: fmt.Sprintf("in sync (resourceVersion %d)", st.ResourceVersion)}
 	}

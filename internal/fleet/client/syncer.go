@@ -67,6 +67,20 @@ type Syncer struct {
 	connected bool
 	lastErr   error
 	changes   chan struct{}
+	// endSession ends the current session (after a certificate renewal:
+	// the next one connects with the new certificate).
+	endSession context.CancelCauseFunc
+	renewErr   error
+}
+
+// errRenewed ends a session after the certificate was renewed.
+var errRenewed = errors.New("certificate renewed; reconnecting with it")
+
+// client is the current mTLS HTTP client (replaced on renewal).
+func (s *Syncer) client() *http.Client {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.hc
 }
 
 // New loads the identity and the cache and applies what the cache holds
@@ -114,6 +128,65 @@ func New(ctx context.Context, opt Options) (*Syncer, error) {
 
 // ID is the enrolled gateway id.
 func (s *Syncer) ID() string { return s.id.ID }
+
+// Identity is the current identity (it changes on renewal).
+func (s *Syncer) Identity() *Identity {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.id
+}
+
+// renewLoop renews the certificate at 2/3 of its lifetime and retries a
+// failed renewal after a tenth of the time left (between 1 s and 1 h),
+// until the certificate expires (then the gateway must enroll again).
+func (s *Syncer) renewLoop(ctx context.Context) {
+	for {
+		id := s.Identity()
+		wait := time.Until(id.RenewAt())
+		for wait <= 0 {
+			nid, err := Renew(ctx, s.opt.Dir, id, s.srv)
+			if ctx.Err() != nil {
+				return
+			}
+			if err == nil {
+				s.mu.Lock()
+				old := s.hc
+				s.id, s.hc, s.renewErr = nid, nid.HTTPClient(), nil
+				end := s.endSession
+				s.mu.Unlock()
+				s.log.Info("fleet: certificate renewed", "gateway", nid.ID, "expires", nid.NotAfter().UTC())
+				if end != nil {
+					end(errRenewed)
+				}
+				old.CloseIdleConnections()
+				break
+			}
+			s.mu.Lock()
+			s.renewErr = err
+			s.mu.Unlock()
+			left := time.Until(id.NotAfter())
+			retry := min(max(left/10, time.Second), time.Hour)
+			s.log.Warn("fleet: certificate renewal failed; will retry", "err", err, "expires_in", left.Round(time.Second), "retry_in", retry)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(retry):
+			}
+		}
+		id = s.Identity()
+		wait = time.Until(id.RenewAt())
+		if wait <= 0 {
+			continue
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
 
 func (s *Syncer) cachePath() string { return filepath.Join(s.opt.Dir, "cache.json") }
 
@@ -177,30 +250,44 @@ type Status struct {
 	Connected       bool
 	ResourceVersion int64
 	Err             error
+	// RenewErr is the last failed certificate renewal (nil after success).
+	RenewErr error
 }
 
 // State returns the current sync state.
 func (s *Syncer) State() Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Status{Connected: s.connected, ResourceVersion: s.c.ResourceVersion, Err: s.lastErr}
+	return Status{Connected: s.connected, ResourceVersion: s.c.ResourceVersion, Err: s.lastErr, RenewErr: s.renewErr}
 }
 
 // Changed receives (coalesced) after each applied batch (tests, status).
 func (s *Syncer) Changed() <-chan struct{} { return s.changes }
 
-// Run lists, watches and reconnects until ctx ends.
+// Run lists, watches and reconnects until ctx ends; it renews the
+// certificate at 2/3 of its lifetime.
 func (s *Syncer) Run(ctx context.Context) {
+	go s.renewLoop(ctx)
 	backoff := 500 * time.Millisecond
 	for ctx.Err() == nil {
 		t0 := time.Now()
-		err := s.session(ctx)
+		sctx, end := context.WithCancelCause(ctx)
+		s.mu.Lock()
+		s.endSession = end
+		s.mu.Unlock()
+		err := s.session(sctx)
+		renewed := errors.Is(context.Cause(sctx), errRenewed)
+		end(nil)
 		s.mu.Lock()
 		s.connected = false
 		s.lastErr = err
 		s.mu.Unlock()
 		if ctx.Err() != nil {
 			return
+		}
+		if renewed {
+			s.log.Info("fleet: certificate renewed; reconnecting with it", "server", s.srv)
+			continue
 		}
 		if time.Since(t0) > time.Minute {
 			backoff = 500 * time.Millisecond
@@ -246,7 +333,7 @@ func (s *Syncer) get(ctx context.Context, path string) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp, err := s.hc.Do(req)
+	resp, err := s.client().Do(req)
 	if err != nil {
 		return nil, err
 	}
@@ -416,7 +503,7 @@ func (s *Syncer) reportStatus(ctx context.Context) error {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := s.hc.Do(req)
+	resp, err := s.client().Do(req)
 	if err != nil {
 		return fmt.Errorf("status: %w", err)
 	}

@@ -13,6 +13,8 @@
 //     keepalive. 410 Gone when N was compacted: List again.
 //   - POST /api/v1/agent/status (mTLS) -> the applied resourceVersion and one
 //     Condition per object.
+//   - POST /api/v1/agent/renew (mTLS) RenewRequest -> EnrollResponse: a new
+//     client certificate for a new key, before the current one expires.
 //
 // Invariants: resourceVersions are global, positive and strictly increasing
 // with every change; a slot (Kind, Name) resolves to at most one object per
@@ -157,6 +159,12 @@ type EnrollResponse struct {
 	ID          string `json:"id"`
 	Certificate string `json:"certificate"` // PEM
 	CA          string `json:"ca"`          // PEM
+}
+
+// RenewRequest is POSTed to /api/v1/agent/renew (mTLS, the current
+// certificate) with a CSR for a new key; the answer is an EnrollResponse.
+type RenewRequest struct {
+	CSR string `json:"csr"` // PEM
 }
 
 // Error is the body of every 4xx/5xx answer.

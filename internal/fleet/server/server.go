@@ -66,6 +66,7 @@ type Server struct {
 
 	refused  func(reason string) *metrics.Counter
 	enrolled *metrics.Counter
+	renewed  *metrics.Counter
 }
 
 // Open prepares a server on opt.Store. On a fresh store it generates the
@@ -99,6 +100,7 @@ func Open(ctx context.Context, opt Options) (s *Server, adminToken string, err e
 		return s.set.GetOrCreateCounter(fmt.Sprintf(`outpost_fleet_refused_total{reason=%q}`, reason))
 	}
 	s.enrolled = s.set.NewCounter(`outpost_fleet_enrolled_total`)
+	s.renewed = s.set.NewCounter(`outpost_fleet_renewed_total`)
 	s.set.NewGauge(`outpost_fleet_watch_streams`, func() float64 {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -230,6 +232,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/agent/desired", s.agentAuth(s.handleDesired))
 	mux.HandleFunc("GET /api/v1/agent/watch", s.agentAuth(s.handleWatch))
 	mux.HandleFunc("POST /api/v1/agent/status", s.agentAuth(s.handleStatus))
+	mux.HandleFunc("POST /api/v1/agent/renew", s.agentAuthWith(true, s.handleRenew))
 
 	mux.HandleFunc("GET /api/v1/gateways", s.role(store.RoleViewer, s.handleGateways))
 	mux.HandleFunc("GET /api/v1/gateways/{id}", s.role(store.RoleViewer, s.handleGateway))
