@@ -289,6 +289,56 @@ fleet: {reconnect_max: 1s}
 		}
 	}
 
+	// A config fragment: merged over each gateway's file and hot-reloaded;
+	// an invalid one is reported with the fragment, line:column and field
+	// and the running config stays.
+	condOf := func(g store.Gateway, kind, name string) (c struct {
+		ok   bool
+		rv   int64
+		err  string
+		appl bool
+	}) {
+		for _, x := range g.Status.Conditions {
+			if x.Kind == kind && x.Name == name {
+				c.ok, c.rv, c.err, c.appl = true, x.ResourceVersion, x.Error, x.Applied
+			}
+		}
+		return c
+	}
+	putConfig := func(yaml string) int64 {
+		f := filepath.Join(dir, "frag.yaml")
+		os.WriteFile(f, []byte(yaml), 0o600)
+		var o struct{ ResourceVersion int64 }
+		json.Unmarshal([]byte(cli("objects", "put", "--kind", "config", "--id", "queue", "--file", f, "--json")), &o)
+		return o.ResourceVersion
+	}
+	rv = putConfig("broker:\n  limits:\n    max_inflight: 7\n")
+	waitFor(t, 20*time.Second, "the config fragment applied everywhere", func() bool {
+		ok := 0
+		for _, g := range gateways() {
+			if c := condOf(g, "config", "queue"); c.rv == rv && c.appl {
+				ok++
+			}
+		}
+		return ok == n
+	})
+	for i := range n {
+		b, _ := os.ReadFile(filepath.Join(dir, fmt.Sprintf("gw%d", i), "agent.log"))
+		if !strings.Contains(string(b), "config reloaded") {
+			t.Fatalf("gw%d: the fragment was not hot-reloaded:\n%s", i, tail(string(b), 2000))
+		}
+	}
+	rv = putConfig("broker:\n  limits:\n    max_inflight: -1\n")
+	waitFor(t, 20*time.Second, "the invalid fragment reported", func() bool {
+		ok := 0
+		for _, g := range gateways() {
+			if c := condOf(g, "config", "queue"); c.rv == rv && !c.appl && strings.Contains(c.err, "fleet config/queue:3:19: broker.limits.max_inflight: must be between 1 and 65535") {
+				ok++
+			}
+		}
+		return ok == n
+	})
+
 	// Revoke gw0: its stream is closed and it is refused from then on.
 	cli("gateways", "revoke", "gw0")
 	waitFor(t, 10*time.Second, "gw0 disconnected", func() bool {

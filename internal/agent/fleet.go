@@ -62,20 +62,41 @@ func (m *fleetModule) Start(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.started = time.Now()
-	s, err := client.New(ctx, client.Options{Dir: m.cfg.Dir, Server: m.cfg.Server, Applier: fleetApplier{m.a},
-		Logger: m.a.log.With("module", "fleet"), Facts: m.facts, ReconnectMax: m.cfg.ReconnectMax.D()})
-	if errors.Is(err, client.ErrNotEnrolled) {
+	if _, err := client.LoadIdentity(m.cfg.Dir); errors.Is(err, client.ErrNotEnrolled) {
 		m.err = err
 		m.a.log.Warn("fleet: not enrolled; running without the fleet server", "module", "fleet", "dir", m.cfg.Dir)
 		return nil
-	}
-	if err != nil {
+	} else if err != nil {
 		return err
 	}
-	m.syncer, m.err = s, nil
+	m.err = errors.New("starting: waiting for the other modules")
 	runCtx, cancel := context.WithCancel(context.Background())
 	m.cancel, m.done = cancel, make(chan struct{})
-	go func() { defer close(m.done); s.Run(runCtx) }()
+	cfg := m.cfg
+	// The cached desired state is applied once every module runs: a
+	// config fragment reconfigures modules, which must have started.
+	go func() {
+		defer close(m.done)
+		select {
+		case <-m.a.Ready:
+		case <-runCtx.Done():
+			return
+		}
+		s, err := client.New(runCtx, client.Options{Dir: cfg.Dir, Server: cfg.Server, Applier: fleetApplier{m.a},
+			Logger: m.a.log.With("module", "fleet"), Facts: m.facts, ReconnectMax: cfg.ReconnectMax.D()})
+		m.mu.Lock()
+		if err != nil || runCtx.Err() != nil {
+			m.err = err
+			m.mu.Unlock()
+			if err != nil {
+				m.a.log.Error("fleet: not syncing", "module", "fleet", "err", err)
+			}
+			return
+		}
+		m.syncer, m.err = s, nil
+		m.mu.Unlock()
+		s.Run(runCtx)
+	}()
 	return nil
 }
 
@@ -90,6 +111,9 @@ func (m *fleetModule) Stop(ctx context.Context) error {
 	cancel()
 	select {
 	case <-done:
+		m.mu.Lock()
+		m.syncer = nil
+		m.mu.Unlock()
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -151,7 +175,7 @@ func (f fleetApplier) rulesDir() (string, error) {
 }
 
 // Apply validates first and changes nothing on error.
-func (f fleetApplier) Apply(_ context.Context, d proto.Desired) error {
+func (f fleetApplier) Apply(ctx context.Context, d proto.Desired) error {
 	switch d.Kind {
 	case proto.KindRuleSet:
 		var spec struct {
@@ -187,7 +211,11 @@ func (f fleetApplier) Apply(_ context.Context, d proto.Desired) error {
 		}
 		return nil
 	case proto.KindConfig:
-		return errors.New("config fragments are not applied by this agent version yet (docs/fleet.md)")
+		data, err := parseFragmentSpec(d.Name, d.Spec)
+		if err != nil {
+			return err
+		}
+		return f.a.applyFragment(ctx, d.Name, data)
 	}
 	return fmt.Errorf("kind %q is not supported by this agent version", d.Kind)
 }
@@ -201,7 +229,10 @@ func (f fleetApplier) fileErrors(file string) []string {
 	return nil
 }
 
-func (f fleetApplier) Remove(_ context.Context, kind, name string) error {
+func (f fleetApplier) Remove(ctx context.Context, kind, name string) error {
+	if kind == proto.KindConfig {
+		return f.a.applyFragment(ctx, name, nil)
+	}
 	if kind != proto.KindRuleSet {
 		return nil // nothing was applied for other kinds
 	}

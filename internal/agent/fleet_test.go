@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -80,4 +81,64 @@ func healthOf(a *Agent, module string) string {
 		}
 	}
 	return ""
+}
+
+// TestFleetConfigFragment: a config fragment is merged over the file and
+// hot-reloaded (bob is admitted without a broker restart); an invalid one
+// is refused with the fragment, line:column and field, and the running
+// config stays; a file reload keeps the fragment; removing it undoes it.
+func TestFleetConfigFragment(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "outpost.yaml")
+	os.WriteFile(path, []byte(agentConfig(dir, fmt.Sprintf(aliceUser, aliceHash))+"fleet: {}\n"), 0o600)
+	a, _ := startAgent(t, path)
+	addr := a.Broker.Addr("tcp")
+	ap := fleetApplier{a}
+	frag := func(y string) proto.Desired {
+		b, _ := json.Marshal(map[string]string{"yaml": y})
+		return proto.Desired{Kind: proto.KindConfig, Name: "users", Spec: b}
+	}
+	ctx := context.Background()
+	withBob := "broker:\n  users:\n" + fmt.Sprintf(aliceUser, aliceHash) + "\n" + fmt.Sprintf(bobUser, bobHash) + "\n"
+	if err := ap.Apply(ctx, frag(withBob)); err != nil {
+		t.Fatal(err)
+	}
+	if err := connect(addr, "bob", "bob-pw"); err != nil {
+		t.Fatalf("bob refused after the fragment: %v", err)
+	}
+	if a.Broker.Addr("tcp") != addr {
+		t.Fatal("broker restarted for a users-only fragment")
+	}
+
+	for _, tc := range []struct{ yaml, want string }{
+		{"# bad\npipeline:\n  routes:\n    - {from: [\"data/#\"], to: [nosuch]}\n", "fleet config/users:4:"},
+		{"broker:\n  userz: []\n", `fleet config/users:2:3: broker: unknown key "userz"`},
+		{"fleet:\n  server: https://elsewhere\n", "fleet config/users:1:1: fleet: the fleet section is set on the gateway only"},
+		{"broker: [\n", "invalid YAML"},
+	} {
+		err := ap.Apply(ctx, frag(tc.yaml))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Fatalf("fragment %q: err = %v, want %q", tc.yaml, err, tc.want)
+		}
+		if connect(addr, "bob", "bob-pw") != nil || len(a.Config().Pipeline.Routes) != 1 {
+			t.Fatalf("a refused fragment changed the running config")
+		}
+	}
+	if err := ap.Apply(ctx, proto.Desired{Kind: proto.KindConfig, Name: "x", Spec: []byte(`{"yml": "a: 1"}`)}); err == nil || !strings.Contains(err.Error(), "spec") {
+		t.Fatalf("bad spec = %v", err)
+	}
+
+	// A file change is reloaded with the fragment still merged over it.
+	os.WriteFile(path, []byte(strings.Replace(agentConfig(dir, fmt.Sprintf(aliceUser, aliceHash)), "level: info", "level: debug", 1)+"fleet: {}\n"), 0o600)
+	waitUntil(t, "file reload applied", func() bool { return a.Config().Log.Level == "debug" })
+	if err := connect(addr, "bob", "bob-pw"); err != nil {
+		t.Fatalf("a file reload dropped the fragment: %v", err)
+	}
+
+	if err := ap.Remove(ctx, proto.KindConfig, "users"); err != nil {
+		t.Fatal(err)
+	}
+	if err := connect(addr, "bob", "bob-pw"); err == nil {
+		t.Fatal("bob still admitted after the fragment was removed")
+	}
 }
