@@ -210,6 +210,8 @@ func (f fleetApplier) Apply(ctx context.Context, d proto.Desired) error {
 			return errors.New(strings.Join(errs, "; "))
 		}
 		return nil
+	case proto.KindComponent:
+		return f.applyComponent(ctx, d)
 	case proto.KindConfig:
 		data, err := parseFragmentSpec(d.Name, d.Spec)
 		if err != nil {
@@ -230,8 +232,11 @@ func (f fleetApplier) fileErrors(file string) []string {
 }
 
 func (f fleetApplier) Remove(ctx context.Context, kind, name string) error {
-	if kind == proto.KindConfig {
+	switch kind {
+	case proto.KindConfig:
 		return f.a.applyFragment(ctx, name, nil)
+	case proto.KindComponent:
+		return f.removeComponent(ctx, name)
 	}
 	if kind != proto.KindRuleSet {
 		return nil // nothing was applied for other kinds

@@ -142,3 +142,53 @@ func TestFleetConfigFragment(t *testing.T) {
 		t.Fatal("bob still admitted after the fragment was removed")
 	}
 }
+
+// TestFleetComponent: a fleet component's recipe is installed through the
+// supervisor and observed (state, restarts); a recipe that does not parse
+// or names another component changes nothing; removal stops it.
+func TestFleetComponent(t *testing.T) {
+	dir := t.TempDir()
+	recipes := filepath.Join(dir, "components")
+	os.MkdirAll(recipes, 0o755)
+	cfg := fmt.Sprintf(`node_id: t
+data_dir: %[1]s/data
+telemetry: {address: "127.0.0.1:0"}
+broker:
+  listeners:
+    - {type: tcp, address: "127.0.0.1:0"}
+    - {type: unix, path: %[1]s/mqtt.sock}
+supervisor: {recipes_dir: %[2]s, watch: false, grace_period: 1s, cgroup: {mode: none}}
+fleet: {}
+`, dir, recipes)
+	path := filepath.Join(dir, "outpost.yaml")
+	os.WriteFile(path, []byte(cfg), 0o600)
+	a, _ := startAgent(t, path)
+	ap := fleetApplier{a}
+	ctx := context.Background()
+	comp := func(y string) proto.Desired {
+		b, _ := json.Marshal(map[string]string{"yaml": y})
+		return proto.Desired{Kind: proto.KindComponent, Name: "probe", Spec: b}
+	}
+	good := "name: probe\nversion: 1.0.0\nlifecycle:\n  run:\n    exec: [/bin/sleep, \"1000\"]\n"
+	if err := ap.Apply(ctx, comp(good)); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "probe running", func() bool { st, _, _, ok := ap.Observe(proto.KindComponent, "probe"); return ok && st == "running" })
+	for _, tc := range []struct{ yaml, want string }{
+		{"name: probe\nversion: one\n", "fleet-probe.yaml:2:10"},
+		{"name: other\nversion: 1.0.0\nlifecycle:\n  run:\n    exec: [/bin/true]\n", `names component "other"`},
+	} {
+		if err := ap.Apply(ctx, comp(tc.yaml)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Fatalf("recipe %q: err = %v, want %q", tc.yaml, err, tc.want)
+		}
+		if b, _ := os.ReadFile(filepath.Join(recipes, "fleet-probe.yaml")); string(b) != good {
+			t.Fatalf("a refused recipe replaced the running one: %q", b)
+		}
+	}
+	if err := ap.Remove(ctx, proto.KindComponent, "probe"); err != nil {
+		t.Fatal(err)
+	}
+	if st, _, _, _ := ap.Observe(proto.KindComponent, "probe"); st != "missing" {
+		t.Fatalf("removed component observed as %q", st)
+	}
+}

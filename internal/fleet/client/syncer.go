@@ -29,6 +29,14 @@ type Applier interface {
 	Remove(ctx context.Context, kind, name string) error
 }
 
+// Observer is an optional extension of Applier: the live state of an
+// applied slot (a component's supervisor state and restarts). The Syncer
+// polls it every Options.ObserveEvery and reports the status again when it
+// changed. ok=false: nothing to observe for this slot.
+type Observer interface {
+	Observe(kind, name string) (state string, restarts int, reason string, ok bool)
+}
+
 // Options configure a Syncer.
 type Options struct {
 	Dir     string // fleet directory (identity + cache)
@@ -43,6 +51,8 @@ type Options struct {
 	// IdleTimeout ends a watch with no bytes for this long (default 100s;
 	// the server sends keepalives every 30s).
 	IdleTimeout time.Duration
+	// ObserveEvery is how often an Observer Applier is polled (default 5s).
+	ObserveEvery time.Duration
 }
 
 // cacheFile is cache.json.
@@ -94,6 +104,9 @@ func New(ctx context.Context, opt Options) (*Syncer, error) {
 	}
 	if opt.IdleTimeout <= 0 {
 		opt.IdleTimeout = 100 * time.Second
+	}
+	if opt.ObserveEvery <= 0 {
+		opt.ObserveEvery = 5 * time.Second
 	}
 	id, err := LoadIdentity(opt.Dir)
 	if err != nil {
@@ -220,9 +233,60 @@ func (s *Syncer) applyLocked(ctx context.Context, d proto.Desired) {
 			s.log.Info("fleet: applied", "object", key, "rv", d.ResourceVersion)
 		}
 	}
+	s.observeLocked(&cond)
 	if old, ok := s.c.Conditions[key]; !ok || old != cond {
 		s.c.Conditions[key] = cond
 		s.c.StatusSent = false
+	}
+}
+
+// observeLocked fills the live state of an applied slot.
+func (s *Syncer) observeLocked(c *proto.Condition) {
+	c.State, c.Restarts, c.Reason = "", 0, ""
+	if o, ok := s.opt.Applier.(Observer); ok && c.Applied {
+		if st, n, reason, ok := o.Observe(c.Kind, c.Name); ok {
+			c.State, c.Restarts, c.Reason = st, n, reason
+		}
+	}
+}
+
+// observeLoop polls the Observer and reports a changed live state.
+func (s *Syncer) observeLoop(ctx context.Context) {
+	if _, ok := s.opt.Applier.(Observer); !ok {
+		return
+	}
+	t := time.NewTicker(s.opt.ObserveEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		changed := false
+		for _, k := range sortedKeys(s.c.Conditions) {
+			c := s.c.Conditions[k]
+			s.observeLocked(&c)
+			if c != s.c.Conditions[k] {
+				s.c.Conditions[k] = c
+				changed = true
+			}
+		}
+		if changed {
+			s.c.StatusSent = false
+			s.saveLocked()
+		}
+		connected := s.connected
+		s.mu.Unlock()
+		if changed {
+			s.notify()
+			if connected {
+				if err := s.reportStatus(ctx); err != nil {
+					s.log.Warn("fleet: status not reported; will retry", "err", err)
+				}
+			}
+		}
 	}
 }
 
@@ -268,6 +332,7 @@ func (s *Syncer) Changed() <-chan struct{} { return s.changes }
 // certificate at 2/3 of its lifetime.
 func (s *Syncer) Run(ctx context.Context) {
 	go s.renewLoop(ctx)
+	go s.observeLoop(ctx)
 	backoff := 500 * time.Millisecond
 	for ctx.Err() == nil {
 		t0 := time.Now()
@@ -489,7 +554,7 @@ func (s *Syncer) reportStatus(ctx context.Context) error {
 	for _, k := range sortedKeys(s.c.Conditions) {
 		c := s.c.Conditions[k]
 		st.Conditions = append(st.Conditions, c)
-		if !c.Applied {
+		if !c.Applied || proto.Unhealthy[c.State] {
 			st.Health = "degraded"
 		}
 	}

@@ -136,7 +136,21 @@ type Condition struct {
 	ResourceVersion int64  `json:"resourceVersion"`
 	Applied         bool   `json:"applied"`
 	Error           string `json:"error,omitempty"` // exact error (file:line:col where there is one)
+	// State is the live state of what was applied, for kinds that run
+	// something: a component's supervisor state (running, healthy,
+	// unhealthy, backoff, broken, install_failed...), an agent version's
+	// trial result. Reported again whenever it changes, so rollouts can
+	// gate on it.
+	State string `json:"state,omitempty"`
+	// Restarts counts the component's restarts.
+	Restarts int `json:"restarts,omitempty"`
+	// Reason explains State (the last exit, why it is broken).
+	Reason string `json:"reason,omitempty"`
 }
+
+// Unhealthy states: a condition in one of them makes the gateway's health
+// summary "degraded".
+var Unhealthy = map[string]bool{"unhealthy": true, "backoff": true, "broken": true, "install_failed": true, "invalid": true, "failed": true, "rolled_back": true}
 
 // Status is what a gateway reports.
 type Status struct {
