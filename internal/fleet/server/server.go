@@ -47,6 +47,11 @@ type Options struct {
 	MaxBody int64
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
+	// OTADir holds the hosted TUF repository (metadata/, targets/); ""
+	// turns OTA hosting off. outpost-server run uses DATA/ota.
+	OTADir string
+	// OTAMaxTarget bounds one uploaded target (default 1 GiB).
+	OTAMaxTarget int64
 }
 
 // Server is one outpost-server replica.
@@ -67,6 +72,8 @@ type Server struct {
 	refused  func(reason string) *metrics.Counter
 	enrolled *metrics.Counter
 	renewed  *metrics.Counter
+
+	otaServed, otaStored *metrics.Counter
 }
 
 // Open prepares a server on opt.Store. On a fresh store it generates the
@@ -94,6 +101,9 @@ func Open(ctx context.Context, opt Options) (s *Server, adminToken string, err e
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
+	if opt.OTAMaxTarget <= 0 {
+		opt.OTAMaxTarget = 1 << 30
+	}
 	s = &Server{opt: opt, st: opt.Store, log: opt.Logger, set: opt.Metrics,
 		streams: map[string]map[*stream]struct{}{}, seen: map[string]time.Time{}}
 	s.refused = func(reason string) *metrics.Counter {
@@ -101,6 +111,8 @@ func Open(ctx context.Context, opt Options) (s *Server, adminToken string, err e
 	}
 	s.enrolled = s.set.NewCounter(`outpost_fleet_enrolled_total`)
 	s.renewed = s.set.NewCounter(`outpost_fleet_renewed_total`)
+	s.otaServed = s.set.NewCounter(`outpost_fleet_ota_served_total`)
+	s.otaStored = s.set.NewCounter(`outpost_fleet_ota_stored_total`)
 	s.set.NewGauge(`outpost_fleet_watch_streams`, func() float64 {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -247,6 +259,10 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/objects/{kind}/{id}", s.role(store.RoleViewer, s.handleObjectGet))
 	mux.HandleFunc("PUT /api/v1/objects/{kind}/{id}", s.role(store.RoleOperator, s.handleObjectPut))
 	mux.HandleFunc("DELETE /api/v1/objects/{kind}/{id}", s.role(store.RoleOperator, s.handleObjectDelete))
+	for _, kind := range []string{"metadata", "targets"} {
+		mux.HandleFunc("GET /api/v1/ota/"+kind+"/{path...}", s.handleOTAGet(kind))
+		mux.HandleFunc("PUT /api/v1/ota/"+kind+"/{path...}", s.role(store.RoleOperator, s.handleOTAPut(kind)))
+	}
 	mux.HandleFunc("GET /api/v1/ca", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/x-pem-file")
 		w.Write(s.ca.CertPEM)
