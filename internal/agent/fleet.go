@@ -82,6 +82,7 @@ func (m *fleetModule) Start(ctx context.Context) error {
 		case <-runCtx.Done():
 			return
 		}
+		fleetApplier{m.a}.restoreAgentVersion()
 		s, err := client.New(runCtx, client.Options{Dir: cfg.Dir, Server: cfg.Server, Applier: fleetApplier{m.a},
 			Logger: m.a.log.With("module", "fleet"), Facts: m.facts, ReconnectMax: cfg.ReconnectMax.D()})
 		m.mu.Lock()
@@ -212,6 +213,8 @@ func (f fleetApplier) Apply(ctx context.Context, d proto.Desired) error {
 		return nil
 	case proto.KindComponent:
 		return f.applyComponent(ctx, d)
+	case proto.KindAgentVersion:
+		return f.applyAgentVersion(ctx, d)
 	case proto.KindConfig:
 		data, err := parseFragmentSpec(d.Name, d.Spec)
 		if err != nil {
@@ -237,6 +240,8 @@ func (f fleetApplier) Remove(ctx context.Context, kind, name string) error {
 		return f.a.applyFragment(ctx, name, nil)
 	case proto.KindComponent:
 		return f.removeComponent(ctx, name)
+	case proto.KindAgentVersion:
+		return f.removeAgentVersion()
 	}
 	if kind != proto.KindRuleSet {
 		return nil // nothing was applied for other kinds

@@ -102,8 +102,12 @@ func (f fleetApplier) removeComponent(ctx context.Context, name string) error {
 }
 
 // Observe implements client.Observer: a fleet component's supervisor
-// state, restarts and reason.
+// state, restarts and reason; the agent version's trial result.
 func (f fleetApplier) Observe(kind, name string) (state string, restarts int, reason string, ok bool) {
+	if kind == proto.KindAgentVersion {
+		st, why := f.observeAgentVersion()
+		return st, 0, why, st != ""
+	}
 	if kind != proto.KindComponent || f.a.Supervisor == nil {
 		return "", 0, "", false
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/outpost-edge/outpost/internal/fleet/proto"
+	"github.com/outpost-edge/outpost/internal/ota/tuf"
 )
 
 // TestFleetApplierRules: a fleet rule set is compiled, written to rules.dir
@@ -190,5 +191,61 @@ fleet: {}
 	}
 	if st, _, _, _ := ap.Observe(proto.KindComponent, "probe"); st != "missing" {
 		t.Fatalf("removed component observed as %q", st)
+	}
+}
+
+// TestFleetAgentVersion: without OTA the agent version is refused with the
+// reason; with OTA the updater is pinned (kept in the fleet directory for
+// the restart) and triggered, and Observe reports the result (here the
+// repository is unreachable: failed, with the error); removal unpins.
+func TestFleetAgentVersion(t *testing.T) {
+	ctx := context.Background()
+	ver := func(v string) proto.Desired {
+		b, _ := json.Marshal(map[string]string{"version": v})
+		return proto.Desired{Kind: proto.KindAgentVersion, Name: "outpost", Spec: b}
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "outpost.yaml")
+	os.WriteFile(path, []byte(agentConfig(dir, fmt.Sprintf(aliceUser, aliceHash))+"fleet: {}\n"), 0o600)
+	a, _ := startAgent(t, path)
+	if err := (fleetApplier{a}).Apply(ctx, ver("1.4.0")); err == nil || !strings.Contains(err.Error(), "OTA is not enabled") {
+		t.Fatalf("agent version without OTA = %v", err)
+	}
+
+	dir = t.TempDir()
+	if _, err := tuf.InitRepo(filepath.Join(dir, "repo"), filepath.Join(dir, "keys"), true, nil); err != nil {
+		t.Fatal(err)
+	}
+	path = filepath.Join(dir, "outpost.yaml")
+	os.WriteFile(path, []byte(agentConfig(dir, fmt.Sprintf(aliceUser, aliceHash))+fmt.Sprintf(
+		"fleet: {}\nota: {enabled: true, url: \"http://127.0.0.1:1\", root: %s/repo/metadata/1.root.json, staging_dir: %s/ota, interval: 1h, timeouts: {retries: 1}}\n", dir, dir)), 0o600)
+	a, _ = startAgent(t, path)
+	ap := fleetApplier{a}
+	for _, tc := range []struct{ spec, want string }{{`{"version": "v1.4.0"}`, "spec.version"}, {`{"versoin": "1.4.0"}`, "spec:"}} {
+		if err := ap.Apply(ctx, proto.Desired{Kind: proto.KindAgentVersion, Name: "outpost", Spec: []byte(tc.spec)}); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Fatalf("spec %s = %v, want %q", tc.spec, err, tc.want)
+		}
+	}
+	if err := ap.Apply(ctx, ver("1.4.0")); err != nil {
+		t.Fatal(err)
+	}
+	if a.OTA.Target() != "1.4.0" {
+		t.Fatalf("updater pin = %q", a.OTA.Target())
+	}
+	if b, _ := os.ReadFile(filepath.Join(a.Config().Fleet.Dir, "agentversion")); strings.TrimSpace(string(b)) != "1.4.0" {
+		t.Fatalf("pin file = %q", b)
+	}
+	waitUntil(t, "the failed update observed", func() bool {
+		st, _, reason, ok := ap.Observe(proto.KindAgentVersion, "outpost")
+		return ok && st == "failed" && reason != ""
+	})
+	if err := ap.Remove(ctx, proto.KindAgentVersion, "outpost"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, ok := ap.Observe(proto.KindAgentVersion, "outpost"); ok || a.OTA.Target() != "" {
+		t.Fatal("still pinned after removal")
+	}
+	if !strings.Contains(metric(t, a, `outpost_ota_running_version_info{version="dev"}`), "1") {
+		t.Fatal("no running-version metric")
 	}
 }
