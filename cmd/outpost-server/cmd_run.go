@@ -83,7 +83,8 @@ replica through LISTEN/NOTIFY. --data then only holds ca.pem.`,
 	}
 	defer st.Close()
 	allHosts := append([]string{"localhost", "127.0.0.1", "::1"}, hosts...)
-	srv, admin, err := server.Open(ctx, server.Options{Store: st, Logger: log, Hosts: allHosts, Keepalive: *keepalive})
+	srv, admin, err := server.Open(ctx, server.Options{Store: st, Logger: log, Hosts: allHosts, Keepalive: *keepalive,
+		OTADir: filepath.Join(*data, "ota")})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "outpost-server run:", err)
 		return exitFailure

@@ -173,13 +173,14 @@ func TestFleetEndToEnd(t *testing.T) {
 data_dir: %s/data
 telemetry: {address: "127.0.0.1:0"}
 broker:
-  listeners: [{type: tcp, address: "127.0.0.1:0"}]
+  listeners: [{type: tcp, address: "127.0.0.1:0"}, {type: unix, path: %s/mqtt.sock}]
   allow_anonymous: true
   anonymous_acl: [{topic: "#", access: all}]
 rules: {dir: %s}
+supervisor: {recipes_dir: %s/components, state_dir: %s/cstate, log_dir: %s/clogs, cgroup: {mode: none}, grace_period: 1s}
 fleet: {reconnect_max: 1s}
-`, i, gdir, rulesDirs[i])
-		os.MkdirAll(gdir, 0o700)
+`, i, gdir, gdir, rulesDirs[i], gdir, gdir, gdir)
+		os.MkdirAll(filepath.Join(gdir, "components"), 0o700)
 		path := filepath.Join(gdir, "outpost.yaml")
 		os.WriteFile(path, []byte(cfg), 0o600)
 		site := "plant1"
@@ -338,6 +339,119 @@ fleet: {reconnect_max: 1s}
 			t.Fatalf("gw%d runs %s", i, b)
 		}
 	}
+	// A config fragment: merged over each gateway's file and hot-reloaded;
+	// an invalid one is reported with the fragment, line:column and field
+	// and the running config stays.
+	condOf := func(g store.Gateway, kind, name string) (c econd) {
+		for _, x := range g.Status.Conditions {
+			if x.Kind == kind && x.Name == name {
+				c.ok, c.rv, c.err, c.appl = true, x.ResourceVersion, x.Error, x.Applied
+			}
+		}
+		return c
+	}
+	putConfig := func(yaml string) int64 {
+		f := filepath.Join(dir, "frag.yaml")
+		os.WriteFile(f, []byte(yaml), 0o600)
+		var o struct{ ResourceVersion int64 }
+		json.Unmarshal([]byte(cli("objects", "put", "--kind", "config", "--id", "queue", "--file", f, "--json")), &o)
+		return o.ResourceVersion
+	}
+	rv = putConfig("broker:\n  limits:\n    max_inflight: 7\n")
+	waitFor(t, 20*time.Second, "the config fragment applied everywhere", func() bool {
+		ok := 0
+		for _, g := range gateways() {
+			if c := condOf(g, "config", "queue"); c.rv == rv && c.appl {
+				ok++
+			}
+		}
+		return ok == n
+	})
+	for i := range n {
+		b, _ := os.ReadFile(filepath.Join(dir, fmt.Sprintf("gw%d", i), "agent.log"))
+		if !strings.Contains(string(b), "config reloaded") {
+			t.Fatalf("gw%d: the fragment was not hot-reloaded:\n%s", i, tail(string(b), 2000))
+		}
+	}
+	rv = putConfig("broker:\n  limits:\n    max_inflight: -1\n")
+	waitFor(t, 20*time.Second, "the invalid fragment reported", func() bool {
+		ok := 0
+		for _, g := range gateways() {
+			if c := condOf(g, "config", "queue"); c.rv == rv && !c.appl && strings.Contains(c.err, "fleet config/queue:3:19: broker.limits.max_inflight: must be between 1 and 65535") {
+				ok++
+			}
+		}
+		return ok == n
+	})
+
+	// A component: installed from its recipe and reported running; a
+	// recipe that does not parse is reported with file:line:col and the
+	// running one stays; one that crash-loops is reported broken with its
+	// restarts (what a rollout gates on); removing the slot removes it.
+	putComponent := func(recipe string) int64 {
+		f := filepath.Join(dir, "probe.yaml")
+		os.WriteFile(f, []byte(recipe), 0o600)
+		spec, _ := json.Marshal(map[string]string{"yaml": recipe})
+		var o struct{ ResourceVersion int64 }
+		json.Unmarshal([]byte(cli("objects", "put", "--kind", "component", "--id", "probe", "--spec", string(spec), "--json")), &o)
+		return o.ResourceVersion
+	}
+	waitComponent := func(what string, rv int64, ok func(c econd, g store.Gateway) bool) {
+		t.Helper()
+		waitFor(t, 30*time.Second, what, func() bool {
+			n := 0
+			for _, g := range gateways() {
+				if c := condOf(g, "component", "probe"); c.rv == rv && ok(c, g) {
+					n++
+				}
+			}
+			return n == len(agents)
+		})
+	}
+	stateOf := func(g store.Gateway) (string, int) {
+		for _, x := range g.Status.Conditions {
+			if x.Kind == "component" && x.Name == "probe" {
+				return x.State, x.Restarts
+			}
+		}
+		return "", 0
+	}
+	rv = putComponent("name: probe\nversion: 1.0.0\nlifecycle:\n  run:\n    exec: [/bin/sleep, \"1000\"]\n")
+	waitComponent("the component running everywhere", rv, func(c econd, g store.Gateway) bool {
+		st, _ := stateOf(g)
+		return c.appl && st == "running"
+	})
+	rv = putComponent("name: probe\nversion: one\nlifecycle:\n  run:\n    exec: [/bin/sleep, \"1000\"]\n")
+	waitComponent("the bad recipe reported", rv, func(c econd, g store.Gateway) bool {
+		st, _ := stateOf(g)
+		return !c.appl && strings.Contains(c.err, "fleet-probe.yaml:2:10") && st == ""
+	})
+	for i := range n {
+		b, _ := os.ReadFile(filepath.Join(dir, fmt.Sprintf("gw%d", i), "components", "fleet-probe.yaml"))
+		if !strings.Contains(string(b), "1.0.0") {
+			t.Fatalf("gw%d: a rejected recipe replaced the running one: %s", i, b)
+		}
+	}
+	rv = putComponent("name: probe\nversion: 1.0.1\nlifecycle:\n  run:\n    exec: [/bin/sh, -c, \"exit 3\"]\n" +
+		"restart: {policy: on-failure, initial_backoff: 50ms, max_backoff: 100ms, max_restarts: 2, window: 1m}\n")
+	waitComponent("the crash-looping component reported broken", rv, func(c econd, g store.Gateway) bool {
+		st, restarts := stateOf(g)
+		return c.appl && st == "broken" && restarts == 2 && g.Status.Health == "degraded"
+	})
+	cli("objects", "delete", "component", "probe")
+	waitFor(t, 20*time.Second, "the component removed", func() bool {
+		for _, g := range gateways() {
+			if condOf(g, "component", "probe").ok {
+				return false
+			}
+		}
+		for i := range n {
+			if _, err := os.Stat(filepath.Join(dir, fmt.Sprintf("gw%d", i), "components", "fleet-probe.yaml")); err == nil {
+				return false
+			}
+		}
+		return true
+	})
 
 	// Revoke gw0: its stream is closed and it is refused from then on.
 	cli("gateways", "revoke", "gw0")
@@ -350,6 +464,14 @@ fleet: {reconnect_max: 1s}
 		return false
 	})
 	_ = srv
+}
+
+// econd is one gateway condition as the e2e test checks it.
+type econd struct {
+	ok   bool
+	rv   int64
+	err  string
+	appl bool
 }
 
 func countSites(gws []store.Gateway, sel map[string]bool) int {

@@ -19,7 +19,7 @@ import (
 )
 
 func init() {
-	register(&command{name: "release", summary: "publish signed updates: keygen, add, sign, rotate, delegate, serve", run: runRelease})
+	register(&command{name: "release", summary: "publish signed updates: keygen, add, sign, rotate, delegate, serve, push", run: runRelease})
 }
 
 const releaseUsage = `Usage:
@@ -29,6 +29,7 @@ const releaseUsage = `Usage:
   outpost release rotate --repo DIR --keys KEYDIR --role timestamp|snapshot|targets|root
   outpost release delegate --repo DIR --keys KEYDIR --role NAME --paths 'linux/arm64/*[,PATTERN...]' [--terminating]
   outpost release serve  DIR [--listen 127.0.0.1:8080]
+  outpost release push   --repo DIR [--server https://fleet:8443] [--ca ca.pem]
 
 Publish Outpost releases as a TUF repository (static files) that gateways
 update from. keygen creates the four role keys and the first root.json; copy
@@ -51,6 +52,12 @@ timestamp keys, so the top-level targets key can stay offline (sign --role
 NAME renews the role's expiry). Target names are PLATFORM/outpost-VERSION.zst and
 PLATFORM/outpost-FROM-to-VERSION.patch.
 
+push publishes the repository to outpost-server, which hosts it for its
+gateways (URL https://SERVER/api/v1/ota): targets first, then metadata,
+timestamp.json last. It needs an operator or admin API token in
+OUTPOST_SERVER_TOKEN; --server and --ca default to OUTPOST_SERVER and
+OUTPOST_SERVER_CA. The server never signs: the keys stay here.
+
 Examples:
   OUTPOST_RELEASE_PASSPHRASE="$(pass show outpost/release)" outpost release keygen --repo ./repo --keys ./keys
   outpost release keygen --repo ./repo --keys ./keys --passphrase-file /run/secrets/outpost-release
@@ -59,6 +66,7 @@ Examples:
   outpost release delegate --repo ./repo --keys ./keys --role arm64 --paths 'linux/arm64/*'
   outpost release add --repo ./repo --keys ./keys --role arm64 --binary dist/outpost-linux-arm64 --version 1.4.0 --platform linux/arm64
   outpost release serve ./repo --listen 127.0.0.1:8080
+  OUTPOST_SERVER_TOKEN=opa_... outpost release push --repo ./repo --server https://fleet.example.com:8443 --ca fleet-ca.pem
 `
 
 func runRelease(ctx context.Context, args []string) int {
@@ -231,6 +239,20 @@ func runRelease(ctx context.Context, args []string) int {
 			return usageErr(fs, "the repository directory is required")
 		}
 		err = serveRepo(ctx, dir, *listen)
+	case "push":
+		server := fs.String("server", os.Getenv("OUTPOST_SERVER"), "outpost-server URL (env OUTPOST_SERVER)")
+		ca := fs.String("ca", os.Getenv("OUTPOST_SERVER_CA"), "the fleet CA certificate (env OUTPOST_SERVER_CA; default: system roots)")
+		if code, ok := parseFlags(fs, args); !ok {
+			return code
+		}
+		if *repo == "" || *server == "" {
+			return usageErr(fs, "--repo and --server (or OUTPOST_SERVER) are required")
+		}
+		var res pushResult
+		res, err = pushRepo(ctx, *repo, *server, *ca, os.Getenv("OUTPOST_SERVER_TOKEN"))
+		if err == nil {
+			fmt.Printf("pushed %s to %s/api/v1/ota: %d files uploaded (%d bytes), %d already there\n", *repo, strings.TrimRight(*server, "/"), res.Uploaded, res.Bytes, res.Skipped)
+		}
 	default:
 		fmt.Fprintf(os.Stderr, "outpost release: unknown subcommand %q\n\n%s", sub, releaseUsage)
 		return exitUsage

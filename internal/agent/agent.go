@@ -64,6 +64,9 @@ type Agent struct {
 	runner     *module.Runner
 
 	reloadOK, reloadRejected *metrics.Counter
+	// frags are the fleet's config fragments, merged over the file on
+	// every reload (fleet_config.go).
+	frags fleetFragments
 	// Ready is closed once every module has started.
 	Ready chan struct{}
 }
@@ -290,9 +293,11 @@ func (a *Agent) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	close(a.Ready)
 	a.log.Info("outpost started", "node_id", a.cfg.NodeID, "took", time.Since(t0).Round(time.Microsecond),
 		"mqtt", a.listenerSummary(), "http", a.Telemetry.Addr())
+	// After the last unlocked read of a.cfg: from Ready on, config
+	// changes (reloads, fleet fragments) may replace it.
+	close(a.Ready)
 	return nil
 }
 
@@ -346,7 +351,11 @@ func (a *Agent) Health() []module.NamedStatus { return a.runner.Health() }
 // error logged and the running config stays; a valid one is applied to the
 // modules whose section changed, one at a time.
 func (a *Agent) Reload(ctx context.Context) {
-	next, err := Load(a.path)
+	if a.frags.lock(ctx) != nil {
+		return
+	}
+	defer a.frags.unlock()
+	next, err := a.loadConfigLocked(a.frags.byName)
 	if err != nil {
 		a.reloadRejected.Inc()
 		a.log.Error("config change rejected; the running config stays in force", "file", a.path, "errors", err.Error())

@@ -69,6 +69,8 @@ func (m *fleetModule) Start(ctx context.Context) error {
 		m.err = err
 		m.a.log.Warn("fleet: not enrolled; running without the fleet server", "module", "fleet", "dir", m.cfg.Dir)
 		return nil
+	} else if err != nil {
+		return err
 	}
 	// Device twins first: the cached desired state applied by client.New
 	// includes the twins' desired side.
@@ -82,17 +84,35 @@ func (m *fleetModule) Start(ctx context.Context) error {
 		return err
 	}
 	m.twins = tw
-	s, err := client.New(ctx, client.Options{Dir: m.cfg.Dir, Server: m.cfg.Server, Applier: fleetApplier{m.a, tw},
-		Logger: m.a.log.With("module", "fleet"), Facts: m.facts, ReconnectMax: m.cfg.ReconnectMax.D()})
-	if err != nil {
-		m.twins = nil
-		tw.Close()
-		return err
-	}
-	m.syncer, m.err = s, nil
+	m.err = errors.New("starting: waiting for the other modules")
 	runCtx, cancel := context.WithCancel(context.Background())
 	m.cancel, m.done = cancel, make(chan struct{})
-	go func() { defer close(m.done); s.Run(runCtx) }()
+	cfg := m.cfg
+	// The cached desired state is applied once every module runs: a
+	// config fragment reconfigures modules, which must have started.
+	go func() {
+		defer close(m.done)
+		select {
+		case <-m.a.Ready:
+		case <-runCtx.Done():
+			return
+		}
+		fleetApplier{a: m.a}.restoreAgentVersion()
+		s, err := client.New(runCtx, client.Options{Dir: cfg.Dir, Server: cfg.Server, Applier: fleetApplier{a: m.a, twins: tw},
+			Logger: m.a.log.With("module", "fleet"), Facts: m.facts, ReconnectMax: cfg.ReconnectMax.D()})
+		m.mu.Lock()
+		if err != nil || runCtx.Err() != nil {
+			m.err = err
+			m.mu.Unlock()
+			if err != nil {
+				m.a.log.Error("fleet: not syncing", "module", "fleet", "err", err)
+			}
+			return
+		}
+		m.syncer, m.err = s, nil
+		m.mu.Unlock()
+		s.Run(runCtx)
+	}()
 	return nil
 }
 
@@ -136,6 +156,9 @@ func (m *fleetModule) Health() module.Status {
 		return module.Status{State: module.StateStopped}
 	}
 	st := m.syncer.State()
+	if st.RenewErr != nil {
+		return module.Status{State: module.StateDegraded, Detail: "certificate renewal failing: " + st.RenewErr.Error()}
+	}
 	if st.Connected {
 		return module.Status{State: module.StateReady, Detail: fmt.Sprintf("in sync (resourceVersion %d)", st.ResourceVersion)}
 	}
@@ -181,7 +204,7 @@ func (f fleetApplier) rulesDir() (string, error) {
 }
 
 // Apply validates first and changes nothing on error.
-func (f fleetApplier) Apply(_ context.Context, d proto.Desired) error {
+func (f fleetApplier) Apply(ctx context.Context, d proto.Desired) error {
 	switch d.Kind {
 	case proto.KindRuleSet:
 		var spec struct {
@@ -216,8 +239,16 @@ func (f fleetApplier) Apply(_ context.Context, d proto.Desired) error {
 			return errors.New(strings.Join(errs, "; "))
 		}
 		return nil
+	case proto.KindComponent:
+		return f.applyComponent(ctx, d)
+	case proto.KindAgentVersion:
+		return f.applyAgentVersion(ctx, d)
 	case proto.KindConfig:
-		return errors.New("config fragments are not applied by this agent version yet (docs/fleet.md)")
+		data, err := parseFragmentSpec(d.Name, d.Spec)
+		if err != nil {
+			return err
+		}
+		return f.a.applyFragment(ctx, d.Name, data)
 	case proto.KindTwin:
 		if f.twins == nil {
 			return errors.New("device twins are not running on this gateway")
@@ -240,7 +271,15 @@ func (f fleetApplier) fileErrors(file string) []string {
 	return nil
 }
 
-func (f fleetApplier) Remove(_ context.Context, kind, name string) error {
+func (f fleetApplier) Remove(ctx context.Context, kind, name string) error {
+	switch kind {
+	case proto.KindConfig:
+		return f.a.applyFragment(ctx, name, nil)
+	case proto.KindComponent:
+		return f.removeComponent(ctx, name)
+	case proto.KindAgentVersion:
+		return f.removeAgentVersion()
+	}
 	if kind != proto.KindRuleSet {
 		return nil // nothing was applied for other kinds
 	}

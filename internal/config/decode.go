@@ -70,6 +70,7 @@ var (
 // that semantic validation errors can be located too.
 type decoder struct {
 	file     string
+	files    map[*yaml.Node]string // nodes from other documents (overlays)
 	problems Problems
 	pos      map[string]Pos // path -> position of the value
 }
@@ -77,7 +78,12 @@ type decoder struct {
 var unmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
 var textUnmarshalerType = reflect.TypeFor[encoding.TextUnmarshaler]()
 
-func (d *decoder) at(n *yaml.Node) Pos { return Pos{File: d.file, Line: n.Line, Column: n.Column} }
+func (d *decoder) at(n *yaml.Node) Pos {
+	if f, ok := d.files[n]; ok {
+		return Pos{File: f, Line: n.Line, Column: n.Column}
+	}
+	return Pos{File: d.file, Line: n.Line, Column: n.Column}
+}
 
 func (d *decoder) fail(n *yaml.Node, path string, err error) {
 	d.problems = append(d.problems, Problem{Pos: d.at(n), Path: path, Err: err})

@@ -54,6 +54,15 @@ func Load(path string, dst any, opts Options) error {
 
 // Parse is Load for bytes already read; name is used in error positions.
 func Parse(name string, data []byte, dst any, opts Options) error {
+	root, err := parseNode(name, data)
+	if err != nil {
+		return err
+	}
+	return decodeRoot(name, root, nil, dst, opts)
+}
+
+// parseNode parses one YAML document (an empty one is an empty mapping).
+func parseNode(name string, data []byte) (*yaml.Node, error) {
 	var root yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&root); err != nil && err.Error() != "EOF" {
@@ -63,26 +72,32 @@ func Parse(name string, data []byte, dst any, opts Options) error {
 			// ("found unexpected end of stream"): that is the last line.
 			line = bytes.Count(data, []byte("\n")) + 1
 		}
-		return Problems{{Pos: Pos{File: name, Line: line, Column: 1}, Err: fmt.Errorf("invalid YAML: %v", cleanYAMLErr(err))}}
+		return nil, Problems{{Pos: Pos{File: name, Line: line, Column: 1}, Err: fmt.Errorf("invalid YAML: %v", cleanYAMLErr(err))}}
 	}
 	if root.Kind == 0 { // empty file
 		root = yaml.Node{Kind: yaml.DocumentNode, Content: []*yaml.Node{{Kind: yaml.MappingNode, Tag: "!!map"}}}
 	}
+	return &root, nil
+}
+
+// decodeRoot decodes, defaults and validates root into dst; files names the
+// document of nodes that did not come from name (overlays).
+func decodeRoot(name string, root *yaml.Node, files map[*yaml.Node]string, dst any, opts Options) error {
 	if !opts.NoEnv {
 		env := opts.Environ
 		if env == nil {
 			env = os.Environ()
 		}
-		if err := applyEnv(&root, env); err != nil {
+		if err := applyEnv(root, env); err != nil {
 			return Problems{{Pos: Pos{File: "environment"}, Err: err}}
 		}
 	}
-	d := &decoder{file: name, pos: map[string]Pos{}}
+	d := &decoder{file: name, files: files, pos: map[string]Pos{}}
 	rv := reflect.ValueOf(dst)
 	if rv.Kind() != reflect.Pointer || rv.IsNil() {
 		return fmt.Errorf("config: Parse needs a non-nil pointer, got %T", dst)
 	}
-	d.decode(&root, rv.Elem(), "")
+	d.decode(root, rv.Elem(), "")
 	if len(d.problems) > 0 {
 		sortProblems(d.problems)
 		return d.problems

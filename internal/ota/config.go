@@ -1,6 +1,7 @@
 package ota
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/url"
@@ -23,6 +24,10 @@ type Config struct {
 	// Root is the pinned root.json shipped with the device (the trust
 	// anchor). Required when enabled.
 	Root string `yaml:"root"`
+	// CAFile is a PEM CA certificate trusted for the repository's HTTPS in
+	// addition to the system roots (an outpost-server hosting the
+	// repository: its fleet CA, DATA_DIR/fleet/ca.pem). Optional.
+	CAFile string `yaml:"ca_file"`
 	// Platform selects targets; default this binary's GOOS/GOARCH[/vN].
 	Platform string `yaml:"platform"`
 	// Interval between automatic checks; default 6h. 0 after defaults is
@@ -134,6 +139,22 @@ func (c *Config) SetDefaults() {
 
 func ptr[T any](v T) *T { return &v }
 
+// caPool returns the system roots plus the PEM certificates in file.
+func caPool(file string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("%s: no PEM certificate", file)
+	}
+	return pool, nil
+}
+
 // Validate reports every problem, each prefixed with its YAML path.
 func (c Config) Validate() error {
 	if !c.Enabled {
@@ -152,6 +173,11 @@ func (c Config) Validate() error {
 		bad("root", "required when enabled: the pinned root.json")
 	} else if _, err := os.Stat(c.Root); err != nil {
 		bad("root", "%v", err)
+	}
+	if c.CAFile != "" {
+		if _, err := caPool(c.CAFile); err != nil {
+			bad("ca_file", "%v", err)
+		}
 	}
 	if c.MaxAttempts < 1 {
 		bad("max_attempts", "must be >= 1")

@@ -2,6 +2,8 @@ package ota
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -37,8 +39,9 @@ type fetcher struct {
 	onBytes  func(n int) // counts target bytes received (metrics)
 }
 
-func newFetcher(base string, t Timeouts) *fetcher {
+func newFetcher(base string, t Timeouts, roots *x509.CertPool) *fetcher {
 	tr := &http.Transport{
+		TLSClientConfig:       &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
 		Proxy:                 http.ProxyFromEnvironment,
 		DialContext:           (&net.Dialer{Timeout: t.Connect.D(), KeepAlive: 30 * time.Second}).DialContext,
 		TLSHandshakeTimeout:   t.Connect.D(),

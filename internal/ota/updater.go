@@ -2,6 +2,7 @@ package ota
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -68,6 +69,48 @@ type Updater struct {
 	runSHA   string
 	health   module.Status
 	stopping bool
+	pin      string // SetTarget: the only version to move to ("" = the newest)
+}
+
+// SetTarget pins the version the updater moves to (the fleet's agent
+// version, docs/fleet.md): checks then offer only that version, full or as
+// a delta, and only when it is newer than the running one and not bad. ""
+// goes back to the newest version. It does not start an update: Trigger.
+func (u *Updater) SetTarget(version string) error {
+	if version != "" {
+		if err := CanonicalVersion(version); err != nil {
+			return err
+		}
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.pin = version
+	return nil
+}
+
+// Target is the pinned version (SetTarget), "" when none.
+func (u *Updater) Target() string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.pin
+}
+
+// Enabled reports whether the updater has a repository (ota.enabled).
+func (u *Updater) Enabled() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.e != nil && u.e.cfg.Enabled && u.client != nil
+}
+
+// pinned keeps the targets of one version only.
+func pinned(targets map[string]tuf.TargetFile, version string) map[string]tuf.TargetFile {
+	out := make(map[string]tuf.TargetFile)
+	for name, tf := range targets {
+		if strings.HasSuffix(name, "/outpost-"+version+".zst") || strings.HasSuffix(name, "-to-"+version+".patch") {
+			out[name] = tf
+		}
+	}
+	return out
 }
 
 var _ module.Module = (*Updater)(nil)
@@ -100,6 +143,9 @@ func New(opt Options) *Updater {
 		committed:   s.GetOrCreateCounter(`outpost_ota_updates_total{result="committed"}`),
 		rolledBack:  s.GetOrCreateCounter(`outpost_ota_updates_total{result="rolled_back"}`),
 	}
+	// The running version as a label (value 1), so a fleet view can count
+	// who runs what; the label value is a canonical version or a build id.
+	s.GetOrCreateGauge(fmt.Sprintf(`outpost_ota_running_version_info{version=%q}`, opt.Version), func() float64 { return 1 })
 	s.GetOrCreateGauge(`outpost_ota_download_progress_ratio`, func() float64 {
 		u.mu.Lock()
 		defer u.mu.Unlock()
@@ -149,7 +195,13 @@ func (u *Updater) Init(_ context.Context, cfg any) error {
 	if err != nil {
 		return fmt.Errorf("ota: root: %w", err)
 	}
-	u.f = newFetcher(c.URL, c.Timeouts)
+	var roots *x509.CertPool // nil: the system roots
+	if c.CAFile != "" {
+		if roots, err = caPool(c.CAFile); err != nil {
+			return fmt.Errorf("ota: ca_file: %w", err)
+		}
+	}
+	u.f = newFetcher(c.URL, c.Timeouts, roots)
 	u.f.onBytes = u.m.bytes.Add
 	if u.client, err = tuf.NewClient(e.metaDir, root, metaFetcher{u.f}); err != nil {
 		return fmt.Errorf("ota: %w", err)
@@ -389,7 +441,14 @@ func (u *Updater) check(ctx context.Context) (*Plan, *tuf.Targets, error) {
 		return nil, nil, err
 	}
 	st := e.loadState()
-	plan, rejected := choose(targets.Targets, e.cfg.Platform, u.opt.Version, sum, st, *e.cfg.Delta)
+	offered := targets.Targets
+	u.mu.Lock()
+	pin := u.pin
+	u.mu.Unlock()
+	if pin != "" {
+		offered = pinned(offered, pin)
+	}
+	plan, rejected := choose(offered, e.cfg.Platform, u.opt.Version, sum, st, *e.cfg.Delta)
 	for _, r := range rejected {
 		u.opt.Log.Warn("signed target refused", "module", "ota", "err", r)
 	}

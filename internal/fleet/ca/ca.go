@@ -10,6 +10,7 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -124,31 +125,26 @@ func (c *CA) ServerCert(hosts []string, validity time.Duration) (certPEM, keyPEM
 // SignClient checks a PEM CSR (ECDSA P-256/P-384 or ed25519, valid
 // signature) and issues a client certificate with CommonName id. The CSR's
 // own subject is ignored: the server decides the identity.
+//
+// The serial is derived from the gateway id and the CSR's public key
+// (KeySerial), so a renewal whose answer was lost can be asked again with
+// the same key and yields a certificate with the same serial.
 func (c *CA) SignClient(csrPEM []byte, id string, validity time.Duration) (*x509.Certificate, []byte, error) {
-	b, _ := pem.Decode(csrPEM)
-	if b == nil || b.Type != "CERTIFICATE REQUEST" {
-		return nil, nil, fmt.Errorf("%w: no CERTIFICATE REQUEST PEM block", ErrBadCSR)
-	}
-	csr, err := x509.ParseCertificateRequest(b.Bytes)
+	csr, err := ParseCSR(csrPEM)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %v", ErrBadCSR, err)
+		return nil, nil, err
 	}
-	if err := csr.CheckSignature(); err != nil {
-		return nil, nil, fmt.Errorf("%w: signature: %v", ErrBadCSR, err)
+	sn, err := KeySerial(id, csr.PublicKey)
+	if err != nil {
+		return nil, nil, err
 	}
-	switch k := csr.PublicKey.(type) {
-	case *ecdsa.PublicKey:
-		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
-			return nil, nil, fmt.Errorf("%w: ECDSA curve %s (want P-256 or P-384)", ErrBadCSR, k.Curve.Params().Name)
-		}
-	case ed25519.PublicKey:
-	default:
-		return nil, nil, fmt.Errorf("%w: key type %T (want ECDSA or ed25519)", ErrBadCSR, k)
-	}
+	// Backdated for clock skew, at most a quarter of the validity (short
+	// test certificates keep their 2/3-of-lifetime renewal point).
+	back := min(5*time.Minute, validity/4)
 	tmpl := &x509.Certificate{
-		SerialNumber: serial(),
+		SerialNumber: sn,
 		Subject:      pkix.Name{CommonName: id, OrganizationalUnit: []string{"outpost-gateway"}},
-		NotBefore:    time.Now().Add(-5 * time.Minute),
+		NotBefore:    time.Now().Add(-back),
 		NotAfter:     time.Now().Add(validity),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
@@ -159,6 +155,54 @@ func (c *CA) SignClient(csrPEM []byte, id string, validity time.Duration) (*x509
 	}
 	cert, _ := x509.ParseCertificate(der)
 	return cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
+}
+
+// ParseCSR parses a PEM CSR and checks its signature and key type
+// (ECDSA P-256/P-384 or ed25519); errors wrap ErrBadCSR.
+func ParseCSR(csrPEM []byte) (*x509.CertificateRequest, error) {
+	b, _ := pem.Decode(csrPEM)
+	if b == nil || b.Type != "CERTIFICATE REQUEST" {
+		return nil, fmt.Errorf("%w: no CERTIFICATE REQUEST PEM block", ErrBadCSR)
+	}
+	csr, err := x509.ParseCertificateRequest(b.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadCSR, err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("%w: signature: %v", ErrBadCSR, err)
+	}
+	switch k := csr.PublicKey.(type) {
+	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
+			return nil, fmt.Errorf("%w: ECDSA curve %s (want P-256 or P-384)", ErrBadCSR, k.Curve.Params().Name)
+		}
+	case ed25519.PublicKey:
+	default:
+		return nil, fmt.Errorf("%w: key type %T (want ECDSA or ed25519)", ErrBadCSR, k)
+	}
+	return csr, nil
+}
+
+// KeySerial is the serial of a gateway certificate: the first 127 bits of
+// SHA-256(id, 0, the public key's DER). One key, one serial; proving
+// possession of the key (a CSR signed by it) proves the right to the
+// certificate with that serial.
+func KeySerial(id string, pub any) (*big.Int, error) {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadCSR, err)
+	}
+	h := sha256.New()
+	h.Write([]byte(id))
+	h.Write([]byte{0})
+	h.Write(der)
+	sum := h.Sum(nil)[:16]
+	sum[0] &= 0x7f
+	n := new(big.Int).SetBytes(sum)
+	if n.Sign() == 0 {
+		n.SetInt64(1)
+	}
+	return n, nil
 }
 
 // VerifyClient checks that cert chains to this CA for client auth.

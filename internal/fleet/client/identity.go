@@ -177,6 +177,9 @@ func LoadIdentity(dir string) (*Identity, error) {
 	if err := json.Unmarshal(meta, &id); err != nil {
 		return nil, fmt.Errorf("fleet: %s: %w", filepath.Join(dir, "server.json"), err)
 	}
+	if err := finishRenewal(dir); err != nil {
+		return nil, err
+	}
 	id.cert, err = tls.LoadX509KeyPair(filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"))
 	if err != nil {
 		return nil, fmt.Errorf("fleet: identity: %w", err)

@@ -30,6 +30,14 @@ type Applier interface {
 	Remove(ctx context.Context, kind, name string) error
 }
 
+// Observer is an optional extension of Applier: the live state of an
+// applied slot (a component's supervisor state and restarts). The Syncer
+// polls it every Options.ObserveEvery and reports the status again when it
+// changed. ok=false: nothing to observe for this slot.
+type Observer interface {
+	Observe(kind, name string) (state string, restarts int, reason string, ok bool)
+}
+
 // Options configure a Syncer.
 type Options struct {
 	Dir     string // fleet directory (identity + cache)
@@ -44,6 +52,8 @@ type Options struct {
 	// IdleTimeout ends a watch with no bytes for this long (default 100s;
 	// the server sends keepalives every 30s).
 	IdleTimeout time.Duration
+	// ObserveEvery is how often an Observer Applier is polled (default 5s).
+	ObserveEvery time.Duration
 }
 
 // cacheFile is cache.json.
@@ -68,6 +78,20 @@ type Syncer struct {
 	connected bool
 	lastErr   error
 	changes   chan struct{}
+	// endSession ends the current session (after a certificate renewal:
+	// the next one connects with the new certificate).
+	endSession context.CancelCauseFunc
+	renewErr   error
+}
+
+// errRenewed ends a session after the certificate was renewed.
+var errRenewed = errors.New("certificate renewed; reconnecting with it")
+
+// client is the current mTLS HTTP client (replaced on renewal).
+func (s *Syncer) client() *http.Client {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.hc
 }
 
 // New loads the identity and the cache and applies what the cache holds
@@ -81,6 +105,9 @@ func New(ctx context.Context, opt Options) (*Syncer, error) {
 	}
 	if opt.IdleTimeout <= 0 {
 		opt.IdleTimeout = 100 * time.Second
+	}
+	if opt.ObserveEvery <= 0 {
+		opt.ObserveEvery = 5 * time.Second
 	}
 	id, err := LoadIdentity(opt.Dir)
 	if err != nil {
@@ -116,6 +143,65 @@ func New(ctx context.Context, opt Options) (*Syncer, error) {
 // ID is the enrolled gateway id.
 func (s *Syncer) ID() string { return s.id.ID }
 
+// Identity is the current identity (it changes on renewal).
+func (s *Syncer) Identity() *Identity {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.id
+}
+
+// renewLoop renews the certificate at 2/3 of its lifetime and retries a
+// failed renewal after a tenth of the time left (between 1 s and 1 h),
+// until the certificate expires (then the gateway must enroll again).
+func (s *Syncer) renewLoop(ctx context.Context) {
+	for {
+		id := s.Identity()
+		wait := time.Until(id.RenewAt())
+		for wait <= 0 {
+			nid, err := Renew(ctx, s.opt.Dir, id, s.srv)
+			if ctx.Err() != nil {
+				return
+			}
+			if err == nil {
+				s.mu.Lock()
+				old := s.hc
+				s.id, s.hc, s.renewErr = nid, nid.HTTPClient(), nil
+				end := s.endSession
+				s.mu.Unlock()
+				s.log.Info("fleet: certificate renewed", "gateway", nid.ID, "expires", nid.NotAfter().UTC())
+				if end != nil {
+					end(errRenewed)
+				}
+				old.CloseIdleConnections()
+				break
+			}
+			s.mu.Lock()
+			s.renewErr = err
+			s.mu.Unlock()
+			left := time.Until(id.NotAfter())
+			retry := min(max(left/10, time.Second), time.Hour)
+			s.log.Warn("fleet: certificate renewal failed; will retry", "err", err, "expires_in", left.Round(time.Second), "retry_in", retry)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(retry):
+			}
+		}
+		id = s.Identity()
+		wait = time.Until(id.RenewAt())
+		if wait <= 0 {
+			continue
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
 func (s *Syncer) cachePath() string { return filepath.Join(s.opt.Dir, "cache.json") }
 
 func sortedKeys[V any](m map[string]V) []string {
@@ -148,9 +234,60 @@ func (s *Syncer) applyLocked(ctx context.Context, d proto.Desired) {
 			s.log.Info("fleet: applied", "object", key, "rv", d.ResourceVersion)
 		}
 	}
+	s.observeLocked(&cond)
 	if old, ok := s.c.Conditions[key]; !ok || old != cond {
 		s.c.Conditions[key] = cond
 		s.c.StatusSent = false
+	}
+}
+
+// observeLocked fills the live state of an applied slot.
+func (s *Syncer) observeLocked(c *proto.Condition) {
+	c.State, c.Restarts, c.Reason = "", 0, ""
+	if o, ok := s.opt.Applier.(Observer); ok && c.Applied {
+		if st, n, reason, ok := o.Observe(c.Kind, c.Name); ok {
+			c.State, c.Restarts, c.Reason = st, n, reason
+		}
+	}
+}
+
+// observeLoop polls the Observer and reports a changed live state.
+func (s *Syncer) observeLoop(ctx context.Context) {
+	if _, ok := s.opt.Applier.(Observer); !ok {
+		return
+	}
+	t := time.NewTicker(s.opt.ObserveEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		changed := false
+		for _, k := range sortedKeys(s.c.Conditions) {
+			c := s.c.Conditions[k]
+			s.observeLocked(&c)
+			if c != s.c.Conditions[k] {
+				s.c.Conditions[k] = c
+				changed = true
+			}
+		}
+		if changed {
+			s.c.StatusSent = false
+			s.saveLocked()
+		}
+		connected := s.connected
+		s.mu.Unlock()
+		if changed {
+			s.notify()
+			if connected {
+				if err := s.reportStatus(ctx); err != nil {
+					s.log.Warn("fleet: status not reported; will retry", "err", err)
+				}
+			}
+		}
 	}
 }
 
@@ -178,30 +315,45 @@ type Status struct {
 	Connected       bool
 	ResourceVersion int64
 	Err             error
+	// RenewErr is the last failed certificate renewal (nil after success).
+	RenewErr error
 }
 
 // State returns the current sync state.
 func (s *Syncer) State() Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Status{Connected: s.connected, ResourceVersion: s.c.ResourceVersion, Err: s.lastErr}
+	return Status{Connected: s.connected, ResourceVersion: s.c.ResourceVersion, Err: s.lastErr, RenewErr: s.renewErr}
 }
 
 // Changed receives (coalesced) after each applied batch (tests, status).
 func (s *Syncer) Changed() <-chan struct{} { return s.changes }
 
-// Run lists, watches and reconnects until ctx ends.
+// Run lists, watches and reconnects until ctx ends; it renews the
+// certificate at 2/3 of its lifetime.
 func (s *Syncer) Run(ctx context.Context) {
+	go s.renewLoop(ctx)
+	go s.observeLoop(ctx)
 	backoff := 500 * time.Millisecond
 	for ctx.Err() == nil {
 		t0 := time.Now()
-		err := s.session(ctx)
+		sctx, end := context.WithCancelCause(ctx)
+		s.mu.Lock()
+		s.endSession = end
+		s.mu.Unlock()
+		err := s.session(sctx)
+		renewed := errors.Is(context.Cause(sctx), errRenewed)
+		end(nil)
 		s.mu.Lock()
 		s.connected = false
 		s.lastErr = err
 		s.mu.Unlock()
 		if ctx.Err() != nil {
 			return
+		}
+		if renewed {
+			s.log.Info("fleet: certificate renewed; reconnecting with it", "server", s.srv)
+			continue
 		}
 		if time.Since(t0) > time.Minute {
 			backoff = 500 * time.Millisecond
@@ -247,7 +399,7 @@ func (s *Syncer) get(ctx context.Context, path string) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp, err := s.hc.Do(req)
+	resp, err := s.client().Do(req)
 	if err != nil {
 		return nil, err
 	}
@@ -403,7 +555,7 @@ func (s *Syncer) reportStatus(ctx context.Context) error {
 	for _, k := range sortedKeys(s.c.Conditions) {
 		c := s.c.Conditions[k]
 		st.Conditions = append(st.Conditions, c)
-		if !c.Applied {
+		if !c.Applied || proto.Unhealthy[c.State] {
 			st.Health = "degraded"
 		}
 	}
@@ -417,7 +569,7 @@ func (s *Syncer) reportStatus(ctx context.Context) error {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := s.hc.Do(req)
+	resp, err := s.client().Do(req)
 	if err != nil {
 		return fmt.Errorf("status: %w", err)
 	}

@@ -13,6 +13,8 @@
 //     keepalive. 410 Gone when N was compacted: List again.
 //   - POST /api/v1/agent/status (mTLS) -> the applied resourceVersion and one
 //     Condition per object.
+//   - POST /api/v1/agent/renew (mTLS) RenewRequest -> EnrollResponse: a new
+//     client certificate for a new key, before the current one expires.
 //
 // Invariants: resourceVersions are global, positive and strictly increasing
 // with every change; a slot (Kind, Name) resolves to at most one object per
@@ -134,7 +136,21 @@ type Condition struct {
 	ResourceVersion int64  `json:"resourceVersion"`
 	Applied         bool   `json:"applied"`
 	Error           string `json:"error,omitempty"` // exact error (file:line:col where there is one)
+	// State is the live state of what was applied, for kinds that run
+	// something: a component's supervisor state (running, healthy,
+	// unhealthy, backoff, broken, install_failed...), an agent version's
+	// trial result. Reported again whenever it changes, so rollouts can
+	// gate on it.
+	State string `json:"state,omitempty"`
+	// Restarts counts the component's restarts.
+	Restarts int `json:"restarts,omitempty"`
+	// Reason explains State (the last exit, why it is broken).
+	Reason string `json:"reason,omitempty"`
 }
+
+// Unhealthy states: a condition in one of them makes the gateway's health
+// summary "degraded".
+var Unhealthy = map[string]bool{"unhealthy": true, "backoff": true, "broken": true, "install_failed": true, "invalid": true, "failed": true, "rolled_back": true}
 
 // Status is what a gateway reports.
 type Status struct {
@@ -157,6 +173,12 @@ type EnrollResponse struct {
 	ID          string `json:"id"`
 	Certificate string `json:"certificate"` // PEM
 	CA          string `json:"ca"`          // PEM
+}
+
+// RenewRequest is POSTed to /api/v1/agent/renew (mTLS, the current
+// certificate) with a CSR for a new key; the answer is an EnrollResponse.
+type RenewRequest struct {
+	CSR string `json:"csr"` // PEM
 }
 
 // Error is the body of every 4xx/5xx answer.

@@ -40,6 +40,13 @@ func (s *Server) connected(id string) bool {
 // chain to the fleet CA, name a registered gateway that is not revoked, and
 // be that gateway's current certificate.
 func (s *Server) agentAuth(h func(w http.ResponseWriter, r *http.Request, id string)) http.HandlerFunc {
+	return s.agentAuthWith(false, func(w http.ResponseWriter, r *http.Request, id string, _ bool) { h(w, r, id) })
+}
+
+// agentAuthWith is agentAuth; with allowSuperseded a certificate that is no
+// longer the gateway's current one passes too (superseded=true): the renew
+// endpoint then requires proof of the current certificate's key.
+func (s *Server) agentAuthWith(allowSuperseded bool, h func(w http.ResponseWriter, r *http.Request, id string, superseded bool)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 			s.refuse(w, r, http.StatusUnauthorized, "no_certificate", "a client certificate is required (enroll first: outpost enroll)")
@@ -60,13 +67,61 @@ func (s *Server) agentAuth(h func(w http.ResponseWriter, r *http.Request, id str
 			s.refuse(w, r, http.StatusForbidden, "revoked", "gateway "+id+" is revoked")
 			return
 		}
-		if g.serial != ca.SerialHex(cert) {
+		superseded := g.serial != ca.SerialHex(cert)
+		if superseded && !allowSuperseded {
 			s.refuse(w, r, http.StatusUnauthorized, "superseded_certificate", "this certificate of gateway "+id+" was replaced by a newer one")
 			return
 		}
 		s.touch(r.Context(), id)
-		h(w, r, id)
+		h(w, r, id, superseded)
 	}
+}
+
+// handleRenew issues a new client certificate for a new key (the CSR) to
+// an enrolled gateway that is not revoked, authenticated by its current
+// certificate. A gateway whose renewal answer was lost asks again with the
+// same new key and its old (now superseded) certificate: that is accepted
+// only when the CSR's key is the one the current certificate was issued
+// for (same serial, ca.KeySerial), so the answer is that certificate again.
+func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request, id string, superseded bool) {
+	var req proto.RenewRequest
+	if !s.decode(w, r, &req) {
+		return
+	}
+	csr, err := ca.ParseCSR([]byte(req.CSR))
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, "csr: "+err.Error())
+		return
+	}
+	sn, err := ca.KeySerial(id, csr.PublicKey)
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, "csr: "+err.Error())
+		return
+	}
+	if superseded {
+		if g, ok := s.cache.gateway(id); !ok || g.serial != sn.Text(16) {
+			s.refuse(w, r, http.StatusUnauthorized, "superseded_certificate", "this certificate of gateway "+id+" was replaced by a newer one")
+			return
+		}
+	}
+	cert, certPEM, err := s.ca.SignClient([]byte(req.CSR), id, s.opt.CertValidity)
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, "csr: "+err.Error())
+		return
+	}
+	if _, err := s.st.SetGatewayCert(r.Context(), id, ca.SerialHex(cert), cert.NotAfter.UTC()); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			// Revoked or deleted between the check and the update.
+			s.refuse(w, r, http.StatusForbidden, "revoked", "gateway "+id+" is revoked or deleted")
+			return
+		}
+		s.storeErr(w, "renew", err)
+		return
+	}
+	s.sync(r.Context())
+	s.renewed.Inc()
+	s.log.Info("fleet: gateway certificate renewed", "gateway", id, "expires", cert.NotAfter.UTC())
+	writeJSON(w, http.StatusOK, proto.EnrollResponse{ID: id, Certificate: string(certPEM), CA: string(s.ca.CertPEM)})
 }
 
 // touch records last-seen at most every 30 s per gateway.

@@ -50,6 +50,11 @@ type Options struct {
 	// RolloutTick is how often the rollout orchestrator re-reads the
 	// gateways' reports while a rollout is in progress (default 100ms).
 	RolloutTick time.Duration
+	// OTADir holds the hosted TUF repository (metadata/, targets/); ""
+	// turns OTA hosting off. outpost-server run uses DATA/ota.
+	OTADir string
+	// OTAMaxTarget bounds one uploaded target (default 1 GiB).
+	OTAMaxTarget int64
 }
 
 // Server is one outpost-server replica.
@@ -74,6 +79,9 @@ type Server struct {
 	sentObjs *metrics.Counter // MODIFIED and DELETED events sent on watch streams
 
 	rolloutWake chan struct{} // a status or rollout change: step the rollouts now
+	renewed     *metrics.Counter
+
+	otaServed, otaStored *metrics.Counter
 }
 
 // Open prepares a server on opt.Store. On a fresh store it generates the
@@ -104,6 +112,9 @@ func Open(ctx context.Context, opt Options) (s *Server, adminToken string, err e
 	if opt.RolloutTick <= 0 {
 		opt.RolloutTick = 100 * time.Millisecond
 	}
+	if opt.OTAMaxTarget <= 0 {
+		opt.OTAMaxTarget = 1 << 30
+	}
 	s = &Server{opt: opt, st: opt.Store, log: opt.Logger, set: opt.Metrics,
 		streams: map[string]map[*stream]struct{}{}, seen: map[string]time.Time{}, rolloutWake: make(chan struct{}, 1)}
 	s.refused = func(reason string) *metrics.Counter {
@@ -112,6 +123,9 @@ func Open(ctx context.Context, opt Options) (s *Server, adminToken string, err e
 	s.enrolled = s.set.NewCounter(`outpost_fleet_enrolled_total`)
 	s.halts = s.set.NewCounter(`outpost_fleet_rollout_halts_total`)
 	s.sentObjs = s.set.NewCounter(`outpost_fleet_watch_objects_sent_total`)
+	s.renewed = s.set.NewCounter(`outpost_fleet_renewed_total`)
+	s.otaServed = s.set.NewCounter(`outpost_fleet_ota_served_total`)
+	s.otaStored = s.set.NewCounter(`outpost_fleet_ota_stored_total`)
 	s.set.NewGauge(`outpost_fleet_watch_streams`, func() float64 {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -251,6 +265,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/agent/desired", s.agentAuth(s.handleDesired))
 	mux.HandleFunc("GET /api/v1/agent/watch", s.agentAuth(s.handleWatch))
 	mux.HandleFunc("POST /api/v1/agent/status", s.agentAuth(s.handleStatus))
+	mux.HandleFunc("POST /api/v1/agent/renew", s.agentAuthWith(true, s.handleRenew))
 
 	mux.HandleFunc("GET /api/v1/gateways", s.role(store.RoleViewer, s.handleGateways))
 	mux.HandleFunc("GET /api/v1/gateways/{id}", s.role(store.RoleViewer, s.handleGateway))
@@ -274,6 +289,10 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/rollouts", s.role(store.RoleViewer, s.handleRolloutList))
 	mux.HandleFunc("GET /api/v1/rollouts/{name}", s.role(store.RoleViewer, s.handleRolloutGet))
 	mux.HandleFunc("POST /api/v1/rollouts/{name}/{action}", s.role(store.RoleOperator, s.handleRolloutAction))
+	for _, kind := range []string{"metadata", "targets"} {
+		mux.HandleFunc("GET /api/v1/ota/"+kind+"/{path...}", s.handleOTAGet(kind))
+		mux.HandleFunc("PUT /api/v1/ota/"+kind+"/{path...}", s.role(store.RoleOperator, s.handleOTAPut(kind)))
+	}
 	mux.HandleFunc("GET /api/v1/ca", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/x-pem-file")
 		w.Write(s.ca.CertPEM)

@@ -134,6 +134,11 @@ type Store interface {
 	SetGatewayStatus(ctx context.Context, id string, st proto.Status, facts map[string]string, seen time.Time) error
 	TouchGateway(ctx context.Context, id string, seen time.Time) error
 	RevokeGateway(ctx context.Context, id string) error
+	// SetGatewayCert records a renewed certificate (serial, expiry) and
+	// logs a gateway Event so every replica accepts the new certificate
+	// and refuses the old one. ErrNotFound for an unknown gateway; a
+	// revoked gateway is not changed (ErrNotFound too).
+	SetGatewayCert(ctx context.Context, id, serial string, expiry time.Time) (int64, error)
 	DeleteGateway(ctx context.Context, id string) (int64, error)
 
 	// PutObject creates or replaces an object. expectRV > 0 requires the

@@ -469,6 +469,11 @@ func (s *Store) RevokeGateway(ctx context.Context, id string) error {
 	return err
 }
 
+// SetGatewayCert implements store.Store.
+func (s *Store) SetGatewayCert(ctx context.Context, id, serial string, expiry time.Time) (int64, error) {
+	return s.updateGateway(ctx, id, true, `UPDATE gateways SET cert_serial = $1, cert_expiry = $2 WHERE id = $3 AND NOT revoked`, serial, ms(expiry), id)
+}
+
 // DeleteGateway implements store.Store.
 func (s *Store) DeleteGateway(ctx context.Context, id string) (int64, error) {
 	var rv int64

@@ -414,6 +414,11 @@ func (s *Store) RevokeGateway(ctx context.Context, id string) error {
 	return err
 }
 
+// SetGatewayCert implements store.Store.
+func (s *Store) SetGatewayCert(ctx context.Context, id, serial string, expiry time.Time) (int64, error) {
+	return s.updateGateway(ctx, id, true, `UPDATE gateways SET cert_serial = ?, cert_expiry = ? WHERE id = ? AND revoked = 0`, serial, ms(expiry), id)
+}
+
 // DeleteGateway implements store.Store.
 func (s *Store) DeleteGateway(ctx context.Context, id string) (int64, error) {
 	var rv int64

@@ -119,3 +119,38 @@ func TestTwins(t *testing.T) {
 	defer s.Close()
 	storetest.Twins(t, s)
 }
+
+// TestSetGatewayCert: a renewal stores serial and expiry with a gateway
+// event; a revoked gateway's certificate is not changed.
+func TestSetGatewayCert(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	if err := s.CreateGateway(ctx, store.Gateway{ID: "gw-c", Labels: map[string]string{}, CertSerial: "1", CertExpiry: now, Enrolled: now}); err != nil {
+		t.Fatal(err)
+	}
+	rv, err := s.SetGatewayCert(ctx, "gw-c", "2", now.Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs, err := s.Events(ctx, rv-1, 1)
+	if err != nil || len(evs) != 1 || evs[0].Kind != store.KindGateway || evs[0].ID != "gw-c" {
+		t.Fatalf("event of the renewal = %+v %v", evs, err)
+	}
+	if g, err := s.GetGateway(ctx, "gw-c"); err != nil || g.CertSerial != "2" || !g.CertExpiry.Equal(now.Add(time.Hour)) {
+		t.Fatalf("after renewal: %+v %v", g, err)
+	}
+	if err := s.RevokeGateway(ctx, "gw-c"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.SetGatewayCert(ctx, "gw-c", "3", now); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("renewal of a revoked gateway = %v, want ErrNotFound", err)
+	}
+	if _, err := s.SetGatewayCert(ctx, "nope", "3", now); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("renewal of an unknown gateway = %v, want ErrNotFound", err)
+	}
+}
