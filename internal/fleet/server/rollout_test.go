@@ -309,6 +309,23 @@ func TestRolloutWatchdogStuckGateway(t *testing.T) {
 		srv.MustDo(t, "GET", "/api/v1/gateways/gw-dead/desired", nil, 200, &doc)
 		return compact(doc.Objects[0].Spec) == specJSON("v2") && doc.Objects[0].ResourceVersion == r.FromRevision
 	})
+
+	// Resume: the halted wave runs again and its gates are checked again;
+	// the stuck gateway still counts, so it halts again. Rollback: every
+	// target back at the last good revision.
+	srv.MustDo(t, "POST", "/api/v1/rollouts/r2/resume", map[string]int64{"resourceVersion": r.ResourceVersion}, 200, &r)
+	if r.State != "running" || r.Waves[0].State != "running" {
+		t.Fatalf("resumed: %+v", r)
+	}
+	r = waitState(t, srv, "r2", "halted")
+	if len(r.Failing) != 1 || r.Failing[0].Gateway != "gw-dead" {
+		t.Fatalf("halted again: %q %+v", r.Reason, r.Failing)
+	}
+	srv.MustDo(t, "POST", "/api/v1/rollouts/r2/rollback", map[string]int64{"resourceVersion": r.ResourceVersion}, 200, &r)
+	if r.State != "rolledback" {
+		t.Fatalf("rollback: %+v", r)
+	}
+	waitAll(t, gws, specJSON("v2"))
 }
 
 // A server restarted in the middle of a rollout resumes where it was: the
