@@ -137,4 +137,29 @@ ota:
 	if sha256.Sum256(got) != sha256.Sum256(want) {
 		t.Fatal("the installed binary is not 1.1.0")
 	}
+
+	// 1.2.0 cannot start: the trial fails, 1.1.0 is put back, and the
+	// condition says rolled_back with the reason (what a rollout gates on).
+	broken := filepath.Join(dir, "outpost-1.2.0")
+	os.WriteFile(broken, []byte("#!/bin/sh\necho broken build >&2\nexit 1\n"), 0o755)
+	if out, errOut, code := run(t, nil, agentBin, "release", "add", "--repo", repo, "--keys", keys, "--binary", broken, "--version", "1.2.0", "--platform", platform); code != 0 {
+		t.Fatalf("add 1.2.0: %s%s", out, errOut)
+	}
+	if out, errOut, code := run(t, env, agentBin, "release", "push", "--repo", repo); code != 0 {
+		t.Fatalf("push: %s%s", out, errOut)
+	}
+	cli("objects", "put", "--kind", "agentversion", "--id", "outpost", "--spec", `{"version":"1.2.0"}`)
+	waitFor(t, 120*time.Second, "1.2.0 rolled back and reported", func() bool {
+		g := gw()
+		for _, c := range g.Status.Conditions {
+			if c.Kind == "agentversion" && c.State == "rolled_back" && c.Reason != "" && g.Facts["version"] == "1.1.0" && g.Status.Health == "degraded" {
+				t.Logf("condition %+v", c)
+				return true
+			}
+		}
+		return false
+	})
+	if got, _ := os.ReadFile(gbin); sha256.Sum256(got) != sha256.Sum256(want) {
+		t.Fatal("1.1.0 is not back in place after the rollback")
+	}
 }
