@@ -36,11 +36,11 @@ func copyDir(t *testing.T, src string) string {
 	return dst
 }
 
-// TestCertificateRenewal: with 3 s certificates, the syncer renews at 2/3
+// TestCertificateRenewal: with 6 s certificates, the syncer renews at 2/3
 // of the lifetime, keeps syncing past the first certificate's expiry, and
 // the registry holds the current serial.
 func TestCertificateRenewal(t *testing.T) {
-	srv := fleettest.Start(t, t.TempDir(), "", server.Options{Keepalive: 200 * time.Millisecond, CertValidity: 3 * time.Second})
+	srv := fleettest.Start(t, t.TempDir(), "", server.Options{Keepalive: 200 * time.Millisecond, CertValidity: 6 * time.Second})
 	dir := enroll(t, srv, "gw-r", nil)
 	first, err := client.LoadIdentity(dir)
 	if err != nil {
@@ -52,7 +52,7 @@ func TestCertificateRenewal(t *testing.T) {
 	fleettest.Eventually(t, 5*time.Second, "a applied", func() bool { return app.get("ruleset/a") != "" })
 
 	seen := map[string]bool{first.Serial(): true}
-	fleettest.Eventually(t, 15*time.Second, "two renewals, past the first certificate's expiry", func() bool {
+	fleettest.Eventually(t, 30*time.Second, "two renewals, past the first certificate's expiry", func() bool {
 		seen[s.Identity().Serial()] = true
 		return len(seen) >= 3 && time.Now().After(first.NotAfter())
 	})
