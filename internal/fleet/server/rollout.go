@@ -399,6 +399,21 @@ func (d *rolloutDoc) assessMember(id string, g *store.Gateway, slotKind, slotNam
 			}
 			return memberFailed, f, false
 		}
+		// The live state of what the revision runs (fleet agents report it
+		// for components and the agent version): a component that crash-
+		// loops or failed to install, an agent build that failed its
+		// trial, fail the gateway; an agent version still on its way is
+		// not applied yet.
+		switch {
+		case c.State == "broken" || c.State == "install_failed":
+			f.Signal, f.Detail = SignalHealth, withReason(c.Kind+" "+c.State, c.Reason)
+			return memberFailed, f, c.State == "broken"
+		case c.Kind == proto.KindAgentVersion && (c.State == "rolled_back" || c.State == "failed"):
+			f.Signal, f.Detail = SignalOTATrial, withReason("OTA trial "+c.State, c.Reason)
+			return memberFailed, f, false
+		case c.Kind == proto.KindAgentVersion && c.State != "" && c.State != "committed":
+			continue
+		}
 		applied = true
 	}
 	if g.Status.Health == "broken" {
@@ -493,4 +508,11 @@ func (d *rolloutDoc) breach(i int, a waveAssessment) string {
 		return fmt.Sprintf("wave %s: %d gateways bricked (broken or silent) (gate maxBricked %d)", w.Name, a.bricked, *g.MaxBricked)
 	}
 	return ""
+}
+
+func withReason(what, reason string) string {
+	if reason == "" {
+		return what
+	}
+	return what + ": " + reason
 }

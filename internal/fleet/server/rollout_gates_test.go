@@ -37,6 +37,12 @@ func TestRolloutGates(t *testing.T) {
 		{"health broken", map[string]store.Gateway{"g0": {Status: proto.Status{Health: "broken"}}}, t0, Gates{MaxFailed: intp(5), MaxBricked: intp(0)},
 			[4]int{0, 1, 0, 0}, SignalHealth, "1 gateways bricked"},
 		{"ota trial failed", map[string]store.Gateway{"g0": {Status: ok, Facts: map[string]string{"ota_trial": "rolled_back"}}}, t0, Gates{}, [4]int{0, 1, 0, 0}, SignalOTATrial, "gate maxFailed 0"},
+		{"component broken", map[string]store.Gateway{"g0": {Status: proto.Status{Health: "degraded", Conditions: []proto.Condition{{Kind: "ruleset", Name: "filter", ResourceVersion: 10, Applied: true,
+			State: "broken", Restarts: 2, Reason: "exited with code 3"}}}}}, t0, Gates{MaxFailed: intp(5), MaxBricked: intp(0)}, [4]int{0, 1, 0, 0}, SignalHealth, "1 gateways bricked"},
+		{"component install failed", map[string]store.Gateway{"g0": {Status: proto.Status{Conditions: []proto.Condition{{Kind: "ruleset", Name: "filter", ResourceVersion: 10, Applied: true,
+			State: "install_failed"}}}}}, t0, Gates{}, [4]int{0, 1, 0, 0}, SignalHealth, "gate maxFailed 0"},
+		{"component running", map[string]store.Gateway{"g0": {Status: proto.Status{Conditions: []proto.Condition{{Kind: "ruleset", Name: "filter", ResourceVersion: 10, Applied: true,
+			State: "running"}}}}}, t0, Gates{}, [4]int{1, 0, 0, 0}, "", ""},
 		{"stuck past the deadline", map[string]store.Gateway{"g0": {LastSeen: t0.Add(time.Second), Status: cond(9, true, "")}, "g1": {Status: ok}}, t0.Add(6 * time.Minute),
 			Gates{MaxFailedPercent: fp(50)}, [4]int{1, 0, 1, 0}, SignalStuck, ""},
 		{"percent gate", map[string]store.Gateway{"g0": {LastSeen: t0.Add(time.Second)}, "g1": {Status: ok}, "g2": {Status: ok}}, t0.Add(6 * time.Minute),
@@ -123,4 +129,36 @@ func FuzzRolloutRequest(f *testing.F) {
 			}
 		}
 	})
+}
+
+// An agent-version rollout: the gateway's condition carries the trial's
+// state; only "committed" counts as applied, a failed trial fails it.
+func TestRolloutGatesAgentVersion(t *testing.T) {
+	t0 := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	for _, tt := range []struct {
+		state  string
+		want   [4]int
+		signal string
+	}{
+		{"trial", [4]int{0, 0, 0, 1}, ""},
+		{"downloading", [4]int{0, 0, 0, 1}, ""},
+		{"committed", [4]int{1, 0, 0, 0}, ""},
+		{"rolled_back", [4]int{0, 1, 0, 0}, SignalOTATrial},
+		{"failed", [4]int{0, 1, 0, 0}, SignalOTATrial},
+	} {
+		t.Run(tt.state, func(t *testing.T) {
+			d := &rolloutDoc{Rollout: Rollout{Name: "r", FromRevision: 5, ToRevision: 10, State: RolloutRunning, Deadline: "5m",
+				Waves: []WaveStatus{{Name: "w", State: WaveRunning}}}, Slot: "agentversion/agent", Plan: []wavePlan{{Started: t0, Members: []string{"g0"}}}}
+			g := &store.Gateway{ID: "g0", Status: proto.Status{Conditions: []proto.Condition{{Kind: proto.KindAgentVersion, Name: "agent", ResourceVersion: 10, Applied: true,
+				State: tt.state, Reason: "health gate: exited 2"}}}}
+			as := d.assess(map[string]*store.Gateway{"g0": g}, t0)
+			w := d.Waves[0]
+			if got := [4]int{w.Applied, w.Failed, w.Stuck, as[0].pending}; got != tt.want {
+				t.Fatalf("applied, failed, stuck, pending = %v, want %v", got, tt.want)
+			}
+			if tt.signal != "" && (len(as[0].failing) == 0 || as[0].failing[0].Signal != tt.signal || !strings.Contains(as[0].failing[0].Detail, "exited 2")) {
+				t.Fatalf("failing %+v, want signal %s with the reason", as[0].failing, tt.signal)
+			}
+		})
+	}
 }
