@@ -64,6 +64,11 @@ type functionsSink struct{ f *functionsModule }
 
 func (s functionsSink) Name() string { return FunctionsSink }
 
+// Durable: a QoS 1/2 publish is acknowledged after the functions ran on
+// it, their state changes are fsynced and their outputs accepted by their
+// sinks (uplink lanes: durable), as for rules.
+func (s functionsSink) Durable() bool { return true }
+
 func (s functionsSink) Deliver(ctx context.Context, m *message.Message) error {
 	if r := s.f.registry(); r != nil {
 		return r.Deliver(ctx, m)
@@ -111,7 +116,7 @@ func (f *functionsModule) Start(ctx context.Context) error {
 	env := &rulesEnv{a: a}
 	repub := env.Republish()
 	reg := function.NewRegistry(function.RegistryOptions{
-		Runtime: rt, Dir: cfg.Dir, Trust: trust, Log: a.log, Warm: cfg.Warm,
+		Runtime: rt, Dir: cfg.Dir, Trust: trust, Log: a.log, Warm: cfg.Warm, StateDir: cfg.StateDir,
 		Sinks:  func(name string) (message.Sink, error) { return functionSinkByName(env, name) },
 		Labels: a.deviceLabels,
 		Host: function.Host{Publish: func(ctx context.Context, topic string, payload []byte, qos byte) error {

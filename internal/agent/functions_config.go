@@ -21,6 +21,10 @@ type FunctionsConfig struct {
 	// CacheDir keeps compiled code across restarts. Default
 	// DATA_DIR/functions-cache.
 	CacheDir string `yaml:"cache_dir"`
+	// StateDir keeps the functions' per-device state (NAME.state), fsynced
+	// before the input that changed it is acknowledged. Default
+	// DATA_DIR/functions-state.
+	StateDir string `yaml:"state_dir"`
 	// TrustRoot is the pinned TUF root.json whose targets role signs
 	// functions (the release root; default ota.root).
 	TrustRoot string `yaml:"trust_root"`
@@ -39,6 +43,9 @@ func (f *FunctionsConfig) setDefaults(c *Config) {
 	}
 	if f.CacheDir == "" {
 		f.CacheDir = filepath.Join(c.DataDir, "functions-cache")
+	}
+	if f.StateDir == "" {
+		f.StateDir = filepath.Join(c.DataDir, "functions-state")
 	}
 	if f.TrustRoot == "" {
 		f.TrustRoot = c.OTA.Root

@@ -34,6 +34,9 @@ type invocation struct {
 	failMsg   string
 	result    []byte
 	hasResult bool
+	// stateMark is the state log position to commit before the
+	// invocation returns (0: no state change to persist).
+	stateMark uint64
 }
 
 type invKey struct{}
@@ -129,9 +132,12 @@ var hostFuncs = map[string]hostFunc{
 		k := read(mod, uint32(s[0]), uint32(s[1]), "key")
 		v := read(mod, uint32(s[2]), uint32(s[3]), "value")
 		rc := rcOK
-		if !inv.m.state.Put(inv.device, string(k), v) {
+		ok, mark := inv.m.state.Put(inv.device, string(k), v)
+		if !ok {
 			rc = rcDenied
 			inv.m.stats.stateDenied.Inc()
+		} else if mark > 0 {
+			inv.stateMark = mark
 		}
 		s[0] = rcWord(rc)
 	}},

@@ -43,6 +43,9 @@ type RegistryOptions struct {
 	Log    *slog.Logger
 	// Warm is how many instances of each version to create at load.
 	Warm int
+	// StateDir keeps each function's per-device state in NAME.state, so
+	// it survives restarts and kill -9 (State). Empty: memory only.
+	StateDir string
 }
 
 // Registry holds the loaded functions and runs them: on messages (it is a
@@ -156,6 +159,11 @@ func (r *Registry) deliverFrom(ctx context.Context, m *message.Message, s *snaps
 			if errors.Is(err, ErrClosed) && attempt < 3 {
 				s = r.snap.Load() // swapped meanwhile: the new version runs it
 				continue
+			}
+			if errors.Is(err, ErrState) {
+				// Its state did not reach the disk: refuse the input
+				// (no acknowledgement) rather than lose the change.
+				errs = append(errs, err)
 			}
 			if err != nil {
 				r.log.Warn("function failed", "module", "function", "function", name, "version", v.mod.Manifest.Version, "topic", m.Topic, "err", err)
@@ -394,7 +402,14 @@ func (r *Registry) loadDir(ctx context.Context, dir string, cur *version) (*vers
 	}
 	st := r.states[man.Name]
 	if st == nil {
-		st = NewState(int64(man.Limits.State))
+		if r.o.StateDir != "" {
+			var err error
+			if st, err = OpenState(filepath.Join(r.o.StateDir, man.Name+".state"), int64(man.Limits.State)); err != nil {
+				return nil, err
+			}
+		} else {
+			st = NewState(int64(man.Limits.State))
+		}
 		r.states[man.Name] = st
 	} else {
 		st.SetLimit(int64(man.Limits.State))
@@ -425,7 +440,12 @@ func (r *Registry) Close(ctx context.Context) error {
 			_ = v.mod.Close(ctx)
 		}
 	}
-	return nil
+	var errs []error
+	for name, st := range r.states {
+		errs = append(errs, st.Close())
+		delete(r.states, name)
+	}
+	return errors.Join(errs...)
 }
 
 // Watch reloads whenever a file under Dir changes (checked every interval
