@@ -4,10 +4,14 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/outpost-edge/outpost/internal/function"
 	"github.com/outpost-edge/outpost/internal/message"
@@ -32,7 +36,12 @@ type functionsModule struct {
 
 func (a *Agent) newFunctions() func(*http.ServeMux) {
 	a.fns = &functionsModule{a: a}
-	return func(mux *http.ServeMux) { mux.HandleFunc("GET /functions", a.fns.serveHTTP) }
+	return func(mux *http.ServeMux) {
+		mux.HandleFunc("GET /functions", a.fns.serveHTTP)
+		// Under /api/: the token protects it like the rest of the API
+		// (function logs may carry device data).
+		mux.HandleFunc("GET /api/v1/functions/{name}/logs", a.fns.serveLogs)
+	}
 }
 
 func (a *Agent) functionModules() []module.Module {
@@ -168,6 +177,57 @@ func (f *functionsModule) serveHTTP(w http.ResponseWriter, _ *http.Request) {
 	}
 	st, p := r.Statuses()
 	writeJSON(w, map[string]any{"functions": st, "problems": p})
+}
+
+// serveLogs answers GET /api/v1/functions/NAME/logs?after=SEQ&max=N&wait=DUR:
+// the lines the function logged after SEQ; with wait (at most 60s) it
+// waits for a line when there is none yet (outpost functions logs -f).
+func (f *functionsModule) serveLogs(w http.ResponseWriter, req *http.Request) {
+	f.mu.Lock()
+	rt := f.rt
+	f.mu.Unlock()
+	if rt == nil {
+		writeJSONError(w, http.StatusServiceUnavailable, "functions are not running")
+		return
+	}
+	q := req.URL.Query()
+	var after uint64
+	var limit int
+	var wait time.Duration
+	var err error
+	if v := q.Get("after"); v != "" {
+		if after, err = strconv.ParseUint(v, 10, 64); err != nil {
+			writeJSONError(w, http.StatusBadRequest, "after: want a line number, got "+strconv.Quote(v))
+			return
+		}
+	}
+	if v := q.Get("max"); v != "" {
+		if limit, err = strconv.Atoi(v); err != nil || limit < 1 {
+			writeJSONError(w, http.StatusBadRequest, "max: want a positive number, got "+strconv.Quote(v))
+			return
+		}
+	}
+	if v := q.Get("wait"); v != "" {
+		if wait, err = time.ParseDuration(v); err != nil || wait < 0 || wait > time.Minute {
+			writeJSONError(w, http.StatusBadRequest, "wait: want a duration up to 60s, got "+strconv.Quote(v))
+			return
+		}
+	}
+	logs, err := rt.Logs(req.Context(), req.PathValue("name"), after, limit, wait)
+	switch {
+	case errors.Is(err, function.ErrUnknownFunction):
+		writeJSONError(w, http.StatusNotFound, err.Error())
+		return
+	case err != nil:
+		return // the client went away
+	}
+	writeJSON(w, logs)
+}
+
+func writeJSONError(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg})
 }
 
 // functionSinkByName resolves a trigger's output: republish, uplink:LANE,

@@ -86,11 +86,7 @@ func types(t ...api.ValueType) []api.ValueType { return t }
 var hostFuncs = map[string]hostFunc{
 	"log": {types(i32, i32, i32), nil, func(ctx context.Context, mod api.Module, s []uint64) {
 		inv := invOf(ctx)
-		msg := read(mod, uint32(s[1]), uint32(s[2]), "log message")
-		if len(msg) > 1024 {
-			msg = msg[:1024]
-		}
-		inv.m.rt.log.Log(ctx, slog.Level(int32(s[0])), string(msg), "module", "function", "function", inv.m.Manifest.Name, "version", inv.m.Manifest.Version)
+		inv.guestLog(ctx, slog.Level(int32(s[0])), read(mod, uint32(s[1]), uint32(s[2]), "log message"))
 	}},
 	"fail": {types(i32, i32), nil, func(ctx context.Context, mod api.Module, s []uint64) {
 		inv := invOf(ctx)
