@@ -4,10 +4,13 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,6 +35,8 @@ type functionsModule struct {
 	reg    *function.Registry
 	cancel context.CancelFunc
 	done   chan struct{}
+	// trustPrint identifies the trust root in use (path and content).
+	trustPrint string
 }
 
 func (a *Agent) newFunctions() func(*http.ServeMux) {
@@ -113,19 +118,15 @@ func (f *functionsModule) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var trust *function.Trust
-	if cfg.TrustRoot != "" {
-		if trust, err = function.LoadTrust(cfg.TrustRoot); err != nil {
-			_ = rt.Close(ctx)
-			return err
-		}
-	} else {
-		a.log.Warn("functions: signatures are not checked (allow_unsigned)", "module", "functions")
+	trust, print, err := f.loadTrust(cfg)
+	if err != nil {
+		_ = rt.Close(ctx)
+		return err
 	}
 	env := &rulesEnv{a: a}
 	repub := env.Republish()
 	reg := function.NewRegistry(function.RegistryOptions{
-		Runtime: rt, Dir: cfg.Dir, Trust: trust, Log: a.log, Warm: cfg.Warm, StateDir: cfg.StateDir,
+		Runtime: rt, Dir: activeDir(cfg), Trust: trust, Log: a.log, Warm: cfg.Warm, StateDir: cfg.StateDir,
 		Sinks:  func(name string) (message.Sink, error) { return functionSinkByName(env, name) },
 		Labels: a.deviceLabels,
 		Host: function.Host{Publish: func(ctx context.Context, topic string, payload []byte, qos byte) error {
@@ -135,11 +136,91 @@ func (f *functionsModule) Start(ctx context.Context) error {
 	if err := reg.Reload(ctx); err != nil {
 		a.log.Error("functions: some functions were refused", "module", "functions", "err", err)
 	}
+	f.mu.Lock()
+	f.rt, f.reg, f.trustPrint = rt, reg, print
+	f.startWatch(cfg.Watch.D())
+	f.mu.Unlock()
+	return nil
+}
+
+// activeDir is the directory to load from: none when disabled.
+func activeDir(c *FunctionsConfig) string {
+	if !c.Enabled {
+		return ""
+	}
+	return c.Dir
+}
+
+// loadTrust reads the trust root; print identifies it (path and bytes)
+// so a reconfiguration knows whether every version must be verified again.
+func (f *functionsModule) loadTrust(c *FunctionsConfig) (*function.Trust, string, error) {
+	if c.TrustRoot == "" {
+		f.a.log.Warn("functions: signatures are not checked (allow_unsigned)", "module", "functions")
+		return nil, "", nil
+	}
+	raw, err := os.ReadFile(c.TrustRoot)
+	if err != nil {
+		return nil, "", fmt.Errorf("functions: trust_root: %w", err)
+	}
+	t, err := function.LoadTrust(c.TrustRoot)
+	if err != nil {
+		return nil, "", err
+	}
+	sum := sha256.Sum256(raw)
+	return t, c.TrustRoot + "@" + hex.EncodeToString(sum[:]), nil
+}
+
+// startWatch (re)starts the directory watch; f.mu held.
+func (f *functionsModule) startWatch(every time.Duration) {
+	if f.cancel != nil {
+		f.cancel()
+		<-f.done
+	}
 	wctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); reg.Watch(wctx, cfg.Watch.D()) }()
+	reg := f.reg
+	go func() { defer close(done); reg.Watch(wctx, every) }()
+	f.cancel, f.done = cancel, done
+}
+
+// Reconfigure applies a changed functions section without stopping the
+// module: the registry, its loaded versions and their state stay, so
+// messages keep flowing to the functions that did not change (no gap, no
+// duplicate). dir, enabled, trust_root/allow_unsigned, warm and watch
+// apply at once (a changed trust root re-verifies every version and
+// unloads what it refuses); cache_dir and state_dir only at the next
+// start (logged).
+func (f *functionsModule) Reconfigure(ctx context.Context, cfg any) error {
+	c, ok := cfg.(*FunctionsConfig)
+	if !ok || c == nil {
+		return fmt.Errorf("functions: no configuration")
+	}
 	f.mu.Lock()
-	f.rt, f.reg, f.cancel, f.done = rt, reg, cancel, done
+	cur, reg, curPrint := f.cfg, f.reg, f.trustPrint
+	f.mu.Unlock()
+	if reg == nil { // not started: Start uses it
+		f.mu.Lock()
+		f.cfg = c
+		f.mu.Unlock()
+		return nil
+	}
+	trust, print, err := f.loadTrust(c)
+	if err != nil {
+		return err // the running configuration stays
+	}
+	for key, changed := range map[string]bool{"cache_dir": c.CacheDir != cur.CacheDir, "state_dir": c.StateDir != cur.StateDir} {
+		if changed {
+			f.a.log.Warn("functions: "+key+" changes take effect at the next start", "module", "functions")
+		}
+	}
+	if err := reg.Reconfigure(ctx, function.Settings{Dir: activeDir(c), Trust: trust, Reverify: print != curPrint, Warm: c.Warm}); err != nil {
+		f.a.log.Error("functions: some functions were refused", "module", "functions", "err", err)
+	}
+	f.mu.Lock()
+	f.cfg, f.trustPrint = c, print
+	if c.Watch != cur.Watch {
+		f.startWatch(c.Watch.D())
+	}
 	f.mu.Unlock()
 	return nil
 }
@@ -147,7 +228,7 @@ func (f *functionsModule) Start(ctx context.Context) error {
 func (f *functionsModule) Stop(ctx context.Context) error {
 	f.mu.Lock()
 	rt, reg, cancel, done := f.rt, f.reg, f.cancel, f.done
-	f.rt, f.reg = nil, nil
+	f.rt, f.reg, f.cancel, f.done = nil, nil, nil, nil
 	f.mu.Unlock()
 	if reg == nil {
 		return nil

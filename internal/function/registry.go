@@ -57,9 +57,43 @@ type Registry struct {
 	log  *slog.Logger
 	snap atomic.Pointer[snapshot]
 
-	mu       sync.Mutex // serializes Reload
+	mu       sync.Mutex // serializes Reload; guards o.Dir, o.Trust, o.Warm
 	states   map[string]*State
 	problems []Problem
+	reverify bool // the next Reload verifies and reloads every version
+}
+
+// Settings are what Reconfigure changes on a running registry.
+type Settings struct {
+	// Dir is the directory to load from; empty unloads every function
+	// (functions.enabled: false).
+	Dir string
+	// Trust verifies signatures (nil: unsigned accepted).
+	Trust *Trust
+	// Reverify reloads every version, checking it against Trust again
+	// (the trust root changed).
+	Reverify bool
+	// Warm applies to versions loaded from now on.
+	Warm int
+}
+
+// Reconfigure applies new settings in place and reloads: versions whose
+// directory and files did not change keep running untouched (their
+// instances, their in-flight invocations); added, changed and removed
+// ones are swapped atomically as by Reload, so no message of an
+// unchanged function is lost or run twice.
+func (r *Registry) Reconfigure(ctx context.Context, s Settings) error {
+	r.mu.Lock()
+	r.o.Dir, r.o.Trust, r.o.Warm = s.Dir, s.Trust, s.Warm
+	r.reverify = r.reverify || s.Reverify
+	r.mu.Unlock()
+	return r.Reload(ctx)
+}
+
+func (r *Registry) dir() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.o.Dir
 }
 
 // Problem is a function directory that failed to load (the previously
@@ -284,10 +318,16 @@ func (r *Registry) Reload(ctx context.Context) error {
 			byDir[v.dir] = v
 		}
 	}
-	entries, err := os.ReadDir(r.o.Dir)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("function: %s: %w", r.o.Dir, err)
+	var entries []os.DirEntry
+	var err error
+	if r.o.Dir != "" {
+		entries, err = os.ReadDir(r.o.Dir)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("function: %s: %w", r.o.Dir, err)
+		}
 	}
+	reverify := r.reverify
+	r.reverify = false
 	var problems []Problem
 	var errs []error
 	next := &snapshot{byName: map[string][]*version{}}
@@ -301,7 +341,7 @@ func (r *Registry) Reload(ctx context.Context) error {
 		if _, err := os.Stat(filepath.Join(dir, ManifestFile)); err != nil {
 			continue
 		}
-		v, err := r.loadDir(ctx, dir, byDir[dir])
+		v, err := r.loadDir(ctx, dir, byDir[dir], reverify)
 		if err == nil {
 			id := fmt.Sprintf("%s@%d", v.mod.Manifest.Name, v.mod.Manifest.Version)
 			if other, dup := seen[id]; dup {
@@ -317,7 +357,9 @@ func (r *Registry) Reload(ctx context.Context) error {
 			problems = append(problems, Problem{Dir: dir, Err: err.Error()})
 			errs = append(errs, fmt.Errorf("%s: %w", dir, err))
 			v = byDir[dir] // the old version keeps running
-			if v == nil {
+			if v == nil || reverify {
+				// ...unless the trust root changed: what the new root
+				// does not accept must not keep running.
 				continue
 			}
 			id := fmt.Sprintf("%s@%d", v.mod.Manifest.Name, v.mod.Manifest.Version)
@@ -348,7 +390,7 @@ func (r *Registry) Reload(ctx context.Context) error {
 }
 
 // loadDir loads one version directory, reusing cur when nothing changed.
-func (r *Registry) loadDir(ctx context.Context, dir string, cur *version) (*version, error) {
+func (r *Registry) loadDir(ctx context.Context, dir string, cur *version, reverify bool) (*version, error) {
 	mpath := filepath.Join(dir, ManifestFile)
 	manRaw, err := os.ReadFile(mpath)
 	if err != nil {
@@ -370,7 +412,7 @@ func (r *Registry) loadDir(ctx context.Context, dir string, cur *version) (*vers
 		return nil, err
 	}
 	print := hashHex(manRaw) + hashHex(wasm) + hashHex(sig)
-	if cur != nil && cur.print == print {
+	if cur != nil && cur.print == print && !reverify {
 		return cur, nil
 	}
 	signed := false
@@ -451,7 +493,7 @@ func (r *Registry) Close(ctx context.Context) error {
 // Watch reloads whenever a file under Dir changes (checked every interval
 // by size and modification time), until ctx ends.
 func (r *Registry) Watch(ctx context.Context, interval time.Duration) {
-	last := fingerprint(r.o.Dir)
+	last := fingerprint(r.dir())
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -460,7 +502,7 @@ func (r *Registry) Watch(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 		}
-		if fp := fingerprint(r.o.Dir); fp != last {
+		if fp := fingerprint(r.dir()); fp != last {
 			last = fp
 			if err := r.Reload(ctx); err != nil {
 				r.log.Error("functions reload: some functions were refused", "module", "function", "err", err)
