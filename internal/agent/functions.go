@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,8 +36,10 @@ type functionsModule struct {
 	reg    *function.Registry
 	cancel context.CancelFunc
 	done   chan struct{}
-	// trustPrint identifies the trust root in use (path and content).
+	// trustPrint identifies the trust root in use (path and content,
+	// and whether the TUF chain is on).
 	trustPrint string
+	chain      *function.ChainTrust
 }
 
 func (a *Agent) newFunctions() func(*http.ServeMux) {
@@ -123,10 +126,15 @@ func (f *functionsModule) Start(ctx context.Context) error {
 		_ = rt.Close(ctx)
 		return err
 	}
+	chain, err := newChain(cfg)
+	if err != nil {
+		_ = rt.Close(ctx)
+		return err
+	}
 	env := &rulesEnv{a: a}
 	repub := env.Republish()
 	reg := function.NewRegistry(function.RegistryOptions{
-		Runtime: rt, Dir: activeDir(cfg), Trust: trust, Log: a.log, Warm: cfg.Warm, StateDir: cfg.StateDir,
+		Runtime: rt, Dir: activeDir(cfg), Trust: trust, Chain: chain, Log: a.log, Warm: cfg.Warm, StateDir: cfg.StateDir,
 		Sinks:  func(name string) (message.Sink, error) { return functionSinkByName(env, name) },
 		Labels: a.deviceLabels,
 		Host: function.Host{Publish: func(ctx context.Context, topic string, payload []byte, qos byte) error {
@@ -137,10 +145,21 @@ func (f *functionsModule) Start(ctx context.Context) error {
 		a.log.Error("functions: some functions were refused", "module", "functions", "err", err)
 	}
 	f.mu.Lock()
-	f.rt, f.reg, f.trustPrint = rt, reg, print
+	if cfg.TUF {
+		print += "+tuf"
+	}
+	f.rt, f.reg, f.trustPrint, f.chain = rt, reg, print, chain
 	f.startWatch(cfg.Watch.D())
 	f.mu.Unlock()
 	return nil
+}
+
+// newChain opens the TUF chain when functions.tuf is set (nil otherwise).
+func newChain(c *FunctionsConfig) (*function.ChainTrust, error) {
+	if !c.TUF {
+		return nil, nil
+	}
+	return function.NewChainTrust(c.TrustRoot, filepath.Join(c.Dir, function.ChainDir), c.StateDir)
 }
 
 // activeDir is the directory to load from: none when disabled.
@@ -196,7 +215,7 @@ func (f *functionsModule) Reconfigure(ctx context.Context, cfg any) error {
 		return fmt.Errorf("functions: no configuration")
 	}
 	f.mu.Lock()
-	cur, reg, curPrint := f.cfg, f.reg, f.trustPrint
+	cur, reg, curPrint, chain := f.cfg, f.reg, f.trustPrint, f.chain
 	f.mu.Unlock()
 	if reg == nil { // not started: Start uses it
 		f.mu.Lock()
@@ -208,16 +227,24 @@ func (f *functionsModule) Reconfigure(ctx context.Context, cfg any) error {
 	if err != nil {
 		return err // the running configuration stays
 	}
+	if c.TUF != cur.TUF || c.TrustRoot != cur.TrustRoot || c.Dir != cur.Dir || c.StateDir != cur.StateDir {
+		if chain, err = newChain(c); err != nil {
+			return err
+		}
+	}
+	if c.TUF {
+		print += "+tuf"
+	}
 	for key, changed := range map[string]bool{"cache_dir": c.CacheDir != cur.CacheDir, "state_dir": c.StateDir != cur.StateDir} {
 		if changed {
 			f.a.log.Warn("functions: "+key+" changes take effect at the next start", "module", "functions")
 		}
 	}
-	if err := reg.Reconfigure(ctx, function.Settings{Dir: activeDir(c), Trust: trust, Reverify: print != curPrint, Warm: c.Warm}); err != nil {
+	if err := reg.Reconfigure(ctx, function.Settings{Dir: activeDir(c), Trust: trust, Chain: chain, Reverify: print != curPrint, Warm: c.Warm}); err != nil {
 		f.a.log.Error("functions: some functions were refused", "module", "functions", "err", err)
 	}
 	f.mu.Lock()
-	f.cfg, f.trustPrint = c, print
+	f.cfg, f.trustPrint, f.chain = c, print, chain
 	if c.Watch != cur.Watch {
 		f.startWatch(c.Watch.D())
 	}

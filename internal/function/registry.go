@@ -43,6 +43,9 @@ type RegistryOptions struct {
 	Log    *slog.Logger
 	// Warm is how many instances of each version to create at load.
 	Warm int
+	// Chain, when set, verifies functions through the TUF chain in
+	// Dir/.tuf (ChainTrust) instead of per-function targets.json (Trust).
+	Chain *ChainTrust
 	// StateDir keeps each function's per-device state in NAME.state, so
 	// it survives restarts and kill -9 (State). Empty: memory only.
 	StateDir string
@@ -57,7 +60,7 @@ type Registry struct {
 	log  *slog.Logger
 	snap atomic.Pointer[snapshot]
 
-	mu       sync.Mutex // serializes Reload; guards o.Dir, o.Trust, o.Warm
+	mu       sync.Mutex // serializes Reload; guards o.Dir, o.Trust, o.Chain, o.Warm
 	states   map[string]*State
 	problems []Problem
 	reverify bool // the next Reload verifies and reloads every version
@@ -70,6 +73,8 @@ type Settings struct {
 	Dir string
 	// Trust verifies signatures (nil: unsigned accepted).
 	Trust *Trust
+	// Chain verifies through the TUF chain instead of Trust (nil: off).
+	Chain *ChainTrust
 	// Reverify reloads every version, checking it against Trust again
 	// (the trust root changed).
 	Reverify bool
@@ -84,7 +89,7 @@ type Settings struct {
 // unchanged function is lost or run twice.
 func (r *Registry) Reconfigure(ctx context.Context, s Settings) error {
 	r.mu.Lock()
-	r.o.Dir, r.o.Trust, r.o.Warm = s.Dir, s.Trust, s.Warm
+	r.o.Dir, r.o.Trust, r.o.Chain, r.o.Warm = s.Dir, s.Trust, s.Chain, s.Warm
 	r.reverify = r.reverify || s.Reverify
 	r.mu.Unlock()
 	return r.Reload(ctx)
@@ -328,8 +333,22 @@ func (r *Registry) Reload(ctx context.Context) error {
 	}
 	reverify := r.reverify
 	r.reverify = false
+	var chainErr error
+	if r.o.Chain != nil {
+		changed, err := r.o.Chain.Refresh(ctx)
+		if err != nil {
+			chainErr = err
+			r.log.Error("functions: TUF metadata refused; the last verified targets stay in force", "module", "function", "err", err)
+		}
+		// New targets may drop versions that run now: check them all.
+		reverify = reverify || changed
+	}
 	var problems []Problem
 	var errs []error
+	if chainErr != nil {
+		problems = append(problems, Problem{Dir: filepath.Join(r.o.Dir, ChainDir), Err: chainErr.Error()})
+		errs = append(errs, chainErr)
+	}
 	next := &snapshot{byName: map[string][]*version{}}
 	seen := map[string]string{} // name@version -> dir
 	keep := map[*version]bool{}
@@ -416,7 +435,12 @@ func (r *Registry) loadDir(ctx context.Context, dir string, cur *version, reveri
 		return cur, nil
 	}
 	signed := false
-	if r.o.Trust != nil {
+	if r.o.Chain != nil {
+		if err := r.o.Chain.Verify(man, manRaw, wasm); err != nil {
+			return nil, err
+		}
+		signed = true
+	} else if r.o.Trust != nil {
 		if err := r.o.Trust.Verify(man, manRaw, wasm, sig); err != nil {
 			return nil, err
 		}
