@@ -5,10 +5,12 @@ package agent
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,6 +19,8 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/outpost-edge/outpost/internal/function"
+	"github.com/outpost-edge/outpost/internal/module"
+	"github.com/outpost-edge/outpost/internal/ota/tuf"
 )
 
 // tagModuleHex is internal/function's tagGuest(1): it emits its encoded
@@ -231,4 +235,130 @@ func TestFunctionsReconfigureInPlace(t *testing.T) {
 		t.Error("the functions registry was replaced: the module restarted")
 	}
 	t.Logf("%d messages, 3 config changes and 3 function changes: each run once", last)
+}
+
+// TestFunctionsTUFChain: with functions.tuf the agent verifies functions
+// through the repository metadata in DIR/.tuf: a listed version runs, and
+// after the repository moved to version 2, replaying the older metadata
+// with version 1 is refused as a rollback (health degraded, v1 not run).
+func TestFunctionsTUFChain(t *testing.T) {
+	dir := t.TempDir()
+	repo, err := tuf.InitRepo(filepath.Join(dir, "repo"), filepath.Join(dir, "keys"), false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := os.ReadFile(filepath.Join(repo.MetaDir(), "root.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "root.json"), root, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fdir := filepath.Join(dir, "functions")
+	publish := func(v int, drop int) {
+		t.Helper()
+		vdir := filepath.Join(fdir, fmt.Sprintf("tag-%d", v))
+		writeTagFn(t, vdir, "tag", "triggers: [{from: [in/#], to: [republish]}]\n")
+		man := filepath.Join(vdir, function.ManifestFile)
+		b, _ := os.ReadFile(man)
+		_ = os.WriteFile(man, []byte(strings.Replace(string(b), "version: 1", fmt.Sprintf("version: %d", v), 1)), 0o644)
+		for _, f := range []string{function.ManifestFile, "tag.wasm"} {
+			if _, err := repo.AddTarget(fmt.Sprintf("functions/tag/%d/%s", v, f), filepath.Join(vdir, f), nil); err != nil {
+				t.Fatal(err)
+			}
+			delete(repo.Targets.Targets, fmt.Sprintf("functions/tag/%d/%s", drop, f))
+		}
+		if err := repo.Publish(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	copyMeta := func(from string) {
+		t.Helper()
+		to := filepath.Join(fdir, function.ChainDir)
+		_ = os.RemoveAll(to)
+		if err := os.MkdirAll(to, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		ents, _ := os.ReadDir(from)
+		for _, e := range ents {
+			b, err := os.ReadFile(filepath.Join(from, e.Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = os.WriteFile(filepath.Join(to, e.Name()), b, 0o644)
+		}
+	}
+	publish(1, 0)
+	old := filepath.Join(dir, "old-meta")
+	if err := os.Rename(repo.MetaDir(), old); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(repo.MetaDir(), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	copyMeta(old)
+	// Keep the repository whole: put its metadata back.
+	ents, _ := os.ReadDir(old)
+	for _, e := range ents {
+		b, _ := os.ReadFile(filepath.Join(old, e.Name()))
+		_ = os.WriteFile(filepath.Join(repo.MetaDir(), e.Name()), b, 0o644)
+	}
+	cfgPath := filepath.Join(dir, "outpost.yaml")
+	cfg := fmt.Sprintf(`node_id: gw
+data_dir: %[1]s/data
+telemetry: {address: "127.0.0.1:0"}
+broker:
+  listeners: [{type: tcp, address: "127.0.0.1:0"}]
+  allow_anonymous: true
+  anonymous_acl: [{topic: "#", access: all}]
+functions:
+  enabled: true
+  tuf: true
+  trust_root: %[1]s/root.json
+  dir: %[1]s/functions
+  watch: 1h
+`, dir)
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a, logs := startAgent(t, cfgPath)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("agent log:\n%s", logs)
+		}
+	})
+	versions := func() []int {
+		st, _ := a.fns.registry().Statuses()
+		var v []int
+		for _, s := range st {
+			if !s.Signed {
+				t.Errorf("%s v%d not marked signed", s.Name, s.Version)
+			}
+			v = append(v, s.Version)
+		}
+		return v
+	}
+	if v := versions(); len(v) != 1 || v[0] != 1 {
+		t.Fatalf("at start: versions %v", v)
+	}
+	publish(2, 1)
+	copyMeta(repo.MetaDir())
+	ctx := context.Background()
+	if err := a.fns.registry().Reload(ctx); !errors.Is(err, function.ErrTampered) {
+		t.Fatalf("v1 dropped from targets: %v", err)
+	}
+	if v := versions(); len(v) != 1 || v[0] != 2 {
+		t.Fatalf("after v2: versions %v", v)
+	}
+	copyMeta(old)
+	_ = os.RemoveAll(filepath.Join(fdir, "tag-2"))
+	if err := a.fns.registry().Reload(ctx); !errors.Is(err, tuf.ErrRollback) {
+		t.Fatalf("replay: %v, want rollback", err)
+	}
+	if v := versions(); len(v) != 0 {
+		t.Fatalf("after the replay: versions %v run", v)
+	}
+	if h := a.fns.Health(); h.State != module.StateDegraded || !strings.Contains(h.Detail, "rollback") {
+		t.Errorf("health after the replay: %+v", h)
+	}
 }
