@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -331,4 +332,47 @@ func TestStateSurvivesKill9(t *testing.T) {
 		t.Errorf("devices acknowledged: %v", acked)
 	}
 	t.Logf("8 kills, %d acknowledged invocations, 0 state changes lost", total)
+}
+
+// BenchmarkStatePut is an invocation that stores its input under its
+// device (kvGuest): in memory, and persisted (fsync per commit group),
+// from 1 and 16 goroutines (group commit).
+func BenchmarkStatePut(b *testing.B) {
+	for _, c := range []struct {
+		name    string
+		file    bool
+		writers int
+	}{{"memory", false, 1}, {"file", true, 1}, {"file-16-writers", true, 16}} {
+		b.Run(c.name, func(b *testing.B) {
+			st := NewState(DefaultState)
+			if c.file {
+				var err error
+				if st, err = OpenState(filepath.Join(b.TempDir(), "kv.state"), DefaultState); err != nil {
+					b.Fatal(err)
+				}
+				defer st.Close()
+			}
+			rt := newRT(b)
+			man := testManifest("kv")
+			man.Limits.Instances = c.writers
+			m, err := rt.Load(context.Background(), man, kvGuest(), LoadOptions{State: st})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer m.Close(context.Background())
+			var next atomic.Int64
+			b.SetParallelism(c.writers)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				dev := fmt.Sprint("d", next.Add(1))
+				in := &Input{Topic: "in/" + dev, DeviceID: dev, Payload: make([]byte, 200)}
+				for pb.Next() {
+					if err := m.OnMessage(context.Background(), in, nil); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
 }
