@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -22,7 +23,7 @@ import (
 )
 
 func init() {
-	register(&command{name: "functions", summary: "list, inspect and sign WebAssembly functions", run: runFunctions})
+	register(&command{name: "functions", summary: "list, inspect, sign WebAssembly functions and show their logs", run: runFunctions})
 }
 
 const functionsUsage = `Usage:
@@ -30,6 +31,7 @@ const functionsUsage = `Usage:
   outpost functions list    --dir DIR [--root root.json] [--json]
   outpost functions inspect DIR [--root root.json] [--json]
   outpost functions sign    DIR --keys KEYDIR [--passphrase-file FILE] [--validity 2160h]
+  outpost functions logs    NAME [-f] [--after N] [--json] [--api URL] [--token T] [--config FILE]
 
 WebAssembly functions (docs/functions.md): a directory with function.yaml,
 the .wasm module and targets.json (the signature).
@@ -42,12 +44,20 @@ the .wasm module and targets.json (the signature).
            time, and the signature against --root; exit status 2 if bad
   sign     write DIR/targets.json signed with the release targets key
            (KEYDIR/targets.key, as made by outpost release keygen)
+  logs     what function NAME logged (its log host call), kept by the
+           agent in a ring of the last 1000 lines per function: every
+           line, also those rate-limited out of the agent log; -f follows
+           new lines until interrupted. Through the agent's API
+           (GET /api/v1/functions/NAME/logs: --api, --token as for the
+           other API commands)
 
 Examples:
   outpost functions list
   outpost functions list --dir /var/lib/outpost/functions --root /etc/outpost/root.json
   outpost functions inspect examples/functions/anomaly
   OUTPOST_RELEASE_PASSPHRASE=... outpost functions sign ./anomaly --keys ./keys
+  outpost functions logs anomaly
+  outpost functions logs anomaly -f --api unix:///run/outpost/api.sock
 `
 
 func runFunctions(ctx context.Context, args []string) int {
@@ -121,9 +131,78 @@ func functionsMain(ctx context.Context, args []string, stdout, stderr io.Writer)
 		}
 		fmt.Fprintf(stdout, "signed %s (valid until %s)\n", filepath.Join(pos[0], function.SignatureFile), time.Now().Add(*validity).UTC().Format(time.RFC3339))
 		return exitOK
+	case "logs":
+		api := addAPIFlags(fs)
+		follow := fs.Bool("f", false, "follow: print new lines as they are logged, until interrupted")
+		after := fs.Uint64("after", 0, "start after this line number (the seq of a line; 0: the oldest kept)")
+		pos, err := parseInterleaved(fs, rest)
+		if err != nil {
+			return exitUsage
+		}
+		if len(pos) != 1 {
+			fmt.Fprintln(stderr, "outpost functions logs: one function name expected")
+			return exitUsage
+		}
+		c, err := api.client()
+		if err != nil {
+			fmt.Fprintln(stderr, "outpost functions logs:", err)
+			return exitUsage
+		}
+		return functionsLogs(ctx, c, pos[0], *after, *follow, *asJSON, stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "outpost functions: unknown subcommand %q\n\n%s", sub, functionsUsage)
 	return exitUsage
+}
+
+// functionsLogs prints a function's log lines; with follow it long-polls
+// the agent (wait=25s per request) until ctx ends (Ctrl-C: exit 0).
+func functionsLogs(ctx context.Context, c *apiClient, name string, after uint64, follow, asJSON bool, stdout, stderr io.Writer) int {
+	enc := json.NewEncoder(stdout)
+	for {
+		path := fmt.Sprintf("/api/v1/functions/%s/logs?after=%d", url.PathEscape(name), after)
+		if follow {
+			path += "&wait=25s"
+		}
+		body, err := c.stream(ctx, http.MethodGet, path)
+		if err != nil {
+			if follow && ctx.Err() != nil {
+				return exitOK
+			}
+			fmt.Fprintln(stderr, "outpost functions logs:", err)
+			return exitFailure
+		}
+		var page function.Logs
+		err = json.NewDecoder(body).Decode(&page)
+		body.Close()
+		if err != nil {
+			if follow && ctx.Err() != nil {
+				return exitOK
+			}
+			fmt.Fprintln(stderr, "outpost functions logs: bad answer from the agent:", err)
+			return exitFailure
+		}
+		if page.Lost > 0 {
+			fmt.Fprintf(stderr, "(%d lines left the ring before they were read)\n", page.Lost)
+		}
+		for _, l := range page.Lines {
+			if asJSON {
+				_ = enc.Encode(l)
+				continue
+			}
+			dev := l.Device
+			if dev == "" {
+				dev = "-"
+			}
+			fmt.Fprintf(stdout, "%s %-5s v%d %s %s\n", l.Time.UTC().Format("2006-01-02T15:04:05.000Z"), l.Level, l.Version, dev, l.Msg)
+		}
+		if f, ok := stdout.(interface{ Flush() error }); ok {
+			_ = f.Flush()
+		}
+		after = page.Next
+		if !follow && (len(page.Lines) == 0 || len(page.Lines) < function.LogRingSize) {
+			return exitOK
+		}
+	}
 }
 
 func functionsListAgent(ctx context.Context, url string, asJSON bool, stdout, stderr io.Writer) int {

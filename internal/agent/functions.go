@@ -4,10 +4,18 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/outpost-edge/outpost/internal/function"
 	"github.com/outpost-edge/outpost/internal/message"
@@ -28,11 +36,20 @@ type functionsModule struct {
 	reg    *function.Registry
 	cancel context.CancelFunc
 	done   chan struct{}
+	// trustPrint identifies the trust root in use (path and content,
+	// and whether the TUF chain is on).
+	trustPrint string
+	chain      *function.ChainTrust
 }
 
 func (a *Agent) newFunctions() func(*http.ServeMux) {
 	a.fns = &functionsModule{a: a}
-	return func(mux *http.ServeMux) { mux.HandleFunc("GET /functions", a.fns.serveHTTP) }
+	return func(mux *http.ServeMux) {
+		mux.HandleFunc("GET /functions", a.fns.serveHTTP)
+		// Under /api/: the token protects it like the rest of the API
+		// (function logs may carry device data).
+		mux.HandleFunc("GET /api/v1/functions/{name}/logs", a.fns.serveLogs)
+	}
 }
 
 func (a *Agent) functionModules() []module.Module {
@@ -63,6 +80,11 @@ func (a *Agent) functionsSink() message.Sink {
 type functionsSink struct{ f *functionsModule }
 
 func (s functionsSink) Name() string { return FunctionsSink }
+
+// Durable: a QoS 1/2 publish is acknowledged after the functions ran on
+// it, their state changes are fsynced and their outputs accepted by their
+// sinks (uplink lanes: durable), as for rules.
+func (s functionsSink) Durable() bool { return true }
 
 func (s functionsSink) Deliver(ctx context.Context, m *message.Message) error {
 	if r := s.f.registry(); r != nil {
@@ -99,19 +121,20 @@ func (f *functionsModule) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var trust *function.Trust
-	if cfg.TrustRoot != "" {
-		if trust, err = function.LoadTrust(cfg.TrustRoot); err != nil {
-			_ = rt.Close(ctx)
-			return err
-		}
-	} else {
-		a.log.Warn("functions: signatures are not checked (allow_unsigned)", "module", "functions")
+	trust, print, err := f.loadTrust(cfg)
+	if err != nil {
+		_ = rt.Close(ctx)
+		return err
+	}
+	chain, err := newChain(cfg)
+	if err != nil {
+		_ = rt.Close(ctx)
+		return err
 	}
 	env := &rulesEnv{a: a}
 	repub := env.Republish()
 	reg := function.NewRegistry(function.RegistryOptions{
-		Runtime: rt, Dir: cfg.Dir, Trust: trust, Log: a.log, Warm: cfg.Warm,
+		Runtime: rt, Dir: activeDir(cfg), Trust: trust, Chain: chain, Log: a.log, Warm: cfg.Warm, StateDir: cfg.StateDir,
 		Sinks:  func(name string) (message.Sink, error) { return functionSinkByName(env, name) },
 		Labels: a.deviceLabels,
 		Host: function.Host{Publish: func(ctx context.Context, topic string, payload []byte, qos byte) error {
@@ -121,11 +144,110 @@ func (f *functionsModule) Start(ctx context.Context) error {
 	if err := reg.Reload(ctx); err != nil {
 		a.log.Error("functions: some functions were refused", "module", "functions", "err", err)
 	}
+	f.mu.Lock()
+	if cfg.TUF {
+		print += "+tuf"
+	}
+	f.rt, f.reg, f.trustPrint, f.chain = rt, reg, print, chain
+	f.startWatch(cfg.Watch.D())
+	f.mu.Unlock()
+	return nil
+}
+
+// newChain opens the TUF chain when functions.tuf is set (nil otherwise).
+func newChain(c *FunctionsConfig) (*function.ChainTrust, error) {
+	if !c.TUF {
+		return nil, nil
+	}
+	return function.NewChainTrust(c.TrustRoot, filepath.Join(c.Dir, function.ChainDir), c.StateDir)
+}
+
+// activeDir is the directory to load from: none when disabled.
+func activeDir(c *FunctionsConfig) string {
+	if !c.Enabled {
+		return ""
+	}
+	return c.Dir
+}
+
+// loadTrust reads the trust root; print identifies it (path and bytes)
+// so a reconfiguration knows whether every version must be verified again.
+func (f *functionsModule) loadTrust(c *FunctionsConfig) (*function.Trust, string, error) {
+	if c.TrustRoot == "" {
+		f.a.log.Warn("functions: signatures are not checked (allow_unsigned)", "module", "functions")
+		return nil, "", nil
+	}
+	raw, err := os.ReadFile(c.TrustRoot)
+	if err != nil {
+		return nil, "", fmt.Errorf("functions: trust_root: %w", err)
+	}
+	t, err := function.LoadTrust(c.TrustRoot)
+	if err != nil {
+		return nil, "", err
+	}
+	sum := sha256.Sum256(raw)
+	return t, c.TrustRoot + "@" + hex.EncodeToString(sum[:]), nil
+}
+
+// startWatch (re)starts the directory watch; f.mu held.
+func (f *functionsModule) startWatch(every time.Duration) {
+	if f.cancel != nil {
+		f.cancel()
+		<-f.done
+	}
 	wctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); reg.Watch(wctx, cfg.Watch.D()) }()
+	reg := f.reg
+	go func() { defer close(done); reg.Watch(wctx, every) }()
+	f.cancel, f.done = cancel, done
+}
+
+// Reconfigure applies a changed functions section without stopping the
+// module: the registry, its loaded versions and their state stay, so
+// messages keep flowing to the functions that did not change (no gap, no
+// duplicate). dir, enabled, trust_root/allow_unsigned, warm and watch
+// apply at once (a changed trust root re-verifies every version and
+// unloads what it refuses); cache_dir and state_dir only at the next
+// start (logged).
+func (f *functionsModule) Reconfigure(ctx context.Context, cfg any) error {
+	c, ok := cfg.(*FunctionsConfig)
+	if !ok || c == nil {
+		return fmt.Errorf("functions: no configuration")
+	}
 	f.mu.Lock()
-	f.rt, f.reg, f.cancel, f.done = rt, reg, cancel, done
+	cur, reg, curPrint, chain := f.cfg, f.reg, f.trustPrint, f.chain
+	f.mu.Unlock()
+	if reg == nil { // not started: Start uses it
+		f.mu.Lock()
+		f.cfg = c
+		f.mu.Unlock()
+		return nil
+	}
+	trust, print, err := f.loadTrust(c)
+	if err != nil {
+		return err // the running configuration stays
+	}
+	if c.TUF != cur.TUF || c.TrustRoot != cur.TrustRoot || c.Dir != cur.Dir || c.StateDir != cur.StateDir {
+		if chain, err = newChain(c); err != nil {
+			return err
+		}
+	}
+	if c.TUF {
+		print += "+tuf"
+	}
+	for key, changed := range map[string]bool{"cache_dir": c.CacheDir != cur.CacheDir, "state_dir": c.StateDir != cur.StateDir} {
+		if changed {
+			f.a.log.Warn("functions: "+key+" changes take effect at the next start", "module", "functions")
+		}
+	}
+	if err := reg.Reconfigure(ctx, function.Settings{Dir: activeDir(c), Trust: trust, Chain: chain, Reverify: print != curPrint, Warm: c.Warm}); err != nil {
+		f.a.log.Error("functions: some functions were refused", "module", "functions", "err", err)
+	}
+	f.mu.Lock()
+	f.cfg, f.trustPrint, f.chain = c, print, chain
+	if c.Watch != cur.Watch {
+		f.startWatch(c.Watch.D())
+	}
 	f.mu.Unlock()
 	return nil
 }
@@ -133,7 +255,7 @@ func (f *functionsModule) Start(ctx context.Context) error {
 func (f *functionsModule) Stop(ctx context.Context) error {
 	f.mu.Lock()
 	rt, reg, cancel, done := f.rt, f.reg, f.cancel, f.done
-	f.rt, f.reg = nil, nil
+	f.rt, f.reg, f.cancel, f.done = nil, nil, nil, nil
 	f.mu.Unlock()
 	if reg == nil {
 		return nil
@@ -163,6 +285,57 @@ func (f *functionsModule) serveHTTP(w http.ResponseWriter, _ *http.Request) {
 	}
 	st, p := r.Statuses()
 	writeJSON(w, map[string]any{"functions": st, "problems": p})
+}
+
+// serveLogs answers GET /api/v1/functions/NAME/logs?after=SEQ&max=N&wait=DUR:
+// the lines the function logged after SEQ; with wait (at most 60s) it
+// waits for a line when there is none yet (outpost functions logs -f).
+func (f *functionsModule) serveLogs(w http.ResponseWriter, req *http.Request) {
+	f.mu.Lock()
+	rt := f.rt
+	f.mu.Unlock()
+	if rt == nil {
+		writeJSONError(w, http.StatusServiceUnavailable, "functions are not running")
+		return
+	}
+	q := req.URL.Query()
+	var after uint64
+	var limit int
+	var wait time.Duration
+	var err error
+	if v := q.Get("after"); v != "" {
+		if after, err = strconv.ParseUint(v, 10, 64); err != nil {
+			writeJSONError(w, http.StatusBadRequest, "after: want a line number, got "+strconv.Quote(v))
+			return
+		}
+	}
+	if v := q.Get("max"); v != "" {
+		if limit, err = strconv.Atoi(v); err != nil || limit < 1 {
+			writeJSONError(w, http.StatusBadRequest, "max: want a positive number, got "+strconv.Quote(v))
+			return
+		}
+	}
+	if v := q.Get("wait"); v != "" {
+		if wait, err = time.ParseDuration(v); err != nil || wait < 0 || wait > time.Minute {
+			writeJSONError(w, http.StatusBadRequest, "wait: want a duration up to 60s, got "+strconv.Quote(v))
+			return
+		}
+	}
+	logs, err := rt.Logs(req.Context(), req.PathValue("name"), after, limit, wait)
+	switch {
+	case errors.Is(err, function.ErrUnknownFunction):
+		writeJSONError(w, http.StatusNotFound, err.Error())
+		return
+	case err != nil:
+		return // the client went away
+	}
+	writeJSON(w, logs)
+}
+
+func writeJSONError(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg})
 }
 
 // functionSinkByName resolves a trigger's output: republish, uplink:LANE,

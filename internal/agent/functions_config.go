@@ -21,9 +21,17 @@ type FunctionsConfig struct {
 	// CacheDir keeps compiled code across restarts. Default
 	// DATA_DIR/functions-cache.
 	CacheDir string `yaml:"cache_dir"`
+	// StateDir keeps the functions' per-device state (NAME.state), fsynced
+	// before the input that changed it is acknowledged. Default
+	// DATA_DIR/functions-state.
+	StateDir string `yaml:"state_dir"`
 	// TrustRoot is the pinned TUF root.json whose targets role signs
 	// functions (the release root; default ota.root).
 	TrustRoot string `yaml:"trust_root"`
+	// TUF verifies functions through the TUF chain (timestamp, snapshot,
+	// targets) published into DIR/.tuf, refusing rolled-back metadata,
+	// instead of per-function targets.json. Needs trust_root.
+	TUF bool `yaml:"tuf"`
 	// AllowUnsigned loads functions without targets.json (development).
 	AllowUnsigned bool `yaml:"allow_unsigned"`
 	// Watch is how often Dir is checked for changes. Default 2s.
@@ -39,6 +47,9 @@ func (f *FunctionsConfig) setDefaults(c *Config) {
 	}
 	if f.CacheDir == "" {
 		f.CacheDir = filepath.Join(c.DataDir, "functions-cache")
+	}
+	if f.StateDir == "" {
+		f.StateDir = filepath.Join(c.DataDir, "functions-state")
 	}
 	if f.TrustRoot == "" {
 		f.TrustRoot = c.OTA.Root
@@ -61,6 +72,9 @@ func (f *FunctionsConfig) validate() error {
 	}
 	if f.TrustRoot == "" && !f.AllowUnsigned {
 		errs = append(errs, config.Field("trust_root", "required (the release root.json that signs functions) unless allow_unsigned: true"))
+	}
+	if f.TUF && f.TrustRoot == "" {
+		errs = append(errs, config.Field("tuf", "needs trust_root (the root.json the function repository is pinned to)"))
 	}
 	if f.Watch.D() < 10*time.Millisecond {
 		errs = append(errs, config.Field("watch", "at least 10ms"))

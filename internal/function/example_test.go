@@ -147,6 +147,9 @@ func TestExampleNoop(t *testing.T) {
 }
 
 func TestMain(m *testing.M) {
+	if dir := os.Getenv(kill9ChildEnv); dir != "" {
+		kill9Child(dir) // never returns: runs until killed
+	}
 	code := m.Run()
 	if exampleDir != "" {
 		_ = os.RemoveAll(exampleDir)

@@ -34,6 +34,9 @@ type invocation struct {
 	failMsg   string
 	result    []byte
 	hasResult bool
+	// stateMark is the state log position to commit before the
+	// invocation returns (0: no state change to persist).
+	stateMark uint64
 }
 
 type invKey struct{}
@@ -83,11 +86,7 @@ func types(t ...api.ValueType) []api.ValueType { return t }
 var hostFuncs = map[string]hostFunc{
 	"log": {types(i32, i32, i32), nil, func(ctx context.Context, mod api.Module, s []uint64) {
 		inv := invOf(ctx)
-		msg := read(mod, uint32(s[1]), uint32(s[2]), "log message")
-		if len(msg) > 1024 {
-			msg = msg[:1024]
-		}
-		inv.m.rt.log.Log(ctx, slog.Level(int32(s[0])), string(msg), "module", "function", "function", inv.m.Manifest.Name, "version", inv.m.Manifest.Version)
+		inv.guestLog(ctx, slog.Level(int32(s[0])), read(mod, uint32(s[1]), uint32(s[2]), "log message"))
 	}},
 	"fail": {types(i32, i32), nil, func(ctx context.Context, mod api.Module, s []uint64) {
 		inv := invOf(ctx)
@@ -129,9 +128,12 @@ var hostFuncs = map[string]hostFunc{
 		k := read(mod, uint32(s[0]), uint32(s[1]), "key")
 		v := read(mod, uint32(s[2]), uint32(s[3]), "value")
 		rc := rcOK
-		if !inv.m.state.Put(inv.device, string(k), v) {
+		ok, mark := inv.m.state.Put(inv.device, string(k), v)
+		if !ok {
 			rc = rcDenied
 			inv.m.stats.stateDenied.Inc()
+		} else if mark > 0 {
+			inv.stateMark = mark
 		}
 		s[0] = rcWord(rc)
 	}},

@@ -43,6 +43,12 @@ type RegistryOptions struct {
 	Log    *slog.Logger
 	// Warm is how many instances of each version to create at load.
 	Warm int
+	// Chain, when set, verifies functions through the TUF chain in
+	// Dir/.tuf (ChainTrust) instead of per-function targets.json (Trust).
+	Chain *ChainTrust
+	// StateDir keeps each function's per-device state in NAME.state, so
+	// it survives restarts and kill -9 (State). Empty: memory only.
+	StateDir string
 }
 
 // Registry holds the loaded functions and runs them: on messages (it is a
@@ -54,9 +60,45 @@ type Registry struct {
 	log  *slog.Logger
 	snap atomic.Pointer[snapshot]
 
-	mu       sync.Mutex // serializes Reload
+	mu       sync.Mutex // serializes Reload; guards o.Dir, o.Trust, o.Chain, o.Warm
 	states   map[string]*State
 	problems []Problem
+	reverify bool // the next Reload verifies and reloads every version
+}
+
+// Settings are what Reconfigure changes on a running registry.
+type Settings struct {
+	// Dir is the directory to load from; empty unloads every function
+	// (functions.enabled: false).
+	Dir string
+	// Trust verifies signatures (nil: unsigned accepted).
+	Trust *Trust
+	// Chain verifies through the TUF chain instead of Trust (nil: off).
+	Chain *ChainTrust
+	// Reverify reloads every version, checking it against Trust again
+	// (the trust root changed).
+	Reverify bool
+	// Warm applies to versions loaded from now on.
+	Warm int
+}
+
+// Reconfigure applies new settings in place and reloads: versions whose
+// directory and files did not change keep running untouched (their
+// instances, their in-flight invocations); added, changed and removed
+// ones are swapped atomically as by Reload, so no message of an
+// unchanged function is lost or run twice.
+func (r *Registry) Reconfigure(ctx context.Context, s Settings) error {
+	r.mu.Lock()
+	r.o.Dir, r.o.Trust, r.o.Chain, r.o.Warm = s.Dir, s.Trust, s.Chain, s.Warm
+	r.reverify = r.reverify || s.Reverify
+	r.mu.Unlock()
+	return r.Reload(ctx)
+}
+
+func (r *Registry) dir() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.o.Dir
 }
 
 // Problem is a function directory that failed to load (the previously
@@ -156,6 +198,11 @@ func (r *Registry) deliverFrom(ctx context.Context, m *message.Message, s *snaps
 			if errors.Is(err, ErrClosed) && attempt < 3 {
 				s = r.snap.Load() // swapped meanwhile: the new version runs it
 				continue
+			}
+			if errors.Is(err, ErrState) {
+				// Its state did not reach the disk: refuse the input
+				// (no acknowledgement) rather than lose the change.
+				errs = append(errs, err)
 			}
 			if err != nil {
 				r.log.Warn("function failed", "module", "function", "function", name, "version", v.mod.Manifest.Version, "topic", m.Topic, "err", err)
@@ -276,12 +323,32 @@ func (r *Registry) Reload(ctx context.Context) error {
 			byDir[v.dir] = v
 		}
 	}
-	entries, err := os.ReadDir(r.o.Dir)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("function: %s: %w", r.o.Dir, err)
+	var entries []os.DirEntry
+	var err error
+	if r.o.Dir != "" {
+		entries, err = os.ReadDir(r.o.Dir)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("function: %s: %w", r.o.Dir, err)
+		}
+	}
+	reverify := r.reverify
+	r.reverify = false
+	var chainErr error
+	if r.o.Chain != nil {
+		changed, err := r.o.Chain.Refresh(ctx)
+		if err != nil {
+			chainErr = err
+			r.log.Error("functions: TUF metadata refused; the last verified targets stay in force", "module", "function", "err", err)
+		}
+		// New targets may drop versions that run now: check them all.
+		reverify = reverify || changed
 	}
 	var problems []Problem
 	var errs []error
+	if chainErr != nil {
+		problems = append(problems, Problem{Dir: filepath.Join(r.o.Dir, ChainDir), Err: chainErr.Error()})
+		errs = append(errs, chainErr)
+	}
 	next := &snapshot{byName: map[string][]*version{}}
 	seen := map[string]string{} // name@version -> dir
 	keep := map[*version]bool{}
@@ -293,7 +360,7 @@ func (r *Registry) Reload(ctx context.Context) error {
 		if _, err := os.Stat(filepath.Join(dir, ManifestFile)); err != nil {
 			continue
 		}
-		v, err := r.loadDir(ctx, dir, byDir[dir])
+		v, err := r.loadDir(ctx, dir, byDir[dir], reverify)
 		if err == nil {
 			id := fmt.Sprintf("%s@%d", v.mod.Manifest.Name, v.mod.Manifest.Version)
 			if other, dup := seen[id]; dup {
@@ -309,7 +376,9 @@ func (r *Registry) Reload(ctx context.Context) error {
 			problems = append(problems, Problem{Dir: dir, Err: err.Error()})
 			errs = append(errs, fmt.Errorf("%s: %w", dir, err))
 			v = byDir[dir] // the old version keeps running
-			if v == nil {
+			if v == nil || reverify {
+				// ...unless the trust root changed: what the new root
+				// does not accept must not keep running.
 				continue
 			}
 			id := fmt.Sprintf("%s@%d", v.mod.Manifest.Name, v.mod.Manifest.Version)
@@ -340,7 +409,7 @@ func (r *Registry) Reload(ctx context.Context) error {
 }
 
 // loadDir loads one version directory, reusing cur when nothing changed.
-func (r *Registry) loadDir(ctx context.Context, dir string, cur *version) (*version, error) {
+func (r *Registry) loadDir(ctx context.Context, dir string, cur *version, reverify bool) (*version, error) {
 	mpath := filepath.Join(dir, ManifestFile)
 	manRaw, err := os.ReadFile(mpath)
 	if err != nil {
@@ -362,11 +431,16 @@ func (r *Registry) loadDir(ctx context.Context, dir string, cur *version) (*vers
 		return nil, err
 	}
 	print := hashHex(manRaw) + hashHex(wasm) + hashHex(sig)
-	if cur != nil && cur.print == print {
+	if cur != nil && cur.print == print && !reverify {
 		return cur, nil
 	}
 	signed := false
-	if r.o.Trust != nil {
+	if r.o.Chain != nil {
+		if err := r.o.Chain.Verify(man, manRaw, wasm); err != nil {
+			return nil, err
+		}
+		signed = true
+	} else if r.o.Trust != nil {
 		if err := r.o.Trust.Verify(man, manRaw, wasm, sig); err != nil {
 			return nil, err
 		}
@@ -394,7 +468,14 @@ func (r *Registry) loadDir(ctx context.Context, dir string, cur *version) (*vers
 	}
 	st := r.states[man.Name]
 	if st == nil {
-		st = NewState(int64(man.Limits.State))
+		if r.o.StateDir != "" {
+			var err error
+			if st, err = OpenState(filepath.Join(r.o.StateDir, man.Name+".state"), int64(man.Limits.State)); err != nil {
+				return nil, err
+			}
+		} else {
+			st = NewState(int64(man.Limits.State))
+		}
 		r.states[man.Name] = st
 	} else {
 		st.SetLimit(int64(man.Limits.State))
@@ -425,13 +506,18 @@ func (r *Registry) Close(ctx context.Context) error {
 			_ = v.mod.Close(ctx)
 		}
 	}
-	return nil
+	var errs []error
+	for name, st := range r.states {
+		errs = append(errs, st.Close())
+		delete(r.states, name)
+	}
+	return errors.Join(errs...)
 }
 
 // Watch reloads whenever a file under Dir changes (checked every interval
 // by size and modification time), until ctx ends.
 func (r *Registry) Watch(ctx context.Context, interval time.Duration) {
-	last := fingerprint(r.o.Dir)
+	last := fingerprint(r.dir())
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -440,7 +526,7 @@ func (r *Registry) Watch(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 		}
-		if fp := fingerprint(r.o.Dir); fp != last {
+		if fp := fingerprint(r.dir()); fp != last {
 			last = fp
 			if err := r.Reload(ctx); err != nil {
 				r.log.Error("functions reload: some functions were refused", "module", "function", "err", err)

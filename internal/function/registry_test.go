@@ -390,3 +390,59 @@ func TestRunAction(t *testing.T) {
 		t.Fatalf("Run of a trapping function = %v", err)
 	}
 }
+
+// Reconfigure keeps unchanged versions (same *version, no reload), a new
+// trust root re-verifies every version and unloads what it refuses (the
+// old version does not keep running then), and an empty Dir unloads all.
+func TestReconfigure(t *testing.T) {
+	ctx := context.Background()
+	key := tuf.GenerateKey()
+	dir := t.TempDir()
+	fdir := filepath.Join(dir, "tag")
+	writeFn(t, fdir, 1, "", tagGuest(1))
+	if err := Sign(fdir, time.Hour, key); err != nil {
+		t.Fatal(err)
+	}
+	r, sink := newReg(t, dir, testRoot(t, key), nil)
+	if err := r.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	v1 := r.snap.Load().byName["tag"][0]
+	if err := r.Reconfigure(ctx, Settings{Dir: dir, Trust: r.o.Trust, Warm: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if r.snap.Load().byName["tag"][0] != v1 {
+		t.Fatal("an unchanged version was reloaded")
+	}
+	// The same key under another root: re-verified, reloaded, runs.
+	if err := r.Reconfigure(ctx, Settings{Dir: dir, Trust: testRoot(t, key), Reverify: true}); err != nil {
+		t.Fatal(err)
+	}
+	if r.snap.Load().byName["tag"][0] == v1 {
+		t.Fatal("not re-verified")
+	}
+	deliver(t, r, "d", "x")
+	if got := outTopics(sink.take()); len(got) != 1 {
+		t.Fatalf("outputs %v", got)
+	}
+	// A root that does not trust the key: refused and unloaded.
+	if err := r.Reconfigure(ctx, Settings{Dir: dir, Trust: testRoot(t, tuf.GenerateKey()), Reverify: true}); !errors.Is(err, tuf.ErrUnknownKey) {
+		t.Fatalf("other root: %v", err)
+	}
+	if st, _ := r.Statuses(); len(st) != 0 {
+		t.Fatalf("still loaded under a root that refuses it: %+v", st)
+	}
+	// Back to unsigned-accepting, then disabled.
+	if err := r.Reconfigure(ctx, Settings{Dir: dir, Reverify: true}); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := r.Statuses(); len(st) != 1 {
+		t.Fatalf("not reloaded: %+v", st)
+	}
+	if err := r.Reconfigure(ctx, Settings{}); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := r.Statuses(); len(st) != 0 {
+		t.Fatalf("disabled but loaded: %+v", st)
+	}
+}

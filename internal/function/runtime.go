@@ -381,7 +381,23 @@ func (m *Module) OnMessage(ctx context.Context, in *Input, emit Outputs) error {
 		return fmt.Errorf("%w: %s has no on_message entry", ErrNoEntry, m.Manifest.Name)
 	}
 	inv := &invocation{m: m, device: in.DeviceID, topic: in.Topic, emit: emit}
-	return m.invoke(ctx, entryMessage, inv, func(dst []byte) []byte { return AppendInput(dst, in) })
+	err := m.invoke(ctx, entryMessage, inv, func(dst []byte) []byte { return AppendInput(dst, in) })
+	return m.commitState(entryMessage, inv, err)
+}
+
+// commitState makes the invocation's state changes durable before it
+// returns (the durability point: before the input is acknowledged). The
+// changes were made in memory also when the invocation failed after a
+// state_put, so they are written then too.
+func (m *Module) commitState(entry string, inv *invocation, err error) error {
+	if inv.stateMark == 0 {
+		return err
+	}
+	if cerr := m.state.Commit(inv.stateMark); cerr != nil {
+		m.stats.fail(entry, "state")
+		return errors.Join(err, fmt.Errorf("%s: %w", m.Manifest.Name, cerr))
+	}
+	return err
 }
 
 // Call runs the call entry point (fn('name', args...) from a rule) and
@@ -392,6 +408,7 @@ func (m *Module) Call(ctx context.Context, name, deviceID string, args []Value) 
 	}
 	inv := &invocation{m: m, device: deviceID}
 	err := m.invoke(ctx, entryCall, inv, func(dst []byte) []byte { return AppendCall(dst, name, deviceID, args) })
+	err = m.commitState(entryCall, inv, err)
 	if err != nil {
 		return Value{}, err
 	}

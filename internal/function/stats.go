@@ -19,6 +19,7 @@ import (
 //	outpost_function_instances{function}
 //	outpost_function_outputs_total{function}, outpost_function_output_errors_total{function}
 //	outpost_function_denied_total{function}, outpost_function_state_denied_total{function}
+//	outpost_function_log_lines_total{function}, outpost_function_log_suppressed_total{function}
 type fnStats struct {
 	name     string
 	set      *metrics.Set
@@ -32,6 +33,7 @@ type fnStats struct {
 	outputErrors *metrics.Counter
 	denied       *metrics.Counter
 	stateDenied  *metrics.Counter
+	logs         *logRing
 
 	mu   sync.Mutex
 	inv  map[string]*metrics.Counter
@@ -55,6 +57,7 @@ func (rt *Runtime) statsFor(name string) *fnStats {
 	s.stateDenied = rt.metrics.GetOrCreateCounter("outpost_function_state_denied_total{" + l + "}")
 	rt.metrics.GetOrCreateGauge("outpost_function_memory_high_water_bytes{"+l+"}", func() float64 { return float64(s.hw.Load()) })
 	rt.metrics.GetOrCreateGauge("outpost_function_instances{"+l+"}", func() float64 { return float64(s.inst.Load()) })
+	s.logs = newLogRing(rt.metrics, name)
 	rt.stats[name] = s
 	return s
 }
