@@ -169,6 +169,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request, id string)
 	s.mu.Lock()
 	s.seen[id] = s.opt.Now()
 	s.mu.Unlock()
+	s.changes.Broadcast()
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -196,6 +197,7 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request, id string) 
 	}
 	s.streams[id][st] = struct{}{}
 	s.mu.Unlock()
+	s.changes.Broadcast()
 	defer func() {
 		s.mu.Lock()
 		delete(s.streams[id], st)
@@ -203,6 +205,7 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request, id string) 
 			delete(s.streams, id)
 		}
 		s.mu.Unlock()
+		s.changes.Broadcast()
 	}()
 	changed, stop := s.cache.Notify()
 	defer stop()

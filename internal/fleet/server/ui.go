@@ -1,0 +1,69 @@
+package server
+
+import (
+	"context"
+	"net/http"
+
+	"github.com/outpost-edge/outpost/internal/fleet/store"
+)
+
+// The methods in this file are what the web dashboard (package
+// dashboard, wired by cmd/outpost-server) uses: it reads the registry with
+// the live connection state, follows changes, and mounts itself beside the
+// API.
+
+// Mount adds a route (a net/http ServeMux pattern, e.g. "/" for every path
+// outside /api/ and /metrics). Call it before Handler or Serve.
+func (s *Server) Mount(pattern string, h http.Handler) {
+	s.mounts = append(s.mounts, mount{pattern, h})
+}
+
+// Store is the server's store.
+func (s *Server) Store() store.Store { return s.st }
+
+// Changes returns a channel signalled (coalesced, capacity 1) after every
+// store change, status report and watch stream opened or closed on this
+// replica, and a function to stop receiving.
+func (s *Server) Changes() (<-chan struct{}, func()) { return s.changes.Notify() }
+
+// Gateways lists the registry with Connected filled in.
+func (s *Server) Gateways(ctx context.Context) ([]store.Gateway, error) {
+	gws, err := s.st.ListGateways(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	for i := range gws {
+		gws[i].Connected = len(s.streams[gws[i].ID]) > 0
+	}
+	s.mu.Unlock()
+	return gws, nil
+}
+
+// Gateway returns one gateway with Connected filled in (store.ErrNotFound).
+func (s *Server) Gateway(ctx context.Context, id string) (store.Gateway, error) {
+	g, err := s.st.GetGateway(ctx, id)
+	if err != nil {
+		return g, err
+	}
+	g.Connected = s.connected(id)
+	return g, nil
+}
+
+// RequireRole wraps h: it needs a bearer API token with at least role
+// (the same check as every /api/v1 endpoint).
+func (s *Server) RequireRole(role string, h http.HandlerFunc) http.HandlerFunc {
+	return s.role(role, h)
+}
+
+// AllowRole reports whether the bearer API token of r has at least role
+// (false without a token); the dashboard's API calls accept either a
+// session or a token.
+func (s *Server) AllowRole(r *http.Request, role string) bool {
+	tok, ok := cutBearer(r)
+	if !ok {
+		return false
+	}
+	t, err := s.st.APITokenByHash(r.Context(), hashToken(tok))
+	return err == nil && store.RoleRank(t.Role) >= store.RoleRank(role)
+}
