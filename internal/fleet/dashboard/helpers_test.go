@@ -120,6 +120,9 @@ type memRollouts struct {
 	rv int64
 }
 
+// Changes makes the dashboard's pages follow the controller's changes.
+func (m *memRollouts) Changes() (<-chan struct{}, func()) { return m.Notify() }
+
 func newMemRollouts() *memRollouts { return &memRollouts{m: map[string]dashboard.Rollout{}} }
 
 func (m *memRollouts) put(r dashboard.Rollout) {
