@@ -91,7 +91,7 @@ The web dashboard is served at the same URL (/); add its users with
 		fmt.Fprintln(os.Stderr, "outpost-server run:", err)
 		return exitFailure
 	}
-	dash, err := dashboard.New(ctx, dashboard.Options{Fleet: srv, Meta: st, Logger: log})
+	dash, err := dashboard.New(ctx, dashboard.Options{Fleet: srv, Meta: st, Logger: log, Rollouts: dashboard.APIRollouts(srv)})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "outpost-server run:", err)
 		return exitFailure

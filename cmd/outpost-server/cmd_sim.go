@@ -23,13 +23,33 @@ func init() {
 	register(&command{name: "sim", summary: "simulate N gateways speaking the real protocol (TLS, HTTP/2) against a server and time a change", run: runSim})
 }
 
-// simApplier records when each simulated gateway applied the nonce.
+// simApplier records when each simulated gateway applied the nonce; a
+// spec containing BROKEN fails to apply (as a rule that does not compile).
 type simApplier struct {
 	nonce   *atomic.Value // string
 	applied func(time.Time)
+	broken  *simBroken
+	gw      int
+}
+
+// simBroken records which gateways were asked to apply a broken spec and
+// when the first one failed.
+type simBroken struct {
+	mu        sync.Mutex
+	gateways  map[int]bool
+	firstFail time.Time
 }
 
 func (a simApplier) Apply(_ context.Context, d proto.Desired) error {
+	if strings.Contains(string(d.Spec), "BROKEN") {
+		a.broken.mu.Lock()
+		defer a.broken.mu.Unlock()
+		if len(a.broken.gateways) == 0 {
+			a.broken.firstFail = time.Now()
+		}
+		a.broken.gateways[a.gw] = true
+		return errors.New("fleet-sim.sql:1:1: syntax error at or near BROKEN")
+	}
 	if n, _ := a.nonce.Load().(string); n != "" && strings.Contains(string(d.Spec), n) {
 		a.applied(time.Now())
 	}
@@ -46,6 +66,7 @@ func runSim(ctx context.Context, args []string) int {
 	dir := fs.String("dir", "sim-data", "where the simulated gateways keep identities and caches")
 	changes := fs.Int("changes", 3, "desired-state changes to time")
 	serverPID := fs.Int("server-pid", 0, "report this process's RSS (the server) before and after the gateways connect")
+	rollout := fs.Bool("rollout", false, "instead of timing changes: time a 4-wave rollout (1, 10%, 50%, 100%; soak 0) to done, then the halt latency of a rollout whose first wave (10 gateways) fails")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), helpText("outpost-server sim --gateways N [--changes K] [--server-pid PID]",
 			`Enroll N simulated gateways (label sim=1) with the server, connect them all
@@ -53,7 +74,7 @@ func runSim(ctx context.Context, args []string) int {
 targeted at sim=1 K times and report, per change, how long until every
 gateway applied it (p50, p99, max) and until the server saw every status.
 Run it as a separate process from the server (file descriptor limits).`,
-			"outpost-server sim --gateways 1000 --changes 5 --server-pid $(pgrep -n outpost-server)"))
+			"outpost-server sim --gateways 1000 --changes 5 --server-pid $(pgrep -n outpost-server)\n  outpost-server sim --gateways 1000 --rollout"))
 		fs.PrintDefaults()
 	}
 	if code, ok := parse(fs, args); !ok {
@@ -118,8 +139,9 @@ Run it as a separate process from the server (file descriptor limits).`,
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	syncers := make([]*client.Syncer, *n)
+	broken := &simBroken{gateways: map[int]bool{}}
 	for i := range *n {
-		app := simApplier{nonce: &nonce, applied: func(t time.Time) {
+		app := simApplier{nonce: &nonce, broken: broken, gw: i, applied: func(t time.Time) {
 			mu.Lock()
 			lat = append(lat, t.Sub(changeAt))
 			mu.Unlock()
@@ -146,6 +168,13 @@ Run it as a separate process from the server (file descriptor limits).`,
 		time.Sleep(100 * time.Millisecond)
 	}
 	fmt.Printf("connected %d/%d in %v; server RSS: %s\n", connected.Load(), *n, time.Since(t0).Round(time.Millisecond), rss())
+	if *rollout {
+		if err := simRollouts(ctx, &a, *n, run, broken); err != nil {
+			return fail("sim", err)
+		}
+		fmt.Printf("server RSS at the end: %s\n", rss())
+		return exitOK
+	}
 	for k := range *changes {
 		mu.Lock()
 		lat = lat[:0]
@@ -211,4 +240,111 @@ Run it as a separate process from the server (file descriptor limits).`,
 		return exitFailure
 	}
 	return exitOK
+}
+
+// simRollouts times a 4-wave rollout (soak 0) over every simulated gateway,
+// then the halt latency of a rollout whose first wave fails.
+func simRollouts(ctx context.Context, a *apiFlags, n int, run string, broken *simBroken) error {
+	id := "sim-" + run
+	spec := func(s string) json.RawMessage { b, _ := json.Marshal(map[string]string{"sql": s}); return b }
+	var o proto.Object
+	if err := a.call(ctx, "PUT", "/api/v1/objects/ruleset/"+id, server.ObjectPut{Target: proto.Target{Selector: "sim=1"},
+		Spec: spec("-- v1\nCREATE RULE sim AS SELECT * FROM 'sim/#' DO REPUBLISH 'x';")}, &o); err != nil {
+		return err
+	}
+	// Every gateway on v1 first.
+	if err := simWaitReported(ctx, a, id, o.ResourceVersion, n, time.Minute); err != nil {
+		return err
+	}
+	get := func(name string) (server.Rollout, error) {
+		var r server.Rollout
+		err := a.call(ctx, "GET", "/api/v1/rollouts/"+name, nil, &r)
+		return r, err
+	}
+	pct := func(p float64) *float64 { return &p }
+	one := 1
+	waves := []server.WaveSpec{{Name: "one", Count: &one}, {Name: "ten", Percent: pct(10)}, {Name: "half", Percent: pct(50)}, {Name: "all", Percent: pct(100)}}
+	req := server.RolloutRequest{Name: id + "-good", Object: server.ObjectRef{Kind: "ruleset", Name: id}, Selector: "sim=1", Waves: waves,
+		Spec: spec("-- v2\nCREATE RULE sim AS SELECT * FROM 'sim/#' DO REPUBLISH 'y';"), Soak: "0s", Deadline: "2m"}
+	t0 := time.Now()
+	var r server.Rollout
+	if err := a.call(ctx, "POST", "/api/v1/rollouts", req, &r); err != nil {
+		return err
+	}
+	for r.State == server.RolloutRunning && time.Since(t0) < 3*time.Minute {
+		time.Sleep(20 * time.Millisecond)
+		var err error
+		if r, err = get(req.Name); err != nil {
+			return err
+		}
+	}
+	total := time.Since(t0)
+	fmt.Printf("rollout over %d gateways, 4 waves, soak 0: %s after %v (created %v)\n", n, r.State, total.Round(time.Millisecond), r.Created.Format(time.RFC3339Nano))
+	for _, w := range r.Waves {
+		st := "-"
+		if w.Started != nil {
+			st = w.Started.Sub(r.Created).Round(time.Millisecond).String()
+		}
+		fmt.Printf("  wave %-5s %-8s targets %4d applied %4d failed %d stuck %d, released at +%s\n", w.Name, w.State, w.Targets, w.Applied, w.Failed, w.Stuck, st)
+	}
+	fmt.Printf("  server side (created -> done): %v\n", r.Updated.Sub(r.Created).Round(time.Millisecond))
+	if r.State != server.RolloutDone {
+		return fmt.Errorf("rollout %s: %s: %s", r.Name, r.State, r.Reason)
+	}
+
+	// Halt latency: the first wave (10 gateways) gets a rule that does not
+	// apply; the first failing report breaches maxFailed 0.
+	ten := 10
+	req = server.RolloutRequest{Name: id + "-bad", Object: server.ObjectRef{Kind: "ruleset", Name: id}, Selector: "sim=1",
+		Waves: []server.WaveSpec{{Name: "first", Count: &ten}, {Name: "all", Percent: pct(100)}}, Spec: spec("CREATE RULE sim AS SELECT BROKEN"),
+		Soak: "0s", Deadline: "2m", Gates: server.Gates{MaxFailed: new(int)}}
+	t0 = time.Now()
+	if err := a.call(ctx, "POST", "/api/v1/rollouts", req, &r); err != nil {
+		return err
+	}
+	for r.State == server.RolloutRunning && time.Since(t0) < time.Minute {
+		time.Sleep(20 * time.Millisecond)
+		var err error
+		if r, err = get(req.Name); err != nil {
+			return err
+		}
+	}
+	// Let the reports of the rest of the wave arrive, then count who got it.
+	time.Sleep(2 * time.Second)
+	broken.mu.Lock()
+	first, got := broken.firstFail, len(broken.gateways)
+	broken.mu.Unlock()
+	fmt.Printf("failing first wave: %s (%s)\n", r.State, r.Reason)
+	fmt.Printf("  halt latency (first failing apply on a gateway -> halt written on the server): %v\n", r.Updated.Sub(first).Round(time.Millisecond))
+	fmt.Printf("  gateways that received the broken revision: %d (first wave: %d)\n", got, ten)
+	if r.State != server.RolloutHalted || got > ten {
+		return fmt.Errorf("rollout %s: %s, %d gateways got the broken revision", r.Name, r.State, got)
+	}
+	return nil
+}
+
+// simWaitReported waits until n gateways report slot name applied at rv.
+func simWaitReported(ctx context.Context, a *apiFlags, name string, rv int64, n int, d time.Duration) error {
+	end := time.Now().Add(d)
+	for time.Now().Before(end) {
+		var list []struct {
+			Status proto.Status `json:"status"`
+		}
+		if err := a.call(ctx, "GET", "/api/v1/gateways?selector=sim%3D1", nil, &list); err != nil {
+			return err
+		}
+		c := 0
+		for _, g := range list {
+			for _, cd := range g.Status.Conditions {
+				if cd.Name == name && cd.ResourceVersion >= rv && cd.Applied {
+					c++
+				}
+			}
+		}
+		if c >= n {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("%s at %d not reported by %d gateways within %v", name, rv, n, d)
 }

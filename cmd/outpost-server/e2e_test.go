@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outpost-edge/outpost/internal/fleet/server"
 	"github.com/outpost-edge/outpost/internal/fleet/store"
 )
 
@@ -286,6 +287,55 @@ fleet: {reconnect_max: 1s}
 	for i := range n {
 		if b, _ := os.ReadFile(filepath.Join(rulesDirs[i], "fleet-alarms.sql")); !strings.Contains(string(b), "v3") {
 			t.Fatalf("gw%d: a rejected rule changed the file: %s", i, b)
+		}
+	}
+
+	// Rollouts through the CLI with real gateways: a good rule set goes to
+	// the canary (gw0, plant1) first, then the rest.
+	rollout := func(name, sqlText string) server.Rollout {
+		t.Helper()
+		f := filepath.Join(dir, name+".json")
+		b, _ := json.Marshal(map[string]any{"name": name, "object": map[string]string{"kind": "ruleset", "name": "alarms"},
+			"spec": map[string]string{"sql": sqlText}, "selector": "site in (plant1,plant2)",
+			"waves": []map[string]any{{"name": "canary", "selector": "site=plant1"}, {"name": "all", "percent": 100}},
+			"soak":  "0s", "deadline": "1m", "gates": map[string]any{"maxFailed": 0}, "autoRollback": true})
+		os.WriteFile(f, b, 0o600)
+		var r server.Rollout
+		if err := json.Unmarshal([]byte(cli("rollouts", "create", "-f", f, "--json")), &r); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	state := func(name string) server.Rollout {
+		var r server.Rollout
+		if err := json.Unmarshal([]byte(cli("rollouts", "get", name, "--json")), &r); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	good := rollout("alarms-v4", "-- v4\nCREATE RULE alarms AS SELECT temp FROM 'sensors/+/t' WHERE temp > 54 DO REPUBLISH 'alarms/x';\n")
+	waitFor(t, 30*time.Second, "rollout alarms-v4 done", func() bool { return state("alarms-v4").State == "done" })
+	converged("v4 rolled out everywhere", good.ToRevision, all, "")
+	// A rule that does not compile on the gateway: the canary reports the
+	// error, the rollout halts in the first wave and rolls back, and no
+	// gateway beyond the canary ever receives it.
+	bad2 := rollout("alarms-bad", "CREATE RULE alarms AS\nSELECT broken( FROM 'a/b';\n")
+	var r server.Rollout
+	waitFor(t, 30*time.Second, "rollout alarms-bad rolled back", func() bool { r = state("alarms-bad"); return r.State == "rolledback" })
+	if len(r.Failing) != 1 || r.Failing[0].Gateway != "gw0" || !strings.Contains(r.Failing[0].Detail, "fleet-alarms.sql:2:") || r.Waves[1].State != "pending" {
+		t.Fatalf("rollout: %+v", r)
+	}
+	for _, g := range gateways() {
+		for _, c := range g.Status.Conditions {
+			if c.Name == "alarms" && c.ResourceVersion >= bad2.ToRevision && g.ID != "gw0" {
+				t.Fatalf("%s beyond the canary received the broken revision: %+v", g.ID, c)
+			}
+		}
+	}
+	converged("everyone back at v4", good.ToRevision, all, "")
+	for i := range n {
+		if b, _ := os.ReadFile(filepath.Join(rulesDirs[i], "fleet-alarms.sql")); !strings.Contains(string(b), "v4") {
+			t.Fatalf("gw%d runs %s", i, b)
 		}
 	}
 

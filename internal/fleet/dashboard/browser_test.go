@@ -289,8 +289,6 @@ func TestBrowserRolloutHaltAndRoles(t *testing.T) {
 	if v := eval[[]float64](t, op, `[...document.querySelectorAll('#waves progress')].map(p => p.value)`); len(v) != 4 || v[1] != 31 {
 		t.Fatalf("progress values %v", v)
 	}
-	docShot(t, op, "dashboard-rollout-halted")
-
 	// Keyboard only: Tab reaches the Resume button, Enter presses it.
 	reached := false
 	for i := 0; i < 40 && !reached; i++ {
@@ -322,6 +320,60 @@ func TestBrowserRolloutHaltAndRoles(t *testing.T) {
 	if r2, _ := e.ro.Get(context.Background(), "rules-v7"); r2.State != "running" {
 		t.Fatalf("state %s after the viewer's refused abort", r2.State)
 	}
+}
+
+// TestBrowserRealRolloutHalt: the server's rollout controller against real
+// gateways (client.Syncer): a rule set that does not compile on the canary
+// halts the rollout in its first wave; the rollouts list shows the new
+// rollout and the detail page the halt, its reason and the failing
+// gateway, live; Rollback pressed from the keyboard rolls it back.
+func TestBrowserRealRolloutHalt(t *testing.T) {
+	e := startReal(t, dashboard.Options{LiveInterval: 100 * time.Millisecond})
+	e.gateway(t, "gw-canary", map[string]string{"app": "x", "ring": "canary"}, map[string]string{"version": "1.4.0"})
+	for _, id := range []string{"gw-1", "gw-2", "gw-3"} {
+		e.gateway(t, id, map[string]string{"app": "x"}, map[string]string{"version": "1.4.0"})
+	}
+	e.srv.MustDo(t, "PUT", "/api/v1/objects/ruleset/filter", fleettest.RuleSet("CREATE RULE filter AS SELECT 1", map[string]any{"selector": "app=x"}), 200, nil)
+
+	t.Cleanup(func() {
+		if t.Failed() {
+			_, b := e.srv.Do(t, e.srv.Admin, "GET", "/api/v1/rollouts/filter-v2", nil)
+			_, g := e.srv.Do(t, e.srv.Admin, "GET", "/api/v1/gateways/gw-canary", nil)
+			t.Logf("rollout: %s\ncanary: %s\nserver log:\n%s", b, g, e.srv.Logs.String())
+		}
+	})
+	op := tab(t, "operator")
+	browserLogin(t, op, e.srv.URL, "operator", testPassword)
+	must(t, "rollouts", chromedp.Do(op, chromedp.Navigate(e.srv.URL+"/rollouts"), chromedp.WaitVisible(chromedp.ID("rollouts"))))
+	waitJS(t, op, "the event stream", `document.body.dataset.sse === 'open'`)
+	e.srv.MustDo(t, "POST", "/api/v1/rollouts", map[string]any{
+		"name": "filter-v2", "object": map[string]string{"kind": "ruleset", "name": "filter"},
+		"spec": map[string]string{"sql": "CREATE RULE filter AS SELECT BROKEN"}, "selector": "app=x",
+		"waves": []map[string]any{{"name": "canary", "selector": "ring=canary"}, {"name": "half", "percent": 50}, {"name": "all", "percent": 100}},
+		"soak":  "0s", "deadline": "30s", "gates": map[string]any{"maxFailed": 0},
+	}, 201, nil)
+	waitJS(t, op, "the new rollout in the list", `!!document.querySelector('#rollouts tr[data-name="filter-v2"]')`)
+	// Click in the page (the live region may be swapped between a lookup and a click from outside).
+	eval[bool](t, op, `document.querySelector('#rollouts tr[data-name="filter-v2"] a').click(), true`)
+	waitJS(t, op, "the rollout page", `location.pathname === '/rollouts/filter-v2' && !!document.querySelector('#ro-state')`)
+	waitJS(t, op, "the halt", `document.querySelector('#ro-state').textContent === 'halted'`)
+	if r := text(t, op, "#reason"); !strings.Contains(r, "canary") {
+		t.Fatalf("reason %q", r)
+	}
+	if f := text(t, op, "#failing"); !strings.Contains(f, "gw-canary") || !strings.Contains(f, "apply_error") || !strings.Contains(f, "BROKEN") {
+		t.Fatalf("failing %q", f)
+	}
+	docShot(t, op, "dashboard-rollout-halted")
+	reached := false
+	for i := 0; i < 40 && !reached; i++ {
+		must(t, "tab", chromedp.Do(op, chromedp.KeyEvent("\t")))
+		reached = eval[string](t, op, `document.activeElement && document.activeElement.id`) == "btn-rollback"
+	}
+	if !reached {
+		t.Fatal("Tab never reached the Rollback button")
+	}
+	must(t, "enter", chromedp.Do(op, chromedp.KeyEvent("\r")))
+	waitJS(t, op, "rolled back", `document.querySelector('#ro-state') && document.querySelector('#ro-state').textContent === 'rolledback'`)
 }
 
 // TestBrowserAccessibility checks the basics on every page: each visible

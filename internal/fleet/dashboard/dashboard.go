@@ -689,7 +689,8 @@ func (d *Dashboard) rolloutAction(w http.ResponseWriter, r *http.Request, rc req
 	_, err = d.opt.Rollouts.Act(r.Context(), name, action, rv)
 	switch {
 	case errors.Is(err, ErrConflict):
-		d.showRollout(w, r, rc, http.StatusConflict, name, "", fmt.Sprintf("conflict: the rollout changed since you saw it (resourceVersion %d); look again before you %s", rv, action))
+		d.showRollout(w, r, rc, http.StatusConflict, name, "", fmt.Sprintf("conflict: %s (the page showed resourceVersion %d); look again before you %s",
+			strings.TrimPrefix(err.Error(), ErrConflict.Error()+": "), rv, action))
 		return
 	case err != nil && errors.Is(err, ErrNotFound):
 		d.fail(w, r, rc, "rollout "+name, err)

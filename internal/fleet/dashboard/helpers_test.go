@@ -38,11 +38,20 @@ type env struct {
 
 // start runs a real server (SQLite, TLS, HTTP/2) with the dashboard
 // mounted, users admin/operator/viewer and an in-memory rollout controller.
-func start(t testing.TB, opt dashboard.Options) *env {
+func start(t testing.TB, opt dashboard.Options) *env { return startWith(t, opt, false) }
+
+// startReal is start with the server's own rollout controller (stepping
+// every 20 ms) behind the pages instead of the in-memory one.
+func startReal(t testing.TB, opt dashboard.Options) *env { return startWith(t, opt, true) }
+
+func startWith(t testing.TB, opt dashboard.Options, real bool) *env {
 	t.Helper()
 	e := &env{ro: newMemRollouts()}
-	e.srv = fleettest.Start(t, t.TempDir(), "", server.Options{}, func(s *server.Server) {
+	e.srv = fleettest.Start(t, t.TempDir(), "", server.Options{RolloutTick: 20 * time.Millisecond}, func(s *server.Server) {
 		opt.Fleet, opt.Meta, opt.Rollouts, opt.Argon2 = s, s.Store(), e.ro, testArgon
+		if real {
+			opt.Rollouts = dashboard.APIRollouts(s)
+		}
 		if opt.Logger == nil {
 			opt.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 		}

@@ -2,6 +2,10 @@ package dashboard
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
 	"time"
 )
 
@@ -79,4 +83,67 @@ func available(state string) []string {
 		return []string{"rollback"}
 	}
 	return nil
+}
+
+// RolloutCaller calls the rollout API in-process (server.Server has it):
+// name "" lists, action "" gets one, else it POSTs the action with body.
+type RolloutCaller interface {
+	RolloutAPI(ctx context.Context, name, action string, body []byte) (int, []byte)
+}
+
+// APIRollouts reads and drives the server's rollout controller through
+// its API (the JSON contract above), so the pages show exactly what
+// GET /api/v1/rollouts answers.
+func APIRollouts(c RolloutCaller) Rollouts { return apiRollouts{c} }
+
+type apiRollouts struct{ c RolloutCaller }
+
+func apiError(code int, body []byte, what string) error {
+	var e struct {
+		Error string `json:"error"`
+	}
+	_ = json.Unmarshal(body, &e)
+	switch code {
+	case http.StatusNotFound:
+		return fmt.Errorf("%w: %s: %s", ErrNotFound, what, e.Error)
+	case http.StatusConflict:
+		return fmt.Errorf("%w: %s", ErrConflict, e.Error)
+	}
+	return fmt.Errorf("%s (%d)", e.Error, code)
+}
+
+func (a apiRollouts) List(ctx context.Context) ([]Rollout, error) {
+	code, body := a.c.RolloutAPI(ctx, "", "", nil)
+	if code != http.StatusOK {
+		return nil, apiError(code, body, "rollouts")
+	}
+	var l struct {
+		Items []Rollout `json:"items"`
+	}
+	if err := json.Unmarshal(body, &l); err != nil {
+		return nil, fmt.Errorf("dashboard: rollouts: %w", err)
+	}
+	return l.Items, nil
+}
+
+func (a apiRollouts) Get(ctx context.Context, name string) (Rollout, error) {
+	code, body := a.c.RolloutAPI(ctx, name, "", nil)
+	var r Rollout
+	if code != http.StatusOK {
+		return r, apiError(code, body, "rollout "+name)
+	}
+	if err := json.Unmarshal(body, &r); err != nil {
+		return r, fmt.Errorf("dashboard: rollout %s: %w", name, err)
+	}
+	return r, nil
+}
+
+func (a apiRollouts) Act(ctx context.Context, name, action string, rv int64) (Rollout, error) {
+	code, body := a.c.RolloutAPI(ctx, name, action, []byte(`{"resourceVersion":`+strconv.FormatInt(rv, 10)+`}`))
+	var r Rollout
+	if code != http.StatusOK {
+		return r, apiError(code, body, "rollout "+name)
+	}
+	err := json.Unmarshal(body, &r)
+	return r, err
 }

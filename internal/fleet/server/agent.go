@@ -170,6 +170,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request, id string)
 	s.seen[id] = s.opt.Now()
 	s.mu.Unlock()
 	s.changes.Broadcast()
+	s.wakeRollouts()
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -221,6 +222,7 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request, id string) 
 	send := func(e proto.Event) bool { return enc.Encode(e) == nil }
 	tick := time.NewTicker(s.opt.Keepalive)
 	defer tick.Stop()
+	sent := map[string]string{} // slot -> what this stream sent last
 	for {
 		evs, cur, err := s.cache.since(ctx, last)
 		if errors.Is(err, store.ErrCompacted) {
@@ -242,6 +244,10 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request, id string) 
 					all = all || e.ID == id
 					continue
 				}
+				if e.Kind == store.KindRollout {
+					slots[e.Name] = true // the slot the rollout pins
+					continue
+				}
 				slots[slotKey(e.Kind, e.Name)] = true
 			}
 			if all || len(slots) > 0 {
@@ -254,20 +260,33 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request, id string) 
 					keys = append(keys, k)
 				}
 				sort.Strings(keys)
+				n := 0
 				for _, k := range keys {
 					var e proto.Event
+					var mark string
 					if d := res[k]; d != nil {
 						e = proto.Event{Type: proto.EventModified, ResourceVersion: cur, Object: d}
+						mark = d.Hash() + "@" + strconv.FormatInt(d.ResourceVersion, 10)
 					} else {
 						kind, name, _ := cutSlot(k)
 						e = proto.Event{Type: proto.EventDeleted, ResourceVersion: cur, Object: &proto.Desired{Kind: kind, Name: name}}
+						mark = "deleted"
 					}
+					// A slot this stream already sent with the same content
+					// and revision is not sent again (a rollout's change
+					// re-resolves its slot for every gateway, and most of
+					// them stay as they were).
+					if sent[k] == mark {
+						continue
+					}
+					sent[k] = mark
+					n++
 					if !send(e) {
 						return
 					}
 				}
 				// The batch is complete: the client may resume after cur.
-				if !send(proto.Event{Type: proto.EventBookmark, ResourceVersion: cur}) || rc.Flush() != nil {
+				if n > 0 && (!send(proto.Event{Type: proto.EventBookmark, ResourceVersion: cur}) || rc.Flush() != nil) {
 					return
 				}
 			}

@@ -29,6 +29,26 @@ type cache struct {
 	gateways map[string]cgw
 	ring     []store.Event // recent events, oldest first
 	ringMax  int
+	// rollouts by name, and the pin of each object (kind/id) that has one:
+	// the latest rollout of the object holds the gateways outside its
+	// released waves at fromRevision.
+	rollouts map[string]*pin
+	pins     map[string]*pin
+}
+
+// pin is what one rollout does to resolution.
+type pin struct {
+	objKey   string // kind/id of the rolled-out object
+	toRV     int64  // orders a object's rollouts: the latest wins
+	active   bool   // not done
+	sel      selector.Selector
+	released map[string]bool
+	from     *cobj // the object at fromRevision
+}
+
+// holds reports whether the pin keeps gateway id at fromRevision.
+func (p *pin) holds(id string, labels map[string]string) bool {
+	return p != nil && p.active && p.from != nil && p.sel != nil && p.sel.Matches(labels) && !p.released[id]
 }
 
 type cobj struct {
@@ -62,8 +82,22 @@ func (c *cache) load(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	ros, err := c.st.ListRollouts(ctx)
+	if err != nil {
+		return err
+	}
+	pins := map[string]*pin{}
+	for _, r := range ros {
+		p, err := c.readPin(ctx, r)
+		if err != nil {
+			return err
+		}
+		pins[r.Name] = p
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.rollouts = pins
+	c.repinLocked()
 	c.rv = rv
 	c.objects = map[string]*cobj{}
 	c.slots = map[string]map[string]int{}
@@ -140,7 +174,18 @@ func (c *cache) catchUp(ctx context.Context) error {
 		// Read the current state of what changed, then switch under the lock.
 		objs := map[string]*proto.Object{}
 		gws := map[string]*store.Gateway{}
+		pins := map[string]*pin{}
 		for _, e := range evs {
+			if e.Kind == store.KindRollout {
+				r, err := c.st.GetRollout(ctx, e.ID)
+				if err != nil {
+					return err
+				}
+				if pins[e.ID], err = c.readPin(ctx, r); err != nil {
+					return err
+				}
+				continue
+			}
 			if e.Kind == store.KindGateway {
 				g, err := c.st.GetGateway(ctx, e.ID)
 				if errors.Is(err, store.ErrNotFound) {
@@ -162,7 +207,16 @@ func (c *cache) catchUp(ctx context.Context) error {
 			objs[e.Kind+"/"+e.ID] = &o
 		}
 		c.mu.Lock()
+		for name, p := range pins {
+			c.rollouts[name] = p
+		}
+		if len(pins) > 0 {
+			c.repinLocked()
+		}
 		for _, e := range evs {
+			if e.Kind == store.KindRollout {
+				continue
+			}
 			if e.Kind == store.KindGateway {
 				if g := gws[e.ID]; g != nil {
 					c.gateways[e.ID] = cgw{labels: g.Labels, serial: g.CertSerial, revoked: g.Revoked}
@@ -184,6 +238,39 @@ func (c *cache) catchUp(ctx context.Context) error {
 		c.rv = evs[len(evs)-1].RV
 		c.mu.Unlock()
 		c.Broadcast()
+	}
+}
+
+// readPin reads what rollout r does to resolution (with the object at
+// its fromRevision).
+func (c *cache) readPin(ctx context.Context, r store.Rollout) (*pin, error) {
+	d, err := decodeRollout(r)
+	if err != nil {
+		return nil, err
+	}
+	p := &pin{objKey: r.Kind + "/" + r.ObjectID, toRV: d.ToRevision, active: d.State != RolloutDone, released: d.released()}
+	if !p.active {
+		return p, nil
+	}
+	p.sel, err = selector.Parse(d.Selector)
+	if err != nil {
+		return nil, fmt.Errorf("server: rollout %s: selector: %w", r.Name, err)
+	}
+	o, err := c.st.GetObjectRevision(ctx, r.Kind, r.ObjectID, d.FromRevision)
+	if err != nil {
+		return nil, fmt.Errorf("server: rollout %s: %w", r.Name, err)
+	}
+	p.from = &cobj{Object: o}
+	return p, nil
+}
+
+// repinLocked recomputes which rollout pins each object: its latest.
+func (c *cache) repinLocked() {
+	c.pins = map[string]*pin{}
+	for _, p := range c.rollouts {
+		if cur := c.pins[p.objKey]; cur == nil || p.toRV > cur.toRV {
+			c.pins[p.objKey] = p
+		}
 	}
 }
 
@@ -263,7 +350,43 @@ func (c *cache) winnerLocked(sk, id string, labels map[string]string) *cobj {
 			best, bestLayer = o, l
 		}
 	}
+	if best != nil {
+		if p := c.pins[best.Kind+"/"+best.ID]; p.holds(id, labels) {
+			from := *p.from
+			from.Name, from.Target = best.Name, best.Target
+			return &from
+		}
+	}
 	return best
+}
+
+// targets returns the gateways a rollout of object kind/objID with
+// selector sel reaches (those the object wins its slot for) and their
+// labels.
+func (c *cache) targets(kind, objID, sel string) ([]string, map[string]map[string]string, error) {
+	s, err := selector.Parse(sel)
+	if err != nil {
+		return nil, nil, err
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	o := c.objects[kind+"/"+objID]
+	if o == nil {
+		return nil, nil, fmt.Errorf("%w: %s/%s", store.ErrNotFound, kind, objID)
+	}
+	sk := slotKey(o.Kind, o.Name)
+	var ids []string
+	labels := map[string]map[string]string{}
+	for id, g := range c.gateways {
+		if g.revoked || !s.Matches(g.labels) {
+			continue
+		}
+		if w := c.winnerLocked(sk, id, g.labels); w != nil && w.ID == o.ID {
+			ids = append(ids, id)
+			labels[id] = g.labels
+		}
+	}
+	return ids, labels, nil
 }
 
 func desired(o *cobj) proto.Desired {

@@ -47,6 +47,9 @@ type Options struct {
 	MaxBody int64
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
+	// RolloutTick is how often the rollout orchestrator re-reads the
+	// gateways' reports while a rollout is in progress (default 100ms).
+	RolloutTick time.Duration
 }
 
 // Server is one outpost-server replica.
@@ -66,6 +69,9 @@ type Server struct {
 
 	refused  func(reason string) *metrics.Counter
 	enrolled *metrics.Counter
+	halts    *metrics.Counter
+
+	rolloutWake chan struct{} // a status or rollout change: step the rollouts now
 
 	// changes is signalled on every store change, status report and watch
 	// stream open/close (the dashboard's live updates).
@@ -103,12 +109,16 @@ func Open(ctx context.Context, opt Options) (s *Server, adminToken string, err e
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
+	if opt.RolloutTick <= 0 {
+		opt.RolloutTick = 100 * time.Millisecond
+	}
 	s = &Server{opt: opt, st: opt.Store, log: opt.Logger, set: opt.Metrics,
-		streams: map[string]map[*stream]struct{}{}, seen: map[string]time.Time{}}
+		streams: map[string]map[*stream]struct{}{}, seen: map[string]time.Time{}, rolloutWake: make(chan struct{}, 1)}
 	s.refused = func(reason string) *metrics.Counter {
 		return s.set.GetOrCreateCounter(fmt.Sprintf(`outpost_fleet_refused_total{reason=%q}`, reason))
 	}
 	s.enrolled = s.set.NewCounter(`outpost_fleet_enrolled_total`)
+	s.halts = s.set.NewCounter(`outpost_fleet_rollout_halts_total`)
 	s.set.NewGauge(`outpost_fleet_watch_streams`, func() float64 {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -187,7 +197,8 @@ func (s *Server) TLSConfig() *tls.Config {
 	}
 }
 
-// Run follows the store's changes into the cache until ctx ends. Start it
+// Run follows the store's changes into the cache and runs the rollouts
+// (when this replica holds the singleton lock) until ctx ends. Start it
 // before serving.
 func (s *Server) Run(ctx context.Context) {
 	ch, stop := s.st.Notify()
@@ -207,7 +218,10 @@ func (s *Server) Run(ctx context.Context) {
 			}
 		}
 	}()
+	done := make(chan struct{})
+	go func() { defer close(done); s.orchestrate(ctx) }()
 	s.cache.follow(ctx, fwd, func(err error) { s.log.Error("fleet: following the store", "err", err) })
+	<-done
 }
 
 // Refused returns the refusal counter's value for reason (tests, metrics).
@@ -269,6 +283,10 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/objects/{kind}/{id}", s.role(store.RoleViewer, s.handleObjectGet))
 	mux.HandleFunc("PUT /api/v1/objects/{kind}/{id}", s.role(store.RoleOperator, s.handleObjectPut))
 	mux.HandleFunc("DELETE /api/v1/objects/{kind}/{id}", s.role(store.RoleOperator, s.handleObjectDelete))
+	mux.HandleFunc("POST /api/v1/rollouts", s.role(store.RoleOperator, s.handleRolloutCreate))
+	mux.HandleFunc("GET /api/v1/rollouts", s.role(store.RoleViewer, s.handleRolloutList))
+	mux.HandleFunc("GET /api/v1/rollouts/{name}", s.role(store.RoleViewer, s.handleRolloutGet))
+	mux.HandleFunc("POST /api/v1/rollouts/{name}/{action}", s.role(store.RoleOperator, s.handleRolloutAction))
 	mux.HandleFunc("GET /api/v1/ca", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/x-pem-file")
 		w.Write(s.ca.CertPEM)

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"net/http"
 
@@ -66,4 +67,56 @@ func (s *Server) AllowRole(r *http.Request, role string) bool {
 	}
 	t, err := s.st.APITokenByHash(r.Context(), hashToken(tok))
 	return err == nil && store.RoleRank(t.Role) >= store.RoleRank(role)
+}
+
+// RolloutAPI calls the rollout endpoints in-process for the dashboard,
+// which has checked its user's role itself: name "" lists
+// (GET /api/v1/rollouts), action "" gets one, else it POSTs the action
+// with body ({"resourceVersion": N}). It returns the status code and the
+// JSON answer, exactly as the HTTP API would.
+func (s *Server) RolloutAPI(ctx context.Context, name, action string, body []byte) (int, []byte) {
+	method, path := http.MethodGet, "/api/v1/rollouts"
+	if name != "" {
+		path += "/" + name
+	}
+	if action != "" {
+		method, path = http.MethodPost, path+"/"+action
+	}
+	r, err := http.NewRequestWithContext(ctx, method, path, bytes.NewReader(body))
+	if err != nil {
+		return http.StatusBadRequest, []byte(`{"error":"bad request"}`)
+	}
+	r.SetPathValue("name", name)
+	r.SetPathValue("action", action)
+	rec := &recorder{header: http.Header{}, code: http.StatusOK}
+	switch {
+	case name == "":
+		s.handleRolloutList(rec, r)
+	case action == "":
+		s.handleRolloutGet(rec, r)
+	default:
+		s.handleRolloutAction(rec, r)
+	}
+	return rec.code, rec.body.Bytes()
+}
+
+// recorder is an in-memory http.ResponseWriter.
+type recorder struct {
+	header http.Header
+	code   int
+	wrote  bool
+	body   bytes.Buffer
+}
+
+func (r *recorder) Header() http.Header { return r.header }
+
+func (r *recorder) WriteHeader(code int) {
+	if !r.wrote {
+		r.code, r.wrote = code, true
+	}
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	r.wrote = true
+	return r.body.Write(b)
 }

@@ -158,4 +158,6 @@ type Store interface {
 	// (coalesced; capacity 1) and a function to stop receiving.
 	Notify() (<-chan struct{}, func())
 	Close() error
+
+	RolloutStore
 }

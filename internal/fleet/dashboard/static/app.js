@@ -2,6 +2,8 @@
 // every fleet change on /events (Server-Sent Events); the page then asks
 // for itself again with X-Live: 1 and swaps its #live region. One request
 // at a time; a change during a request triggers one more afterwards.
+// The region is also fetched when the stream (re)opens, so a change made
+// while the page loaded or the stream was down is not missed.
 (function () {
   "use strict";
   var body = document.body;
@@ -31,7 +33,14 @@
       });
   }
   var es = new EventSource("/events");
-  es.addEventListener("open", function () { state.textContent = "live"; body.dataset.sse = "open"; });
+  // A change between the server rendering this page and the stream
+  // opening would be missed: fetch the live region once on every open
+  // (also after a reconnect).
+  es.addEventListener("open", function () {
+    state.textContent = "live";
+    refresh();
+    body.dataset.sse = "open";
+  });
   es.addEventListener("error", function () { state.textContent = "reconnecting"; });
   es.addEventListener("change", refresh);
 })();

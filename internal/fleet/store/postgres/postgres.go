@@ -47,6 +47,8 @@ var migrations = []string{
 	CREATE TABLE object_revisions (kind TEXT NOT NULL, id TEXT NOT NULL, rv BIGINT NOT NULL, name TEXT NOT NULL, target TEXT NOT NULL,
 		spec TEXT NOT NULL, deleted BOOLEAN NOT NULL DEFAULT FALSE, PRIMARY KEY (kind, id, rv));
 	CREATE TABLE events (rv BIGINT PRIMARY KEY, kind TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL DEFAULT '', deleted BOOLEAN NOT NULL DEFAULT FALSE);`,
+	// 2: rollouts (issue 13).
+	`CREATE TABLE rollouts (name TEXT PRIMARY KEY, kind TEXT NOT NULL, object_id TEXT NOT NULL, slot TEXT NOT NULL, doc TEXT NOT NULL, rv BIGINT NOT NULL);`,
 }
 
 // Store is the PostgreSQL store.
@@ -555,32 +557,38 @@ func checkRV(ctx context.Context, tx pgx.Tx, kind, id string, expectRV int64) (s
 // PutObject implements store.Store.
 func (s *Store) PutObject(ctx context.Context, o proto.Object, expectRV int64) (proto.Object, error) {
 	err := s.write(ctx, func(tx pgx.Tx) (bool, error) {
-		old, err := checkRV(ctx, tx, o.Kind, o.ID, expectRV)
-		if err != nil {
-			return false, err
-		}
-		if old != "" && old != o.Name {
-			if _, err := appendEvent(ctx, tx, o.Kind, o.ID, old, true); err != nil {
-				return false, err
-			}
-		}
-		rv, err := appendEvent(ctx, tx, o.Kind, o.ID, o.Name, false)
-		if err != nil {
-			return false, err
-		}
-		o.ResourceVersion = rv
-		o.Updated = time.Now().UTC().Truncate(time.Millisecond)
-		_, err = tx.Exec(ctx, `INSERT INTO objects (`+objectCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-			ON CONFLICT (kind, id) DO UPDATE SET name = excluded.name, target = excluded.target, labels = excluded.labels,
-			spec = excluded.spec, rv = excluded.rv, updated = excluded.updated`,
-			o.Kind, o.ID, o.Name, mustJSON(o.Target), mustJSON(o.Labels), string(o.Spec), rv, ms(o.Updated))
-		if err != nil {
-			return false, err
-		}
-		_, err = tx.Exec(ctx, `INSERT INTO object_revisions (kind, id, rv, name, target, spec) VALUES ($1, $2, $3, $4, $5, $6)`,
-			o.Kind, o.ID, rv, o.Name, mustJSON(o.Target), string(o.Spec))
-		return true, err
+		var err error
+		o, err = putObjectTx(ctx, tx, o, expectRV)
+		return err == nil, err
 	})
+	return o, err
+}
+
+func putObjectTx(ctx context.Context, tx pgx.Tx, o proto.Object, expectRV int64) (proto.Object, error) {
+	old, err := checkRV(ctx, tx, o.Kind, o.ID, expectRV)
+	if err != nil {
+		return o, err
+	}
+	if old != "" && old != o.Name {
+		if _, err := appendEvent(ctx, tx, o.Kind, o.ID, old, true); err != nil {
+			return o, err
+		}
+	}
+	rv, err := appendEvent(ctx, tx, o.Kind, o.ID, o.Name, false)
+	if err != nil {
+		return o, err
+	}
+	o.ResourceVersion = rv
+	o.Updated = time.Now().UTC().Truncate(time.Millisecond)
+	_, err = tx.Exec(ctx, `INSERT INTO objects (`+objectCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+		ON CONFLICT (kind, id) DO UPDATE SET name = excluded.name, target = excluded.target, labels = excluded.labels,
+		spec = excluded.spec, rv = excluded.rv, updated = excluded.updated`,
+		o.Kind, o.ID, o.Name, mustJSON(o.Target), mustJSON(o.Labels), string(o.Spec), rv, ms(o.Updated))
+	if err != nil {
+		return o, err
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO object_revisions (kind, id, rv, name, target, spec) VALUES ($1, $2, $3, $4, $5, $6)`,
+		o.Kind, o.ID, rv, o.Name, mustJSON(o.Target), string(o.Spec))
 	return o, err
 }
 

@@ -37,6 +37,8 @@ var migrations = []string{
 	CREATE TABLE object_revisions (kind TEXT NOT NULL, id TEXT NOT NULL, rv INTEGER NOT NULL, name TEXT NOT NULL, target TEXT NOT NULL,
 		spec TEXT NOT NULL, deleted INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (kind, id, rv));
 	CREATE TABLE events (rv INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL DEFAULT '', deleted INTEGER NOT NULL DEFAULT 0);`,
+	// 2: rollouts (issue 13).
+	`CREATE TABLE rollouts (name TEXT PRIMARY KEY, kind TEXT NOT NULL, object_id TEXT NOT NULL, slot TEXT NOT NULL, doc TEXT NOT NULL, rv INTEGER NOT NULL);`,
 }
 
 // Store is the SQLite store.
@@ -44,6 +46,9 @@ type Store struct {
 	store.Notifier
 	db  *sql.DB
 	wmu sync.Mutex // one writer
+	// locks are the singleton locks (TryLock): in-process, since one
+	// server process owns a SQLite database.
+	locks sync.Map // int64 -> *sync.Mutex
 }
 
 var _ store.Store = (*Store)(nil)
@@ -486,33 +491,39 @@ func checkRV(ctx context.Context, tx *sql.Tx, kind, id string, expectRV int64) (
 // PutObject implements store.Store.
 func (s *Store) PutObject(ctx context.Context, o proto.Object, expectRV int64) (proto.Object, error) {
 	err := s.write(ctx, func(tx *sql.Tx) (bool, error) {
-		old, err := checkRV(ctx, tx, o.Kind, o.ID, expectRV)
-		if err != nil {
-			return false, err
-		}
-		if old != "" && old != o.Name {
-			// The object leaves its old slot: log that slot too.
-			if _, err := appendEvent(ctx, tx, o.Kind, o.ID, old, true); err != nil {
-				return false, err
-			}
-		}
-		rv, err := appendEvent(ctx, tx, o.Kind, o.ID, o.Name, false)
-		if err != nil {
-			return false, err
-		}
-		o.ResourceVersion = rv
-		o.Updated = time.Now().UTC().Truncate(time.Millisecond)
-		_, err = tx.ExecContext(ctx, `INSERT INTO objects (`+objectCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-			ON CONFLICT(kind, id) DO UPDATE SET name = excluded.name, target = excluded.target, labels = excluded.labels,
-			spec = excluded.spec, rv = excluded.rv, updated = excluded.updated`,
-			o.Kind, o.ID, o.Name, mustJSON(o.Target), mustJSON(o.Labels), string(o.Spec), rv, ms(o.Updated))
-		if err != nil {
-			return false, err
-		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO object_revisions (kind, id, rv, name, target, spec) VALUES (?, ?, ?, ?, ?, ?)`,
-			o.Kind, o.ID, rv, o.Name, mustJSON(o.Target), string(o.Spec))
-		return true, err
+		var err error
+		o, err = putObjectTx(ctx, tx, o, expectRV)
+		return err == nil, err
 	})
+	return o, err
+}
+
+func putObjectTx(ctx context.Context, tx *sql.Tx, o proto.Object, expectRV int64) (proto.Object, error) {
+	old, err := checkRV(ctx, tx, o.Kind, o.ID, expectRV)
+	if err != nil {
+		return o, err
+	}
+	if old != "" && old != o.Name {
+		// The object leaves its old slot: log that slot too.
+		if _, err := appendEvent(ctx, tx, o.Kind, o.ID, old, true); err != nil {
+			return o, err
+		}
+	}
+	rv, err := appendEvent(ctx, tx, o.Kind, o.ID, o.Name, false)
+	if err != nil {
+		return o, err
+	}
+	o.ResourceVersion = rv
+	o.Updated = time.Now().UTC().Truncate(time.Millisecond)
+	_, err = tx.ExecContext(ctx, `INSERT INTO objects (`+objectCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT(kind, id) DO UPDATE SET name = excluded.name, target = excluded.target, labels = excluded.labels,
+		spec = excluded.spec, rv = excluded.rv, updated = excluded.updated`,
+		o.Kind, o.ID, o.Name, mustJSON(o.Target), mustJSON(o.Labels), string(o.Spec), rv, ms(o.Updated))
+	if err != nil {
+		return o, err
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO object_revisions (kind, id, rv, name, target, spec) VALUES (?, ?, ?, ?, ?, ?)`,
+		o.Kind, o.ID, rv, o.Name, mustJSON(o.Target), string(o.Spec))
 	return o, err
 }
 
