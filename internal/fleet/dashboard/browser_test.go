@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -120,9 +121,11 @@ func must(t *testing.T, what string, err error) {
 	}
 }
 
+// text reads an element's text in one evaluation (the live region can be
+// swapped between a node lookup and a read from outside the page).
 func text(t *testing.T, ctx context.Context, sel string) string {
 	t.Helper()
-	s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
+	s, err := chromedp.Run(ctx, chromedp.Evaluate[string](`(() => { const e = document.querySelector(` + strconv.Quote(sel) + `); return e ? e.textContent : '<no ` + sel + `>'; })()`))
 	must(t, "text of "+sel, err)
 	return strings.TrimSpace(s)
 }

@@ -84,6 +84,11 @@ type Options struct {
 	LiveInterval time.Duration
 	// MaxRows bounds the rows of the gateway list (default 500).
 	MaxRows int
+	// MaxAge is how stale the registry a page load shows may be while
+	// changes stream in (default 1s; the page's event stream then
+	// refreshes it). The registry is read once per MaxAge at most for
+	// page loads, not once per page.
+	MaxAge time.Duration
 	Now     func() time.Time
 }
 
@@ -97,9 +102,11 @@ type Dashboard struct {
 	byIP   *limiter
 	tmpl   map[string]*template.Template
 	static http.Handler
+	snap   *snapshot
 }
 
-// New prepares a dashboard (it reads or creates the session key).
+// New prepares a dashboard (it reads or creates the session key). It
+// follows the fleet's changes until ctx ends.
 func New(ctx context.Context, opt Options) (*Dashboard, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
@@ -125,6 +132,9 @@ func New(ctx context.Context, opt Options) (*Dashboard, error) {
 	if opt.MaxRows <= 0 {
 		opt.MaxRows = 500
 	}
+	if opt.MaxAge <= 0 {
+		opt.MaxAge = time.Second
+	}
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
@@ -135,6 +145,7 @@ func New(ctx context.Context, opt Options) (*Dashboard, error) {
 	d := &Dashboard{opt: opt, log: opt.Logger, users: NewUsers(opt.Meta, opt.Argon2), sess: sess,
 		byUser: newLimiter(opt.UserFailures, opt.FailureWindow), byIP: newLimiter(opt.IPFailures, opt.FailureWindow)}
 	d.users.now = opt.Now
+	d.snap = newSnapshot(ctx, opt.Fleet, opt.MaxAge)
 	if err := d.parseTemplates(); err != nil {
 		return nil, err
 	}
@@ -498,7 +509,7 @@ func sortedCounts(m map[string]int, max int) []Count {
 }
 
 func (d *Dashboard) overview(w http.ResponseWriter, r *http.Request, rc reqCtx) {
-	gws, err := d.opt.Fleet.Gateways(r.Context())
+	gws, err := d.snap.get(r.Context(), false)
 	if err != nil {
 		d.fail(w, r, rc, "gateways", err)
 		return
@@ -573,7 +584,7 @@ func (d *Dashboard) gatewayList(w http.ResponseWriter, r *http.Request, rc reqCt
 		d.render(w, r, http.StatusBadRequest, "gateways", rc, data)
 		return
 	}
-	gws, err := d.opt.Fleet.Gateways(r.Context())
+	gws, err := d.snap.get(r.Context(), false)
 	if err != nil {
 		d.fail(w, r, rc, "gateways", err)
 		return
@@ -721,6 +732,13 @@ func (d *Dashboard) events(w http.ResponseWriter, r *http.Request, _ reqCtx) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
 	fmt.Fprint(w, "retry: 2000\n: connected\n\n")
+	if d.snap.stale() {
+		// Something changed since the registry was last read (maybe after
+		// this page was rendered from it): refresh it now.
+		if _, err := d.snap.get(r.Context(), true); err == nil {
+			fmt.Fprint(w, "event: change\ndata: 0\n\n")
+		}
+	}
 	if rc.Flush() != nil {
 		return
 	}
@@ -735,6 +753,10 @@ func (d *Dashboard) events(w http.ResponseWriter, r *http.Request, _ reqCtx) {
 			fmt.Fprint(w, ": keepalive\n\n")
 		case <-ch:
 			n++
+			// Read the registry now, so the page's refresh gets it fresh.
+			if _, err := d.snap.get(r.Context(), true); err != nil {
+				d.log.Warn("dashboard: gateways", "err", err)
+			}
 			fmt.Fprintf(w, "event: change\ndata: %d\n\n", n)
 		case <-rch:
 			n++
