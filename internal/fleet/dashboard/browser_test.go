@@ -125,7 +125,7 @@ func must(t *testing.T, what string, err error) {
 // swapped between a node lookup and a read from outside the page).
 func text(t *testing.T, ctx context.Context, sel string) string {
 	t.Helper()
-	s, err := chromedp.Run(ctx, chromedp.Evaluate[string](`(() => { const e = document.querySelector(` + strconv.Quote(sel) + `); return e ? e.textContent : '<no ` + sel + `>'; })()`))
+	s, err := chromedp.Run(ctx, chromedp.Evaluate[string](`(() => { const e = document.querySelector(`+strconv.Quote(sel)+`); return e ? e.textContent : '<no `+sel+`>'; })()`))
 	must(t, "text of "+sel, err)
 	return strings.TrimSpace(s)
 }

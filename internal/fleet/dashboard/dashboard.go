@@ -89,7 +89,7 @@ type Options struct {
 	// refreshes it). The registry is read once per MaxAge at most for
 	// page loads, not once per page.
 	MaxAge time.Duration
-	Now     func() time.Time
+	Now    func() time.Time
 }
 
 // Dashboard serves the pages.
