@@ -82,7 +82,7 @@ type Options struct {
 	// on one /events stream (default 1s): at 10,000 gateways reporting,
 	// a page refreshes at most once per interval.
 	LiveInterval time.Duration
-	// MaxRows bounds the rows of the gateway list (default 500).
+	// MaxRows bounds the rows of the gateway list (default 200).
 	MaxRows int
 	// MaxAge is how stale the registry a page load shows may be while
 	// changes stream in (default 1s; the page's event stream then
@@ -130,7 +130,7 @@ func New(ctx context.Context, opt Options) (*Dashboard, error) {
 		opt.LiveInterval = time.Second
 	}
 	if opt.MaxRows <= 0 {
-		opt.MaxRows = 500
+		opt.MaxRows = 200
 	}
 	if opt.MaxAge <= 0 {
 		opt.MaxAge = time.Second
@@ -509,29 +509,13 @@ func sortedCounts(m map[string]int, max int) []Count {
 }
 
 func (d *Dashboard) overview(w http.ResponseWriter, r *http.Request, rc reqCtx) {
-	gws, err := d.snap.get(r.Context(), false)
+	sum, err := d.snap.summary(r.Context())
 	if err != nil {
 		d.fail(w, r, rc, "gateways", err)
 		return
 	}
-	states, versions, labels := map[string]int{}, map[string]int{}, map[string]int{}
-	conn := 0
-	for _, g := range gws {
-		states[GatewayState(g)]++
-		v := g.Facts["version"]
-		if v == "" {
-			v = "(unknown)"
-		}
-		versions[v]++
-		if g.Connected {
-			conn++
-		}
-		for k, v := range g.Labels {
-			labels[k+"="+v]++
-		}
-	}
-	data := map[string]any{"Title": "Fleet", "Total": len(gws), "Connected": conn, "Offline": len(gws) - conn,
-		"States": sortedCounts(states, 0), "Versions": sortedCounts(versions, 20), "Labels": sortedCounts(labels, 30)}
+	data := map[string]any{"Title": "Fleet", "Total": sum.Total, "Connected": sum.Connected, "Offline": sum.Total - sum.Connected,
+		"States": sum.States, "Versions": sum.Versions, "Labels": sum.Labels}
 	if d.opt.Rollouts != nil {
 		if ros, err := d.opt.Rollouts.List(r.Context()); err == nil {
 			active := []Rollout{}

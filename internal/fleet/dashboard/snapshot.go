@@ -29,6 +29,45 @@ type snapshot struct {
 	at    time.Time
 	dirty bool
 	ok    bool
+	sum   *summary // of gws, computed on first use
+}
+
+// summary is the overview's counts of one read of the registry.
+type summary struct {
+	Total, Connected         int
+	States, Versions, Labels []Count
+}
+
+// summary returns the overview's counts, computed once per read.
+func (s *snapshot) summary(ctx context.Context) (*summary, error) {
+	if _, err := s.get(ctx, false); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sum != nil {
+		return s.sum, nil
+	}
+	gws := s.gws // the latest read (a reload since get is as good)
+	states, versions, labels := map[string]int{}, map[string]int{}, map[string]int{}
+	sum := &summary{Total: len(gws)}
+	for _, g := range gws {
+		states[GatewayState(g)]++
+		v := g.Facts["version"]
+		if v == "" {
+			v = "(unknown)"
+		}
+		versions[v]++
+		if g.Connected {
+			sum.Connected++
+		}
+		for k, v := range g.Labels {
+			labels[k+"="+v]++
+		}
+	}
+	sum.States, sum.Versions, sum.Labels = sortedCounts(states, 0), sortedCounts(versions, 20), sortedCounts(labels, 30)
+	s.sum = sum
+	return sum, nil
 }
 
 func newSnapshot(ctx context.Context, f Fleet, maxAge time.Duration) *snapshot {
@@ -61,7 +100,7 @@ func (s *snapshot) get(ctx context.Context, fresh bool) ([]store.Gateway, error)
 	if err != nil {
 		return nil, err
 	}
-	s.gws, s.at, s.dirty, s.ok = gws, at, false, true
+	s.gws, s.at, s.dirty, s.ok, s.sum = gws, at, false, true, nil
 	return gws, nil
 }
 
