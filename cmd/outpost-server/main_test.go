@@ -64,3 +64,27 @@ func TestEveryCommandHasHelpWithExamples(t *testing.T) {
 		t.Fatalf("unknown command exit %d", code)
 	}
 }
+
+// A bad rollout file is refused before any request, naming file:line:col
+// or the field; exit 2.
+func TestRolloutsCreateBadFile(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct{ name, body, want string }{
+		{"syntax", "{\"name\": \"r\",\n \"waves\": [}\n", "bad.json:2:13: invalid character '}'"},
+		{"type", "{\"name\": \"r\",\n \"soak\": 5}\n", "bad.json:2:11: field soak: number is not allowed here (want string)"},
+		{"unknown field", "{\"name\": \"r\", \"wavez\": []}", `unknown field "wavez"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := filepath.Join(dir, "bad.json")
+			os.WriteFile(f, []byte(tt.body), 0o600)
+			_, errOut, code := run(t, []string{"OUTPOST_SERVER_TOKEN=x"}, serverBin, "rollouts", "create", "-f", f)
+			if code != exitUsage || !strings.Contains(errOut, tt.want) {
+				t.Fatalf("exit %d: %s, want %q", code, errOut, tt.want)
+			}
+		})
+	}
+	if _, errOut, code := run(t, nil, serverBin, "rollouts", "create"); code != exitUsage || !strings.Contains(errOut, "-f FILE is required") {
+		t.Fatalf("no file: exit %d %s", code, errOut)
+	}
+}

@@ -222,7 +222,12 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request, id string) 
 	send := func(e proto.Event) bool { return enc.Encode(e) == nil }
 	tick := time.NewTicker(s.opt.Keepalive)
 	defer tick.Stop()
-	sent := map[string]string{} // slot -> what this stream sent last
+	// slot -> what this stream (or the List it resumes from) gave the
+	// gateway last.
+	sent := s.cache.marksAt(id, last)
+	if sent == nil {
+		sent = map[string]string{}
+	}
 	for {
 		evs, cur, err := s.cache.since(ctx, last)
 		if errors.Is(err, store.ErrCompacted) {
@@ -263,14 +268,12 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request, id string) 
 				n := 0
 				for _, k := range keys {
 					var e proto.Event
-					var mark string
+					mark := sentMark(res[k])
 					if d := res[k]; d != nil {
 						e = proto.Event{Type: proto.EventModified, ResourceVersion: cur, Object: d}
-						mark = d.Hash() + "@" + strconv.FormatInt(d.ResourceVersion, 10)
 					} else {
 						kind, name, _ := cutSlot(k)
 						e = proto.Event{Type: proto.EventDeleted, ResourceVersion: cur, Object: &proto.Desired{Kind: kind, Name: name}}
-						mark = "deleted"
 					}
 					// A slot this stream already sent with the same content
 					// and revision is not sent again (a rollout's change
@@ -281,6 +284,7 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request, id string) 
 					}
 					sent[k] = mark
 					n++
+					s.sentObjs.Inc()
 					if !send(e) {
 						return
 					}

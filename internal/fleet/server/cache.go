@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"sync"
 
 	"github.com/outpost-edge/outpost/internal/fleet/proto"
@@ -41,14 +42,18 @@ type pin struct {
 	objKey   string // kind/id of the rolled-out object
 	toRV     int64  // orders a object's rollouts: the latest wins
 	active   bool   // not done
+	ended    bool   // aborted or rolled back: holds only while the object is still at toRV
 	sel      selector.Selector
 	released map[string]bool
 	from     *cobj // the object at fromRevision
 }
 
-// holds reports whether the pin keeps gateway id at fromRevision.
-func (p *pin) holds(id string, labels map[string]string) bool {
-	return p != nil && p.active && p.from != nil && p.sel != nil && p.sel.Matches(labels) && !p.released[id]
+// holds reports whether the pin keeps gateway id at fromRevision when the
+// object is at revision objRV. An aborted or rolled-back rollout holds the
+// gateways off its toRevision only until the object changes again (an
+// operator's direct change then reaches everyone, as without a rollout).
+func (p *pin) holds(id string, labels map[string]string, objRV int64) bool {
+	return p != nil && p.active && p.from != nil && p.sel != nil && (!p.ended || objRV == p.toRV) && p.sel.Matches(labels) && !p.released[id]
 }
 
 type cobj struct {
@@ -248,7 +253,8 @@ func (c *cache) readPin(ctx context.Context, r store.Rollout) (*pin, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &pin{objKey: r.Kind + "/" + r.ObjectID, toRV: d.ToRevision, active: d.State != RolloutDone, released: d.released()}
+	p := &pin{objKey: r.Kind + "/" + r.ObjectID, toRV: d.ToRevision, active: d.State != RolloutDone, released: d.released(),
+		ended: d.State == RolloutAborted || d.State == RolloutRolledBack}
 	if !p.active {
 		return p, nil
 	}
@@ -351,7 +357,7 @@ func (c *cache) winnerLocked(sk, id string, labels map[string]string) *cobj {
 		}
 	}
 	if best != nil {
-		if p := c.pins[best.Kind+"/"+best.ID]; p.holds(id, labels) {
+		if p := c.pins[best.Kind+"/"+best.ID]; p.holds(id, labels, best.ResourceVersion) {
 			from := *p.from
 			from.Name, from.Target = best.Name, best.Target
 			return &from
@@ -436,4 +442,33 @@ func (c *cache) resolve(id string, slots map[string]bool, all bool) (map[string]
 		}
 	}
 	return out, true
+}
+
+// sentMark identifies what a watch stream sent for a slot (content and
+// revision).
+func sentMark(d *proto.Desired) string {
+	if d == nil {
+		return "deleted"
+	}
+	return d.Hash() + "@" + strconv.FormatInt(d.ResourceVersion, 10)
+}
+
+// marksAt returns the marks of gateway id's resolved slots if the cache is
+// at rv (else nil): a watch from the cache's current rv starts from exactly
+// what the gateway's List gave it.
+func (c *cache) marksAt(id string, rv int64) map[string]string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	g, ok := c.gateways[id]
+	if !ok || c.rv != rv {
+		return nil
+	}
+	out := map[string]string{}
+	for sk := range c.slots {
+		if w := c.winnerLocked(sk, id, g.labels); w != nil {
+			d := desired(w)
+			out[sk] = sentMark(&d)
+		}
+	}
+	return out
 }

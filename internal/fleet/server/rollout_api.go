@@ -184,8 +184,8 @@ func (s *Server) handleRolloutCreate(w http.ResponseWriter, r *http.Request) {
 			latest = d
 		}
 	}
-	if latest != nil && latest.State != RolloutDone {
-		from = latest.FromRevision
+	if latest != nil && latest.State != RolloutDone && latest.ToRevision == obj.ResourceVersion {
+		from = latest.FromRevision // the earlier rollout still holds its targets there
 	}
 	targets, labels, err := s.cache.targets(obj.Kind, obj.ID, req.Selector)
 	if err != nil {

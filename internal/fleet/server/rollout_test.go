@@ -203,6 +203,14 @@ func TestRolloutCanaryFailureHaltsAndRollsBack(t *testing.T) {
 			t.Fatalf("waves: %+v", r.Waves)
 		}
 	}
+
+	// After a rollback, a direct change of the object (no rollout) reaches
+	// everyone: the rolled-back rollout holds the gateways off its own
+	// toRevision only.
+	srv.MustDo(t, "POST", "/api/v1/rollouts/filter-v3/rollback", map[string]int64{"resourceVersion": r.ResourceVersion}, 200, &r)
+	waitAll(t, gws, specJSON("v1"))
+	srv.MustDo(t, "PUT", "/api/v1/objects/ruleset/filter", map[string]any{"target": map[string]any{"selector": "app=x"}, "spec": sqlSpec("v4")}, 200, nil)
+	waitAll(t, gws, specJSON("v4"))
 }
 
 // Waves release in order; a rollout ends with every target on the new
@@ -301,6 +309,23 @@ func TestRolloutWatchdogStuckGateway(t *testing.T) {
 		srv.MustDo(t, "GET", "/api/v1/gateways/gw-dead/desired", nil, 200, &doc)
 		return compact(doc.Objects[0].Spec) == specJSON("v2") && doc.Objects[0].ResourceVersion == r.FromRevision
 	})
+
+	// Resume: the halted wave runs again and its gates are checked again;
+	// the stuck gateway still counts, so it halts again. Rollback: every
+	// target back at the last good revision.
+	srv.MustDo(t, "POST", "/api/v1/rollouts/r2/resume", map[string]int64{"resourceVersion": r.ResourceVersion}, 200, &r)
+	if r.State != "running" || r.Waves[0].State != "running" {
+		t.Fatalf("resumed: %+v", r)
+	}
+	r = waitState(t, srv, "r2", "halted")
+	if len(r.Failing) != 1 || r.Failing[0].Gateway != "gw-dead" {
+		t.Fatalf("halted again: %q %+v", r.Reason, r.Failing)
+	}
+	srv.MustDo(t, "POST", "/api/v1/rollouts/r2/rollback", map[string]int64{"resourceVersion": r.ResourceVersion}, 200, &r)
+	if r.State != "rolledback" {
+		t.Fatalf("rollback: %+v", r)
+	}
+	waitAll(t, gws, specJSON("v2"))
 }
 
 // A server restarted in the middle of a rollout resumes where it was: the
@@ -390,12 +415,28 @@ func TestRolloutConcurrentOperators(t *testing.T) {
 	if code, out := srv.Do(t, viewer.Token, "POST", "/api/v1/rollouts", body); code != 403 {
 		t.Fatalf("viewer create: %d %s", code, out)
 	}
+	// Both watch streams open (a gateway may apply its List before its
+	// watch starts; a watch resuming behind the server replays).
+	fleettest.Eventually(t, 10*time.Second, "both gateways watching", func() bool {
+		var list []struct{ Connected bool }
+		srv.MustDo(t, "GET", "/api/v1/gateways", nil, 200, &list)
+		return len(list) == 2 && list[0].Connected && list[1].Connected
+	})
 	var r server.Rollout
+	sentBefore := srv.WatchObjectsSent()
 	srv.MustDo(t, "POST", "/api/v1/rollouts", body, 201, &r)
 	fleettest.Eventually(t, 10*time.Second, "the wave soaks", func() bool {
 		r = getRollout(t, srv, "r")
 		return r.Waves[0].State == "soaking"
 	})
+	// Releasing a wave of one sends one object event, not one per
+	// gateway: the other streams' resolution did not change (the watch
+	// stream skips slots it already sent with the same content and
+	// revision; before, every stream re-sent the slot on every rollout
+	// write).
+	if n := srv.WatchObjectsSent() - sentBefore; n != 1 {
+		t.Fatalf("releasing a wave of 1 of 2 gateways sent %d object events, want 1", n)
+	}
 	if code, out := srv.Do(t, viewer.Token, "POST", "/api/v1/rollouts/r/pause", map[string]int64{"resourceVersion": r.ResourceVersion}); code != 403 {
 		t.Fatalf("viewer pause: %d %s", code, out)
 	}

@@ -70,6 +70,7 @@ type Server struct {
 	refused  func(reason string) *metrics.Counter
 	enrolled *metrics.Counter
 	halts    *metrics.Counter
+	sentObjs *metrics.Counter // MODIFIED and DELETED events sent on watch streams
 
 	rolloutWake chan struct{} // a status or rollout change: step the rollouts now
 
@@ -119,6 +120,7 @@ func Open(ctx context.Context, opt Options) (s *Server, adminToken string, err e
 	}
 	s.enrolled = s.set.NewCounter(`outpost_fleet_enrolled_total`)
 	s.halts = s.set.NewCounter(`outpost_fleet_rollout_halts_total`)
+	s.sentObjs = s.set.NewCounter(`outpost_fleet_watch_objects_sent_total`)
 	s.set.NewGauge(`outpost_fleet_watch_streams`, func() float64 {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -226,6 +228,9 @@ func (s *Server) Run(ctx context.Context) {
 
 // Refused returns the refusal counter's value for reason (tests, metrics).
 func (s *Server) Refused(reason string) uint64 { return s.refused(reason).Get() }
+
+// WatchObjectsSent is how many MODIFIED/DELETED events watch streams sent.
+func (s *Server) WatchObjectsSent() uint64 { return s.sentObjs.Get() }
 
 // Metrics returns the server's metric set.
 func (s *Server) Metrics() *metrics.Set { return s.set }
