@@ -57,18 +57,6 @@ func (s *Server) RequireRole(role string, h http.HandlerFunc) http.HandlerFunc {
 	return s.role(role, h)
 }
 
-// AllowRole reports whether the bearer API token of r has at least role
-// (false without a token); the dashboard's API calls accept either a
-// session or a token.
-func (s *Server) AllowRole(r *http.Request, role string) bool {
-	tok, ok := cutBearer(r)
-	if !ok {
-		return false
-	}
-	t, err := s.st.APITokenByHash(r.Context(), hashToken(tok))
-	return err == nil && store.RoleRank(t.Role) >= store.RoleRank(role)
-}
-
 // RolloutAPI calls the rollout endpoints in-process for the dashboard,
 // which has checked its user's role itself: name "" lists
 // (GET /api/v1/rollouts), action "" gets one, else it POSTs the action
