@@ -358,7 +358,7 @@ func (d *Dashboard) renderLogin(w http.ResponseWriter, r *http.Request, code int
 	http.SetCookie(w, &http.Cookie{Name: loginCookie, Value: nonce, Path: "/login", HttpOnly: true, Secure: true,
 		SameSite: http.SameSiteStrictMode, MaxAge: 3600})
 	next := r.FormValue("next")
-	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") {
+	if !localPath(next) {
 		next = "/"
 	}
 	d.render(w, r, code, "login", reqCtx{}, map[string]any{"Title": "Log in", "LoginCSRF": d.sess.csrf("login", nonce),
@@ -413,10 +413,21 @@ func (d *Dashboard) loginPost(w http.ResponseWriter, r *http.Request) {
 		SameSite: http.SameSiteStrictMode, MaxAge: int(d.opt.SessionTTL / time.Second)})
 	http.SetCookie(w, &http.Cookie{Name: loginCookie, Path: "/login", MaxAge: -1, HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode})
 	next := r.PostFormValue("next")
-	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") {
+	if !localPath(next) {
 		next = "/"
 	}
 	http.Redirect(w, r, next, http.StatusSeeOther)
+}
+
+// localPath reports whether next is a path on this server (a login
+// returns there): "/..." but not "//host" or "/\host", which browsers
+// read as another site.
+func localPath(next string) bool {
+	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.ContainsAny(next, "\\\r\n\t") {
+		return false
+	}
+	u, err := url.Parse(next)
+	return err == nil && u.Scheme == "" && u.Host == ""
 }
 
 // Login checks a password with the per-user and per-address limits; every
