@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/outpost-edge/outpost/internal/fleet/dashboard"
 	"github.com/outpost-edge/outpost/internal/fleet/server"
 	"github.com/outpost-edge/outpost/internal/fleet/store"
 	"github.com/outpost-edge/outpost/internal/fleet/store/postgres"
@@ -45,7 +46,9 @@ start. The server certificate is issued by the fleet CA for localhost,
 127.0.0.1, ::1 and every --host. With --db postgres://..., the state (CA,
 tokens, registry, desired state) lives in PostgreSQL and any number of
 replicas behind a TCP load balancer serve the same fleet; changes reach every
-replica through LISTEN/NOTIFY. --data then only holds ca.pem.`,
+replica through LISTEN/NOTIFY. --data then only holds ca.pem.
+The web dashboard is served at the same URL (/); add its users with
+'outpost-server users add'.`,
 			"outpost-server run --data fleet-data",
 			"outpost-server run --data /var/lib/outpost-server --db postgres://outpost@db:5432/fleet --listen 0.0.0.0:8443   # one of N replicas",
 			"outpost-server run --data /var/lib/outpost-server --listen 0.0.0.0:8443 --host fleet.example.com"))
@@ -89,6 +92,12 @@ replica through LISTEN/NOTIFY. --data then only holds ca.pem.`,
 		fmt.Fprintln(os.Stderr, "outpost-server run:", err)
 		return exitFailure
 	}
+	dash, err := dashboard.New(ctx, dashboard.Options{Fleet: srv, Meta: st, Logger: log, Rollouts: dashboard.APIRollouts(srv)})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "outpost-server run:", err)
+		return exitFailure
+	}
+	dash.Register(srv)
 	caPath := filepath.Join(*data, "ca.pem")
 	if err := os.WriteFile(caPath, srv.CACertPEM(), 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, "outpost-server run:", err)
@@ -104,7 +113,7 @@ replica through LISTEN/NOTIFY. --data then only holds ca.pem.`,
 		fmt.Printf("\nThe admin API token (shown once; only its hash is stored):\n\n  export OUTPOST_SERVER_TOKEN=%s\n\n", admin)
 		fmt.Printf("CLI setup:\n  export OUTPOST_SERVER=%s OUTPOST_SERVER_CA=%s\n\n", url, caPath)
 	}
-	log.Info("outpost-server listening", "url", url, "data", *data, "postgres", *db != "", "schema", schema, "ca", caPath)
+	log.Info("outpost-server listening", "url", url, "dashboard", url+"/", "data", *data, "postgres", *db != "", "schema", schema, "ca", caPath)
 	if err := srv.Serve(ctx, ln); err != nil {
 		fmt.Fprintln(os.Stderr, "outpost-server run:", err)
 		return exitFailure

@@ -53,20 +53,21 @@ func (s *SyncBuffer) String() string {
 
 // Start runs a server on a SQLite store in dir (on addr, "" =
 // 127.0.0.1:0) until the test ends or Stop. opt's Store and Logger are
-// filled in.
-func Start(t testing.TB, dir, addr string, opt server.Options) *Server {
+// filled in. setup runs before the server serves (e.g. to mount the
+// dashboard).
+func Start(t testing.TB, dir, addr string, opt server.Options, setup ...func(*server.Server)) *Server {
 	t.Helper()
 	st, err := sqlite.Open(context.Background(), dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := StartWith(t, st, addr, opt)
+	s := StartWith(t, st, addr, opt, setup...)
 	s.Store = st
 	return s
 }
 
 // StartWith runs a server on st (closed when the server stops).
-func StartWith(t testing.TB, st store.Store, addr string, opt server.Options) *Server {
+func StartWith(t testing.TB, st store.Store, addr string, opt server.Options, setup ...func(*server.Server)) *Server {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	logs := &SyncBuffer{}
@@ -75,6 +76,9 @@ func StartWith(t testing.TB, st store.Store, addr string, opt server.Options) *S
 	srv, admin, err := server.Open(ctx, opt)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, f := range setup {
+		f(srv)
 	}
 	if addr == "" {
 		addr = "127.0.0.1:0"

@@ -224,6 +224,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request, id string)
 	s.mu.Lock()
 	s.seen[id] = s.opt.Now()
 	s.mu.Unlock()
+	s.changes.Broadcast()
 	s.wakeRollouts()
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -252,6 +253,7 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request, id string) 
 	}
 	s.streams[id][st] = struct{}{}
 	s.mu.Unlock()
+	s.changes.Broadcast()
 	defer func() {
 		s.mu.Lock()
 		delete(s.streams[id], st)
@@ -259,6 +261,7 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request, id string) 
 			delete(s.streams, id)
 		}
 		s.mu.Unlock()
+		s.changes.Broadcast()
 	}()
 	changed, stop := s.cache.Notify()
 	defer stop()

@@ -77,12 +77,16 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	return false
 }
 
+func cutBearer(r *http.Request) (string, bool) {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return tok, ok && tok != ""
+}
+
 // role requires a bearer API token with at least role.
 func (s *Server) role(role string, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		auth := r.Header.Get("Authorization")
-		tok, ok := strings.CutPrefix(auth, "Bearer ")
-		if !ok || tok == "" {
+		tok, ok := cutBearer(r)
+		if !ok {
 			s.refuse(w, r, http.StatusUnauthorized, "api_token_missing", "an API token is required: Authorization: Bearer TOKEN")
 			return
 		}

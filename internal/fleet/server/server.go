@@ -82,6 +82,16 @@ type Server struct {
 	renewed     *metrics.Counter
 
 	otaServed, otaStored *metrics.Counter
+
+	// changes is signalled on every store change, status report and watch
+	// stream open/close (the dashboard's live updates).
+	changes store.Notifier
+	mounts  []mount // extra routes (the dashboard)
+}
+
+type mount struct {
+	pattern string
+	h       http.Handler
 }
 
 // Open prepares a server on opt.Store. On a fresh store it generates the
@@ -211,9 +221,24 @@ func (s *Server) TLSConfig() *tls.Config {
 func (s *Server) Run(ctx context.Context) {
 	ch, stop := s.st.Notify()
 	defer stop()
+	fwd := make(chan struct{}, 1)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-ch:
+				s.changes.Broadcast()
+				select {
+				case fwd <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
 	done := make(chan struct{})
 	go func() { defer close(done); s.orchestrate(ctx) }()
-	s.cache.follow(ctx, ch, func(err error) { s.log.Error("fleet: following the store", "err", err) })
+	s.cache.follow(ctx, fwd, func(err error) { s.log.Error("fleet: following the store", "err", err) })
 	<-done
 }
 
@@ -298,6 +323,9 @@ func (s *Server) Handler() http.Handler {
 		w.Write(s.ca.CertPEM)
 	})
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) { s.set.WritePrometheus(w) })
+	for _, m := range s.mounts {
+		mux.Handle(m.pattern, m.h)
+	}
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path))
 	})

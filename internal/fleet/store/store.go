@@ -113,6 +113,13 @@ type Store interface {
 	// PutMetaIfAbsent stores value unless key exists; it returns what is
 	// stored afterwards (first writer wins between replicas).
 	PutMetaIfAbsent(ctx context.Context, key, value string) (string, error)
+	// PutMeta stores value under key, replacing what is there.
+	PutMeta(ctx context.Context, key, value string) error
+	// DeleteMeta removes key (ErrNotFound when it is absent).
+	DeleteMeta(ctx context.Context, key string) error
+	// ListMeta returns every key starting with prefix and its value (the
+	// dashboard's users live under "user/").
+	ListMeta(ctx context.Context, prefix string) (map[string]string, error)
 
 	CreateAPIToken(ctx context.Context, t APIToken) error
 	APITokenByHash(ctx context.Context, hash string) (APIToken, error)

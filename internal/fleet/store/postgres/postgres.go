@@ -254,6 +254,44 @@ func (s *Store) PutMetaIfAbsent(ctx context.Context, key, value string) (string,
 	return s.GetMeta(ctx, key)
 }
 
+// PutMeta implements store.Store.
+func (s *Store) PutMeta(ctx context.Context, key, value string) error {
+	if _, err := s.pool.Exec(ctx, `INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value`, key, value); err != nil {
+		return fmt.Errorf("postgres: meta %s: %w", key, err)
+	}
+	return nil
+}
+
+// DeleteMeta implements store.Store.
+func (s *Store) DeleteMeta(ctx context.Context, key string) error {
+	tag, err := s.pool.Exec(ctx, `DELETE FROM meta WHERE key = $1`, key)
+	if err != nil {
+		return fmt.Errorf("postgres: meta %s: %w", key, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("%w: meta %s", store.ErrNotFound, key)
+	}
+	return nil
+}
+
+// ListMeta implements store.Store.
+func (s *Store) ListMeta(ctx context.Context, prefix string) (map[string]string, error) {
+	rows, err := s.pool.Query(ctx, `SELECT key, value FROM meta WHERE left(key, $1) = $2`, len(prefix), prefix)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: meta: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var k, v string
+		if err := rows.Scan(&k, &v); err != nil {
+			return nil, fmt.Errorf("postgres: meta: %w", err)
+		}
+		out[k] = v
+	}
+	return out, rows.Err()
+}
+
 // CreateAPIToken implements store.Store.
 func (s *Store) CreateAPIToken(ctx context.Context, t store.APIToken) error {
 	_, err := s.pool.Exec(ctx, `INSERT INTO api_tokens (id, hash, role, name, created) VALUES ($1, $2, $3, $4, $5)`, t.ID, t.Hash, t.Role, t.Name, ms(t.Created))

@@ -148,6 +148,32 @@ func checkGatewayCert(t *testing.T, s store.Store) {
 	}
 }
 
+// TestMeta: the dashboard's users live in meta (PutMeta, ListMeta by
+// prefix, DeleteMeta), shared by replicas.
+func TestMeta(t *testing.T) {
+	ctx := context.Background()
+	db := database(t)
+	s := open(t, db)
+	defer s.Close()
+	s2 := open(t, db)
+	defer s2.Close()
+	for _, kv := range [][2]string{{"user/a", "1"}, {"user/b", "2"}, {"user/a", "3"}, {"usex", "9"}} {
+		if err := s.PutMeta(ctx, kv[0], kv[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, err := s2.ListMeta(ctx, "user/")
+	if err != nil || len(m) != 2 || m["user/a"] != "3" || m["user/b"] != "2" {
+		t.Fatalf("ListMeta through the other replica = %v, %v", m, err)
+	}
+	if err := s2.DeleteMeta(ctx, "user/a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteMeta(ctx, "user/a"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("second delete = %v", err)
+	}
+}
+
 // TestTwoReplicas: two outpost-server replicas on one database; a gateway
 // watching replica B gets a change written through replica A (LISTEN /
 // NOTIFY fan-out), and both share the CA and the admin token.

@@ -202,6 +202,50 @@ func (s *Store) PutMetaIfAbsent(ctx context.Context, key, value string) (string,
 	return s.GetMeta(ctx, key)
 }
 
+// PutMeta implements store.Store.
+func (s *Store) PutMeta(ctx context.Context, key, value string) error {
+	err := s.write(ctx, func(tx *sql.Tx) (bool, error) {
+		_, err := tx.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value`, key, value)
+		return false, err
+	})
+	if err != nil {
+		return fmt.Errorf("sqlite: meta %s: %w", key, err)
+	}
+	return nil
+}
+
+// DeleteMeta implements store.Store.
+func (s *Store) DeleteMeta(ctx context.Context, key string) error {
+	return s.write(ctx, func(tx *sql.Tx) (bool, error) {
+		res, err := tx.ExecContext(ctx, `DELETE FROM meta WHERE key = ?`, key)
+		if err != nil {
+			return false, fmt.Errorf("sqlite: meta %s: %w", key, err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return false, fmt.Errorf("%w: meta %s", store.ErrNotFound, key)
+		}
+		return false, nil
+	})
+}
+
+// ListMeta implements store.Store.
+func (s *Store) ListMeta(ctx context.Context, prefix string) (map[string]string, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?`, len(prefix), prefix)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: meta: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var k, v string
+		if err := rows.Scan(&k, &v); err != nil {
+			return nil, fmt.Errorf("sqlite: meta: %w", err)
+		}
+		out[k] = v
+	}
+	return out, rows.Err()
+}
+
 // CreateAPIToken implements store.Store.
 func (s *Store) CreateAPIToken(ctx context.Context, t store.APIToken) error {
 	return s.write(ctx, func(tx *sql.Tx) (bool, error) {

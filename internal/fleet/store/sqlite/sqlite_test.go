@@ -154,3 +154,30 @@ func TestSetGatewayCert(t *testing.T) {
 		t.Fatalf("renewal of an unknown gateway = %v, want ErrNotFound", err)
 	}
 }
+
+func TestMeta(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, kv := range [][2]string{{"user/a", "1"}, {"user/b", "2"}, {"user/a", "3"}, {"usex", "9"}} {
+		if err := s.PutMeta(ctx, kv[0], kv[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, err := s.ListMeta(ctx, "user/")
+	if err != nil || len(m) != 2 || m["user/a"] != "3" || m["user/b"] != "2" {
+		t.Fatalf("ListMeta = %v, %v", m, err)
+	}
+	if err := s.DeleteMeta(ctx, "user/a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteMeta(ctx, "user/a"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("second delete = %v", err)
+	}
+	if _, err := s.GetMeta(ctx, "user/a"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("get deleted = %v", err)
+	}
+}
