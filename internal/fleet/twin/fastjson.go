@@ -158,8 +158,7 @@ func joinObject(m map[string]json.RawMessage) []byte {
 		if i > 0 {
 			buf.WriteByte(',')
 		}
-		kb, _ := json.Marshal(k)
-		buf.Write(kb)
+		buf.Write(appendKey(nil, k))
 		buf.WriteByte(':')
 		v := m[k]
 		if bytes.ContainsAny(v, " \t\r\n") {
@@ -172,6 +171,20 @@ func joinObject(m map[string]json.RawMessage) []byte {
 	}
 	buf.WriteByte('}')
 	return buf.Bytes()
+}
+
+// appendKey appends k as a JSON string (encoding/json's escaping; plain
+// keys without it).
+func appendKey(b []byte, k string) []byte {
+	for i := 0; i < len(k); i++ {
+		if c := k[i]; c < 0x20 || c >= 0x80 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			kb, _ := json.Marshal(k)
+			return append(b, kb...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, k...)
+	return append(b, '"')
 }
 
 // appendMeta is json.Marshal of a metadata map.
@@ -187,8 +200,7 @@ func appendMeta(m map[string]int64) []byte {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		kb, _ := json.Marshal(k)
-		b = append(b, kb...)
+		b = appendKey(b, k)
 		b = append(b, ':')
 		b = strconv.AppendInt(b, m[k], 10)
 	}
