@@ -203,18 +203,30 @@ func TestReconfigureSwapsRoutesWithoutLoss(t *testing.T) {
 			sent++
 		}
 	}()
-	time.Sleep(20 * time.Millisecond)
+	waitCount(t, a, 1) // traffic flows to a before the swap
 	c2 := &Config{Partitions: 4, Routes: []Route{{From: []string{"#"}, To: []string{"b"}}}}
 	c2.SetDefaults()
 	if err := p.Reconfigure(context.Background(), c2); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(20 * time.Millisecond)
+	waitCount(t, b, 1) // and to b after it
 	close(stop)
 	<-done
 	p.Stop(context.Background())
 	if a.count() == 0 || b.count() == 0 || a.count()+b.count() != sent {
 		t.Fatalf("a=%d b=%d sent=%d", a.count(), b.count(), sent)
+	}
+}
+
+// waitCount polls until s has received at least n messages.
+func waitCount(t *testing.T, s *memSink, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.count() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("sink %s received %d messages, want %d", s.name, s.count(), n)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
