@@ -9,6 +9,7 @@
 #   prometheus                     promtool: lints a real agent's /metrics
 #   podman                         container components (its Docker Engine API service)
 #   containerd + runc              the containerd measurements (docs/components.md)
+#   patch                          scripts/mochi-reapply.sh applies the mochi fork's patch series
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
@@ -27,6 +28,7 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v podman >/dev/null 2>&1 || need+=(podman)
 command -v containerd >/dev/null 2>&1 || need+=(containerd)
 command -v runc >/dev/null 2>&1 || need+=(runc)
+command -v patch >/dev/null 2>&1 || need+=(patch)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""
