@@ -10,6 +10,7 @@
 #   podman                         container components (its Docker Engine API service)
 #   containerd + runc              the containerd measurements (docs/components.md)
 #   chromium                       the dashboard's browser tests (chromedp, headless)
+#   patch                          scripts/mochi-reapply.sh applies the mochi fork's patch series
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
@@ -29,6 +30,7 @@ command -v podman >/dev/null 2>&1 || need+=(podman)
 command -v containerd >/dev/null 2>&1 || need+=(containerd)
 command -v runc >/dev/null 2>&1 || need+=(runc)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v patch >/dev/null 2>&1 || need+=(patch)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""

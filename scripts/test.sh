@@ -5,6 +5,7 @@
 #   3. go test -race on every package (real broker, real Mosquitto, real files)
 #   4. cross-build the release binaries and smoke-test the arm64 one under qemu
 #   5. the dependency guard and the README's gateway install, run as written
+#   (and the mochi fork's own tests, vet, staticcheck and patch series)
 # Options: SKIP_RACE=1 runs tests without -race (faster locally).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +46,15 @@ step "go test: optional features (-tags functions,netpol)"
 go vet -tags functions,netpol ./internal/agent/ ./cmd/outpost/
 go run honnef.co/go/tools/cmd/staticcheck@v0.7.0 -tags functions,netpol ./internal/agent/ ./cmd/outpost/
 go test $race -count=1 -timeout 15m -tags functions,netpol -run 'Function|Netpol' ./internal/agent/ ./cmd/outpost/
+
+step "third_party/mochi-mqtt-server: upstream's tests, vet, staticcheck; the patch series re-applies"
+# The fork is its own module (not in ./...). -tags mochitest links upstream's
+# test-packet table (PATCHES.md, patch 2).
+(cd third_party/mochi-mqtt-server &&
+	go vet -tags mochitest ./... &&
+	go run honnef.co/go/tools/cmd/staticcheck@v0.7.0 -tags mochitest ./... &&
+	go test $race -count=1 -timeout 10m -tags mochitest ./...)
+scripts/mochi-reapply.sh --check
 
 step "go test: kill -9 store-and-forward test (no -race)"
 set -o pipefail

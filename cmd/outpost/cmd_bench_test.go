@@ -6,57 +6,17 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
 	"strings"
 	"testing"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
-	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/outpost-edge/outpost/internal/testutil/mochi"
 )
 
 // benchBroker starts an in-process mochi broker with one user and returns
 // its tcp:// URL.
 func benchBroker(t *testing.T) string {
-	t.Helper()
-	srv := mqtt.New(&mqtt.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err := srv.AddHook(&benchAuthHook{users: map[string]string{"bench": "secret"}}, nil); err != nil {
-		t.Fatal(err)
-	}
-	l := listeners.NewTCP(listeners.Config{ID: "t", Address: "127.0.0.1:0"})
-	if err := srv.AddListener(l); err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Serve(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = srv.Close() })
-	return "tcp://" + l.Address()
+	return mochi.Start(t, map[string]string{"bench": "secret"})
 }
-
-// benchAuthHook admits the given users (nil: everyone) and allows every topic;
-// the hooks/auth package is not in Outpost's trimmed mochi copy.
-type benchAuthHook struct {
-	mqtt.HookBase
-	users map[string]string
-}
-
-func (h *benchAuthHook) ID() string { return "bench-cmd-auth" }
-
-func (h *benchAuthHook) Provides(b byte) bool {
-	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
-}
-
-func (h *benchAuthHook) OnConnectAuthenticate(_ *mqtt.Client, pk packets.Packet) bool {
-	if h.users == nil {
-		return true
-	}
-	pw, ok := h.users[string(pk.Connect.Username)]
-	return ok && pw == string(pk.Connect.Password)
-}
-
-func (h *benchAuthHook) OnACLCheck(*mqtt.Client, string, bool) bool { return true }
 
 func TestBenchCommandJSON(t *testing.T) {
 	url := benchBroker(t)

@@ -24,6 +24,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/eclipse/paho.golang/paho"
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/outpost-edge/outpost/internal/message"
@@ -388,12 +389,19 @@ func TestRetainedAndSessionsSurviveRestart(t *testing.T) {
 	}
 	p.sub(t, "jobs/#", 1)
 	p.Disconnect(&paho.Disconnect{ReasonCode: 0})
-	time.Sleep(100 * time.Millisecond)
+	offline := func() *mqtt.Client { // the session, once its connection is gone
+		cl, ok := tb.server().Clients.Get("persist1")
+		if !ok || !cl.Closed() {
+			return nil
+		}
+		return cl
+	}
+	waitFor(t, func() bool { return offline() != nil }, "persist1 offline")
 	// A message for the offline session.
 	if rc, err := admin.pub(t, "jobs/1", 1, "queued"); rc != 0 || err != nil {
 		t.Fatalf("publish: %v", err)
 	}
-	time.Sleep(200 * time.Millisecond)
+	waitFor(t, func() bool { return offline().State.Inflight.Len() == 1 }, "the message queued for persist1")
 	if err := tb.Stop(context.Background()); err != nil {
 		t.Fatal(err)
 	}

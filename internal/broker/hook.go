@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -300,22 +299,10 @@ func (h *hook) refuse(cl *mqtt.Client, pk packets.Packet, code packets.Code) err
 	return packets.ErrRejectPacket
 }
 
-// outboundField locates mochi's unexported per-client outbound queue, whose
-// fill level drives flow control. If a mochi upgrade renames it, flow control
-// degrades to "never wait" and the drop counters show it.
-var outboundField = func() []int {
-	f, ok := reflect.TypeFor[mqtt.ClientState]().FieldByName("outbound")
-	if !ok || f.Type.Kind() != reflect.Chan {
-		return nil
-	}
-	return f.Index
-}()
-
+// outboundLen is the fill level of mochi's per-client outbound queue, which
+// drives flow control (an accessor of the fork, PATCHES.md 25).
 func outboundLen(cl *mqtt.Client) int {
-	if outboundField == nil {
-		return 0
-	}
-	return reflect.ValueOf(&cl.State).Elem().FieldByIndex(outboundField).Len()
+	return cl.State.OutboundLen()
 }
 
 // flowControl slows a publisher down while a subscriber of topic has its

@@ -258,7 +258,7 @@ func TestCertificateIdentity(t *testing.T) {
 }
 
 // TestPeerCertThroughWrapper: the verified certificate is found behind a
-// connection wrapper that embeds its net.Conn as Conn, as mochi's WebSocket
+// connection wrapper that exposes its net.Conn with NetConn, as mochi's WebSocket
 // connection does (wss listeners).
 func TestPeerCertThroughWrapper(t *testing.T) {
 	dir := t.TempDir()
@@ -283,7 +283,6 @@ func TestPeerCertThroughWrapper(t *testing.T) {
 	}
 	defer srv.Close()
 	defer cli.Close()
-	type wrapper struct{ net.Conn }
 	for _, c := range []net.Conn{srv, &wrapper{Conn: srv}, &wrapper{Conn: &wrapper{Conn: srv}}} {
 		if name, err := certIdentity(c, IdentityCertCN); err != nil || name != "dev7" {
 			t.Fatalf("%T: identity %q, %v; want dev7", c, name, err)
@@ -293,6 +292,12 @@ func TestPeerCertThroughWrapper(t *testing.T) {
 		t.Fatal("a plain connection has no certificate")
 	}
 }
+
+// wrapper wraps a connection the way mochi's WebSocket connection does,
+// exposing it with NetConn.
+type wrapper struct{ net.Conn }
+
+func (w *wrapper) NetConn() net.Conn { return w.Conn }
 
 // TestCertificateIdentityOverWSS: identity cert_cn works on a wss listener,
 // where the TLS connection sits under mochi's WebSocket wrapper; without a

@@ -8,7 +8,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net"
-	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -379,33 +378,25 @@ func certIdentity(c net.Conn, mode string) (string, error) {
 }
 
 // peerCert returns the verified leaf certificate of a TLS connection, or
-// nil. It looks through wrappers that embed their net.Conn as a field named
-// Conn (mochi's WebSocket connection), so wss listeners work too.
+// nil. It looks through wrappers that expose the connection they run on with
+// a NetConn method (mochi's WebSocket connection, PATCHES.md 26), so wss
+// listeners work too.
 func peerCert(c net.Conn) *x509.Certificate {
 	for range 4 {
-		if c == nil {
+		switch cc := c.(type) {
+		case nil:
 			return nil
-		}
-		if tc, ok := c.(*tls.Conn); ok {
-			cs := tc.ConnectionState()
+		case *tls.Conn:
+			cs := cc.ConnectionState()
 			if len(cs.VerifiedChains) == 0 || len(cs.PeerCertificates) == 0 {
 				return nil
 			}
 			return cs.PeerCertificates[0]
-		}
-		v := reflect.ValueOf(c)
-		if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
+		case interface{ NetConn() net.Conn }:
+			c = cc.NetConn()
+		default:
 			return nil
 		}
-		f := v.Elem().FieldByName("Conn")
-		if !f.IsValid() || !f.CanInterface() {
-			return nil
-		}
-		next, ok := f.Interface().(net.Conn)
-		if !ok {
-			return nil
-		}
-		c = next
 	}
 	return nil
 }

@@ -81,11 +81,3 @@ func TestWatchMissingDir(t *testing.T) {
 		t.Fatal("watching a file in a missing directory: no error")
 	}
 }
-
-func FuzzOurs(f *testing.F) {
-	f.Add([]byte{1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0, 0, 'o', 'u', 't', 'p', 'o', 's', 't', '.', 'y', 'a', 'm', 'l', 0, 0, 0, 0})
-	f.Add([]byte{1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255})
-	f.Fuzz(func(t *testing.T, b []byte) {
-		ours(b, "outpost.yaml")
-	})
-}

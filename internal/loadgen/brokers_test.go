@@ -10,9 +10,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"fmt"
-	"io"
-	"log/slog"
 	"math/big"
 	"net"
 	"os"
@@ -22,91 +19,7 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
-	"github.com/mochi-mqtt/server/v2/packets"
 )
-
-// mochiBroker is an in-process mochi-mqtt v2 server on loopback.
-type mochiBroker struct {
-	t   *testing.T
-	srv *mqtt.Server
-	n   int
-}
-
-// newMochi returns a mochi server; users nil allows anonymous clients,
-// otherwise only the given username/password pairs may connect.
-func newMochi(t *testing.T, users map[string]string) *mochiBroker {
-	t.Helper()
-	srv := mqtt.New(&mqtt.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	err := srv.AddHook(&authHook{users: users}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = srv.Close() })
-	return &mochiBroker{t: t, srv: srv}
-}
-
-// authHook admits the given users (nil: everyone) and allows every topic;
-// the hooks/auth package is not in Outpost's trimmed mochi copy.
-type authHook struct {
-	mqtt.HookBase
-	users map[string]string
-}
-
-func (h *authHook) ID() string { return "bench-auth" }
-
-func (h *authHook) Provides(b byte) bool {
-	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
-}
-
-func (h *authHook) OnConnectAuthenticate(_ *mqtt.Client, pk packets.Packet) bool {
-	if h.users == nil {
-		return true
-	}
-	pw, ok := h.users[string(pk.Connect.Username)]
-	return ok && pw == string(pk.Connect.Password)
-}
-
-func (h *authHook) OnACLCheck(*mqtt.Client, string, bool) bool { return true }
-
-func (m *mochiBroker) id() string { m.n++; return fmt.Sprintf("l%d", m.n) }
-
-// tcp adds a TCP (or TLS) listener on a random loopback port and returns
-// its URL.
-func (m *mochiBroker) tcp(tc *tls.Config) string {
-	l := listeners.NewTCP(listeners.Config{ID: m.id(), Address: "127.0.0.1:0", TLSConfig: tc})
-	if err := m.srv.AddListener(l); err != nil {
-		m.t.Fatal(err)
-	}
-	if tc != nil {
-		return "ssl://" + l.Address()
-	}
-	return "tcp://" + l.Address()
-}
-
-func (m *mochiBroker) unix() string {
-	p := filepath.Join(m.t.TempDir(), "mqtt.sock")
-	if err := m.srv.AddListener(listeners.NewUnixSock(listeners.Config{ID: m.id(), Address: p})); err != nil {
-		m.t.Fatal(err)
-	}
-	return "unix://" + p
-}
-
-func (m *mochiBroker) ws() string {
-	addr := freeAddr(m.t)
-	if err := m.srv.AddListener(listeners.NewWebsocket(listeners.Config{ID: m.id(), Address: addr})); err != nil {
-		m.t.Fatal(err)
-	}
-	return "ws://" + addr + "/"
-}
-
-func (m *mochiBroker) serve() {
-	if err := m.srv.Serve(); err != nil {
-		m.t.Fatal(err)
-	}
-}
 
 func freeAddr(t *testing.T) string {
 	t.Helper()

@@ -8,12 +8,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/outpost-edge/outpost/internal/testutil/mochi"
 )
 
 func TestMochiQoS0(t *testing.T) {
-	m := newMochi(t, nil)
-	url := m.tcp(nil)
-	m.serve()
+	m := mochi.New(t, nil)
+	url := m.TCP(nil)
+	m.Serve()
 	var progress bytes.Buffer
 	res := runBench(t, Config{URL: url, Publishers: 3, Subscribers: 2, Rate: 600, Count: 300,
 		Progress: &progress, ProgressInterval: 100 * time.Millisecond})
@@ -46,9 +48,9 @@ func TestMochiQoS0(t *testing.T) {
 }
 
 func TestMochiQoS1MQTT5JSON(t *testing.T) {
-	m := newMochi(t, nil)
-	url := m.tcp(nil)
-	m.serve()
+	m := mochi.New(t, nil)
+	url := m.TCP(nil)
+	m.Serve()
 	res := runBench(t, Config{URL: url, MQTTVersion: 5, QoS: 1, Publishers: 2, Subscribers: 1, Rate: 1000, Count: 400,
 		Payload: PayloadJSON, PayloadSize: 256, Topics: 4, Inflight: 16})
 	checkComplete(t, res, 400)
@@ -66,9 +68,9 @@ func TestMochiQoS1MQTT5JSON(t *testing.T) {
 // At max rate with a count, QoS 1 through mochi must still account for
 // every message: acked == sent, and whatever was not received is counted.
 func TestMochiQoS1MaxRateAccounting(t *testing.T) {
-	m := newMochi(t, nil)
-	url := m.tcp(nil)
-	m.serve()
+	m := mochi.New(t, nil)
+	url := m.TCP(nil)
+	m.Serve()
 	res := runBench(t, Config{URL: url, QoS: 1, Publishers: 4, Subscribers: 1, Count: 20_000})
 	if res.Sent != 20_000 || res.Acked != 20_000 {
 		t.Errorf("sent %d acked %d", res.Sent, res.Acked)
@@ -79,18 +81,18 @@ func TestMochiQoS1MaxRateAccounting(t *testing.T) {
 }
 
 func TestMochiUnixSocket(t *testing.T) {
-	m := newMochi(t, nil)
-	url := m.unix()
-	m.serve()
+	m := mochi.New(t, nil)
+	url := m.Unix()
+	m.Serve()
 	res := runBench(t, Config{URL: url, Publishers: 2, Subscribers: 1, Rate: 1000, Count: 200, QoS: 1})
 	checkComplete(t, res, 200)
 }
 
 func TestMochiTLS(t *testing.T) {
-	m := newMochi(t, nil)
+	m := mochi.New(t, nil)
 	tc, ca := selfSigned(t)
-	url := m.tcp(tc)
-	m.serve()
+	url := m.TCP(tc)
+	m.Serve()
 	res := runBench(t, Config{URL: url, CAFile: ca, Publishers: 1, Subscribers: 1, Rate: 1000, Count: 100})
 	checkComplete(t, res, 100)
 
@@ -102,18 +104,18 @@ func TestMochiTLS(t *testing.T) {
 }
 
 func TestMochiWebSocket(t *testing.T) {
-	m := newMochi(t, nil)
-	url := m.ws()
-	m.serve()
+	m := mochi.New(t, nil)
+	url := m.WS()
+	m.Serve()
 	waitDial(t, "tcp", strings.TrimSuffix(strings.TrimPrefix(url, "ws://"), "/"), 5*time.Second)
 	res := runBench(t, Config{URL: url, MQTTVersion: 5, Publishers: 2, Subscribers: 1, Rate: 1000, Count: 200})
 	checkComplete(t, res, 200)
 }
 
 func TestMochiAuth(t *testing.T) {
-	m := newMochi(t, map[string]string{"bench": "secret"})
-	url := m.tcp(nil)
-	m.serve()
+	m := mochi.New(t, map[string]string{"bench": "secret"})
+	url := m.TCP(nil)
+	m.Serve()
 	res := runBench(t, Config{URL: url, Username: "bench", Password: "secret", Subscribers: 1, Count: 50, Rate: 500})
 	checkComplete(t, res, 50)
 	for _, v := range []int{4, 5} {
@@ -129,9 +131,9 @@ func TestMochiAuth(t *testing.T) {
 }
 
 func TestRunDurationAndCancel(t *testing.T) {
-	m := newMochi(t, nil)
-	url := m.tcp(nil)
-	m.serve()
+	m := mochi.New(t, nil)
+	url := m.TCP(nil)
+	m.Serve()
 	res := runBench(t, Config{URL: url, Publishers: 2, Subscribers: 1, Rate: 500, Duration: 300 * time.Millisecond})
 	if res.Sent < 50 || res.Sent > 300 || res.PublishSeconds < 0.25 || res.PublishSeconds > 2 {
 		t.Errorf("duration run: sent %d in %.2fs", res.Sent, res.PublishSeconds)

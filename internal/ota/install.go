@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+	backoffpkg "github.com/outpost-edge/outpost/internal/backoff"
 	"github.com/outpost-edge/outpost/internal/ota/delta"
 	"github.com/outpost-edge/outpost/internal/ota/tuf"
 )
@@ -239,9 +240,11 @@ func backoff(fails int) time.Duration {
 	if fails == 0 {
 		return 100 * time.Millisecond
 	}
-	d := time.Duration(1<<min(fails-1, 6)) * 500 * time.Millisecond
-	return min(d, 30*time.Second)
+	return retryBackoff.Delay(fails-1, 0.5)
 }
+
+// retryBackoff: 500 ms doubling up to 30 s, no jitter.
+var retryBackoff = backoffpkg.Policy{Initial: 500 * time.Millisecond, Max: 30 * time.Second, Multiplier: 2}
 
 func fileSize(p string) int64 {
 	st, err := os.Stat(p)

@@ -2,106 +2,26 @@ package ota
 
 import (
 	"fmt"
-	"strconv"
 	"strings"
+
+	"github.com/outpost-edge/outpost/internal/semver"
 )
 
 // CompareVersions orders semantic versions ("1.4.0", "v1.4.0-rc.1"):
-// -1, 0 or +1. A version that does not parse (such as "dev") sorts before
-// every release.
+// -1, 0 or +1 (internal/semver precedence; build metadata ignored). A
+// version that does not parse (such as "dev") sorts before every release.
 func CompareVersions(a, b string) int {
-	pa, oka := parseSemver(a)
-	pb, okb := parseSemver(b)
+	pa, erra := semver.ParseLoose(a)
+	pb, errb := semver.ParseLoose(b)
 	switch {
-	case !oka && !okb:
+	case erra != nil && errb != nil:
 		return strings.Compare(a, b)
-	case !oka:
+	case erra != nil:
 		return -1
-	case !okb:
+	case errb != nil:
 		return 1
 	}
-	for i := 0; i < 3; i++ {
-		if pa.n[i] != pb.n[i] {
-			if pa.n[i] < pb.n[i] {
-				return -1
-			}
-			return 1
-		}
-	}
-	// A pre-release sorts before the release.
-	switch {
-	case pa.pre == pb.pre:
-		return 0
-	case pa.pre == "":
-		return 1
-	case pb.pre == "":
-		return -1
-	}
-	return comparePre(pa.pre, pb.pre)
-}
-
-type semver struct {
-	n   [3]int64
-	pre string
-}
-
-func parseSemver(s string) (semver, bool) {
-	var v semver
-	s = strings.TrimPrefix(s, "v")
-	if i := strings.IndexByte(s, '+'); i >= 0 {
-		s = s[:i]
-	}
-	if i := strings.IndexByte(s, '-'); i >= 0 {
-		v.pre = s[i+1:]
-		s = s[:i]
-		if v.pre == "" {
-			return v, false
-		}
-	}
-	parts := strings.Split(s, ".")
-	if len(parts) != 3 {
-		return v, false
-	}
-	for i, p := range parts {
-		n, err := strconv.ParseInt(p, 10, 64)
-		if err != nil || n < 0 {
-			return v, false
-		}
-		v.n[i] = n
-	}
-	return v, true
-}
-
-func comparePre(a, b string) int {
-	as, bs := strings.Split(a, "."), strings.Split(b, ".")
-	for i := 0; i < len(as) && i < len(bs); i++ {
-		na, ea := strconv.ParseInt(as[i], 10, 64)
-		nb, eb := strconv.ParseInt(bs[i], 10, 64)
-		switch {
-		case ea == nil && eb == nil:
-			if na != nb {
-				if na < nb {
-					return -1
-				}
-				return 1
-			}
-		case ea == nil:
-			return -1
-		case eb == nil:
-			return 1
-		default:
-			if c := strings.Compare(as[i], bs[i]); c != 0 {
-				return c
-			}
-		}
-	}
-	switch {
-	case len(as) < len(bs):
-		return -1
-	case len(as) > len(bs):
-		return 1
-	}
-	return 0
+	return pa.Compare(pb)
 }
 
 // canonicalVersion reports whether s is a semantic version in its one
@@ -111,51 +31,8 @@ func comparePre(a, b string) int {
 // one version has one name (1.2.0, v1.2.0 and 1.2.0+x would otherwise be
 // three targets of the same version).
 func canonicalVersion(s string) bool {
-	core, pre, hasPre := strings.Cut(s, "-")
-	parts := strings.Split(core, ".")
-	if len(parts) != 3 {
-		return false
-	}
-	for _, p := range parts {
-		if !numericIdent(p) {
-			return false
-		}
-	}
-	if !hasPre {
-		return true
-	}
-	for _, id := range strings.Split(pre, ".") {
-		if id == "" {
-			return false
-		}
-		allDigits := true
-		for _, r := range id {
-			switch {
-			case r >= '0' && r <= '9':
-			case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r == '-':
-				allDigits = false
-			default:
-				return false
-			}
-		}
-		if allDigits && !numericIdent(id) {
-			return false
-		}
-	}
-	return true
-}
-
-// numericIdent: digits only, no leading zero (except "0" itself).
-func numericIdent(s string) bool {
-	if s == "" || len(s) > 18 || (len(s) > 1 && s[0] == '0') {
-		return false
-	}
-	for _, r := range s {
-		if r < '0' || r > '9' {
-			return false
-		}
-	}
-	return true
+	v, err := semver.Parse(s)
+	return err == nil && v.Build == ""
 }
 
 // CanonicalVersion returns nil when s is a canonical semantic version

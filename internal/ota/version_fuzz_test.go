@@ -3,6 +3,8 @@ package ota
 import (
 	"strings"
 	"testing"
+
+	"github.com/outpost-edge/outpost/internal/semver"
 )
 
 // Versions come from signed but untrusted metadata and from the publisher's
@@ -20,7 +22,7 @@ func FuzzCanonicalVersion(f *testing.F) {
 		if !ok {
 			return
 		}
-		if _, parsed := parseSemver(s); !parsed {
+		if _, err := semver.ParseLoose(s); err != nil {
 			t.Fatalf("%q canonical but does not parse", s)
 		}
 		if strings.HasPrefix(s, "v") || strings.Contains(s, "+") {

@@ -43,11 +43,20 @@ func (s *memSink) count() int { s.mu.Lock(); defer s.mu.Unlock(); return len(s.g
 
 func start(t *testing.T, c *Config, sinks ...*memSink) *Pipeline {
 	t.Helper()
+	var ss []message.Sink
+	for _, s := range sinks {
+		ss = append(ss, s)
+	}
+	return startSinks(t, c, ss...)
+}
+
+func startSinks(t *testing.T, c *Config, sinks ...message.Sink) *Pipeline {
+	t.Helper()
 	extra := map[string]message.Sink{}
 	var names []string
 	for _, s := range sinks {
-		extra[s.name] = s
-		names = append(names, s.name)
+		extra[s.Name()] = s
+		names = append(names, s.Name())
 	}
 	c.SetDefaults()
 	if err := c.Validate(names...); err != nil {
@@ -194,18 +203,30 @@ func TestReconfigureSwapsRoutesWithoutLoss(t *testing.T) {
 			sent++
 		}
 	}()
-	time.Sleep(20 * time.Millisecond)
+	waitCount(t, a, 1) // traffic flows to a before the swap
 	c2 := &Config{Partitions: 4, Routes: []Route{{From: []string{"#"}, To: []string{"b"}}}}
 	c2.SetDefaults()
 	if err := p.Reconfigure(context.Background(), c2); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(20 * time.Millisecond)
+	waitCount(t, b, 1) // and to b after it
 	close(stop)
 	<-done
 	p.Stop(context.Background())
 	if a.count() == 0 || b.count() == 0 || a.count()+b.count() != sent {
 		t.Fatalf("a=%d b=%d sent=%d", a.count(), b.count(), sent)
+	}
+}
+
+// waitCount polls until s has received at least n messages.
+func waitCount(t *testing.T, s *memSink, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.count() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("sink %s received %d messages, want %d", s.name, s.count(), n)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -268,3 +289,101 @@ type nullSink struct{}
 
 func (nullSink) Name() string                                    { return "s" }
 func (nullSink) Deliver(context.Context, *message.Message) error { return nil }
+
+// asyncSink is an AsyncDurable sink (like a durable uplink lane) whose
+// acceptances the test completes by hand, in call order.
+type asyncSink struct {
+	name  string
+	mu    sync.Mutex
+	calls []func(error) // done of each DeliverAsync not yet completed
+	seen  int
+}
+
+func (s *asyncSink) Name() string  { return s.name }
+func (s *asyncSink) Durable() bool { return true }
+func (s *asyncSink) Deliver(context.Context, *message.Message) error {
+	return errors.New("asyncSink: Deliver called; the pipeline must use DeliverAsync")
+}
+func (s *asyncSink) DeliverAsync(_ *message.Message, done func(error)) {
+	s.mu.Lock()
+	s.calls = append(s.calls, done)
+	s.seen++
+	s.mu.Unlock()
+}
+
+// complete completes the oldest pending acceptance with err.
+func (s *asyncSink) complete(err error) {
+	s.mu.Lock()
+	done := s.calls[0]
+	s.calls = s.calls[1:]
+	s.mu.Unlock()
+	done(err)
+}
+
+func (s *asyncSink) waitSeen(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s.mu.Lock()
+		seen := s.seen
+		s.mu.Unlock()
+		if seen >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sink saw %d messages, want %d", seen, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestSubmitAsyncQoS1: the asynchronous QoS 1 path (the broker's PUBACK
+// callback). done runs once the async durable sink accepted the message,
+// not before; carries the sink's refusal; comes in submission order for one
+// device; and runs at once for QoS 0 and for unrouted messages.
+func TestSubmitAsyncQoS1(t *testing.T) {
+	lane := &asyncSink{name: "lane"}
+	p := startSinks(t, &Config{Routes: []Route{{From: []string{"dev/#"}, To: []string{"lane"}}}}, lane)
+
+	results := make(chan string, 8)
+	submit := func(topic string, qos byte) {
+		p.SubmitAsync(&message.Message{Topic: topic, QoS: qos, DeviceID: "d1"}, func(err error) {
+			results <- fmt.Sprintf("%s %v", topic, err)
+		})
+	}
+	submit("dev/1", 1)
+	submit("dev/2", 1)
+	lane.waitSeen(t, 2)
+	select {
+	case r := <-results:
+		t.Fatalf("done before the durable sink accepted: %s", r)
+	default:
+	}
+
+	lane.complete(nil)
+	if r := <-results; r != "dev/1 <nil>" {
+		t.Fatalf("first completion %q, want dev/1 <nil>", r)
+	}
+	lane.complete(fmt.Errorf("lane full: %w", message.ErrRejected))
+	if r := <-results; r != "dev/2 lane full: message rejected" {
+		t.Fatalf("second completion %q, want the refusal", r)
+	}
+
+	// QoS 0 is delivered to the lane but its completion is not waited for.
+	submit("dev/3", 0)
+	if r := <-results; r != "dev/3 <nil>" {
+		t.Fatalf("QoS 0: %q", r)
+	}
+	// Unrouted: nothing to wait for.
+	submit("other/1", 1)
+	if r := <-results; r != "other/1 <nil>" {
+		t.Fatalf("unrouted: %q", r)
+	}
+	lane.waitSeen(t, 3)
+	lane.complete(nil) // the QoS 0 delivery's callback: no second done
+	select {
+	case r := <-results:
+		t.Fatalf("extra completion %q", r)
+	case <-time.After(20 * time.Millisecond):
+	}
+}

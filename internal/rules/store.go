@@ -13,12 +13,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
+	"github.com/outpost-edge/outpost/internal/fswatch"
 	"github.com/outpost-edge/outpost/internal/rules/parser"
 )
 
 // Store keeps the rule files and applies them to an Engine: a directory of
-// *.sql files watched with fsnotify, or (without a directory) files set
+// *.sql files watched (internal/fswatch), or (without a directory) files set
 // through the HTTP API and kept in memory.
 //
 // A reload compiles only files whose content changed. A rule that fails to
@@ -37,9 +37,7 @@ type Store struct {
 	files map[string]*storeFile // by file name (base name)
 	mem   map[string]string     // in-memory sources (no dir)
 
-	watcher *fsnotify.Watcher
-	stop    chan struct{}
-	done    chan struct{}
+	watcher *fswatch.Watcher
 	// OnReload, if set, is called after each reload triggered by the
 	// watcher.
 	OnReload func(ReloadInfo)
@@ -519,73 +517,28 @@ func writeAtomic(path string, b []byte) error {
 
 // Watch starts watching the directory (no-op without one). Events are
 // debounced; editors that save by renaming a temp file over the original
-// are handled because the whole directory is rescanned.
+// are handled because the whole directory is rescanned. An overflow of the
+// kernel's event queue (events lost) is a change too.
 func (s *Store) Watch() error {
 	if s.dir == "" {
 		return nil
 	}
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		return fmt.Errorf("rules: watch: %w", err)
-	}
-	if err := w.Add(s.dir); err != nil {
-		w.Close()
-		return fmt.Errorf("rules: watch %s: %w", s.dir, err)
-	}
-	s.watcher = w
-	s.stop = make(chan struct{})
-	s.done = make(chan struct{})
-	go s.watchLoop()
-	return nil
-}
-
-func (s *Store) watchLoop() {
-	defer close(s.done)
-	var timer *time.Timer
-	var fire <-chan time.Time
-	var first, last time.Time
-	for {
-		select {
-		case <-s.stop:
-			if timer != nil {
-				timer.Stop()
-			}
-			return
-		case ev, ok := <-s.watcher.Events:
-			if !ok {
-				return
-			}
-			if !isRuleFile(filepath.Base(ev.Name)) {
-				continue
-			}
-			last = time.Now()
-			if timer == nil {
-				first = last
-				timer = time.NewTimer(s.debounce)
-				fire = timer.C
-			} else {
-				timer.Reset(s.debounce)
-			}
-		case err, ok := <-s.watcher.Errors:
-			if !ok {
-				return
-			}
-			s.log.Warn("rule directory watch error", "err", err)
-			// events may have been lost: rescan soon
-			if timer == nil {
-				first, last = time.Now(), time.Now()
-				timer = time.NewTimer(s.debounce)
-				fire = timer.C
-			}
-		case <-fire:
-			timer, fire = nil, nil
+	w, err := fswatch.New(fswatch.Options{
+		Debounce: s.debounce,
+		Filter:   func(_ *fswatch.Watcher, ev fswatch.Event) bool { return isRuleFile(ev.Name) },
+		OnChange: func(first, last time.Time) {
 			t0 := time.Now()
 			err := s.Reload()
 			if s.OnReload != nil {
 				s.OnReload(ReloadInfo{SinceFirstEvent: time.Since(first), SinceLastEvent: time.Since(last), Took: time.Since(t0), Err: err})
 			}
-		}
+		},
+	}, s.dir)
+	if err != nil {
+		return fmt.Errorf("rules: watch %s: %w", s.dir, err)
 	}
+	s.watcher = w
+	return nil
 }
 
 // Close stops watching.
@@ -593,8 +546,6 @@ func (s *Store) Close() error {
 	if s.watcher == nil {
 		return nil
 	}
-	close(s.stop)
-	<-s.done
 	err := s.watcher.Close()
 	s.watcher = nil
 	return err

@@ -46,7 +46,7 @@
 //     next check.
 //   - Identity: every start issues fresh bus credentials (Identity.Issue);
 //     they are revoked when the process ends and never logged.
-//   - Reload: recipe files are watched (fsnotify, debounced). Only added,
+//   - Reload: recipe files are watched (internal/fswatch, debounced). Only added,
 //     removed and changed components (and hard dependents of changed ones)
 //     are restarted. An invalid or cyclic change is rejected with
 //     file:line:column and the running version stays.

@@ -1,9 +1,9 @@
 package supervisor
 
 import (
-	"math"
 	"time"
 
+	backoffpkg "github.com/outpost-edge/outpost/internal/backoff"
 	"github.com/outpost-edge/outpost/internal/supervisor/recipe"
 )
 
@@ -67,13 +67,5 @@ func (t *restartTracker) reset() {
 // backoff returns initial * multiplier^n, capped at max, with jitter: the
 // result is uniform within ±jitter of that value (rnd in [0,1)).
 func backoff(p recipe.Restart, n int, rnd float64) time.Duration {
-	d := float64(p.InitialBackoff) * math.Pow(p.Multiplier, float64(n))
-	if d > float64(p.MaxBackoff) || math.IsInf(d, 0) {
-		d = float64(p.MaxBackoff)
-	}
-	d *= 1 + p.Jitter*(2*rnd-1)
-	if d < 0 {
-		d = 0
-	}
-	return time.Duration(d)
+	return backoffpkg.Policy{Initial: p.InitialBackoff, Max: p.MaxBackoff, Multiplier: p.Multiplier, Jitter: p.Jitter}.Delay(n, rnd)
 }

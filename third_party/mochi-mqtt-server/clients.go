@@ -176,6 +176,15 @@ type ClientState struct {
 	ServerKeepalive bool                 // keepalive was set by the server
 }
 
+// OutboundLen returns the number of packets waiting in the client's outbound
+// queue for its write loop.
+//
+// outpost: patch 25, an accessor for the unexported queue; Outpost's flow
+// control read it by reflection before.
+func (s *ClientState) OutboundLen() int {
+	return len(s.outbound)
+}
+
 // newClient returns a new instance of Client. This is almost exclusively used by Server
 // for creating new clients, but it lives here because it's not dependent.
 func newClient(c net.Conn, o *ops) *Client {

@@ -161,6 +161,14 @@ type wsConn struct {
 	r io.Reader
 }
 
+// NetConn returns the connection the WebSocket runs on: a *tls.Conn on a
+// wss listener, so its peer certificate can be read.
+//
+// outpost: patch 26, Outpost read the embedded Conn field by reflection before.
+func (ws *wsConn) NetConn() net.Conn {
+	return ws.Conn
+}
+
 // Read reads the next span of bytes from the websocket connection and returns the number of bytes read.
 func (ws *wsConn) Read(p []byte) (int, error) {
 	if ws.r == nil {

@@ -1,4 +1,7 @@
-package recipe
+// Package semver is Outpost's one Semantic Versioning 2.0.0 implementation:
+// strict parsing, precedence, and version constraints. Recipes (component
+// versions and requirements) and OTA (release versions) use it.
+package semver
 
 import (
 	"fmt"
@@ -15,9 +18,9 @@ type Version struct {
 	Build               string
 }
 
-// ParseVersion parses a strict SemVer 2.0.0 string (no "v" prefix, no
+// Parse parses a strict SemVer 2.0.0 string (no "v" prefix, no
 // leading zeros, all three numbers present).
-func ParseVersion(s string) (Version, error) {
+func Parse(s string) (Version, error) {
 	var v Version
 	if s == "" {
 		return v, fmt.Errorf("empty version")
@@ -220,7 +223,7 @@ func parsePartial(s string) (Version, error) {
 	case 1:
 		s = core + ".0" + s[len(core):]
 	}
-	return ParseVersion(s)
+	return Parse(s)
 }
 
 // IsZero reports whether c is the absent constraint.
@@ -260,4 +263,10 @@ func (c Constraint) Allows(v Version) bool {
 		}
 	}
 	return true
+}
+
+// ParseLoose parses a version as people and tags write it: an optional "v"
+// prefix ("v1.4.0") is allowed, otherwise as Parse.
+func ParseLoose(s string) (Version, error) {
+	return Parse(strings.TrimPrefix(s, "v"))
 }
