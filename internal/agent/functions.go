@@ -30,26 +30,10 @@ type functionsModule struct {
 	done   chan struct{}
 }
 
-func (a *Agent) newFunctions() func(*http.ServeMux) {
+func (a *Agent) newFunctions() module.Typed[FunctionsConfig] {
 	a.fns = &functionsModule{a: a}
-	return func(mux *http.ServeMux) { mux.HandleFunc("GET /functions", a.fns.serveHTTP) }
-}
-
-func (a *Agent) functionModules() []module.Module {
-	if a.fns == nil {
-		return nil
-	}
-	return []module.Module{depends{a.fns, []string{"telemetry"}}}
-}
-
-func (a *Agent) withFunctionsDep(m module.Module) module.Module {
-	if a.fns == nil {
-		return m
-	}
-	if d, ok := m.(depends); ok {
-		return depends{d.Module, append(append([]string(nil), d.deps...), "functions")}
-	}
-	return depends{m, []string{"functions"}}
+	a.route(func(mux *http.ServeMux) { mux.HandleFunc("GET /functions", a.fns.serveHTTP) })
+	return a.fns
 }
 
 func (a *Agent) functionsSink() message.Sink {
@@ -79,11 +63,7 @@ func (f *functionsModule) registry() *function.Registry {
 
 func (f *functionsModule) Name() string { return "functions" }
 
-func (f *functionsModule) Init(_ context.Context, cfg any) error {
-	c, ok := cfg.(*FunctionsConfig)
-	if !ok || c == nil {
-		return fmt.Errorf("functions: no configuration")
-	}
+func (f *functionsModule) Init(_ context.Context, c *FunctionsConfig) error {
 	f.mu.Lock()
 	f.cfg = c
 	f.mu.Unlock()

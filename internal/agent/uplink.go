@@ -42,13 +42,9 @@ func newLanes(log *slog.Logger, set *metrics.Set) *lanes {
 
 func (l *lanes) Name() string { return "lanes" }
 
-func (l *lanes) Init(_ context.Context, cfg any) error {
-	c, ok := cfg.([]uplink.LaneConfig)
-	if !ok {
-		return fmt.Errorf("lanes: config is %T", cfg)
-	}
+func (l *lanes) Init(_ context.Context, c *[]uplink.LaneConfig) error {
 	l.mu.Lock()
-	l.cfg = c
+	l.cfg = *c
 	l.mu.Unlock()
 	return nil
 }

@@ -1,8 +1,14 @@
 // Package module is Outpost's subsystem contract and the runner that starts
 // and stops subsystems in dependency order.
 //
-// Every subsystem (broker, pipeline, queue, uplink, rules, supervisor, ota,
-// telemetry) implements Module. The Runner:
+// Every subsystem (broker, pipeline, uplink, rules, supervisor, ota,
+// telemetry, ...) implements Typed[C], the contract with its config section
+// as the concrete type *C, and the integrator adapts it with Of, which does
+// the config preamble once for all of them: the section may be a C, a *C or
+// nil; the module gets a defaulted (SetDefaults) and validated (Validate)
+// copy, and a section of the wrong type is refused naming the module. Of
+// also carries the module's dependencies. The Runner drives the untyped
+// Module that Of returns:
 //
 //   - calls Init on every module in dependency order (a module's Deps are
 //     initialised and started before it);
@@ -289,4 +295,127 @@ func (r *Runner) Health() []NamedStatus {
 type NamedStatus struct {
 	Name string
 	Status
+}
+
+// Typed is what a subsystem implements: the module contract with its config
+// section as the concrete type *C. Of adapts it to Module; the adapter does
+// the preamble every Init and Reconfigure used to repeat (type assertion,
+// defaults, validation), so the module receives a defaulted and validated
+// copy of its section.
+type Typed[C any] interface {
+	Name() string
+	Init(ctx context.Context, cfg *C) error
+	Start(ctx context.Context) error
+	Stop(ctx context.Context) error
+	Health() Status
+}
+
+// TypedReconfigurable is implemented by a Typed module that can apply a
+// changed section in place. Without it, Reconfigure restarts the module
+// (Stop, Init, Start).
+type TypedReconfigurable[C any] interface {
+	Reconfigure(ctx context.Context, cfg *C) error
+}
+
+// Defaulter and Validator are the optional methods of a config section,
+// called by the adapter on the copy it passes to Init and Reconfigure.
+type (
+	Defaulter interface{ SetDefaults() }
+	Validator interface{ Validate() error }
+)
+
+// ErrConfigType is returned by an adapted module's Init and Reconfigure when
+// the section is not the module's config type.
+var ErrConfigType = errors.New("module: config of the wrong type")
+
+// Of adapts a typed module to Module. after names the modules that must
+// start before it (its DependsOn); the module's own DependsOn, if any, is
+// not consulted: who starts first is the integrator's decision.
+func Of[C any](m Typed[C], after ...string) Adapted {
+	return &adapter[C]{m: m, after: after}
+}
+
+// Adapted is a typed module behind the untyped contract the Runner drives.
+type Adapted interface {
+	Module
+	Reconfigurable
+	Deps
+}
+
+// Unwrap returns the typed module behind an adapter (m itself otherwise).
+func Unwrap(m Module) any {
+	if u, ok := m.(interface{ unwrap() any }); ok {
+		return u.unwrap()
+	}
+	return m
+}
+
+type adapter[C any] struct {
+	m     Typed[C]
+	after []string
+}
+
+func (a *adapter[C]) unwrap() any                     { return a.m }
+func (a *adapter[C]) Name() string                    { return a.m.Name() }
+func (a *adapter[C]) DependsOn() []string             { return a.after }
+func (a *adapter[C]) Start(ctx context.Context) error { return a.m.Start(ctx) }
+func (a *adapter[C]) Stop(ctx context.Context) error  { return a.m.Stop(ctx) }
+func (a *adapter[C]) Health() Status                  { return a.m.Health() }
+
+func (a *adapter[C]) Init(ctx context.Context, cfg any) error {
+	c, err := Prepare[C](a.m.Name(), cfg)
+	if err != nil {
+		return err
+	}
+	return a.m.Init(ctx, c)
+}
+
+// Reconfigure applies the section in place when the module can, else
+// restarts it alone.
+func (a *adapter[C]) Reconfigure(ctx context.Context, cfg any) error {
+	c, err := Prepare[C](a.m.Name(), cfg)
+	if err != nil {
+		return err
+	}
+	if rc, ok := a.m.(TypedReconfigurable[C]); ok {
+		return rc.Reconfigure(ctx, c)
+	}
+	if err := a.m.Stop(ctx); err != nil {
+		return fmt.Errorf("restart: stop: %w", err)
+	}
+	if err := a.m.Init(ctx, c); err != nil {
+		return fmt.Errorf("restart: init: %w", err)
+	}
+	if err := a.m.Start(ctx); err != nil {
+		return fmt.Errorf("restart: start: %w", err)
+	}
+	return nil
+}
+
+// Prepare is the one config preamble: cfg may be a C, a *C or nil (a nil
+// section is C's zero value); the result is a copy, defaulted
+// (Defaulter) and validated (Validator), so the caller's section is never
+// modified. Errors name the module.
+func Prepare[C any](name string, cfg any) (*C, error) {
+	var c C
+	switch v := cfg.(type) {
+	case *C:
+		if v != nil {
+			c = *v
+		}
+	case C:
+		c = v
+	case nil:
+	default:
+		return nil, fmt.Errorf("%w: %s: %T, want %T", ErrConfigType, name, cfg, c)
+	}
+	if d, ok := any(&c).(Defaulter); ok {
+		d.SetDefaults()
+	}
+	if v, ok := any(&c).(Validator); ok {
+		if err := v.Validate(); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	return &c, nil
 }

@@ -87,8 +87,8 @@ type Pipeline struct {
 	wg      sync.WaitGroup
 }
 
-var _ module.Module = (*Pipeline)(nil)
-var _ module.Reconfigurable = (*Pipeline)(nil)
+var _ module.Typed[Config] = (*Pipeline)(nil)
+var _ module.TypedReconfigurable[Config] = (*Pipeline)(nil)
 
 // New returns an unstarted pipeline.
 func New(opts Options) *Pipeline {
@@ -103,7 +103,7 @@ func New(opts Options) *Pipeline {
 	return p
 }
 
-// Name implements module.Module.
+// Name implements module.Typed.
 func (p *Pipeline) Name() string { return "pipeline" }
 
 // DependsOn implements module.Deps: republish needs the broker.
@@ -123,12 +123,8 @@ type compiledRoute struct {
 	sinks   []message.Sink
 }
 
-// Init implements module.Module.
-func (p *Pipeline) Init(_ context.Context, cfg any) error {
-	c, ok := cfg.(*Config)
-	if !ok {
-		return fmt.Errorf("pipeline: config is %T, want *pipeline.Config", cfg)
-	}
+// Init implements module.Typed.
+func (p *Pipeline) Init(_ context.Context, c *Config) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cfg = c
@@ -185,7 +181,7 @@ func (p *Pipeline) build(c *Config) (*table, error) {
 	return t, nil
 }
 
-// Start implements module.Module.
+// Start implements module.Typed.
 func (p *Pipeline) Start(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -207,7 +203,7 @@ func (p *Pipeline) Start(ctx context.Context) error {
 	return nil
 }
 
-// Health implements module.Module.
+// Health implements module.Typed.
 func (p *Pipeline) Health() module.Status {
 	if !p.running.Load() {
 		return module.Status{State: module.StateStopped}
@@ -474,7 +470,7 @@ func (p *Pipeline) barrier(ctx context.Context) error {
 	return nil
 }
 
-// Stop implements module.Module: stop accepting, drain, close owned sinks.
+// Stop implements module.Typed: stop accepting, drain, close owned sinks.
 func (p *Pipeline) Stop(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -506,15 +502,11 @@ func (p *Pipeline) Stop(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Reconfigure implements module.Reconfigurable: the new routing table takes
+// Reconfigure implements module.TypedReconfigurable: the new routing table takes
 // effect for the next message; messages already queued finish with the old
 // one; then the old table's sinks are closed. A partition count or queue size
 // change restarts the pipeline (after draining).
-func (p *Pipeline) Reconfigure(ctx context.Context, cfg any) error {
-	c, ok := cfg.(*Config)
-	if !ok {
-		return fmt.Errorf("pipeline: config is %T, want *pipeline.Config", cfg)
-	}
+func (p *Pipeline) Reconfigure(ctx context.Context, c *Config) error {
 	p.mu.Lock()
 	old := p.cfg
 	p.mu.Unlock()

@@ -11,12 +11,13 @@
 //		Queues:   func(l uplink.LaneConfig) (uplink.Queue, error) { return openLane(l) },
 //		Downlink: localRepublisher, // Deliver(ctx, *message.Message) error
 //	})
-//	err := u.Init(ctx, cfg.Uplink) // validates, loads TLS files, opens lanes
+//	m := module.Of[uplink.Config](u) // defaults and validates the section
+//	err := m.Init(ctx, cfg.Uplink)   // loads TLS files, opens lanes
 //	err = u.Start(ctx)              // returns at once; connects in the background
 //	st := u.Status()                // JSON-serialisable, per lane (outpost queue status)
 //	err = u.Stop(ctx)
 //
-// Uplink implements module.Module (name "uplink"). Records' Data are
+// Uplink implements module.Typed[Config] (name "uplink"). Records' Data are
 // message.Encode'd messages; the cloud topic comes from the topic template
 // (default "outpost/{node_id}/{topic}").
 //
