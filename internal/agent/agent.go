@@ -60,7 +60,7 @@ type Agent struct {
 	Supervisor *supervisor.Supervisor
 	Uplink     *uplink.Uplink
 	Netpol     module.Typed[netpol.Config]
-	lanes      *lanes
+	lanes      *uplink.Lanes
 	fns        *functionsModule
 	runner     *module.Runner
 	routes     []func(*http.ServeMux) // the modules' HTTP routes (telemetry serves them)
@@ -100,7 +100,7 @@ func (a *Agent) moduleSinks() map[string]message.Sink {
 		m[FunctionsSink] = s
 	}
 	if a.lanes != nil {
-		for k, v := range a.lanes.sinkMap() {
+		for k, v := range a.lanes.Sinks() {
 			m[k] = v
 		}
 	}
@@ -298,7 +298,7 @@ func (e *rulesEnv) Uplink(lane string) (message.Sink, error) {
 			lane = names[0]
 		}
 	}
-	if s, ok := e.a.lanes.sink(lane); ok {
+	if s, ok := e.a.lanes.Sink(lane); ok {
 		return s, nil
 	}
 	return nil, fmt.Errorf("%w: uplink lane %q (lanes: %v)", rules.ErrUnknownTarget, lane, e.Lanes())

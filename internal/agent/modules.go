@@ -195,12 +195,12 @@ func (a *Agent) newSupervisor() module.Typed[supervisor.Config] {
 }
 
 func (a *Agent) newLanes() module.Typed[[]uplink.LaneConfig] {
-	a.lanes = newLanes(a.log, a.metrics)
+	a.lanes = uplink.NewLanes(a.log, a.metrics)
 	return a.lanes
 }
 
 func (a *Agent) newUplink() module.Typed[uplink.Config] {
-	a.Uplink = uplink.New(uplink.Options{Logger: a.log, Metrics: a.metrics, Queues: a.lanes.queue, Downlink: downlink{a.Broker}})
+	a.Uplink = uplink.New(uplink.Options{Logger: a.log, Metrics: a.metrics, Queues: a.lanes.Queue, Downlink: downlink{a.Broker}})
 	a.route(a.queueStatusHandler)
 	return a.Uplink
 }
