@@ -33,7 +33,8 @@ import (
 	"github.com/outpost-edge/outpost/internal/ota"
 	"github.com/outpost-edge/outpost/internal/pipeline"
 	"github.com/outpost-edge/outpost/internal/rules"
-	"github.com/outpost-edge/outpost/internal/sink/republish"
+	"github.com/outpost-edge/outpost/internal/sink"
+	"github.com/outpost-edge/outpost/internal/sink/webhook"
 	"github.com/outpost-edge/outpost/internal/supervisor"
 	"github.com/outpost-edge/outpost/internal/telemetry"
 	"github.com/outpost-edge/outpost/internal/uplink"
@@ -64,6 +65,7 @@ type Agent struct {
 	fns        *functionsModule
 	runner     *module.Runner
 	routes     []func(*http.ServeMux) // the modules' HTTP routes (telemetry serves them)
+	sinks      *sink.Registry         // every sink name resolves here
 
 	reloadOK, reloadRejected *metrics.Counter
 	// Ready is closed once every module has started.
@@ -81,30 +83,15 @@ func New(cfg *Config, path string, logs *telemetry.Logs) (*Agent, error) {
 	a.reloadOK = a.metrics.NewCounter(`outpost_config_reloads_total{result="applied"}`)
 	a.reloadRejected = a.metrics.NewCounter(`outpost_config_reloads_total{result="rejected"}`)
 
+	a.sinks = a.newSinks()
 	mods := a.buildModules(cfg)
+	a.provideSinks()
 	r, err := module.NewRunner(a.log, mods...)
 	if err != nil {
 		return nil, err
 	}
 	a.runner = r
 	return a, nil
-}
-
-// moduleSinks are the sinks other modules contribute to the pipeline.
-func (a *Agent) moduleSinks() map[string]message.Sink {
-	m := map[string]message.Sink{}
-	if a.Rules != nil && a.Rules.Engine() != nil {
-		m[RulesSink] = a.Rules.Engine().Sink()
-	}
-	if s := a.functionsSink(); s != nil {
-		m[FunctionsSink] = s
-	}
-	if a.lanes != nil {
-		for k, v := range a.lanes.Sinks() {
-			m[k] = v
-		}
-	}
-	return m
 }
 
 // pipelineConfig adds the implicit "everything to the rule engine" route
@@ -283,68 +270,39 @@ func (bi brokerIdentity) Revoke(component string) { bi.b.RevokeIdentity(componen
 // rulesEnv gives the rule engine its action targets.
 type rulesEnv struct{ a *Agent }
 
+// Republish is the registry's republish sink (the local broker).
 func (e *rulesEnv) Republish() message.Sink {
-	return republish.New("republish", republish.Config{}, e.a.Broker)
+	s, err := e.a.sinks.Resolve(sink.KindRepublish)
+	if err != nil {
+		panic("agent: the sink registry has no republish sink: " + err.Error())
+	}
+	return s
 }
 
-// Uplink resolves an UPLINK action to a lane's durable queue ("" = the
-// first configured lane).
+// Uplink resolves an UPLINK action to a lane's durable sink ("" = the
+// first configured lane) through the sink registry.
 func (e *rulesEnv) Uplink(lane string) (message.Sink, error) {
 	if e.a.lanes == nil {
 		return nil, fmt.Errorf("%w: uplink lane %q (no uplink is configured)", rules.ErrUnknownTarget, lane)
 	}
-	if lane == "" {
-		if names := e.Lanes(); len(names) > 0 {
-			lane = names[0]
-		}
-	}
-	if s, ok := e.a.lanes.Sink(lane); ok {
-		return s, nil
-	}
-	return nil, fmt.Errorf("%w: uplink lane %q (lanes: %v)", rules.ErrUnknownTarget, lane, e.Lanes())
+	return e.a.sinks.Resolve(sink.KindUplink + ":" + lane)
 }
 
-// File resolves a FILE action to the pipeline's file sink of that name,
-// looked up at delivery so a reloaded pipeline's new file is used.
+// File resolves a FILE action to the pipeline's file sink of that name
+// through the sink registry.
 func (e *rulesEnv) File(name string) (message.Sink, error) {
-	for _, s := range e.a.Config().Pipeline.Sinks {
-		if s.Name == name && s.Type == pipeline.SinkFile {
-			return pipelineSink{p: e.a.Pipeline, name: name}, nil
-		}
-	}
-	return nil, fmt.Errorf("%w: file sink %q (declare it under pipeline.sinks with type: file)", rules.ErrUnknownTarget, name)
+	return e.a.sinks.Resolve(sink.KindFile + ":" + name)
 }
 
-type pipelineSink struct {
-	p    *pipeline.Pipeline
-	name string
-}
-
-func (s pipelineSink) Name() string { return s.name }
-
-func (s pipelineSink) Deliver(ctx context.Context, m *message.Message) error {
-	sink, ok := s.p.Sink(s.name)
-	if !ok {
-		return fmt.Errorf("file sink %q is not configured any more", s.name)
-	}
-	return sink.Deliver(ctx, m)
-}
+// Webhook builds a WEBHOOK action's sink with the registry
+// (rules.WebhookEnv).
+func (e *rulesEnv) Webhook(c webhook.Config) (message.Sink, error) { return e.a.sinks.Webhook(c) }
 
 // Function resolves DO FUNCTION 'name' (functions.go; in a build without
 // -tags functions, every name is unknown).
 func (e *rulesEnv) Function(name string) (message.Sink, error) { return e.functionAction(name) }
 
-func (e *rulesEnv) Lanes() []string {
-	c := e.a.Config()
-	if !c.uplinkOn() {
-		return nil
-	}
-	var names []string
-	for _, l := range c.Uplink.Lanes {
-		names = append(names, l.Name)
-	}
-	return names
-}
+func (e *rulesEnv) Lanes() []string { return e.a.laneNames() }
 
 func (e *rulesEnv) Labels(string) map[string]string { return nil }
 

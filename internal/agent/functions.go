@@ -13,6 +13,7 @@ import (
 	"github.com/outpost-edge/outpost/internal/message"
 	"github.com/outpost-edge/outpost/internal/module"
 	"github.com/outpost-edge/outpost/internal/rules"
+	"github.com/outpost-edge/outpost/internal/sink"
 )
 
 const functionsBuilt = true
@@ -36,11 +37,14 @@ func (a *Agent) newFunctions() module.Typed[FunctionsConfig] {
 	return a.fns
 }
 
-func (a *Agent) functionsSink() message.Sink {
+// provideFunctionSinks registers "functions" (the triggers, fed by the
+// pipeline) and "function:NAME" (a rule's DO FUNCTION) in the registry.
+func (a *Agent) provideFunctionSinks() {
 	if a.fns == nil {
-		return nil
+		return
 	}
-	return functionsSink{a.fns}
+	a.sinks.Provide(sink.KindFunctions, func(string) (message.Sink, error) { return functionsSink{a.fns}, nil })
+	a.sinks.Provide(sink.KindFunction, a.fns.action)
 }
 
 // functionsSink forwards to the registry running now.
@@ -88,11 +92,14 @@ func (f *functionsModule) Start(ctx context.Context) error {
 	} else {
 		a.log.Warn("functions: signatures are not checked (allow_unsigned)", "module", "functions")
 	}
-	env := &rulesEnv{a: a}
-	repub := env.Republish()
+	repub, err := a.sinks.Resolve(sink.KindRepublish)
+	if err != nil {
+		_ = rt.Close(ctx)
+		return err
+	}
 	reg := function.NewRegistry(function.RegistryOptions{
 		Runtime: rt, Dir: cfg.Dir, Trust: trust, Log: a.log, Warm: cfg.Warm,
-		Sinks:  func(name string) (message.Sink, error) { return functionSinkByName(env, name) },
+		Sinks:  a.functionOutput,
 		Labels: a.deviceLabels,
 		Host: function.Host{Publish: func(ctx context.Context, topic string, payload []byte, qos byte) error {
 			return repub.Deliver(ctx, &message.Message{Topic: topic, Payload: payload, QoS: qos})
@@ -145,16 +152,16 @@ func (f *functionsModule) serveHTTP(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, map[string]any{"functions": st, "problems": p})
 }
 
-// functionSinkByName resolves a trigger's output: republish, uplink:LANE,
-// file:NAME (the same targets as rule actions).
-func functionSinkByName(env *rulesEnv, name string) (message.Sink, error) {
+// functionOutput resolves a trigger's output through the sink registry:
+// republish, uplink:LANE, file:NAME (the same targets as rule actions).
+func (a *Agent) functionOutput(name string) (message.Sink, error) {
+	kind, _, _ := strings.Cut(name, ":")
 	switch {
-	case name == "republish":
-		return env.Republish(), nil
-	case strings.HasPrefix(name, "uplink:"):
-		return env.Uplink(strings.TrimPrefix(name, "uplink:"))
-	case strings.HasPrefix(name, "file:"):
-		return env.File(strings.TrimPrefix(name, "file:"))
+	case name == sink.KindRepublish, kind == sink.KindUplink && name != kind, kind == sink.KindFile && name != kind:
+		if kind == sink.KindUplink && a.lanes == nil {
+			return nil, fmt.Errorf("%w: uplink lane %q (no uplink is configured)", rules.ErrUnknownTarget, strings.TrimPrefix(name, "uplink:"))
+		}
+		return a.sinks.Resolve(name)
 	}
 	return nil, fmt.Errorf("unknown sink %q", name)
 }
@@ -208,12 +215,20 @@ func (e *rulesEnv) ScalarFunc(name string) (rules.ScalarFunc, error) {
 	}, nil
 }
 
-// functionAction resolves a rule's DO FUNCTION 'name': the rule's output
-// message runs the function's on_message entry (its emits go to its first
-// trigger's sinks, or are republished).
+// functionAction resolves a rule's DO FUNCTION 'name' through the sink
+// registry ("function:NAME").
 func (e *rulesEnv) functionAction(name string) (message.Sink, error) {
-	f := e.a.fns
-	if f == nil || f.registry() == nil {
+	if e.a.fns == nil {
+		return nil, fmt.Errorf("%w: function %q (functions are not enabled)", rules.ErrUnknownTarget, name)
+	}
+	return e.a.sinks.Resolve(sink.KindFunction + ":" + name)
+}
+
+// action is the "function:NAME" sink: the message runs the function's
+// on_message entry (its emits go to its first trigger's sinks, or are
+// republished).
+func (f *functionsModule) action(name string) (message.Sink, error) {
+	if f.registry() == nil {
 		return nil, fmt.Errorf("%w: function %q (functions are not enabled)", rules.ErrUnknownTarget, name)
 	}
 	if err := f.registry().Runnable(name); err != nil {

@@ -26,7 +26,7 @@ func (a *Agent) newFunctions() module.Typed[FunctionsConfig] {
 	a.fns = &functionsModule{}
 	return a.fns
 }
-func (a *Agent) functionsSink() message.Sink { return nil }
+func (a *Agent) provideFunctionSinks() {}
 
 func (*functionsModule) Name() string                                 { return "functions" }
 func (*functionsModule) Init(context.Context, *FunctionsConfig) error { return errNoFunctions }

@@ -165,8 +165,7 @@ func (a *Agent) newRules() module.Typed[rules.Config] {
 
 func (a *Agent) newPipeline() module.Typed[pipeline.Config] {
 	a.Pipeline = pipeline.New(pipeline.Options{
-		Logger: a.log, Metrics: a.metrics, Publisher: a.Broker,
-		Extra: a.moduleSinks,
+		Logger: a.log, Metrics: a.metrics, Publisher: a.Broker, Sinks: a.sinks,
 	})
 	return a.Pipeline
 }

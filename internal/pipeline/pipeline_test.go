@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/outpost-edge/outpost/internal/sink"
 	"sync"
 	"testing"
 	"time"
@@ -43,17 +44,17 @@ func (s *memSink) count() int { s.mu.Lock(); defer s.mu.Unlock(); return len(s.g
 
 func start(t *testing.T, c *Config, sinks ...*memSink) *Pipeline {
 	t.Helper()
-	extra := map[string]message.Sink{}
+	reg := sink.New(sink.Options{})
 	var names []string
 	for _, s := range sinks {
-		extra[s.name] = s
+		reg.Provide(s.name, func(string) (message.Sink, error) { return s, nil })
 		names = append(names, s.name)
 	}
 	c.SetDefaults()
 	if err := c.Validate(names...); err != nil {
 		t.Fatal(err)
 	}
-	p := New(Options{Extra: func() map[string]message.Sink { return extra }})
+	p := New(Options{Sinks: reg})
 	if err := p.Init(context.Background(), c); err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +251,9 @@ func index(s, sub string) int {
 
 func BenchmarkSubmitQoS0(b *testing.B) {
 	s := &memSink{name: "s"}
-	p := New(Options{Extra: func() map[string]message.Sink { return map[string]message.Sink{"s": nullSink{}} }})
+	reg := sink.New(sink.Options{})
+	reg.Provide("s", func(string) (message.Sink, error) { return nullSink{}, nil })
+	p := New(Options{Sinks: reg})
 	c := &Config{Routes: []Route{{From: []string{"factory/+/sensors/#"}, To: []string{"s"}}}}
 	c.SetDefaults()
 	p.Init(context.Background(), c)

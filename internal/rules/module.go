@@ -12,8 +12,10 @@ import (
 	"sync"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/outpost-edge/outpost/internal/message"
 	"github.com/outpost-edge/outpost/internal/module"
 	"github.com/outpost-edge/outpost/internal/rules/parser"
+	"github.com/outpost-edge/outpost/internal/sink/webhook"
 )
 
 // Module runs the rule engine as an Outpost module (name "rules"): it owns
@@ -78,8 +80,12 @@ func (m *Module) Init(_ context.Context, pc *Config) error {
 	}
 	m.cfg = c
 	m.labels = withConfigLabels(m.env, c.Devices)
+	var hook func(webhook.Config) (message.Sink, error)
+	if w, ok := m.env.(WebhookEnv); ok {
+		hook = w.Webhook
+	}
 	m.eng = New(Options{
-		Env: m.labels, Partitions: c.Partitions, Log: m.log, Metrics: m.set,
+		Env: m.labels, Webhook: hook, Partitions: c.Partitions, Log: m.log, Metrics: m.set,
 		Tick: c.WindowTick.D(), Idle: c.IdleTimeout.D(), MaxHops: c.MaxHops, DeviceID: c.DeviceIDFunc(), Selectors: c.Selectors(),
 	})
 	m.eng.SetCheckpointDir(c.StateDir)
