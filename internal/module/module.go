@@ -28,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"sort"
 	"strings"
 	"sync"
@@ -331,8 +332,17 @@ var ErrConfigType = errors.New("module: config of the wrong type")
 // Of adapts a typed module to Module. after names the modules that must
 // start before it (its DependsOn); the module's own DependsOn, if any, is
 // not consulted: who starts first is the integrator's decision.
+//
+// The generic part is kept to two small closures per config type (the
+// lifecycle and the preamble are shared code), so that each registered
+// module costs little binary (and mapped, resident text).
 func Of[C any](m Typed[C], after ...string) Adapted {
-	return &adapter[C]{m: m, after: after}
+	a := &adapter{m: m, name: m.Name(), after: after, typ: reflect.TypeFor[C]()}
+	a.init = func(ctx context.Context, c any) error { return m.Init(ctx, c.(*C)) }
+	if rc, ok := m.(TypedReconfigurable[C]); ok {
+		a.reconf = func(ctx context.Context, c any) error { return rc.Reconfigure(ctx, c.(*C)) }
+	}
+	return a
 }
 
 // Adapted is a typed module behind the untyped contract the Runner drives.
@@ -344,46 +354,56 @@ type Adapted interface {
 
 // Unwrap returns the typed module behind an adapter (m itself otherwise).
 func Unwrap(m Module) any {
-	if u, ok := m.(interface{ unwrap() any }); ok {
-		return u.unwrap()
+	if a, ok := m.(*adapter); ok {
+		return a.m
 	}
 	return m
 }
 
-type adapter[C any] struct {
-	m     Typed[C]
-	after []string
+// lifecycle is the untyped part of Typed.
+type lifecycle interface {
+	Start(ctx context.Context) error
+	Stop(ctx context.Context) error
+	Health() Status
 }
 
-func (a *adapter[C]) unwrap() any                     { return a.m }
-func (a *adapter[C]) Name() string                    { return a.m.Name() }
-func (a *adapter[C]) DependsOn() []string             { return a.after }
-func (a *adapter[C]) Start(ctx context.Context) error { return a.m.Start(ctx) }
-func (a *adapter[C]) Stop(ctx context.Context) error  { return a.m.Stop(ctx) }
-func (a *adapter[C]) Health() Status                  { return a.m.Health() }
+type adapter struct {
+	m      lifecycle
+	name   string
+	after  []string
+	typ    reflect.Type                           // C
+	init   func(ctx context.Context, c any) error // m.Init with a *C
+	reconf func(ctx context.Context, c any) error // m.Reconfigure, nil if it cannot
+}
 
-func (a *adapter[C]) Init(ctx context.Context, cfg any) error {
-	c, err := Prepare[C](a.m.Name(), cfg)
+func (a *adapter) Name() string                    { return a.name }
+func (a *adapter) DependsOn() []string             { return a.after }
+func (a *adapter) Start(ctx context.Context) error { return a.m.Start(ctx) }
+func (a *adapter) Stop(ctx context.Context) error  { return a.m.Stop(ctx) }
+func (a *adapter) Health() Status                  { return a.m.Health() }
+
+func (a *adapter) Init(ctx context.Context, cfg any) error {
+	c, err := prepare(a.name, a.typ, cfg)
 	if err != nil {
 		return err
 	}
-	return a.m.Init(ctx, c)
+	return a.init(ctx, c)
 }
 
 // Reconfigure applies the section in place when the module can, else
 // restarts it alone.
-func (a *adapter[C]) Reconfigure(ctx context.Context, cfg any) error {
-	c, err := Prepare[C](a.m.Name(), cfg)
+func (a *adapter) Reconfigure(ctx context.Context, cfg any) error {
+	c, err := prepare(a.name, a.typ, cfg)
 	if err != nil {
 		return err
 	}
-	if rc, ok := a.m.(TypedReconfigurable[C]); ok {
-		return rc.Reconfigure(ctx, c)
+	if a.reconf != nil {
+		return a.reconf(ctx, c)
 	}
 	if err := a.m.Stop(ctx); err != nil {
 		return fmt.Errorf("restart: stop: %w", err)
 	}
-	if err := a.m.Init(ctx, c); err != nil {
+	if err := a.init(ctx, c); err != nil {
 		return fmt.Errorf("restart: init: %w", err)
 	}
 	if err := a.m.Start(ctx); err != nil {
@@ -397,25 +417,37 @@ func (a *adapter[C]) Reconfigure(ctx context.Context, cfg any) error {
 // (Defaulter) and validated (Validator), so the caller's section is never
 // modified. Errors name the module.
 func Prepare[C any](name string, cfg any) (*C, error) {
-	var c C
-	switch v := cfg.(type) {
-	case *C:
-		if v != nil {
-			c = *v
-		}
-	case C:
-		c = v
-	case nil:
-	default:
-		return nil, fmt.Errorf("%w: %s: %T, want %T", ErrConfigType, name, cfg, c)
+	c, err := prepare(name, reflect.TypeFor[C](), cfg)
+	if err != nil {
+		return nil, err
 	}
-	if d, ok := any(&c).(Defaulter); ok {
+	return c.(*C), nil
+}
+
+// prepare is Prepare for the type t; it returns a *t.
+func prepare(name string, t reflect.Type, cfg any) (any, error) {
+	p := reflect.New(t)
+	if cfg != nil {
+		v := reflect.ValueOf(cfg)
+		switch {
+		case v.Type() == t:
+			p.Elem().Set(v)
+		case v.Type() == reflect.PointerTo(t):
+			if !v.IsNil() {
+				p.Elem().Set(v.Elem())
+			}
+		default:
+			return nil, fmt.Errorf("%w: %s: %T, want %v", ErrConfigType, name, cfg, t)
+		}
+	}
+	c := p.Interface()
+	if d, ok := c.(Defaulter); ok {
 		d.SetDefaults()
 	}
-	if v, ok := any(&c).(Validator); ok {
+	if v, ok := c.(Validator); ok {
 		if err := v.Validate(); err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 	}
-	return &c, nil
+	return c, nil
 }
