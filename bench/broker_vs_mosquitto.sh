@@ -72,7 +72,7 @@ stop_broker() {
 
 outpost_ok=
 outpost_note=
-if ! "$tmp/outpost" help 2>/dev/null | grep -qE '^  run '; then
+if ! "$tmp/outpost" help 2>/dev/null | grep -E '^  run ' >/dev/null; then
 	outpost_note="this build has no 'outpost run' yet"
 elif ! "$tmp/outpost" config check bench/outpost-bench.yaml >"$tmp/check.log" 2>&1; then
 	outpost_note="bench/outpost-bench.yaml rejected: $(head -3 "$tmp/check.log" | tr '\n' ' ')"

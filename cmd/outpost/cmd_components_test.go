@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"github.com/outpost-edge/outpost/internal/module"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -38,7 +39,7 @@ func TestComponentsCommand(t *testing.T) {
 	os.WriteFile(filepath.Join(recipes, "napper.yaml"), []byte("name: napper\nversion: 1.0.0\nlifecycle:\n  run: 'echo hello from napper; exec sleep 1000'\n"), 0o644)
 	s := supervisor.New(supervisor.Options{})
 	cfg := supervisor.Config{RecipesDir: recipes, StateDir: filepath.Join(dir, "state"), LogDir: filepath.Join(dir, "logs"), Cgroup: supervisor.CgroupConfig{Mode: "none"}}
-	if err := s.Init(context.Background(), cfg); err != nil {
+	if err := module.Of[supervisor.Config](s).Init(context.Background(), cfg); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Start(context.Background()); err != nil {

@@ -84,7 +84,7 @@ func TestReleasePushToFleetServer(t *testing.T) {
 	u := ota.New(ota.Options{Version: "1.0.0"})
 	cfg := ota.Config{Enabled: true, URL: srv.URL + "/api/v1/ota", Root: filepath.Join(repo, "metadata", "1.root.json"), CAFile: ca,
 		Platform: "linux/arm64", Binary: running, StagingDir: filepath.Join(d, "staging")}
-	if err := u.Init(context.Background(), cfg); err != nil {
+	if err := u.Init(context.Background(), &cfg); err != nil {
 		t.Fatal(err)
 	}
 	plan, err := u.Check(context.Background())
@@ -123,7 +123,7 @@ func TestReleasePushToFleetServer(t *testing.T) {
 	// Without the CA the server's certificate is not trusted.
 	cfg.CAFile, cfg.StagingDir = "", filepath.Join(d, "staging2")
 	u2 := ota.New(ota.Options{Version: "1.0.0"})
-	if err := u2.Init(context.Background(), cfg); err != nil {
+	if err := u2.Init(context.Background(), &cfg); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := u2.Check(context.Background()); err == nil || !strings.Contains(err.Error(), "certificate") {

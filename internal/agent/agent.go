@@ -29,10 +29,12 @@ import (
 	"github.com/outpost-edge/outpost/internal/config"
 	"github.com/outpost-edge/outpost/internal/message"
 	"github.com/outpost-edge/outpost/internal/module"
+	"github.com/outpost-edge/outpost/internal/netpol"
 	"github.com/outpost-edge/outpost/internal/ota"
 	"github.com/outpost-edge/outpost/internal/pipeline"
 	"github.com/outpost-edge/outpost/internal/rules"
-	"github.com/outpost-edge/outpost/internal/sink/republish"
+	"github.com/outpost-edge/outpost/internal/sink"
+	"github.com/outpost-edge/outpost/internal/sink/webhook"
 	"github.com/outpost-edge/outpost/internal/supervisor"
 	"github.com/outpost-edge/outpost/internal/telemetry"
 	"github.com/outpost-edge/outpost/internal/uplink"
@@ -58,10 +60,12 @@ type Agent struct {
 	OTA        *ota.Updater
 	Supervisor *supervisor.Supervisor
 	Uplink     *uplink.Uplink
-	Netpol     module.Module
-	lanes      *lanes
+	Netpol     module.Typed[netpol.Config]
+	lanes      *uplink.Lanes
 	fns        *functionsModule
 	runner     *module.Runner
+	routes     []func(*http.ServeMux) // the modules' HTTP routes (telemetry serves them)
+	sinks      *sink.Registry         // every sink name resolves here
 
 	reloadOK, reloadRejected *metrics.Counter
 	// frags are the fleet's config fragments, merged over the file on
@@ -82,173 +86,15 @@ func New(cfg *Config, path string, logs *telemetry.Logs) (*Agent, error) {
 	a.reloadOK = a.metrics.NewCounter(`outpost_config_reloads_total{result="applied"}`)
 	a.reloadRejected = a.metrics.NewCounter(`outpost_config_reloads_total{result="rejected"}`)
 
-	a.Broker = broker.New(broker.Options{
-		Logger: a.log, Metrics: a.metrics, DataDir: cfg.DataDir,
-		OnPublish:      func(m *message.Message) error { return a.Pipeline.Submit(m) },
-		OnPublishAsync: func(m *message.Message, done func(error)) { a.Pipeline.SubmitAsync(m, done) },
-	})
-	var routes []func(*http.ServeMux)
-	a.OTA = ota.New(ota.Options{Log: a.log, Metrics: a.metrics, Restart: func(c ota.Config) {
-		ctx, cancel := context.WithTimeout(context.Background(), StopTimeout)
-		defer cancel()
-		a.Stop(ctx)
-		if err := ota.Restart(c); err != nil {
-			a.log.Error("restart into the new version failed", "err", err)
-			os.Exit(1)
-		}
-	}})
-	routes = append(routes, a.OTA.Register)
-	if cfg.Rules != nil {
-		a.Rules = rules.NewModule(&rulesEnv{a: a}, a.log, a.metrics)
-		routes = append(routes, a.Rules.RegisterHTTP)
-	}
-	if cfg.functionsOn() {
-		routes = append(routes, a.newFunctions())
-	}
-	if cfg.Supervisor != nil {
-		a.Supervisor = supervisor.New(supervisor.Options{
-			Logger: a.log, Identity: brokerIdentity{a.Broker}, Publisher: a.Broker, Bus: a.Broker,
-			Metrics: a.metrics, After: []string{"broker"},
-		})
-		routes = append(routes, a.Supervisor.RegisterHTTP)
-	}
-	if cfg.uplinkOn() {
-		a.lanes = newLanes(a.log, a.metrics)
-		a.Uplink = uplink.New(uplink.Options{Logger: a.log, Metrics: a.metrics, Queues: a.lanes.queue, Downlink: downlink{a.Broker}})
-		routes = append(routes, a.queueStatusHandler)
-	}
-	if cfg.Netpol != nil {
-		var route func(*http.ServeMux)
-		a.Netpol, route = newNetpol(a)
-		routes = append(routes, route)
-	}
-	a.Pipeline = pipeline.New(pipeline.Options{
-		Logger: a.log, Metrics: a.metrics, Publisher: a.Broker,
-		Extra: a.moduleSinks,
-	})
-	a.Telemetry = telemetry.New(telemetry.Options{
-		Logger: a.log, Metrics: a.metrics, Routes: routes, Health: a,
-		// Installing software needs the token or the unix socket.
-		Protected:      []string{"/api/v1/update/"},
-		RedactedConfig: func() any { a.mu.Lock(); defer a.mu.Unlock(); return Redacted(a.cfg) },
-	})
-	mods := []module.Module{a.Telemetry}
-	mods = append(mods, a.functionModules()...)
-	if a.Rules != nil {
-		// UPLINK actions resolve to the lanes' sinks when rules compile, and
-		// window outputs emitted by the timer go to them: the lanes start
-		// before the rule engine and stop after it.
-		var deps []string
-		if a.lanes != nil {
-			deps = append(deps, "lanes")
-		}
-		mods = append(mods, a.withFunctionsDep(depends{a.Rules, deps}))
-	}
-	mods = append(mods, depends{a.Pipeline, a.ruleDeps()}, depends{a.Broker, []string{"pipeline"}}, depends{a.OTA, []string{"telemetry"}})
-	if a.Supervisor != nil {
-		mods = append(mods, a.Supervisor)
-	}
-	if a.Netpol != nil {
-		mods = append(mods, depends{a.Netpol, []string{"telemetry"}})
-	}
-	if a.lanes != nil {
-		mods = append(mods, a.lanes, depends{a.Uplink, []string{"lanes"}})
-	}
-	if cfg.Fleet != nil {
-		mods = append(mods, a.newFleet())
-	}
+	a.sinks = a.newSinks()
+	mods := a.buildModules(cfg)
+	a.provideSinks()
 	r, err := module.NewRunner(a.log, mods...)
 	if err != nil {
 		return nil, err
 	}
 	a.runner = r
 	return a, nil
-}
-
-// pipelineDeps: the pipeline delivers to the rule engine and the lanes, so
-// those start before it and stop after it.
-func (a *Agent) ruleDeps() []string {
-	d := []string{"telemetry"}
-	if a.Rules != nil {
-		d = append(d, "rules")
-	}
-	if a.lanes != nil {
-		d = append(d, "lanes")
-	}
-	if a.fns != nil {
-		d = append(d, "functions")
-	}
-	return d
-}
-
-// depends adds a start-order dependency to a module without the module
-// knowing about its neighbours.
-type depends struct {
-	module.Module
-	deps []string
-}
-
-func (d depends) DependsOn() []string { return d.deps }
-
-// Reconfigure forwards to the wrapped module when it can reconfigure, and
-// otherwise restarts it alone.
-func (d depends) Reconfigure(ctx context.Context, cfg any) error {
-	if rc, ok := d.Module.(module.Reconfigurable); ok {
-		return rc.Reconfigure(ctx, cfg)
-	}
-	if err := d.Stop(ctx); err != nil {
-		return err
-	}
-	if err := d.Init(ctx, cfg); err != nil {
-		return err
-	}
-	return d.Start(ctx)
-}
-
-// moduleSinks are the sinks other modules contribute to the pipeline.
-func (a *Agent) moduleSinks() map[string]message.Sink {
-	m := map[string]message.Sink{}
-	if a.Rules != nil && a.Rules.Engine() != nil {
-		m[RulesSink] = a.Rules.Engine().Sink()
-	}
-	if s := a.functionsSink(); s != nil {
-		m[FunctionsSink] = s
-	}
-	if a.lanes != nil {
-		for k, v := range a.lanes.sinkMap() {
-			m[k] = v
-		}
-	}
-	return m
-}
-
-// section returns the config section a module reads.
-func section(c *Config, name string) any {
-	switch name {
-	case "telemetry":
-		return &c.Telemetry
-	case "broker":
-		return &c.Broker
-	case "pipeline":
-		return pipelineConfig(c)
-	case "rules":
-		return c.Rules
-	case "ota":
-		return &c.OTA
-	case "supervisor":
-		return c.Supervisor
-	case "lanes":
-		return c.Uplink.Lanes
-	case "uplink":
-		return c.Uplink
-	case "netpol":
-		return c.Netpol
-	case "functions":
-		return c.Functions
-	case "fleet":
-		return c.Fleet
-	}
-	return nil
 }
 
 // pipelineConfig adds the implicit "everything to the rule engine" route
@@ -289,7 +135,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		return fmt.Errorf("agent: data_dir: %w", err)
 	}
 	t0 := time.Now()
-	err := a.runner.Start(ctx, func(name string) any { return section(a.cfg, name) }, StopTimeout)
+	err := a.runner.Start(ctx, func(name string) any { return sectionOf(a.cfg, name) }, StopTimeout)
 	if err != nil {
 		return err
 	}
@@ -376,11 +222,17 @@ func (a *Agent) Apply(ctx context.Context, next *Config) error {
 	a.mu.Lock()
 	cur := a.cfg
 	a.mu.Unlock()
-	if cur.NodeID != next.NodeID || cur.DataDir != next.DataDir || (cur.Rules == nil) != (next.Rules == nil) ||
-		(cur.Supervisor == nil) != (next.Supervisor == nil) || cur.uplinkOn() != next.uplinkOn() ||
-		(cur.Netpol == nil) != (next.Netpol == nil) ||
-		(cur.uplinkOn() && !reflect.DeepEqual(cur.Uplink.Lanes, next.Uplink.Lanes)) {
-		return errors.New("node_id, data_dir, uplink lanes and enabling/disabling rules, the supervisor or the uplink take effect only after a restart; change refused")
+	if cur.NodeID != next.NodeID || cur.DataDir != next.DataDir {
+		return errors.New("node_id and data_dir take effect only after a restart; change refused")
+	}
+	for _, r := range registry {
+		was, is := r.section(cur) != nil, r.section(next) != nil
+		if r.restart && was != is {
+			return fmt.Errorf("enabling or disabling %s takes effect only after a restart; change refused", r.name)
+		}
+		if r.fixedSection && was && is && !reflect.DeepEqual(r.section(cur), r.section(next)) {
+			return fmt.Errorf("a change of %s takes effect only after a restart; change refused", r.name)
+		}
 	}
 	var changed []string
 	if !reflect.DeepEqual(cur.Log, next.Log) {
@@ -394,10 +246,10 @@ func (a *Agent) Apply(ctx context.Context, next *Config) error {
 	var errs []error
 	for _, m := range a.runner.Modules() {
 		name := m.Name()
-		if reflect.DeepEqual(section(cur, name), section(next, name)) {
+		if reflect.DeepEqual(sectionOf(cur, name), sectionOf(next, name)) {
 			continue
 		}
-		if err := a.runner.Reconfigure(ctx, name, section(next, name)); err != nil {
+		if err := a.runner.Reconfigure(ctx, name, sectionOf(next, name)); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", name, err))
 			continue
 		}
@@ -427,68 +279,39 @@ func (bi brokerIdentity) Revoke(component string) { bi.b.RevokeIdentity(componen
 // rulesEnv gives the rule engine its action targets.
 type rulesEnv struct{ a *Agent }
 
+// Republish is the registry's republish sink (the local broker).
 func (e *rulesEnv) Republish() message.Sink {
-	return republish.New("republish", republish.Config{}, e.a.Broker)
+	s, err := e.a.sinks.Resolve(sink.KindRepublish)
+	if err != nil {
+		panic("agent: the sink registry has no republish sink: " + err.Error())
+	}
+	return s
 }
 
-// Uplink resolves an UPLINK action to a lane's durable queue ("" = the
-// first configured lane).
+// Uplink resolves an UPLINK action to a lane's durable sink ("" = the
+// first configured lane) through the sink registry.
 func (e *rulesEnv) Uplink(lane string) (message.Sink, error) {
 	if e.a.lanes == nil {
 		return nil, fmt.Errorf("%w: uplink lane %q (no uplink is configured)", rules.ErrUnknownTarget, lane)
 	}
-	if lane == "" {
-		if names := e.Lanes(); len(names) > 0 {
-			lane = names[0]
-		}
-	}
-	if s, ok := e.a.lanes.sink(lane); ok {
-		return s, nil
-	}
-	return nil, fmt.Errorf("%w: uplink lane %q (lanes: %v)", rules.ErrUnknownTarget, lane, e.Lanes())
+	return e.a.sinks.Resolve(sink.KindUplink + ":" + lane)
 }
 
-// File resolves a FILE action to the pipeline's file sink of that name,
-// looked up at delivery so a reloaded pipeline's new file is used.
+// File resolves a FILE action to the pipeline's file sink of that name
+// through the sink registry.
 func (e *rulesEnv) File(name string) (message.Sink, error) {
-	for _, s := range e.a.Config().Pipeline.Sinks {
-		if s.Name == name && s.Type == pipeline.SinkFile {
-			return pipelineSink{p: e.a.Pipeline, name: name}, nil
-		}
-	}
-	return nil, fmt.Errorf("%w: file sink %q (declare it under pipeline.sinks with type: file)", rules.ErrUnknownTarget, name)
+	return e.a.sinks.Resolve(sink.KindFile + ":" + name)
 }
 
-type pipelineSink struct {
-	p    *pipeline.Pipeline
-	name string
-}
-
-func (s pipelineSink) Name() string { return s.name }
-
-func (s pipelineSink) Deliver(ctx context.Context, m *message.Message) error {
-	sink, ok := s.p.Sink(s.name)
-	if !ok {
-		return fmt.Errorf("file sink %q is not configured any more", s.name)
-	}
-	return sink.Deliver(ctx, m)
-}
+// Webhook builds a WEBHOOK action's sink with the registry
+// (rules.WebhookEnv).
+func (e *rulesEnv) Webhook(c webhook.Config) (message.Sink, error) { return e.a.sinks.Webhook(c) }
 
 // Function resolves DO FUNCTION 'name' (functions.go; in a build without
 // -tags functions, every name is unknown).
 func (e *rulesEnv) Function(name string) (message.Sink, error) { return e.functionAction(name) }
 
-func (e *rulesEnv) Lanes() []string {
-	c := e.a.Config()
-	if !c.uplinkOn() {
-		return nil
-	}
-	var names []string
-	for _, l := range c.Uplink.Lanes {
-		names = append(names, l.Name)
-	}
-	return names
-}
+func (e *rulesEnv) Lanes() []string { return e.a.laneNames() }
 
 func (e *rulesEnv) Labels(string) map[string]string { return nil }
 

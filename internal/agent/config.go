@@ -96,7 +96,7 @@ func (c *Config) SetDefaults() {
 			c.Uplink.NodeID = c.NodeID
 		}
 		c.Uplink.SetDefaults()
-		laneDefaults(c.DataDir, c.Uplink.Lanes)
+		uplink.SetLaneDefaults(c.DataDir, c.Uplink.Lanes)
 	}
 	if c.Supervisor != nil {
 		if c.Supervisor.StateDir == "" {
@@ -163,10 +163,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, config.Section("fleet", c.Fleet.Validate()))
 	}
 	if c.Uplink != nil {
-		errs = append(errs, config.Section("uplink", c.Uplink.Validate()))
-		for i, l := range c.Uplink.Lanes {
-			errs = append(errs, config.Section(fmt.Sprintf("uplink.lanes[%d].queue", i), l.Queue.Validate()))
-		}
+		errs = append(errs, config.Section("uplink", c.Uplink.Validate()), config.Section("uplink", uplink.ValidateLaneQueues(c.Uplink.Lanes)))
 	}
 	if c.Functions != nil {
 		errs = append(errs, config.Section("functions", c.Functions.validate()))

@@ -37,21 +37,11 @@ type fleetModule struct {
 	twins   *twinsync.Service
 }
 
-func (a *Agent) newFleet() module.Module {
-	deps := []string{"telemetry", "broker"}
-	if a.Rules != nil {
-		deps = append(deps, "rules")
-	}
-	return depends{&fleetModule{a: a}, deps}
-}
+func (a *Agent) newFleet() module.Typed[client.Config] { return &fleetModule{a: a} }
 
 func (m *fleetModule) Name() string { return "fleet" }
 
-func (m *fleetModule) Init(_ context.Context, cfg any) error {
-	c, ok := cfg.(*client.Config)
-	if !ok || c == nil {
-		return fmt.Errorf("fleet: config of type %T", cfg)
-	}
+func (m *fleetModule) Init(_ context.Context, c *client.Config) error {
 	m.mu.Lock()
 	m.cfg = *c
 	m.mu.Unlock()

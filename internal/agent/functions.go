@@ -21,6 +21,7 @@ import (
 	"github.com/outpost-edge/outpost/internal/message"
 	"github.com/outpost-edge/outpost/internal/module"
 	"github.com/outpost-edge/outpost/internal/rules"
+	"github.com/outpost-edge/outpost/internal/sink"
 )
 
 const functionsBuilt = true
@@ -42,38 +43,25 @@ type functionsModule struct {
 	chain      *function.ChainTrust
 }
 
-func (a *Agent) newFunctions() func(*http.ServeMux) {
+func (a *Agent) newFunctions() module.Typed[FunctionsConfig] {
 	a.fns = &functionsModule{a: a}
-	return func(mux *http.ServeMux) {
+	a.route(func(mux *http.ServeMux) {
 		mux.HandleFunc("GET /functions", a.fns.serveHTTP)
 		// Under /api/: the token protects it like the rest of the API
 		// (function logs may carry device data).
 		mux.HandleFunc("GET /api/v1/functions/{name}/logs", a.fns.serveLogs)
-	}
+	})
+	return a.fns
 }
 
-func (a *Agent) functionModules() []module.Module {
+// provideFunctionSinks registers "functions" (the triggers, fed by the
+// pipeline) and "function:NAME" (a rule's DO FUNCTION) in the registry.
+func (a *Agent) provideFunctionSinks() {
 	if a.fns == nil {
-		return nil
+		return
 	}
-	return []module.Module{depends{a.fns, []string{"telemetry"}}}
-}
-
-func (a *Agent) withFunctionsDep(m module.Module) module.Module {
-	if a.fns == nil {
-		return m
-	}
-	if d, ok := m.(depends); ok {
-		return depends{d.Module, append(append([]string(nil), d.deps...), "functions")}
-	}
-	return depends{m, []string{"functions"}}
-}
-
-func (a *Agent) functionsSink() message.Sink {
-	if a.fns == nil {
-		return nil
-	}
-	return functionsSink{a.fns}
+	a.sinks.Provide(sink.KindFunctions, func(string) (message.Sink, error) { return functionsSink{a.fns}, nil })
+	a.sinks.Provide(sink.KindFunction, a.fns.action)
 }
 
 // functionsSink forwards to the registry running now.
@@ -101,11 +89,7 @@ func (f *functionsModule) registry() *function.Registry {
 
 func (f *functionsModule) Name() string { return "functions" }
 
-func (f *functionsModule) Init(_ context.Context, cfg any) error {
-	c, ok := cfg.(*FunctionsConfig)
-	if !ok || c == nil {
-		return fmt.Errorf("functions: no configuration")
-	}
+func (f *functionsModule) Init(_ context.Context, c *FunctionsConfig) error {
 	f.mu.Lock()
 	f.cfg = c
 	f.mu.Unlock()
@@ -131,11 +115,14 @@ func (f *functionsModule) Start(ctx context.Context) error {
 		_ = rt.Close(ctx)
 		return err
 	}
-	env := &rulesEnv{a: a}
-	repub := env.Republish()
+	repub, err := a.sinks.Resolve(sink.KindRepublish)
+	if err != nil {
+		_ = rt.Close(ctx)
+		return err
+	}
 	reg := function.NewRegistry(function.RegistryOptions{
 		Runtime: rt, Dir: activeDir(cfg), Trust: trust, Chain: chain, Log: a.log, Warm: cfg.Warm, StateDir: cfg.StateDir,
-		Sinks:  func(name string) (message.Sink, error) { return functionSinkByName(env, name) },
+		Sinks:  a.functionOutput,
 		Labels: a.deviceLabels,
 		Host: function.Host{Publish: func(ctx context.Context, topic string, payload []byte, qos byte) error {
 			return repub.Deliver(ctx, &message.Message{Topic: topic, Payload: payload, QoS: qos})
@@ -338,16 +325,16 @@ func writeJSONError(w http.ResponseWriter, status int, msg string) {
 	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg})
 }
 
-// functionSinkByName resolves a trigger's output: republish, uplink:LANE,
-// file:NAME (the same targets as rule actions).
-func functionSinkByName(env *rulesEnv, name string) (message.Sink, error) {
+// functionOutput resolves a trigger's output through the sink registry:
+// republish, uplink:LANE, file:NAME (the same targets as rule actions).
+func (a *Agent) functionOutput(name string) (message.Sink, error) {
+	kind, _, _ := strings.Cut(name, ":")
 	switch {
-	case name == "republish":
-		return env.Republish(), nil
-	case strings.HasPrefix(name, "uplink:"):
-		return env.Uplink(strings.TrimPrefix(name, "uplink:"))
-	case strings.HasPrefix(name, "file:"):
-		return env.File(strings.TrimPrefix(name, "file:"))
+	case name == sink.KindRepublish, kind == sink.KindUplink && name != kind, kind == sink.KindFile && name != kind:
+		if kind == sink.KindUplink && a.lanes == nil {
+			return nil, fmt.Errorf("%w: uplink lane %q (no uplink is configured)", rules.ErrUnknownTarget, strings.TrimPrefix(name, "uplink:"))
+		}
+		return a.sinks.Resolve(name)
 	}
 	return nil, fmt.Errorf("unknown sink %q", name)
 }
@@ -401,12 +388,20 @@ func (e *rulesEnv) ScalarFunc(name string) (rules.ScalarFunc, error) {
 	}, nil
 }
 
-// functionAction resolves a rule's DO FUNCTION 'name': the rule's output
-// message runs the function's on_message entry (its emits go to its first
-// trigger's sinks, or are republished).
+// functionAction resolves a rule's DO FUNCTION 'name' through the sink
+// registry ("function:NAME").
 func (e *rulesEnv) functionAction(name string) (message.Sink, error) {
-	f := e.a.fns
-	if f == nil || f.registry() == nil {
+	if e.a.fns == nil {
+		return nil, fmt.Errorf("%w: function %q (functions are not enabled)", rules.ErrUnknownTarget, name)
+	}
+	return e.a.sinks.Resolve(sink.KindFunction + ":" + name)
+}
+
+// action is the "function:NAME" sink: the message runs the function's
+// on_message entry (its emits go to its first trigger's sinks, or are
+// republished).
+func (f *functionsModule) action(name string) (message.Sink, error) {
+	if f.registry() == nil {
 		return nil, fmt.Errorf("%w: function %q (functions are not enabled)", rules.ErrUnknownTarget, name)
 	}
 	if err := f.registry().Runnable(name); err != nil {

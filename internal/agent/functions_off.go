@@ -3,8 +3,9 @@
 package agent
 
 import (
+	"context"
+	"errors"
 	"fmt"
-	"net/http"
 
 	"github.com/outpost-edge/outpost/internal/message"
 	"github.com/outpost-edge/outpost/internal/module"
@@ -15,12 +16,25 @@ import (
 // Config.Validate refuses an enabled functions section.
 const functionsBuilt = false
 
+// functionsModule is never built: Config.Validate refuses an enabled
+// section, and the registry builds the module only when it is enabled.
 type functionsModule struct{}
 
-func (a *Agent) newFunctions() func(*http.ServeMux)             { return func(*http.ServeMux) {} }
-func (a *Agent) functionModules() []module.Module               { return nil }
-func (a *Agent) withFunctionsDep(m module.Module) module.Module { return m }
-func (a *Agent) functionsSink() message.Sink                    { return nil }
+var errNoFunctions = errors.New("functions: this outpost was built without WebAssembly functions (build it with -tags functions)")
+
+func (a *Agent) newFunctions() module.Typed[FunctionsConfig] {
+	a.fns = &functionsModule{}
+	return a.fns
+}
+func (a *Agent) provideFunctionSinks() {}
+
+func (*functionsModule) Name() string                                 { return "functions" }
+func (*functionsModule) Init(context.Context, *FunctionsConfig) error { return errNoFunctions }
+func (*functionsModule) Start(context.Context) error                  { return errNoFunctions }
+func (*functionsModule) Stop(context.Context) error                   { return nil }
+func (*functionsModule) Health() module.Status {
+	return module.Status{State: module.StateFailed, Detail: errNoFunctions.Error()}
+}
 
 func (e *rulesEnv) functionAction(name string) (message.Sink, error) {
 	return nil, fmt.Errorf("%w: function %q (functions are not available in this build)", rules.ErrUnknownTarget, name)

@@ -19,15 +19,17 @@ import (
 // newNetpol builds the network policy module and its HTTP and metrics
 // surface: GET /api/v1/netpol (backend, counters) and
 // outpost_netpol_{packets,bytes}_total{iface,rule}.
-func newNetpol(a *Agent) (module.Module, func(*http.ServeMux)) {
+func (a *Agent) newNetpol() module.Typed[netpol.Config] {
 	m := kernel.New(kernel.Options{Log: a.log, Metrics: a.metrics})
 	a.metrics.RegisterMetricsWriter(func(w io.Writer) { writeNetpolMetrics(w, m.Status()) })
-	return m, func(mux *http.ServeMux) {
+	a.route(func(mux *http.ServeMux) {
 		mux.HandleFunc("GET /api/v1/netpol", func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
 			json.NewEncoder(w).Encode(m.Status())
 		})
-	}
+	})
+	a.Netpol = m
+	return m
 }
 
 func writeNetpolMetrics(w io.Writer, st netpol.Status) {

@@ -5,25 +5,26 @@ package agent
 import (
 	"context"
 	"errors"
-	"net/http"
 
 	"github.com/outpost-edge/outpost/internal/module"
+	"github.com/outpost-edge/outpost/internal/netpol"
 )
 
 // newNetpol in a build without the netpol tag: a netpol section is refused
 // at start with a message that says how to get a build that has it.
-func newNetpol(*Agent) (module.Module, func(*http.ServeMux)) {
-	return netpolOff{}, func(*http.ServeMux) {}
+func (a *Agent) newNetpol() module.Typed[netpol.Config] {
+	a.Netpol = netpolOff{}
+	return a.Netpol
 }
 
 type netpolOff struct{}
 
 var errNoNetpol = errors.New("netpol: this outpost was built without network policy; build it with -tags netpol (TAGS=netpol scripts/build.sh) or remove the netpol section")
 
-func (netpolOff) Name() string                    { return "netpol" }
-func (netpolOff) Init(context.Context, any) error { return errNoNetpol }
-func (netpolOff) Start(context.Context) error     { return errNoNetpol }
-func (netpolOff) Stop(context.Context) error      { return nil }
+func (netpolOff) Name() string                               { return "netpol" }
+func (netpolOff) Init(context.Context, *netpol.Config) error { return errNoNetpol }
+func (netpolOff) Start(context.Context) error                { return errNoNetpol }
+func (netpolOff) Stop(context.Context) error                 { return nil }
 func (netpolOff) Health() module.Status {
 	return module.Status{State: module.StateFailed, Detail: errNoNetpol.Error()}
 }

@@ -117,8 +117,8 @@ type Broker struct {
 	admitted sync.Map   // net.Conn -> struct{}: login admitted its client (login.go)
 }
 
-var _ module.Module = (*Broker)(nil)
-var _ module.Reconfigurable = (*Broker)(nil)
+var _ module.Typed[Config] = (*Broker)(nil)
+var _ module.TypedReconfigurable[Config] = (*Broker)(nil)
 
 // New returns an unstarted broker.
 func New(opts Options) *Broker {
@@ -158,23 +158,19 @@ func (b *Broker) server() *mqtt.Server {
 	return nil
 }
 
-// Name implements module.Module.
+// Name implements module.Typed.
 func (b *Broker) Name() string { return "broker" }
 
 func (b *Broker) setHealth(s module.State, detail string) {
 	b.health.Store(&module.Status{State: s, Detail: detail})
 }
 
-// Health implements module.Module.
+// Health implements module.Typed.
 func (b *Broker) Health() module.Status { return *b.health.Load() }
 
-// Init implements module.Module. cfg must be a *Config that has been
-// defaulted and validated.
-func (b *Broker) Init(_ context.Context, cfg any) error {
-	c, ok := cfg.(*Config)
-	if !ok {
-		return fmt.Errorf("broker: config is %T, want *broker.Config", cfg)
-	}
+// Init implements module.Typed. c must have been defaulted and validated
+// (module.Of does both).
+func (b *Broker) Init(_ context.Context, c *Config) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.conf.Store(c)
@@ -182,7 +178,7 @@ func (b *Broker) Init(_ context.Context, cfg any) error {
 	return nil
 }
 
-// Start implements module.Module: it binds every listener (failing with the
+// Start implements module.Typed: it binds every listener (failing with the
 // listener's name) and starts serving.
 func (b *Broker) Start(ctx context.Context) error {
 	b.mu.Lock()
@@ -325,7 +321,7 @@ func tlsConfig(lc Listener) (*tls.Config, error) {
 	return tc, nil
 }
 
-// Stop implements module.Module: listeners close, clients are disconnected
+// Stop implements module.Typed: listeners close, clients are disconnected
 // (persistent sessions are kept in the store), the store is closed.
 func (b *Broker) Stop(ctx context.Context) error {
 	b.mu.Lock()
@@ -345,15 +341,11 @@ func (b *Broker) Stop(ctx context.Context) error {
 	}
 }
 
-// Reconfigure implements module.Reconfigurable. Users, ACLs and the
+// Reconfigure implements module.TypedReconfigurable. Users, ACLs and the
 // anonymous policy are swapped in place (existing subscriptions are checked
 // against the new ACL on every delivery); a change of listeners, limits or
 // persistence restarts the broker (clients reconnect, sessions persist).
-func (b *Broker) Reconfigure(ctx context.Context, cfg any) error {
-	c, ok := cfg.(*Config)
-	if !ok {
-		return fmt.Errorf("broker: config is %T, want *broker.Config", cfg)
-	}
+func (b *Broker) Reconfigure(ctx context.Context, c *Config) error {
 	old := b.conf.Load()
 	if old != nil && reflect.DeepEqual(old.Listeners, c.Listeners) && old.Limits == c.Limits &&
 		reflect.DeepEqual(old.Persistence, c.Persistence) {

@@ -1,8 +1,14 @@
 // Package module is Outpost's subsystem contract and the runner that starts
 // and stops subsystems in dependency order.
 //
-// Every subsystem (broker, pipeline, queue, uplink, rules, supervisor, ota,
-// telemetry) implements Module. The Runner:
+// Every subsystem (broker, pipeline, uplink, rules, supervisor, ota,
+// telemetry, ...) implements Typed[C], the contract with its config section
+// as the concrete type *C, and the integrator adapts it with Of, which does
+// the config preamble once for all of them: the section may be a C, a *C or
+// nil; the module gets a defaulted (SetDefaults) and validated (Validate)
+// copy, and a section of the wrong type is refused naming the module. Of
+// also carries the module's dependencies. The Runner drives the untyped
+// Module that Of returns:
 //
 //   - calls Init on every module in dependency order (a module's Deps are
 //     initialised and started before it);
@@ -22,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"sort"
 	"strings"
 	"sync"
@@ -289,4 +296,158 @@ func (r *Runner) Health() []NamedStatus {
 type NamedStatus struct {
 	Name string
 	Status
+}
+
+// Typed is what a subsystem implements: the module contract with its config
+// section as the concrete type *C. Of adapts it to Module; the adapter does
+// the preamble every Init and Reconfigure used to repeat (type assertion,
+// defaults, validation), so the module receives a defaulted and validated
+// copy of its section.
+type Typed[C any] interface {
+	Name() string
+	Init(ctx context.Context, cfg *C) error
+	Start(ctx context.Context) error
+	Stop(ctx context.Context) error
+	Health() Status
+}
+
+// TypedReconfigurable is implemented by a Typed module that can apply a
+// changed section in place. Without it, Reconfigure restarts the module
+// (Stop, Init, Start).
+type TypedReconfigurable[C any] interface {
+	Reconfigure(ctx context.Context, cfg *C) error
+}
+
+// Defaulter and Validator are the optional methods of a config section,
+// called by the adapter on the copy it passes to Init and Reconfigure.
+type (
+	Defaulter interface{ SetDefaults() }
+	Validator interface{ Validate() error }
+)
+
+// ErrConfigType is returned by an adapted module's Init and Reconfigure when
+// the section is not the module's config type.
+var ErrConfigType = errors.New("module: config of the wrong type")
+
+// Of adapts a typed module to Module. after names the modules that must
+// start before it (its DependsOn); the module's own DependsOn, if any, is
+// not consulted: who starts first is the integrator's decision.
+//
+// The generic part is kept to two small closures per config type (the
+// lifecycle and the preamble are shared code), so that each registered
+// module costs little binary (and mapped, resident text).
+func Of[C any](m Typed[C], after ...string) Adapted {
+	a := &adapter{m: m, name: m.Name(), after: after, typ: reflect.TypeFor[C]()}
+	a.init = func(ctx context.Context, c any) error { return m.Init(ctx, c.(*C)) }
+	if rc, ok := m.(TypedReconfigurable[C]); ok {
+		a.reconf = func(ctx context.Context, c any) error { return rc.Reconfigure(ctx, c.(*C)) }
+	}
+	return a
+}
+
+// Adapted is a typed module behind the untyped contract the Runner drives.
+type Adapted interface {
+	Module
+	Reconfigurable
+	Deps
+}
+
+// Unwrap returns the typed module behind an adapter (m itself otherwise).
+func Unwrap(m Module) any {
+	if a, ok := m.(*adapter); ok {
+		return a.m
+	}
+	return m
+}
+
+// lifecycle is the untyped part of Typed.
+type lifecycle interface {
+	Start(ctx context.Context) error
+	Stop(ctx context.Context) error
+	Health() Status
+}
+
+type adapter struct {
+	m      lifecycle
+	name   string
+	after  []string
+	typ    reflect.Type                           // C
+	init   func(ctx context.Context, c any) error // m.Init with a *C
+	reconf func(ctx context.Context, c any) error // m.Reconfigure, nil if it cannot
+}
+
+func (a *adapter) Name() string                    { return a.name }
+func (a *adapter) DependsOn() []string             { return a.after }
+func (a *adapter) Start(ctx context.Context) error { return a.m.Start(ctx) }
+func (a *adapter) Stop(ctx context.Context) error  { return a.m.Stop(ctx) }
+func (a *adapter) Health() Status                  { return a.m.Health() }
+
+func (a *adapter) Init(ctx context.Context, cfg any) error {
+	c, err := prepare(a.name, a.typ, cfg)
+	if err != nil {
+		return err
+	}
+	return a.init(ctx, c)
+}
+
+// Reconfigure applies the section in place when the module can, else
+// restarts it alone.
+func (a *adapter) Reconfigure(ctx context.Context, cfg any) error {
+	c, err := prepare(a.name, a.typ, cfg)
+	if err != nil {
+		return err
+	}
+	if a.reconf != nil {
+		return a.reconf(ctx, c)
+	}
+	if err := a.m.Stop(ctx); err != nil {
+		return fmt.Errorf("restart: stop: %w", err)
+	}
+	if err := a.init(ctx, c); err != nil {
+		return fmt.Errorf("restart: init: %w", err)
+	}
+	if err := a.m.Start(ctx); err != nil {
+		return fmt.Errorf("restart: start: %w", err)
+	}
+	return nil
+}
+
+// Prepare is the one config preamble: cfg may be a C, a *C or nil (a nil
+// section is C's zero value); the result is a copy, defaulted
+// (Defaulter) and validated (Validator), so the caller's section is never
+// modified. Errors name the module.
+func Prepare[C any](name string, cfg any) (*C, error) {
+	c, err := prepare(name, reflect.TypeFor[C](), cfg)
+	if err != nil {
+		return nil, err
+	}
+	return c.(*C), nil
+}
+
+// prepare is Prepare for the type t; it returns a *t.
+func prepare(name string, t reflect.Type, cfg any) (any, error) {
+	p := reflect.New(t)
+	if cfg != nil {
+		v := reflect.ValueOf(cfg)
+		switch {
+		case v.Type() == t:
+			p.Elem().Set(v)
+		case v.Type() == reflect.PointerTo(t):
+			if !v.IsNil() {
+				p.Elem().Set(v.Elem())
+			}
+		default:
+			return nil, fmt.Errorf("%w: %s: %T, want %v", ErrConfigType, name, cfg, t)
+		}
+	}
+	c := p.Interface()
+	if d, ok := c.(Defaulter); ok {
+		d.SetDefaults()
+	}
+	if v, ok := c.(Validator); ok {
+		if err := v.Validate(); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	return c, nil
 }

@@ -12,7 +12,7 @@
 //     the targets role or a delegated one).
 //   - this package: Config (the `ota:` YAML section), Boot/Trial.Gate (the
 //     process model below), Prestart (the service manager hook), Updater
-//     (the "ota" module.Module: check loop, download, stage, install) and
+//     (the "ota" module.Typed: check loop, download, stage, install) and
 //     its HTTP API (Register).
 //
 // # Process model
@@ -36,13 +36,14 @@
 //	trial, err := ota.Boot(ctx, cfg.OTA, ota.BootOptions{Log: log})
 //	if err != nil { log.Error("ota boot", "err", err) } // keep running
 //
-//	// agent.New: the module, its API on the telemetry mux, a graceful restart
+//	// agent registry: section "ota" → &cfg.OTA, after telemetry
+//	register("ota", func(c *Config) *ota.Config { return &c.OTA }, (*Agent).newOTA, "telemetry"),
+//	// newOTA: the module, its API on the telemetry mux, a graceful restart
 //	a.OTA = ota.New(ota.Options{Log: log, Metrics: set, Restart: func(c ota.Config) {
 //		a.Stop(stopCtx) // drain, flush queues
 //		ota.Restart(c)  // exec, or exit(ExitRestart) for systemd
 //	}})
-//	routes = append(routes, a.OTA.Register) // POST /api/v1/update/check|apply, GET .../status
-//	mods = append(mods, depends{a.OTA, []string{"telemetry"}}) // section "ota" → &cfg.OTA
+//	a.route(a.OTA.Register) // POST /api/v1/update/check|apply, GET .../status
 //
 //	// cmd_run.go, after agent.New: gate a trial version on /readyz health
 //	if trial != nil {

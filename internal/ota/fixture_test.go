@@ -21,6 +21,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/outpost-edge/outpost/internal/buildinfo"
 	"github.com/outpost-edge/outpost/internal/config"
+	"github.com/outpost-edge/outpost/internal/module"
 	"github.com/outpost-edge/outpost/internal/ota"
 	"github.com/outpost-edge/outpost/internal/ota/release"
 	"github.com/outpost-edge/outpost/internal/ota/tuf"
@@ -417,7 +418,7 @@ func (g *gateway) inproc(t testing.TB, version string) *inproc {
 	t.Helper()
 	ip := &inproc{metrics: metrics.NewSet()}
 	ip.Updater = ota.New(ota.Options{Version: version, Metrics: ip.metrics, Restart: func(ota.Config) { ip.restarts.Add(1) }})
-	if err := ip.Init(context.Background(), g.cfg); err != nil {
+	if err := module.Of[ota.Config](ip.Updater).Init(context.Background(), g.cfg); err != nil {
 		t.Fatal(err)
 	}
 	return ip

@@ -113,7 +113,7 @@ func pinned(targets map[string]tuf.TargetFile, version string) map[string]tuf.Ta
 	return out
 }
 
-var _ module.Module = (*Updater)(nil)
+var _ module.Typed[Config] = (*Updater)(nil)
 
 type updaterMetrics struct {
 	checks, checkErrors, applies, applyErrors *metrics.Counter
@@ -162,24 +162,12 @@ func New(opt Options) *Updater {
 	return u
 }
 
-// Name implements module.Module.
+// Name implements module.Typed.
 func (u *Updater) Name() string { return "ota" }
 
-// Init implements module.Module; cfg is a Config or *Config.
-func (u *Updater) Init(_ context.Context, cfg any) error {
-	var c Config
-	switch v := cfg.(type) {
-	case Config:
-		c = v
-	case *Config:
-		c = *v
-	default:
-		return fmt.Errorf("ota: config is %T, want ota.Config", cfg)
-	}
-	c.SetDefaults()
-	if err := c.Validate(); err != nil {
-		return err
-	}
+// Init implements module.Typed; pc is defaulted and validated (module.Of).
+func (u *Updater) Init(_ context.Context, pc *Config) error {
+	c := *pc
 	e, err := newEngine(c, u.opt.Log)
 	if err != nil {
 		return err
@@ -225,7 +213,7 @@ func (u *Updater) applyState(st *State) {
 	u.status.Target, u.status.Attempts = st.Target, st.Attempts
 }
 
-// Start implements module.Module: it starts the check loop and resumes an
+// Start implements module.Typed: it starts the check loop and resumes an
 // interrupted download.
 func (u *Updater) Start(ctx context.Context) error {
 	u.mu.Lock()
@@ -246,7 +234,7 @@ func (u *Updater) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop implements module.Module.
+// Stop implements module.Typed.
 func (u *Updater) Stop(ctx context.Context) error {
 	u.mu.Lock()
 	cancel := u.cancel
@@ -267,7 +255,7 @@ func (u *Updater) Stop(ctx context.Context) error {
 	}
 }
 
-// Health implements module.Module. A failing repository degrades, it does
+// Health implements module.Typed. A failing repository degrades, it does
 // not fail, the agent.
 func (u *Updater) Health() module.Status {
 	u.mu.Lock()

@@ -45,7 +45,7 @@ import (
 
 	"github.com/outpost-edge/outpost/internal/message"
 	"github.com/outpost-edge/outpost/internal/module"
-	"github.com/outpost-edge/outpost/internal/sink/file"
+	"github.com/outpost-edge/outpost/internal/sink"
 	"github.com/outpost-edge/outpost/internal/sink/republish"
 	"github.com/outpost-edge/outpost/internal/topic"
 )
@@ -65,17 +65,19 @@ type Options struct {
 	Metrics *metrics.Set
 	// Publisher is the broker, for republish sinks.
 	Publisher republish.Publisher
-	// Extra are sinks provided by other modules (uplink lanes, the rule
-	// engine), addressable by name from routes. They are not closed by the
-	// pipeline.
-	Extra func() map[string]message.Sink
+	// Sinks builds the configured sinks and resolves every route target
+	// that is not one of them (uplink lanes, the rule engine, functions:
+	// sink.Registry). Resolved sinks are not closed by the pipeline. nil =
+	// a registry with only the Publisher.
+	Sinks *sink.Registry
 }
 
 // Pipeline is the routing module.
 type Pipeline struct {
-	opts Options
-	log  *slog.Logger
-	m    *pmetrics
+	opts  Options
+	log   *slog.Logger
+	m     *pmetrics
+	sinks *sink.Registry
 
 	mu      sync.Mutex // lifecycle
 	cfg     *Config
@@ -87,8 +89,8 @@ type Pipeline struct {
 	wg      sync.WaitGroup
 }
 
-var _ module.Module = (*Pipeline)(nil)
-var _ module.Reconfigurable = (*Pipeline)(nil)
+var _ module.Typed[Config] = (*Pipeline)(nil)
+var _ module.TypedReconfigurable[Config] = (*Pipeline)(nil)
 
 // New returns an unstarted pipeline.
 func New(opts Options) *Pipeline {
@@ -98,12 +100,15 @@ func New(opts Options) *Pipeline {
 	if opts.Metrics == nil {
 		opts.Metrics = metrics.NewSet()
 	}
-	p := &Pipeline{opts: opts, log: opts.Logger, seed: maphash.MakeSeed()}
+	p := &Pipeline{opts: opts, log: opts.Logger, seed: maphash.MakeSeed(), sinks: opts.Sinks}
+	if p.sinks == nil {
+		p.sinks = sink.New(sink.Options{Publisher: opts.Publisher, Logger: opts.Logger, Metrics: opts.Metrics})
+	}
 	p.m = newMetrics(opts.Metrics, p)
 	return p
 }
 
-// Name implements module.Module.
+// Name implements module.Typed.
 func (p *Pipeline) Name() string { return "pipeline" }
 
 // DependsOn implements module.Deps: republish needs the broker.
@@ -123,12 +128,8 @@ type compiledRoute struct {
 	sinks   []message.Sink
 }
 
-// Init implements module.Module.
-func (p *Pipeline) Init(_ context.Context, cfg any) error {
-	c, ok := cfg.(*Config)
-	if !ok {
-		return fmt.Errorf("pipeline: config is %T, want *pipeline.Config", cfg)
-	}
+// Init implements module.Typed.
+func (p *Pipeline) Init(_ context.Context, c *Config) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cfg = c
@@ -147,12 +148,13 @@ func (p *Pipeline) build(c *Config) (*table, error) {
 		var s message.Sink
 		switch sc.Type {
 		case SinkRepublish:
-			if p.opts.Publisher == nil {
-				return fail(fmt.Errorf("pipeline: sink %s: no broker to republish to", sc.Name))
+			rs, err := p.sinks.Republish(sc.Name, sc.Republish)
+			if err != nil {
+				return fail(fmt.Errorf("pipeline: %w", err))
 			}
-			s = republish.New(sc.Name, sc.Republish, p.opts.Publisher)
+			s = rs
 		case SinkFile:
-			fs, err := file.Open(sc.Name, sc.File)
+			fs, err := p.sinks.File(sc.Name, sc.File)
 			if err != nil {
 				return fail(fmt.Errorf("pipeline: %w", err))
 			}
@@ -163,20 +165,18 @@ func (p *Pipeline) build(c *Config) (*table, error) {
 		}
 		t.sinks[sc.Name] = s
 	}
-	if p.opts.Extra != nil {
-		for name, s := range p.opts.Extra() {
-			if _, dup := t.sinks[name]; dup {
-				return fail(fmt.Errorf("pipeline: sink name %q is used by a module; rename the configured sink", name))
-			}
-			t.sinks[name] = s
-		}
-	}
 	for _, r := range c.Routes {
 		cr := compiledRoute{name: r.Name, filters: r.From}
 		for _, to := range r.To {
 			s, ok := t.sinks[to]
 			if !ok {
-				return fail(fmt.Errorf("pipeline: route %s: unknown sink %q", r.Name, to))
+				// Not configured here: a module's sink (Config.Validate
+				// refuses a configured name that a module uses).
+				var err error
+				if s, err = p.sinks.Resolve(to); err != nil {
+					return fail(fmt.Errorf("pipeline: route %s: unknown sink %q: %w", r.Name, to, err))
+				}
+				t.sinks[to] = s
 			}
 			cr.sinks = append(cr.sinks, s)
 		}
@@ -185,7 +185,7 @@ func (p *Pipeline) build(c *Config) (*table, error) {
 	return t, nil
 }
 
-// Start implements module.Module.
+// Start implements module.Typed.
 func (p *Pipeline) Start(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -207,7 +207,7 @@ func (p *Pipeline) Start(ctx context.Context) error {
 	return nil
 }
 
-// Health implements module.Module.
+// Health implements module.Typed.
 func (p *Pipeline) Health() module.Status {
 	if !p.running.Load() {
 		return module.Status{State: module.StateStopped}
@@ -474,7 +474,7 @@ func (p *Pipeline) barrier(ctx context.Context) error {
 	return nil
 }
 
-// Stop implements module.Module: stop accepting, drain, close owned sinks.
+// Stop implements module.Typed: stop accepting, drain, close owned sinks.
 func (p *Pipeline) Stop(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -506,15 +506,11 @@ func (p *Pipeline) Stop(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Reconfigure implements module.Reconfigurable: the new routing table takes
+// Reconfigure implements module.TypedReconfigurable: the new routing table takes
 // effect for the next message; messages already queued finish with the old
 // one; then the old table's sinks are closed. A partition count or queue size
 // change restarts the pipeline (after draining).
-func (p *Pipeline) Reconfigure(ctx context.Context, cfg any) error {
-	c, ok := cfg.(*Config)
-	if !ok {
-		return fmt.Errorf("pipeline: config is %T, want *pipeline.Config", cfg)
-	}
+func (p *Pipeline) Reconfigure(ctx context.Context, c *Config) error {
 	p.mu.Lock()
 	old := p.cfg
 	p.mu.Unlock()
@@ -556,7 +552,7 @@ func (p *Pipeline) Sink(name string) (message.Sink, bool) {
 }
 
 // Refresh rebuilds the routing table with the current config, picking up
-// sinks that other modules added or removed (Options.Extra).
+// sinks that other modules added or removed (Options.Sinks).
 func (p *Pipeline) Refresh(ctx context.Context) error {
 	p.mu.Lock()
 	c := p.cfg

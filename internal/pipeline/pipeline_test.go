@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/outpost-edge/outpost/internal/sink"
 	"sync"
 	"testing"
 	"time"
@@ -52,17 +53,17 @@ func start(t *testing.T, c *Config, sinks ...*memSink) *Pipeline {
 
 func startSinks(t *testing.T, c *Config, sinks ...message.Sink) *Pipeline {
 	t.Helper()
-	extra := map[string]message.Sink{}
+	reg := sink.New(sink.Options{})
 	var names []string
 	for _, s := range sinks {
-		extra[s.Name()] = s
+		reg.Provide(s.Name(), func(string) (message.Sink, error) { return s, nil })
 		names = append(names, s.Name())
 	}
 	c.SetDefaults()
 	if err := c.Validate(names...); err != nil {
 		t.Fatal(err)
 	}
-	p := New(Options{Extra: func() map[string]message.Sink { return extra }})
+	p := New(Options{Sinks: reg})
 	if err := p.Init(context.Background(), c); err != nil {
 		t.Fatal(err)
 	}
@@ -271,7 +272,9 @@ func index(s, sub string) int {
 
 func BenchmarkSubmitQoS0(b *testing.B) {
 	s := &memSink{name: "s"}
-	p := New(Options{Extra: func() map[string]message.Sink { return map[string]message.Sink{"s": nullSink{}} }})
+	reg := sink.New(sink.Options{})
+	reg.Provide("s", func(string) (message.Sink, error) { return nullSink{}, nil })
+	p := New(Options{Sinks: reg})
 	c := &Config{Routes: []Route{{From: []string{"factory/+/sensors/#"}, To: []string{"s"}}}}
 	c.SetDefaults()
 	p.Init(context.Background(), c)

@@ -18,9 +18,10 @@
 //     it was acknowledged (and acknowledged ones may reappear: duplicates are
 //     possible, losses are not).
 //
-// Mem is the in-memory implementation (tests, and lanes configured as
-// non-durable); Disk (Open) is the segmented log on local disk. Both satisfy
-// Queue.
+// Mem is the in-memory implementation, for tests (it keeps the contract
+// except surviving a crash; no lane uses it: every uplink lane is a Disk);
+// Disk (Open) is the segmented log on local disk, opened for each lane by
+// uplink.Lanes. Both satisfy Queue.
 //
 // # Disk queue: usage
 //

@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/outpost-edge/outpost/internal/message"
+	"github.com/outpost-edge/outpost/internal/sink/webhook"
 )
 
 // Env is what the engine needs from the rest of Outpost: where actions
@@ -33,6 +34,14 @@ type Env interface {
 	Lanes() []string
 	// Labels returns a device's labels (nil when unknown).
 	Labels(deviceID string) map[string]string
+}
+
+// WebhookEnv is optionally implemented by an Env that builds the sinks of
+// WEBHOOK actions (the agent's sink registry). Without it the engine
+// builds them with internal/sink/webhook. Either way the engine shares one
+// sink between rule versions with the same webhook configuration.
+type WebhookEnv interface {
+	Webhook(webhook.Config) (message.Sink, error)
 }
 
 // ErrUnknownTarget is returned (wrapped) by Env methods for a lane, file

@@ -12,8 +12,10 @@ import (
 	"sync"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/outpost-edge/outpost/internal/message"
 	"github.com/outpost-edge/outpost/internal/module"
 	"github.com/outpost-edge/outpost/internal/rules/parser"
+	"github.com/outpost-edge/outpost/internal/sink/webhook"
 )
 
 // Module runs the rule engine as an Outpost module (name "rules"): it owns
@@ -38,7 +40,10 @@ type Module struct {
 	started bool
 }
 
-var _ module.Module = (*Module)(nil)
+var (
+	_ module.Typed[Config]               = (*Module)(nil)
+	_ module.TypedReconfigurable[Config] = (*Module)(nil)
+)
 
 // NewModule returns the rules module. env is implemented by the
 // integrator; log and set may be nil.
@@ -52,38 +57,16 @@ func NewModule(env Env, log *slog.Logger, set *metrics.Set) *Module {
 	return &Module{env: env, log: log, set: set}
 }
 
-// Name implements module.Module.
+// Name implements module.Typed.
 func (m *Module) Name() string { return "rules" }
 
 // DependsOn: actions deliver to the broker and the uplink queue.
 func (m *Module) DependsOn() []string { return nil }
 
-func asConfig(cfg any) (Config, error) {
-	switch c := cfg.(type) {
-	case Config:
-		return c, nil
-	case *Config:
-		if c == nil {
-			return Config{}, nil
-		}
-		return *c, nil
-	case nil:
-		return Config{}, nil
-	}
-	return Config{}, fmt.Errorf("rules: config of type %T, want rules.Config", cfg)
-}
-
-// Init validates cfg (rules.Config or *rules.Config) and builds the engine
-// (once; a later Init applies cfg to the same engine, like Reconfigure).
-func (m *Module) Init(_ context.Context, cfg any) error {
-	c, err := asConfig(cfg)
-	if err != nil {
-		return err
-	}
-	c.SetDefaults()
-	if err := c.Validate(); err != nil {
-		return fmt.Errorf("rules: %w", err)
-	}
+// Init builds the engine from pc, defaulted and validated (module.Of)
+// (once; a later Init applies pc to the same engine, like Reconfigure).
+func (m *Module) Init(_ context.Context, pc *Config) error {
+	c := *pc
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.eng != nil {
@@ -97,8 +80,12 @@ func (m *Module) Init(_ context.Context, cfg any) error {
 	}
 	m.cfg = c
 	m.labels = withConfigLabels(m.env, c.Devices)
+	var hook func(webhook.Config) (message.Sink, error)
+	if w, ok := m.env.(WebhookEnv); ok {
+		hook = w.Webhook
+	}
 	m.eng = New(Options{
-		Env: m.labels, Partitions: c.Partitions, Log: m.log, Metrics: m.set,
+		Env: m.labels, Webhook: hook, Partitions: c.Partitions, Log: m.log, Metrics: m.set,
 		Tick: c.WindowTick.D(), Idle: c.IdleTimeout.D(), MaxHops: c.MaxHops, DeviceID: c.DeviceIDFunc(), Selectors: c.Selectors(),
 	})
 	m.eng.SetCheckpointDir(c.StateDir)
@@ -247,19 +234,12 @@ func (m *Module) proxy(w http.ResponseWriter, r *http.Request) {
 // state carried over per Reload semantics) and watches it; state_dir is
 // used at the next stop. A new dir that cannot be read is refused and the
 // old one stays.
-func (m *Module) Reconfigure(ctx context.Context, cfg any) error {
-	c, err := asConfig(cfg)
-	if err != nil {
-		return err
-	}
-	c.SetDefaults()
-	if err := c.Validate(); err != nil {
-		return fmt.Errorf("rules: %w", err)
-	}
+func (m *Module) Reconfigure(ctx context.Context, pc *Config) error {
+	c := *pc
 	m.mu.Lock()
 	if !m.started {
 		m.mu.Unlock()
-		return m.Init(ctx, c)
+		return m.Init(ctx, &c)
 	}
 	defer m.mu.Unlock()
 	old := m.cfg

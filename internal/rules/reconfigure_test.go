@@ -3,6 +3,7 @@ package rules
 import (
 	"context"
 	"fmt"
+	"github.com/outpost-edge/outpost/internal/module"
 	"os"
 	"path/filepath"
 	"sync"
@@ -30,7 +31,7 @@ CREATE RULE v VERSION 2 AS SELECT 2 AS v FROM 'p' DO REPUBLISH 'pv';`
 	env := NewMemEnv()
 	ctx := context.Background()
 	m := NewModule(env, nil, nil)
-	if err := m.Init(ctx, cfg); err != nil {
+	if err := module.Of[Config](m).Init(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Start(ctx); err != nil {
@@ -79,7 +80,7 @@ CREATE RULE v VERSION 2 AS SELECT 2 AS v FROM 'p' DO REPUBLISH 'pv';`
 	}
 	for _, st := range steps {
 		st.change(&cfg)
-		if err := m.Reconfigure(ctx, cfg); err != nil {
+		if err := module.Of[Config](m).Reconfigure(ctx, cfg); err != nil {
 			t.Fatalf("%s: %v", st.name, err)
 		}
 		if m.Engine() != eng {
@@ -109,7 +110,7 @@ CREATE RULE v VERSION 2 AS SELECT 2 AS v FROM 'p' DO REPUBLISH 'pv';`
 	// an unreadable new directory is refused and the old one stays
 	bad := cfg
 	bad.Dir = filepath.Join(dir2, "w.sql", "sub")
-	if err := m.Reconfigure(ctx, bad); err == nil {
+	if err := module.Of[Config](m).Reconfigure(ctx, bad); err == nil {
 		t.Error("a directory below a file was accepted")
 	}
 	if m.Store().Dir() != dir2 || len(eng.Rules()) != 4 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/outpost-edge/outpost/internal/module"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -224,7 +225,7 @@ func TestModuleLifecycle(t *testing.T) {
 	env := NewMemEnv()
 	ctx := context.Background()
 	m := NewModule(env, nil, nil)
-	if err := m.Init(ctx, cfg); err != nil {
+	if err := module.Of[Config](m).Init(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Start(ctx); err != nil {
@@ -246,7 +247,7 @@ func TestModuleLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	m2 := NewModule(env, nil, nil)
-	m2.Init(ctx, cfg)
+	module.Of[Config](m2).Init(ctx, cfg)
 	if err := m2.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +258,7 @@ func TestModuleLifecycle(t *testing.T) {
 	if len(ms) != 1 || string(ms[0].Payload) != `{"n":4}` {
 		t.Fatalf("window after restart: %v", ms)
 	}
-	if err := m.Init(ctx, &Config{Partitions: -1}); err == nil {
+	if err := module.Of[Config](m).Init(ctx, &Config{Partitions: -1}); err == nil {
 		t.Error("Init accepted a bad config")
 	}
 }

@@ -12,13 +12,14 @@
 //		Publisher: broker,   // state on outpost/local/components/<name>/state (optional)
 //		Bus:       broker,   // MQTT heartbeat health checks (optional)
 //	})
-//	_ = s.Init(ctx, cfg)     // supervisor.Config, the "supervisor:" section
+//	m := module.Of[supervisor.Config](s) // defaults and validates the section
+//	_ = m.Init(ctx, cfg)     // supervisor.Config, the "supervisor:" section
 //	_ = s.Start(ctx)         // stops leftovers, loads recipes, starts components
 //	s.RegisterHTTP(mux)      // /api/v1/components...
 //	defer s.Stop(ctx)        // dependents first, SIGTERM, grace, SIGKILL
 //
-// Supervisor implements module.Module ("supervisor") and
-// module.Reconfigurable (overrides apply live).
+// Supervisor implements module.Typed[Config] ("supervisor") and
+// module.TypedReconfigurable (overrides apply live).
 //
 // # Guarantees
 //

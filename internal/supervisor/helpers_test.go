@@ -3,6 +3,7 @@ package supervisor
 import (
 	"context"
 	"fmt"
+	"github.com/outpost-edge/outpost/internal/module"
 	"log/slog"
 	"net/http"
 	"os"
@@ -161,7 +162,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 func (e *testEnv) start() *Supervisor {
 	e.tb.Helper()
 	e.s = New(e.opts)
-	if err := e.s.Init(context.Background(), e.cfg); err != nil {
+	if err := module.Of[Config](e.s).Init(context.Background(), e.cfg); err != nil {
 		e.tb.Fatal(err)
 	}
 	if err := e.s.Start(context.Background()); err != nil {

@@ -50,7 +50,7 @@ type Options struct {
 }
 
 // Supervisor runs components declared by recipes. It implements
-// module.Module (name "supervisor") and module.Reconfigurable.
+// module.Typed (name "supervisor") and module.TypedReconfigurable.
 type Supervisor struct {
 	opts            Options
 	log             *slog.Logger
@@ -80,9 +80,9 @@ type Supervisor struct {
 }
 
 var (
-	_ module.Module         = (*Supervisor)(nil)
-	_ module.Reconfigurable = (*Supervisor)(nil)
-	_ module.Deps           = (*Supervisor)(nil)
+	_ module.Typed[Config]               = (*Supervisor)(nil)
+	_ module.TypedReconfigurable[Config] = (*Supervisor)(nil)
+	_ module.Deps                        = (*Supervisor)(nil)
 )
 
 // New returns a supervisor; Init configures it and Start runs it.
@@ -110,38 +110,16 @@ func New(opts Options) *Supervisor {
 	}
 }
 
-// Name implements module.Module.
+// Name implements module.Typed.
 func (s *Supervisor) Name() string { return "supervisor" }
 
 // DependsOn implements module.Deps (Options.After): the bus must be up
 // before components get credentials on it.
 func (s *Supervisor) DependsOn() []string { return append([]string(nil), s.opts.After...) }
 
-func toConfig(cfg any) (Config, error) {
-	switch v := cfg.(type) {
-	case Config:
-		return v, nil
-	case *Config:
-		if v == nil {
-			return Config{}, nil
-		}
-		return *v, nil
-	case nil:
-		return Config{}, nil
-	}
-	return Config{}, fmt.Errorf("supervisor: config of type %T, want supervisor.Config", cfg)
-}
-
-// Init validates the configuration and prepares directories.
-func (s *Supervisor) Init(_ context.Context, cfg any) error {
-	c, err := toConfig(cfg)
-	if err != nil {
-		return err
-	}
-	c.SetDefaults()
-	if err := c.Validate(); err != nil {
-		return fmt.Errorf("supervisor: %w", err)
-	}
+// Init prepares directories; pc is defaulted and validated (module.Of).
+func (s *Supervisor) Init(_ context.Context, pc *Config) error {
+	c := *pc
 	for _, d := range []string{c.StateDir, c.LogDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return fmt.Errorf("supervisor: %w", err)
@@ -307,7 +285,7 @@ func (s *Supervisor) Stop(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Health implements module.Module: degraded when a component is broken,
+// Health implements module.Typed: degraded when a component is broken,
 // failed to install or has an invalid recipe, or when limits cannot be
 // enforced (cgroups unavailable).
 func (s *Supervisor) Health() module.Status {
@@ -374,15 +352,8 @@ func (s *Supervisor) Health() module.Status {
 // Reconfigure applies a changed config: overrides restart only the
 // components they change; log rotation and grace period apply from the next
 // start. Changed directories or cgroup settings return ErrRestartRequired.
-func (s *Supervisor) Reconfigure(ctx context.Context, cfg any) error {
-	c, err := toConfig(cfg)
-	if err != nil {
-		return err
-	}
-	c.SetDefaults()
-	if err := c.Validate(); err != nil {
-		return fmt.Errorf("supervisor: %w", err)
-	}
+func (s *Supervisor) Reconfigure(ctx context.Context, pc *Config) error {
+	c := *pc
 	s.mu.Lock()
 	old := s.cfg
 	if c.RecipesDir != old.RecipesDir || c.StateDir != old.StateDir || c.LogDir != old.LogDir || c.Cgroup != old.Cgroup || *c.Watch != *old.Watch {

@@ -374,7 +374,7 @@ func TestReconfigureOverride(t *testing.T) {
 	b0 := e.waitState("b", 10*time.Second, StateRunning)
 	cfg := e.cfg
 	cfg.Overrides = map[string]Override{"a": {Env: map[string]string{"MODE": "fast"}}}
-	if err := s.Reconfigure(context.Background(), cfg); err != nil {
+	if err := module.Of[Config](s).Reconfigure(context.Background(), cfg); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "a restarted", func() bool { st := e.status("a"); return st.State == StateRunning && st.PID != a0.PID })
@@ -386,12 +386,12 @@ func TestReconfigureOverride(t *testing.T) {
 		t.Fatal("b restarted")
 	}
 	cfg.Overrides = map[string]Override{"a": {Env: map[string]string{"MODE": "fast"}}, "b": {Disabled: true}}
-	if err := s.Reconfigure(context.Background(), cfg); err != nil {
+	if err := module.Of[Config](s).Reconfigure(context.Background(), cfg); err != nil {
 		t.Fatal(err)
 	}
 	e.waitState("b", 10*time.Second, StateStopped)
 	cfg.LogDir = filepath.Join(e.dir, "elsewhere")
-	if err := s.Reconfigure(context.Background(), cfg); !errors.Is(err, ErrRestartRequired) {
+	if err := module.Of[Config](s).Reconfigure(context.Background(), cfg); !errors.Is(err, ErrRestartRequired) {
 		t.Fatalf("changed log_dir: %v", err)
 	}
 }

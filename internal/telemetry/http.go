@@ -108,8 +108,8 @@ type Options struct {
 	Protected []string
 }
 
-var _ module.Module = (*Server)(nil)
-var _ module.Reconfigurable = (*Server)(nil)
+var _ module.Typed[Config] = (*Server)(nil)
+var _ module.TypedReconfigurable[Config] = (*Server)(nil)
 
 // New returns an unstarted server.
 func New(o Options) *Server {
@@ -125,15 +125,11 @@ func New(o Options) *Server {
 	return s
 }
 
-// Name implements module.Module.
+// Name implements module.Typed.
 func (s *Server) Name() string { return "telemetry" }
 
-// Init implements module.Module.
-func (s *Server) Init(_ context.Context, cfg any) error {
-	c, ok := cfg.(*Config)
-	if !ok {
-		return fmt.Errorf("telemetry: config is %T, want *telemetry.Config", cfg)
-	}
+// Init implements module.Typed.
+func (s *Server) Init(_ context.Context, c *Config) error {
 	s.mu.Lock()
 	s.cfg = *c
 	s.mu.Unlock()
@@ -211,7 +207,7 @@ func (s *Server) Addr() string {
 	return s.addr
 }
 
-// Stop implements module.Module.
+// Stop implements module.Typed.
 func (s *Server) Stop(ctx context.Context) error {
 	s.mu.Lock()
 	srv, sock := s.srv, s.sockSrv
@@ -228,11 +224,7 @@ func (s *Server) Stop(ctx context.Context) error {
 }
 
 // Reconfigure restarts the endpoint when its settings change.
-func (s *Server) Reconfigure(ctx context.Context, cfg any) error {
-	c, ok := cfg.(*Config)
-	if !ok {
-		return fmt.Errorf("telemetry: config is %T, want *telemetry.Config", cfg)
-	}
+func (s *Server) Reconfigure(ctx context.Context, c *Config) error {
 	if err := s.Stop(ctx); err != nil {
 		return err
 	}
@@ -240,7 +232,7 @@ func (s *Server) Reconfigure(ctx context.Context, cfg any) error {
 	return s.Start(ctx)
 }
 
-// Health implements module.Module.
+// Health implements module.Typed.
 func (s *Server) Health() module.Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()

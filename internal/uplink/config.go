@@ -134,8 +134,9 @@ type LaneConfig struct {
 	// leave.
 	Share int `yaml:"share"`
 	// Queue holds the lane queue's settings (dir, max_bytes, max_age,
-	// on_full, fsync...). The uplink does not read it: the agent opens the
-	// lane's queue with it (dir defaults to <data_dir>/queue/<lane>).
+	// on_full, fsync...), read by the Lanes module that opens the lane's
+	// queue (dir defaults to <data_dir>/queue/<lane>, SetLaneDefaults; the
+	// Uplink only drains the queue).
 	Queue queue.Config `yaml:"queue"`
 }
 

@@ -1,22 +1,34 @@
-// Package uplink is Outpost's durable cloud uplink: it drains the lane
-// queues (internal/queue) to a cloud MQTT v5 broker, removes a record from
-// its lane only after the broker's PUBACK, and hands cloud commands
-// (downlink) back to the gateway.
+// Package uplink is Outpost's durable cloud uplink lane, end to end: the
+// lanes' durable queues (internal/queue) and the sinks that append to them
+// (Lanes, LaneSink: a device's QoS 1 publish is acknowledged once its
+// record is durable there), and the Uplink that drains the queues to a
+// cloud MQTT v5 broker, removes a record from its lane only after the
+// broker's PUBACK, and hands cloud commands (downlink) back to the gateway.
+// The agent only wires them: lanes before producers and the Uplink.
 //
 // # Usage
+//
+//	lanes := uplink.NewLanes(log, set)       // module "lanes", section uplink.lanes
+//	uplink.SetLaneDefaults(dataDir, cfg.Lanes) // queue dir <data_dir>/queue/<lane>
+//	_ = module.Of[[]uplink.LaneConfig](lanes).Init(ctx, &cfg.Lanes)
+//	_ = lanes.Start(ctx)                     // opens (recovers) every lane's queue
+//	sink, _ := lanes.Sink("telemetry")       // "uplink:telemetry": Deliver returns once durable
 //
 //	u := uplink.New(uplink.Options{
 //		Logger:   log,
 //		Metrics:  set,
-//		Queues:   func(l uplink.LaneConfig) (uplink.Queue, error) { return openLane(l) },
+//		Queues:   lanes.Queue,
 //		Downlink: localRepublisher, // Deliver(ctx, *message.Message) error
 //	})
-//	err := u.Init(ctx, cfg.Uplink) // validates, loads TLS files, opens lanes
+//	m := module.Of[uplink.Config](u) // defaults and validates the section
+//	err := m.Init(ctx, cfg.Uplink)   // loads TLS files, takes the lanes' queues
 //	err = u.Start(ctx)              // returns at once; connects in the background
 //	st := u.Status()                // JSON-serialisable, per lane (outpost queue status)
 //	err = u.Stop(ctx)
+//	_ = lanes.Stop(ctx)              // after every producer and the Uplink
 //
-// Uplink implements module.Module (name "uplink"). Records' Data are
+// Uplink implements module.Typed[Config] (name "uplink"), Lanes
+// module.Typed[[]LaneConfig] (name "lanes"). Records' Data are
 // message.Encode'd messages; the cloud topic comes from the topic template
 // (default "outpost/{node_id}/{topic}").
 //

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/outpost-edge/outpost/internal/module"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -166,7 +167,7 @@ func newHarness(t testing.TB, cfg Config, o Options, mk ...func() testQueue) *ha
 		return q, nil
 	}
 	h.u = New(o)
-	if err := h.u.Init(context.Background(), cfg); err != nil {
+	if err := module.Of[Config](h.u).Init(context.Background(), cfg); err != nil {
 		t.Fatalf("Init: %v", err)
 	}
 	t.Cleanup(func() {

@@ -146,7 +146,7 @@ type Options struct {
 	DeadLetter DeadLetter
 }
 
-// Uplink is the cloud uplink module (module.Module, name "uplink").
+// Uplink is the cloud uplink module (module.Typed, name "uplink").
 type Uplink struct {
 	opts Options
 	log  *slog.Logger
@@ -187,7 +187,7 @@ type Uplink struct {
 	runCtx         context.Context
 }
 
-var _ module.Module = (*Uplink)(nil)
+var _ module.Typed[Config] = (*Uplink)(nil)
 
 // New returns an uplink; Init configures it.
 func New(o Options) *Uplink {
@@ -202,29 +202,14 @@ func New(o Options) *Uplink {
 	return &Uplink{opts: o, log: lg.With("module", "uplink"), set: set, state: module.StateStopped}
 }
 
-// Name implements module.Module.
+// Name implements module.Typed.
 func (u *Uplink) Name() string { return "uplink" }
 
-// Init validates cfg (Config or *Config), loads TLS files and opens the
-// lanes' queues through Options.Queues. It must not be called while
-// started.
-func (u *Uplink) Init(_ context.Context, cfg any) error {
-	var c Config
-	switch v := cfg.(type) {
-	case Config:
-		c = v
-	case *Config:
-		if v != nil {
-			c = *v
-		}
-	case nil:
-	default:
-		return fmt.Errorf("uplink: init: config is %T, want uplink.Config", cfg)
-	}
-	c.SetDefaults()
-	if err := c.Validate(); err != nil {
-		return fmt.Errorf("uplink: invalid config: %w", err)
-	}
+// Init loads TLS files and opens the lanes' queues through
+// Options.Queues; pc is defaulted and validated (module.Of). It must not be
+// called while started.
+func (u *Uplink) Init(_ context.Context, pc *Config) error {
+	c := *pc
 	u.cfg = c
 	u.state = module.StateStopped
 	if !c.Enabled {
@@ -335,7 +320,7 @@ func (u *Uplink) Stop(ctx context.Context) error {
 	return nil
 }
 
-// Health implements module.Module: ready while connected, degraded with
+// Health implements module.Typed: ready while connected, degraded with
 // the reason while disconnected.
 func (u *Uplink) Health() module.Status {
 	u.mu.Lock()

@@ -382,7 +382,7 @@ func TestStopStartKeepsRecords(t *testing.T) {
 		t.Fatalf("drain finished before Stop (%d): test proves nothing", got)
 	}
 	h.appendSeq("telemetry", 3001, 4000)
-	if err := h.u.Init(context.Background(), testConfig(b.URL(), LaneConfig{Name: "telemetry"})); err != nil {
+	if err := module.Of[Config](h.u).Init(context.Background(), testConfig(b.URL(), LaneConfig{Name: "telemetry"})); err != nil {
 		t.Fatal(err)
 	}
 	h.start()
@@ -401,7 +401,7 @@ func TestStopWhileOfflineThenStart(t *testing.T) {
 	waitFor(t, 10*time.Second, "offline attempts", func() bool { return h.u.m.connectErrors.Get() >= 2 })
 	h.stop() // records were read ahead while offline
 	b.Start()
-	if err := h.u.Init(context.Background(), cfg); err != nil {
+	if err := module.Of[Config](h.u).Init(context.Background(), cfg); err != nil {
 		t.Fatal(err)
 	}
 	h.start()
@@ -411,7 +411,7 @@ func TestStopWhileOfflineThenStart(t *testing.T) {
 
 func TestDisabled(t *testing.T) {
 	u := New(Options{})
-	if err := u.Init(context.Background(), Config{}); err != nil {
+	if err := module.Of[Config](u).Init(context.Background(), Config{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := u.Start(context.Background()); err != nil {
@@ -423,7 +423,7 @@ func TestDisabled(t *testing.T) {
 	if err := u.Stop(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if err := u.Init(context.Background(), 42); err == nil {
+	if err := module.Of[Config](u).Init(context.Background(), 42); err == nil {
 		t.Fatal("Init accepted an int")
 	}
 }

@@ -251,15 +251,14 @@ func (m *Manager) Close() error {
 	return err
 }
 
-// Module contract.
+// Module contract (module.Typed; module.Of defaults and validates the
+// section before Init and Reconfigure).
+
+var _ module.TypedReconfigurable[netpol.Config] = (*Manager)(nil)
 
 func (m *Manager) Name() string { return "netpol" }
 
-func (m *Manager) Init(_ context.Context, cfg any) error {
-	c, ok := cfg.(*netpol.Config)
-	if !ok || c == nil {
-		return fmt.Errorf("netpol: want *netpol.Config, got %T", cfg)
-	}
+func (m *Manager) Init(_ context.Context, c *netpol.Config) error {
 	m.mu.Lock()
 	m.cfg = *c
 	m.mu.Unlock()
@@ -275,11 +274,7 @@ func (m *Manager) Start(context.Context) error {
 
 func (m *Manager) Stop(context.Context) error { return m.Close() }
 
-func (m *Manager) Reconfigure(_ context.Context, cfg any) error {
-	c, ok := cfg.(*netpol.Config)
-	if !ok || c == nil {
-		return fmt.Errorf("netpol: want *netpol.Config, got %T", cfg)
-	}
+func (m *Manager) Reconfigure(_ context.Context, c *netpol.Config) error {
 	return m.Apply(*c)
 }
 

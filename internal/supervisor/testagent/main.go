@@ -22,6 +22,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/outpost-edge/outpost/internal/module"
 	"github.com/outpost-edge/outpost/internal/supervisor"
 )
 
@@ -43,7 +44,7 @@ func main() {
 	s := supervisor.New(supervisor.Options{Logger: log})
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	if err := s.Init(ctx, cfg); err != nil {
+	if err := module.Of[supervisor.Config](s).Init(ctx, cfg); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}

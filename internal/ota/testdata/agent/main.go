@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/internal/buildinfo"
+	"github.com/outpost-edge/outpost/internal/module"
 	"github.com/outpost-edge/outpost/internal/ota"
 	"gopkg.in/yaml.v3"
 )
@@ -114,7 +115,7 @@ func main() {
 		}
 	}
 	u := ota.New(ota.Options{Log: log, Restart: restart})
-	if err := u.Init(ctx, cfg.OTA); err != nil {
+	if err := module.Of[ota.Config](u).Init(ctx, cfg.OTA); err != nil {
 		log.Error("ota init", "err", err)
 		os.Exit(2)
 	}
