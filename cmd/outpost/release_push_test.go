@@ -84,6 +84,7 @@ func TestReleasePushToFleetServer(t *testing.T) {
 	u := ota.New(ota.Options{Version: "1.0.0"})
 	cfg := ota.Config{Enabled: true, URL: srv.URL + "/api/v1/ota", Root: filepath.Join(repo, "metadata", "1.root.json"), CAFile: ca,
 		Platform: "linux/arm64", Binary: running, StagingDir: filepath.Join(d, "staging")}
+	cfg.SetDefaults() // what the agent's module adapter does before Init
 	if err := u.Init(context.Background(), &cfg); err != nil {
 		t.Fatal(err)
 	}
