@@ -196,9 +196,8 @@ func (f *functionsModule) startWatch(every time.Duration) {
 // apply at once (a changed trust root re-verifies every version and
 // unloads what it refuses); cache_dir and state_dir only at the next
 // start (logged).
-func (f *functionsModule) Reconfigure(ctx context.Context, cfg any) error {
-	c, ok := cfg.(*FunctionsConfig)
-	if !ok || c == nil {
+func (f *functionsModule) Reconfigure(ctx context.Context, c *FunctionsConfig) error {
+	if c == nil {
 		return fmt.Errorf("functions: no configuration")
 	}
 	f.mu.Lock()
@@ -238,6 +237,10 @@ func (f *functionsModule) Reconfigure(ctx context.Context, cfg any) error {
 	f.mu.Unlock()
 	return nil
 }
+
+// The module applies a changed section in place (the adapter would
+// restart it otherwise, and messages would be lost across the restart).
+var _ module.TypedReconfigurable[FunctionsConfig] = (*functionsModule)(nil)
 
 func (f *functionsModule) Stop(ctx context.Context) error {
 	f.mu.Lock()

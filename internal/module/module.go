@@ -341,6 +341,10 @@ func Of[C any](m Typed[C], after ...string) Adapted {
 	a.init = func(ctx context.Context, c any) error { return m.Init(ctx, c.(*C)) }
 	if rc, ok := m.(TypedReconfigurable[C]); ok {
 		a.reconf = func(ctx context.Context, c any) error { return rc.Reconfigure(ctx, c.(*C)) }
+	} else if _, untyped := m.(Reconfigurable); untyped {
+		// An untyped Reconfigure would never be called: the module would
+		// be restarted on every change instead of reconfigured in place.
+		panic(fmt.Sprintf("module %s: Reconfigure takes any; a typed module's takes *%s", a.name, a.typ))
 	}
 	return a
 }

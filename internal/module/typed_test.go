@@ -130,3 +130,18 @@ func TestOfReconfigureAndDeps(t *testing.T) {
 		t.Fatalf("Unwrap gave %T", Unwrap(m))
 	}
 }
+
+type untypedReconf struct{ typed }
+
+func (*untypedReconf) Reconfigure(context.Context, any) error { return nil }
+
+// A typed module whose Reconfigure kept the untyped signature would be
+// restarted on every change: Of refuses it at construction.
+func TestOfRefusesUntypedReconfigure(t *testing.T) {
+	defer func() {
+		if r := recover(); r == nil || !strings.Contains(fmt.Sprint(r), "Reconfigure takes any") {
+			t.Fatalf("recover() = %v", r)
+		}
+	}()
+	Of[tcfg](&untypedReconf{typed{name: "x"}})
+}
