@@ -35,6 +35,7 @@ func runServer(ctx context.Context, args []string) int {
 	var hosts hostList
 	fs.Var(&hosts, "host", "a DNS name or IP gateways use to reach the server (repeatable; localhost, 127.0.0.1 and ::1 are always included)")
 	keepalive := fs.Duration("keepalive", 30*time.Second, "watch stream keepalive (bookmark) period")
+	compactKeep := fs.Int64("compact-keep", 100_000, "change-log events kept by automatic compaction, every 5 minutes (-1: off); a gateway away for more changes re-lists")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), helpText("outpost-server run [--data DIR] [--listen ADDR] [--host NAME]...",
@@ -86,7 +87,7 @@ The web dashboard is served at the same URL (/); add its users with
 	}
 	defer st.Close()
 	allHosts := append([]string{"localhost", "127.0.0.1", "::1"}, hosts...)
-	srv, admin, err := server.Open(ctx, server.Options{Store: st, Logger: log, Hosts: allHosts, Keepalive: *keepalive,
+	srv, admin, err := server.Open(ctx, server.Options{Store: st, Logger: log, Hosts: allHosts, Keepalive: *keepalive, CompactKeep: *compactKeep,
 		OTADir: filepath.Join(*data, "ota")})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "outpost-server run:", err)

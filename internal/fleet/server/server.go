@@ -47,6 +47,12 @@ type Options struct {
 	MaxBody int64
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
+	// CompactKeep is how many change-log events automatic compaction
+	// keeps (default 100,000; negative turns it off). A gateway that was
+	// away for more changes than that re-lists when it comes back.
+	CompactKeep int64
+	// CompactEvery is how often compaction runs (default 5m).
+	CompactEvery time.Duration
 	// RolloutTick is how often the rollout orchestrator re-reads the
 	// gateways' reports while a rollout is in progress (default 100ms).
 	RolloutTick time.Duration
@@ -73,10 +79,11 @@ type Server struct {
 	streams map[string]map[*stream]struct{} // gateway id -> open watch streams
 	seen    map[string]time.Time            // last TouchGateway per gateway
 
-	refused  func(reason string) *metrics.Counter
-	enrolled *metrics.Counter
-	halts    *metrics.Counter
-	sentObjs *metrics.Counter // MODIFIED and DELETED events sent on watch streams
+	refused     func(reason string) *metrics.Counter
+	enrolled    *metrics.Counter
+	halts       *metrics.Counter
+	compactions *metrics.Counter
+	sentObjs    *metrics.Counter // MODIFIED and DELETED events sent on watch streams
 
 	rolloutWake chan struct{} // a status or rollout change: step the rollouts now
 	renewed     *metrics.Counter
@@ -119,6 +126,12 @@ func Open(ctx context.Context, opt Options) (s *Server, adminToken string, err e
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
+	if opt.CompactKeep == 0 {
+		opt.CompactKeep = 100_000
+	}
+	if opt.CompactEvery <= 0 {
+		opt.CompactEvery = 5 * time.Minute
+	}
 	if opt.RolloutTick <= 0 {
 		opt.RolloutTick = 100 * time.Millisecond
 	}
@@ -132,6 +145,7 @@ func Open(ctx context.Context, opt Options) (s *Server, adminToken string, err e
 	}
 	s.enrolled = s.set.NewCounter(`outpost_fleet_enrolled_total`)
 	s.halts = s.set.NewCounter(`outpost_fleet_rollout_halts_total`)
+	s.compactions = s.set.NewCounter(`outpost_fleet_compactions_total`)
 	s.sentObjs = s.set.NewCounter(`outpost_fleet_watch_objects_sent_total`)
 	s.renewed = s.set.NewCounter(`outpost_fleet_renewed_total`)
 	s.otaServed = s.set.NewCounter(`outpost_fleet_ota_served_total`)
@@ -238,6 +252,9 @@ func (s *Server) Run(ctx context.Context) {
 	}()
 	done := make(chan struct{})
 	go func() { defer close(done); s.orchestrate(ctx) }()
+	compacted := make(chan struct{})
+	go func() { defer close(compacted); s.compactLoop(ctx) }()
+	defer func() { <-compacted }()
 	s.cache.follow(ctx, fwd, func(err error) { s.log.Error("fleet: following the store", "err", err) })
 	<-done
 }
@@ -247,6 +264,9 @@ func (s *Server) Refused(reason string) uint64 { return s.refused(reason).Get() 
 
 // WatchObjectsSent is how many MODIFIED/DELETED events watch streams sent.
 func (s *Server) WatchObjectsSent() uint64 { return s.sentObjs.Get() }
+
+// Compactions is how many automatic compactions of the change log ran here.
+func (s *Server) Compactions() uint64 { return s.compactions.Get() }
 
 // Metrics returns the server's metric set.
 func (s *Server) Metrics() *metrics.Set { return s.set }
