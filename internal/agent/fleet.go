@@ -88,7 +88,7 @@ func (m *fleetModule) Start(ctx context.Context) error {
 			return
 		}
 		fleetApplier{a: m.a}.restoreAgentVersion()
-		s, err := client.New(runCtx, client.Options{Dir: cfg.Dir, Server: cfg.Server, Applier: fleetApplier{a: m.a, twins: tw},
+		s, err := client.New(runCtx, client.Options{Dir: cfg.Dir, Server: cfg.Server, Servers: cfg.Servers, Applier: fleetApplier{a: m.a, twins: tw},
 			Logger: m.a.log.With("module", "fleet"), Facts: m.facts, ReconnectMax: cfg.ReconnectMax.D()})
 		m.mu.Lock()
 		if err != nil || runCtx.Err() != nil {

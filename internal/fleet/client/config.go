@@ -1,6 +1,7 @@
 package client
 
 import (
+	"fmt"
 	"strings"
 
 	"github.com/outpost-edge/outpost/internal/config"
@@ -14,8 +15,11 @@ import (
 //	  server: https://fleet.example.com:8443   # default: the enrolled server
 //	  reconnect_max: 30s
 type Config struct {
-	Dir          string          `yaml:"dir"`
-	Server       string          `yaml:"server"`
+	Dir    string `yaml:"dir"`
+	Server string `yaml:"server"`
+	// Servers are more replicas of the fleet server, tried in turn when
+	// the one in use fails (PostgreSQL mode).
+	Servers      []string        `yaml:"servers"`
 	ReconnectMax config.Duration `yaml:"reconnect_max"`
 }
 
@@ -30,6 +34,11 @@ func (c *Config) SetDefaults() {
 func (c Config) Validate() error {
 	if c.Server != "" && !strings.HasPrefix(c.Server, "https://") {
 		return config.Field("server", "%q: want https://host:port", c.Server)
+	}
+	for i, u := range c.Servers {
+		if !strings.HasPrefix(u, "https://") {
+			return config.Field(fmt.Sprintf("servers[%d]", i), "%q: want https://host:port", u)
+		}
 	}
 	if c.ReconnectMax.D() < 1e9 {
 		return config.Field("reconnect_max", "must be at least 1s")

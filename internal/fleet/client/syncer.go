@@ -12,8 +12,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -40,8 +42,12 @@ type Observer interface {
 
 // Options configure a Syncer.
 type Options struct {
-	Dir     string // fleet directory (identity + cache)
-	Server  string // overrides the enrolled server URL
+	Dir    string // fleet directory (identity + cache)
+	Server string // overrides the enrolled server URL
+	// Servers are more replicas of the same fleet (one database), tried
+	// in turn after Server (or the enrolled URL) when a session ends with
+	// an error: a replica that dies is left for the next one at once.
+	Servers []string
 	Applier Applier
 	Logger  *slog.Logger
 	// Facts are reported with every status (arch, version, hostname...).
@@ -71,7 +77,10 @@ type Syncer struct {
 	log *slog.Logger
 	id  *Identity
 	hc  *http.Client
-	srv string
+	// srvs are the server URLs (replicas); cur is the one in use (under
+	// mu).
+	srvs []string
+	cur  int
 
 	mu        sync.Mutex
 	c         cacheFile
@@ -82,6 +91,22 @@ type Syncer struct {
 	// the next one connects with the new certificate).
 	endSession context.CancelCauseFunc
 	renewErr   error
+}
+
+// server returns the URL of the replica in use.
+func (s *Syncer) server() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.srvs[s.cur]
+}
+
+// nextServer moves to the next replica; it reports whether the list
+// wrapped around (every replica was tried since the last move to 0).
+func (s *Syncer) nextServer() (wrapped bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cur = (s.cur + 1) % len(s.srvs)
+	return s.cur == 0
 }
 
 // errRenewed ends a session after the certificate was renewed.
@@ -113,9 +138,16 @@ func New(ctx context.Context, opt Options) (*Syncer, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Syncer{opt: opt, log: opt.Logger, id: id, hc: id.HTTPClient(), srv: id.Server, changes: make(chan struct{}, 1)}
+	s := &Syncer{opt: opt, log: opt.Logger, id: id, hc: id.HTTPClient(), changes: make(chan struct{}, 1)}
+	first := id.Server
 	if opt.Server != "" {
-		s.srv = opt.Server
+		first = opt.Server
+	}
+	s.srvs = []string{strings.TrimRight(first, "/")}
+	for _, u := range opt.Servers {
+		if u = strings.TrimRight(u, "/"); u != "" && !slices.Contains(s.srvs, u) {
+			s.srvs = append(s.srvs, u)
+		}
 	}
 	s.c = cacheFile{Desired: map[string]proto.Desired{}, Applied: map[string]string{}, Conditions: map[string]proto.Condition{}}
 	if b, err := os.ReadFile(s.cachePath()); err == nil {
@@ -158,7 +190,7 @@ func (s *Syncer) renewLoop(ctx context.Context) {
 		id := s.Identity()
 		wait := time.Until(id.RenewAt())
 		for wait <= 0 {
-			nid, err := Renew(ctx, s.opt.Dir, id, s.srv)
+			nid, err := Renew(ctx, s.opt.Dir, id, s.server())
 			if ctx.Err() != nil {
 				return
 			}
@@ -352,13 +384,25 @@ func (s *Syncer) Run(ctx context.Context) {
 			return
 		}
 		if renewed {
-			s.log.Info("fleet: certificate renewed; reconnecting with it", "server", s.srv)
+			s.log.Info("fleet: certificate renewed; reconnecting with it", "server", s.server())
 			continue
 		}
 		if time.Since(t0) > time.Minute {
 			backoff = 500 * time.Millisecond
 		}
-		s.log.Warn("fleet: disconnected; running from the local cache", "server", s.srv, "err", err, "retry_in", backoff)
+		failed := s.server()
+		if len(s.srvs) > 1 && !s.nextServer() {
+			// Another replica: try it at once (still after a short
+			// jittered pause, so that a fleet does not stampede it).
+			s.log.Warn("fleet: disconnected; trying the next replica", "server", failed, "next", s.server(), "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(rand.N(250 * time.Millisecond)):
+			}
+			continue
+		}
+		s.log.Warn("fleet: disconnected; running from the local cache", "server", failed, "err", err, "retry_in", backoff)
 		wait := backoff/2 + rand.N(backoff/2+1)
 		select {
 		case <-ctx.Done():
@@ -395,7 +439,7 @@ func (s *Syncer) session(ctx context.Context) error {
 }
 
 func (s *Syncer) get(ctx context.Context, path string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.srv+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.server()+path, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -479,7 +523,7 @@ func (s *Syncer) watch(ctx context.Context) error {
 	s.mu.Lock()
 	s.connected, s.lastErr = true, nil
 	s.mu.Unlock()
-	s.log.Info("fleet: watching", "server", s.srv, "gateway", s.id.ID, "from", rv)
+	s.log.Info("fleet: watching", "server", s.server(), "gateway", s.id.ID, "from", rv)
 	idle := time.AfterFunc(s.opt.IdleTimeout, func() { cancel(errors.New("no data from the server within the idle timeout")) })
 	defer idle.Stop()
 	sc := bufio.NewScanner(resp.Body)
@@ -564,7 +608,7 @@ func (s *Syncer) reportStatus(ctx context.Context) error {
 		st.Facts = s.opt.Facts()
 	}
 	body, _ := json.Marshal(st)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.srv+"/api/v1/agent/status", bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.server()+"/api/v1/agent/status", bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
@@ -604,7 +648,7 @@ func (s *Syncer) PostReported(ctx context.Context, ups []twin.Reported) error {
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.srv+"/api/v1/agent/twins", bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.server()+"/api/v1/agent/twins", bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
