@@ -1,7 +1,7 @@
 // Package backoff is Outpost's one retry-delay policy: exponential growth
 // from an initial delay, capped, with optional symmetric jitter. The
-// supervisor's restarts (recipe-configured) and OTA's download retries use
-// it. (internal/uplink still has its own, see docs/duplicates.md.)
+// supervisor's restarts (recipe-configured), OTA's download retries and the
+// uplink's reconnects use it.
 package backoff
 
 import (
@@ -35,5 +35,7 @@ func (p Policy) Delay(n int, rnd float64) time.Duration {
 	if d < 0 {
 		d = 0
 	}
-	return time.Duration(d)
+	// Round to the nearest nanosecond: 75ms·(1-1/3) is 49999999.99ns in
+	// float64 and must come out as 50ms.
+	return time.Duration(math.Round(d))
 }
