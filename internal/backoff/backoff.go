@@ -35,7 +35,5 @@ func (p Policy) Delay(n int, rnd float64) time.Duration {
 	if d < 0 {
 		d = 0
 	}
-	// Round to the nearest nanosecond: 75ms·(1-1/3) is 49999999.99ns in
-	// float64 and must come out as 50ms.
-	return time.Duration(math.Round(d))
+	return time.Duration(d)
 }
