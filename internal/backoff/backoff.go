@@ -1,7 +1,7 @@
 // Package backoff is Outpost's one retry-delay policy: exponential growth
 // from an initial delay, capped, with optional symmetric jitter. The
-// supervisor's restarts (recipe-configured) and OTA's download retries use
-// it. (internal/uplink still has its own, see docs/duplicates.md.)
+// supervisor's restarts (recipe-configured), OTA's download retries and the
+// uplink's reconnects use it.
 package backoff
 
 import (

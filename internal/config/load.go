@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/outpost-edge/outpost/internal/yamlstrict"
 )
 
 // Defaulter is implemented by config structs that fill in default values
@@ -66,13 +68,13 @@ func parseNode(name string, data []byte) (*yaml.Node, error) {
 	var root yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&root); err != nil && err.Error() != "EOF" {
-		line := yamlErrLine(err)
+		line := yamlstrict.ErrLine(err)
 		if line == 0 {
 			// yaml.v3 gives no line for errors at the end of the input
 			// ("found unexpected end of stream"): that is the last line.
 			line = bytes.Count(data, []byte("\n")) + 1
 		}
-		return nil, Problems{{Pos: Pos{File: name, Line: line, Column: 1}, Err: fmt.Errorf("invalid YAML: %v", cleanYAMLErr(err))}}
+		return nil, Problems{{Pos: Pos{File: name, Line: line, Column: 1}, Err: fmt.Errorf("invalid YAML: %v", yamlstrict.CleanErr(err))}}
 	}
 	if root.Kind == 0 { // empty file
 		root = yaml.Node{Kind: yaml.DocumentNode, Content: []*yaml.Node{{Kind: yaml.MappingNode, Tag: "!!map"}}}
@@ -92,22 +94,21 @@ func decodeRoot(name string, root *yaml.Node, files map[*yaml.Node]string, dst a
 			return Problems{{Pos: Pos{File: "environment"}, Err: err}}
 		}
 	}
-	d := &decoder{file: name, files: files, pos: map[string]Pos{}}
+	d := yamlstrict.NewDecoder(name, files)
 	rv := reflect.ValueOf(dst)
 	if rv.Kind() != reflect.Pointer || rv.IsNil() {
 		return fmt.Errorf("config: Parse needs a non-nil pointer, got %T", dst)
 	}
-	d.decode(root, rv.Elem(), "")
-	if len(d.problems) > 0 {
-		sortProblems(d.problems)
-		return d.problems
+	if ps := d.Decode(root, rv.Elem(), ""); len(ps) > 0 {
+		sortProblems(ps)
+		return ps
 	}
 	if df, ok := dst.(Defaulter); ok {
 		df.SetDefaults()
 	}
 	if v, ok := dst.(Validator); ok {
 		if err := v.Validate(); err != nil {
-			ps := d.locateAll(err)
+			ps := locateAll(d, err)
 			sortProblems(ps)
 			return ps
 		}
@@ -124,23 +125,8 @@ func sortProblems(ps Problems) {
 	})
 }
 
-func yamlErrLine(err error) int {
-	s := err.Error()
-	if i := strings.Index(s, "line "); i >= 0 {
-		n := 0
-		for _, c := range s[i+5:] {
-			if c < '0' || c > '9' {
-				break
-			}
-			n = n*10 + int(c-'0')
-		}
-		return n
-	}
-	return 0
-}
-
 // locateAll flattens a validation error tree into located problems.
-func (d *decoder) locateAll(err error) Problems {
+func locateAll(d *yamlstrict.Decoder, err error) Problems {
 	var out Problems
 	for _, e := range flatten(err) {
 		var fe *FieldError
@@ -150,7 +136,7 @@ func (d *decoder) locateAll(err error) Problems {
 		} else if i := strings.Index(msg, ": "); i > 0 && !strings.ContainsAny(msg[:i], " \t\"'") {
 			path, msg = msg[:i], msg[i+2:]
 		}
-		out = append(out, Problem{Pos: d.locate(path), Path: path, Err: invalid(msg)})
+		out = append(out, Problem{Pos: d.Locate(path), Path: path, Err: invalid(msg)})
 	}
 	return out
 }

@@ -289,3 +289,27 @@ func FuzzParseBroker(f *testing.F) {
 		}
 	})
 }
+
+// TestBackoffSameDelays checks the internal/backoff-based delay against the
+// uplink's former formula (uniform in [d/2, d], d = min(max, min·2ⁿ)) to
+// within a nanosecond of rounding, over attempts and random values.
+func TestBackoffSameDelays(t *testing.T) {
+	for _, lim := range [][2]time.Duration{{100 * time.Millisecond, time.Second}, {time.Second, time.Minute}, {333 * time.Millisecond, 7 * time.Second}} {
+		for _, r := range []float64{0, 0.1, 0.25, 0.5, 0.77, 0.999999} {
+			b := newBackoff(lim[0], lim[1], func() float64 { return r })
+			for n := range 12 {
+				d := lim[0]
+				for i := 0; i < n && d < lim[1]; i++ {
+					d *= 2
+				}
+				d = min(d, lim[1])
+				half := d / 2
+				want := half + time.Duration(r*float64(d-half))
+				got := b.Next()
+				if diff := got - want; diff < -1 || diff > 1 {
+					t.Fatalf("min %v max %v rnd %g attempt %d: %v, want %v", lim[0], lim[1], r, n, got, want)
+				}
+			}
+		}
+	}
+}

@@ -9,16 +9,15 @@ import (
 	"io"
 	"math"
 	"net/url"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/outpost-edge/outpost/internal/config"
+	"github.com/outpost-edge/outpost/internal/yamlstrict"
 )
 
 // MaxFileSize is the largest recipe file Parse accepts.
@@ -68,13 +67,9 @@ func Parse(file string, data []byte) (*Recipe, error) {
 	return r, nil
 }
 
-var yamlLineRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`line (\d+)`) })
-
 func syntaxError(file string, err error) *Error {
 	e := &Error{File: file, Err: fmt.Errorf("%w: %s", ErrSyntax, strings.TrimPrefix(err.Error(), "yaml: "))}
-	if m := yamlLineRE().FindStringSubmatch(err.Error()); m != nil {
-		e.Line, _ = strconv.Atoi(m[1])
-	}
+	e.Line = yamlstrict.ErrLine(err)
 	return e
 }
 
@@ -105,30 +100,29 @@ func (d *decoder) fields(n *yaml.Node, path string, handlers map[string]func(v *
 	if !d.kind(n, path, yaml.MappingNode, "a mapping") {
 		return
 	}
-	seen := map[string]bool{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		if k.Kind != yaml.ScalarNode {
-			d.errAt(k, path, ErrInvalid, "keys must be strings")
-			continue
-		}
+	yamlstrict.Keys(n, func(key string) bool { return handlers[key] != nil }, func(k, v *yaml.Node) {
 		p := join(path, k.Value)
-		if seen[k.Value] {
-			d.errAt(k, p, ErrInvalid, "duplicate key %q", k.Value)
-			continue
-		}
-		seen[k.Value] = true
-		h, ok := handlers[k.Value]
-		if !ok {
-			d.errAt(k, p, ErrUnknownField, "%q is not a recipe field here (known: %s)", k.Value, keyList(handlers))
-			continue
-		}
 		if v.Kind == yaml.AliasNode || v.Anchor != "" {
 			d.errAt(v, p, ErrInvalid, "YAML anchors and aliases are not supported in recipes")
-			continue
+			return
 		}
 		d.mark(v, p)
-		h(v, p)
+		handlers[k.Value](v, p)
+	}, d.keyProblem(path, func() string { return keyList(handlers) }))
+}
+
+// keyProblem reports a bad key found by yamlstrict.Keys; known lists the
+// accepted keys for "unknown field" errors (nil: any key is accepted).
+func (d *decoder) keyProblem(path string, known func() string) func(k *yaml.Node, p yamlstrict.KeyProblem) {
+	return func(k *yaml.Node, p yamlstrict.KeyProblem) {
+		switch p {
+		case yamlstrict.KeyNotString:
+			d.errAt(k, path, ErrInvalid, "keys must be strings")
+		case yamlstrict.KeyDuplicate:
+			d.errAt(k, join(path, k.Value), ErrInvalid, "duplicate key %q", k.Value)
+		default:
+			d.errAt(k, join(path, k.Value), ErrUnknownField, "%q is not a recipe field here (known: %s)", k.Value, known())
+		}
 	}
 }
 
@@ -236,20 +230,11 @@ func (d *decoder) strMap(n *yaml.Node, path string) map[string]string {
 		return nil
 	}
 	out := map[string]string{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
+	yamlstrict.Keys(n, nil, func(k, v *yaml.Node) {
 		p := join(path, k.Value)
-		if k.Kind != yaml.ScalarNode {
-			d.errAt(k, path, ErrInvalid, "keys must be strings")
-			continue
-		}
-		if _, dup := out[k.Value]; dup {
-			d.errAt(k, p, ErrInvalid, "duplicate key %q", k.Value)
-			continue
-		}
 		d.mark(v, p)
 		out[k.Value] = d.str(v, p)
-	}
+	}, d.keyProblem(path, nil))
 	return out
 }
 
