@@ -42,6 +42,7 @@
 # Without KUIPERD the eKuiper half is skipped with a message.
 #
 # Environment: DURATION=15s RATES="2000 10000" PUBS=10 SIZE=200
+#              KUIPER_BUFFER=10240 (the rule's bufferLength; default: eKuiper's 1,024)
 #              SCENARIOS="rate max ladder" TARGETS="outpost ekuiper" ROUNDS=1
 #              LADDER="5000 10000 15000 20000 25000 30000 40000 60000 80000 100000 120000 160000"
 #              LADDER_DURATION=10s LADDER_LOSS=1
@@ -196,11 +197,11 @@ start_ekuiper() { # start_ekuiper MQTT_PORT -> pids, $url, $engine_pid, $mosq_pi
 
 	rest POST /streams "$(jq -nc '{sql: "CREATE STREAM bench (device_id STRING, run STRING, seq BIGINT, ts BIGINT, temp FLOAT, humidity FLOAT, quality STRING) WITH (DATASOURCE=\"bench/+/sensors/+\", FORMAT=\"json\", CONF_KEY=\"bench\", TYPE=\"mqtt\")"}')" ||
 		die "eKuiper: stream not created"
-	rest POST /rules "$(jq -nc --arg srv "tcp://127.0.0.1:$mport" --arg tpl "$ekuiper_template" '{
+	rest POST /rules "$(jq -nc --arg srv "tcp://127.0.0.1:$mport" --arg tpl "$ekuiper_template" --arg buf "${KUIPER_BUFFER:-}" '{
 		id: "bench_e2e",
 		sql: "SELECT device_id, run, seq, ts, temp, humidity, quality, round(temp * 1.8 + 32, 2) AS temp_f FROM bench WHERE temp > -1000",
 		actions: [{mqtt: {server: $srv, topic: "out/{{.device_id}}", qos: 0, sendSingle: true, dataTemplate: $tpl}}]
-	}')" || die "eKuiper: rule not created"
+	} + (if $buf == "" then {} else {options: {bufferLength: ($buf | tonumber)}} end)')" || die "eKuiper: rule not created"
 	for _ in $(seq 1 50); do
 		rest GET /rules/bench_e2e/status 2>/dev/null && jq -e '.status == "running"' "$tmp/rest.out" >/dev/null && break
 		sleep 0.1

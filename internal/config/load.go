@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"reflect"
@@ -78,6 +79,21 @@ func parseNode(name string, data []byte) (*yaml.Node, error) {
 	}
 	if root.Kind == 0 { // empty file
 		root = yaml.Node{Kind: yaml.DocumentNode, Content: []*yaml.Node{{Kind: yaml.MappingNode, Tag: "!!map"}}}
+	}
+	// One document per file: a stray "---" must not silently drop the
+	// rest of the file.
+	var next yaml.Node
+	if err := dec.Decode(&next); err == nil {
+		if len(next.Content) == 0 || next.Content[0].Tag == "!!null" {
+			return &root, nil // a trailing "---" with nothing after it
+		}
+		line := next.Content[0].Line
+		if line > 1 {
+			line-- // the "---" that starts it
+		}
+		return nil, Problems{{Pos: Pos{File: name, Line: line, Column: 1}, Err: errors.New("a second YAML document (\"---\"): a config file holds one document; remove the separator")}}
+	} else if err != io.EOF {
+		return nil, Problems{{Pos: Pos{File: name, Line: max(yamlstrict.ErrLine(err), 1), Column: 1}, Err: fmt.Errorf("invalid YAML: %v", yamlstrict.CleanErr(err))}}
 	}
 	return &root, nil
 }
