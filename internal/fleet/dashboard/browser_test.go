@@ -369,6 +369,8 @@ func TestBrowserRealRolloutHalt(t *testing.T) {
 	if v := eval[string](t, op, `document.querySelector('#f-spec').value`); !strings.Contains(v, "BROKEN") {
 		t.Fatalf("the refused form lost its spec: %q", v)
 	}
+	eval[bool](t, op, `document.querySelector('#err-waves').scrollIntoView({block: 'center'}), true`)
+	docShot(t, op, "dashboard-rollout-new")
 	must(t, "fix the waves", chromedp.Do(op,
 		chromedp.SetValue(chromedp.ID("f-waves"), "canary selector=ring=canary\nhalf percent=50\nall percent=100"),
 		chromedp.Click(chromedp.ID("btn-create")),
