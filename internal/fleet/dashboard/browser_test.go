@@ -347,22 +347,34 @@ func TestBrowserRealRolloutHalt(t *testing.T) {
 	})
 	op := tab(t, "operator")
 	browserLogin(t, op, e.srv.URL, "operator", testPassword)
-	// The rollout is started from the "New rollout" form; a wave percent
-	// of 150 first, refused by the API with the field named next to it.
+	// The rollout is started from the "New rollout" form; a bad selector,
+	// then a wave percent of 150 first, each refused by the API with the
+	// message next to the field it names.
 	must(t, "rollouts", chromedp.Do(op, chromedp.Navigate(e.srv.URL+"/rollouts"), chromedp.WaitVisible(chromedp.ID("new-rollout"))))
 	must(t, "fill the form", chromedp.Do(op,
 		chromedp.SendKeys(chromedp.ID("f-name"), "filter-v2"),
 		chromedp.SetValue(chromedp.ID("f-kind"), "ruleset"),
 		chromedp.SetValue(chromedp.ID("f-object"), "filter"),
 		chromedp.SetValue(chromedp.ID("f-spec"), `{"sql": "CREATE RULE filter AS SELECT BROKEN"}`),
-		chromedp.SetValue(chromedp.ID("f-selector"), "app=x"),
+		chromedp.SetValue(chromedp.ID("f-selector"), "app=x,,"),
 		chromedp.SetValue(chromedp.ID("f-waves"), "canary selector=ring=canary\nhalf percent=150\nall percent=100"),
 		chromedp.SetValue(chromedp.ID("f-soak"), "0s"),
 		chromedp.SetValue(chromedp.ID("f-deadline"), "30s"),
 		chromedp.SetValue(chromedp.ID("f-maxFailed"), "0"),
 		chromedp.Click(chromedp.ID("btn-create")),
 	))
+	waitJS(t, op, "the selector error", `!!document.querySelector('#err-selector')`)
+	if m := text(t, op, "#err-selector"); !strings.HasPrefix(m, "selector: ") {
+		t.Fatalf("selector error %q", m)
+	}
+	must(t, "fix the selector", chromedp.Do(op,
+		chromedp.SetValue(chromedp.ID("f-selector"), "app=x"),
+		chromedp.Click(chromedp.ID("btn-create")),
+	))
 	waitJS(t, op, "the waves error", `!!document.querySelector('#err-waves')`)
+	if eval[bool](t, op, `!!document.querySelector('#err-selector')`) {
+		t.Fatal("the selector error is still shown after the fix")
+	}
 	if m := text(t, op, "#err-waves"); !strings.Contains(m, "waves[1].percent: 150") {
 		t.Fatalf("waves error %q", m)
 	}
