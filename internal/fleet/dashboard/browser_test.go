@@ -347,18 +347,48 @@ func TestBrowserRealRolloutHalt(t *testing.T) {
 	})
 	op := tab(t, "operator")
 	browserLogin(t, op, e.srv.URL, "operator", testPassword)
-	must(t, "rollouts", chromedp.Do(op, chromedp.Navigate(e.srv.URL+"/rollouts"), chromedp.WaitVisible(chromedp.ID("rollouts"))))
-	waitJS(t, op, "the event stream", `document.body.dataset.sse === 'open'`)
-	e.srv.MustDo(t, "POST", "/api/v1/rollouts", map[string]any{
-		"name": "filter-v2", "object": map[string]string{"kind": "ruleset", "name": "filter"},
-		"spec": map[string]string{"sql": "CREATE RULE filter AS SELECT BROKEN"}, "selector": "app=x",
-		"waves": []map[string]any{{"name": "canary", "selector": "ring=canary"}, {"name": "half", "percent": 50}, {"name": "all", "percent": 100}},
-		"soak":  "0s", "deadline": "30s", "gates": map[string]any{"maxFailed": 0},
-	}, 201, nil)
-	waitJS(t, op, "the new rollout in the list", `!!document.querySelector('#rollouts tr[data-name="filter-v2"]')`)
-	// Click in the page (the live region may be swapped between a lookup and a click from outside).
-	eval[bool](t, op, `document.querySelector('#rollouts tr[data-name="filter-v2"] a').click(), true`)
+	// The rollout is started from the "New rollout" form; a bad selector,
+	// then a wave percent of 150 first, each refused by the API with the
+	// message next to the field it names.
+	must(t, "rollouts", chromedp.Do(op, chromedp.Navigate(e.srv.URL+"/rollouts"), chromedp.WaitVisible(chromedp.ID("new-rollout"))))
+	must(t, "fill the form", chromedp.Do(op,
+		chromedp.SendKeys(chromedp.ID("f-name"), "filter-v2"),
+		chromedp.SetValue(chromedp.ID("f-kind"), "ruleset"),
+		chromedp.SetValue(chromedp.ID("f-object"), "filter"),
+		chromedp.SetValue(chromedp.ID("f-spec"), `{"sql": "CREATE RULE filter AS SELECT BROKEN"}`),
+		chromedp.SetValue(chromedp.ID("f-selector"), "app=x,,"),
+		chromedp.SetValue(chromedp.ID("f-waves"), "canary selector=ring=canary\nhalf percent=150\nall percent=100"),
+		chromedp.SetValue(chromedp.ID("f-soak"), "0s"),
+		chromedp.SetValue(chromedp.ID("f-deadline"), "30s"),
+		chromedp.SetValue(chromedp.ID("f-maxFailed"), "0"),
+		chromedp.Click(chromedp.ID("btn-create")),
+	))
+	waitJS(t, op, "the selector error", `!!document.querySelector('#err-selector')`)
+	if m := text(t, op, "#err-selector"); !strings.HasPrefix(m, "selector: ") {
+		t.Fatalf("selector error %q", m)
+	}
+	must(t, "fix the selector", chromedp.Do(op,
+		chromedp.SetValue(chromedp.ID("f-selector"), "app=x"),
+		chromedp.Click(chromedp.ID("btn-create")),
+	))
+	waitJS(t, op, "the waves error", `!!document.querySelector('#err-waves')`)
+	if eval[bool](t, op, `!!document.querySelector('#err-selector')`) {
+		t.Fatal("the selector error is still shown after the fix")
+	}
+	if m := text(t, op, "#err-waves"); !strings.Contains(m, "waves[1].percent: 150") {
+		t.Fatalf("waves error %q", m)
+	}
+	if v := eval[string](t, op, `document.querySelector('#f-spec').value`); !strings.Contains(v, "BROKEN") {
+		t.Fatalf("the refused form lost its spec: %q", v)
+	}
+	eval[bool](t, op, `document.querySelector('#err-waves').scrollIntoView({block: 'center'}), true`)
+	docShot(t, op, "dashboard-rollout-new")
+	must(t, "fix the waves", chromedp.Do(op,
+		chromedp.SetValue(chromedp.ID("f-waves"), "canary selector=ring=canary\nhalf percent=50\nall percent=100"),
+		chromedp.Click(chromedp.ID("btn-create")),
+	))
 	waitJS(t, op, "the rollout page", `location.pathname === '/rollouts/filter-v2' && !!document.querySelector('#ro-state')`)
+	waitJS(t, op, "the event stream", `document.body.dataset.sse === 'open'`)
 	waitJS(t, op, "the halt", `document.querySelector('#ro-state').textContent === 'halted'`)
 	if r := text(t, op, "#reason"); !strings.Contains(r, "canary") {
 		t.Fatalf("reason %q", r)
@@ -377,6 +407,21 @@ func TestBrowserRealRolloutHalt(t *testing.T) {
 	}
 	must(t, "enter", chromedp.Do(op, chromedp.KeyEvent("\r")))
 	waitJS(t, op, "rolled back", `document.querySelector('#ro-state') && document.querySelector('#ro-state').textContent === 'rolledback'`)
+
+	// A viewer is not shown the form, and the server refuses its POST.
+	vw := tab(t, "viewer")
+	browserLogin(t, vw, e.srv.URL, "viewer", testPassword)
+	must(t, "viewer rollouts", chromedp.Do(vw, chromedp.Navigate(e.srv.URL+"/rollouts"), chromedp.WaitVisible(chromedp.ID("rollouts"))))
+	if eval[bool](t, vw, `!!document.querySelector('#new-rollout, #f-name')`) {
+		t.Fatal("a viewer sees the New rollout form")
+	}
+	status := eval[int](t, vw, `(async () => {
+		const csrf = document.querySelector('input[name=csrf]').value;
+		const r = await fetch('/rollouts', {method: 'POST', body: new URLSearchParams({csrf, name: 'v-ro', kind: 'ruleset', object: 'filter', revision: '1', waves: 'all percent=100'})});
+		return r.status; })()`, chromedp.EvalAwaitPromise)
+	if status != 403 {
+		t.Fatalf("viewer New rollout POST = %d, want 403", status)
+	}
 }
 
 // TestBrowserAccessibility checks the basics on every page: each visible

@@ -159,6 +159,11 @@ func (d *Dashboard) Users() *Users { return d.users }
 
 var funcs = template.FuncMap{
 	"add": func(a, b int) int { return a + b },
+	// field is one labelled input of a form: name, label, value,
+	// placeholder, error.
+	"field": func(n, l, v, p, e string) map[string]string {
+		return map[string]string{"N": n, "L": l, "V": v, "P": p, "E": e}
+	},
 	"pct": func(n, of int) int {
 		if of <= 0 {
 			return 0
@@ -237,6 +242,7 @@ func (d *Dashboard) Handler() http.Handler {
 	mux.HandleFunc("GET /gateways/{id}", d.auth(RoleViewer, d.gatewayDetail))
 	mux.HandleFunc("GET /rollouts", d.auth(RoleViewer, d.rolloutList))
 	mux.HandleFunc("GET /rollouts/{name}", d.auth(RoleViewer, d.rolloutDetail))
+	mux.HandleFunc("POST /rollouts", d.auth(RoleOperator, d.rolloutCreate))
 	mux.HandleFunc("POST /rollouts/{name}/{action}", d.auth(RoleOperator, d.rolloutAction))
 	mux.HandleFunc("GET /events", d.auth(RoleViewer, d.events))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -649,13 +655,24 @@ func (d *Dashboard) rolloutList(w http.ResponseWriter, r *http.Request, rc reqCt
 	if d.noRollouts(w, r, rc) {
 		return
 	}
+	d.rolloutListWith(w, r, rc, http.StatusOK, url.Values{"soak": {"10m"}, "deadline": {"5m"}}, nil)
+}
+
+// rolloutListWith renders the rollouts page with the "New rollout" form
+// filled from form and err (a refused input) shown next to its field.
+func (d *Dashboard) rolloutListWith(w http.ResponseWriter, r *http.Request, rc reqCtx, code int, form url.Values, ierr *InputError) {
 	ros, err := d.opt.Rollouts.List(r.Context())
 	if err != nil {
 		d.fail(w, r, rc, "rollouts", err)
 		return
 	}
 	sort.Slice(ros, func(i, j int) bool { return ros[i].Created.After(ros[j].Created) })
-	d.render(w, r, http.StatusOK, "rollouts", rc, map[string]any{"Title": "Rollouts", "Rollouts": ros})
+	errs := map[string]string{}
+	if ierr != nil {
+		errs[ierr.Field] = ierr.Msg
+	}
+	d.render(w, r, code, "rollouts", rc, map[string]any{"Title": "Rollouts", "Rollouts": ros,
+		"CanCreate": d.creator() != nil, "Form": form, "Errs": errs})
 }
 
 func (d *Dashboard) rolloutDetail(w http.ResponseWriter, r *http.Request, rc reqCtx) {

@@ -59,8 +59,9 @@ func (s *Server) RequireRole(role string, h http.HandlerFunc) http.HandlerFunc {
 
 // RolloutAPI calls the rollout endpoints in-process for the dashboard,
 // which has checked its user's role itself: name "" lists
-// (GET /api/v1/rollouts), action "" gets one, else it POSTs the action
-// with body ({"resourceVersion": N}). It returns the status code and the
+// (GET /api/v1/rollouts), or with a body creates one (POST
+// /api/v1/rollouts, body a RolloutRequest); action "" gets one, else it
+// POSTs the action with body ({"resourceVersion": N}). It returns the status code and the
 // JSON answer, exactly as the HTTP API would.
 func (s *Server) RolloutAPI(ctx context.Context, name, action string, body []byte) (int, []byte) {
 	method, path := http.MethodGet, "/api/v1/rollouts"
@@ -69,6 +70,8 @@ func (s *Server) RolloutAPI(ctx context.Context, name, action string, body []byt
 	}
 	if action != "" {
 		method, path = http.MethodPost, path+"/"+action
+	} else if name == "" && body != nil {
+		method = http.MethodPost
 	}
 	r, err := http.NewRequestWithContext(ctx, method, path, bytes.NewReader(body))
 	if err != nil {
@@ -78,6 +81,8 @@ func (s *Server) RolloutAPI(ctx context.Context, name, action string, body []byt
 	r.SetPathValue("action", action)
 	rec := &recorder{header: http.Header{}, code: http.StatusOK}
 	switch {
+	case name == "" && body != nil:
+		s.handleRolloutCreate(rec, r)
 	case name == "":
 		s.handleRolloutList(rec, r)
 	case action == "":
