@@ -40,6 +40,7 @@ const (
 	SignalOTATrial   = "ota_trial"   // fact ota_trial is "failed" or "rolled_back"
 	SignalStuck      = "stuck"       // no report of the new revision within the wave's deadline
 	SignalSilent     = "silent"      // nothing heard from the gateway since its wave started, past the deadline
+	SignalRestarts   = "restarts"    // the rolled-out component restarted more than gates.maxRestarts times
 )
 
 // ObjectRef names the object a rollout changes: its kind and id (the id
@@ -78,6 +79,10 @@ type Gates struct {
 	MaxFailed        *int     `json:"maxFailed,omitempty"`
 	// MaxBricked counts gateways that report health "broken" or went silent.
 	MaxBricked *int `json:"maxBricked,omitempty"`
+	// MaxRestarts: a gateway whose component (the rolled-out object)
+	// reports more restarts than this fails (signal "restarts"), before
+	// the supervisor gives up and calls it broken.
+	MaxRestarts *int `json:"maxRestarts,omitempty"`
 }
 
 // Rollout is the API view of a rollout (GET /api/v1/rollouts/{name}).
@@ -292,6 +297,9 @@ func validateRollout(req *RolloutRequest) error {
 	if g := req.Gates.MaxBricked; g != nil && *g < 0 {
 		return fmt.Errorf("gates.maxBricked: %d: want 0 or more", *g)
 	}
+	if g := req.Gates.MaxRestarts; g != nil && *g < 0 {
+		return fmt.Errorf("gates.maxRestarts: %d: want 0 or more", *g)
+	}
 	return nil
 }
 
@@ -413,6 +421,9 @@ func (d *rolloutDoc) assessMember(id string, g *store.Gateway, slotKind, slotNam
 			return memberFailed, f, false
 		case c.Kind == proto.KindAgentVersion && c.State != "" && c.State != "committed":
 			continue
+		case d.Gates.MaxRestarts != nil && c.Restarts > *d.Gates.MaxRestarts:
+			f.Signal, f.Detail = SignalRestarts, withReason(fmt.Sprintf("%s restarted %d times (gate maxRestarts %d)", c.Kind, c.Restarts, *d.Gates.MaxRestarts), c.Reason)
+			return memberFailed, f, false
 		}
 		applied = true
 	}

@@ -536,6 +536,7 @@ func TestRolloutBadInput(t *testing.T) {
 		{"gate percent", "/api/v1/rollouts", `{` + ok + `, ` + spec + `, ` + wave + `, "gates": {"maxFailedPercent": 150}}`, 400, "gates.maxFailedPercent"},
 		{"gate count", "/api/v1/rollouts", `{` + ok + `, ` + spec + `, ` + wave + `, "gates": {"maxFailed": -1}}`, 400, "gates.maxFailed"},
 		{"gate bricked", "/api/v1/rollouts", `{` + ok + `, ` + spec + `, ` + wave + `, "gates": {"maxBricked": -1}}`, 400, "gates.maxBricked"},
+		{"gate restarts", "/api/v1/rollouts", `{` + ok + `, ` + spec + `, ` + wave + `, "gates": {"maxRestarts": -2}}`, 400, "gates.maxRestarts"},
 		{"gate type", "/api/v1/rollouts", `{` + ok + `, ` + spec + `, ` + wave + `, "gates": {"maxFailed": "one"}}`, 400, "field gates.maxFailed"},
 		{"unknown field", "/api/v1/rollouts", `{` + ok + `, ` + spec + `, ` + wave + `, "wavez": []}`, 400, `unknown field "wavez"`},
 		{"unknown rollout", "/api/v1/rollouts/nope/pause", `{"resourceVersion": 3}`, 404, "rollout nope"},
