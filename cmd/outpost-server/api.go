@@ -29,6 +29,22 @@ func (a *apiFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&a.json, "json", false, "print the raw JSON answer")
 }
 
+// apiArgs parses the command line of a command that takes the API flags
+// and exactly n positional arguments (want describes them in the usage
+// error). ok=false: return code.
+func apiArgs(name string, args []string, n int, want string) (a apiFlags, pos []string, code int, ok bool) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	a.register(fs)
+	pos, code, ok = interspersed(fs, args)
+	if !ok {
+		return a, nil, code, false
+	}
+	if len(pos) != n {
+		return a, nil, fail(name, fmt.Errorf("%w: %s", errUsage, want)), false
+	}
+	return a, pos, 0, true
+}
+
 func envOr(k, def string) string {
 	if v := os.Getenv(k); v != "" {
 		return v

@@ -125,15 +125,9 @@ func orDash(s string) string {
 }
 
 func gatewaysGet(ctx context.Context, args []string) int {
-	fs := flag.NewFlagSet("gateways get", flag.ContinueOnError)
-	var a apiFlags
-	a.register(fs)
-	pos, code, ok := interspersed(fs, args)
+	a, pos, code, ok := apiArgs("gateways get", args, 1, "want one gateway id")
 	if !ok {
 		return code
-	}
-	if len(pos) != 1 {
-		return fail("gateways get", fmt.Errorf("%w: want one gateway id", errUsage))
 	}
 	var g json.RawMessage
 	if err := a.call(ctx, "GET", "/api/v1/gateways/"+url.PathEscape(pos[0]), nil, &g); err != nil {

@@ -138,15 +138,9 @@ func printJSON(v any) {
 }
 
 func objectsGet(ctx context.Context, args []string) int {
-	fs := flag.NewFlagSet("objects get", flag.ContinueOnError)
-	var a apiFlags
-	a.register(fs)
-	pos, code, ok := interspersed(fs, args)
+	a, pos, code, ok := apiArgs("objects get", args, 2, "want KIND ID")
 	if !ok {
 		return code
-	}
-	if len(pos) != 2 {
-		return fail("objects get", fmt.Errorf("%w: want KIND ID", errUsage))
 	}
 	var v any
 	if err := a.call(ctx, "GET", "/api/v1/objects/"+url.PathEscape(pos[0])+"/"+url.PathEscape(pos[1]), nil, &v); err != nil {
@@ -159,15 +153,9 @@ func objectsGet(ctx context.Context, args []string) int {
 }
 
 func objectsDelete(ctx context.Context, args []string) int {
-	fs := flag.NewFlagSet("objects delete", flag.ContinueOnError)
-	var a apiFlags
-	a.register(fs)
-	pos, code, ok := interspersed(fs, args)
+	a, pos, code, ok := apiArgs("objects delete", args, 2, "want KIND ID")
 	if !ok {
 		return code
-	}
-	if len(pos) != 2 {
-		return fail("objects delete", fmt.Errorf("%w: want KIND ID", errUsage))
 	}
 	var v map[string]int64
 	if err := a.call(ctx, "DELETE", "/api/v1/objects/"+url.PathEscape(pos[0])+"/"+url.PathEscape(pos[1]), nil, &v); err != nil {
@@ -180,15 +168,9 @@ func objectsDelete(ctx context.Context, args []string) int {
 }
 
 func objectsDesired(ctx context.Context, args []string) int {
-	fs := flag.NewFlagSet("objects desired", flag.ContinueOnError)
-	var a apiFlags
-	a.register(fs)
-	pos, code, ok := interspersed(fs, args)
+	a, pos, code, ok := apiArgs("objects desired", args, 1, "want a gateway id")
 	if !ok {
 		return code
-	}
-	if len(pos) != 1 {
-		return fail("objects desired", fmt.Errorf("%w: want a gateway id", errUsage))
 	}
 	var v any
 	if err := a.call(ctx, "GET", "/api/v1/gateways/"+url.PathEscape(pos[0])+"/desired", nil, &v); err != nil {

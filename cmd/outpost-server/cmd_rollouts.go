@@ -160,15 +160,9 @@ func rolloutsList(ctx context.Context, args []string) int {
 }
 
 func rolloutsGet(ctx context.Context, args []string) int {
-	fs := flag.NewFlagSet("rollouts get", flag.ContinueOnError)
-	var a apiFlags
-	a.register(fs)
-	pos, code, ok := interspersed(fs, args)
+	a, pos, code, ok := apiArgs("rollouts get", args, 1, "want the rollout's NAME")
 	if !ok {
 		return code
-	}
-	if len(pos) != 1 {
-		return fail("rollouts get", fmt.Errorf("%w: want the rollout's NAME", errUsage))
 	}
 	var v any
 	if err := a.call(ctx, "GET", "/api/v1/rollouts/"+url.PathEscape(pos[0]), nil, &v); err != nil {
