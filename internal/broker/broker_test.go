@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
 	"net"
 	"os"
@@ -80,7 +81,13 @@ func startBroker(t *testing.T, c *Config, dataDir string) *testBroker {
 		dataDir = t.TempDir()
 	}
 	tb := &testBroker{set: metrics.NewSet(), got: make(chan *message.Message, 10000)}
-	tb.Broker = New(Options{Metrics: tb.set, DataDir: dataDir, OnPublish: func(m *message.Message) error {
+	// OUTPOST_TEST_LOG=debug prints the broker's debug log (connections,
+	// disconnect reasons, refused packets) while the tests run.
+	var lg *slog.Logger
+	if os.Getenv("OUTPOST_TEST_LOG") == "debug" {
+		lg = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	tb.Broker = New(Options{Logger: lg, Metrics: tb.set, DataDir: dataDir, OnPublish: func(m *message.Message) error {
 		select {
 		case tb.got <- m:
 		default:
