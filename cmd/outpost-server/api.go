@@ -14,6 +14,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/outpost-edge/outpost/internal/cli"
 )
 
 // apiFlags are the connection flags every API command shares.
@@ -90,18 +92,16 @@ func (a *apiFlags) call(ctx context.Context, method, path string, body, out any)
 		return err
 	}
 	defer resp.Body.Close()
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if resp.StatusCode/100 != 2 {
-		var e struct {
-			Error string `json:"error"`
-		}
-		if json.Unmarshal(data, &e) != nil || e.Error == "" {
-			e.Error = strings.TrimSpace(string(data))
-		}
+		msg := cli.AnswerError(resp)
 		if resp.StatusCode/100 == 4 && resp.StatusCode != 401 && resp.StatusCode != 403 && resp.StatusCode != 404 && resp.StatusCode != 409 {
-			return fmt.Errorf("%w: %s (%d)", errUsage, e.Error, resp.StatusCode)
+			return fmt.Errorf("%w: %s (%d)", errUsage, msg, resp.StatusCode)
 		}
-		return fmt.Errorf("%s (%d)", e.Error, resp.StatusCode)
+		return fmt.Errorf("%s (%d)", msg, resp.StatusCode)
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("reading the answer: %w", err)
 	}
 	if a.json {
 		os.Stdout.Write(data)

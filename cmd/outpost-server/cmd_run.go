@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -34,6 +35,8 @@ func runServer(ctx context.Context, args []string) int {
 	listen := fs.String("listen", "127.0.0.1:8443", "HTTPS listen address (gateways and the API)")
 	var hosts hostList
 	fs.Var(&hosts, "host", "a DNS name or IP gateways use to reach the server (repeatable; localhost, 127.0.0.1 and ::1 are always included)")
+	var proxies hostList
+	fs.Var(&proxies, "trusted-proxy", "a reverse proxy (CIDR or address, repeatable) whose X-Forwarded-For the dashboard believes for its per-address login limit and logs")
 	keepalive := fs.Duration("keepalive", 30*time.Second, "watch stream keepalive (bookmark) period")
 	compactKeep := fs.Int64("compact-keep", 100_000, "change-log events kept by automatic compaction, every 5 minutes (-1: off); a gateway away for more changes re-lists")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
@@ -52,11 +55,17 @@ The web dashboard is served at the same URL (/); add its users with
 'outpost-server users add'.`,
 			"outpost-server run --data fleet-data",
 			"outpost-server run --data /var/lib/outpost-server --db postgres://outpost@db:5432/fleet --listen 0.0.0.0:8443   # one of N replicas",
-			"outpost-server run --data /var/lib/outpost-server --listen 0.0.0.0:8443 --host fleet.example.com"))
+			"outpost-server run --data /var/lib/outpost-server --listen 0.0.0.0:8443 --host fleet.example.com",
+			"outpost-server run --data /var/lib/outpost-server --listen 10.0.0.5:8443 --trusted-proxy 10.0.0.2   # behind a TLS-passthrough or re-encrypting proxy at 10.0.0.2"))
 		fs.PrintDefaults()
 	}
 	if code, ok := parse(fs, args); !ok {
 		return code
+	}
+	trusted, err := parsePrefixes(proxies)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "outpost-server run: --trusted-proxy: %v\n", err)
+		return exitUsage
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
@@ -64,7 +73,6 @@ The web dashboard is served at the same URL (/); add its users with
 		return exitUsage
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
-	var err error
 	if err := os.MkdirAll(*data, 0o700); err != nil {
 		fmt.Fprintln(os.Stderr, "outpost-server run:", err)
 		return exitFailure
@@ -93,7 +101,8 @@ The web dashboard is served at the same URL (/); add its users with
 		fmt.Fprintln(os.Stderr, "outpost-server run:", err)
 		return exitFailure
 	}
-	dash, err := dashboard.New(ctx, dashboard.Options{Fleet: srv, Meta: st, Logger: log, Rollouts: dashboard.APIRollouts(srv)})
+	dash, err := dashboard.New(ctx, dashboard.Options{Fleet: srv, Meta: st, Logger: log, Rollouts: dashboard.APIRollouts(srv),
+		TrustedProxies: trusted})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "outpost-server run:", err)
 		return exitFailure
@@ -121,4 +130,21 @@ The web dashboard is served at the same URL (/); add its users with
 	}
 	log.Info("outpost-server stopped")
 	return exitOK
+}
+
+// parsePrefixes parses CIDRs or single addresses (a /32 or /128).
+func parsePrefixes(vs []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, v := range vs {
+		if a, err := netip.ParseAddr(v); err == nil {
+			out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+			continue
+		}
+		p, err := netip.ParsePrefix(v)
+		if err != nil {
+			return nil, fmt.Errorf("%q: want a CIDR (10.0.0.0/8) or an address", v)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/outpost-edge/outpost/internal/cli"
 	"gopkg.in/yaml.v3"
 )
 
@@ -174,16 +175,7 @@ func (c *apiClient) stream(ctx context.Context, method, path string) (io.ReadClo
 		return resp.Body, nil
 	}
 	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	var e struct {
-		Error string `json:"error"`
-	}
-	msg := ""
-	if json.Unmarshal(b, &e) == nil && e.Error != "" {
-		msg = e.Error
-	} else {
-		msg = strings.TrimSpace(string(b))
-	}
+	msg := cli.AnswerError(resp)
 	switch resp.StatusCode {
 	case http.StatusUnauthorized:
 		if c.token == "" {
@@ -194,9 +186,6 @@ func (c *apiClient) stream(ctx context.Context, method, path string) (io.ReadClo
 	case http.StatusServiceUnavailable:
 		// /readyz answers 503 with a body worth keeping; callers that want
 		// it use streamAny.
-	}
-	if msg == "" {
-		msg = "HTTP " + resp.Status
 	}
 	return nil, &APIError{Status: resp.StatusCode, Message: fmt.Sprintf("%s (HTTP %d)", msg, resp.StatusCode)}
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +17,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/outpost-edge/outpost/internal/cli"
 )
 
 // pushMetaName is what outpost-server stores as metadata (root.json,
@@ -190,12 +191,5 @@ func pushFile(ctx context.Context, hc *http.Client, url, path, token string, tar
 		res.Skipped++
 		return nil
 	}
-	var e struct {
-		Error string `json:"error"`
-	}
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if json.Unmarshal(b, &e) != nil || e.Error == "" {
-		e.Error = strings.TrimSpace(string(b))
-	}
-	return fmt.Errorf("PUT %s: server answered %d: %s", url, resp.StatusCode, e.Error)
+	return fmt.Errorf("PUT %s: server answered %d: %s", url, resp.StatusCode, cli.AnswerError(resp))
 }

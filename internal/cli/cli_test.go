@@ -3,6 +3,8 @@ package cli
 import (
 	"bytes"
 	"context"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 )
@@ -48,4 +50,18 @@ func TestDispatch(t *testing.T) {
 		}
 	}()
 	p.Register(&Command{Name: "run"})
+}
+
+func TestAnswerError(t *testing.T) {
+	for _, tc := range []struct{ status, body, want string }{
+		{"400 Bad Request", `{"error":"labels: bad key \"-x\""}`, `labels: bad key "-x"`},
+		{"502 Bad Gateway", "upstream down\n", "upstream down"},
+		{"500 Internal Server Error", `{"error":""}`, `{"error":""}`},
+		{"503 Service Unavailable", "", "HTTP 503 Service Unavailable"},
+	} {
+		resp := &http.Response{Status: tc.status, Body: io.NopCloser(strings.NewReader(tc.body))}
+		if got := AnswerError(resp); got != tc.want {
+			t.Errorf("%s %q: %q, want %q", tc.status, tc.body, got, tc.want)
+		}
+	}
 }

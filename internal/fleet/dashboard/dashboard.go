@@ -34,6 +34,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"sort"
 	"strconv"
@@ -89,7 +90,16 @@ type Options struct {
 	// refreshes it). The registry is read once per MaxAge at most for
 	// page loads, not once per page.
 	MaxAge time.Duration
-	Now    func() time.Time
+	// TrustedProxies are the reverse proxies whose X-Forwarded-For is
+	// believed: a request from one of them counts against the login limit
+	// (and is logged) as the address the proxies name, the rightmost one
+	// that is not itself a trusted proxy. Without it every login behind a
+	// proxy would share the proxy's address, and one attacker could lock
+	// every operator out; a request from any other address is taken by its
+	// own address, whatever headers it sends (a client cannot pick its
+	// limit bucket by forging X-Forwarded-For).
+	TrustedProxies []netip.Prefix
+	Now            func() time.Time
 }
 
 // Dashboard serves the pages.
@@ -307,7 +317,7 @@ func (d *Dashboard) auth(role string, h func(http.ResponseWriter, *http.Request,
 				tok = r.PostFormValue("csrf")
 			}
 			if !d.sess.checkCSRF("session", rc.sess.Nonce, tok) {
-				d.log.Warn("dashboard: refused", "reason", "csrf", "user", rc.User.Name, "path", r.URL.Path, "client", clientIP(r))
+				d.log.Warn("dashboard: refused", "reason", "csrf", "user", rc.User.Name, "path", r.URL.Path, "client", d.clientIP(r))
 				http.Error(w, "csrf: missing or wrong token; reload the page", http.StatusForbidden)
 				return
 			}
@@ -322,12 +332,45 @@ func (d *Dashboard) auth(role string, h func(http.ResponseWriter, *http.Request,
 	}
 }
 
-func clientIP(r *http.Request) string {
+// clientIP is the address a request is counted and logged as (see
+// Options.TrustedProxies).
+func (d *Dashboard) clientIP(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
-		return r.RemoteAddr
+		host = r.RemoteAddr
 	}
-	return host
+	if len(d.opt.TrustedProxies) == 0 {
+		return host
+	}
+	addr, err := netip.ParseAddr(host)
+	if err != nil || !d.trusted(addr) {
+		return host
+	}
+	// The proxies append the address they got the request from; walk
+	// from the right past our own proxies. A malformed entry ends the
+	// walk at the last address a trusted proxy vouched for.
+	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+	for i := len(hops) - 1; i >= 0; i-- {
+		a, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
+		if err != nil {
+			break
+		}
+		addr = a.Unmap()
+		if !d.trusted(addr) {
+			break
+		}
+	}
+	return addr.String()
+}
+
+func (d *Dashboard) trusted(a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range d.opt.TrustedProxies {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // render executes page with data; a request with X-Live: 1 gets only the
@@ -377,7 +420,7 @@ func (d *Dashboard) loginPost(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "form: "+err.Error(), http.StatusBadRequest)
 		return
 	}
-	ip := clientIP(r)
+	ip := d.clientIP(r)
 	c, err := r.Cookie(loginCookie)
 	if err != nil || !d.sess.checkCSRF("login", c.Value, r.PostFormValue("csrf")) {
 		d.log.Warn("dashboard: login refused", "reason", "csrf", "client", ip)

@@ -1,8 +1,10 @@
 package dashboard_test
 
 import (
+	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"testing"
@@ -196,6 +198,69 @@ func TestLoginRateLimit(t *testing.T) {
 	}
 	if strings.Contains(l, "nope-nope") || strings.Contains(l, testPassword) {
 		t.Fatal("a password was logged")
+	}
+}
+
+// xffTransport sends every request with an X-Forwarded-For header, as a
+// reverse proxy in front of the server would.
+type xffTransport struct {
+	base http.RoundTripper
+	xff  string
+}
+
+func (x xffTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("X-Forwarded-For", x.xff)
+	return x.base.RoundTrip(r)
+}
+
+// TestLoginRateLimitBehindProxy: behind a trusted reverse proxy the
+// per-address login limit counts the address the proxy names, so one
+// client's failures do not lock out the others; from an untrusted address
+// the header is ignored, so a client cannot dodge the limit by forging it.
+func TestLoginRateLimitBehindProxy(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		trusted []netip.Prefix
+		// want is the answer to the other client's right password after
+		// the attacker's failures.
+		want int
+	}{
+		{"trusted proxy", []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, http.StatusSeeOther},
+		{"untrusted", nil, http.StatusTooManyRequests},
+		{"other proxy trusted", []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16")}, http.StatusTooManyRequests},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			logs := &fleettest.SyncBuffer{}
+			e := start(t, dashboard.Options{UserFailures: 100, IPFailures: 3, FailureWindow: time.Hour,
+				TrustedProxies: tc.trusted, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+			via := func(xff string) *http.Client {
+				hc := e.client(t)
+				hc.Transport = xffTransport{hc.Transport, xff}
+				return hc
+			}
+			// The attacker's address is spoofed on the left: only the
+			// hop the (trusted) proxy appended counts.
+			attacker := via("203.0.113.66, 198.51.100.7")
+			for i := 0; i < 3; i++ {
+				if code, _ := e.login(t, attacker, fmt.Sprintf("guess%d", i), "nope-nope"); code != http.StatusUnauthorized {
+					t.Fatalf("failure %d = %d", i, code)
+				}
+			}
+			if code, _ := e.login(t, attacker, "admin", testPassword); code != http.StatusTooManyRequests {
+				t.Fatalf("attacker after 3 failures = %d, want 429", code)
+			}
+			if code, _ := e.login(t, via("198.51.100.8"), "admin", testPassword); code != tc.want {
+				t.Fatalf("another client = %d, want %d", code, tc.want)
+			}
+			want := "client=127.0.0.1"
+			if tc.want == http.StatusSeeOther {
+				want = "client=198.51.100.7"
+			}
+			if !strings.Contains(logs.String(), want) {
+				t.Fatalf("log does not name %s:\n%s", want, logs.String())
+			}
+		})
 	}
 }
 
