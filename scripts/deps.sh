@@ -9,6 +9,7 @@
 #   prometheus                     promtool: lints a real agent's /metrics
 #   podman                         container components (its Docker Engine API service)
 #   containerd + runc              the containerd measurements (docs/components.md)
+#   docker-registry                a private registry for the container pull tests
 #   chromium                       the dashboard's browser tests (chromedp, headless)
 #   patch                          scripts/mochi-reapply.sh applies the mochi fork's patch series
 set -euo pipefail
@@ -29,6 +30,7 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v podman >/dev/null 2>&1 || need+=(podman)
 command -v containerd >/dev/null 2>&1 || need+=(containerd)
 command -v runc >/dev/null 2>&1 || need+=(runc)
+command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v patch >/dev/null 2>&1 || need+=(patch)
 if [ ${#need[@]} -gt 0 ]; then

@@ -48,6 +48,8 @@ type component struct {
 	exit     bool   // the loop must stop and return
 	limits   *LimitsStatus
 	ctr      *ContainerStatus // kind container: the current container
+	// pullFails counts failed image pulls in a row (their backoff).
+	pullFails int
 
 	wake    chan struct{} // cap 1: something changed for this component
 	done    chan struct{} // closed when loop returns

@@ -42,7 +42,34 @@ type ContainersConfig struct {
 	// RetryMax caps the backoff between attempts to reach a runtime that
 	// is down (1s doubling).
 	RetryMax config.Duration `yaml:"retry_max"` // default 30s
+	// Pull is what happens to a pinned image that is neither in the
+	// runtime nor in the recipe's image archives: "missing" (default)
+	// has the runtime pull it from its registry (the digest is checked
+	// after the pull as after a load); "never" refuses it (air-gapped
+	// gateways: images come only as archives).
+	Pull string `yaml:"pull"`
+	// Registries are the credentials of private registries. Anonymous
+	// pulls need no entry. The registry's TLS trust and mirrors are the
+	// runtime's own configuration.
+	Registries []RegistryCredential `yaml:"registries"`
 }
+
+// RegistryCredential is the login to one registry.
+type RegistryCredential struct {
+	// Host is the registry as image references name it:
+	// "registry.example.com", "10.0.0.5:5000" ("docker.io" for Docker Hub).
+	Host     string `yaml:"host"`
+	Username string `yaml:"username"`
+	// PasswordSecret names the secret (a file in secrets_dir) that holds
+	// the password or token; it is never logged or shown.
+	PasswordSecret string `yaml:"password_secret"`
+}
+
+// Pull policies (ContainersConfig.Pull).
+const (
+	PullMissing = "missing"
+	PullNever   = "never"
+)
 
 // DefaultSockets are tried in order when containers.socket is empty.
 var DefaultSockets = []string{"/run/podman/podman.sock", "/var/run/docker.sock"}
@@ -54,6 +81,9 @@ func (c *ContainersConfig) setDefaults() {
 	if c.RetryMax == 0 {
 		c.RetryMax = config.Duration(30 * time.Second)
 	}
+	if c.Pull == "" {
+		c.Pull = PullMissing
+	}
 }
 
 func (c ContainersConfig) validate() []error {
@@ -64,6 +94,26 @@ func (c ContainersConfig) validate() []error {
 	for i, p := range c.HostPaths {
 		if !filepath.IsAbs(p) || filepath.Clean(p) != p {
 			errs = append(errs, fmt.Errorf("containers.host_paths[%d]: %q must be a clean absolute path", i, p))
+		}
+	}
+	if c.Pull != "" && c.Pull != PullMissing && c.Pull != PullNever {
+		errs = append(errs, fmt.Errorf("containers.pull: %q: want %s or %s", c.Pull, PullMissing, PullNever))
+	}
+	hosts := map[string]int{}
+	for i, r := range c.Registries {
+		p := fmt.Sprintf("containers.registries[%d]", i)
+		switch {
+		case r.Host == "" || strings.ContainsAny(r.Host, "/@ ") || strings.Contains(r.Host, "://"):
+			errs = append(errs, fmt.Errorf("%s.host: %q: want host[:port] as image references name it (no scheme, no path)", p, r.Host))
+		case hosts[r.Host] > 0:
+			errs = append(errs, fmt.Errorf("%s.host: %q is also registries[%d]", p, r.Host, hosts[r.Host]-1))
+		}
+		hosts[r.Host] = i + 1
+		if r.Username == "" {
+			errs = append(errs, fmt.Errorf("%s.username: required", p))
+		}
+		if r.PasswordSecret == "" || strings.ContainsAny(r.PasswordSecret, "/\\") || strings.HasPrefix(r.PasswordSecret, ".") {
+			errs = append(errs, fmt.Errorf("%s.password_secret: %q: want the name of a file in secrets_dir", p, r.PasswordSecret))
 		}
 	}
 	for i, n := range c.AllowPrivileged {
@@ -184,9 +234,18 @@ func (c *component) runContainer(ctx context.Context, r *recipe.Recipe, ov Overr
 			return outInterrupted, nil, "" // the next round waits for the runtime
 		}
 		c.setState(StateInstallFailed, err.Error())
+		if errors.Is(err, errPull) {
+			// The registry or the network may come back: try again
+			// after a backoff (or at once on a new recipe or kick).
+			c.sleep(ctx, gen, c.pullBackoff())
+			return outInterrupted, nil, ""
+		}
 		c.waitKick(ctx, gen)
 		return outInterrupted, nil, ""
 	}
+	c.mu.Lock()
+	c.pullFails = 0
+	c.mu.Unlock()
 	home, art, data := c.dirs(r)
 	runDir := filepath.Join(home, "run")
 	for _, d := range []string{runDir, data, art} {
@@ -481,14 +540,24 @@ func (c *component) ensureImage(ctx context.Context, rt container.Runtime, r *re
 			loaded = true
 		}
 		if !loaded {
-			return "", r.ErrorAt("container.image", fmt.Errorf("image %s is not in the runtime and the recipe has no image archive (artifacts with image: true); pulling from registries is not supported", ct.Reference()))
+			if err := c.pull(ctx, rt, r); err != nil {
+				return "", err
+			}
 		}
 		img, err = rt.Image(ctx, ref)
+		if errors.Is(err, container.ErrNotFound) && ct.Digest != "" {
+			// A pull by digest leaves the image named repo@digest (no tag).
+			img, err = rt.Image(ctx, container.Repository(ct.Image)+"@"+ct.Digest)
+		}
 		if errors.Is(err, container.ErrNotFound) {
 			img, err = rt.Image(ctx, ct.Image)
 		}
 		if errors.Is(err, container.ErrNotFound) {
-			return "", r.ErrorAt("container.image", fmt.Errorf("image %s is not in the loaded archive(s)", ct.Reference()))
+			where := "the loaded archive(s)"
+			if !loaded {
+				where = "the runtime after the pull"
+			}
+			return "", r.ErrorAt("container.image", fmt.Errorf("image %s is not in %s", ct.Reference(), where))
 		}
 	}
 	if err != nil {
@@ -508,6 +577,59 @@ func (c *component) ensureImage(ctx context.Context, rt container.Runtime, r *re
 		return "", err
 	}
 	return img.ID, nil
+}
+
+// pullBackoff returns the wait before the next pull attempt: 2 s
+// doubling per failure in a row, up to 5 minutes.
+func (c *component) pullBackoff() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	d := 2 * time.Second << min(c.pullFails, 8)
+	c.pullFails++
+	return min(d, 5*time.Minute)
+}
+
+// errPull marks a failed registry pull: retried with backoff (the
+// registry or the network may come back), unlike a wrong recipe.
+var errPull = container.ErrPull
+
+// pull has the runtime pull the recipe's image from its registry, with the
+// agent's credentials for that registry (containers.registries), unless
+// containers.pull is never.
+func (c *component) pull(ctx context.Context, rt container.Runtime, r *recipe.Recipe) error {
+	ct := r.Container
+	c.s.mu.Lock()
+	cc := c.s.cfg.Containers
+	c.s.mu.Unlock()
+	p, ok := rt.(container.Puller)
+	switch {
+	case cc.Pull == PullNever:
+		return r.ErrorAt("container.image", fmt.Errorf("image %s is not in the runtime and the recipe has no image archive (artifacts with image: true); the agent's supervisor.containers.pull is never", ct.Reference()))
+	case !ok:
+		return r.ErrorAt("container.image", fmt.Errorf("image %s is not in the runtime and the recipe has no image archive (artifacts with image: true); %s cannot pull from registries", ct.Reference(), rt.Name()))
+	}
+	host := container.RegistryHost(ct.Image)
+	var auth *container.RegistryAuth
+	for _, rc := range cc.Registries {
+		if rc.Host != host {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(cc.SecretsDir, rc.PasswordSecret))
+		if err != nil {
+			return r.ErrorAt("container.image", fmt.Errorf("%w: credentials for %s: secret %q: %w", errPull, host, rc.PasswordSecret, errors.Unwrap(err)))
+		}
+		auth = &container.RegistryAuth{Username: rc.Username, Password: strings.TrimRight(string(b), "\r\n"), ServerAddress: host}
+	}
+	t0 := time.Now()
+	c.log.Info("pulling image", "image", ct.Reference(), "registry", host, "authenticated", auth != nil)
+	if err := p.Pull(ctx, ct.Reference(), auth); err != nil {
+		if container.IsUnavailable(err) {
+			return err
+		}
+		return r.ErrorAt("container.image", err)
+	}
+	c.log.Info("pulled image", "image", ct.Reference(), "took", time.Since(t0).Round(time.Millisecond))
+	return nil
 }
 
 func hasDigest(repoDigests []string, d string) bool {

@@ -208,6 +208,7 @@ func TestContainerRuntimeMissing(t *testing.T) {
 // recipe's is rejected when the recipe is loaded.
 func TestContainerBadImages(t *testing.T) {
 	e, _ := ctrEnv(t)
+	e.cfg.Containers.Pull = PullNever // "missing" has no archive and may not be pulled
 	other := "sha256:" + strings.Repeat("ab", 32)
 	body, a := e.ctrRecipe("wrongdigest", []string{"sleep"}, "")
 	e.write("wrongdigest", strings.Replace(body, a.ID, other, 1))

@@ -72,6 +72,11 @@ func (d *Docker) do(ctx context.Context, c *http.Client, method, path string, q 
 	if ctype != "" {
 		req.Header.Set("Content-Type", ctype)
 	}
+	return d.send(ctx, c, req, method, path)
+}
+
+// send sends a prepared request (see do).
+func (d *Docker) send(ctx context.Context, c *http.Client, req *http.Request, method, path string) (*http.Response, error) {
 	resp, err := c.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {

@@ -51,8 +51,11 @@ var (
 type Service struct {
 	Dir    string // its private directory
 	Socket string
-	cmd    *exec.Cmd
-	done   chan struct{}
+	// RegistryAddr is the loopback address reserved for StartRegistry;
+	// the service's registries.conf lets it reach it over plain HTTP.
+	RegistryAddr string
+	cmd          *exec.Cmd
+	done         chan struct{}
 }
 
 // Podman returns the socket of the package's podman service, starting it
@@ -93,6 +96,9 @@ func StartPodman() (*Service, error) {
 	}
 	st := fmt.Sprintf("[storage]\ndriver = \"overlay\"\nrunroot = %q\ngraphroot = %q\n", filepath.Join(dir, "runroot"), filepath.Join(dir, "root"))
 	if err := os.WriteFile(storage, []byte(st), 0o644); err != nil {
+		return nil, err
+	}
+	if err := s.writeRegistriesConf(); err != nil {
 		return nil, err
 	}
 	if err := s.start(); err != nil {
@@ -178,7 +184,8 @@ func (s *Service) Args(args ...string) []string {
 // Env returns the environment selecting the private configs.
 func (s *Service) Env() []string {
 	return append(os.Environ(), "CONTAINERS_CONF="+filepath.Join(s.Dir, "containers.conf"),
-		"CONTAINERS_STORAGE_CONF="+filepath.Join(s.Dir, "storage.conf"))
+		"CONTAINERS_STORAGE_CONF="+filepath.Join(s.Dir, "storage.conf"),
+		"CONTAINERS_REGISTRIES_CONF="+filepath.Join(s.Dir, "registries.conf"))
 }
 
 // Stop stops the service and its containers and removes its directory.
