@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -10,18 +11,22 @@ import (
 	"io"
 	"net/http"
 	"os"
+	pathpkg "path"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/outpost-edge/outpost/internal/fleet/store"
 )
 
 // OTA hosting (docs/ota.md, "Host it on outpost-server"): the server keeps
 // the TUF repository that `outpost update` verifies, as published by
 // `outpost release push`. It never signs: it stores signed metadata and
 // targets as they come (checked for shape, name and content hash) and
-// serves them with HTTP Range. Files live in Options.OTADir:
+// serves them with HTTP Range. Files live in the store when it keeps them
+// (PostgreSQL: replicas share them), else in Options.OTADir as
 // metadata/NAME and targets/PATH, like a static repository.
 //
 // Invariants: a versioned metadata file (N.role.json) and a target
@@ -37,10 +42,80 @@ var (
 // otaMaxMeta bounds a metadata upload.
 const otaMaxMeta = 4 << 20
 
-// otaPath checks a repository path from the URL ("metadata/..." or
-// "targets/...") and returns the file path under the OTA directory.
-func (s *Server) otaPath(kind, rel string) (string, error) {
-	if s.opt.OTADir == "" {
+// OTAFiles keeps the hosted repository's files, named "metadata/NAME" and
+// "targets/PATH". A Store that implements it (PostgreSQL) keeps them for
+// every replica; otherwise they are files under Options.OTADir.
+type OTAFiles interface {
+	// OpenOTA opens a file for reading with Seek (HTTP Range);
+	// store.ErrNotFound when there is none.
+	OpenOTA(ctx context.Context, name string) (io.ReadSeekCloser, int64, time.Time, error)
+	// PutOTA stores size bytes from r, whose sha256 (hex) is sum. An
+	// existing file is replaced only with replace; else the same content
+	// is a no-op (created false) and other content store.ErrExists.
+	PutOTA(ctx context.Context, name string, r io.Reader, size int64, sum string, replace bool) (created bool, err error)
+}
+
+// otaDir keeps OTA files in a directory (one server, or replicas sharing
+// a file system).
+type otaDir string
+
+func (d otaDir) OpenOTA(_ context.Context, name string) (io.ReadSeekCloser, int64, time.Time, error) {
+	f, err := os.Open(filepath.Join(string(d), filepath.FromSlash(name)))
+	if err != nil {
+		return nil, 0, time.Time{}, fmt.Errorf("ota file %s: %w", name, store.ErrNotFound)
+	}
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() {
+		f.Close()
+		return nil, 0, time.Time{}, fmt.Errorf("ota file %s: %w", name, store.ErrNotFound)
+	}
+	return f, st.Size(), st.ModTime(), nil
+}
+
+func (d otaDir) PutOTA(_ context.Context, name string, r io.Reader, size int64, sum string, replace bool) (bool, error) {
+	path := filepath.Join(string(d), filepath.FromSlash(name))
+	if !replace {
+		if old, err := fileSHA256(path); err == nil {
+			if old != sum {
+				return false, fmt.Errorf("ota file %s: %w", name, store.ErrExists)
+			}
+			return false, nil
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return false, err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".upload-*")
+	if err != nil {
+		return false, err
+	}
+	defer os.Remove(tmp.Name())
+	if n, err := io.Copy(tmp, r); err != nil || n != size {
+		tmp.Close()
+		return false, fmt.Errorf("ota file %s: copied %d of %d bytes: %v", name, n, size, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return false, err
+	}
+	if err := tmp.Close(); err != nil {
+		return false, err
+	}
+	os.Chmod(tmp.Name(), 0o644)
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return false, err
+	}
+	if dir, err := os.Open(filepath.Dir(path)); err == nil {
+		dir.Sync()
+		dir.Close()
+	}
+	return true, nil
+}
+
+// otaName checks a repository path from the URL ("metadata/..." or
+// "targets/...") and returns the file's name ("kind/rel").
+func (s *Server) otaName(kind, rel string) (string, error) {
+	if s.ota == nil {
 		return "", errOTADisabled
 	}
 	switch kind {
@@ -62,7 +137,7 @@ func (s *Server) otaPath(kind, rel string) (string, error) {
 			return "", fmt.Errorf("target path %q: the file name must be <sha256 of the content>.NAME (consistent snapshots)", rel)
 		}
 	}
-	return filepath.Join(s.opt.OTADir, kind, filepath.FromSlash(rel)), nil
+	return kind + "/" + rel, nil
 }
 
 var errOTADisabled = errors.New("OTA hosting is off on this server (run it with --data)")
@@ -71,26 +146,21 @@ var errOTADisabled = errors.New("OTA hosting is off on this server (run it with 
 // signed, and gateways fetch it like any static repository), with Range.
 func (s *Server) handleOTAGet(kind string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		path, err := s.otaPath(kind, r.PathValue("path"))
-		if errors.Is(err, errOTADisabled) {
-			writeErr(w, http.StatusNotFound, err.Error())
-			return
-		}
+		name, err := s.otaName(kind, r.PathValue("path"))
 		if err != nil {
 			writeErr(w, http.StatusNotFound, err.Error())
 			return
 		}
-		f, err := os.Open(path)
+		f, _, mod, err := s.ota.OpenOTA(r.Context(), name)
+		if errors.Is(err, store.ErrNotFound) {
+			writeErr(w, http.StatusNotFound, name+": not found")
+			return
+		}
 		if err != nil {
-			writeErr(w, http.StatusNotFound, kind+"/"+r.PathValue("path")+": not found")
+			s.internal(w, "ota", err)
 			return
 		}
 		defer f.Close()
-		st, err := f.Stat()
-		if err != nil || !st.Mode().IsRegular() {
-			writeErr(w, http.StatusNotFound, kind+"/"+r.PathValue("path")+": not found")
-			return
-		}
 		w.Header().Set("Cache-Control", "no-cache")
 		if kind == "metadata" {
 			w.Header().Set("Content-Type", "application/json")
@@ -98,7 +168,7 @@ func (s *Server) handleOTAGet(kind string) http.HandlerFunc {
 			w.Header().Set("Content-Type", "application/octet-stream")
 		}
 		s.otaServed.Inc()
-		http.ServeContent(w, r, "", st.ModTime(), f) // Range, If-Range, HEAD
+		http.ServeContent(w, r, "", mod, f) // Range, If-Range, HEAD
 	}
 }
 
@@ -119,7 +189,7 @@ type tufEnvelope struct {
 func (s *Server) handleOTAPut(kind string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		rel := r.PathValue("path")
-		path, err := s.otaPath(kind, rel)
+		name, err := s.otaName(kind, rel)
 		if errors.Is(err, errOTADisabled) {
 			writeErr(w, http.StatusServiceUnavailable, err.Error())
 			return
@@ -136,20 +206,23 @@ func (s *Server) handleOTAPut(kind string) http.HandlerFunc {
 			writeErr(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("%s/%s: %d bytes, at most %d", kind, rel, r.ContentLength, limit))
 			return
 		}
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		// The upload is checked in a temporary file (in OTADir: on the
+		// same file system as a directory-kept repository) before it is
+		// stored.
+		if err := os.MkdirAll(s.opt.OTADir, 0o755); err != nil {
 			s.internal(w, "ota", err)
 			return
 		}
-		tmp, err := os.CreateTemp(filepath.Dir(path), ".upload-*")
+		tmp, err := os.CreateTemp(s.opt.OTADir, ".upload-*")
 		if err != nil {
 			s.internal(w, "ota", err)
 			return
 		}
 		defer os.Remove(tmp.Name())
+		defer tmp.Close()
 		h := sha256.New()
 		n, err := io.Copy(io.MultiWriter(tmp, h), http.MaxBytesReader(w, r.Body, limit))
 		if err != nil {
-			tmp.Close()
 			var mbe *http.MaxBytesError
 			if errors.As(err, &mbe) {
 				writeErr(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("%s/%s: more than %d bytes", kind, rel, limit))
@@ -161,8 +234,7 @@ func (s *Server) handleOTAPut(kind string) http.HandlerFunc {
 		sum := hex.EncodeToString(h.Sum(nil))
 		mutable := false
 		if kind == "targets" {
-			if want := otaTargetBase.FindStringSubmatch(filepath.Base(path))[1]; want != sum {
-				tmp.Close()
+			if want := otaTargetBase.FindStringSubmatch(pathpkg.Base(name))[1]; want != sum {
 				writeErr(w, http.StatusBadRequest, fmt.Sprintf("targets/%s: content sha256 %s does not match the name", rel, sum))
 				return
 			}
@@ -171,47 +243,33 @@ func (s *Server) handleOTAPut(kind string) http.HandlerFunc {
 			role := m[2]
 			mutable = m[1] == ""
 			if mutable && role != "root" && role != "timestamp" {
-				tmp.Close()
 				writeErr(w, http.StatusBadRequest, fmt.Sprintf("metadata/%s: only root.json and timestamp.json are unversioned; want N.%s.json", rel, role))
 				return
 			}
 			if err := checkMetadata(tmp, rel, m[1], role); err != nil {
-				tmp.Close()
 				writeErr(w, http.StatusBadRequest, err.Error())
 				return
 			}
 		}
-		if !mutable {
-			if old, err := fileSHA256(path); err == nil {
-				tmp.Close()
-				if old != sum {
-					writeErr(w, http.StatusConflict, fmt.Sprintf("%s/%s exists with other content (versioned metadata and targets never change; publish a new version)", kind, rel))
-					return
-				}
-				w.WriteHeader(http.StatusNoContent) // the same file again: idempotent
-				return
-			}
-		}
-		if err := tmp.Sync(); err != nil {
-			tmp.Close()
+		if _, err := tmp.Seek(0, io.SeekStart); err != nil {
 			s.internal(w, "ota", err)
 			return
 		}
-		if err := tmp.Close(); err != nil {
+		created, err := s.ota.PutOTA(r.Context(), name, tmp, n, sum, mutable)
+		if errors.Is(err, store.ErrExists) {
+			writeErr(w, http.StatusConflict, fmt.Sprintf("%s exists with other content (versioned metadata and targets never change; publish a new version)", name))
+			return
+		}
+		if err != nil {
 			s.internal(w, "ota", err)
 			return
 		}
-		os.Chmod(tmp.Name(), 0o644)
-		if err := os.Rename(tmp.Name(), path); err != nil {
-			s.internal(w, "ota", err)
+		if !created {
+			w.WriteHeader(http.StatusNoContent) // the same file again: idempotent
 			return
-		}
-		if d, err := os.Open(filepath.Dir(path)); err == nil {
-			d.Sync()
-			d.Close()
 		}
 		s.otaStored.Inc()
-		s.log.Info("fleet: OTA file stored", "file", kind+"/"+rel, "bytes", n)
+		s.log.Info("fleet: OTA file stored", "file", name, "bytes", n)
 		w.WriteHeader(http.StatusCreated)
 	}
 }

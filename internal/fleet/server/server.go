@@ -57,7 +57,10 @@ type Options struct {
 	// gateways' reports while a rollout is in progress (default 100ms).
 	RolloutTick time.Duration
 	// OTADir holds the hosted TUF repository (metadata/, targets/); ""
-	// turns OTA hosting off. outpost-server run uses DATA/ota.
+	// turns OTA hosting off. outpost-server run uses DATA/ota. A store
+	// that keeps OTA files itself (PostgreSQL: see OTAFiles) is used
+	// instead, so that every replica serves what any of them stored;
+	// OTADir then only switches hosting on.
 	OTADir string
 	// OTAMaxTarget bounds one uploaded target (default 1 GiB).
 	OTAMaxTarget int64
@@ -89,6 +92,7 @@ type Server struct {
 	renewed     *metrics.Counter
 
 	otaServed, otaStored *metrics.Counter
+	ota                  OTAFiles // nil: OTA hosting off
 
 	// changes is signalled on every store change, status report and watch
 	// stream open/close (the dashboard's live updates).
@@ -148,6 +152,11 @@ func Open(ctx context.Context, opt Options) (s *Server, adminToken string, err e
 	s.compactions = s.set.NewCounter(`outpost_fleet_compactions_total`)
 	s.sentObjs = s.set.NewCounter(`outpost_fleet_watch_objects_sent_total`)
 	s.renewed = s.set.NewCounter(`outpost_fleet_renewed_total`)
+	if f, ok := opt.Store.(OTAFiles); ok && opt.OTADir != "" {
+		s.ota = f
+	} else if opt.OTADir != "" {
+		s.ota = otaDir(opt.OTADir)
+	}
 	s.otaServed = s.set.NewCounter(`outpost_fleet_ota_served_total`)
 	s.otaStored = s.set.NewCounter(`outpost_fleet_ota_stored_total`)
 	s.set.NewGauge(`outpost_fleet_watch_streams`, func() float64 {

@@ -55,6 +55,10 @@ var migrations = []string{
 		desired TEXT NOT NULL DEFAULT '{}', desired_version BIGINT NOT NULL DEFAULT 0, desired_meta TEXT NOT NULL DEFAULT '{}', desired_updated BIGINT NOT NULL DEFAULT 0,
 		reported TEXT NOT NULL DEFAULT '{}', reported_version BIGINT NOT NULL DEFAULT 0, reported_meta TEXT NOT NULL DEFAULT '{}', reported_updated BIGINT NOT NULL DEFAULT 0,
 		rv BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (gateway, device));`,
+	// 4: the hosted OTA repository's files (ota.go), so that every
+	// replica serves what was published through any of them.
+	`CREATE TABLE ota_files (name TEXT PRIMARY KEY, sha256 TEXT NOT NULL, size BIGINT NOT NULL, modified BIGINT NOT NULL);
+	CREATE TABLE ota_chunks (sha256 TEXT NOT NULL, idx INT NOT NULL, data BYTEA NOT NULL, PRIMARY KEY (sha256, idx));`,
 }
 
 // Store is the PostgreSQL store.
