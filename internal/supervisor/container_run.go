@@ -310,7 +310,10 @@ func (c *component) runContainer(ctx context.Context, r *recipe.Recipe, ov Overr
 		if stderr, doneErr, err := c.out.capture("stderr"); err == nil {
 			since := time.Time{}
 			if adopted {
-				since = time.Now() // what it printed before is in the log already
+				// What it printed up to the last line in the log is there
+				// already; what it printed while no agent followed it is
+				// fetched from the runtime.
+				since = c.resumeLogsAt()
 			}
 			pipes = []<-chan struct{}{doneOut, doneErr}
 			go func() {
@@ -587,6 +590,30 @@ func (c *component) pullBackoff() time.Duration {
 	d := 2 * time.Second << min(c.pullFails, 8)
 	c.pullFails++
 	return min(d, 5*time.Minute)
+}
+
+// logOverlap is how far before the last logged line an adopted
+// container's output is fetched again: a line printed just before the
+// agent died may not have reached the log yet (it may then appear twice;
+// losing it is worse).
+const logOverlap = 50 * time.Millisecond
+
+// resumeLogsAt returns when the component's last logged line was written
+// (less logOverlap), or now when the log has no line to go by.
+func (c *component) resumeLogsAt() time.Time {
+	c.s.mu.Lock()
+	path, files := c.s.logPath(c.name), c.s.cfg.Log.MaxFiles
+	c.s.mu.Unlock()
+	lines, err := tailFile(path, 1, files)
+	if err != nil || len(lines) == 0 {
+		return time.Now()
+	}
+	ts, _, _ := strings.Cut(lines[0], " ")
+	t, err := time.Parse("2006-01-02T15:04:05.000Z", ts)
+	if err != nil || time.Since(t) < 0 {
+		return time.Now()
+	}
+	return t.Add(-logOverlap)
 }
 
 // errPull marks a failed registry pull: retried with backoff (the

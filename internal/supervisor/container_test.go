@@ -317,7 +317,7 @@ func TestContainerReadoptAfterKill9(t *testing.T) {
 	rt := container.NewDocker(sockRT)
 	bin := buildTestAgent(t)
 	e := newEnv(t)
-	body, a := e.ctrRecipe("keep", []string{"sleep"}, "")
+	body, a := e.ctrRecipe("keep", []string{"tick"}, "")
 	e.write("keep", body)
 	sockDir, _ := os.MkdirTemp("", "opagent")
 	defer os.RemoveAll(sockDir)
@@ -353,12 +353,28 @@ func TestContainerReadoptAfterKill9(t *testing.T) {
 		})
 		return st
 	}
+	logFile := filepath.Join(e.dir, "logs", "keep.log")
+	ticks := func() []int {
+		b, _ := os.ReadFile(logFile)
+		var n []int
+		for _, l := range strings.Split(string(b), "\n") {
+			var i int
+			if _, err := fmt.Sscanf(l[min(len(l), 32):], "tick %d", &i); err == nil {
+				n = append(n, i)
+			}
+		}
+		return n
+	}
 	a1 := startAgent(t, bin, cfgPath, api)
 	first := running(a1)
+	waitFor(t, 30*time.Second, "ticks in the log", func() bool { return len(ticks()) >= 5 })
 	if err := a1.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	_ = a1.cmd.Wait()
+	before := ticks()
+	// The container goes on printing while no agent follows it.
+	time.Sleep(time.Second)
 
 	a2 := startAgent(t, bin, cfgPath, api)
 	defer func() {
@@ -374,6 +390,27 @@ func TestContainerReadoptAfterKill9(t *testing.T) {
 	}
 	if l := list(); len(l) != 1 {
 		t.Fatalf("%d containers, want the one re-adopted: %+v", len(l), l)
+	}
+	// The lines it printed while the agent was down are in the log: from
+	// the first tick to the latest none is missing (a line printed just
+	// before the kill may appear twice).
+	last := before[len(before)-1]
+	waitFor(t, 30*time.Second, "ticks after the re-adoption", func() bool {
+		n := ticks()
+		return len(n) > 0 && n[len(n)-1] > last+15
+	})
+	seen := map[int]int{}
+	for _, i := range ticks() {
+		seen[i]++
+	}
+	n := ticks()
+	for i := n[0]; i <= n[len(n)-1]; i++ {
+		if seen[i] == 0 {
+			t.Fatalf("tick %d missing from the log after the re-adoption (last before the kill: %d)", i, last)
+		}
+		if seen[i] > 1 && i < last-1 {
+			t.Fatalf("tick %d logged %d times: the re-adopted log starts too early", i, seen[i])
+		}
 	}
 	// Removal garbage-collects the container and the image.
 	if err := os.Remove(filepath.Join(e.recipes, "keep.yaml")); err != nil {

@@ -386,7 +386,9 @@ func (d *Docker) Wait(ctx context.Context, id string) (Info, error) {
 func (d *Docker) Logs(ctx context.Context, id string, since time.Time, stdout, stderr io.Writer) error {
 	q := url.Values{"follow": {"1"}, "stdout": {"1"}, "stderr": {"1"}}
 	if !since.IsZero() {
-		q.Set("since", strconv.FormatInt(since.Unix(), 10))
+		// Seconds with a fraction, as the API allows: whole seconds
+		// would fetch up to a second of lines again.
+		q.Set("since", fmt.Sprintf("%d.%09d", since.Unix(), since.Nanosecond()))
 	}
 	resp, err := d.do(ctx, d.stream, http.MethodGet, "/containers/"+url.PathEscape(id)+"/logs", q, nil, "")
 	if err != nil {

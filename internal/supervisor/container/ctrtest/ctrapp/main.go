@@ -53,6 +53,18 @@ func main() {
 		fmt.Println("started", os.Getenv("OUTPOST_COMPONENT_NAME"))
 		<-term
 		fmt.Println("stopping")
+	case "tick":
+		// A numbered line every 100 ms until SIGTERM (log continuity).
+		tk := time.NewTicker(100 * time.Millisecond)
+		for i := 1; ; i++ {
+			select {
+			case <-term:
+				fmt.Println("stopping")
+				return
+			case <-tk.C:
+				fmt.Println("tick", i)
+			}
+		}
 	case "ignore":
 		signal.Ignore(syscall.SIGTERM)
 		fmt.Println("ignoring SIGTERM")
