@@ -48,6 +48,10 @@ type pin struct {
 	sel      selector.Selector
 	released map[string]bool
 	from     *cobj // the object at fromRevision
+	// absent: the rollout created the object (fromRevision 0): the
+	// gateways it holds do not have the object at all, and resolve the
+	// slot as if it did not exist (a fleet default, or nothing).
+	absent bool
 }
 
 // holds reports whether the pin keeps gateway id at fromRevision when the
@@ -55,7 +59,7 @@ type pin struct {
 // gateways off its toRevision only until the object changes again (an
 // operator's direct change then reaches everyone, as without a rollout).
 func (p *pin) holds(id string, labels map[string]string, objRV int64) bool {
-	return p != nil && p.active && p.from != nil && p.sel != nil && (!p.ended || objRV == p.toRV) && p.sel.Matches(labels) && !p.released[id]
+	return p != nil && p.active && (p.from != nil || p.absent) && p.sel != nil && (!p.ended || objRV == p.toRV) && p.sel.Matches(labels) && !p.released[id]
 }
 
 type cobj struct {
@@ -302,6 +306,10 @@ func (c *cache) readPin(ctx context.Context, r store.Rollout) (*pin, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server: rollout %s: selector: %w", r.Name, err)
 	}
+	if d.FromRevision == 0 {
+		p.absent = true
+		return p, nil
+	}
 	o, err := c.st.GetObjectRevision(ctx, r.Kind, r.ObjectID, d.FromRevision)
 	if err != nil {
 		return nil, fmt.Errorf("server: rollout %s: %w", r.Name, err)
@@ -381,35 +389,67 @@ func (o *cobj) layer(id string, labels map[string]string) int {
 }
 
 // winnerLocked resolves one slot for a gateway: highest layer, then highest
-// priority, then lowest id.
+// priority, then lowest id; a winner a rollout holds back gives its
+// fromRevision, or (a rollout that created it) makes way for the next.
 func (c *cache) winnerLocked(sk, id string, labels map[string]string) *cobj {
-	var best *cobj
-	bestLayer := -1
-	for key := range c.slots[sk] {
-		o := c.objects[key]
-		l := o.layer(id, labels)
-		if l < 0 {
+	return c.winnerWithLocked(sk, id, labels, nil)
+}
+
+// winnerWithLocked is winnerLocked with extra (when not nil) as one more
+// candidate for the slot: the object a new rollout is about to create.
+func (c *cache) winnerWithLocked(sk, id string, labels map[string]string, extra *cobj) *cobj {
+	var skip []*cobj // held back while absent: resolved without them
+	skipped := func(o *cobj) bool {
+		for _, x := range skip {
+			if x == o {
+				return true
+			}
+		}
+		return false
+	}
+	for {
+		var best *cobj
+		bestLayer := -1
+		consider := func(o *cobj) {
+			l := o.layer(id, labels)
+			if l < 0 || skipped(o) {
+				return
+			}
+			if best == nil || l > bestLayer || l == bestLayer && (o.Target.Priority > best.Target.Priority ||
+				o.Target.Priority == best.Target.Priority && o.ID < best.ID) {
+				best, bestLayer = o, l
+			}
+		}
+		for key := range c.slots[sk] {
+			consider(c.objects[key])
+		}
+		if extra != nil {
+			consider(extra)
+		}
+		if best == nil || best == extra {
+			return best
+		}
+		p := c.pins[best.Kind+"/"+best.ID]
+		if !p.holds(id, labels, best.ResourceVersion) {
+			return best
+		}
+		if p.absent {
+			skip = append(skip, best)
 			continue
 		}
-		if best == nil || l > bestLayer || l == bestLayer && (o.Target.Priority > best.Target.Priority ||
-			o.Target.Priority == best.Target.Priority && o.ID < best.ID) {
-			best, bestLayer = o, l
-		}
+		from := *p.from
+		from.Name, from.Target = best.Name, best.Target
+		return &from
 	}
-	if best != nil {
-		if p := c.pins[best.Kind+"/"+best.ID]; p.holds(id, labels, best.ResourceVersion) {
-			from := *p.from
-			from.Name, from.Target = best.Name, best.Target
-			return &from
-		}
-	}
-	return best
 }
 
 // targets returns the gateways a rollout of object kind/objID with
 // selector sel reaches (those the object wins its slot for) and their
 // labels.
-func (c *cache) targets(kind, objID, sel string) ([]string, map[string]map[string]string, error) {
+//
+// create, when not nil, is an object that does not exist yet (a rollout
+// that creates it): the gateways it would win its slot for.
+func (c *cache) targets(kind, objID, sel string, create *proto.Object) ([]string, map[string]map[string]string, error) {
 	s, err := selector.Parse(sel)
 	if err != nil {
 		return nil, nil, err
@@ -417,6 +457,15 @@ func (c *cache) targets(kind, objID, sel string) ([]string, map[string]map[strin
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	o := c.objects[kind+"/"+objID]
+	var extra *cobj
+	if o == nil && create != nil {
+		osel, err := selector.Parse(create.Target.Selector)
+		if err != nil {
+			return nil, nil, err
+		}
+		extra = &cobj{Object: *create, sel: osel}
+		o = extra
+	}
 	if o == nil {
 		return nil, nil, fmt.Errorf("%w: %s/%s", store.ErrNotFound, kind, objID)
 	}
@@ -427,7 +476,7 @@ func (c *cache) targets(kind, objID, sel string) ([]string, map[string]map[strin
 		if g.revoked || !s.Matches(g.labels) {
 			continue
 		}
-		if w := c.winnerLocked(sk, id, g.labels); w != nil && w.ID == o.ID {
+		if w := c.winnerWithLocked(sk, id, g.labels, extra); w != nil && w.ID == o.ID {
 			ids = append(ids, id)
 			labels[id] = g.labels
 		}

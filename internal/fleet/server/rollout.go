@@ -130,6 +130,24 @@ type RolloutRequest struct {
 	// AutoRollback rolls every released gateway back to fromRevision when a
 	// gate breaks (else the rollout only halts).
 	AutoRollback bool `json:"autoRollback"`
+	// Create, for an object that does not exist yet, creates it together
+	// with the rollout (fromRevision 0): gateways outside the released
+	// waves resolve its slot as if it did not exist (nothing, or the
+	// object it would override), and a rollback takes it away from those
+	// that got it. Refused for an existing object (a rollout changes its
+	// spec only).
+	Create *RolloutCreate `json:"create,omitempty"`
+}
+
+// RolloutCreate is the rest of a new object a rollout creates (its spec is
+// the rollout's spec).
+type RolloutCreate struct {
+	// Name is the slot the object fills on a gateway (default: its id).
+	// The name of an existing object's slot layers the new object over
+	// it where its target wins.
+	Name   string            `json:"name,omitempty"`
+	Target proto.Target      `json:"target"`
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // ActionRequest is the body of POST /api/v1/rollouts/{name}/{action}.
@@ -388,7 +406,7 @@ const (
 func (d *rolloutDoc) assessMember(id string, g *store.Gateway, slotKind, slotName string, started, now time.Time) (memberState, Failing, bool) {
 	f := Failing{Gateway: id}
 	if sig, back := d.Reverted[id]; back {
-		f.Signal, f.Detail = sig, "sent back to revision "+fmt.Sprint(d.FromRevision)
+		f.Signal, f.Detail = sig, "sent back to "+backTo(d.FromRevision)
 		return memberStuck, f, sig == SignalSilent
 	}
 	if g == nil {

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
+	"strings"
 	"time"
 
+	"github.com/outpost-edge/outpost/internal/fleet/proto"
 	"github.com/outpost-edge/outpost/internal/fleet/store"
 )
 
@@ -140,12 +142,29 @@ func (s *Server) handleRolloutCreate(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	s.sync(ctx)
 	obj, err := s.st.GetObject(ctx, req.Object.Kind, req.Object.Name)
-	if errors.Is(err, store.ErrNotFound) {
-		writeErr(w, http.StatusBadRequest, fmt.Sprintf("object: %s/%s does not exist (create it first: PUT /api/v1/objects/%s/%s)",
+	create := false
+	switch {
+	case errors.Is(err, store.ErrNotFound) && req.Create == nil:
+		writeErr(w, http.StatusBadRequest, fmt.Sprintf("object: %s/%s does not exist (create it first: PUT /api/v1/objects/%s/%s, or give create: {target: ...} to roll out a new object)",
 			req.Object.Kind, req.Object.Name, req.Object.Kind, req.Object.Name))
 		return
-	} else if err != nil {
+	case errors.Is(err, store.ErrNotFound):
+		if req.Revision != 0 {
+			writeErr(w, http.StatusBadRequest, fmt.Sprintf("revision: %s/%s does not exist yet and has no revisions: give spec", req.Object.Kind, req.Object.Name))
+			return
+		}
+		// A brand-new object: created with the rollout; gateways outside
+		// the released waves do not get it at all.
+		create = true
+		obj = proto.Object{Kind: req.Object.Kind, ID: req.Object.Name, Name: req.Create.Name, Target: req.Create.Target, Labels: req.Create.Labels}
+		if obj.Name == "" {
+			obj.Name = obj.ID
+		}
+	case err != nil:
 		s.internal(w, "rollout", err)
+		return
+	case req.Create != nil:
+		writeErr(w, http.StatusBadRequest, fmt.Sprintf("create: %s/%s exists: a rollout changes its spec, not its name or target (omit create:)", obj.Kind, obj.ID))
 		return
 	}
 	spec := req.Spec
@@ -163,7 +182,11 @@ func (s *Server) handleRolloutCreate(w http.ResponseWriter, r *http.Request) {
 	next := obj
 	next.Spec = spec
 	if err := ValidateObject(next); err != nil {
-		writeErr(w, http.StatusBadRequest, err.Error())
+		msg := err.Error()
+		if create && (strings.HasPrefix(msg, "target") || strings.HasPrefix(msg, "name:") || strings.HasPrefix(msg, "labels:")) {
+			msg = "create." + msg // the fields of the new object
+		}
+		writeErr(w, http.StatusBadRequest, msg)
 		return
 	}
 	if b, err := json.Marshal(next.Spec); err == nil {
@@ -172,7 +195,7 @@ func (s *Server) handleRolloutCreate(w http.ResponseWriter, r *http.Request) {
 	// The gateways the rollout does not reach yet keep what they run now:
 	// the object's current revision, or what an earlier (aborted, rolled
 	// back) rollout of it still holds them at.
-	from := obj.ResourceVersion
+	from := obj.ResourceVersion // 0 for a new object: held gateways have none
 	ros, err := s.st.ListRollouts(ctx)
 	if err != nil {
 		s.internal(w, "rollout", err)
@@ -199,7 +222,11 @@ func (s *Server) handleRolloutCreate(w http.ResponseWriter, r *http.Request) {
 	if latest != nil && latest.State != RolloutDone && latest.ToRevision == obj.ResourceVersion {
 		from = latest.FromRevision // the earlier rollout still holds its targets there
 	}
-	targets, labels, err := s.cache.targets(obj.Kind, obj.ID, req.Selector)
+	var newObj *proto.Object
+	if create {
+		newObj = &next
+	}
+	targets, labels, err := s.cache.targets(obj.Kind, obj.ID, req.Selector, newObj)
 	if err != nil {
 		s.storeErr(w, "rollout", err)
 		return
@@ -220,6 +247,9 @@ func (s *Server) handleRolloutCreate(w http.ResponseWriter, r *http.Request) {
 	}
 	put := next
 	put.ResourceVersion = obj.ResourceVersion // the object must not change under us
+	if create {
+		put.ResourceVersion = -1 // nor appear
+	}
 	ro, err := s.st.PutRollout(ctx, store.Rollout{Name: d.Name, Kind: obj.Kind, ObjectID: obj.ID, Slot: d.Slot}, -1, &put,
 		func(objRV int64) (json.RawMessage, error) {
 			d.ToRevision = objRV
@@ -310,7 +340,7 @@ func (s *Server) handleRolloutAction(w http.ResponseWriter, r *http.Request) {
 			bad()
 			return
 		}
-		d.State, d.Reason = RolloutRolledBack, fmt.Sprintf("rolled back by an operator: every target back at revision %d", d.FromRevision)
+		d.State, d.Reason = RolloutRolledBack, "rolled back by an operator: every target back at "+backTo(d.FromRevision)
 	}
 	if err := s.writeRollout(ctx, d, now); err != nil {
 		s.storeErr(w, "rollout", err)
@@ -472,7 +502,7 @@ func (s *Server) advance(d *rolloutDoc, gws map[string]*store.Gateway, now time.
 			d.Failing = as[i].failing
 			if d.AutoRollback {
 				d.State = RolloutRolledBack
-				d.Reason = reason + fmt.Sprintf("; rolled back: every target back at revision %d", d.FromRevision)
+				d.Reason = reason + "; rolled back: every target back at " + backTo(d.FromRevision)
 			} else {
 				d.State = RolloutHalted
 				d.Reason = reason + "; halted: no further gateway gets the new revision"
@@ -518,4 +548,12 @@ func (s *Server) advance(d *rolloutDoc, gws map[string]*store.Gateway, now time.
 		}
 	}
 	return false
+}
+
+// backTo says where a rollout's held and rolled-back gateways are.
+func backTo(from int64) string {
+	if from == 0 {
+		return "no object (the rollout created it)"
+	}
+	return fmt.Sprintf("revision %d", from)
 }
