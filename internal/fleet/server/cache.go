@@ -23,7 +23,12 @@ import (
 type cache struct {
 	st store.Store
 	store.Notifier
-	catchMu sync.Mutex // one catchUp at a time
+	// onRollout, when set, is called after catching up on a rollout's
+	// change (made on this replica or, through the store's notifications,
+	// on another), so the orchestrator steps at once instead of at its
+	// next poll.
+	onRollout func()
+	catchMu   sync.Mutex // one catchUp at a time
 
 	mu       sync.RWMutex
 	rv       int64
@@ -287,6 +292,9 @@ func (c *cache) catchUp(ctx context.Context) error {
 		c.rv = evs[len(evs)-1].RV
 		c.mu.Unlock()
 		c.Broadcast()
+		if len(pins) > 0 && c.onRollout != nil {
+			c.onRollout()
+		}
 	}
 }
 

@@ -405,8 +405,9 @@ func (s *Server) orchestrate(ctx context.Context) {
 		// While a rollout is in progress, step on reports and ticks, at
 		// most once per tick (a step reads every gateway's report, so a
 		// burst of reports costs one read per tick, not one each);
-		// otherwise once a second, for rollouts made on other replicas.
-		if release != nil && (active && now.Sub(lastStep) >= s.opt.RolloutTick || now.Sub(lastStep) >= time.Second) {
+		// otherwise when woken (a report here, a rollout changed on any replica)
+		// or every RolloutPoll.
+		if release != nil && (active && now.Sub(lastStep) >= s.opt.RolloutTick || now.Sub(lastStep) >= s.opt.RolloutPoll) {
 			lastStep = now
 			var err error
 			active, err = s.stepRollouts(ctx)

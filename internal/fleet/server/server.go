@@ -56,6 +56,10 @@ type Options struct {
 	// RolloutTick is how often the rollout orchestrator re-reads the
 	// gateways' reports while a rollout is in progress (default 100ms).
 	RolloutTick time.Duration
+	// RolloutPoll is how often an idle orchestrator looks for rollouts
+	// (default 1s). It is the fallback: a rollout made on any replica
+	// wakes the orchestrator through the store's change notifications.
+	RolloutPoll time.Duration
 	// OTADir holds the hosted TUF repository (metadata/, targets/); ""
 	// turns OTA hosting off. outpost-server run uses DATA/ota. A store
 	// that keeps OTA files itself (PostgreSQL: see OTAFiles) is used
@@ -139,6 +143,9 @@ func Open(ctx context.Context, opt Options) (s *Server, adminToken string, err e
 	if opt.RolloutTick <= 0 {
 		opt.RolloutTick = 100 * time.Millisecond
 	}
+	if opt.RolloutPoll <= 0 {
+		opt.RolloutPoll = time.Second
+	}
 	if opt.OTAMaxTarget <= 0 {
 		opt.OTAMaxTarget = 1 << 30
 	}
@@ -192,6 +199,7 @@ func Open(ctx context.Context, opt Options) (s *Server, adminToken string, err e
 	}
 	s.twins = &store.GroupCommit{Store: s.st}
 	s.cache = newCache(s.st)
+	s.cache.onRollout = s.wakeRollouts
 	if err := s.cache.load(ctx); err != nil {
 		return nil, "", fmt.Errorf("server: load: %w", err)
 	}

@@ -219,3 +219,45 @@ func TestRolloutTwoReplicas(t *testing.T) {
 		t.Fatal("the other replica did not take over")
 	}
 }
+
+// TestRolloutMadeOnAnotherReplicaStartsAtOnce: the orchestrator (A, which
+// took the lock) learns of a rollout created through replica B from the
+// change notification, not from its idle poll (an hour here), and no
+// gateway reports to A that could wake it instead.
+func TestRolloutMadeOnAnotherReplicaStartsAtOnce(t *testing.T) {
+	db := database(t)
+	opt := server.Options{RolloutTick: 20 * time.Millisecond, RolloutPoll: time.Hour}
+	a := fleettest.StartWith(t, open(t, db), "", opt)
+	fleettest.Eventually(t, 15*time.Second, "A runs the rollouts", func() bool {
+		return strings.Contains(a.Logs.String(), "this replica runs the rollouts")
+	})
+	b := fleettest.StartWith(t, open(t, db), "", opt)
+	admin := a.Admin + b.Admin
+	a.Admin, b.Admin = admin, admin
+	defer func() {
+		if t.Failed() {
+			t.Log("A:\n" + a.Logs.String() + "\nB:\n" + b.Logs.String())
+		}
+	}()
+	dir := filepath.Join(t.TempDir(), "gw")
+	if err := client.Enroll(context.Background(), client.EnrollOptions{Server: b.URL, Token: b.Token(t, map[string]string{"app": "x"}, "1h"), CAPEM: b.CA, ID: "gw", Dir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	g := &pgGateway{seen: map[string]int{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := client.New(ctx, client.Options{Dir: dir, Server: b.URL, Applier: g, ReconnectMax: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	b.MustDo(t, "PUT", "/api/v1/objects/ruleset/filter", map[string]any{"spec": map[string]string{"sql": "v1"}}, 200, nil)
+	b.MustDo(t, "POST", "/api/v1/rollouts", map[string]any{"name": "r", "object": map[string]string{"kind": "ruleset", "name": "filter"},
+		"spec": map[string]string{"sql": "v2"}, "selector": "app=x", "waves": []map[string]any{{"name": "all", "percent": 100}}}, 201, nil)
+	var r server.Rollout
+	fleettest.Eventually(t, 15*time.Second, "the rollout made on B is done by A", func() bool {
+		b.MustDo(t, "GET", "/api/v1/rollouts/r", nil, 200, &r)
+		return r.State == "done"
+	})
+}
