@@ -26,7 +26,8 @@ const objectsHelp = `Usage:
   outpost-server objects desired GATEWAY
 
 Kinds: ruleset (--file rules.sql), config (--file fragment.yaml), component,
-twin, agentversion (--spec JSON). Every change gets the next global
+agentversion, function (--spec JSON: {"function": NAME, "version": N}, a
+function published with outpost functions publish and release push). Every change gets the next global
 resourceVersion. Layers: an object without -l/--gateway is the fleet default;
 -l objects are selector groups (higher --priority wins); --gateway is one
 gateway's own. Objects with the same --name (default: the id) fill the same
@@ -35,6 +36,7 @@ slot; each gateway gets the highest layer that matches it.
 Examples:
   outpost-server objects put --kind ruleset --id cold --file cold.sql
   outpost-server objects put --kind ruleset --id cold-plant2 --name cold --file cold2.sql -l site=plant2 --priority 10
+  outpost-server objects put --kind function --id anomaly --spec '{"function": "anomaly", "version": 2}' -l ring=canary
   outpost-server objects desired gw-17
   outpost-server objects delete ruleset cold-plant2
 `
@@ -49,7 +51,7 @@ func objectsPut(ctx context.Context, args []string) int {
 	fs := flag.NewFlagSet("objects put", flag.ContinueOnError)
 	var a apiFlags
 	a.register(fs)
-	kind := fs.String("kind", "", "object kind: ruleset, config, component, twin, agentversion")
+	kind := fs.String("kind", "", "object kind: ruleset, config, component, agentversion, function")
 	id := fs.String("id", "", "object id (unique per kind)")
 	name := fs.String("name", "", "slot name on the gateway (default: the id; a rule set becomes fleet-NAME.sql)")
 	file := fs.String("file", "", "ruleset: the SQL file; config: the YAML fragment")

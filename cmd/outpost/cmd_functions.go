@@ -14,11 +14,13 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/outpost-edge/outpost/internal/function"
+	"github.com/outpost-edge/outpost/internal/ota/release"
 	"github.com/outpost-edge/outpost/internal/ota/tuf"
 )
 
@@ -30,7 +32,9 @@ const functionsUsage = `Usage:
   outpost functions list    [--url URL] [--json]
   outpost functions list    --dir DIR [--root root.json] [--json]
   outpost functions inspect DIR [--root root.json] [--json]
+  outpost functions inspect DIR --root root.json --repo REPO [--json]
   outpost functions sign    DIR --keys KEYDIR [--passphrase-file FILE] [--validity 2160h]
+  outpost functions publish DIR --repo REPO --keys KEYDIR [--passphrase-file FILE] [--retire-others]
   outpost functions logs    NAME [-f] [--after N] [--json] [--api URL] [--token T] [--config FILE]
 
 WebAssembly functions (docs/functions.md): a directory with function.yaml,
@@ -42,8 +46,19 @@ the .wasm module and targets.json (the signature).
   inspect  check one function directory offline: the manifest (errors as
            file:line:col), the module's hash, imports and exports, compile
            time, and the signature against --root; exit status 2 if bad
+           (with --repo: against the repository's TUF chain instead,
+           root → timestamp → snapshot → targets, as gateways verify
+           fleet-delivered and functions.tuf functions)
   sign     write DIR/targets.json signed with the release targets key
            (KEYDIR/targets.key, as made by outpost release keygen)
+  publish  add the function (its manifest and module, checked and
+           compiled first) to the release repository REPO as the targets
+           functions/NAME/VERSION/..., and sign: targets, snapshot,
+           timestamp. Then outpost release push uploads it to the fleet
+           server, and a fleet object of kind function
+           ({"function": NAME, "version": V}) delivers it to gateways.
+           --retire-others drops the function's other versions from the
+           signed targets, so gateways verifying the chain refuse them
   logs     what function NAME logged (its log host call), kept by the
            agent in a ring of the last 1000 lines per function: every
            line, also those rate-limited out of the agent log; -f follows
@@ -56,6 +71,9 @@ Examples:
   outpost functions list --dir /var/lib/outpost/functions --root /etc/outpost/root.json
   outpost functions inspect examples/functions/anomaly
   OUTPOST_RELEASE_PASSPHRASE=... outpost functions sign ./anomaly --keys ./keys
+  OUTPOST_RELEASE_PASSPHRASE=... outpost functions publish ./anomaly --repo ./repo --keys ./keys
+  outpost release push --repo ./repo && outpost-server objects put --kind function --id anomaly --spec '{"function":"anomaly","version":2}' -l site=plant2
+  outpost functions inspect ./anomaly --root ./repo/metadata/1.root.json --repo ./repo
   outpost functions logs anomaly
   outpost functions logs anomaly -f --api unix:///run/outpost/api.sock
 `
@@ -94,6 +112,7 @@ func functionsMain(ctx context.Context, args []string, stdout, stderr io.Writer)
 		}
 		return functionsListAgent(ctx, *url, *asJSON, stdout, stderr)
 	case "inspect":
+		repo := fs.String("repo", "", "check against this release repository's TUF chain (REPO/metadata) instead of DIR/targets.json")
 		pos, err := parseInterleaved(fs, rest)
 		if err != nil {
 			return exitUsage
@@ -102,7 +121,25 @@ func functionsMain(ctx context.Context, args []string, stdout, stderr io.Writer)
 			fmt.Fprintln(stderr, "outpost functions inspect: one function directory expected")
 			return exitUsage
 		}
-		return functionsInspect(ctx, pos[0], *root, *asJSON, stdout, stderr)
+		if *repo != "" && *root == "" {
+			fmt.Fprintln(stderr, "outpost functions inspect: --repo needs --root (the pinned root the chain starts from)")
+			return exitUsage
+		}
+		return functionsInspect(ctx, pos[0], *root, *repo, *asJSON, stdout, stderr)
+	case "publish":
+		repo := fs.String("repo", "", "the release repository (outpost release keygen)")
+		keys := fs.String("keys", "", "its private key directory")
+		passFile := fs.String("passphrase-file", "", "file holding the key passphrase (default $"+passphraseEnv+")")
+		retire := fs.Bool("retire-others", false, "remove the function's other versions from the signed targets")
+		pos, err := parseInterleaved(fs, rest)
+		if err != nil {
+			return exitUsage
+		}
+		if len(pos) != 1 || *repo == "" || *keys == "" {
+			fmt.Fprintln(stderr, "outpost functions publish: DIR, --repo and --keys are required")
+			return exitUsage
+		}
+		return functionsPublish(ctx, pos[0], *repo, *keys, *passFile, *retire, stdout, stderr)
 	case "sign":
 		keys := fs.String("keys", "", "private key directory (targets.key)")
 		passFile := fs.String("passphrase-file", "", "file holding the key passphrase (default $"+passphraseEnv+")")
@@ -288,7 +325,63 @@ type inspection struct {
 	Errors      []string           `json:"errors,omitempty"`
 }
 
-func inspectDir(ctx context.Context, dir, root string) inspection {
+// functionsPublish adds a checked function to the release repository as
+// signed targets (docs/functions.md, "Delivery through the fleet").
+func functionsPublish(ctx context.Context, dir, repo, keys, passFile string, retire bool, stdout, stderr io.Writer) int {
+	in := inspectDir(ctx, dir, "", "")
+	if len(in.Errors) > 0 {
+		for _, e := range in.Errors {
+			fmt.Fprintln(stderr, e)
+		}
+		fmt.Fprintln(stderr, "outpost functions publish: not published")
+		return exitUsage
+	}
+	man := in.Manifest
+	r, err := openRepo(repo, keys, passFile)
+	if err == nil {
+		err = release.CheckKeys(r, "") // a wrong passphrase fails before anything is written
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "outpost functions publish:", err)
+		return exitFailure
+	}
+	custom := map[string]any{"function": man.Name, "version": man.Version}
+	var added []string
+	for _, file := range []string{function.ManifestFile, man.Module} {
+		name := function.TargetName(man, file)
+		if _, err := r.AddTarget(name, filepath.Join(dir, file), custom); err != nil {
+			fmt.Fprintln(stderr, "outpost functions publish:", err)
+			return exitFailure
+		}
+		added = append(added, name)
+	}
+	var retired []string
+	if retire {
+		mine := "functions/" + man.Name + "/" + strconv.Itoa(man.Version) + "/"
+		for name := range r.Targets.Targets {
+			if strings.HasPrefix(name, "functions/"+man.Name+"/") && !strings.HasPrefix(name, mine) {
+				delete(r.Targets.Targets, name)
+				retired = append(retired, name)
+			}
+		}
+		sort.Strings(retired)
+	}
+	if err := release.Sign(r); err != nil {
+		fmt.Fprintln(stderr, "outpost functions publish:", err)
+		return exitFailure
+	}
+	for _, name := range added {
+		fmt.Fprintf(stdout, "published %s\n", name)
+	}
+	for _, name := range retired {
+		fmt.Fprintf(stdout, "retired   %s\n", name)
+	}
+	fmt.Fprintf(stdout, "signed: targets v%d, timestamp expires %s\nnext: outpost release push --repo %s (then a fleet object of kind function: {\"function\": %q, \"version\": %d})\n",
+		r.Targets.Version, r.Timestamp.Expires.Format(time.RFC3339), repo, man.Name, man.Version)
+	return exitOK
+}
+
+func inspectDir(ctx context.Context, dir, root, repo string) inspection {
 	in := inspection{Dir: dir, Signature: "not checked (no --root)"}
 	mpath := filepath.Join(dir, function.ManifestFile)
 	raw, err := os.ReadFile(mpath)
@@ -314,7 +407,27 @@ func inspectDir(ctx context.Context, dir, root string) inspection {
 		in.Errors = append(in.Errors, err.Error())
 		return in
 	}
-	if root != "" {
+	if root != "" && repo != "" {
+		state, err := os.MkdirTemp("", "outpost-inspect-*")
+		if err != nil {
+			in.Errors = append(in.Errors, err.Error())
+			return in
+		}
+		defer os.RemoveAll(state)
+		ct, err := function.NewChainTrust(root, filepath.Join(repo, "metadata"), state)
+		if err == nil {
+			_, err = ct.Refresh(ctx)
+		}
+		if err == nil {
+			err = ct.Verify(man, raw, wasm)
+		}
+		if err != nil {
+			in.Signature = "refused by the repository's TUF chain"
+			in.Errors = append(in.Errors, err.Error())
+		} else {
+			in.Signature = "valid (TUF chain of " + repo + ")"
+		}
+	} else if root != "" {
 		tr, err := function.LoadTrust(root)
 		if err != nil {
 			in.Errors = append(in.Errors, err.Error())
@@ -347,8 +460,8 @@ func inspectDir(ctx context.Context, dir, root string) inspection {
 	return in
 }
 
-func functionsInspect(ctx context.Context, dir, root string, asJSON bool, stdout, stderr io.Writer) int {
-	in := inspectDir(ctx, dir, root)
+func functionsInspect(ctx context.Context, dir, root, repo string, asJSON bool, stdout, stderr io.Writer) int {
+	in := inspectDir(ctx, dir, root, repo)
 	if asJSON {
 		b, _ := json.MarshalIndent(in, "", "  ")
 		fmt.Fprintln(stdout, string(b))
@@ -386,7 +499,7 @@ func functionsListDir(dir, root string, asJSON bool, stdout, stderr io.Writer) i
 	for _, e := range entries {
 		if e.IsDir() {
 			if _, err := os.Stat(filepath.Join(dir, e.Name(), function.ManifestFile)); err == nil {
-				all = append(all, inspectDir(context.Background(), filepath.Join(dir, e.Name()), root))
+				all = append(all, inspectDir(context.Background(), filepath.Join(dir, e.Name()), root, ""))
 			}
 		}
 	}

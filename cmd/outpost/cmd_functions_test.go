@@ -80,3 +80,70 @@ func TestFunctionsCommand(t *testing.T) {
 		t.Fatalf("tampered: %d %s", code, errs)
 	}
 }
+
+// TestFunctionsPublish: publish adds a checked function to a release
+// repository as signed targets; inspect --repo verifies it through the
+// repository's TUF chain; a module altered after publishing is refused;
+// --retire-others drops the other versions from the signed targets; a
+// function that does not compile is not published.
+func TestFunctionsPublish(t *testing.T) {
+	dir := t.TempDir()
+	repo, keys := filepath.Join(dir, "repo"), filepath.Join(dir, "keys")
+	if _, err := tuf.InitRepo(repo, keys, true, nil); err != nil {
+		t.Fatal(err)
+	}
+	wasm, _ := hex.DecodeString(tagModule)
+	fn := func(v int) string {
+		d := filepath.Join(dir, "tag-"+string(rune('0'+v)))
+		os.MkdirAll(d, 0o755)
+		os.WriteFile(filepath.Join(d, "tag.wasm"), wasm, 0o644)
+		os.WriteFile(filepath.Join(d, "function.yaml"), []byte("name: tag\nversion: "+string(rune('0'+v))+"\nmodule: tag.wasm\nentry: {callable: true}\n"), 0o644)
+		return d
+	}
+	run := func(args ...string) (int, string, string) {
+		var out, errb bytes.Buffer
+		code := functionsMain(context.Background(), args, &out, &errb)
+		return code, out.String(), errb.String()
+	}
+	root := filepath.Join(repo, "metadata", "1.root.json")
+	v1, v2 := fn(1), fn(2)
+	if code, _, errs := run("publish", v1, "--repo", repo); code != exitUsage || !strings.Contains(errs, "--keys") {
+		t.Fatalf("publish without keys: %d %s", code, errs)
+	}
+	code, out, errs := run("publish", v1, "--repo", repo, "--keys", keys)
+	if code != exitOK || !strings.Contains(out, "published functions/tag/1/function.yaml") || !strings.Contains(out, "published functions/tag/1/tag.wasm") {
+		t.Fatalf("publish: %d %s %s", code, out, errs)
+	}
+	if code, out, errs := run("inspect", v1, "--root", root, "--repo", repo); code != exitOK || !strings.Contains(out, "valid (TUF chain") {
+		t.Fatalf("inspect --repo: %d %s %s", code, out, errs)
+	}
+	if code, _, errs := run("inspect", v1, "--repo", repo); code != exitUsage || !strings.Contains(errs, "--root") {
+		t.Fatalf("inspect --repo without --root: %d %s", code, errs)
+	}
+	// Altered after publishing: the chain refuses it.
+	os.WriteFile(filepath.Join(v1, "tag.wasm"), append(wasm[:len(wasm):len(wasm)], 0), 0o644)
+	if code, _, errs := run("inspect", v1, "--root", root, "--repo", repo); code != exitUsage || !strings.Contains(errs, "does not match its signed metadata") {
+		t.Fatalf("altered module: %d %s", code, errs)
+	}
+	// Version 2 retires version 1 from the signed targets.
+	code, out, errs = run("publish", v2, "--repo", repo, "--keys", keys, "--retire-others")
+	if code != exitOK || !strings.Contains(out, "retired   functions/tag/1/function.yaml") {
+		t.Fatalf("publish v2: %d %s %s", code, out, errs)
+	}
+	os.WriteFile(filepath.Join(v1, "tag.wasm"), wasm, 0o644)
+	if code, _, errs := run("inspect", v1, "--root", root, "--repo", repo); code != exitUsage || !strings.Contains(errs, "functions/tag/1/function.yaml is not a target") {
+		t.Fatalf("retired version 1: %d %s", code, errs)
+	}
+	if code, _, errs := run("inspect", v2, "--root", root, "--repo", repo); code != exitOK {
+		t.Fatalf("version 2: %d %s", code, errs)
+	}
+	// A module that does not compile is not published.
+	bad := fn(3)
+	os.WriteFile(filepath.Join(bad, "tag.wasm"), []byte("not wasm"), 0o644)
+	if code, _, errs := run("publish", bad, "--repo", repo, "--keys", keys); code != exitUsage || !strings.Contains(errs, "not published") {
+		t.Fatalf("bad module: %d %s", code, errs)
+	}
+	if code, _, _ := run("inspect", bad, "--root", root, "--repo", repo); code != exitUsage {
+		t.Fatal("the bad module is in the repository")
+	}
+}

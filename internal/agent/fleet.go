@@ -233,6 +233,8 @@ func (f fleetApplier) Apply(ctx context.Context, d proto.Desired) error {
 		return f.applyComponent(ctx, d)
 	case proto.KindAgentVersion:
 		return f.applyAgentVersion(ctx, d)
+	case proto.KindFunction:
+		return f.applyFunction(ctx, d)
 	case proto.KindConfig:
 		data, err := parseFragmentSpec(d.Name, d.Spec)
 		if err != nil {
@@ -269,6 +271,8 @@ func (f fleetApplier) Remove(ctx context.Context, kind, name string) error {
 		return f.removeComponent(ctx, name)
 	case proto.KindAgentVersion:
 		return f.removeAgentVersion()
+	case proto.KindFunction:
+		return f.removeFunction(ctx, name)
 	}
 	if kind != proto.KindRuleSet {
 		return nil // nothing was applied for other kinds

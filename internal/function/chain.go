@@ -41,11 +41,18 @@ type ChainTrust struct {
 // the root.json at rootPath, keeping trusted metadata in stateDir/tuf and
 // the version floor in stateDir/tuf-floor.json.
 func NewChainTrust(rootPath, metaDir, stateDir string) (*ChainTrust, error) {
+	return NewChainTrustFetcher(rootPath, dirFetcher(metaDir), stateDir)
+}
+
+// NewChainTrustFetcher is NewChainTrust with the metadata read through f
+// (the fleet server's hosted repository over mTLS, for functions the fleet
+// delivers) instead of a directory.
+func NewChainTrustFetcher(rootPath string, f tuf.Fetcher, stateDir string) (*ChainTrust, error) {
 	pinned, err := os.ReadFile(rootPath)
 	if err != nil {
 		return nil, fmt.Errorf("function: trust root: %w", err)
 	}
-	c, err := tuf.NewClient(filepath.Join(stateDir, "tuf"), pinned, dirFetcher(metaDir))
+	c, err := tuf.NewClient(filepath.Join(stateDir, "tuf"), pinned, f)
 	if err != nil {
 		return nil, fmt.Errorf("function: %w", err)
 	}
@@ -115,6 +122,24 @@ func (ct *ChainTrust) Verify(man *Manifest, manifestRaw, wasm []byte) error {
 		}
 	}
 	return nil
+}
+
+// Target returns the verified target name (as TargetName makes it) and
+// the repository path to download it from (with consistent snapshots,
+// the hash-prefixed name); ok is false when the verified targets do not
+// list it or none were verified yet.
+func (ct *ChainTrust) Target(name string) (tf tuf.TargetFile, path string, ok bool) {
+	ct.mu.Lock()
+	tg := ct.targets
+	ct.mu.Unlock()
+	if tg == nil {
+		return tuf.TargetFile{}, "", false
+	}
+	tf, ok = tg.Targets[name]
+	if !ok {
+		return tuf.TargetFile{}, "", false
+	}
+	return tf, ct.client.TargetPath(name, tf), true
 }
 
 // dirFetcher serves TUF metadata from a local directory.

@@ -32,6 +32,25 @@ type Applier interface {
 	Remove(ctx context.Context, kind, name string) error
 }
 
+// ErrRetry marks an Apply error worth trying again later by itself (a
+// download from the server that failed, an artifact not published yet):
+// wrap it (fmt.Errorf("...: %w", ..., ErrRetry) or errors.Join). The
+// Syncer applies the slot again after 2 s, doubling to 5 min, until it is
+// applied or the slot changes; other errors wait for a new version of the
+// slot.
+var ErrRetry = errors.New("will retry")
+
+const (
+	retryMin = 2 * time.Second
+	retryMax = 5 * time.Minute
+)
+
+type retryState struct {
+	at   time.Time
+	wait time.Duration
+	hash string // the content that failed
+}
+
 // Observer is an optional extension of Applier: the live state of an
 // applied slot (a component's supervisor state and restarts). The Syncer
 // polls it every Options.ObserveEvery and reports the status again when it
@@ -91,6 +110,8 @@ type Syncer struct {
 	// the next one connects with the new certificate).
 	endSession context.CancelCauseFunc
 	renewErr   error
+	// retry holds the slots whose last Apply failed with ErrRetry.
+	retry map[string]retryState
 }
 
 // server returns the URL of the replica in use.
@@ -260,9 +281,25 @@ func (s *Syncer) applyLocked(ctx context.Context, d proto.Desired) {
 	if s.c.Applied[key] != h {
 		if err := s.opt.Applier.Apply(ctx, d); err != nil {
 			cond.Applied, cond.Error = false, err.Error()
-			s.log.Warn("fleet: desired object not applied; the running state stays", "object", key, "rv", d.ResourceVersion, "err", err)
+			if errors.Is(err, ErrRetry) {
+				r := s.retry[key]
+				if r.hash != h {
+					r = retryState{hash: h}
+				}
+				r.wait = min(max(r.wait*2, retryMin), retryMax)
+				r.at = time.Now().Add(r.wait)
+				if s.retry == nil {
+					s.retry = map[string]retryState{}
+				}
+				s.retry[key] = r
+				s.log.Warn("fleet: desired object not applied; the running state stays", "object", key, "rv", d.ResourceVersion, "err", err, "retry_in", r.wait)
+			} else {
+				delete(s.retry, key)
+				s.log.Warn("fleet: desired object not applied; the running state stays", "object", key, "rv", d.ResourceVersion, "err", err)
+			}
 		} else {
 			s.c.Applied[key] = h
+			delete(s.retry, key)
 			s.log.Info("fleet: applied", "object", key, "rv", d.ResourceVersion)
 		}
 	}
@@ -323,6 +360,48 @@ func (s *Syncer) observeLoop(ctx context.Context) {
 	}
 }
 
+// retryLoop applies again the slots that failed with ErrRetry once their
+// backoff has passed, and reports their new condition.
+func (s *Syncer) retryLoop(ctx context.Context) {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		now, tried := time.Now(), false
+		for _, key := range sortedKeys(s.retry) {
+			r := s.retry[key]
+			d, ok := s.c.Desired[key]
+			if !ok || d.Hash() != r.hash {
+				delete(s.retry, key) // gone or changed: applied on its own
+				continue
+			}
+			if now.Before(r.at) {
+				continue
+			}
+			s.applyLocked(ctx, d)
+			tried = true
+		}
+		if tried {
+			s.saveLocked()
+		}
+		report := tried && !s.c.StatusSent && s.connected
+		s.mu.Unlock()
+		if tried {
+			s.notify()
+		}
+		if report {
+			if err := s.reportStatus(ctx); err != nil {
+				s.log.Warn("fleet: status not reported; will retry", "err", err)
+			}
+		}
+	}
+}
+
 func (s *Syncer) removeLocked(ctx context.Context, kind, name string) {
 	key := kind + "/" + name
 	delete(s.c.Desired, key)
@@ -366,6 +445,7 @@ func (s *Syncer) Changed() <-chan struct{} { return s.changes }
 func (s *Syncer) Run(ctx context.Context) {
 	go s.renewLoop(ctx)
 	go s.observeLoop(ctx)
+	go s.retryLoop(ctx)
 	backoff := 500 * time.Millisecond
 	for ctx.Err() == nil {
 		t0 := time.Now()

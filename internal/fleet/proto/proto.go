@@ -36,10 +36,11 @@ const (
 	KindComponent    = "component"    // spec: a component recipe
 	KindTwin         = "twin"         // spec: desired device properties
 	KindAgentVersion = "agentversion" // spec: {"version": "..."}
+	KindFunction     = "function"     // spec: {"function": "anomaly", "version": 2} (a signed TUF target on the server)
 )
 
 // Kinds lists every known kind.
-var Kinds = []string{KindRuleSet, KindConfig, KindComponent, KindTwin, KindAgentVersion}
+var Kinds = []string{KindRuleSet, KindConfig, KindComponent, KindTwin, KindAgentVersion, KindFunction}
 
 // KnownKind reports whether k is a kind the server accepts.
 func KnownKind(k string) bool {

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -376,8 +377,45 @@ func ValidateObject(o proto.Object) error {
 		if err := json.Unmarshal(spec["yaml"], &y); err != nil || strings.TrimSpace(y) == "" {
 			return errors.New("spec.yaml: a config fragment needs its YAML text")
 		}
+	case proto.KindFunction:
+		return validateFunctionSpec(spec)
 	}
 	return nil
+}
+
+// validateFunctionSpec: {"function": NAME, "version": N}, naming a
+// function published in the hosted TUF repository (docs/functions.md,
+// "Delivery through the fleet"); the gateway fetches and verifies it.
+func validateFunctionSpec(spec map[string]json.RawMessage) error {
+	for k := range spec {
+		if k != "function" && k != "version" {
+			return fmt.Errorf("spec.%s: unknown field (want function and version)", k)
+		}
+	}
+	var name string
+	if err := json.Unmarshal(spec["function"], &name); err != nil || !validFunctionName(name) {
+		return errors.New(`spec.function: the function's name as in its manifest (1-64 letters, digits, _ -), e.g. "anomaly"`)
+	}
+	var v json.Number
+	if raw := bytes.TrimSpace(spec["version"]); len(raw) == 0 || raw[0] == '"' || json.Unmarshal(raw, &v) != nil {
+		return errors.New("spec.version: the function's version, a positive integer")
+	}
+	if n, err := strconv.ParseInt(v.String(), 10, 32); err != nil || n < 1 {
+		return fmt.Errorf("spec.version: %s: want a positive integer", v)
+	}
+	return nil
+}
+
+func validFunctionName(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 func (s *Server) handleObjectPut(w http.ResponseWriter, r *http.Request) {
