@@ -45,6 +45,11 @@ const StopTimeout = 30 * time.Second
 
 // Agent is one running gateway.
 type Agent struct {
+	// fleetBase holds, per fleet slot ("kind/name"), the run-time
+	// figures when it was applied (fleetBaseline), for the status'
+	// errors-since-applied and queue growth.
+	fleetBase sync.Map
+
 	path    string // config file ("" when built from a Config in memory)
 	logs    *telemetry.Logs
 	log     *slog.Logger

@@ -193,8 +193,77 @@ func (f fleetApplier) rulesDir() (string, error) {
 	return dir, nil
 }
 
-// Apply validates first and changes nothing on error.
+// Apply validates first and changes nothing on error. What the slot runs
+// is measured from here on (Measure).
 func (f fleetApplier) Apply(ctx context.Context, d proto.Desired) error {
+	if err := f.apply(ctx, d); err != nil {
+		return err
+	}
+	b := fleetBaseline{queue: f.backlog()}
+	if d.Kind == proto.KindRuleSet {
+		b.errors = f.ruleErrors(d.Name)
+	}
+	f.a.fleetBase.Store(d.Key(), b)
+	return nil
+}
+
+// fleetBaseline is what a slot's figures were when it was applied.
+type fleetBaseline struct {
+	errors uint64
+	queue  int64
+}
+
+// Measure implements client.Measurer: a fleet rule set's run-time errors
+// since it was applied (its rules' evaluation and action errors), and the
+// uplink backlog now and when the slot was applied (-1 when this process
+// did not apply it: after a restart the reported value stays).
+func (f fleetApplier) Measure(kind, name string) (errs, queue, queueStart int64, ok bool) {
+	queueStart = -1
+	var base fleetBaseline
+	if v, found := f.a.fleetBase.Load(kind + "/" + name); found {
+		base = v.(fleetBaseline)
+		queueStart = base.queue
+	}
+	if kind == proto.KindRuleSet {
+		if n := f.ruleErrors(name); n > base.errors {
+			errs = int64(n - base.errors)
+		}
+	}
+	return errs, f.backlog(), queueStart, true
+}
+
+// ruleErrors sums the error counters of the rules loaded from a fleet
+// rule set's file.
+func (f fleetApplier) ruleErrors(slot string) uint64 {
+	if f.a.Rules == nil || f.a.Rules.Engine() == nil {
+		return 0
+	}
+	file := fleetRuleFile(slot)
+	var n uint64
+	for _, r := range f.a.Rules.Engine().Rules() {
+		if filepath.Base(r.File) != file {
+			continue
+		}
+		for _, c := range r.ErrorCounts() {
+			n += c
+		}
+	}
+	return n
+}
+
+// backlog is the records waiting in every uplink lane.
+func (f fleetApplier) backlog() int64 {
+	if f.a.Uplink == nil {
+		return 0
+	}
+	var n int64
+	for _, l := range f.a.Uplink.Status().Lanes {
+		n += l.Backlog
+	}
+	return n
+}
+
+func (f fleetApplier) apply(ctx context.Context, d proto.Desired) error {
 	switch d.Kind {
 	case proto.KindRuleSet:
 		var spec struct {
@@ -264,6 +333,7 @@ func (f fleetApplier) fileErrors(file string) []string {
 }
 
 func (f fleetApplier) Remove(ctx context.Context, kind, name string) error {
+	f.a.fleetBase.Delete(kind + "/" + name)
 	switch kind {
 	case proto.KindConfig:
 		return f.a.applyFragment(ctx, name, nil)

@@ -249,3 +249,55 @@ func TestFleetAgentVersion(t *testing.T) {
 		t.Fatal("no running-version metric")
 	}
 }
+
+// TestFleetMeasureRuleErrors: the status of a fleet rule set counts its
+// rules' run-time errors since it was applied (what the rollout gate
+// maxRuleErrors reads): three messages that divide by zero count 3; a new
+// revision of the same rule starts again from 0; removing it forgets it.
+func TestFleetMeasureRuleErrors(t *testing.T) {
+	dir := t.TempDir()
+	rules := filepath.Join(dir, "rules")
+	os.MkdirAll(rules, 0o755)
+	path := filepath.Join(dir, "outpost.yaml")
+	dev := fmt.Sprintf(`    - {username: dev, password_hash: "%s", acl: [{topic: "#", access: all}]}`, aliceHash)
+	os.WriteFile(path, []byte(agentConfig(dir, dev)+"rules: {dir: "+rules+"}\nfleet: {}\n"), 0o600)
+	a, logs := startAgent(t, path)
+	ap := fleetApplier{a: a}
+	spec := func(sql string) proto.Desired {
+		b, _ := json.Marshal(map[string]string{"sql": sql})
+		return proto.Desired{Kind: proto.KindRuleSet, Name: "ratio", Spec: b}
+	}
+	ctx := context.Background()
+	if err := ap.Apply(ctx, spec("CREATE RULE ratio AS SELECT temp / zero AS r FROM 'm/+' DO REPUBLISH 'o/r';\n")); err != nil {
+		t.Fatal(err, logs.String())
+	}
+	if e, q, q0, ok := ap.Measure(proto.KindRuleSet, "ratio"); !ok || e != 0 || q != 0 || q0 != 0 {
+		t.Fatalf("just applied: errors %d queue %d start %d ok %v", e, q, q0, ok)
+	}
+	d := dialDevice(t, a.Broker.Addr("tcp"), "d1")
+	for i := 0; i < 3; i++ {
+		d.publish(t, "m/d1", `{"temp": 20, "zero": 0}`)
+	}
+	waitUntil(t, "3 errors counted", func() bool {
+		e, _, _, _ := ap.Measure(proto.KindRuleSet, "ratio")
+		return e == 3
+	})
+	// A new revision: counted from its apply.
+	if err := ap.Apply(ctx, spec("CREATE RULE ratio AS SELECT temp / zero AS r FROM 'm/+' DO REPUBLISH 'o/r2';\n")); err != nil {
+		t.Fatal(err)
+	}
+	if e, _, _, _ := ap.Measure(proto.KindRuleSet, "ratio"); e != 0 {
+		t.Fatalf("a new revision starts with %d errors", e)
+	}
+	d.publish(t, "m/d1", `{"temp": 20, "zero": 0}`)
+	waitUntil(t, "1 error after the new revision", func() bool {
+		e, _, _, _ := ap.Measure(proto.KindRuleSet, "ratio")
+		return e == 1
+	})
+	if err := ap.Remove(ctx, proto.KindRuleSet, "ratio"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, q0, _ := ap.Measure(proto.KindRuleSet, "ratio"); q0 != -1 {
+		t.Fatalf("a removed slot still has a baseline (%d)", q0)
+	}
+}

@@ -32,6 +32,15 @@ type Applier interface {
 	Remove(ctx context.Context, kind, name string) error
 }
 
+// Measurer is an optional extension of Applier: run-time figures of an
+// applied slot, polled with the Observer. errors counts the slot's
+// run-time errors since it was applied; queue is the gateway's uplink
+// backlog now and queueStart the backlog when the slot was applied (-1:
+// not known to this process; the reported value stays).
+type Measurer interface {
+	Measure(kind, name string) (errors, queue, queueStart int64, ok bool)
+}
+
 // ErrRetry marks an Apply error worth trying again later by itself (a
 // download from the server that failed, an artifact not published yet):
 // wrap it (fmt.Errorf("...: %w", ..., ErrRetry) or errors.Join). The
@@ -303,6 +312,9 @@ func (s *Syncer) applyLocked(ctx context.Context, d proto.Desired) {
 			s.log.Info("fleet: applied", "object", key, "rv", d.ResourceVersion)
 		}
 	}
+	if old, ok := s.c.Conditions[key]; ok && old.Applied && cond.Applied && s.c.Applied[key] == h {
+		cond.QueueStart = old.QueueStart // kept when this process does not know it
+	}
 	s.observeLocked(&cond)
 	if old, ok := s.c.Conditions[key]; !ok || old != cond {
 		s.c.Conditions[key] = cond
@@ -318,6 +330,32 @@ func (s *Syncer) observeLocked(c *proto.Condition) {
 			c.State, c.Restarts, c.Reason = st, n, reason
 		}
 	}
+	if !c.Applied {
+		c.Errors, c.Queue, c.QueueStart = 0, 0, 0
+		return
+	}
+	if m, ok := s.opt.Applier.(Measurer); ok {
+		if errs, q, q0, ok := m.Measure(c.Kind, c.Name); ok {
+			c.Errors, c.Queue = errs, roundQueue(q)
+			if q0 >= 0 {
+				c.QueueStart = roundQueue(q0)
+			}
+		}
+	}
+}
+
+// roundQueue keeps a backlog exact up to 100 and to two significant
+// digits above, so a busy lane does not change the status (and send it)
+// on every poll.
+func roundQueue(n int64) int64 {
+	if n <= 100 {
+		return n
+	}
+	p := int64(1)
+	for n/p >= 100 {
+		p *= 10
+	}
+	return (n + p/2) / p * p
 }
 
 // observeLoop polls the Observer and reports a changed live state.

@@ -147,6 +147,14 @@ type Condition struct {
 	Restarts int `json:"restarts,omitempty"`
 	// Reason explains State (the last exit, why it is broken).
 	Reason string `json:"reason,omitempty"`
+	// Errors counts the run-time errors of what this object runs since it
+	// was applied (a rule set: its rules' evaluation and action errors).
+	Errors int64 `json:"errors,omitempty"`
+	// Queue is the gateway's uplink backlog now (records in every lane,
+	// rounded above 100 to two significant digits); QueueStart is the
+	// backlog when the object was applied. Rollout gates read the growth.
+	Queue      int64 `json:"queue,omitempty"`
+	QueueStart int64 `json:"queueStart,omitempty"`
 }
 
 // Unhealthy states: a condition in one of them makes the gateway's health

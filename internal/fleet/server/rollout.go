@@ -35,12 +35,14 @@ const (
 
 // Failure signals (Failing.Signal).
 const (
-	SignalApplyError = "apply_error" // the gateway reported an error applying the new revision
-	SignalHealth     = "health"      // the gateway reports health "broken"
-	SignalOTATrial   = "ota_trial"   // fact ota_trial is "failed" or "rolled_back"
-	SignalStuck      = "stuck"       // no report of the new revision within the wave's deadline
-	SignalSilent     = "silent"      // nothing heard from the gateway since its wave started, past the deadline
-	SignalRestarts   = "restarts"    // the rolled-out component restarted more than gates.maxRestarts times
+	SignalApplyError  = "apply_error"  // the gateway reported an error applying the new revision
+	SignalHealth      = "health"       // the gateway reports health "broken"
+	SignalOTATrial    = "ota_trial"    // fact ota_trial is "failed" or "rolled_back"
+	SignalStuck       = "stuck"        // no report of the new revision within the wave's deadline
+	SignalSilent      = "silent"       // nothing heard from the gateway since its wave started, past the deadline
+	SignalRestarts    = "restarts"     // the rolled-out component restarted more than gates.maxRestarts times
+	SignalRuleErrors  = "rule_errors"  // the rolled-out rule set's rules failed more than gates.maxRuleErrors times
+	SignalQueueGrowth = "queue_growth" // the gateway's uplink backlog grew more than gates.maxQueueGrowth since it applied
 )
 
 // ObjectRef names the object a rollout changes: its kind and id (the id
@@ -83,6 +85,15 @@ type Gates struct {
 	// reports more restarts than this fails (signal "restarts"), before
 	// the supervisor gives up and calls it broken.
 	MaxRestarts *int `json:"maxRestarts,omitempty"`
+	// MaxRuleErrors: a gateway whose rolled-out object reports more
+	// run-time errors since it applied it fails (signal "rule_errors"; a
+	// rule set's rules: evaluation and action errors).
+	MaxRuleErrors *int64 `json:"maxRuleErrors,omitempty"`
+	// MaxQueueGrowth: a gateway whose uplink backlog (records, all lanes)
+	// grew by more than this since it applied the rolled-out object fails
+	// (signal "queue_growth": what it now sends to the cloud does not get
+	// through).
+	MaxQueueGrowth *int64 `json:"maxQueueGrowth,omitempty"`
 }
 
 // Rollout is the API view of a rollout (GET /api/v1/rollouts/{name}).
@@ -318,6 +329,12 @@ func validateRollout(req *RolloutRequest) error {
 	if g := req.Gates.MaxRestarts; g != nil && *g < 0 {
 		return fmt.Errorf("gates.maxRestarts: %d: want 0 or more", *g)
 	}
+	if g := req.Gates.MaxRuleErrors; g != nil && *g < 0 {
+		return fmt.Errorf("gates.maxRuleErrors: %d: want 0 or more", *g)
+	}
+	if g := req.Gates.MaxQueueGrowth; g != nil && *g < 0 {
+		return fmt.Errorf("gates.maxQueueGrowth: %d: want 0 or more", *g)
+	}
 	return nil
 }
 
@@ -441,6 +458,12 @@ func (d *rolloutDoc) assessMember(id string, g *store.Gateway, slotKind, slotNam
 			continue
 		case d.Gates.MaxRestarts != nil && c.Restarts > *d.Gates.MaxRestarts:
 			f.Signal, f.Detail = SignalRestarts, withReason(fmt.Sprintf("%s restarted %d times (gate maxRestarts %d)", c.Kind, c.Restarts, *d.Gates.MaxRestarts), c.Reason)
+			return memberFailed, f, false
+		case d.Gates.MaxRuleErrors != nil && c.Errors > *d.Gates.MaxRuleErrors:
+			f.Signal, f.Detail = SignalRuleErrors, fmt.Sprintf("%s %s: %d run-time errors since applied (gate maxRuleErrors %d)", c.Kind, c.Name, c.Errors, *d.Gates.MaxRuleErrors)
+			return memberFailed, f, false
+		case d.Gates.MaxQueueGrowth != nil && c.Queue-c.QueueStart > *d.Gates.MaxQueueGrowth:
+			f.Signal, f.Detail = SignalQueueGrowth, fmt.Sprintf("uplink backlog %d records, %d when applied (gate maxQueueGrowth %d)", c.Queue, c.QueueStart, *d.Gates.MaxQueueGrowth)
 			return memberFailed, f, false
 		}
 		applied = true

@@ -18,6 +18,7 @@ func TestRolloutGates(t *testing.T) {
 	}
 	ok := cond(10, true, "")
 	intp := func(v int) *int { return &v }
+	i64p := func(v int64) *int64 { return &v }
 	fp := func(v float64) *float64 { return &v }
 	tests := []struct {
 		name   string
@@ -45,6 +46,20 @@ func TestRolloutGates(t *testing.T) {
 			State: "backoff", Restarts: 3, Reason: "exited with code 1"}}}}}, t0, Gates{MaxRestarts: intp(2)}, [4]int{0, 1, 0, 0}, SignalRestarts, "gate maxFailed 0"},
 		{"component restarts within maxRestarts", map[string]store.Gateway{"g0": {Status: proto.Status{Conditions: []proto.Condition{{Kind: "ruleset", Name: "filter", ResourceVersion: 10, Applied: true,
 			State: "running", Restarts: 2}}}}}, t0, Gates{MaxRestarts: intp(2)}, [4]int{1, 0, 0, 0}, "", ""},
+		{"rule errors past maxRuleErrors", map[string]store.Gateway{"g0": {Status: proto.Status{Conditions: []proto.Condition{{Kind: "ruleset", Name: "filter", ResourceVersion: 10, Applied: true,
+			Errors: 6}}}}}, t0, Gates{MaxRuleErrors: i64p(5)}, [4]int{0, 1, 0, 0}, SignalRuleErrors, "gate maxFailed 0"},
+		{"rule errors within maxRuleErrors", map[string]store.Gateway{"g0": {Status: proto.Status{Conditions: []proto.Condition{{Kind: "ruleset", Name: "filter", ResourceVersion: 10, Applied: true,
+			Errors: 5}}}}}, t0, Gates{MaxRuleErrors: i64p(5)}, [4]int{1, 0, 0, 0}, "", ""},
+		{"rule errors without the gate", map[string]store.Gateway{"g0": {Status: proto.Status{Conditions: []proto.Condition{{Kind: "ruleset", Name: "filter", ResourceVersion: 10, Applied: true,
+			Errors: 500}}}}}, t0, Gates{}, [4]int{1, 0, 0, 0}, "", ""},
+		{"rule errors of the old revision do not count", map[string]store.Gateway{"g0": {Status: proto.Status{Conditions: []proto.Condition{{Kind: "ruleset", Name: "filter", ResourceVersion: 9, Applied: true,
+			Errors: 500}}}}}, t0, Gates{MaxRuleErrors: i64p(0)}, [4]int{0, 0, 0, 1}, "", ""},
+		{"queue grew past maxQueueGrowth", map[string]store.Gateway{"g0": {Status: proto.Status{Conditions: []proto.Condition{{Kind: "ruleset", Name: "filter", ResourceVersion: 10, Applied: true,
+			Queue: 1500, QueueStart: 400}}}}}, t0, Gates{MaxQueueGrowth: i64p(1000)}, [4]int{0, 1, 0, 0}, SignalQueueGrowth, "gate maxFailed 0"},
+		{"queue within maxQueueGrowth", map[string]store.Gateway{"g0": {Status: proto.Status{Conditions: []proto.Condition{{Kind: "ruleset", Name: "filter", ResourceVersion: 10, Applied: true,
+			Queue: 1400, QueueStart: 400}}}}}, t0, Gates{MaxQueueGrowth: i64p(1000)}, [4]int{1, 0, 0, 0}, "", ""},
+		{"a queue that was long before is not growth", map[string]store.Gateway{"g0": {Status: proto.Status{Conditions: []proto.Condition{{Kind: "ruleset", Name: "filter", ResourceVersion: 10, Applied: true,
+			Queue: 90000, QueueStart: 90000}}}}}, t0, Gates{MaxQueueGrowth: i64p(0)}, [4]int{1, 0, 0, 0}, "", ""},
 		{"component running", map[string]store.Gateway{"g0": {Status: proto.Status{Conditions: []proto.Condition{{Kind: "ruleset", Name: "filter", ResourceVersion: 10, Applied: true,
 			State: "running"}}}}}, t0, Gates{}, [4]int{1, 0, 0, 0}, "", ""},
 		{"stuck past the deadline", map[string]store.Gateway{"g0": {LastSeen: t0.Add(time.Second), Status: cond(9, true, "")}, "g1": {Status: ok}}, t0.Add(6 * time.Minute),
