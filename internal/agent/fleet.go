@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -35,6 +36,10 @@ type fleetModule struct {
 	started time.Time
 	err     error
 	twins   *twinsync.Service
+	// lastRecv and lastAt are the broker's received count at the last
+	// live() call, for the message rate.
+	lastRecv uint64
+	lastAt   time.Time
 }
 
 func (a *Agent) newFleet() module.Typed[client.Config] { return &fleetModule{a: a} }
@@ -89,7 +94,8 @@ func (m *fleetModule) Start(ctx context.Context) error {
 		}
 		fleetApplier{a: m.a}.restoreAgentVersion()
 		s, err := client.New(runCtx, client.Options{Dir: cfg.Dir, Server: cfg.Server, Servers: cfg.Servers, Applier: fleetApplier{a: m.a, twins: tw},
-			Logger: m.a.log.With("module", "fleet"), Facts: m.facts, ReconnectMax: cfg.ReconnectMax.D()})
+			Logger: m.a.log.With("module", "fleet"), Facts: m.facts, ReconnectMax: cfg.ReconnectMax.D(),
+			Live: m.live, LiveEvery: cfg.StatusEvery.D()})
 		m.mu.Lock()
 		if err != nil || runCtx.Err() != nil {
 			m.err = err
@@ -171,6 +177,33 @@ func (m *fleetModule) facts() map[string]string {
 		f["free_disk_bytes"] = fmt.Sprint(st.Bavail * uint64(st.Bsize))
 	}
 	return f
+}
+
+// live is the gateway's live figures for the fleet: msg_rate (messages
+// per second the broker accepted since the last call) and queue_depth
+// (uplink backlog), both to two significant digits so that a steady
+// gateway does not report on every poll.
+func (m *fleetModule) live() map[string]string {
+	now, n := time.Now(), m.a.Broker.Received()
+	m.mu.Lock()
+	last, at := m.lastRecv, m.lastAt
+	m.lastRecv, m.lastAt = n, now
+	m.mu.Unlock()
+	out := map[string]string{"queue_depth": strconv.FormatInt(twoDigits(fleetApplier{a: m.a}.backlog()), 10)}
+	if !at.IsZero() && n >= last {
+		rate := float64(n-last) / now.Sub(at).Seconds()
+		out["msg_rate"] = strconv.FormatFloat(float64(twoDigits(int64(rate*10+0.5)))/10, 'f', -1, 64)
+	}
+	return out
+}
+
+// twoDigits rounds n to two significant digits.
+func twoDigits(n int64) int64 {
+	p := int64(1)
+	for n/p >= 100 {
+		p *= 10
+	}
+	return (n + p/2) / p * p
 }
 
 // fleetApplier applies desired objects through the agent's reload paths.

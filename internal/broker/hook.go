@@ -437,6 +437,15 @@ func (h *hook) OnQosDropped(_ *mqtt.Client, _ packets.Packet) {
 	h.b.m.dropped("inflight_expired").Inc()
 }
 
+// Received counts the PUBLISH packets the broker accepted from clients
+// since it started (outpost_broker_messages_received_total).
+func (b *Broker) Received() uint64 {
+	if b == nil || b.m == nil {
+		return 0
+	}
+	return b.m.received.Get()
+}
+
 // brokerMetrics are the broker's Prometheus series.
 type brokerMetrics struct {
 	set           *metrics.Set

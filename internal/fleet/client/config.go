@@ -14,6 +14,7 @@ import (
 //	  dir: /var/lib/outpost/fleet   # identity + cache (default DATA_DIR/fleet)
 //	  server: https://fleet.example.com:8443   # default: the enrolled server
 //	  reconnect_max: 30s
+//	  status_every: 30s   # how often the live figures (message rate, uplink backlog) are checked; sent when changed
 type Config struct {
 	Dir    string `yaml:"dir"`
 	Server string `yaml:"server"`
@@ -21,12 +22,16 @@ type Config struct {
 	// the one in use fails (PostgreSQL mode).
 	Servers      []string        `yaml:"servers"`
 	ReconnectMax config.Duration `yaml:"reconnect_max"`
+	StatusEvery  config.Duration `yaml:"status_every"`
 }
 
 // SetDefaults fills the zero values (dir is set by the agent from data_dir).
 func (c *Config) SetDefaults() {
 	if c.ReconnectMax == 0 {
 		c.ReconnectMax = config.Duration(30e9)
+	}
+	if c.StatusEvery == 0 {
+		c.StatusEvery = config.Duration(30e9)
 	}
 }
 
@@ -42,6 +47,9 @@ func (c Config) Validate() error {
 	}
 	if c.ReconnectMax.D() < 1e9 {
 		return config.Field("reconnect_max", "must be at least 1s")
+	}
+	if c.StatusEvery.D() < 1e9 {
+		return config.Field("status_every", "must be at least 1s")
 	}
 	return nil
 }

@@ -69,3 +69,35 @@ func TestApplyRetriedWithBackoff(t *testing.T) {
 		t.Fatalf("a permanent error was applied %d times, want 1", n)
 	}
 }
+
+// TestLiveFiguresReported: Options.Live is polled and a change is reported
+// as facts without any change to the desired state.
+func TestLiveFiguresReported(t *testing.T) {
+	srv := fleettest.Start(t, t.TempDir(), "", server.Options{})
+	dir := enroll(t, srv, "gw", map[string]string{"site": "a"})
+	var mu sync.Mutex
+	rate := "0"
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := client.New(ctx, client.Options{Dir: dir, Applier: &memApplier{applied: map[string]string{}}, ReconnectMax: 200 * time.Millisecond,
+		LiveEvery: 50 * time.Millisecond, Live: func() map[string]string {
+			mu.Lock()
+			defer mu.Unlock()
+			return map[string]string{"msg_rate": rate, "queue_depth": "7"}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	fleettest.Eventually(t, 20*time.Second, "live figures reported", func() bool {
+		g := gateway(t, srv, "gw")
+		return g.Facts["msg_rate"] == "0" && g.Facts["queue_depth"] == "7"
+	})
+	mu.Lock()
+	rate = "120"
+	mu.Unlock()
+	fleettest.Eventually(t, 20*time.Second, "the new rate reported", func() bool {
+		return gateway(t, srv, "gw").Facts["msg_rate"] == "120"
+	})
+}

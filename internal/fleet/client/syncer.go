@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -88,6 +89,12 @@ type Options struct {
 	IdleTimeout time.Duration
 	// ObserveEvery is how often an Observer Applier is polled (default 5s).
 	ObserveEvery time.Duration
+	// Live returns the gateway's live figures (message rate, uplink
+	// backlog), reported as facts too; polled every LiveEvery (default
+	// 30s), and a change sends the status again. Round the values, or a
+	// busy gateway reports on every poll.
+	Live      func() map[string]string
+	LiveEvery time.Duration
 }
 
 // cacheFile is cache.json.
@@ -121,6 +128,8 @@ type Syncer struct {
 	renewErr   error
 	// retry holds the slots whose last Apply failed with ErrRetry.
 	retry map[string]retryState
+	// live is the last Options.Live figures (under mu).
+	live map[string]string
 }
 
 // server returns the URL of the replica in use.
@@ -398,6 +407,40 @@ func (s *Syncer) observeLoop(ctx context.Context) {
 	}
 }
 
+// liveLoop polls Options.Live and reports the status when it changed.
+func (s *Syncer) liveLoop(ctx context.Context) {
+	if s.opt.Live == nil {
+		return
+	}
+	every := s.opt.LiveEvery
+	if every <= 0 {
+		every = 30 * time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		live := s.opt.Live()
+		s.mu.Lock()
+		changed := !maps.Equal(live, s.live)
+		if changed {
+			s.live = live
+			s.c.StatusSent = false
+		}
+		connected := s.connected
+		s.mu.Unlock()
+		if changed && connected {
+			if err := s.reportStatus(ctx); err != nil {
+				s.log.Warn("fleet: status not reported; will retry", "err", err)
+			}
+		}
+	}
+}
+
 // retryLoop applies again the slots that failed with ErrRetry once their
 // backoff has passed, and reports their new condition.
 func (s *Syncer) retryLoop(ctx context.Context) {
@@ -484,6 +527,7 @@ func (s *Syncer) Run(ctx context.Context) {
 	go s.renewLoop(ctx)
 	go s.observeLoop(ctx)
 	go s.retryLoop(ctx)
+	go s.liveLoop(ctx)
 	backoff := 500 * time.Millisecond
 	for ctx.Err() == nil {
 		t0 := time.Now()
@@ -721,10 +765,15 @@ func (s *Syncer) reportStatus(ctx context.Context) error {
 			st.Health = "degraded"
 		}
 	}
+	live := s.live
 	s.mu.Unlock()
 	if s.opt.Facts != nil {
 		st.Facts = s.opt.Facts()
 	}
+	if len(live) > 0 && st.Facts == nil {
+		st.Facts = map[string]string{}
+	}
+	maps.Copy(st.Facts, live)
 	body, _ := json.Marshal(st)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.server()+"/api/v1/agent/status", bytes.NewReader(body))
 	if err != nil {
@@ -742,7 +791,7 @@ func (s *Syncer) reportStatus(ctx context.Context) error {
 	s.mu.Lock()
 	// Sent unless it changed meanwhile.
 	if s.c.ResourceVersion == st.AppliedResourceVersion && len(s.c.Conditions) == len(st.Conditions) {
-		same := true
+		same := maps.Equal(live, s.live)
 		for _, c := range st.Conditions {
 			if s.c.Conditions[c.Kind+"/"+c.Name] != c {
 				same = false

@@ -25,8 +25,10 @@
 package dashboard
 
 import (
+	"bytes"
 	"context"
 	"embed"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"html/template"
@@ -43,6 +45,7 @@ import (
 
 	"github.com/outpost-edge/outpost/internal/fleet/selector"
 	"github.com/outpost-edge/outpost/internal/fleet/store"
+	"github.com/outpost-edge/outpost/internal/fleet/twin"
 )
 
 //go:embed templates/*.html
@@ -681,9 +684,47 @@ func (d *Dashboard) gatewayDetail(w http.ResponseWriter, r *http.Request, rc req
 			errs = append(errs, c.Kind+"/"+c.Name+": "+c.Error)
 		}
 	}
+	var twins []twinRow
+	if tl, ok := d.opt.Fleet.(interface {
+		Twins(ctx context.Context, gateway string) ([]twin.Twin, error)
+	}); ok {
+		ts, err := tl.Twins(r.Context(), g.ID)
+		if err != nil {
+			d.fail(w, r, rc, "twins of "+g.ID, err)
+			return
+		}
+		for _, t := range ts {
+			row := twinRow{Device: t.Device, Desired: compactJSON(t.Desired), Reported: compactJSON(t.Reported), DesiredVersion: t.DesiredVersion,
+				ReportedVersion: t.ReportedVersion, Delta: compactJSON(t.Delta), Updated: t.Metadata.ReportedUpdated}
+			if t.Metadata.DesiredUpdated.After(row.Updated) {
+				row.Updated = t.Metadata.DesiredUpdated
+			}
+			twins = append(twins, row)
+		}
+	}
 	d.render(w, r, http.StatusOK, "gateway", rc, map[string]any{"Title": "Gateway " + g.ID, "G": g, "State": GatewayState(g),
-		"Labels": labels, "FactKeys": facts, "Errors": errs,
+		"Labels": labels, "FactKeys": facts, "Errors": errs, "Twins": twins,
 		"Rate": g.Facts["msg_rate"], "Queue": g.Facts["queue_depth"]})
+}
+
+// twinRow is one device twin on the gateway page.
+type twinRow struct {
+	Device                          string
+	Desired, Reported, Delta        string
+	DesiredVersion, ReportedVersion int64
+	Updated                         time.Time
+}
+
+// compactJSON shows a JSON document on one line ("" for none).
+func compactJSON(b json.RawMessage) string {
+	if len(b) == 0 || string(b) == "null" {
+		return ""
+	}
+	var buf bytes.Buffer
+	if json.Compact(&buf, b) != nil {
+		return string(b)
+	}
+	return buf.String()
 }
 
 func (d *Dashboard) noRollouts(w http.ResponseWriter, r *http.Request, rc reqCtx) bool {

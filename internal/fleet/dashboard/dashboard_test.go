@@ -266,7 +266,7 @@ func TestLoginRateLimitBehindProxy(t *testing.T) {
 
 func TestGatewayFilterValidation(t *testing.T) {
 	e := start(t, dashboard.Options{})
-	e.gateway(t, "gw-a", map[string]string{"site": "plant2"}, map[string]string{"version": "1.2.0"})
+	e.gateway(t, "gw-a", map[string]string{"site": "plant2"}, map[string]string{"version": "1.2.0", "msg_rate": "12.5", "queue_depth": "40"})
 	e.gateway(t, "gw-b", map[string]string{"site": "plant3"}, map[string]string{"version": "1.3.0"})
 	hc := e.client(t)
 	e.login(t, hc, "viewer", testPassword)
@@ -286,9 +286,19 @@ func TestGatewayFilterValidation(t *testing.T) {
 	if code != 400 || !strings.Contains(body, "selector: ") {
 		t.Fatalf("bad selector = %d:\n%s", code, body)
 	}
+	// The twin of a device behind gw-a, with a desired value not reported yet.
+	e.srv.MustDo(t, "PATCH", "/api/v1/gateways/gw-a/twins/press-7", map[string]any{"desired": map[string]any{"speed": 40}}, 200, nil)
 	code, body = get(t, hc, e.srv.URL+"/gateways/gw-a")
 	if code != 200 || !strings.Contains(body, "1.2.0") || !strings.Contains(body, "site=plant2") {
 		t.Fatalf("detail = %d", code)
+	}
+	for _, want := range []string{`<dd id="rate">12.5 msg/s</dd>`, `<dd id="queue">40</dd>`, `<td>press-7</td>`, `<code>{&#34;speed&#34;:40}</code> (1)`, `<code class="err">{&#34;speed&#34;:40}</code>`} {
+		if !strings.Contains(body, want) {
+			t.Fatalf("gateway page lacks %s:\n%s", want, body)
+		}
+	}
+	if _, b := get(t, hc, e.srv.URL+"/gateways/gw-b"); !strings.Contains(b, "no device twins") || !strings.Contains(b, `<dd id="rate">not reported</dd>`) {
+		t.Fatalf("gw-b page:\n%s", b)
 	}
 	if code, _ := get(t, hc, e.srv.URL+"/gateways/nope"); code != 404 {
 		t.Fatalf("unknown gateway = %d", code)

@@ -6,6 +6,7 @@ import (
 	"net/http"
 
 	"github.com/outpost-edge/outpost/internal/fleet/store"
+	"github.com/outpost-edge/outpost/internal/fleet/twin"
 )
 
 // The methods in this file are what the web dashboard (package
@@ -49,6 +50,19 @@ func (s *Server) Gateway(ctx context.Context, id string) (store.Gateway, error) 
 	}
 	g.Connected = s.connected(id)
 	return g, nil
+}
+
+// Twins lists the device twins of a gateway, with their deltas (the
+// dashboard's gateway page).
+func (s *Server) Twins(ctx context.Context, gateway string) ([]twin.Twin, error) {
+	ts, err := s.st.ListTwins(ctx, gateway)
+	if err != nil {
+		return nil, err
+	}
+	for i := range ts {
+		ts[i] = withDelta(ts[i])
+	}
+	return ts, nil
 }
 
 // RequireRole wraps h: it needs a bearer API token with at least role
