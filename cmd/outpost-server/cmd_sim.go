@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,6 +32,7 @@ type simApplier struct {
 	applied func(time.Time)
 	broken  *simBroken
 	gw      int
+	follow  *simFollow
 }
 
 // simBroken records which gateways were asked to apply a broken spec and
@@ -50,6 +53,9 @@ func (a simApplier) Apply(_ context.Context, d proto.Desired) error {
 		a.broken.gateways[a.gw] = true
 		return errors.New("fleet-sim.sql:1:1: syntax error at or near BROKEN")
 	}
+	if a.follow != nil {
+		a.follow.record(a.gw, d)
+	}
 	if n, _ := a.nonce.Load().(string); n != "" && strings.Contains(string(d.Spec), n) {
 		a.applied(time.Now())
 	}
@@ -66,6 +72,9 @@ func runSim(ctx context.Context, args []string) int {
 	dir := fs.String("dir", "sim-data", "where the simulated gateways keep identities and caches")
 	changes := fs.Int("changes", 3, "desired-state changes to time")
 	serverPID := fs.Int("server-pid", 0, "report this process's RSS (the server) before and after the gateways connect")
+	servers := fs.String("servers", "", "comma-separated server URLs the gateways watch, first one first, the others on failure (replicas); default --server")
+	followChanges := fs.Int("follow-changes", 0, "instead of making changes: follow the changes another process makes to rule set "+simFollowObject+" (spec '-- seq K ...', K = 1, 2, ...) until every gateway applied seq N; fails on a gateway applying seqs out of order or twice, or on the timeout")
+	followTimeout := fs.Duration("follow-timeout", 2*time.Minute, "with --follow-changes: give up after this long")
 	rollout := fs.Bool("rollout", false, "instead of timing changes: time a 4-wave rollout (1, 10%, 50%, 100%; soak 0) to done, then the halt latency of a rollout whose first wave (10 gateways) fails")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), helpText("outpost-server sim --gateways N [--changes K] [--server-pid PID]",
@@ -101,7 +110,17 @@ Run it as a separate process from the server (file descriptor limits).`,
 	t0 := time.Now()
 	dirs := make([]string, *n)
 	var wg sync.WaitGroup
-	var firstErr atomic.Value
+	// The first enrollment error (a mutex: errors of different types
+	// cannot share an atomic.Value).
+	var errMu sync.Mutex
+	var firstErr error
+	setErr := func(err error) {
+		errMu.Lock()
+		if firstErr == nil {
+			firstErr = err
+		}
+		errMu.Unlock()
+	}
 	work := make(chan int)
 	for range 16 {
 		wg.Add(1)
@@ -110,12 +129,12 @@ Run it as a separate process from the server (file descriptor limits).`,
 			for i := range work {
 				var tok server.TokenResponse
 				if err := a.call(ctx, "POST", "/api/v1/tokens", server.TokenRequest{Labels: map[string]string{"sim": "1"}, Expires: "1h"}, &tok); err != nil {
-					firstErr.CompareAndSwap(nil, err)
+					setErr(err)
 					continue
 				}
 				dirs[i] = filepath.Join(*dir, fmt.Sprintf("sim-%s-%d", run, i))
 				if err := client.Enroll(ctx, client.EnrollOptions{Server: a.server, Token: tok.Token, CAPEM: caPEM, ID: fmt.Sprintf("sim-%s-%d", run, i), Dir: dirs[i]}); err != nil {
-					firstErr.CompareAndSwap(nil, err)
+					setErr(err)
 				}
 			}
 		}()
@@ -125,8 +144,8 @@ Run it as a separate process from the server (file descriptor limits).`,
 	}
 	close(work)
 	wg.Wait()
-	if e, _ := firstErr.Load().(error); e != nil {
-		return fail("sim", e)
+	if firstErr != nil {
+		return fail("sim", firstErr)
 	}
 	fmt.Printf("enrolled %d gateways in %v\n", *n, time.Since(t0).Round(time.Millisecond))
 
@@ -140,13 +159,25 @@ Run it as a separate process from the server (file descriptor limits).`,
 	defer cancel()
 	syncers := make([]*client.Syncer, *n)
 	broken := &simBroken{gateways: map[int]bool{}}
+	var follow *simFollow
+	if *followChanges > 0 {
+		follow = newSimFollow(*n)
+	}
+	var srvs []string
+	if *servers != "" {
+		srvs = strings.Split(*servers, ",")
+	}
 	for i := range *n {
-		app := simApplier{nonce: &nonce, broken: broken, gw: i, applied: func(t time.Time) {
+		app := simApplier{nonce: &nonce, broken: broken, gw: i, follow: follow, applied: func(t time.Time) {
 			mu.Lock()
 			lat = append(lat, t.Sub(changeAt))
 			mu.Unlock()
 		}}
-		s, err := client.New(runCtx, client.Options{Dir: dirs[i], Applier: app})
+		opt := client.Options{Dir: dirs[i], Applier: app}
+		if len(srvs) > 0 {
+			opt.Server, opt.Servers = srvs[0], srvs[1:]
+		}
+		s, err := client.New(runCtx, opt)
 		if err != nil {
 			return fail("sim", err)
 		}
@@ -168,6 +199,13 @@ Run it as a separate process from the server (file descriptor limits).`,
 		time.Sleep(100 * time.Millisecond)
 	}
 	fmt.Printf("connected %d/%d in %v; server RSS: %s\n", connected.Load(), *n, time.Since(t0).Round(time.Millisecond), rss())
+	if follow != nil {
+		if err := follow.wait(ctx, &a, *followChanges, *followTimeout); err != nil {
+			return fail("sim", err)
+		}
+		fmt.Printf("server RSS at the end: %s\n", rss())
+		return exitOK
+	}
 	if *rollout {
 		if err := simRollouts(ctx, &a, *n, run, broken); err != nil {
 			return fail("sim", err)
@@ -347,4 +385,85 @@ func simWaitReported(ctx context.Context, a *apiFlags, name string, rv int64, n 
 		time.Sleep(100 * time.Millisecond)
 	}
 	return fmt.Errorf("%s at %d not reported by %d gateways within %v", name, rv, n, d)
+}
+
+// simFollowObject is the rule set --follow-changes follows.
+const simFollowObject = "sim-follow"
+
+var seqRE = regexp.MustCompile(`-- seq (\d+)\b`)
+
+// simFollow records, per simulated gateway, the seq of every revision of
+// simFollowObject it applied, in order.
+type simFollow struct {
+	mu      sync.Mutex
+	applied [][]int
+	bad     []string
+}
+
+func newSimFollow(n int) *simFollow { return &simFollow{applied: make([][]int, n)} }
+
+func (f *simFollow) record(gw int, d proto.Desired) {
+	if d.Kind != proto.KindRuleSet || d.Name != simFollowObject {
+		return
+	}
+	var spec struct {
+		SQL string `json:"sql"`
+	}
+	json.Unmarshal(d.Spec, &spec)
+	m := seqRE.FindStringSubmatch(spec.SQL)
+	if m == nil {
+		return
+	}
+	k, _ := strconv.Atoi(m[1])
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if l := f.applied[gw]; len(l) > 0 && l[len(l)-1] >= k {
+		f.bad = append(f.bad, fmt.Sprintf("gateway %d applied seq %d after seq %d (rv %d)", gw, k, l[len(l)-1], d.ResourceVersion))
+	}
+	f.applied[gw] = append(f.applied[gw], k)
+}
+
+// wait returns once every gateway applied seq last, or fails on a
+// violation or the timeout; it prints what each gateway went through.
+func (f *simFollow) wait(ctx context.Context, a *apiFlags, last int, timeout time.Duration) error {
+	t0 := time.Now()
+	fmt.Printf("following %s until seq %d\n", simFollowObject, last)
+	for {
+		f.mu.Lock()
+		done, bad := 0, append([]string(nil), f.bad...)
+		for _, l := range f.applied {
+			if len(l) > 0 && l[len(l)-1] == last {
+				done++
+			}
+		}
+		f.mu.Unlock()
+		if len(bad) > 0 {
+			return fmt.Errorf("follow: %d violations, first: %s", len(bad), bad[0])
+		}
+		if done == len(f.applied) {
+			break
+		}
+		if time.Since(t0) > timeout || ctx.Err() != nil {
+			return fmt.Errorf("follow: after %v only %d/%d gateways applied seq %d", timeout, done, len(f.applied), last)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	f.mu.Lock()
+	lo, hi, sum := last+1, 0, 0
+	for _, l := range f.applied {
+		lo, hi, sum = min(lo, len(l)), max(hi, len(l)), sum+len(l)
+	}
+	n := len(f.applied)
+	f.mu.Unlock()
+	// And the server has every gateway's report of it.
+	var o proto.Object
+	if err := a.call(ctx, "GET", "/api/v1/objects/ruleset/"+simFollowObject, nil, &o); err != nil {
+		return err
+	}
+	if err := simWaitReported(ctx, a, simFollowObject, o.ResourceVersion, n, timeout); err != nil {
+		return err
+	}
+	fmt.Printf("follow: converged: %d/%d gateways applied seq %d (rv %d) and reported it, after %v; revisions applied per gateway min %d avg %.1f max %d; out of order or twice: 0\n",
+		n, n, last, o.ResourceVersion, time.Since(t0).Round(time.Millisecond), lo, float64(sum)/float64(n), hi)
+	return nil
 }

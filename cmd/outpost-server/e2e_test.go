@@ -75,9 +75,9 @@ type serverProc struct {
 }
 
 // startServer runs `outpost-server run`; it returns once it listens.
-func startServer(t *testing.T, data, listen string) (*serverProc, string) {
+func startServer(t *testing.T, data, listen string, extra ...string) (*serverProc, string) {
 	t.Helper()
-	cmd := exec.Command(serverBin, "run", "--data", data, "--listen", listen, "--keepalive", "1s")
+	cmd := exec.Command(serverBin, append([]string{"run", "--data", data, "--listen", listen, "--keepalive", "1s"}, extra...)...)
 	out, _ := cmd.StdoutPipe()
 	logf, _ := os.OpenFile(filepath.Join(data, "..", "server.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	cmd.Stderr = logf
