@@ -178,8 +178,10 @@ fleet: {dir: %[5]s, server: "%[6]s", reconnect_max: 1s}
 
 	// Deleting the object unloads the function.
 	srv.MustDo(t, "DELETE", "/api/v1/objects/function/anomaly", nil, 200, nil)
-	waitRunning("")
-	if left, _ := fleetFunctionDirs(fdir, "anomaly"); len(left) != 0 {
-		t.Fatalf("left behind: %v", left)
-	}
+	// (the registry may unload it as soon as the manifest is gone, while
+	// the directory is still being removed)
+	fleettest.Eventually(t, 60*time.Second, "unloaded and removed", func() bool {
+		left, _ := fleetFunctionDirs(fdir, "anomaly")
+		return running() == "" && len(left) == 0
+	})
 }
