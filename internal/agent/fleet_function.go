@@ -154,7 +154,7 @@ func (f fleetApplier) applyFunction(ctx context.Context, d proto.Desired) error 
 			return err
 		}
 	}
-	if err := os.RemoveAll(dir); err != nil { // a leftover that failed to load before
+	if err := removeDirWhole(dir); err != nil { // a leftover that failed to load before
 		return err
 	}
 	if err := os.Rename(tmp, dir); err != nil {
@@ -162,7 +162,7 @@ func (f fleetApplier) applyFunction(ctx context.Context, d proto.Desired) error 
 	}
 	tuf.SyncDir(cfg.Dir)
 	if problem := fm.reload(ctx, dir); problem != "" {
-		os.RemoveAll(dir)
+		removeDirWhole(dir)
 		fm.reload(ctx, "")
 		return fmt.Errorf("%s version %d: %s", spec.Function, spec.Version, problem)
 	}
@@ -180,7 +180,7 @@ func (f fleetApplier) dropOtherVersions(ctx context.Context, fm *functionsModule
 	removed := false
 	for _, d := range dirs {
 		if d != keep {
-			if err := os.RemoveAll(d); err != nil {
+			if err := removeDirWhole(d); err != nil {
 				return err
 			}
 			removed = true
@@ -198,6 +198,19 @@ func (f fleetApplier) removeFunction(ctx context.Context, slot string) error {
 		return nil // nothing can have been applied
 	}
 	return f.dropOtherVersions(ctx, fm, cfg, slot, "")
+}
+
+// removeDirWhole renames a version directory to a dot name first (the
+// registry skips those), so it disappears at once rather than file by
+// file, then removes it.
+func removeDirWhole(dir string) error {
+	gone := filepath.Join(filepath.Dir(dir), ".removing-"+filepath.Base(dir))
+	if err := os.Rename(dir, gone); errors.Is(err, os.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	return os.RemoveAll(gone)
 }
 
 // fleetFunctionDirs lists the version directories of a fleet slot.
