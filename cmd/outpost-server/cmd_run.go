@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -40,6 +42,7 @@ func runServer(ctx context.Context, args []string) int {
 	keepalive := fs.Duration("keepalive", 30*time.Second, "watch stream keepalive (bookmark) period")
 	compactKeep := fs.Int64("compact-keep", 100_000, "change-log events kept by automatic compaction, every 5 minutes (-1: off); a gateway away for more changes re-lists")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
+	pprofAddr := fs.String("pprof", "", "serve Go's profiles (/debug/pprof/) on this loopback address, e.g. 127.0.0.1:6060 (off by default; no authentication, so loopback only)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), helpText("outpost-server run [--data DIR] [--listen ADDR] [--host NAME]...",
 			`Run the fleet server on its embedded SQLite store (DIR/fleet.db, WAL mode).
@@ -73,6 +76,12 @@ The web dashboard is served at the same URL (/); add its users with
 		return exitUsage
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	if *pprofAddr != "" {
+		if err := servePprof(ctx, *pprofAddr, log); err != nil {
+			fmt.Fprintf(os.Stderr, "outpost-server run: --pprof: %v\n", err)
+			return exitUsage
+		}
+	}
 	if err := os.MkdirAll(*data, 0o700); err != nil {
 		fmt.Fprintln(os.Stderr, "outpost-server run:", err)
 		return exitFailure
@@ -147,4 +156,30 @@ func parsePrefixes(vs []string) ([]netip.Prefix, error) {
 		out = append(out, p.Masked())
 	}
 	return out, nil
+}
+
+// servePprof serves net/http/pprof on a loopback address (profiles hold
+// no secrets but cost CPU, and the endpoint has no authentication).
+func servePprof(ctx context.Context, addr string, log *slog.Logger) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("%s: only a loopback address is allowed", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go hs.Serve(ln)
+	go func() { <-ctx.Done(); hs.Close() }()
+	log.Info("profiles", "url", "http://"+ln.Addr().String()+"/debug/pprof/")
+	return nil
 }
