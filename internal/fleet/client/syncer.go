@@ -369,17 +369,12 @@ func roundQueue(n int64) int64 {
 
 // observeLoop polls the Observer and reports a changed live state.
 func (s *Syncer) observeLoop(ctx context.Context) {
-	if _, ok := s.opt.Applier.(Observer); !ok {
+	_, obs := s.opt.Applier.(Observer)
+	_, meas := s.opt.Applier.(Measurer)
+	if !obs && !meas {
 		return
 	}
-	t := time.NewTicker(s.opt.ObserveEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, s.opt.ObserveEvery, func() {
 		s.mu.Lock()
 		changed := false
 		for _, k := range sortedKeys(s.c.Conditions) {
@@ -394,17 +389,19 @@ func (s *Syncer) observeLoop(ctx context.Context) {
 			s.c.StatusSent = false
 			s.saveLocked()
 		}
-		connected := s.connected
+		// A status not sent yet (this change, or an earlier report that
+		// failed) goes now.
+		report := s.connected && !s.c.StatusSent
 		s.mu.Unlock()
 		if changed {
 			s.notify()
-			if connected {
-				if err := s.reportStatus(ctx); err != nil {
-					s.log.Warn("fleet: status not reported; will retry", "err", err)
-				}
+		}
+		if report {
+			if err := s.reportStatus(ctx); err != nil {
+				s.log.Warn("fleet: status not reported; will retry", "err", err)
 			}
 		}
-	}
+	})
 }
 
 // liveLoop polls Options.Live and reports the status when it changed.
@@ -412,18 +409,11 @@ func (s *Syncer) liveLoop(ctx context.Context) {
 	if s.opt.Live == nil {
 		return
 	}
-	every := s.opt.LiveEvery
-	if every <= 0 {
-		every = 30 * time.Second
+	period := s.opt.LiveEvery
+	if period <= 0 {
+		period = 30 * time.Second
 	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, period, func() {
 		live := s.opt.Live()
 		s.mu.Lock()
 		changed := !maps.Equal(live, s.live)
@@ -431,27 +421,22 @@ func (s *Syncer) liveLoop(ctx context.Context) {
 			s.live = live
 			s.c.StatusSent = false
 		}
-		connected := s.connected
+		// A status not sent yet (this change, or an earlier report that
+		// failed) goes now.
+		report := s.connected && !s.c.StatusSent
 		s.mu.Unlock()
-		if changed && connected {
+		if report {
 			if err := s.reportStatus(ctx); err != nil {
 				s.log.Warn("fleet: status not reported; will retry", "err", err)
 			}
 		}
-	}
+	})
 }
 
 // retryLoop applies again the slots that failed with ErrRetry once their
 // backoff has passed, and reports their new condition.
 func (s *Syncer) retryLoop(ctx context.Context) {
-	t := time.NewTicker(500 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, 500*time.Millisecond, func() {
 		s.mu.Lock()
 		now, tried := time.Now(), false
 		for _, key := range sortedKeys(s.retry) {
@@ -480,6 +465,20 @@ func (s *Syncer) retryLoop(ctx context.Context) {
 				s.log.Warn("fleet: status not reported; will retry", "err", err)
 			}
 		}
+	})
+}
+
+// every calls f every period until ctx ends.
+func every(ctx context.Context, period time.Duration, f func()) {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		f()
 	}
 }
 
