@@ -58,7 +58,7 @@ func TestReplicaKillUnderChanges(t *testing.T) {
 		"--servers", "https://"+addrA+",https://"+addrB, "--follow-changes", strconv.Itoa(changes), "--follow-timeout", "4m")
 	sim.Env = append(os.Environ(), env...)
 	out, _ := sim.StdoutPipe()
-	var errb bytes.Buffer
+	var errb lockedBuffer // written by exec's copier while output() reads it
 	sim.Stderr = &errb
 	if err := sim.Start(); err != nil {
 		t.Fatal(err)
@@ -115,4 +115,22 @@ func TestReplicaKillUnderChanges(t *testing.T) {
 		t.Fatalf("the simulator did not finish:\n%s\n%s", output(), logs())
 	}
 	t.Log(strings.TrimSpace(output()))
+}
+
+// lockedBuffer is a bytes.Buffer safe for one writer and concurrent readers.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

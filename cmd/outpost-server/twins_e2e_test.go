@@ -237,7 +237,16 @@ fleet: {reconnect_max: 1s}
 	agent.Wait()
 	startAgent()
 	a2 := dialDevice(t, ctx, mqttAddr, "dev-a")
-	a2.publish(ctx, "dev-a", "get", `{}`)
+	// The broker accepts devices before the fleet module has started the
+	// twin service: a get in that window has no subscriber and no answer,
+	// so the device asks again, as a shadow client does on a timeout (the
+	// cause of this test's failures under load: it asked once).
+	for i := 0; i < 30 && a2.count("get/accepted") == 0; i++ {
+		a2.publish(ctx, "dev-a", "get", `{}`)
+		for j := 0; j < 20 && a2.count("get/accepted") == 0; j++ {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
 	if g := a2.await("get/accepted", 1); !strings.Contains(g, `"reportedVersion":4`) || !strings.Contains(g, `"speed":1004`) {
 		t.Fatalf("get after kill -9: %s", g)
 	}
