@@ -36,10 +36,11 @@ const (
 	KindComponent    = "component"    // spec: a component recipe
 	KindTwin         = "twin"         // spec: desired device properties
 	KindAgentVersion = "agentversion" // spec: {"version": "..."}
+	KindNetpol       = "netpol"       // spec: the agent's netpol: section (docs/netpol.md)
 )
 
 // Kinds lists every known kind.
-var Kinds = []string{KindRuleSet, KindConfig, KindComponent, KindTwin, KindAgentVersion}
+var Kinds = []string{KindRuleSet, KindConfig, KindComponent, KindTwin, KindAgentVersion, KindNetpol}
 
 // KnownKind reports whether k is a kind the server accepts.
 func KnownKind(k string) bool {

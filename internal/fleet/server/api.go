@@ -376,6 +376,8 @@ func ValidateObject(o proto.Object) error {
 		if err := json.Unmarshal(spec["yaml"], &y); err != nil || strings.TrimSpace(y) == "" {
 			return errors.New("spec.yaml: a config fragment needs its YAML text")
 		}
+	case proto.KindNetpol:
+		return validateNetpol(o.Spec)
 	}
 	return nil
 }
