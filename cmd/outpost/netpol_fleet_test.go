@@ -25,7 +25,8 @@ import (
 // refuses names the field; one the agent refuses (a missing interface) is
 // reported and leaves the running policy; after an agent restart the
 // object's policy is back in force (it was lost: the cache said
-// "applied" and the in-memory fragment was not applied again).
+// "applied" and the in-memory fragment was not applied again); deleting
+// the object puts the file's policy back.
 func TestNetpolFleetObject(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces and BPF")
@@ -235,4 +236,7 @@ netpol:
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	// Deleting the object puts the file's policy back (allow).
+	must("objects", "delete", "netpol", "plant")
+	waitFor(t, 30*time.Second, "the file's policy back after the delete", canConnect)
 }
