@@ -343,6 +343,8 @@ func (f fleetApplier) apply(ctx context.Context, d proto.Desired) error {
 			return err
 		}
 		return f.a.applyFragment(ctx, d.Name, data)
+	case proto.KindNetpol:
+		return f.a.applyNetpolObject(ctx, d.Name, d.Spec)
 	case proto.KindTwin:
 		if f.twins == nil {
 			return errors.New("device twins are not running on this gateway")
@@ -354,6 +356,13 @@ func (f fleetApplier) apply(ctx context.Context, d proto.Desired) error {
 		return f.twins.SetDesired(d.Name, spec)
 	}
 	return fmt.Errorf("kind %q is not supported by this agent version", d.Kind)
+}
+
+// ReapplyAtStart: config fragments and netpol objects live in the agent's
+// memory only (merged over the config file), so after a restart the
+// cached ones are applied again although the cache says they were.
+func (f fleetApplier) ReapplyAtStart(kind string) bool {
+	return kind == proto.KindConfig || kind == proto.KindNetpol
 }
 
 func (f fleetApplier) fileErrors(file string) []string {
@@ -370,6 +379,8 @@ func (f fleetApplier) Remove(ctx context.Context, kind, name string) error {
 	switch kind {
 	case proto.KindConfig:
 		return f.a.applyFragment(ctx, name, nil)
+	case proto.KindNetpol:
+		return f.a.applyFragment(ctx, netpolFragment(name), nil)
 	case proto.KindComponent:
 		return f.removeComponent(ctx, name)
 	case proto.KindAgentVersion:

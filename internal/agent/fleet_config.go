@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 
 	"gopkg.in/yaml.v3"
@@ -149,4 +150,36 @@ func (a *Agent) applyFragment(ctx context.Context, name string, data []byte) err
 	}
 	a.frags.byName = next
 	return nil
+}
+
+// netpolFragment is the fragment slot of the netpol object name ("/"
+// cannot occur in an object name, so it never meets a config object).
+func netpolFragment(name string) string { return "netpol/" + name }
+
+// applyNetpolObject applies a fleet netpol object (docs/netpol.md, "From
+// the fleet"): its spec is the netpol: section, merged over the file's
+// like a config fragment (so through the same strict decoding, validation
+// and hot reload; a bad policy leaves the running one). The netpol module
+// is built at start only: the config file needs a netpol: section, even
+// an empty one. One netpol object per gateway: a second is refused.
+func (a *Agent) applyNetpolObject(ctx context.Context, name string, spec []byte) error {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(spec, &obj); err != nil || obj == nil {
+		return errors.New("spec: must be a JSON object (the netpol: section)")
+	}
+	if a.Config().Netpol == nil {
+		return errors.New("netpol: this gateway's config file has no netpol: section; add `netpol: {}` and restart it (the module is built at start)")
+	}
+	if err := a.frags.lock(ctx); err != nil {
+		return err
+	}
+	for k := range a.frags.byName {
+		if strings.HasPrefix(k, "netpol/") && k != netpolFragment(name) {
+			a.frags.unlock()
+			return fmt.Errorf("netpol: netpol object %q already applies to this gateway; one netpol object per gateway", strings.TrimPrefix(k, "netpol/"))
+		}
+	}
+	a.frags.unlock()
+	// JSON is YAML: the spec becomes the fragment's netpol: value as is.
+	return a.applyFragment(ctx, netpolFragment(name), append([]byte("netpol: "), spec...))
 }

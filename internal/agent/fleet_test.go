@@ -301,3 +301,28 @@ func TestFleetMeasureRuleErrors(t *testing.T) {
 		t.Fatalf("a removed slot still has a baseline (%d)", q0)
 	}
 }
+
+// TestNetpolObjectNeedsSection: a netpol object on a gateway whose config
+// file has no netpol: section is refused saying what to add (the module
+// is built at start only), and the running config is unchanged.
+func TestNetpolObjectNeedsSection(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "outpost.yaml")
+	os.WriteFile(path, []byte(agentConfig(dir, fmt.Sprintf(aliceUser, aliceHash))+"fleet: {}\n"), 0o600)
+	a, _ := startAgent(t, path)
+	ap := fleetApplier{a: a}
+	spec := []byte(`{"interfaces":[{"name":"eth0","rules":[{"action":"allow"}]}]}`)
+	err := ap.Apply(context.Background(), proto.Desired{Kind: proto.KindNetpol, Name: "plant", Spec: spec})
+	if err == nil || !strings.Contains(err.Error(), "no netpol: section") {
+		t.Fatalf("netpol object without a netpol section: %v", err)
+	}
+	if a.Config().Netpol != nil {
+		t.Fatal("the refused netpol object changed the config")
+	}
+	if err := ap.Apply(context.Background(), proto.Desired{Kind: proto.KindNetpol, Name: "plant", Spec: []byte(`[]`)}); err == nil || !strings.Contains(err.Error(), "spec") {
+		t.Fatalf("bad spec: %v", err)
+	}
+	if !(fleetApplier{}).ReapplyAtStart(proto.KindNetpol) || !(fleetApplier{}).ReapplyAtStart(proto.KindConfig) || (fleetApplier{}).ReapplyAtStart(proto.KindRuleSet) {
+		t.Fatal("ReapplyAtStart: config fragments and netpol objects are the in-memory kinds")
+	}
+}

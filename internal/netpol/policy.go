@@ -109,19 +109,21 @@ func (c Config) Validate() error {
 		if len(itf.Rules) > MaxRules {
 			errs = append(errs, config.Field(p+".rules", "%d rules; at most %d per interface", len(itf.Rules), MaxRules))
 		}
-		names := map[string]bool{}
+		names := make(map[string]bool, len(itf.Rules))
 		for j, r := range itf.Rules {
-			rp := fmt.Sprintf("%s.rules[%d]", p, j)
+			// The path is built only for an error: 10,000 rules validate
+			// in every update (docs/bench/netpol.md).
+			rp := func() string { return p + ".rules[" + strconv.Itoa(j) + "]" }
 			if _, err := compileRule(r); err != nil {
 				var fe *fieldError
 				if errors.As(err, &fe) {
-					errs = append(errs, config.Field(rp+"."+fe.field, "%s", fe.msg))
+					errs = append(errs, config.Field(rp()+"."+fe.field, "%s", fe.msg))
 				} else {
-					errs = append(errs, config.Field(rp, "%v", err))
+					errs = append(errs, config.Field(rp(), "%v", err))
 				}
 			}
 			if names[r.Name] {
-				errs = append(errs, config.Field(rp+".name", "duplicate rule name %q", r.Name))
+				errs = append(errs, config.Field(rp()+".name", "duplicate rule name %q", r.Name))
 			}
 			names[r.Name] = true
 		}

@@ -61,6 +61,14 @@ type retryState struct {
 	hash string // the content that failed
 }
 
+// Reapplier is an optional extension of Applier whose applied state of
+// some kinds does not outlive the process (the agent's config fragments
+// are merged over the config file in memory): the offline start applies
+// those kinds again even where the cache says they are applied.
+type Reapplier interface {
+	ReapplyAtStart(kind string) bool
+}
+
 // Observer is an optional extension of Applier: the live state of an
 // applied slot (a component's supervisor state and restarts). The Syncer
 // polls it every Options.ObserveEvery and reports the status again when it
@@ -203,7 +211,11 @@ func New(ctx context.Context, opt Options) (*Syncer, error) {
 	// Offline start: run the last desired state.
 	s.mu.Lock()
 	keys := sortedKeys(s.c.Desired)
+	ra, _ := opt.Applier.(Reapplier)
 	for _, k := range keys {
+		if ra != nil && ra.ReapplyAtStart(s.c.Desired[k].Kind) {
+			delete(s.c.Applied, k)
+		}
 		s.applyLocked(ctx, s.c.Desired[k])
 	}
 	s.saveLocked()

@@ -37,10 +37,11 @@ const (
 	KindTwin         = "twin"         // spec: desired device properties
 	KindAgentVersion = "agentversion" // spec: {"version": "..."}
 	KindFunction     = "function"     // spec: {"function": "anomaly", "version": 2} (a signed TUF target on the server)
+	KindNetpol       = "netpol"       // spec: the agent's netpol: section (docs/netpol.md)
 )
 
 // Kinds lists every known kind.
-var Kinds = []string{KindRuleSet, KindConfig, KindComponent, KindTwin, KindAgentVersion, KindFunction}
+var Kinds = []string{KindRuleSet, KindConfig, KindComponent, KindTwin, KindAgentVersion, KindFunction, KindNetpol}
 
 // KnownKind reports whether k is a kind the server accepts.
 func KnownKind(k string) bool {

@@ -379,6 +379,8 @@ func ValidateObject(o proto.Object) error {
 		}
 	case proto.KindFunction:
 		return validateFunctionSpec(spec)
+	case proto.KindNetpol:
+		return validateNetpol(o.Spec)
 	}
 	return nil
 }

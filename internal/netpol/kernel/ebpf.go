@@ -35,6 +35,18 @@ type xdpIface struct {
 	// reserved slots are counted into by an adopted generation; they are
 	// freed after the first switch.
 	reserved []uint32
+	// held[g] is what generation g of the rules map holds (nil: unknown,
+	// after a re-adoption or a failed write): an update writes only the
+	// entries of the inactive generation that differ (docs/netpol.md,
+	// "Update latency"). keys and vals are the batch's reused buffers.
+	held [2][]policyRule
+	keys []uint32
+	vals []policyRule
+	// last, lastC and lastSlot are the last applied rules, compiled, and
+	// their counter slots.
+	last     []netpol.Rule
+	lastC    []netpol.Compiled
+	lastSlot []uint32
 }
 
 const defaultSlot = 2 * netpol.MaxRules
@@ -280,8 +292,19 @@ func mask(p netip.Prefix) uint32 {
 }
 
 func (x *xdpIface) apply(itf netpol.Interface) error {
+	// A rule equal to the one at its place in the last policy is not
+	// compiled again; when every name is where it was, the counter slots
+	// are too (no name lookups, nothing to free).
 	rules := make([]netpol.Compiled, 0, len(itf.Rules))
-	for _, r := range itf.Rules {
+	sameNames := len(itf.Rules) == len(x.last)
+	for i, r := range itf.Rules {
+		if i < len(x.last) && x.last[i] == r {
+			rules = append(rules, x.lastC[i])
+			continue
+		}
+		if sameNames && x.last[i].Name != r.Name {
+			sameNames = false
+		}
 		c, err := netpol.Compile(r)
 		if err != nil {
 			return fmt.Errorf("netpol: %s: rule %s: %w", itf.Name, r.Name, err)
@@ -291,26 +314,32 @@ func (x *xdpIface) apply(itf netpol.Interface) error {
 	// Counter slots: a name kept from the running policy keeps its slot; a
 	// new name takes a free one, zeroed first. Slots of names that go away
 	// are freed only after the switch (packets may still count on them).
-	zero := make([]policyCounter, ebpf.MustPossibleCPU())
-	used := make(map[string]uint32, len(rules))
+	slots := make([]uint32, len(rules))
+	var used map[string]uint32
 	var fresh []string
-	for _, c := range rules {
-		if slot, ok := x.slots[c.Name]; ok {
-			used[c.Name] = slot
-			continue
+	if sameNames {
+		copy(slots, x.lastSlot)
+	} else {
+		zero := make([]policyCounter, ebpf.MustPossibleCPU())
+		used = make(map[string]uint32, len(rules))
+		for i, c := range rules {
+			if slot, ok := x.slots[c.Name]; ok {
+				used[c.Name], slots[i] = slot, slot
+				continue
+			}
+			if len(x.free) == 0 {
+				return fmt.Errorf("netpol: %s: out of counter slots", itf.Name)
+			}
+			slot := x.free[len(x.free)-1]
+			x.free = x.free[:len(x.free)-1]
+			if err := x.objs.Counters.Put(slot, zero); err != nil {
+				x.free = append(x.free, slot)
+				return fmt.Errorf("netpol: %s: reset counter: %w", itf.Name, err)
+			}
+			used[c.Name], slots[i] = slot, slot
+			x.slots[c.Name] = slot
+			fresh = append(fresh, c.Name)
 		}
-		if len(x.free) == 0 {
-			return fmt.Errorf("netpol: %s: out of counter slots", itf.Name)
-		}
-		slot := x.free[len(x.free)-1]
-		x.free = x.free[:len(x.free)-1]
-		if err := x.objs.Counters.Put(slot, zero); err != nil {
-			x.free = append(x.free, slot)
-			return fmt.Errorf("netpol: %s: reset counter: %w", itf.Name, err)
-		}
-		used[c.Name] = slot
-		x.slots[c.Name] = slot
-		fresh = append(fresh, c.Name)
 	}
 	undo := func() {
 		for _, n := range fresh {
@@ -320,27 +349,40 @@ func (x *xdpIface) apply(itf netpol.Interface) error {
 	}
 	next := x.gen ^ 1
 	base := next * netpol.MaxRules
-	if len(rules) > 0 {
-		keys := make([]uint32, len(rules))
-		vals := make([]policyRule, len(rules))
-		for i, c := range rules {
-			keys[i] = base + uint32(i)
-			vals[i] = policyRule{
-				Src: ipv4(c.Src.Addr()), SrcMask: mask(c.Src),
-				Dst: ipv4(c.Dst.Addr()), DstMask: mask(c.Dst),
-				SportLo: c.SPortLo, SportHi: c.SPortHi, DportLo: c.DPortLo, DportHi: c.DPortHi,
-				Proto: c.Proto, Counter: used[c.Name],
-			}
-			if c.Allow {
-				vals[i].Action = 1
-			}
+	// Diff against what the inactive generation holds (the policy before
+	// the running one): only changed entries are written, in one batch.
+	held := x.held[next]
+	x.held[next] = nil // unknown until the writes succeed
+	if cap(held) < len(rules) {
+		held = append(make([]policyRule, 0, len(rules)), held...)
+	}
+	known := len(held)
+	held = held[:len(rules)]
+	x.keys, x.vals = x.keys[:0], x.vals[:0]
+	for i, c := range rules {
+		v := policyRule{
+			Src: ipv4(c.Src.Addr()), SrcMask: mask(c.Src),
+			Dst: ipv4(c.Dst.Addr()), DstMask: mask(c.Dst),
+			SportLo: c.SPortLo, SportHi: c.SPortHi, DportLo: c.DPortLo, DportHi: c.DPortHi,
+			Proto: c.Proto, Counter: slots[i],
 		}
-		if _, err := x.objs.Rules.BatchUpdate(keys, vals, nil); err != nil {
+		if c.Allow {
+			v.Action = 1
+		}
+		if i < known && held[i] == v {
+			continue
+		}
+		held[i] = v
+		x.keys = append(x.keys, base+uint32(i))
+		x.vals = append(x.vals, v)
+	}
+	if len(x.keys) > 0 {
+		if _, err := x.objs.Rules.BatchUpdate(x.keys, x.vals, nil); err != nil {
 			// Older kernels: no batch ops on arrays.
-			for i := range keys {
-				if err := x.objs.Rules.Put(keys[i], vals[i]); err != nil {
+			for i := range x.keys {
+				if err := x.objs.Rules.Put(x.keys[i], x.vals[i]); err != nil {
 					undo()
-					return fmt.Errorf("netpol: %s: write rule %d: %w", itf.Name, i, err)
+					return fmt.Errorf("netpol: %s: write rule %d: %w", itf.Name, x.keys[i]-base, err)
 				}
 			}
 		}
@@ -380,14 +422,19 @@ func (x *xdpIface) apply(itf netpol.Interface) error {
 		return fmt.Errorf("netpol: %s: switch generation: %w", itf.Name, err)
 	}
 	x.gen = next
+	x.held[next] = held
 	x.free = append(x.free, x.reserved...)
 	x.reserved = nil
-	for n, slot := range x.slots {
-		if _, ok := used[n]; !ok {
-			delete(x.slots, n)
-			x.free = append(x.free, slot)
+	if !sameNames {
+		for n, slot := range x.slots {
+			if _, ok := used[n]; !ok {
+				delete(x.slots, n)
+				x.free = append(x.free, slot)
+			}
 		}
 	}
+	x.last = append(x.last[:0], itf.Rules...)
+	x.lastC, x.lastSlot = rules, slots
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"github.com/outpost-edge/outpost/internal/netpol"
 	"log/slog"
+	"net"
 	"os"
 	"runtime"
 	"sort"
@@ -146,6 +147,20 @@ func (m *Manager) openNFT() (*nftBackend, error) {
 func (m *Manager) Apply(cfg netpol.Config) error {
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	// Every interface must exist before anything changes: a policy naming
+	// a missing one is refused whole, and the running policy stays (the
+	// others are not detached on the way).
+	if err := m.inNS(func() error {
+		var errs []error
+		for i, itf := range cfg.Interfaces {
+			if _, err := net.InterfaceByName(itf.Name); err != nil {
+				errs = append(errs, fmt.Errorf("netpol: interfaces[%d].name: %q: no such interface here (%v)", i, itf.Name, err))
+			}
+		}
+		return errors.Join(errs...)
+	}); err != nil {
 		return err
 	}
 	m.mu.Lock()
