@@ -21,7 +21,7 @@ import (
 // digest the registry does not have is refused; the password is never in
 // the agent's log.
 func TestContainerRegistryPull(t *testing.T) {
-	e, rt := ctrEnv(t)
+	e, rt := ctrEnv(t, ctrBackends[0])
 	var logBuf syncBuffer
 	e.opts.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{t}, &logBuf), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	reg := ctrtest.StartRegistry(t)

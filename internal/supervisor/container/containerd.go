@@ -357,15 +357,30 @@ func (c *Containerd) Create(ctx context.Context, s Spec) (string, error) {
 	if s.WorkingDir != "" {
 		opts = append(opts, oci.WithProcessCwd(s.WorkingDir))
 	}
-	ctr, err := cl.NewContainer(ctx, s.Name,
+	// The ID is the name plus a random suffix: a container created again
+	// under the same name is a different container (as with the Docker
+	// API's IDs), and a leftover never blocks the name.
+	var rb [4]byte
+	_, _ = rand.Read(rb[:])
+	id := s.Name + "-" + hex.EncodeToString(rb[:])
+	ctr, err := cl.NewContainer(ctx, id,
 		containerd.WithImage(img),
-		containerd.WithNewSnapshot(s.Name, img),
+		containerd.WithNewSnapshot(id, img),
 		containerd.WithContainerLabels(s.Labels),
 		containerd.WithNewSpec(opts...))
 	if err != nil {
 		return "", wrap("create "+s.Name, err)
 	}
 	return ctr.ID(), nil
+}
+
+// containerName returns the name a container was created with (its ID
+// less the random suffix Create adds).
+func containerName(id string) string {
+	if i := strings.LastIndexByte(id, '-'); i > 0 && len(id)-i == 9 {
+		return id[:i]
+	}
+	return id
 }
 
 func (c *Containerd) logPath(id string) string {
@@ -470,7 +485,7 @@ func (c *Containerd) Inspect(ctx context.Context, id string) (Info, error) {
 	if err != nil {
 		return Info{}, wrap("inspect "+id, err)
 	}
-	info := Info{ID: id, Name: id, Image: ci.Image, Labels: ci.Labels, Status: "created"}
+	info := Info{ID: id, Name: containerName(id), Image: ci.Image, Labels: ci.Labels, Status: "created"}
 	if im, err := ctr.Image(ctx); err == nil {
 		if cfg, err := im.Config(ctx); err == nil {
 			info.Image = cfg.Digest.String()
