@@ -177,7 +177,9 @@ func (e *testEnv) inspectEnv(t *testing.T, rt container.Runtime, id string) []st
 // An exec health check runs inside the container; an OOM kill is
 // reported as such; a container ignoring SIGTERM is killed after the
 // grace period and the stop does not hang.
-func TestContainerExecHealthOOMAndStop(t *testing.T) { forEachBackend(t, testContainerExecHealthOOMAndStop) }
+func TestContainerExecHealthOOMAndStop(t *testing.T) {
+	forEachBackend(t, testContainerExecHealthOOMAndStop)
+}
 
 func testContainerExecHealthOOMAndStop(t *testing.T, b ctrBackend) {
 	e, rt := ctrEnv(t, b)
@@ -566,7 +568,9 @@ func TestContainerDaemonDown(t *testing.T) {
 
 // A new version with another image replaces the container, and the old
 // image, no longer used, is removed from the runtime.
-func TestContainerNewVersionCollectsOldImage(t *testing.T) { forEachBackend(t, testContainerNewVersionCollectsOldImage) }
+func TestContainerNewVersionCollectsOldImage(t *testing.T) {
+	forEachBackend(t, testContainerNewVersionCollectsOldImage)
+}
 
 func testContainerNewVersionCollectsOldImage(t *testing.T, b ctrBackend) {
 	e, rt := ctrEnv(t, b)
