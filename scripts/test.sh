@@ -54,7 +54,7 @@ step "go test: containerd backend (-tags containerd)"
 go vet -tags containerd ./internal/supervisor/... ./cmd/outpost/
 go run honnef.co/go/tools/cmd/staticcheck@v0.7.0 -tags containerd ./internal/supervisor/...
 go test $race -count=1 -timeout 15m -tags containerd \
-	-run '^(TestLifecycle|TestStopIgnoringTerm|TestOOM|TestBadInput|TestContainer(Component|ExecHealthOOMAndStop|BadImages|Policy|ReadoptAfterKill9|Dependencies|NewVersionCollectsOldImage))$/^containerd$' \
+	-run '^(TestContainerdUnavailable|TestLifecycle|TestStopIgnoringTerm|TestOOM|TestBadInput|TestContainer(Component|ExecHealthOOMAndStop|BadImages|Policy|ReadoptAfterKill9|Dependencies|NewVersionCollectsOldImage))$/^containerd$' \
 	./internal/supervisor/container/ ./internal/supervisor/
 
 step "third_party/mochi-mqtt-server: upstream's tests, vet, staticcheck; the patch series re-applies"
