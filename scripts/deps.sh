@@ -8,7 +8,7 @@
 #   postgresql                     the fleet store tests start a throwaway cluster (initdb + pg_ctl)
 #   prometheus                     promtool: lints a real agent's /metrics
 #   podman                         container components (its Docker Engine API service)
-#   containerd + runc              the containerd measurements (docs/components.md)
+#   containerd + runc              the containerd backend's tests (-tags containerd, a private containerd)
 #   docker-registry                a private registry for the container pull tests
 #   chromium                       the dashboard's browser tests (chromedp, headless)
 #   patch                          scripts/mochi-reapply.sh applies the mochi fork's patch series

@@ -47,6 +47,16 @@ go vet -tags functions,netpol ./internal/agent/ ./cmd/outpost/
 go run honnef.co/go/tools/cmd/staticcheck@v0.7.0 -tags functions,netpol ./internal/agent/ ./cmd/outpost/
 go test $race -count=1 -timeout 15m -tags functions,netpol -run 'Function|Netpol' ./internal/agent/ ./cmd/outpost/
 
+step "go test: containerd backend (-tags containerd)"
+# containerd's Go client adds about 9 MB, so the backend is linked only with
+# -tags containerd (docs/components.md). The shared container tests run once
+# more, against a private containerd only (podman's ran above).
+go vet -tags containerd ./internal/supervisor/... ./cmd/outpost/
+go run honnef.co/go/tools/cmd/staticcheck@v0.7.0 -tags containerd ./internal/supervisor/...
+go test $race -count=1 -timeout 15m -tags containerd \
+	-run '^(TestContainerdUnavailable|TestLifecycle|TestStopIgnoringTerm|TestOOM|TestBadInput|TestContainer(Component|ExecHealthOOMAndStop|BadImages|Policy|ReadoptAfterKill9|Dependencies|NewVersionCollectsOldImage))$/^containerd$' \
+	./internal/supervisor/container/ ./internal/supervisor/
+
 step "third_party/mochi-mqtt-server: upstream's tests, vet, staticcheck; the patch series re-applies"
 # The fork is its own module (not in ./...). -tags mochitest links upstream's
 # test-packet table (PATCHES.md, patch 2).

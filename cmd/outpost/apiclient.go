@@ -48,7 +48,7 @@ func addAPIFlags(fs *flag.FlagSet) *apiFlags {
 	f := &apiFlags{fs: fs}
 	fs.StringVar(&f.api, "api", "", "the agent's API: http://host:port or unix:///path/api.sock (default $OUTPOST_API, else the config's telemetry.socket or telemetry.address, else "+defaultAPI+")")
 	fs.StringVar(&f.token, "token", "", "API bearer token (default $OUTPOST_TOKEN, else the config's telemetry.token)")
-	fs.StringVar(&f.config, "config", defaultConfigPath, "the agent's config file, read for telemetry.address, .socket and .token")
+	fs.StringVar(&f.config, "config", defaultConfigPath, "the agent's config file, read for telemetry.address, .socket and .token (components check: for its supervisor.containers policy)")
 	return f
 }
 

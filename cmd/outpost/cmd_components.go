@@ -15,6 +15,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/outpost-edge/outpost/internal/agent"
 	"github.com/outpost-edge/outpost/internal/supervisor"
 	"github.com/outpost-edge/outpost/internal/supervisor/recipe"
 )
@@ -32,7 +33,10 @@ func runComponents(ctx context.Context, args []string) int {
 		fmt.Fprint(fs.Output(), helpText("outpost components [flags] list|status NAME|restart NAME|logs NAME|check DIR",
 			`Inspect and control the components supervised by a running agent, over its
 local HTTP API (/api/v1/components). "check" validates a recipes directory
-offline (no agent needed) and exits 2 if any recipe is invalid.
+offline (no agent needed) and exits 2 if any recipe is invalid; with
+--config it also applies the agent's container policy (mounts, privileged).
+It warns (exit 0) about costly choices: an exec health check on a container
+more often than once a minute.
 
 States: waiting, installing, install_failed, starting, running, healthy,
 unhealthy, stopping, stopped, finished, backoff, broken, invalid.`,
@@ -40,7 +44,8 @@ unhealthy, stopping, stopped, finished, backoff, broken, invalid.`,
 			"outpost components status temp-sensor",
 			"outpost components restart temp-sensor",
 			"outpost components logs -n 50 temp-sensor",
-			"outpost components check /etc/outpost/components"))
+			"outpost components check /etc/outpost/components",
+			"outpost components check --config /etc/outpost/outpost.yaml /etc/outpost/components"))
 		fs.PrintDefaults()
 	}
 	// Flags may come before or after the subcommand.
@@ -132,7 +137,15 @@ unhealthy, stopping, stopped, finished, backoff, broken, invalid.`,
 			fmt.Fprintln(os.Stderr, "outpost components check: expected a recipes directory")
 			return exitUsage
 		}
-		return checkRecipes(pos[1])
+		// check applies the agent's container policy only from a config
+		// named on the command line (--config).
+		cfgPath := ""
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name == "config" {
+				cfgPath = apiF.config
+			}
+		})
+		return checkRecipes(pos[1], cfgPath)
 	default:
 		fmt.Fprintf(os.Stderr, "outpost components: unknown subcommand %q\n", pos[0])
 		fs.Usage()
@@ -218,15 +231,48 @@ func printComponentStatus(w io.Writer, st supervisor.Status) {
 	}
 }
 
-// checkRecipes validates a recipes directory offline.
-func checkRecipes(dir string) int {
+// checkRecipes validates a recipes directory offline; with an agent
+// config it also applies the config's container policy.
+func checkRecipes(dir, cfgPath string) int {
+	var cc *supervisor.ContainersConfig
+	if cfgPath != "" {
+		cfg, err := agent.Load(cfgPath)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return exitUsage
+		}
+		c := supervisor.Config{}
+		if cfg.Supervisor != nil {
+			c = *cfg.Supervisor
+		}
+		c.SetDefaults()
+		cc = &c.Containers
+	}
 	recipes, fileErrs, err := recipe.LoadDir(dir)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return exitFailure
 	}
+	var msgs, warns []string
+	if cc != nil {
+		kept := recipes[:0]
+		for _, r := range recipes {
+			if err := supervisor.CheckContainerPolicy(r, *cc); err != nil {
+				for _, e := range unjoin(err) {
+					msgs = append(msgs, e.Error())
+				}
+				continue
+			}
+			kept = append(kept, r)
+		}
+		recipes = kept
+	}
+	for _, r := range recipes {
+		for _, w := range supervisor.ContainerWarnings(r) {
+			warns = append(warns, "warning: "+w.Error())
+		}
+	}
 	g, rejected := recipe.Resolve(recipes)
-	var msgs []string
 	for _, e := range fileErrs {
 		msgs = append(msgs, e.Error())
 	}
@@ -234,12 +280,21 @@ func checkRecipes(dir string) int {
 		msgs = append(msgs, e.Error())
 	}
 	sort.Strings(msgs)
-	for _, m := range msgs {
+	sort.Strings(warns)
+	for _, m := range append(msgs, warns...) {
 		fmt.Fprintln(os.Stderr, m)
 	}
-	fmt.Printf("%d valid components (start order: %s), %d problems\n", g.Len(), strings.Join(g.Order(), ", "), len(msgs))
+	fmt.Printf("%d valid components (start order: %s), %d problems, %d warnings\n", g.Len(), strings.Join(g.Order(), ", "), len(msgs), len(warns))
 	if len(msgs) > 0 {
 		return exitUsage
 	}
 	return exitOK
+}
+
+// unjoin splits an errors.Join into its errors.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }

@@ -20,12 +20,20 @@ import (
 // check: exec inside the container (exec create + start + inspect) or an
 // HTTP GET on the host network. Compare with BenchmarkStartToHealthy
 // (native) in the same run.
+//
+// Every backend of this build runs (docker = podman; containerd with
+// -tags containerd): runtime=docker/health=http and so on.
 func BenchmarkContainerStartToHealthy(b *testing.B) {
+	for _, be := range ctrBackends {
+		b.Run("runtime="+be.name, func(b *testing.B) { benchContainerStartToHealthy(b, be) })
+	}
+}
+
+func benchContainerStartToHealthy(b *testing.B, be ctrBackend) {
 	for _, kind := range []string{"exec", "http"} {
 		b.Run("health="+kind, func(b *testing.B) {
-			sock := ctrtest.Podman(b)
 			e := newBenchEnv(b)
-			e.cfg.Containers.Socket = sock
+			be.setup(b, &e.cfg.Containers)
 			e.start()
 			a := ctrtest.AppImage(b, "localhost/outpost-bench/start:1", "bench-"+kind)
 			a.Write(b, filepath.Join(e.dir, "app.tar"))

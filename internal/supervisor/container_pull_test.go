@@ -21,7 +21,7 @@ import (
 // digest the registry does not have is refused; the password is never in
 // the agent's log.
 func TestContainerRegistryPull(t *testing.T) {
-	e, rt := ctrEnv(t)
+	e, rt := ctrEnv(t, ctrBackends[0])
 	var logBuf syncBuffer
 	e.opts.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{t}, &logBuf), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	reg := ctrtest.StartRegistry(t)
@@ -99,11 +99,17 @@ func TestContainersConfigPullValidate(t *testing.T) {
 		{"duplicate", ContainersConfig{Registries: []RegistryCredential{ok, ok}}, `containers.registries[1].host: "registry.example.com:5000" is also registries[0]`},
 		{"no user", ContainersConfig{Registries: []RegistryCredential{{Host: "r", PasswordSecret: "p"}}}, "containers.registries[0].username: required"},
 		{"secret path", ContainersConfig{Registries: []RegistryCredential{{Host: "r", Username: "u", PasswordSecret: "../etc/shadow"}}}, "containers.registries[0].password_secret"},
+		{"runtime", ContainersConfig{Runtime: "rkt"}, `containers.runtime: "rkt": want docker or containerd`},
+		{"namespace for docker", ContainersConfig{Runtime: RuntimeDocker, Namespace: "x"}, "containers.namespace: only for runtime containerd"},
+		{"bad namespace", ContainersConfig{Runtime: RuntimeContainerd, Namespace: "-x"}, `containers.namespace: "-x"`},
 	} {
 		errs := tc.cc.validate()
 		got := ""
 		for _, e := range errs {
 			got += e.Error() + "\n"
+		}
+		if tc.cc.Runtime == RuntimeContainerd && !containerdBuilt && !strings.Contains(got, "built without containerd support") {
+			t.Errorf("%s: errors %q do not say the binary lacks containerd", tc.name, got)
 		}
 		if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
 			t.Errorf("%s: errors %q, want %q", tc.name, got, tc.want)

@@ -26,10 +26,18 @@ import (
 // container components reach the host's container runtime and what they
 // may ask of the host.
 type ContainersConfig struct {
-	// Socket is the Docker Engine API socket (Docker, Moby, `podman
-	// system service`). Empty: the first that exists of DefaultSockets,
-	// looked up at every start.
+	// Runtime is the API the agent speaks: "docker" (default; the Docker
+	// Engine API of Docker, Moby, `podman system service`) or
+	// "containerd" (containerd's gRPC API; only in binaries built with
+	// -tags containerd).
+	Runtime string `yaml:"runtime"`
+	// Socket is the runtime's socket. Empty: for docker the first that
+	// exists of DefaultSockets, looked up at every start; for containerd
+	// /run/containerd/containerd.sock.
 	Socket string `yaml:"socket"`
+	// Namespace is the containerd namespace the agent's containers and
+	// images live in (default "outpost"); containerd only.
+	Namespace string `yaml:"namespace"`
 	// HostPaths are the host paths (and everything below them) that
 	// recipes may mount. A recipe mounting any other absolute host path is
 	// refused.
@@ -84,10 +92,37 @@ func (c *ContainersConfig) setDefaults() {
 	if c.Pull == "" {
 		c.Pull = PullMissing
 	}
+	if c.Runtime == "" {
+		c.Runtime = RuntimeDocker
+	}
+	if c.Runtime == RuntimeContainerd && c.Namespace == "" {
+		c.Namespace = "outpost"
+	}
 }
+
+// Container runtimes (ContainersConfig.Runtime).
+const (
+	RuntimeDocker     = "docker"
+	RuntimeContainerd = "containerd"
+)
 
 func (c ContainersConfig) validate() []error {
 	var errs []error
+	switch c.Runtime {
+	case "", RuntimeDocker:
+		if c.Namespace != "" {
+			errs = append(errs, fmt.Errorf("containers.namespace: only for runtime containerd"))
+		}
+	case RuntimeContainerd:
+		if !containerdBuilt {
+			errs = append(errs, fmt.Errorf("containers.runtime: containerd: this outpost binary was built without containerd support (build with -tags containerd)"))
+		}
+		if c.Namespace != "" && !validNamespace(c.Namespace) {
+			errs = append(errs, fmt.Errorf("containers.namespace: %q: want 1-76 of a-z A-Z 0-9 . _ -, starting with a letter or digit", c.Namespace))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("containers.runtime: %q: want %s or %s", c.Runtime, RuntimeDocker, RuntimeContainerd))
+	}
 	if c.Socket != "" && !filepath.IsAbs(c.Socket) {
 		errs = append(errs, fmt.Errorf("containers.socket: must be an absolute path"))
 	}
@@ -124,6 +159,21 @@ func (c ContainersConfig) validate() []error {
 	return errs
 }
 
+// validNamespace reports whether n is a valid containerd namespace
+// (containerd's own rule: a label-like identifier).
+func validNamespace(n string) bool {
+	if len(n) == 0 || len(n) > 76 {
+		return false
+	}
+	for i, r := range n {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || i > 0 && (r == '.' || r == '_' || r == '-')
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
 // ContainerStatus describes a container component's current container.
 type ContainerStatus struct {
 	ID         string  `json:"id,omitempty"`
@@ -155,6 +205,18 @@ func (s *Supervisor) runtime() (container.Runtime, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sock := s.cfg.Containers.Socket
+	if s.cfg.Containers.Runtime == RuntimeContainerd {
+		ns := s.cfg.Containers.Namespace
+		key := "containerd " + sock + " " + ns
+		if s.rt == nil || s.rtSocket != key {
+			rt, err := newContainerd(sock, ns, filepath.Join(s.cfg.StateDir, ".containerd"))
+			if err != nil {
+				return nil, err
+			}
+			s.rt, s.rtSocket = rt, key
+		}
+		return s.rt, nil
+	}
 	if sock == "" {
 		for _, p := range DefaultSockets {
 			if _, err := os.Stat(p); err == nil {
@@ -190,6 +252,34 @@ func (s *Supervisor) ownLabels() map[string]string {
 // checkContainerPolicy refuses what the agent config does not allow:
 // host paths outside containers.host_paths, privileged mode.
 func (s *Supervisor) checkContainerPolicy(r *recipe.Recipe, cc ContainersConfig) error {
+	return CheckContainerPolicy(r, cc)
+}
+
+// ExecCheckMinInterval is the shortest interval ContainerWarnings accepts
+// for an exec health check of a container: podman keeps every exec
+// session's conmon (2-3 MB) for 5 minutes after the command ends, so a
+// check every 10 s holds about 30 of them per container.
+const ExecCheckMinInterval = time.Minute
+
+// ContainerWarnings returns advice about a recipe that is valid but
+// costly: an exec health check on a container more often than
+// ExecCheckMinInterval. Each is located like a recipe error.
+func ContainerWarnings(r *recipe.Recipe) []error {
+	if r.Kind != recipe.KindContainer || r.Health == nil || r.Health.Kind != recipe.HealthExec {
+		return nil
+	}
+	if r.Health.Interval >= ExecCheckMinInterval {
+		return nil
+	}
+	return []error{r.ErrorAt("health.interval", fmt.Errorf("an exec check on a container every %s: through podman each exec keeps a conmon process (2-3 MB) for 5 minutes, about %d per container; prefer an http or mqtt check, or an interval of at least %s",
+		r.Health.Interval, int((5*time.Minute)/max(r.Health.Interval, time.Second)), ExecCheckMinInterval))}
+}
+
+// CheckContainerPolicy refuses what an agent's containers section does
+// not allow: host paths outside host_paths, privileged mode for a
+// component not in allow_privileged. The errors are located in the
+// recipe (file:line:column).
+func CheckContainerPolicy(r *recipe.Recipe, cc ContainersConfig) error {
 	if r.Container == nil {
 		return nil
 	}

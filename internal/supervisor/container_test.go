@@ -20,14 +20,48 @@ import (
 	"github.com/outpost-edge/outpost/internal/supervisor/container/ctrtest"
 )
 
+// ctrBackend is a container runtime the shared container tests run
+// against: docker (the package's podman service) always, containerd in
+// builds with -tags containerd (container_containerd_test.go).
+type ctrBackend struct {
+	name string
+	// setup points cc at the backend's runtime and returns a client of
+	// the same runtime for the test's own checks.
+	setup func(tb testing.TB, cc *ContainersConfig) container.Runtime
+}
+
+var ctrBackends = []ctrBackend{{"docker", func(tb testing.TB, cc *ContainersConfig) container.Runtime {
+	sock := ctrtest.Podman(tb)
+	cc.Socket = sock
+	return container.NewDocker(sock)
+}}}
+
+// forEachBackend runs body as a subtest per backend.
+func forEachBackend(t *testing.T, body func(t *testing.T, b ctrBackend)) {
+	for _, b := range ctrBackends {
+		t.Run(b.name, func(t *testing.T) { body(t, b) })
+	}
+}
+
+// yaml returns the containers section for cc as a flow mapping.
+func containersYAML(cc ContainersConfig) string {
+	s := "{socket: " + cc.Socket
+	if cc.Runtime != "" {
+		s += ", runtime: " + cc.Runtime
+	}
+	if cc.Namespace != "" {
+		s += ", namespace: " + cc.Namespace
+	}
+	return s + "}"
+}
+
 // ctrEnv is a test supervisor whose container components run through the
-// package's podman service.
-func ctrEnv(t *testing.T) (*testEnv, container.Runtime) {
+// backend's runtime.
+func ctrEnv(t *testing.T, b ctrBackend) (*testEnv, container.Runtime) {
 	t.Helper()
-	sock := ctrtest.Podman(t)
 	e := newEnv(t)
-	e.cfg.Containers.Socket = sock
-	return e, container.NewDocker(sock)
+	rt := b.setup(t, &e.cfg.Containers)
+	return e, rt
 }
 
 // ctrRecipe writes the app image archive next to the recipes and returns
@@ -74,8 +108,10 @@ func ctrList(t *testing.T, rt container.Runtime, s *Supervisor, component string
 // mounted socket with its own credentials (its MQTT heartbeat makes it
 // healthy), its output reaches the log, it is restarted when it dies, and
 // stopping the supervisor removes it.
-func TestContainerComponent(t *testing.T) {
-	e, rt := ctrEnv(t)
+func TestContainerComponent(t *testing.T) { forEachBackend(t, testContainerComponent) }
+
+func testContainerComponent(t *testing.T, b ctrBackend) {
+	e, rt := ctrEnv(t, b)
 	bus := startBus(t)
 	e.opts.Identity, e.opts.Bus, e.opts.Publisher = busIdentity{bus}, bus, bus
 	body, _ := e.ctrRecipe("hb", []string{"mqtt"}, "health:\n  mqtt: components/hb/heartbeat\n  interval: 2s\nrestart:\n  policy: always\n  initial_backoff: 100ms\n")
@@ -142,7 +178,11 @@ func (e *testEnv) inspectEnv(t *testing.T, rt container.Runtime, id string) []st
 // reported as such; a container ignoring SIGTERM is killed after the
 // grace period and the stop does not hang.
 func TestContainerExecHealthOOMAndStop(t *testing.T) {
-	e, rt := ctrEnv(t)
+	forEachBackend(t, testContainerExecHealthOOMAndStop)
+}
+
+func testContainerExecHealthOOMAndStop(t *testing.T, b ctrBackend) {
+	e, rt := ctrEnv(t, b)
 	e.cfg.GracePeriod = config.Duration(time.Second)
 	body, _ := e.ctrRecipe("ready", []string{"touch", "/var/lib/outpost/data/ready"}, "health:\n  exec: [/app, check, /var/lib/outpost/data/ready]\n")
 	e.write("ready", body)
@@ -206,8 +246,10 @@ func TestContainerRuntimeMissing(t *testing.T) {
 // archive's, an archive that does not load, an image neither in the
 // runtime nor in an archive. An archive whose sha256 differs from the
 // recipe's is rejected when the recipe is loaded.
-func TestContainerBadImages(t *testing.T) {
-	e, _ := ctrEnv(t)
+func TestContainerBadImages(t *testing.T) { forEachBackend(t, testContainerBadImages) }
+
+func testContainerBadImages(t *testing.T, b ctrBackend) {
+	e, _ := ctrEnv(t, b)
 	e.cfg.Containers.Pull = PullNever // "missing" has no archive and may not be pulled
 	other := "sha256:" + strings.Repeat("ab", 32)
 	body, a := e.ctrRecipe("wrongdigest", []string{"sleep"}, "")
@@ -266,8 +308,10 @@ func regexpReplaceSHA(body, sum string) string {
 
 // Host paths outside the agent's allowed list and privileged mode are
 // refused with file:line:col; an allowed host path is mounted.
-func TestContainerPolicy(t *testing.T) {
-	e, _ := ctrEnv(t)
+func TestContainerPolicy(t *testing.T) { forEachBackend(t, testContainerPolicy) }
+
+func testContainerPolicy(t *testing.T, b ctrBackend) {
+	e, rtc := ctrEnv(t, b)
 	allowed := filepath.Join(e.dir, "shared")
 	if err := os.MkdirAll(allowed, 0o755); err != nil {
 		t.Fatal(err)
@@ -295,7 +339,7 @@ func TestContainerPolicy(t *testing.T) {
 		return err == nil
 	})
 	ok := e.waitState("hostok", 30*time.Second, StateRunning)
-	if env := strings.Join(e.inspectEnv(t, container.NewDocker(e.cfg.Containers.Socket), ok.Container.ID), "\n"); !strings.Contains(env, "API_TOKEN="+secret+"\n") {
+	if env := strings.Join(e.inspectEnv(t, rtc, ok.Container.ID), "\n"); !strings.Contains(env, "API_TOKEN="+secret+"\n") {
 		t.Fatalf("secret not in the container's environment:\n%s", env)
 	}
 	if strings.Contains(logBuf.String(), secret) {
@@ -312,19 +356,19 @@ func TestContainerPolicy(t *testing.T) {
 // Kill -9 the agent: its container keeps running and the restarted agent
 // re-adopts it (same container, no duplicate) instead of starting another.
 // Removing the recipe then removes the container and its image.
-func TestContainerReadoptAfterKill9(t *testing.T) {
-	sockRT := ctrtest.Podman(t)
-	rt := container.NewDocker(sockRT)
+func TestContainerReadoptAfterKill9(t *testing.T) { forEachBackend(t, testContainerReadoptAfterKill9) }
+
+func testContainerReadoptAfterKill9(t *testing.T, b ctrBackend) {
+	e, rt := ctrEnv(t, b)
 	bin := buildTestAgent(t)
-	e := newEnv(t)
 	body, a := e.ctrRecipe("keep", []string{"tick"}, "")
 	e.write("keep", body)
 	sockDir, _ := os.MkdirTemp("", "opagent")
 	defer os.RemoveAll(sockDir)
 	api := filepath.Join(sockDir, "api.sock")
 	state := filepath.Join(e.dir, "state")
-	cfg := fmt.Sprintf("recipes_dir: %s\nstate_dir: %s\nlog_dir: %s\ngrace_period: 2s\ncgroup: {mode: none}\ncontainers: {socket: %s}\n",
-		e.recipes, state, filepath.Join(e.dir, "logs"), sockRT)
+	cfg := fmt.Sprintf("recipes_dir: %s\nstate_dir: %s\nlog_dir: %s\ngrace_period: 2s\ncgroup: {mode: none}\ncontainers: %s\n",
+		e.recipes, state, filepath.Join(e.dir, "logs"), containersYAML(e.cfg.Containers))
 	cfgPath := filepath.Join(e.dir, "cfg.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -429,8 +473,10 @@ func TestContainerReadoptAfterKill9(t *testing.T) {
 // container waits for its native hard dependency, a native component for
 // its container dependency, and a restart of the native base restarts
 // the chain.
-func TestContainerDependencies(t *testing.T) {
-	e, _ := ctrEnv(t)
+func TestContainerDependencies(t *testing.T) { forEachBackend(t, testContainerDependencies) }
+
+func testContainerDependencies(t *testing.T, b ctrBackend) {
+	e, _ := ctrEnv(t, b)
 	e.write("base", helperRecipe("base", "sleep", ""))
 	body, _ := e.ctrRecipe("mid", []string{"sleep"}, "depends_on: [base]\n")
 	e.write("mid", body)
@@ -523,7 +569,11 @@ func TestContainerDaemonDown(t *testing.T) {
 // A new version with another image replaces the container, and the old
 // image, no longer used, is removed from the runtime.
 func TestContainerNewVersionCollectsOldImage(t *testing.T) {
-	e, rt := ctrEnv(t)
+	forEachBackend(t, testContainerNewVersionCollectsOldImage)
+}
+
+func testContainerNewVersionCollectsOldImage(t *testing.T, b ctrBackend) {
+	e, rt := ctrEnv(t, b)
 	body, a1 := e.ctrRecipe("ver", []string{"sleep"}, "")
 	e.write("ver", body)
 	s := e.start()

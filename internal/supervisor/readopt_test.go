@@ -26,7 +26,7 @@ func buildTestAgent(t testing.TB) string {
 		t.Skip("the go tool is needed to build the test agent")
 	}
 	out := filepath.Join(t.TempDir(), "testagent")
-	cmd := exec.Command(goBin, "build", "-o", out, "./testagent")
+	cmd := exec.Command(goBin, "build", "-tags", strings.Join(buildTags, ","), "-o", out, "./testagent")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build testagent: %v\n%s", err, b)
 	}
@@ -191,3 +191,7 @@ func keys(m map[int]bool) []int {
 	sort.Ints(out)
 	return out
 }
+
+// buildTags are the build tags of this test binary, for the test agent
+// (container_containerd_test.go adds containerd).
+var buildTags []string

@@ -62,8 +62,9 @@ func loadApp(t *testing.T, rt container.Runtime, tag string) ctrtest.Archive {
 	return a
 }
 
-func TestDockerLifecycle(t *testing.T) {
-	rt := container.NewDocker(ctrtest.Podman(t))
+func TestLifecycle(t *testing.T) { forEachRuntime(t, testLifecycle) }
+
+func testLifecycle(t *testing.T, rt container.Runtime) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if err := rt.Ping(ctx); err != nil {
@@ -156,8 +157,9 @@ func TestDockerLifecycle(t *testing.T) {
 
 // A PID 1 that ignores SIGTERM is killed after the grace period; Stop
 // returns shortly after it.
-func TestDockerStopIgnoringTerm(t *testing.T) {
-	rt := container.NewDocker(ctrtest.Podman(t))
+func TestStopIgnoringTerm(t *testing.T) { forEachRuntime(t, testStopIgnoringTerm) }
+
+func testStopIgnoringTerm(t *testing.T, rt container.Runtime) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	a := loadApp(t, rt, "localhost/outpost-test/ignore:1")
@@ -201,8 +203,9 @@ func TestDockerStopIgnoringTerm(t *testing.T) {
 	}
 }
 
-func TestDockerOOM(t *testing.T) {
-	rt := container.NewDocker(ctrtest.Podman(t))
+func TestOOM(t *testing.T) { forEachRuntime(t, testOOM) }
+
+func testOOM(t *testing.T, rt container.Runtime) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	a := loadApp(t, rt, "localhost/outpost-test/oom:1")
@@ -236,8 +239,9 @@ func TestDockerOOM(t *testing.T) {
 	}
 }
 
-func TestDockerBadInput(t *testing.T) {
-	rt := container.NewDocker(ctrtest.Podman(t))
+func TestBadInput(t *testing.T) { forEachRuntime(t, testBadInput) }
+
+func testBadInput(t *testing.T, rt container.Runtime) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := rt.Image(ctx, "localhost/outpost-test/missing:1"); !errors.Is(err, container.ErrNotFound) {

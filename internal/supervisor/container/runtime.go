@@ -4,6 +4,7 @@
 // # Usage
 //
 //	rt := container.NewDocker("/run/podman/podman.sock") // Docker Engine API: Docker, Moby, podman
+//	// or, with -tags containerd: container.NewContainerd(sock, "outpost", logDir)
 //	if err := rt.Ping(ctx); err != nil { ... }          // errors.Is(err, container.ErrUnavailable)
 //	_ = rt.LoadImage(ctx, archive)                       // docker-archive or oci-archive tar
 //	id, _ := rt.Create(ctx, container.Spec{...})
@@ -20,7 +21,10 @@
 //     missing, daemon down), ErrNotFound for a missing container or image,
 //     so callers can tell "wait for the runtime" from "this is wrong".
 //   - Nothing here logs: request bodies carry secrets (environment).
-//   - Only the standard library is used (net/http over a unix socket).
+//   - The Docker Engine API backend (Docker) uses only the standard
+//     library (net/http over a unix socket). The containerd backend
+//     (Containerd, containerd.go) uses containerd's Go client and exists
+//     only in builds with -tags containerd: it adds about 9 MB.
 package container
 
 import (

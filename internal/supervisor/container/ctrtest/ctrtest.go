@@ -70,11 +70,14 @@ func Podman(tb testing.TB) string {
 	return podman.Socket
 }
 
-// Shutdown stops the package's podman service (if started), removing its
-// containers and storage.
+// Shutdown stops the package's podman service and containerd (those
+// started), removing their containers and storage.
 func Shutdown() {
 	if podman != nil {
 		podman.Stop()
+	}
+	if ctrd != nil {
+		ctrd.Stop()
 	}
 }
 
