@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/outpost-edge/outpost/internal/netpol"
 	"log/slog"
 	"net"
 	"net/http"
@@ -47,6 +48,12 @@ type Options struct {
 	// Runtime runs kind: container components; nil: the Docker Engine
 	// API at supervisor.containers.socket (or a default socket).
 	Runtime container.Runtime
+	// Egress enforces recipes' `egress:` lists; nil: a component that
+	// declares egress is not started (fail closed, ErrNoEgress).
+	Egress EgressEnforcer
+	// EgressAlways is allowed to every component with an egress list:
+	// the local broker's listeners.
+	EgressAlways []netpol.EgressAllow
 }
 
 // Supervisor runs components declared by recipes. It implements

@@ -44,6 +44,8 @@ type egressComp struct {
 	fd    *os.File
 	links []link.Link
 	allow []netpol.EgressAllow
+	// foreign: dir is the supervisor's group, not removed by Egress
+	foreign bool
 }
 
 const maxEgressComponents = 256
@@ -116,9 +118,12 @@ func (e *Egress) unmount() {
 // Set installs (or replaces) a component's allow list and returns its
 // group's directory descriptor: start the component's processes in it
 // (syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(fd.Fd())}). The
-// descriptor stays owned by Egress. A replaced list takes effect for the
-// next connect; open connections are not touched.
-func (e *Egress) Set(component string, allow []netpol.EgressAllow) (*os.File, error) {
+// descriptor stays owned by Egress. dir is the component's own cgroup2
+// group when the supervisor has one (cgroup v2 hosts): the programs are
+// attached there and Set returns nil; "" makes a group in Egress's
+// hierarchy. A replaced list takes effect for the next connect; open
+// connections are not touched.
+func (e *Egress) Set(component, dir string, allow []netpol.EgressAllow) (*os.File, error) {
 	if len(allow) > netpol.MaxEgress {
 		return nil, fmt.Errorf("netpol: egress %s: %d entries; at most %d", component, len(allow), netpol.MaxEgress)
 	}
@@ -130,7 +135,7 @@ func (e *Egress) Set(component string, allow []netpol.EgressAllow) (*os.File, er
 			return nil, fmt.Errorf("netpol: egress %s: more than %d components", component, maxEgressComponents)
 		}
 		var err error
-		if c, err = e.attach(component); err != nil {
+		if c, err = e.attach(component, dir); err != nil {
 			return nil, err
 		}
 	}
@@ -146,13 +151,19 @@ func (e *Egress) Set(component string, allow []netpol.EgressAllow) (*os.File, er
 		return nil, fmt.Errorf("netpol: egress %s: %w", component, err)
 	}
 	c.allow = append([]netpol.EgressAllow(nil), allow...)
+	if c.foreign {
+		return nil, nil
+	}
 	return c.fd, nil
 }
 
-func (e *Egress) attach(component string) (*egressComp, error) {
-	dir := filepath.Join(e.root, component)
-	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-		return nil, fmt.Errorf("netpol: egress %s: %w", component, err)
+func (e *Egress) attach(component, dir string) (*egressComp, error) {
+	foreign := dir != ""
+	if !foreign {
+		dir = filepath.Join(e.root, component)
+		if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("netpol: egress %s: %w", component, err)
+		}
 	}
 	fd, err := os.Open(dir)
 	if err != nil {
@@ -163,7 +174,11 @@ func (e *Egress) attach(component string) (*egressComp, error) {
 		fd.Close()
 		return nil, fmt.Errorf("netpol: egress %s: %w", component, err)
 	}
-	c := &egressComp{idx: e.free[len(e.free)-1], dir: dir, fd: fd}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		fd.Close()
+		return nil, fmt.Errorf("netpol: egress %s: %s is not a cgroup directory", component, dir)
+	}
+	c := &egressComp{idx: e.free[len(e.free)-1], dir: dir, fd: fd, foreign: foreign}
 	// Count 0 (refuse everything) until Set writes the list: a process
 	// started in the group before that is never unrestricted.
 	if err := e.objs.ComponentSettings.Put(c.idx, egressEgressComponent{}); err != nil {
@@ -252,8 +267,10 @@ func (e *Egress) remove(component string, c *egressComp) error {
 		e.objs.Components.Delete(uint64(st.Ino))
 	}
 	c.fd.Close()
-	if err := os.Remove(c.dir); err != nil {
-		errs = append(errs, fmt.Errorf("netpol: egress %s: remove group: %w", component, err))
+	if !c.foreign { // the supervisor removes its own groups
+		if err := os.Remove(c.dir); err != nil {
+			errs = append(errs, fmt.Errorf("netpol: egress %s: remove group: %w", component, err))
+		}
 	}
 	var k egressEgressDeniedKey
 	var stale []egressEgressDeniedKey

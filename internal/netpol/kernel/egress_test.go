@@ -141,12 +141,12 @@ func TestEgressRealProcesses(t *testing.T) {
 		}
 		allow = append(allow, a...)
 	}
-	fd, err := e.Set("probe", allow)
+	fd, err := e.Set("probe", "", allow)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// A second component with no entries: everything refused.
-	fdNone, err := e.Set("closed", nil)
+	fdNone, err := e.Set("closed", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +232,7 @@ func TestEgressRealProcesses(t *testing.T) {
 
 	// Replacing the list takes effect for the next connect.
 	a, _ := netpol.CompileEgress(netpol.Egress{Host: "127.0.0.1", Port: fmt.Sprint(undeclared4), Proto: "tcp"}, nil)
-	if _, err := e.Set("probe", a); err != nil {
+	if _, err := e.Set("probe", "", a); err != nil {
 		t.Fatal(err)
 	}
 	got = runProbe(t, fd, []string{fmt.Sprintf("tcp 127.0.0.1:%d", undeclared4), fmt.Sprintf("tcp 127.0.0.1:%d", allowed4)})
