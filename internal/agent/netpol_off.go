@@ -8,6 +8,7 @@ import (
 
 	"github.com/outpost-edge/outpost/internal/module"
 	"github.com/outpost-edge/outpost/internal/netpol"
+	"github.com/outpost-edge/outpost/internal/supervisor"
 )
 
 // newNetpol in a build without the netpol tag: a netpol section is refused
@@ -28,3 +29,7 @@ func (netpolOff) Stop(context.Context) error                 { return nil }
 func (netpolOff) Health() module.Status {
 	return module.Status{State: module.StateFailed, Detail: errNoNetpol.Error()}
 }
+
+// newEgress in a build without the netpol tag: no enforcement, so a
+// recipe that declares egress is not started (supervisor.ErrNoEgress).
+func (a *Agent) newEgress() supervisor.EgressEnforcer { return nil }

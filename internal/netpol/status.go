@@ -25,5 +25,5 @@ type Status struct {
 	// Egress is each supervised component's egress counters (components
 	// whose recipe declares egress).
 	Egress map[string]EgressStatus `json:"egress,omitempty"`
-	Error      string           `json:"error,omitempty"`
+	Error  string                  `json:"error,omitempty"`
 }

@@ -41,7 +41,10 @@ func (c *component) egressFor(ctx context.Context, r *recipe.Recipe, g *cgroup.G
 	if enf == nil {
 		return nil, ErrNoEgress
 	}
-	allow := append([]netpol.EgressAllow(nil), c.s.opts.EgressAlways...)
+	var allow []netpol.EgressAllow
+	if f := c.s.opts.EgressAlways; f != nil {
+		allow = append(allow, f()...)
+	}
 	resolve := func(host string) ([]netip.Addr, error) {
 		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()

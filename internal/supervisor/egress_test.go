@@ -55,7 +55,7 @@ func TestEgressSupervisedComponent(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.opts.Egress = eg
-	e.opts.EgressAlways = brokerAllow
+	e.opts.EgressAlways = func() []netpol.EgressAllow { return brokerAllow }
 	out := filepath.Join(e.dir, "out.txt")
 	try := func(port int) string {
 		return fmt.Sprintf("(exec 3<>/dev/tcp/127.0.0.1/%d && echo ok-%d || echo refused-%d) >>%s 2>&1; ", port, port, port, out)

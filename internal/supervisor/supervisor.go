@@ -51,9 +51,9 @@ type Options struct {
 	// Egress enforces recipes' `egress:` lists; nil: a component that
 	// declares egress is not started (fail closed, ErrNoEgress).
 	Egress EgressEnforcer
-	// EgressAlways is allowed to every component with an egress list:
-	// the local broker's listeners.
-	EgressAlways []netpol.EgressAllow
+	// EgressAlways returns what every component with an egress list may
+	// reach: the local broker's listeners (asked at each start).
+	EgressAlways func() []netpol.EgressAllow
 }
 
 // Supervisor runs components declared by recipes. It implements
