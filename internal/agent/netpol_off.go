@@ -32,4 +32,7 @@ func (netpolOff) Health() module.Status {
 
 // newEgress in a build without the netpol tag: no enforcement, so a
 // recipe that declares egress is not started (supervisor.ErrNoEgress).
-func (a *Agent) newEgress() supervisor.EgressEnforcer { return nil }
+func (a *Agent) newEgress() supervisor.EgressEnforcer {
+	a.egress = nil
+	return nil
+}
