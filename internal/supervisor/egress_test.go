@@ -86,6 +86,15 @@ func TestEgressSupervisedComponent(t *testing.T) {
 	if _, ok := st["d"]; !ok {
 		t.Errorf("d (egress: []) has no egress group: %v", st)
 	}
+	// A removed component's group and counters go away.
+	if err := os.Remove(filepath.Join(e.recipes, "d.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "d's egress group removed", func() bool {
+		st, err := eg.Status()
+		_, ok := st["d"]
+		return err == nil && !ok
+	})
 }
 
 func TestEgressFailsClosed(t *testing.T) {

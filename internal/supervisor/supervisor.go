@@ -628,6 +628,11 @@ func (s *Supervisor) Reload(ctx context.Context) error {
 		pub := s.pub
 		s.mu.Unlock()
 		_ = c.group.Remove()
+		if eg := s.opts.Egress; eg != nil {
+			if err := eg.Remove(c.name); err != nil {
+				s.log.Warn("remove egress group", "component", c.name, "err", err)
+			}
+		}
 		if pub != nil {
 			pub.send(StateTopic(c.name), nil)
 		}
