@@ -117,6 +117,35 @@ func printNetpol(st netpol.Status, counters bool) {
 		}
 	}
 	tw.Flush()
+	printEgress(st.Egress)
+}
+
+// printEgress shows each component's egress counters and, per refused
+// destination, how often it was refused.
+func printEgress(eg map[string]netpol.EgressStatus) {
+	if len(eg) == 0 {
+		return
+	}
+	comps := make([]string, 0, len(eg))
+	for c := range eg {
+		comps = append(comps, c)
+	}
+	sort.Strings(comps)
+	fmt.Println("egress:")
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	for _, c := range comps {
+		e := eg[c]
+		fmt.Fprintf(tw, "  %s\tallowed %d\trefused %d\n", c, e.Allowed, e.Denied)
+		dests := make([]string, 0, len(e.Destinations))
+		for d := range e.Destinations {
+			dests = append(dests, d)
+		}
+		sort.Strings(dests)
+		for _, d := range dests {
+			fmt.Fprintf(tw, "  %s\trefused %s\t%d\n", c, d, e.Destinations[d])
+		}
+	}
+	tw.Flush()
 }
 
 func orDash(s string) string {

@@ -66,6 +66,7 @@ type Agent struct {
 	Supervisor *supervisor.Supervisor
 	Uplink     *uplink.Uplink
 	Netpol     module.Typed[netpol.Config]
+	egress     egressStatus // netpol egress (netpol builds), nil otherwise
 	lanes      *uplink.Lanes
 	fns        *functionsModule
 	runner     *module.Runner

@@ -187,7 +187,7 @@ func (a *Agent) newOTA() module.Typed[ota.Config] {
 func (a *Agent) newSupervisor() module.Typed[supervisor.Config] {
 	a.Supervisor = supervisor.New(supervisor.Options{
 		Logger: a.log, Identity: brokerIdentity{a.Broker}, Publisher: a.Broker, Bus: a.Broker,
-		Metrics: a.metrics,
+		Metrics: a.metrics, Egress: a.newEgress(), EgressAlways: a.brokerEgress,
 	})
 	a.route(a.Supervisor.RegisterHTTP)
 	return a.Supervisor

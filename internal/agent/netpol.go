@@ -25,7 +25,11 @@ func (a *Agent) newNetpol() module.Typed[netpol.Config] {
 	a.route(func(mux *http.ServeMux) {
 		mux.HandleFunc("GET /api/v1/netpol", func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
-			json.NewEncoder(w).Encode(m.Status())
+			st := m.Status()
+			if a.egress != nil {
+				st.Egress = a.egress.Status()
+			}
+			json.NewEncoder(w).Encode(st)
 		})
 	})
 	a.Netpol = m

@@ -8,6 +8,7 @@ import (
 
 	"github.com/outpost-edge/outpost/internal/module"
 	"github.com/outpost-edge/outpost/internal/netpol"
+	"github.com/outpost-edge/outpost/internal/supervisor"
 )
 
 // newNetpol in a build without the netpol tag: a netpol section is refused
@@ -27,4 +28,11 @@ func (netpolOff) Start(context.Context) error                { return errNoNetpo
 func (netpolOff) Stop(context.Context) error                 { return nil }
 func (netpolOff) Health() module.Status {
 	return module.Status{State: module.StateFailed, Detail: errNoNetpol.Error()}
+}
+
+// newEgress in a build without the netpol tag: no enforcement, so a
+// recipe that declares egress is not started (supervisor.ErrNoEgress).
+func (a *Agent) newEgress() supervisor.EgressEnforcer {
+	a.egress = nil
+	return nil
 }

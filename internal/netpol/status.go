@@ -22,5 +22,8 @@ type Status struct {
 	Backend    string           `json:"backend"`
 	Fallback   string           `json:"fallback_reason,omitempty"`
 	Interfaces map[string]Stats `json:"interfaces"`
-	Error      string           `json:"error,omitempty"`
+	// Egress is each supervised component's egress counters (components
+	// whose recipe declares egress).
+	Egress map[string]EgressStatus `json:"egress,omitempty"`
+	Error  string                  `json:"error,omitempty"`
 }

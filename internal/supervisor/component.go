@@ -464,6 +464,10 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode, sync bool) erro
 // with its timeout; output goes to the component's log. A stop or restart
 // request interrupts it (the step is killed) unless gen is nil-equivalent.
 func (c *component) runStep(ctx context.Context, r *recipe.Recipe, st *recipe.Command, stream string, env []string, cred *credential, g *cgroup.Group, gen uint64) (exitInfo, error) {
+	egressFD, err := c.egressFor(ctx, r, g)
+	if err != nil {
+		return exitInfo{}, err
+	}
 	stdout, doneOut, err := c.out.capture(stream)
 	if err != nil {
 		return exitInfo{}, err
@@ -473,7 +477,7 @@ func (c *component) runStep(ctx context.Context, r *recipe.Recipe, st *recipe.Co
 		stdout.Close()
 		return exitInfo{}, err
 	}
-	p, err := spawn(procSpec{argv: st.Argv(), env: env, dir: c.workDir(r), cred: cred, group: g, pids: r.Resources.Pids, stdout: stdout, stderr: stderr})
+	p, err := spawn(procSpec{argv: st.Argv(), env: env, dir: c.workDir(r), cred: cred, group: g, pids: r.Resources.Pids, stdout: stdout, stderr: stderr, egress: egressFD})
 	stdout.Close()
 	stderr.Close()
 	if err != nil {

@@ -34,6 +34,7 @@ type procSpec struct {
 	pids   int64         // the group's pids limit (restored after a v1 start)
 	stdout *os.File      // write ends, closed by the caller after spawn
 	stderr *os.File
+	egress *os.File // netpol egress group (cgroup2) to start in; nil: none
 }
 
 // proc is a started process, leader of its own process group.
@@ -124,6 +125,12 @@ func spawn(s procSpec) (*proc, error) {
 		defer fd.Close()
 		cmd.SysProcAttr.UseCgroupFD = true
 		cmd.SysProcAttr.CgroupFD = int(fd.Fd())
+	}
+	if s.egress != nil && !cmd.SysProcAttr.UseCgroupFD {
+		// The egress group is in the BPF-only cgroup2 hierarchy; v1
+		// groups (NeedsEnter) are independent of it.
+		cmd.SysProcAttr.UseCgroupFD = true
+		cmd.SysProcAttr.CgroupFD = int(s.egress.Fd())
 	}
 	if s.cred != nil {
 		cmd.SysProcAttr.Credential = &syscall.Credential{

@@ -44,6 +44,10 @@ func (c *component) runOnce(ctx context.Context, r *recipe.Recipe, ov Override, 
 	if err != nil {
 		return c.startFailed(err)
 	}
+	egressFD, err := c.egressFor(ctx, r, g)
+	if err != nil {
+		return c.startFailed(err)
+	}
 	depGens := c.s.depGens(r)
 	c.mu.Lock()
 	c.health = ""
@@ -67,7 +71,7 @@ func (c *component) runOnce(ctx context.Context, r *recipe.Recipe, ov Override, 
 			stdout.Close()
 			return c.startFailed(err)
 		}
-		p, err = spawn(procSpec{argv: run.Argv(), env: env, dir: c.workDir(r), cred: cred, group: g, pids: r.Resources.Pids, stdout: stdout, stderr: stderr})
+		p, err = spawn(procSpec{argv: run.Argv(), env: env, dir: c.workDir(r), cred: cred, group: g, pids: r.Resources.Pids, stdout: stdout, stderr: stderr, egress: egressFD})
 		stdout.Close()
 		stderr.Close()
 		pipes = []<-chan struct{}{doneOut, doneErr}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/outpost-edge/outpost/internal/netpol"
 	"log/slog"
 	"net"
 	"net/http"
@@ -47,6 +48,12 @@ type Options struct {
 	// Runtime runs kind: container components; nil: the Docker Engine
 	// API at supervisor.containers.socket (or a default socket).
 	Runtime container.Runtime
+	// Egress enforces recipes' `egress:` lists; nil: a component that
+	// declares egress is not started (fail closed, ErrNoEgress).
+	Egress EgressEnforcer
+	// EgressAlways returns what every component with an egress list may
+	// reach: the local broker's listeners (asked at each start).
+	EgressAlways func() []netpol.EgressAllow
 }
 
 // Supervisor runs components declared by recipes. It implements
@@ -621,6 +628,11 @@ func (s *Supervisor) Reload(ctx context.Context) error {
 		pub := s.pub
 		s.mu.Unlock()
 		_ = c.group.Remove()
+		if eg := s.opts.Egress; eg != nil {
+			if err := eg.Remove(c.name); err != nil {
+				s.log.Warn("remove egress group", "component", c.name, "err", err)
+			}
+		}
 		if pub != nil {
 			pub.send(StateTopic(c.name), nil)
 		}

@@ -17,6 +17,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/outpost-edge/outpost/internal/config"
+	"github.com/outpost-edge/outpost/internal/netpol"
 	"github.com/outpost-edge/outpost/internal/yamlstrict"
 )
 
@@ -267,6 +268,7 @@ func (d *decoder) recipe(n *yaml.Node) {
 		},
 		"access":    d.access,
 		"container": d.container,
+		"egress":    d.egress,
 	})
 	if n.Kind != yaml.MappingNode {
 		return
@@ -557,6 +559,55 @@ func (d *decoder) access(n *yaml.Node, path string) {
 		"publish":   func(v *yaml.Node, p string) { a.Publish = filters(v, p) },
 		"subscribe": func(v *yaml.Node, p string) { a.Subscribe = filters(v, p) },
 	})
+}
+
+// egress decodes the `egress:` list: [{host or cidr, port, proto}].
+func (d *decoder) egress(n *yaml.Node, path string) {
+	if !d.kind(n, path, yaml.SequenceNode, "a list of egress entries ({host or cidr, port, proto})") {
+		return
+	}
+	r := d.r
+	r.Egress = []netpol.Egress{} // declared: only these (and the broker) are reachable
+	if len(n.Content) > netpol.MaxEgress {
+		d.errAt(n, path, ErrInvalid, "%d egress entries; at most %d", len(n.Content), netpol.MaxEgress)
+		return
+	}
+	for i, e := range n.Content {
+		p := fmt.Sprintf("%s[%d]", path, i)
+		d.mark(e, p)
+		var eg netpol.Egress
+		nodes := map[string]*yaml.Node{}
+		field := func(dst *string) func(*yaml.Node, string) {
+			return func(v *yaml.Node, p string) {
+				nodes[p[strings.LastIndexByte(p, '.')+1:]] = v
+				*dst = d.str(v, p)
+			}
+		}
+		before := len(d.errs)
+		d.fields(e, p, map[string]func(*yaml.Node, string){
+			"host":  field(&eg.Host),
+			"cidr":  field(&eg.CIDR),
+			"port":  field(&eg.Port),
+			"proto": field(&eg.Proto),
+		})
+		if len(d.errs) > before || e.Kind != yaml.MappingNode {
+			continue
+		}
+		if err := netpol.CheckEgress(eg); err != nil {
+			var fe *netpol.FieldError
+			at, fp := e, p
+			if errors.As(err, &fe) {
+				if v := nodes[fe.Field]; v != nil {
+					at = v
+				}
+				fp = p + "." + fe.Field
+				err = errors.New(fe.Msg)
+			}
+			d.errAt(at, fp, ErrInvalid, "%v", err)
+			continue
+		}
+		r.Egress = append(r.Egress, eg)
+	}
 }
 
 // ValidFilter checks an MQTT topic filter: non-empty, '#' only as the last

@@ -2,6 +2,8 @@ package recipe
 
 import (
 	"time"
+
+	"github.com/outpost-edge/outpost/internal/netpol"
 )
 
 // Recipe is one component's declaration, decoded and validated. Defaults
@@ -27,6 +29,10 @@ type Recipe struct {
 	// value (maps have string keys). Nil when the recipe has none.
 	Configuration map[string]any
 	Access        Access
+	// Egress is where the component may connect (netpol egress): nil when
+	// the recipe has no `egress:` key (unrestricted), else the declared
+	// entries (an empty list allows only the local broker).
+	Egress []netpol.Egress
 	// Hash is the hex SHA-256 of the file's bytes: a recipe whose hash
 	// changes is a changed recipe.
 	Hash string
