@@ -23,4 +23,6 @@ type Status struct {
 	Fallback   string           `json:"fallback_reason,omitempty"`
 	Interfaces map[string]Stats `json:"interfaces"`
 	Error      string           `json:"error,omitempty"`
+	// LoadBalancers by service name (lb.go).
+	LoadBalancers map[string]LBStatus `json:"load_balancers,omitempty"`
 }
