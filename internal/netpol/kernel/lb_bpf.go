@@ -198,5 +198,3 @@ func (p *lbBPF) close() error {
 	errs = append(errs, p.objs.Close())
 	return errors.Join(errs...)
 }
-
-

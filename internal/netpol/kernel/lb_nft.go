@@ -136,5 +136,3 @@ func (p *lbNFT) close() error {
 	}
 	return p.conn.CloseLasting()
 }
-
-
