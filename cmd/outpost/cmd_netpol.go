@@ -117,6 +117,7 @@ func printNetpol(st netpol.Status, counters bool) {
 		}
 	}
 	tw.Flush()
+	printLB(st)
 }
 
 func orDash(s string) string {
