@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# L4 load balancing: connections/s and requests/s through the eBPF socket
+# load balancer (cgroup/connect4) against HAProxy 2.6 (mode tcp,
+# roundrobin), same client, same 3 backends, same network namespaces, in
+# one run, interleaved, best of two runs each.
+#   bench/netpol_lb.sh               # SECONDS_PER_RUN=3 (8 runs: ~30 s)
+# Needs root (namespaces, BPF, a cgroup v2) and haproxy
+# (apt-get install haproxy; installed here if missing and root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-3}
+. bench/lib.sh
+bench_lock
+need haproxy haproxy
+OUTPOST_LB_BENCH=1 OUTPOST_LB_BENCH_SECONDS="$SECONDS_PER_RUN" \
+  go test -count=1 -timeout 300s -run '^TestLBBenchVsHAProxy$' -v ./internal/netpol/kernel/ |
+  grep -E '^(LB bench|connections/s|requests/s)|FAIL|haproxy is not'
