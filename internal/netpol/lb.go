@@ -39,6 +39,10 @@ type LBService struct {
 	// Backends are static addresses or supervised components.
 	Backends []LBBackend `yaml:"backends"`
 	Health   LBHealth    `yaml:"health"`
+	// Interface, if set, also balances remote clients arriving on it (eBPF:
+	// TC ingress DNAT / egress SNAT; nftables balances them in prerouting
+	// on every interface anyway).
+	Interface string `yaml:"interface"`
 }
 
 // LBBackend is one backend: Address (ip:port) always; Component names a
@@ -104,6 +108,9 @@ func (c Config) ValidateLB() []error {
 			errs = append(errs, config.Field(p+".vip", "%s is the VIP of %q already", ap, other))
 		} else {
 			vips[ap] = s.Name
+		}
+		if s.Interface != "" && !validIfName(s.Interface) {
+			errs = append(errs, config.Field(p+".interface", "%q is not an interface name", s.Interface))
 		}
 		if s.Proto != "tcp" {
 			errs = append(errs, config.Field(p+".proto", "%q: only tcp is balanced (UDP is not supported yet)", s.Proto))

@@ -62,7 +62,7 @@ type balancer struct {
 }
 
 func (m *Manager) openLBPlane(kind string) (lbPlane, string, error) {
-	bpf := func() (lbPlane, error) { return newLBBPF(m.opts.PinRoot, m.lbCgroup()) }
+	bpf := func() (lbPlane, error) { return newLBBPF(m.opts.PinRoot, m.lbCgroup(), m.inNS) }
 	nft := func() (lbPlane, error) { return m.newLBNFT() }
 	switch kind {
 	case "ebpf":

@@ -20,6 +20,8 @@ type lbBPF struct {
 	objs  lbObjects
 	links []link.Link
 	keys  map[uint32]lbLbKey // programmed services by id
+	inNS  func(func() error) error
+	tc    map[string][]link.Link // TC links by interface
 }
 
 // lbCgroup is where the socket programs attach: Options.LBCgroup, else
@@ -54,7 +56,7 @@ func cgroup2Mount() string {
 	return ""
 }
 
-func newLBBPF(pinRoot, cgroup string) (*lbBPF, error) {
+func newLBBPF(pinRoot, cgroup string, inNS func(func() error) error) (*lbBPF, error) {
 	_ = pinRoot // the socket programs are not pinned: balancing stops with the agent
 	if cgroup == "" {
 		return nil, fmt.Errorf("%w: no cgroup v2 hierarchy is mounted (socket load balancing attaches to one)", ErrNoBPF)
@@ -63,7 +65,7 @@ func newLBBPF(pinRoot, cgroup string) (*lbBPF, error) {
 	if err := unix.Statfs(cgroup, &st); err != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
 		return nil, fmt.Errorf("%w: %s is not a cgroup v2 directory", ErrNoBPF, cgroup)
 	}
-	p := &lbBPF{keys: map[uint32]lbLbKey{}}
+	p := &lbBPF{keys: map[uint32]lbLbKey{}, inNS: inNS, tc: map[string][]link.Link{}}
 	if err := loadLbObjects(&p.objs, nil); err != nil {
 		return nil, fmt.Errorf("%w: load load-balancer programs: %v", ErrNoBPF, err)
 	}
@@ -86,6 +88,28 @@ func (p *lbBPF) name() string { return "ebpf" }
 func (p *lbBPF) set(svcs []lbProgram) error {
 	want := map[uint32]bool{}
 	var errs []error
+	ifs := map[string]bool{}
+	for _, s := range svcs {
+		if s.svc.Interface != "" {
+			ifs[s.svc.Interface] = true
+		}
+	}
+	for name := range ifs {
+		if _, ok := p.tc[name]; ok {
+			continue
+		}
+		if err := p.attachTC(name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for name, ls := range p.tc {
+		if !ifs[name] {
+			for _, l := range ls {
+				l.Close()
+			}
+			delete(p.tc, name)
+		}
+	}
 	for _, s := range svcs {
 		want[s.id] = true
 		if err := p.setOne(s); err != nil {
@@ -101,6 +125,36 @@ func (p *lbBPF) set(svcs []lbProgram) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// attachTC attaches the remote-client DNAT/SNAT programs to iface (TCX).
+func (p *lbBPF) attachTC(iface string) error {
+	var ls []link.Link
+	err := p.inNS(func() error {
+		idx, err := ifaceIndex(iface)
+		if err != nil {
+			return err
+		}
+		for _, a := range []struct {
+			prog *ebpf.Program
+			at   ebpf.AttachType
+		}{{p.objs.OutpostLbTcIngress, ebpf.AttachTCXIngress}, {p.objs.OutpostLbTcEgress, ebpf.AttachTCXEgress}} {
+			l, err := link.AttachTCX(link.TCXOptions{Interface: idx, Program: a.prog, Attach: a.at})
+			if err != nil {
+				return err
+			}
+			ls = append(ls, l)
+		}
+		return nil
+	})
+	if err != nil {
+		for _, l := range ls {
+			l.Close()
+		}
+		return fmt.Errorf("netpol: load balancer: attach TC on %s: %w", iface, err)
+	}
+	p.tc[iface] = ls
+	return nil
 }
 
 func (p *lbBPF) setOne(s lbProgram) error {
@@ -194,6 +248,12 @@ func (p *lbBPF) close() error {
 	for _, l := range p.links {
 		errs = append(errs, l.Close())
 	}
+	for _, ls := range p.tc {
+		for _, l := range ls {
+			errs = append(errs, l.Close())
+		}
+	}
+	p.tc = nil
 	p.links = nil
 	errs = append(errs, p.objs.Close())
 	return errors.Join(errs...)

@@ -13,6 +13,21 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type lbFlowKey struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Sport uint16
+	Dport uint16
+}
+
+type lbFlowVal struct {
+	_    structs.HostLayout
+	Ip   uint32
+	Port uint16
+	Pad  uint16
+}
+
 type lbLbBackend struct {
 	_    structs.HostLayout
 	Ip   uint32
@@ -88,6 +103,8 @@ type lbSpecs struct {
 type lbProgramSpecs struct {
 	OutpostLbConnect4     *ebpf.ProgramSpec `ebpf:"outpost_lb_connect4"`
 	OutpostLbGetpeername4 *ebpf.ProgramSpec `ebpf:"outpost_lb_getpeername4"`
+	OutpostLbTcEgress     *ebpf.ProgramSpec `ebpf:"outpost_lb_tc_egress"`
+	OutpostLbTcIngress    *ebpf.ProgramSpec `ebpf:"outpost_lb_tc_ingress"`
 }
 
 // lbMapSpecs contains maps before they are loaded into the kernel.
@@ -98,8 +115,10 @@ type lbMapSpecs struct {
 	Backends  *ebpf.MapSpec `ebpf:"backends"`
 	Conns     *ebpf.MapSpec `ebpf:"conns"`
 	Ct        *ebpf.MapSpec `ebpf:"ct"`
+	Flows     *ebpf.MapSpec `ebpf:"flows"`
 	Maglev    *ebpf.MapSpec `ebpf:"maglev"`
 	Nobackend *ebpf.MapSpec `ebpf:"nobackend"`
+	Revnat    *ebpf.MapSpec `ebpf:"revnat"`
 	Rr        *ebpf.MapSpec `ebpf:"rr"`
 	Svcs      *ebpf.MapSpec `ebpf:"svcs"`
 }
@@ -134,8 +153,10 @@ type lbMaps struct {
 	Backends  *ebpf.Map `ebpf:"backends"`
 	Conns     *ebpf.Map `ebpf:"conns"`
 	Ct        *ebpf.Map `ebpf:"ct"`
+	Flows     *ebpf.Map `ebpf:"flows"`
 	Maglev    *ebpf.Map `ebpf:"maglev"`
 	Nobackend *ebpf.Map `ebpf:"nobackend"`
+	Revnat    *ebpf.Map `ebpf:"revnat"`
 	Rr        *ebpf.Map `ebpf:"rr"`
 	Svcs      *ebpf.Map `ebpf:"svcs"`
 }
@@ -146,8 +167,10 @@ func (m *lbMaps) Close() error {
 		m.Backends,
 		m.Conns,
 		m.Ct,
+		m.Flows,
 		m.Maglev,
 		m.Nobackend,
+		m.Revnat,
 		m.Rr,
 		m.Svcs,
 	)
@@ -165,12 +188,16 @@ type lbVariables struct {
 type lbPrograms struct {
 	OutpostLbConnect4     *ebpf.Program `ebpf:"outpost_lb_connect4"`
 	OutpostLbGetpeername4 *ebpf.Program `ebpf:"outpost_lb_getpeername4"`
+	OutpostLbTcEgress     *ebpf.Program `ebpf:"outpost_lb_tc_egress"`
+	OutpostLbTcIngress    *ebpf.Program `ebpf:"outpost_lb_tc_ingress"`
 }
 
 func (p *lbPrograms) Close() error {
 	return _LbClose(
 		p.OutpostLbConnect4,
 		p.OutpostLbGetpeername4,
+		p.OutpostLbTcEgress,
+		p.OutpostLbTcIngress,
 	)
 }
 

@@ -158,7 +158,7 @@ func lbConfig(backend, algo string, addrs []string) netpol.Config {
 // changes around it. Local clients (cgroup/connect4) for ebpf, remote
 // clients (prerouting DNAT) for nftables.
 func TestLB(t *testing.T) {
-	for _, plane := range []string{"ebpf", "nftables"} {
+	for _, plane := range []string{"ebpf", "ebpf-tc", "nftables"} {
 		for _, algo := range []string{"round_robin", "maglev"} {
 			t.Run(plane+"/"+algo, func(t *testing.T) { testLB(t, plane, algo) })
 		}
@@ -171,8 +171,22 @@ func testLB(t *testing.T, plane, algo string) {
 		t.Fatalf("route: %v %s", err, out)
 	}
 	opts := Options{Netns: filepath.Join("/var/run/netns", l.gw), PinRoot: l.pinRoot}
+	cfgPlane, remote := plane, false
 	if plane == "ebpf" {
 		opts.LBCgroup = lbTestCgroup(t)
+	}
+	if plane == "ebpf-tc" {
+		// Remote clients: the test process is not in the LB's cgroup
+		// (a fresh empty one), so only the TC path on the gateway's
+		// interface balances its connects.
+		cg := lbTestCgroup(t)
+		empty := filepath.Join(cg, "..", filepath.Base(cg)+"-empty")
+		if err := os.Mkdir(empty, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Remove(empty) })
+		opts.LBCgroup = empty
+		cfgPlane, remote = "ebpf", true
 	}
 	m := New(opts)
 	defer m.Close()
@@ -181,13 +195,22 @@ func testLB(t *testing.T, plane, algo string) {
 	for i, a := range addrs {
 		procs[fmt.Sprintf("b%d", i+1)] = l.startBackend(t, fmt.Sprintf("b%d", i+1), a)
 	}
-	if err := m.Apply(lbConfig(plane, algo, addrs)); err != nil {
-		if plane == "ebpf" && strings.Contains(err.Error(), ErrNoBPF.Error()) {
-			t.Skipf("the kernel refuses the socket programs: %v", err)
+	lcfg := lbConfig(cfgPlane, algo, addrs)
+	if remote {
+		lcfg.LoadBalancers[0].Interface = l.gwIf
+	}
+	if err := m.Apply(lcfg); err != nil {
+		// Skip only where the kernel refuses BPF altogether (the XDP
+		// policy program does not load either); a verifier rejection of
+		// the LB programs on a kernel that loads BPF is a failure.
+		if cfgPlane == "ebpf" && strings.Contains(err.Error(), ErrNoBPF.Error()) {
+			if _, xerr := newXDPBackend(l.pinRoot, m.inNS); xerr != nil {
+				t.Skipf("the kernel refuses BPF programs: %v", err)
+			}
 		}
 		t.Fatal(err)
 	}
-	if got := m.Status().LoadBalancers["api"].Backend; got != plane {
+	if got := m.Status().LoadBalancers["api"].Backend; got != cfgPlane {
 		t.Fatalf("plane %q, want %q", got, plane)
 	}
 	spread := func(n int) map[string]int {
@@ -202,7 +225,7 @@ func testLB(t *testing.T, plane, algo string) {
 			if err != nil {
 				t.Fatalf("ask %d: %v", i, err)
 			}
-			if plane == "ebpf" && c.RemoteAddr().String() != lbVIP {
+			if c.RemoteAddr().String() != lbVIP {
 				t.Fatalf("getpeername shows %s, want the VIP %s", c.RemoteAddr(), lbVIP)
 			}
 			c.Close()
@@ -252,7 +275,7 @@ func testLB(t *testing.T, plane, algo string) {
 	if again, err := ask(keep); err != nil || again != first {
 		t.Fatalf("established flow moved from %s to %q (%v) after %s came back", first, again, err, victim)
 	}
-	if plane == "ebpf" {
+	if cfgPlane == "ebpf" {
 		st := m.Status().LoadBalancers["api"]
 		var total uint64
 		for _, b := range st.Backends {
