@@ -117,11 +117,26 @@ func TestLBBenchVsHAProxy(t *testing.T) {
 	for i, a := range addrs {
 		l.startBackend(t, fmt.Sprintf("b%d", i+1), a)
 	}
-	m := New(Options{Netns: filepath.Join("/var/run/netns", l.gw), PinRoot: l.pinRoot, LBCgroup: cg})
-	defer m.Close()
-	cfg := lbConfig("ebpf", "round_robin", addrs)
-	if err := m.Apply(cfg); err != nil {
+	// Two phases: the socket LB (this process's cgroup: connect4), then
+	// the TC path (the LB on an empty sibling cgroup and on the gateway's
+	// interface, so the same client is a remote one).
+	empty := filepath.Join(cg, "..", filepath.Base(cg)+"-empty")
+	if err := os.Mkdir(empty, 0o755); err != nil {
 		t.Fatal(err)
+	}
+	defer os.Remove(empty)
+	phase := func(tc bool) *Manager {
+		opts := Options{Netns: filepath.Join("/var/run/netns", l.gw), PinRoot: l.pinRoot, LBCgroup: cg}
+		cfg := lbConfig("ebpf", "round_robin", addrs)
+		if tc {
+			opts.LBCgroup = empty
+			cfg.LoadBalancers[0].Interface = l.gwIf
+		}
+		m := New(opts)
+		if err := m.Apply(cfg); err != nil {
+			t.Fatal(err)
+		}
+		return m
 	}
 	hcfg := filepath.Join(t.TempDir(), "haproxy.cfg")
 	y := fmt.Sprintf(`global
@@ -153,21 +168,33 @@ listen lb
 		return err == nil
 	}, "haproxy listening")
 	haddr := l.gwIP + ":8080"
-	// Interleaved, twice each, best of two: the machine is shared.
+	// Interleaved with HAProxy, twice each, best of two: the machine is
+	// shared.
 	best := map[string]float64{}
-	for round := 0; round < 2; round++ {
-		for _, mode := range []string{"conn", "req"} {
-			for _, tgt := range []struct{ name, addr string }{{"ebpf", lbVIP}, {"haproxy", haddr}} {
-				r := l.load(t, mode, tgt.addr, secs, workers)
-				k := tgt.name + "/" + mode
-				if r > best[k] {
-					best[k] = r
+	for _, tc := range []bool{false, true} {
+		m := phase(tc)
+		name := "ebpf"
+		if tc {
+			name = "ebpf-tc"
+		}
+		for round := 0; round < 2; round++ {
+			for _, mode := range []string{"conn", "req"} {
+				for _, tgt := range []struct{ name, addr string }{{name, lbVIP}, {"haproxy", haddr}} {
+					r := l.load(t, mode, tgt.addr, secs, workers)
+					k := tgt.name + "/" + mode
+					if r > best[k] {
+						best[k] = r
+					}
 				}
 			}
 		}
+		m.Close()
 	}
 	load, _ := os.ReadFile("/proc/loadavg")
 	fmt.Printf("LB bench (%d workers, %.0fs per run, best of 2, load %s)\n", workers, secs, strings.Fields(string(load))[0])
-	fmt.Printf("connections/s: ebpf %.0f haproxy %.0f ratio %.2fx\n", best["ebpf/conn"], best["haproxy/conn"], best["ebpf/conn"]/best["haproxy/conn"])
-	fmt.Printf("requests/s:    ebpf %.0f haproxy %.0f ratio %.2fx\n", best["ebpf/req"], best["haproxy/req"], best["ebpf/req"]/best["haproxy/req"])
+	for _, mode := range []struct{ k, label string }{{"conn", "connections/s"}, {"req", "requests/s"}} {
+		h := best["haproxy/"+mode.k]
+		fmt.Printf("%s: ebpf socket %.0f (%.2fx), ebpf tc %.0f (%.2fx), haproxy %.0f\n", mode.label,
+			best["ebpf/"+mode.k], best["ebpf/"+mode.k]/h, best["ebpf-tc/"+mode.k], best["ebpf-tc/"+mode.k]/h, h)
+	}
 }
