@@ -118,6 +118,7 @@ func printNetpol(st netpol.Status, counters bool) {
 	}
 	tw.Flush()
 	printEgress(st.Egress)
+	printLB(st)
 }
 
 // printEgress shows each component's egress counters and, per refused

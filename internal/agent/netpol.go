@@ -20,8 +20,12 @@ import (
 // surface: GET /api/v1/netpol (backend, counters) and
 // outpost_netpol_{packets,bytes}_total{iface,rule}.
 func (a *Agent) newNetpol() module.Typed[netpol.Config] {
-	m := kernel.New(kernel.Options{Log: a.log, Metrics: a.metrics})
-	a.metrics.RegisterMetricsWriter(func(w io.Writer) { writeNetpolMetrics(w, m.Status()) })
+	m := kernel.New(kernel.Options{Log: a.log, Metrics: a.metrics, ComponentHealthy: a.lbComponentHealthy})
+	a.metrics.RegisterMetricsWriter(func(w io.Writer) {
+		st := m.Status()
+		writeNetpolMetrics(w, st)
+		writeLBMetrics(w, st)
+	})
 	a.route(func(mux *http.ServeMux) {
 		mux.HandleFunc("GET /api/v1/netpol", func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Content-Type", "application/json")

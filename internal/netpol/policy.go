@@ -21,6 +21,8 @@ type Config struct {
 	Backend string `yaml:"backend"`
 	// Interfaces each carry their own policy.
 	Interfaces []Interface `yaml:"interfaces"`
+	// LoadBalancers are L4 virtual services (lb.go).
+	LoadBalancers []LBService `yaml:"load_balancers"`
 }
 
 // Interface is the ingress policy of one network interface.
@@ -80,6 +82,7 @@ func (c *Config) SetDefaults() {
 			rl.Burst = rl.PPS
 		}
 	}
+	c.SetLBDefaults()
 }
 
 // Validate checks the whole section; every problem is reported with its
@@ -144,6 +147,7 @@ func (c Config) Validate() error {
 			}
 		}
 	}
+	errs = append(errs, c.ValidateLB()...)
 	return errors.Join(errs...)
 }
 

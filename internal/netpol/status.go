@@ -25,5 +25,7 @@ type Status struct {
 	// Egress is each supervised component's egress counters (components
 	// whose recipe declares egress).
 	Egress map[string]EgressStatus `json:"egress,omitempty"`
-	Error  string                  `json:"error,omitempty"`
+	// LoadBalancers by service name (lb.go).
+	LoadBalancers map[string]LBStatus `json:"load_balancers,omitempty"`
+	Error         string              `json:"error,omitempty"`
 }

@@ -29,6 +29,12 @@ type Options struct {
 	// Netns is the network namespace whose interfaces are filtered (a path
 	// such as /var/run/netns/gw); empty means the agent's own.
 	Netns string
+	// LBCgroup is the cgroup v2 directory the socket load balancer
+	// attaches to; empty means the root of the first cgroup2 mount.
+	LBCgroup string
+	// ComponentHealthy answers a load-balancer backend's health from the
+	// supervisor (known false: not a component; then a TCP check decides).
+	ComponentHealthy func(component string) (healthy, known bool)
 }
 
 // backend is what Manager needs from an enforcement backend.
@@ -52,6 +58,7 @@ type Manager struct {
 	fallback string // why ebpf was not used, when auto fell back
 	applied  map[string]netpol.Interface
 	errText  string
+	lb       *balancer
 }
 
 // New returns a Manager; nothing is applied before Apply (or Start).
@@ -203,6 +210,9 @@ func (m *Manager) Apply(cfg netpol.Config) error {
 			delete(m.applied, name)
 		}
 	}
+	if err := m.applyLB(cfg); err != nil {
+		errs = append(errs, err)
+	}
 	m.cfg = cfg
 	err := errors.Join(errs...)
 	m.errText = ""
@@ -231,6 +241,13 @@ func (m *Manager) Status() netpol.Status {
 		return st
 	}
 	st.Backend = m.be.Name()
+	if m.lb != nil {
+		var lerr string
+		st.LoadBalancers, lerr = m.lb.status()
+		if lerr != "" {
+			st.Error = lerr
+		}
+	}
 	for name := range m.applied {
 		s, err := m.be.Stats(name)
 		if err != nil {
@@ -257,10 +274,14 @@ func (m *Manager) Test(iface string, p netpol.Packet) (netpol.Decision, error) {
 func (m *Manager) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.be == nil {
-		return nil
+	var lerr error
+	if m.lb != nil {
+		lerr = m.lb.close()
 	}
-	err := m.be.Close()
+	if m.be == nil {
+		return lerr
+	}
+	err := errors.Join(m.be.Close(), lerr)
 	m.be = nil
 	m.applied = map[string]netpol.Interface{}
 	return err

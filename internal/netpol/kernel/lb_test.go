@@ -1,0 +1,305 @@
+package kernel
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/outpost-edge/outpost/internal/config"
+	"github.com/outpost-edge/outpost/internal/netpol"
+)
+
+const lbVIP = "10.96.0.10:80"
+
+// TestLBHelperProcess is a backend: it answers every line on every
+// connection with its name (run in the gateway namespace).
+func TestLBHelperProcess(t *testing.T) {
+	spec := os.Getenv("NETPOL_LB_HELPER") // name@addr
+	if spec == "" {
+		t.Skip("helper process")
+	}
+	name, addr, _ := strings.Cut(spec, "@")
+	ln, err := net.Listen("tcp4", addr)
+	if err != nil {
+		fmt.Println("error", err)
+		os.Exit(1)
+	}
+	fmt.Println("ready")
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			os.Exit(0)
+		}
+		go func() {
+			defer c.Close()
+			sc := bufio.NewScanner(c)
+			for sc.Scan() {
+				fmt.Fprintln(c, name)
+			}
+		}()
+	}
+}
+
+type lbBackendProc struct{ cmd *exec.Cmd }
+
+func (l *lab) startBackend(t *testing.T, name, addr string) *lbBackendProc {
+	t.Helper()
+	cmd := exec.Command("ip", "netns", "exec", l.gw, os.Args[0], "-test.run=^TestLBHelperProcess$")
+	cmd.Env = append(os.Environ(), "NETPOL_LB_HELPER="+name+"@"+addr)
+	out, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "ready" {
+		t.Fatalf("backend %s: %q %v", name, line, err)
+	}
+	p := &lbBackendProc{cmd: cmd}
+	t.Cleanup(p.stop)
+	return p
+}
+
+func (p *lbBackendProc) stop() {
+	if p.cmd.ProcessState == nil {
+		p.cmd.Process.Kill()
+		p.cmd.Wait()
+	}
+}
+
+// dialFrom connects to addr from inside namespace ns (the socket stays in
+// the namespace it was made in).
+func dialFrom(ns, addr string) (net.Conn, error) {
+	runtime.LockOSThread()
+	orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+	if err != nil {
+		runtime.UnlockOSThread()
+		return nil, err
+	}
+	defer orig.Close()
+	f, err := os.Open(filepath.Join("/var/run/netns", ns))
+	if err != nil {
+		runtime.UnlockOSThread()
+		return nil, err
+	}
+	defer f.Close()
+	if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		return nil, err
+	}
+	c, derr := net.DialTimeout("tcp4", addr, 10*time.Second)
+	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+		panic(err) // the thread stays locked and dies with the test
+	}
+	runtime.UnlockOSThread()
+	return c, derr
+}
+
+// ask sends a line and returns the backend's name.
+func ask(c net.Conn) (string, error) {
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := fmt.Fprintln(c, "who"); err != nil {
+		return "", err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(line), err
+}
+
+// lbCgroup puts the test process in a fresh cgroup v2 (mounted here if no
+// cgroup2 is) so the socket programs see its connects; undone at cleanup.
+func lbTestCgroup(t *testing.T) string {
+	t.Helper()
+	root := cgroup2Mount()
+	if root == "" {
+		root = t.TempDir()
+		if err := unix.Mount("none", root, "cgroup2", 0, ""); err != nil {
+			t.Skipf("the kernel refuses a cgroup2 mount (%v): socket load balancing cannot be tested", err)
+		}
+		t.Cleanup(func() { unix.Unmount(root, unix.MNT_DETACH) })
+	}
+	dir, err := os.MkdirTemp(root, "outpost-lbtest-")
+	if err != nil {
+		t.Skipf("cannot create a cgroup v2 (%v)", err)
+	}
+	pid := strconv.Itoa(os.Getpid())
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(pid), 0); err != nil {
+		os.Remove(dir)
+		t.Skipf("cannot join a cgroup v2 (%v)", err)
+	}
+	t.Cleanup(func() {
+		os.WriteFile(filepath.Join(root, "cgroup.procs"), []byte(pid), 0)
+		os.Remove(dir)
+	})
+	return dir
+}
+
+func lbConfig(backend, algo string, addrs []string) netpol.Config {
+	s := netpol.LBService{Name: "api", VIP: lbVIP, Algorithm: algo,
+		Health: netpol.LBHealth{Interval: config.Duration(100 * time.Millisecond), Timeout: config.Duration(time.Second), Fall: 1, Rise: 1}}
+	for _, a := range addrs {
+		s.Backends = append(s.Backends, netpol.LBBackend{Address: a})
+	}
+	return netpol.Config{Backend: backend, LoadBalancers: []netpol.LBService{s}}
+}
+
+// TestLB runs the same checks against both data planes: spreading (round
+// robin exactly even, maglev all backends used), health-driven removal and
+// re-add, and an established flow staying on its backend while the set
+// changes around it. Local clients (cgroup/connect4) for ebpf, remote
+// clients (prerouting DNAT) for nftables.
+func TestLB(t *testing.T) {
+	for _, plane := range []string{"ebpf", "ebpf-tc", "nftables"} {
+		for _, algo := range []string{"round_robin", "maglev"} {
+			t.Run(plane+"/"+algo, func(t *testing.T) { testLB(t, plane, algo) })
+		}
+	}
+}
+
+func testLB(t *testing.T, plane, algo string) {
+	l := newLab(t)
+	if out, err := exec.Command("ip", "-n", l.client, "route", "add", "10.96.0.0/24", "via", l.gwIP).CombinedOutput(); err != nil {
+		t.Fatalf("route: %v %s", err, out)
+	}
+	opts := Options{Netns: filepath.Join("/var/run/netns", l.gw), PinRoot: l.pinRoot}
+	cfgPlane, remote := plane, false
+	if plane == "ebpf" {
+		opts.LBCgroup = lbTestCgroup(t)
+	}
+	if plane == "ebpf-tc" {
+		// Remote clients: the test process is not in the LB's cgroup
+		// (a fresh empty one), so only the TC path on the gateway's
+		// interface balances its connects.
+		cg := lbTestCgroup(t)
+		empty := filepath.Join(cg, "..", filepath.Base(cg)+"-empty")
+		if err := os.Mkdir(empty, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Remove(empty) })
+		opts.LBCgroup = empty
+		cfgPlane, remote = "ebpf", true
+	}
+	m := New(opts)
+	defer m.Close()
+	addrs := []string{l.gwIP + ":9001", l.gwIP + ":9002", l.gwIP + ":9003"}
+	procs := map[string]*lbBackendProc{}
+	for i, a := range addrs {
+		procs[fmt.Sprintf("b%d", i+1)] = l.startBackend(t, fmt.Sprintf("b%d", i+1), a)
+	}
+	lcfg := lbConfig(cfgPlane, algo, addrs)
+	if remote {
+		lcfg.LoadBalancers[0].Interface = l.gwIf
+	}
+	if err := m.Apply(lcfg); err != nil {
+		// Skip only where the kernel refuses BPF altogether (the XDP
+		// policy program does not load either); a verifier rejection of
+		// the LB programs on a kernel that loads BPF is a failure.
+		if cfgPlane == "ebpf" && strings.Contains(err.Error(), ErrNoBPF.Error()) {
+			if _, xerr := newXDPBackend(l.pinRoot, m.inNS); xerr != nil {
+				t.Skipf("the kernel refuses BPF programs: %v", err)
+			}
+		}
+		t.Fatal(err)
+	}
+	if got := m.Status().LoadBalancers["api"].Backend; got != cfgPlane {
+		t.Fatalf("plane %q, want %q", got, plane)
+	}
+	spread := func(n int) map[string]int {
+		t.Helper()
+		seen := map[string]int{}
+		for i := 0; i < n; i++ {
+			c, err := dialFrom(l.client, lbVIP)
+			if err != nil {
+				t.Fatalf("connect %d: %v", i, err)
+			}
+			name, err := ask(c)
+			if err != nil {
+				t.Fatalf("ask %d: %v", i, err)
+			}
+			if c.RemoteAddr().String() != lbVIP {
+				t.Fatalf("getpeername shows %s, want the VIP %s", c.RemoteAddr(), lbVIP)
+			}
+			c.Close()
+			seen[name]++
+		}
+		return seen
+	}
+	seen := spread(60)
+	if algo == "round_robin" {
+		if seen["b1"] != 20 || seen["b2"] != 20 || seen["b3"] != 20 {
+			t.Fatalf("round robin over 60 connects: %v, want 20 each", seen)
+		}
+	} else if len(seen) != 3 {
+		t.Fatalf("maglev over 60 connects used %v, want all 3 backends", seen)
+	}
+	// An established flow, then b3 dies: it leaves the set; the flow stays.
+	keep, err := dialFrom(l.client, lbVIP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer keep.Close()
+	first, err := ask(keep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	victim := "b3"
+	if first == "b3" {
+		victim = "b2"
+	}
+	procs[victim].stop()
+	waitFor(t, func() bool { return !m.lbHealthy("api", victim) }, victim+" marked down")
+	seen = spread(30)
+	if seen[victim] != 0 || len(seen) != 2 {
+		t.Fatalf("with %s down: %v", victim, seen)
+	}
+	if again, err := ask(keep); err != nil || again != first {
+		t.Fatalf("established flow moved from %s to %q (%v) after %s left", first, again, err, victim)
+	}
+	// Re-add: it comes back when its check passes.
+	idx := map[string]int{"b1": 0, "b2": 1, "b3": 2}[victim]
+	procs[victim] = l.startBackend(t, victim, addrs[idx])
+	waitFor(t, func() bool { return m.lbHealthy("api", victim) }, victim+" back up")
+	seen = spread(60)
+	if seen[victim] == 0 || len(seen) != 3 {
+		t.Fatalf("after %s came back: %v", victim, seen)
+	}
+	if again, err := ask(keep); err != nil || again != first {
+		t.Fatalf("established flow moved from %s to %q (%v) after %s came back", first, again, err, victim)
+	}
+	if cfgPlane == "ebpf" {
+		st := m.Status().LoadBalancers["api"]
+		var total uint64
+		for _, b := range st.Backends {
+			total += b.Connections
+		}
+		if total != 60+1+30+60 {
+			t.Errorf("connection counters total %d, want %d: %+v", total, 151, st)
+		}
+	}
+}
+
+func (m *Manager) lbHealthy(svc, name string) bool {
+	st := m.Status().LoadBalancers[svc]
+	i := map[string]int{"b1": 0, "b2": 1, "b3": 2}[name]
+	return i < len(st.Backends) && st.Backends[i].Healthy
+}
+
+func waitFor(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
