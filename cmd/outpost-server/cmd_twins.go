@@ -20,6 +20,7 @@ const twinsHelp = `Usage:
   outpost-server twins list GATEWAY
   outpost-server twins get GATEWAY DEVICE
   outpost-server twins set GATEWAY DEVICE --desired JSON [--version N]
+  outpost-server twins delete GATEWAY DEVICE
 
 A device twin holds, per device behind a gateway, the desired properties
 (set here) and the reported ones (sent by the device over MQTT on the
@@ -28,18 +29,21 @@ state (JSON merge patch: a key set to null is removed) and streams it to the
 gateway, which publishes the difference to the device on
 $outpost/twin/DEVICE/update/delta. With --version the change is made only if
 the desired state is still at that version (0 = none yet); otherwise the
-answer is a conflict (exit 1) and nothing changes. See docs/twins.md.
+answer is a conflict (exit 1) and nothing changes. 'delete' removes the
+twin from the server and, once the change reaches it, from the gateway; a
+device that reports again starts a new twin. See docs/twins.md.
 
 Examples:
   outpost-server twins set gw-17 pump-3 --desired '{"speed": 1200, "mode": "eco"}'
   outpost-server twins set gw-17 pump-3 --desired '{"mode": null}' --version 4
   outpost-server twins list gw-17
   outpost-server twins get gw-17 pump-3 --json
+  outpost-server twins delete gw-17 pump-3
 `
 
 func runTwins(ctx context.Context, args []string) int {
 	return subcommands(ctx, "twins", args, map[string]func(context.Context, []string) int{
-		"list": twinsList, "get": twinsGet, "set": twinsSet,
+		"list": twinsList, "get": twinsGet, "set": twinsSet, "delete": twinsDelete,
 	}, twinsHelp)
 }
 
@@ -146,6 +150,30 @@ func twinsSet(ctx context.Context, args []string) int {
 	}
 	if !a.json {
 		fmt.Printf("%s/%s desired version %d (resourceVersion %d)\n", t.Gateway, t.Device, t.DesiredVersion, t.ResourceVersion)
+	}
+	return exitOK
+}
+
+func twinsDelete(ctx context.Context, args []string) int {
+	fs := flag.NewFlagSet("twins delete", flag.ContinueOnError)
+	var a apiFlags
+	a.register(fs)
+	fs.Usage = func() { fmt.Fprint(fs.Output(), twinsHelp+"\nFlags:\n"); fs.PrintDefaults() }
+	pos, code, ok := interspersed(fs, args)
+	if !ok {
+		return code
+	}
+	if len(pos) != 2 {
+		return fail("twins delete", fmt.Errorf("%w: want GATEWAY DEVICE", errUsage))
+	}
+	if !twin.ValidDevice(pos[1]) {
+		return fail("twins delete", fmt.Errorf("%w: device %q: must be 1-128 letters, digits, _ . -", errUsage, pos[1]))
+	}
+	if err := a.call(ctx, "DELETE", twinPath(pos[0], pos[1]), nil, nil); err != nil {
+		return fail("twins delete", err)
+	}
+	if !a.json {
+		fmt.Printf("%s/%s deleted\n", pos[0], pos[1])
 	}
 	return exitOK
 }

@@ -142,6 +142,18 @@ func (u syncerUplink) PostReported(ctx context.Context, ups []twin.Reported) err
 	return s.PostReported(ctx, ups)
 }
 
+// ListTwins reads the gateway's twins back from the server (twinsync
+// re-seeds from it when its state was lost).
+func (u syncerUplink) ListTwins(ctx context.Context) ([]twin.Twin, error) {
+	u.m.mu.Lock()
+	s := u.m.syncer
+	u.m.mu.Unlock()
+	if s == nil {
+		return nil, errors.New("not connected to a fleet server")
+	}
+	return s.ListTwins(ctx)
+}
+
 func (m *fleetModule) Health() module.Status {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -387,6 +399,11 @@ func (f fleetApplier) Remove(ctx context.Context, kind, name string) error {
 		return f.removeAgentVersion()
 	case proto.KindFunction:
 		return f.removeFunction(ctx, name)
+	case proto.KindTwin:
+		if f.twins == nil {
+			return nil
+		}
+		return f.twins.Delete(name) // deleted on the server: drop the cached copy
 	}
 	if kind != proto.KindRuleSet {
 		return nil // nothing was applied for other kinds

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"math/rand/v2"
@@ -815,6 +816,29 @@ func (s *Syncer) reportStatus(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	return nil
+}
+
+// ListTwins reads this gateway's twins from the server (GET
+// /api/v1/agent/twins): what a gateway that lost its twin state re-seeds
+// from.
+func (s *Syncer) ListTwins(ctx context.Context) ([]twin.Twin, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.server()+"/api/v1/agent/twins", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("twins: %w", err)
+	}
+	defer resp.Body.Close()
+	if err := httpError(resp); err != nil {
+		return nil, fmt.Errorf("twins: %w", err)
+	}
+	var ts []twin.Twin
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 256<<20)).Decode(&ts); err != nil {
+		return nil, fmt.Errorf("twins: answer: %w", err)
+	}
+	return ts, nil
 }
 
 // PostReported sends reported twin updates (oldest first, at most

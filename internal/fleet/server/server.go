@@ -341,6 +341,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/gateways/{id}/twins", s.role(store.RoleViewer, s.handleTwins))
 	mux.HandleFunc("GET /api/v1/gateways/{id}/twins/{device}", s.role(store.RoleViewer, s.handleTwinGet))
 	mux.HandleFunc("PATCH /api/v1/gateways/{id}/twins/{device}", s.role(store.RoleOperator, s.handleTwinPatch))
+	mux.HandleFunc("DELETE /api/v1/gateways/{id}/twins/{device}", s.role(store.RoleOperator, s.handleTwinDelete))
 	mux.HandleFunc("GET /api/v1/agent/twins", s.agentAuth(s.handleAgentTwins))
 	mux.HandleFunc("POST /api/v1/agent/twins", s.agentAuth(s.handleAgentReported))
 	mux.HandleFunc("GET /api/v1/objects", s.role(store.RoleViewer, s.handleObjects))

@@ -114,6 +114,25 @@ func (s *Server) handleTwinPatch(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, withDelta(t))
 }
 
+// handleTwinDelete deletes one twin; the gateway drops its copy when the
+// deleted event reaches it. 204, or 404 for an unknown gateway or twin.
+func (s *Server) handleTwinDelete(w http.ResponseWriter, r *http.Request) {
+	gw, dev := r.PathValue("id"), r.PathValue("device")
+	if !twin.ValidDevice(dev) {
+		writeErr(w, http.StatusBadRequest, fmt.Sprintf("device: %q: must be 1-128 letters, digits, _ . -", dev))
+		return
+	}
+	if !s.gatewayKnown(w, gw) {
+		return
+	}
+	if _, err := s.st.DeleteTwin(r.Context(), gw, dev); err != nil {
+		s.storeErr(w, "twin", err)
+		return
+	}
+	s.sync(r.Context())
+	w.WriteHeader(http.StatusNoContent)
+}
+
 func (s *Server) handleAgentTwins(w http.ResponseWriter, r *http.Request, id string) {
 	ts, err := s.st.ListTwins(r.Context(), id)
 	if err != nil {

@@ -104,6 +104,30 @@ func TestTwinAPI(t *testing.T) {
 	if got.ReportedVersion != 2 || got.Delta != nil || !strings.Contains(compact(got.Reported), `"fan":"on"`) || got.Metadata.Reported["fan"] == 0 {
 		t.Fatalf("after reported updates: %s", body)
 	}
+	// Delete: operator only, 404 for what is not there, and the twin
+	// leaves the gateway's desired document.
+	for _, s := range []struct {
+		token, path string
+		code        int
+		want        string
+	}{
+		{viewer, tw, 403, "operator role"},
+		{operator, "/api/v1/gateways/nope/twins/dev-1", 404, "gateway nope"},
+		{operator, "/api/v1/gateways/gw-1/twins/a+b", 400, "device:"},
+		{operator, "/api/v1/gateways/gw-1/twins/dev-2", 404, "twin gw-1/dev-2"},
+		{operator, tw, 204, ""},
+		{operator, tw, 404, "twin gw-1/dev-1"},
+	} {
+		if code, body := do(h, s.token, "DELETE", s.path, ""); code != s.code || !strings.Contains(body, s.want) {
+			t.Fatalf("DELETE %s = %d %s, want %d %q", s.path, code, body, s.code, s.want)
+		}
+	}
+	if code, body := do(h, viewer, "GET", tw, ""); code != 404 {
+		t.Fatalf("GET after delete = %d %s", code, body)
+	}
+	if doc, _ := json.Marshal(mustDesired(t, h, admin)); strings.Contains(string(doc), `"kind":"twin"`) {
+		t.Fatalf("desired document after delete: %s", doc)
+	}
 }
 
 func mustDesired(t *testing.T, h http.Handler, admin string) proto.Document {

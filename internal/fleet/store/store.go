@@ -181,6 +181,10 @@ type Store interface {
 	// applied ones. Reported updates do not log Events (they do not change
 	// any gateway's desired state).
 	ApplyTwinReported(ctx context.Context, ups []twin.Reported) (applied int, err error)
+	// DeleteTwin deletes one twin (ErrNotFound when none) and logs a
+	// deleted proto.KindTwin Event, so the gateway drops its copy. A
+	// reported update arriving later creates the twin again.
+	DeleteTwin(ctx context.Context, gateway, device string) (rv int64, err error)
 
 	// Notify returns a channel that receives after each committed change
 	// (coalesced; capacity 1) and a function to stop receiving.

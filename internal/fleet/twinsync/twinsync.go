@@ -58,6 +58,15 @@ type Uplink interface {
 	PostReported(ctx context.Context, ups []twin.Reported) error
 }
 
+// Seeder is what an Uplink also implements when the gateway can read its
+// twins back from the server (GET /api/v1/agent/twins): a gateway that
+// lost its twin state re-seeds from it before accepting updates, so its
+// reported versions continue above the server's instead of starting at 0
+// (which the server would ignore as replays).
+type Seeder interface {
+	ListTwins(ctx context.Context) ([]twin.Twin, error)
+}
+
 // Options configure a Service.
 type Options struct {
 	Dir     string // DATA_DIR/fleet/twins: state.json and queue/
@@ -83,6 +92,11 @@ type state struct {
 
 type snapshot struct {
 	Twins map[string]*state `json:"twins"`
+	// Deleted holds, per twin deleted on the server, its reported version
+	// at the delete: queued updates up to it are dropped, not sent (they
+	// would create the twin again), and a new twin of that device counts
+	// on from it.
+	Deleted map[string]int64 `json:"deleted,omitempty"`
 }
 
 // Service serves the twin topics. Open, then Start; Close at the end.
@@ -91,9 +105,14 @@ type Service struct {
 	log *slog.Logger
 	q   *queue.Disk
 
-	mu    sync.Mutex
-	twins map[string]*state
-	dirty bool
+	mu      sync.Mutex
+	twins   map[string]*state
+	deleted map[string]int64 // see snapshot.Deleted
+	dirty   bool
+	// seeded is false from Open until the twins were read back from the
+	// server, when the gateway started without state.json (a lost or new
+	// twin directory) and its Uplink is a Seeder; updates get 503 until.
+	seeded bool
 
 	saveMu sync.Mutex // one snapshot write at a time
 
@@ -130,13 +149,16 @@ func Open(opt Options) (*Service, error) {
 	if err := os.MkdirAll(opt.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("twinsync: %w", err)
 	}
-	s := &Service{opt: opt, log: opt.Logger, twins: map[string]*state{}, work: make(chan request, 1024),
+	s := &Service{opt: opt, log: opt.Logger, twins: map[string]*state{}, deleted: map[string]int64{}, seeded: true, work: make(chan request, 1024),
 		accepted: opt.Metrics.GetOrCreateCounter(`outpost_twin_updates_total{result="accepted"}`),
 		rejected: opt.Metrics.GetOrCreateCounter(`outpost_twin_updates_total{result="rejected"}`),
 		sent:     opt.Metrics.GetOrCreateCounter(`outpost_twin_reported_sent_total`)}
 	b, err := os.ReadFile(s.statePath())
 	switch {
 	case errors.Is(err, os.ErrNotExist):
+		if _, ok := opt.Uplink.(Seeder); ok {
+			s.seeded = false
+		}
 	case err != nil:
 		return nil, fmt.Errorf("twinsync: %w", err)
 	default:
@@ -146,6 +168,9 @@ func Open(opt Options) (*Service, error) {
 		}
 		if snap.Twins != nil {
 			s.twins = snap.Twins
+		}
+		if snap.Deleted != nil {
+			s.deleted = snap.Deleted
 		}
 	}
 	s.q, err = queue.Open(queue.Config{Dir: filepath.Join(opt.Dir, "queue"), Fsync: queue.FsyncAlways, MaxBytes: 64 << 20},
@@ -179,6 +204,9 @@ func (s *Service) replay() error {
 		if json.Unmarshal(rec.Data, &u) != nil {
 			continue
 		}
+		if u.Version <= s.deleted[u.Device] {
+			continue // from before the twin was deleted
+		}
 		t := s.twinLocked(u.Device)
 		if u.Version > t.ReportedVersion {
 			doc, keys, err := twin.Merge(t.Reported, u.Patch)
@@ -201,7 +229,7 @@ func (s *Service) replay() error {
 func (s *Service) twinLocked(dev string) *state {
 	t := s.twins[dev]
 	if t == nil {
-		t = &state{Desired: json.RawMessage("{}"), Reported: json.RawMessage("{}")}
+		t = &state{Desired: json.RawMessage("{}"), Reported: json.RawMessage("{}"), ReportedVersion: s.deleted[dev]}
 		s.twins[dev] = t
 	}
 	return t
@@ -357,6 +385,11 @@ func (s *Service) update(ctx context.Context, r request) {
 	}
 	now := s.opt.Now()
 	s.mu.Lock()
+	if !s.seeded {
+		s.mu.Unlock()
+		s.reject(r.device, "update", 503, "the gateway is reading its twins back from the fleet server (its twin state was lost): try again", u.ClientToken)
+		return
+	}
 	t := s.twinLocked(r.device)
 	if u.ReportedVersion != nil && *u.ReportedVersion != t.ReportedVersion {
 		cur := t.ReportedVersion
@@ -439,6 +472,63 @@ func (s *Service) SetDesired(device string, spec twin.Spec) error {
 	return nil
 }
 
+// Delete drops the gateway's copy of device's twin (deleted on the
+// server). Its reported version is kept as a tombstone: queued updates up
+// to it are not sent, and if the device reports again its new twin counts
+// on from there.
+func (s *Service) Delete(device string) error {
+	s.mu.Lock()
+	t := s.twins[device]
+	if t == nil {
+		s.mu.Unlock()
+		return nil
+	}
+	s.deleted[device] = t.ReportedVersion
+	delete(s.twins, device)
+	s.dirty = true
+	s.mu.Unlock()
+	return s.save()
+}
+
+// seed reads the gateway's twins back from the server and takes every
+// side the server has newer than the local copy, then makes that durable
+// before updates are accepted.
+func (s *Service) seed(ctx context.Context, sd Seeder) error {
+	ts, err := sd.ListTwins(ctx)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	for _, st := range ts {
+		if !twin.ValidDevice(st.Device) {
+			continue
+		}
+		t := s.twinLocked(st.Device)
+		if st.ReportedVersion > t.ReportedVersion {
+			t.Reported, t.ReportedVersion, t.ReportedMeta = st.Reported, st.ReportedVersion, st.Metadata.Reported
+			if len(t.Reported) == 0 {
+				t.Reported = json.RawMessage("{}")
+			}
+		}
+		if st.DesiredVersion > t.DesiredVersion {
+			t.Desired, t.DesiredVersion, t.DesiredMeta = st.Desired, st.DesiredVersion, st.Metadata.Desired
+			if len(t.Desired) == 0 {
+				t.Desired = json.RawMessage("{}")
+			}
+		}
+	}
+	s.dirty = true
+	s.mu.Unlock()
+	if err := s.save(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.seeded = true
+	s.mu.Unlock()
+	s.log.Info("twins: re-seeded from the fleet server (no local twin state)", "twins", len(ts))
+	return nil
+}
+
 // save writes the snapshot atomically (temp file, fsync, rename, fsync of
 // the directory) when something changed.
 func (s *Service) save() error {
@@ -449,7 +539,7 @@ func (s *Service) save() error {
 		s.mu.Unlock()
 		return nil
 	}
-	b, err := json.Marshal(snapshot{Twins: s.twins})
+	b, err := json.Marshal(snapshot{Twins: s.twins, Deleted: s.deleted})
 	s.dirty = false
 	s.mu.Unlock()
 	if err != nil {
@@ -501,6 +591,27 @@ func (s *Service) Pending() uint64 { return s.q.Stats().Depth }
 // durable.
 func (s *Service) sender(ctx context.Context) {
 	backoff := 500 * time.Millisecond
+	s.mu.Lock()
+	seeded := s.seeded
+	s.mu.Unlock()
+	for !seeded {
+		err := errors.New("not connected to a fleet server")
+		if sd, ok := s.opt.Uplink.(Seeder); ok {
+			err = s.seed(ctx, sd)
+		}
+		if err == nil {
+			break
+		}
+		s.log.Debug("twins: not re-seeded yet", "err", err)
+		wait := backoff/2 + rand.N(backoff/2+1)
+		backoff = min(backoff*2, s.opt.RetryMax)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+	backoff = 500 * time.Millisecond
 	for {
 		rec, err := s.q.Next(ctx)
 		if err != nil {
@@ -519,15 +630,19 @@ func (s *Service) sender(ctx context.Context) {
 			recs = append(recs, r)
 		}
 		ups := make([]twin.Reported, 0, len(recs))
+		s.mu.Lock()
 		for _, r := range recs {
 			var u twin.Reported
-			if json.Unmarshal(r.Data, &u) == nil {
+			if json.Unmarshal(r.Data, &u) == nil && u.Version > s.deleted[u.Device] {
 				u.Gateway = "" // the server takes it from the certificate
 				ups = append(ups, u)
 			}
 		}
+		s.mu.Unlock()
 		err = errors.New("not connected to a fleet server")
-		if s.opt.Uplink != nil {
+		if len(ups) == 0 {
+			err = nil // every record was for a deleted twin
+		} else if s.opt.Uplink != nil {
 			err = s.opt.Uplink.PostReported(ctx, ups)
 		}
 		if err == nil {

@@ -175,3 +175,20 @@ func (s *Store) ApplyTwinReported(ctx context.Context, ups []twin.Reported) (int
 	}
 	return applied, nil
 }
+
+// DeleteTwin implements store.Store.
+func (s *Store) DeleteTwin(ctx context.Context, gateway, device string) (int64, error) {
+	var rv int64
+	err := s.write(ctx, func(tx pgx.Tx) (bool, error) {
+		tag, err := tx.Exec(ctx, `DELETE FROM twins WHERE gateway = $1 AND device = $2`, gateway, device)
+		if err != nil {
+			return false, err
+		}
+		if tag.RowsAffected() == 0 {
+			return false, fmt.Errorf("%w: twin %s/%s", store.ErrNotFound, gateway, device)
+		}
+		rv, err = appendEvent(ctx, tx, proto.KindTwin, store.TwinEventID(gateway, device), device, true)
+		return true, err
+	})
+	return rv, err
+}

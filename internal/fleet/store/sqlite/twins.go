@@ -221,3 +221,21 @@ func (s *Store) upsertStmt(ctx context.Context, n int) (*sql.Stmt, error) {
 	s.upsert[n] = st
 	return st, nil
 }
+
+// DeleteTwin implements store.Store.
+func (s *Store) DeleteTwin(ctx context.Context, gateway, device string) (int64, error) {
+	var rv int64
+	err := s.write(ctx, func(tx *sql.Tx) (bool, error) {
+		res, err := tx.ExecContext(ctx, `DELETE FROM twins WHERE gateway = ? AND device = ?`, gateway, device)
+		if err != nil {
+			return false, err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return false, fmt.Errorf("%w: twin %s/%s", store.ErrNotFound, gateway, device)
+		}
+		delete(s.reported, store.TwinKey{Gateway: gateway, Device: device}) // under wmu; reloaded if the commit fails
+		rv, err = appendEvent(ctx, tx, proto.KindTwin, store.TwinEventID(gateway, device), device, true)
+		return true, err
+	})
+	return rv, err
+}

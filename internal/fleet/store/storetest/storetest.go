@@ -76,6 +76,34 @@ func Twins(t *testing.T, s store.Store) {
 			t.Fatal(err)
 		}
 	}
+	// Delete one twin: a deleted event for the gateway, gone from reads;
+	// a reported update after it starts the twin again from nothing (no
+	// cached reported version survives the delete).
+	rvDel, err := s.DeleteTwin(ctx, "gw", "d1")
+	if err != nil {
+		t.Fatalf("DeleteTwin = %v", err)
+	}
+	if _, err := s.GetTwin(ctx, "gw", "d1"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("GetTwin after DeleteTwin = %v, want ErrNotFound", err)
+	}
+	if evs, err := s.Events(ctx, rvDel-1, 10); err != nil || len(evs) != 1 || evs[0].Kind != proto.KindTwin || evs[0].ID != "gw/d1" || evs[0].Name != "d1" || !evs[0].Deleted {
+		t.Fatalf("delete event = %+v, %v", evs, err)
+	}
+	if _, err := s.DeleteTwin(ctx, "gw", "d1"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("DeleteTwin of a deleted twin = %v, want ErrNotFound", err)
+	}
+	if _, err := s.DeleteTwin(ctx, "other", "d2"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("DeleteTwin on another gateway = %v, want ErrNotFound", err)
+	}
+	if n, err := s.ApplyTwinReported(ctx, []twin.Reported{{Gateway: "gw", Device: "d1", Patch: json.RawMessage(`{"again":1}`), Version: 1, Time: now}}); err != nil || n != 1 {
+		t.Fatalf("reported v1 after the delete = %d, %v; want 1 applied", n, err)
+	}
+	if tw, err := s.GetTwin(ctx, "gw", "d1"); err != nil || tw.ReportedVersion != 1 || string(tw.Reported) != `{"again":1}` || tw.DesiredVersion != 0 {
+		t.Fatalf("d1 after delete and report = %+v, %v", tw, err)
+	}
+	if tw, err := s.GetTwin(ctx, "gw", "d2"); err != nil || tw.ReportedVersion != 5 {
+		t.Fatalf("d2 after deleting d1 = %+v, %v", tw, err)
+	}
 	all, err := s.ListTwins(ctx, "gw")
 	if err != nil || len(all) != 22 {
 		t.Fatalf("ListTwins = %d, %v; want 22", len(all), err)
