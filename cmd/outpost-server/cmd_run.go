@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -17,6 +19,7 @@ import (
 	"github.com/outpost-edge/outpost/internal/fleet/store"
 	"github.com/outpost-edge/outpost/internal/fleet/store/postgres"
 	"github.com/outpost-edge/outpost/internal/fleet/store/sqlite"
+	"github.com/outpost-edge/outpost/internal/telemetry"
 )
 
 func init() {
@@ -40,6 +43,7 @@ func runServer(ctx context.Context, args []string) int {
 	keepalive := fs.Duration("keepalive", 30*time.Second, "watch stream keepalive (bookmark) period")
 	compactKeep := fs.Int64("compact-keep", 100_000, "change-log events kept by automatic compaction, every 5 minutes (-1: off); a gateway away for more changes re-lists")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
+	pprofAddr := fs.String("pprof", "", "serve /debug/pprof/ (heap, CPU, goroutine profiles) on this loopback address, e.g. 127.0.0.1:6060 (off by default; no authentication, so loopback only)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), helpText("outpost-server run [--data DIR] [--listen ADDR] [--host NAME]...",
 			`Run the fleet server on its embedded SQLite store (DIR/fleet.db, WAL mode).
@@ -66,6 +70,15 @@ The web dashboard is served at the same URL (/); add its users with
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "outpost-server run: --trusted-proxy: %v\n", err)
 		return exitUsage
+	}
+	if *pprofAddr != "" {
+		if err := loopbackAddr(*pprofAddr); err != nil {
+			fmt.Fprintf(os.Stderr, "outpost-server run: --pprof: %v\n", err)
+			return exitUsage
+		}
+		// A finer heap profile (one sample per 4 KiB instead of 512 KiB):
+		// per-connection costs of a few KB show up.
+		runtime.MemProfileRate = 4096
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
@@ -118,6 +131,16 @@ The web dashboard is served at the same URL (/); add its users with
 		fmt.Fprintln(os.Stderr, "outpost-server run:", err)
 		return exitFailure
 	}
+	if *pprofAddr != "" {
+		stop, err := servePprof(*pprofAddr)
+		if err != nil {
+			ln.Close()
+			fmt.Fprintln(os.Stderr, "outpost-server run: --pprof:", err)
+			return exitFailure
+		}
+		defer stop()
+		log.Info("outpost-server profiling", "url", "http://"+*pprofAddr+"/debug/pprof/")
+	}
 	url := "https://" + ln.Addr().String()
 	if admin != "" {
 		fmt.Printf("\nThe admin API token (shown once; only its hash is stored):\n\n  export OUTPOST_SERVER_TOKEN=%s\n\n", admin)
@@ -130,6 +153,35 @@ The web dashboard is served at the same URL (/); add its users with
 	}
 	log.Info("outpost-server stopped")
 	return exitOK
+}
+
+// loopbackAddr checks that addr is host:port with a loopback IP or
+// localhost: the profiles are served without authentication.
+func loopbackAddr(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q: want 127.0.0.1:PORT", addr)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip, err := netip.ParseAddr(host); err != nil || !ip.IsLoopback() {
+		return fmt.Errorf("%q: only a loopback address (127.0.0.1:PORT, [::1]:PORT): the profiles have no authentication", addr)
+	}
+	return nil
+}
+
+// servePprof serves the profiling endpoints on addr until stop.
+func servePprof(addr string) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/debug/pprof/", telemetry.PprofHandler())
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go hs.Serve(ln)
+	return func() { hs.Close() }, nil
 }
 
 // parsePrefixes parses CIDRs or single addresses (a /32 or /128).
