@@ -21,13 +21,14 @@ pids+=($!)
 wait_port "$p" "${pids[0]}" || { cat "$tmp/server.log"; exit 1; }
 export OUTPOST_SERVER_TOKEN=$(sed -n 's/.*export OUTPOST_SERVER_TOKEN=//p' "$tmp/server.out")
 export OUTPOST_SERVER=https://127.0.0.1:$p OUTPOST_SERVER_CA="$tmp/srv/ca.pem"
-tok=$("$tmp/outpost-server" token create --labels bench=1 --expires 1h | grep -o 'opb_[A-Za-z0-9_-]*' | head -1)
+tok=$("$tmp/outpost-server" token create --labels bench=1 --expires 1h 2>/dev/null | grep -o 'opb_[A-Za-z0-9_-]*' | head -1)
 agent() { # NAME FLEET
-	local m; m=$(port)
+	local m h; m=$(port); h=$(port)
 	cat >"$tmp/$1.yaml" <<YAML
 node_id: $1
 data_dir: $tmp/$1
 log: {level: warn}
+telemetry: {address: 127.0.0.1:$h}
 broker:
   listeners:
     - {type: tcp, address: 127.0.0.1:$m}
@@ -46,7 +47,7 @@ for n in with without; do
 done
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg); idle for ${SETTLE}s"
 sleep "$SETTLE"
-rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || { echo "agent $1 exited:" >&2; cat "$tmp"/*.log >&2; exit 1; }; }
 w=$(rss "$pid_with"); wo=$(rss "$pid_without")
 "$tmp/outpost-server" gateways list 2>/dev/null | head -3 || true
 printf 'agent RSS with fleet sync: %.1f MB; without: %.1f MB; sync costs %.1f MB (target: <= 12 MB with sync)\n' \
