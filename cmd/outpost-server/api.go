@@ -76,6 +76,9 @@ func (a *apiFlags) call(ctx context.Context, method, path string, body, out any)
 	}
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, ForceAttemptHTTP2: true}}
+	// A client per call: close its connection after the answer (a sim
+	// making thousands of calls kept one idle connection each).
+	defer hc.CloseIdleConnections()
 	var r io.Reader
 	if body != nil {
 		b, _ := json.Marshal(body)

@@ -7,10 +7,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -19,6 +19,7 @@ import (
 	"github.com/outpost-edge/outpost/internal/fleet/store"
 	"github.com/outpost-edge/outpost/internal/fleet/store/postgres"
 	"github.com/outpost-edge/outpost/internal/fleet/store/sqlite"
+	"github.com/outpost-edge/outpost/internal/telemetry"
 )
 
 func init() {
@@ -42,7 +43,7 @@ func runServer(ctx context.Context, args []string) int {
 	keepalive := fs.Duration("keepalive", 30*time.Second, "watch stream keepalive (bookmark) period")
 	compactKeep := fs.Int64("compact-keep", 100_000, "change-log events kept by automatic compaction, every 5 minutes (-1: off); a gateway away for more changes re-lists")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
-	pprofAddr := fs.String("pprof", "", "serve Go's profiles (/debug/pprof/) on this loopback address, e.g. 127.0.0.1:6060 (off by default; no authentication, so loopback only)")
+	pprofAddr := fs.String("pprof", "", "serve /debug/pprof/ (heap, CPU, goroutine profiles) on this loopback address, e.g. 127.0.0.1:6060 (off by default; no authentication, so loopback only)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), helpText("outpost-server run [--data DIR] [--listen ADDR] [--host NAME]...",
 			`Run the fleet server on its embedded SQLite store (DIR/fleet.db, WAL mode).
@@ -70,18 +71,21 @@ The web dashboard is served at the same URL (/); add its users with
 		fmt.Fprintf(os.Stderr, "outpost-server run: --trusted-proxy: %v\n", err)
 		return exitUsage
 	}
+	if *pprofAddr != "" {
+		if err := loopbackAddr(*pprofAddr); err != nil {
+			fmt.Fprintf(os.Stderr, "outpost-server run: --pprof: %v\n", err)
+			return exitUsage
+		}
+		// A finer heap profile (one sample per 4 KiB instead of 512 KiB):
+		// per-connection costs of a few KB show up.
+		runtime.MemProfileRate = 4096
+	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
 		fmt.Fprintf(os.Stderr, "outpost-server run: --log-level: %v\n", err)
 		return exitUsage
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
-	if *pprofAddr != "" {
-		if err := servePprof(ctx, *pprofAddr, log); err != nil {
-			fmt.Fprintf(os.Stderr, "outpost-server run: --pprof: %v\n", err)
-			return exitUsage
-		}
-	}
 	if err := os.MkdirAll(*data, 0o700); err != nil {
 		fmt.Fprintln(os.Stderr, "outpost-server run:", err)
 		return exitFailure
@@ -127,6 +131,16 @@ The web dashboard is served at the same URL (/); add its users with
 		fmt.Fprintln(os.Stderr, "outpost-server run:", err)
 		return exitFailure
 	}
+	if *pprofAddr != "" {
+		stop, err := servePprof(*pprofAddr)
+		if err != nil {
+			ln.Close()
+			fmt.Fprintln(os.Stderr, "outpost-server run: --pprof:", err)
+			return exitFailure
+		}
+		defer stop()
+		log.Info("outpost-server profiling", "url", "http://"+*pprofAddr+"/debug/pprof/")
+	}
 	url := "https://" + ln.Addr().String()
 	if admin != "" {
 		fmt.Printf("\nThe admin API token (shown once; only its hash is stored):\n\n  export OUTPOST_SERVER_TOKEN=%s\n\n", admin)
@@ -139,6 +153,35 @@ The web dashboard is served at the same URL (/); add its users with
 	}
 	log.Info("outpost-server stopped")
 	return exitOK
+}
+
+// loopbackAddr checks that addr is host:port with a loopback IP or
+// localhost: the profiles are served without authentication.
+func loopbackAddr(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q: want 127.0.0.1:PORT", addr)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip, err := netip.ParseAddr(host); err != nil || !ip.IsLoopback() {
+		return fmt.Errorf("%q: only a loopback address (127.0.0.1:PORT, [::1]:PORT): the profiles have no authentication", addr)
+	}
+	return nil
+}
+
+// servePprof serves the profiling endpoints on addr until stop.
+func servePprof(addr string) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/debug/pprof/", telemetry.PprofHandler())
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go hs.Serve(ln)
+	return func() { hs.Close() }, nil
 }
 
 // parsePrefixes parses CIDRs or single addresses (a /32 or /128).
@@ -156,30 +199,4 @@ func parsePrefixes(vs []string) ([]netip.Prefix, error) {
 		out = append(out, p.Masked())
 	}
 	return out, nil
-}
-
-// servePprof serves net/http/pprof on a loopback address (profiles hold
-// no secrets but cost CPU, and the endpoint has no authentication).
-func servePprof(ctx context.Context, addr string, log *slog.Logger) error {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return err
-	}
-	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return fmt.Errorf("%s: only a loopback address is allowed", addr)
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go hs.Serve(ln)
-	go func() { <-ctx.Done(); hs.Close() }()
-	log.Info("profiles", "url", "http://"+ln.Addr().String()+"/debug/pprof/")
-	return nil
 }

@@ -188,3 +188,8 @@ func pprofIndex(w http.ResponseWriter) {
 	b.WriteString("</table>\n<p><a href=\"goroutine?debug=2\">full goroutine stack dump</a></p>\n</body></html>\n")
 	io.WriteString(w, b.String())
 }
+
+// PprofHandler serves the /debug/pprof/ endpoints (mount it at
+// "/debug/pprof/") for programs that serve them on a separate, private
+// listener (outpost-server run --pprof).
+func PprofHandler() http.Handler { return http.HandlerFunc(servePprof) }

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -104,6 +105,10 @@ type Options struct {
 	// busy gateway reports on every poll.
 	Live      func() map[string]string
 	LiveEvery time.Duration
+	// LocalAddr is the source IP of the connections to the server
+	// (default: the system's choice). Load tests spread many gateways
+	// over 127.0.0.2, 127.0.0.3... beyond one address's ephemeral ports.
+	LocalAddr string
 }
 
 // cacheFile is cache.json.
@@ -186,7 +191,11 @@ func New(ctx context.Context, opt Options) (*Syncer, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Syncer{opt: opt, log: opt.Logger, id: id, hc: id.HTTPClient(), changes: make(chan struct{}, 1)}
+	if opt.LocalAddr != "" && net.ParseIP(opt.LocalAddr) == nil {
+		return nil, fmt.Errorf("fleet: local address %q: want an IP address", opt.LocalAddr)
+	}
+	s := &Syncer{opt: opt, log: opt.Logger, id: id, changes: make(chan struct{}, 1)}
+	s.hc = s.httpClient(id)
 	first := id.Server
 	if opt.Server != "" {
 		first = opt.Server
@@ -224,6 +233,16 @@ func New(ctx context.Context, opt Options) (*Syncer, error) {
 	return s, nil
 }
 
+// httpClient is id's mTLS client, dialing from Options.LocalAddr.
+func (s *Syncer) httpClient(id *Identity) *http.Client {
+	hc := id.HTTPClient()
+	if s.opt.LocalAddr != "" {
+		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(s.opt.LocalAddr)}}
+		hc.Transport.(*http.Transport).DialContext = d.DialContext
+	}
+	return hc
+}
+
 // ID is the enrolled gateway id.
 func (s *Syncer) ID() string { return s.id.ID }
 
@@ -249,7 +268,7 @@ func (s *Syncer) renewLoop(ctx context.Context) {
 			if err == nil {
 				s.mu.Lock()
 				old := s.hc
-				s.id, s.hc, s.renewErr = nid, nid.HTTPClient(), nil
+				s.id, s.hc, s.renewErr = nid, s.httpClient(nid), nil
 				end := s.endSession
 				s.mu.Unlock()
 				s.log.Info("fleet: certificate renewed", "gateway", nid.ID, "expires", nid.NotAfter().UTC())

@@ -383,7 +383,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	go s.Run(ctx)
 	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(tls.NewListener(ln, hs.TLSConfig)) }()
+	go func() { errc <- hs.Serve(newHandshakeListener(ln, hs.TLSConfig, 10*time.Second)) }()
 	select {
 	case err := <-errc:
 		return err
