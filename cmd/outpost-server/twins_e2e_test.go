@@ -237,7 +237,18 @@ fleet: {reconnect_max: 1s}
 	agent.Wait()
 	startAgent()
 	a2 := dialDevice(t, ctx, mqttAddr, "dev-a")
-	a2.publish(ctx, "dev-a", "get", `{}`)
+	// The broker may take the connection before the twin service
+	// subscribed (a get published then is dropped): ask until answered.
+	waitFor(t, 30*time.Second, "a get answered after the restart", func() bool {
+		n := a2.count("get/accepted")
+		a2.publish(ctx, "dev-a", "get", `{}`)
+		for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+			if a2.count("get/accepted") > n {
+				return true
+			}
+		}
+		return false
+	})
 	if g := a2.await("get/accepted", 1); !strings.Contains(g, `"reportedVersion":4`) || !strings.Contains(g, `"speed":1004`) {
 		t.Fatalf("get after kill -9: %s", g)
 	}
