@@ -237,16 +237,18 @@ fleet: {reconnect_max: 1s}
 	agent.Wait()
 	startAgent()
 	a2 := dialDevice(t, ctx, mqttAddr, "dev-a")
-	// The broker accepts devices before the fleet module has started the
-	// twin service: a get in that window has no subscriber and no answer,
-	// so the device asks again, as a shadow client does on a timeout (the
-	// cause of this test's failures under load: it asked once).
-	for i := 0; i < 30 && a2.count("get/accepted") == 0; i++ {
+	// The broker may take the connection before the twin service
+	// subscribed (a get published then is dropped): ask until answered.
+	waitFor(t, 30*time.Second, "a get answered after the restart", func() bool {
+		n := a2.count("get/accepted")
 		a2.publish(ctx, "dev-a", "get", `{}`)
-		for j := 0; j < 20 && a2.count("get/accepted") == 0; j++ {
-			time.Sleep(50 * time.Millisecond)
+		for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+			if a2.count("get/accepted") > n {
+				return true
+			}
 		}
-	}
+		return false
+	})
 	if g := a2.await("get/accepted", 1); !strings.Contains(g, `"reportedVersion":4`) || !strings.Contains(g, `"speed":1004`) {
 		t.Fatalf("get after kill -9: %s", g)
 	}
