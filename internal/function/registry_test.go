@@ -173,7 +173,23 @@ func TestReloadRefusesBadVersion(t *testing.T) {
 func TestHotSwapNoLossNoDup(t *testing.T) {
 	dir := t.TempDir()
 	fdir := filepath.Join(dir, "tag")
-	writeFn(t, fdir, 1, "", tagGuest(1))
+	// The per-invocation timeout is wall-clock time: at a load average
+	// of 30 on 2 cores a trivial invocation descheduled for 100 ms (the
+	// default) was stopped as a runaway and its message counted as a
+	// timeout, not emitted ("message 0-3816 run 0 times"). Lost messages
+	// here must mean a swap bug, so the limit is out of the way.
+	writeSwapFn := func(v int) {
+		writeFn(t, fdir, v, "", tagGuest(v))
+		f, err := os.OpenFile(filepath.Join(fdir, ManifestFile), os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := f.WriteString("limits: {timeout: 60s}\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeSwapFn(1)
 	r, sink := newReg(t, dir, nil, nil)
 	if err := r.Reload(context.Background()); err != nil {
 		t.Fatal(err)
@@ -202,7 +218,7 @@ func TestHotSwapNoLossNoDup(t *testing.T) {
 		<-started
 	}
 	for v := 2; v < 2+swapsWanted; v++ {
-		writeFn(t, fdir, v, "", tagGuest(v))
+		writeSwapFn(v)
 		if err := r.Reload(context.Background()); err != nil {
 			t.Fatal(err)
 		}
