@@ -445,7 +445,7 @@ func TestBrowserAccessibility(t *testing.T) {
 		return bad; })()`
 	// Tab through the page and report the buttons it never reached.
 	const unreached = `(() => {
-		const want = new Set([...document.querySelectorAll('button, input:not([type=hidden])')]);
+		const want = new Set([...document.querySelectorAll('button, input:not([type=hidden]), select, textarea')]);
 		document.activeElement && document.activeElement.blur();
 		return [...want].map(b => b.id || b.textContent.trim() || b.name); })()`
 	check := func(page string) {
@@ -481,4 +481,16 @@ func TestBrowserAccessibility(t *testing.T) {
 		must(t, p, chromedp.Do(ctx, chromedp.Navigate(e.srv.URL+p), chromedp.WaitVisible(chromedp.ID("main"))))
 		check(p)
 	}
+	// The New rollout form (shown with the server's own rollout
+	// controller): every input labelled and reached from the keyboard.
+	e2 := startReal(t, dashboard.Options{})
+	ctx = tab(t, "admin-form")
+	browserLogin(t, ctx, e2.srv.URL, "admin", testPassword)
+	must(t, "/rollouts form", chromedp.Do(ctx, chromedp.Navigate(e2.srv.URL+"/rollouts"), chromedp.WaitVisible(chromedp.ID("new-rollout"))))
+	for _, id := range []string{"name", "kind", "spec", "waves", "maxFailed", "maxRuleErrors", "maxQueueGrowth", "autoRollback"} {
+		if !eval[bool](t, ctx, `!!document.getElementById('f-`+id+`')`) {
+			t.Fatalf("/rollouts: the New rollout form has no #f-%s", id)
+		}
+	}
+	check("/rollouts (New rollout form)")
 }

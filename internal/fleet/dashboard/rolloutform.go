@@ -48,7 +48,7 @@ func (a apiRollouts) Create(ctx context.Context, body []byte) (Rollout, error) {
 }
 
 // formFields are the inputs of the "New rollout" form, in order.
-var formFields = []string{"name", "kind", "object", "spec", "revision", "selector", "waves", "soak", "deadline", "maxFailed", "maxFailedPercent", "autoRollback"}
+var formFields = []string{"name", "kind", "object", "spec", "revision", "selector", "waves", "soak", "deadline", "maxFailed", "maxFailedPercent", "maxRuleErrors", "maxQueueGrowth", "autoRollback"}
 
 // formField maps the field an API message starts with ("waves[1].percent:
 // ...", "gates.maxFailed: ...", "object.kind: ...") to the form input.
@@ -163,6 +163,15 @@ func rolloutRequest(f url.Values) ([]byte, *InputError) {
 			return nil, bad("maxFailedPercent", fmt.Errorf("maxFailedPercent: %q: want a number", s))
 		}
 		gates["maxFailedPercent"] = p
+	}
+	for _, g := range []string{"maxRuleErrors", "maxQueueGrowth"} {
+		if s := strings.TrimSpace(f.Get(g)); s != "" {
+			n, err := strconv.ParseInt(s, 10, 64)
+			if err != nil {
+				return nil, bad(g, fmt.Errorf("%s: %q: want an integer", g, s))
+			}
+			gates[g] = n
+		}
 	}
 	if len(gates) > 0 {
 		req["gates"] = gates
