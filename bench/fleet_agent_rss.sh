@@ -24,6 +24,7 @@ export OUTPOST_SERVER=https://127.0.0.1:$p OUTPOST_SERVER_CA="$tmp/srv/ca.pem"
 tok=$("$tmp/outpost-server" token create --labels bench=1 --expires 1h 2>/dev/null | grep -o 'opb_[A-Za-z0-9_-]*' | head -1)
 agent() { # NAME FLEET
 	local m h; m=$(port); h=$(port)
+	eval "tel_$1=$h"
 	cat >"$tmp/$1.yaml" <<YAML
 node_id: $1
 data_dir: $tmp/$1
@@ -49,7 +50,23 @@ echo "load: $(cut -d' ' -f1-3 /proc/loadavg); idle for ${SETTLE}s"
 sleep "$SETTLE"
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || { echo "agent $1 exited:" >&2; cat "$tmp"/*.log >&2; exit 1; }; }
 w=$(rss "$pid_with"); wo=$(rss "$pid_without")
+# Anonymous memory (heap, stacks) against file-backed pages (the binary's
+# code and data that ran): the kernel can drop the second under pressure.
+for n in with without; do
+	eval "p=\$pid_$n"
+	awk -v n=$n '/^Rss(Anon|File|Shmem):/ {printf "%s: %s %.1f MB\n", n, $1, $2/1024}' "/proc/$p/status" "/proc/$p/smaps_rollup" 2>/dev/null | sort -u
+done
 "$tmp/outpost-server" gateways list 2>/dev/null | head -3 || true
 printf 'agent RSS with fleet sync: %.1f MB; without: %.1f MB; sync costs %.1f MB (target: <= 12 MB with sync)\n' \
 	"$(echo "$w/1024" | bc -l)" "$(echo "$wo/1024" | bc -l)" "$(echo "($w-$wo)/1024" | bc -l)"
+# Where the difference is: the Go runtime's own accounting of both agents
+# and the heap profile of the one with sync against the one without.
+for n in with without; do
+	eval "h=\$tel_$n"
+	curl -s "http://127.0.0.1:$h/debug/pprof/heap" -o "$tmp/$n.heap"
+	curl -s "http://127.0.0.1:$h/debug/pprof/goroutine?debug=1" | head -1 | sed "s/^/$n: /"
+	curl -s "http://127.0.0.1:$h/metrics" | grep -E '^go_memstats_(heap_inuse|stack_inuse|sys|mspan_inuse|other_sys|gc_sys)_bytes ' | sed "s/^/$n: /"
+done
+echo "heap in use, with sync minus without (top 15):"
+go tool pprof -sample_index=inuse_space -top -nodecount 15 -diff_base "$tmp/without.heap" "$tmp/with.heap" 2>/dev/null | sed -n '5,22p'
 echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
