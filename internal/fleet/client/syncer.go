@@ -144,6 +144,8 @@ type Syncer struct {
 	retry map[string]retryState
 	// live is the last Options.Live figures (under mu).
 	live map[string]string
+	// reportMu serialises status reports (reportStatus).
+	reportMu sync.Mutex
 }
 
 // server returns the URL of the replica in use.
@@ -783,6 +785,12 @@ func (s *Syncer) applyBatch(ctx context.Context, batch []proto.Event, rv int64) 
 
 // reportStatus sends the status when it changed since the last report.
 func (s *Syncer) reportStatus(ctx context.Context) error {
+	// One report at a time, each snapshot taken after the previous answer:
+	// the session, observe, live and retry loops all report, and two
+	// reports in flight at once could reach the server in the other
+	// order, leaving it an older status than the one marked sent.
+	s.reportMu.Lock()
+	defer s.reportMu.Unlock()
 	s.mu.Lock()
 	if s.c.StatusSent {
 		s.mu.Unlock()
