@@ -2086,14 +2086,18 @@ func TestPublishToClientSubscriptionDowngradeQos(t *testing.T) {
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet
 		pkx.FixedHeader.Qos = 2
 		_, _ = s.publishToClient(cl, packets.Subscription{Filter: "a/b/c", Qos: 1}, pkx)
-		time.Sleep(time.Microsecond * 100)
-		_ = w.Close()
 	}()
 
+	// outpost: read the expected length instead of closing the pipe after a
+	// 100 µs sleep: publishToClient only queues the packet, and when the
+	// write loop had not run within 100 µs the pipe was closed first and
+	// nothing arrived (seen once in CI at a low load).
 	receiverBuf := make(chan []byte)
 	go func() {
-		buf, err := io.ReadAll(r)
+		buf := make([]byte, len(packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).RawBytes))
+		_, err := io.ReadFull(r, buf)
 		require.NoError(t, err)
+		_ = w.Close()
 		receiverBuf <- buf
 	}()
 
