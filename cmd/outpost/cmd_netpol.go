@@ -23,9 +23,9 @@ func runNetpol(ctx context.Context, args []string) int {
 	apiF := addAPIFlags(fs) // --config is also the file "test" evaluates
 	asJSON := fs.Bool("json", false, "print JSON")
 	iface := fs.String("iface", "", "test: interface (default: the only one in the config)")
-	src := fs.String("src", "", "test: source IPv4 address")
-	dst := fs.String("dst", "0.0.0.0", "test: destination IPv4 address")
-	proto := fs.String("proto", "tcp", "test: tcp, udp or icmp")
+	src := fs.String("src", "", "test: source address (IPv4 or IPv6)")
+	dst := fs.String("dst", "", "test: destination address, of the source's family (default: 0.0.0.0 or ::)")
+	proto := fs.String("proto", "tcp", "test: tcp, udp, icmp or icmpv6")
 	sport := fs.Uint("sport", 40000, "test: source port")
 	dport := fs.Uint("dport", 0, "test: destination port")
 	fs.Usage = func() {
@@ -38,7 +38,8 @@ first-match logic the kernel programs run, and prints the rule it hits.`,
 			"outpost netpol status",
 			"outpost netpol counters --json",
 			"outpost netpol test --config /etc/outpost/outpost.yaml --src 10.1.2.3 --dport 1883",
-			"outpost netpol test --iface eth1 --src 192.168.7.20 --proto udp --dport 502"))
+			"outpost netpol test --iface eth1 --src 192.168.7.20 --proto udp --dport 502",
+			"outpost netpol test --iface eth1 --src fd00:20::7 --dst fd00:20::1 --dport 8883"))
 		fs.PrintDefaults()
 	}
 	var pos []string
@@ -112,7 +113,7 @@ func printNetpol(st netpol.Status, counters bool) {
 		for _, r := range rules {
 			fmt.Fprintf(tw, "%s\t%s\t%d packets\t%d bytes\n", n, r, s.Rules[r].Packets, s.Rules[r].Bytes)
 		}
-		for _, g := range []string{"rate_limited", "ipv6", "non_ip", "malformed"} {
+		for _, g := range netpol.GlobalKinds {
 			fmt.Fprintf(tw, "%s\t(%s)\t%d packets\t%d bytes\n", n, g, s.Global[g].Packets, s.Global[g].Bytes)
 		}
 	}
@@ -177,10 +178,23 @@ func netpolTest(cfgPath, iface, src, dst, proto string, sport, dport uint) int {
 		return exitUsage
 	}
 	s, err1 := netip.ParseAddr(src)
-	d, err2 := netip.ParseAddr(dst)
+	d := netip.IPv4Unspecified()
+	if s.Is6() {
+		d = netip.IPv6Unspecified()
+	}
+	var err2 error
+	if dst != "" {
+		d, err2 = netip.ParseAddr(dst)
+	}
 	p, err3 := netpol.ParseProto(proto)
-	if err := errors.Join(err1, err2, err3); err != nil || sport > 65535 || dport > 65535 {
-		fmt.Fprintf(os.Stderr, "outpost netpol: bad packet: %v (need --src, --dst IPv4, --proto, ports 0-65535)\n", err)
+	if err1 == nil && err2 == nil && s.Is4() != d.Is4() {
+		err2 = fmt.Errorf("--src %s and --dst %s: one is IPv4, the other IPv6", s, d)
+	}
+	if sport > 65535 || dport > 65535 {
+		err3 = errors.Join(err3, fmt.Errorf("ports are 0-65535"))
+	}
+	if err := errors.Join(err1, err2, err3); err != nil {
+		fmt.Fprintf(os.Stderr, "outpost netpol: bad packet: %v (need --src and --dst of one family, --proto, ports 0-65535)\n", err)
 		return exitUsage
 	}
 	dec, err := netpol.Decide(*itf, netpol.Packet{Src: s, Dst: d, Proto: p, SPort: uint16(sport), DPort: uint16(dport)})

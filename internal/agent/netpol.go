@@ -58,7 +58,7 @@ func writeNetpolMetrics(w io.Writer, st netpol.Status) {
 			metrics.WriteCounterUint64(w, fmt.Sprintf(`outpost_netpol_packets_total{iface=%q,rule=%q}`, itf, r), c.Packets)
 			metrics.WriteCounterUint64(w, fmt.Sprintf(`outpost_netpol_bytes_total{iface=%q,rule=%q}`, itf, r), c.Bytes)
 		}
-		for _, g := range []string{"rate_limited", "non_ip", "ipv6", "malformed"} {
+		for _, g := range netpol.GlobalKinds {
 			metrics.WriteCounterUint64(w, fmt.Sprintf(`outpost_netpol_global_packets_total{iface=%q,kind=%q}`, itf, g), s.Global[g].Packets)
 		}
 	}

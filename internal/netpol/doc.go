@@ -24,6 +24,10 @@
 //   - Decide (the `outpost netpol test` path) evaluates a packet with the
 //     same first-match logic the kernel programs implement.
 //
-// IPv4 is filtered by rules; IPv6 packets get the interface's default
-// action; ARP and other non-IP frames always pass (the link must work).
+// IPv4 and IPv6 are filtered by the same ordered rules: a rule's addresses
+// (or an icmp/icmpv6 proto) make it a rule of one family, a rule naming
+// neither applies to both, and a packet only meets the rules it can match.
+// ARP, other non-IP frames and IPv6 neighbour discovery and MLD always
+// pass (the link must work); an IPv6 packet with an IPv4-mapped address is
+// malformed and dropped.
 package netpol

@@ -161,20 +161,33 @@ func (e *fieldError) Error() string { return e.field + ": " + e.msg }
 
 // Protocol numbers.
 const (
-	protoAny  = 0
-	protoICMP = 1
-	protoTCP  = 6
-	protoUDP  = 17
+	protoAny    = 0
+	protoICMP   = 1
+	protoTCP    = 6
+	protoUDP    = 17
+	protoICMPv6 = 58
 
 	ProtoTCP = protoTCP
 	ProtoUDP = protoUDP
 )
 
+// Address families a rule applies to (Compiled.Family).
+const (
+	FamilyAny = 0
+	FamilyV4  = 4
+	FamilyV6  = 6
+)
+
 // Compiled is a rule in the form the enforcement backends use.
 type Compiled struct {
-	Name             string
-	Allow            bool
-	Src, Dst         netip.Prefix // 0.0.0.0/0 = any
+	Name  string
+	Allow bool
+	// Family is the address family of the packets the rule can match: set
+	// by its addresses (an IPv4 CIDR makes it an IPv4 rule, an IPv6 one an
+	// IPv6 rule; 0.0.0.0/0 and ::/0 mean "all of that family") or by an
+	// icmpv6 proto; FamilyAny when neither says.
+	Family           uint8
+	Src, Dst         netip.Prefix // the zero Prefix (not valid) = any
 	Proto            uint8        // 0 = any
 	SPortLo, SPortHi uint16
 	DPortLo, DPortHi uint16
@@ -183,10 +196,8 @@ type Compiled struct {
 // Compile checks one rule and returns it in the backends' form.
 func Compile(r Rule) (Compiled, error) { return compileRule(r) }
 
-var anyV4 = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
-
 func compileRule(r Rule) (Compiled, error) {
-	c := Compiled{Name: r.Name, Src: anyV4, Dst: anyV4, SPortHi: 65535, DPortHi: 65535}
+	c := Compiled{Name: r.Name, SPortHi: 65535, DPortHi: 65535}
 	switch r.Action {
 	case "allow":
 		c.Allow = true
@@ -209,8 +220,33 @@ func compileRule(r Rule) (Compiled, error) {
 		c.Proto = protoUDP
 	case "icmp":
 		c.Proto = protoICMP
+	case "icmpv6":
+		c.Proto = protoICMPv6
 	default:
-		return c, &fieldError{"proto", fmt.Sprintf("%q: want tcp, udp, icmp or any", r.Proto)}
+		return c, &fieldError{"proto", fmt.Sprintf("%q: want tcp, udp, icmp, icmpv6 or any", r.Proto)}
+	}
+	// The family: a packet is IPv4 or IPv6, so a rule whose fields name
+	// both could never match.
+	type said struct {
+		field, value string
+		fam          uint8
+	}
+	fams := []said{{"src", r.Src, family(c.Src)}, {"dst", r.Dst, family(c.Dst)}}
+	switch c.Proto {
+	case protoICMP:
+		fams = append(fams, said{"proto", r.Proto, FamilyV4})
+	case protoICMPv6:
+		fams = append(fams, said{"proto", r.Proto, FamilyV6})
+	}
+	var first said
+	for _, f := range fams {
+		if f.fam == FamilyAny {
+			continue
+		}
+		if c.Family != FamilyAny && c.Family != f.fam {
+			return c, &fieldError{f.field, fmt.Sprintf("%q is IPv%d but %s %q is IPv%d: no packet is both; split it into two rules", f.value, f.fam, first.field, first.value, first.fam)}
+		}
+		c.Family, first = f.fam, f
 	}
 	if c.SPortLo, c.SPortHi, err = parsePorts(r.SPort); err != nil {
 		return c, &fieldError{"sport", err.Error()}
@@ -224,23 +260,41 @@ func compileRule(r Rule) (Compiled, error) {
 	return c, nil
 }
 
+func family(p netip.Prefix) uint8 {
+	switch {
+	case !p.IsValid():
+		return FamilyAny
+	case p.Addr().Is4():
+		return FamilyV4
+	}
+	return FamilyV6
+}
+
+// parseCIDR reads an address or CIDR of either family; "" and "any" give
+// the zero Prefix (any address of any family).
 func parseCIDR(s string) (netip.Prefix, error) {
 	if s == "" || s == "any" {
-		return anyV4, nil
+		return netip.Prefix{}, nil
 	}
 	if !strings.Contains(s, "/") {
 		a, err := netip.ParseAddr(s)
-		if err != nil || !a.Is4() {
-			return anyV4, fmt.Errorf("%q is not an IPv4 address or CIDR", s)
+		if err != nil || a.Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("%q is not an IP address or CIDR (10.1.2.3, 10.1.0.0/16, fd00:1::/64)", s)
 		}
-		return netip.PrefixFrom(a, 32), nil
+		if a.Is4In6() {
+			return netip.Prefix{}, fmt.Errorf("%q is an IPv4-mapped IPv6 address, which never appears on the wire (such packets are dropped as malformed); write %s", s, a.Unmap())
+		}
+		return netip.PrefixFrom(a, a.BitLen()), nil
 	}
 	p, err := netip.ParsePrefix(s)
-	if err != nil || !p.Addr().Is4() {
-		return anyV4, fmt.Errorf("%q is not an IPv4 CIDR (like 10.1.0.0/16)", s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not a CIDR (like 10.1.0.0/16 or fd00:1::/64)", s)
+	}
+	if p.Addr().Is4In6() {
+		return netip.Prefix{}, fmt.Errorf("%q is an IPv4-mapped IPv6 prefix, which never appears on the wire; write the IPv4 CIDR", s)
 	}
 	if p.Masked() != p {
-		return anyV4, fmt.Errorf("%q has host bits set; did you mean %s?", s, p.Masked())
+		return netip.Prefix{}, fmt.Errorf("%q has host bits set; did you mean %s?", s, p.Masked())
 	}
 	return p, nil
 }
@@ -282,9 +336,14 @@ type Decision struct {
 
 // Decide evaluates p against an interface policy with the first-match
 // semantics both backends implement. The interface must have validated.
+// An IPv6 packet with an IPv4-mapped address is dropped as malformed, as
+// the backends do (it would otherwise dodge the IPv4 rules).
 func Decide(itf Interface, p Packet) (Decision, error) {
-	if !p.Src.Is4() || !p.Dst.Is4() {
-		return Decision{Allow: itf.Default == "allow", Rule: "default", Index: -1}, nil
+	if !p.Src.IsValid() || !p.Dst.IsValid() || p.Src.Is4() != p.Dst.Is4() {
+		return Decision{}, fmt.Errorf("netpol: a packet's source and destination must both be IPv4 or both IPv6 (got %v and %v)", p.Src, p.Dst)
+	}
+	if p.Src.Is4In6() || p.Dst.Is4In6() {
+		return Decision{Allow: false, Rule: "malformed", Index: -1}, nil
 	}
 	for i, r := range itf.Rules {
 		c, err := compileRule(r)
@@ -299,7 +358,17 @@ func Decide(itf Interface, p Packet) (Decision, error) {
 }
 
 func (c Compiled) matches(p Packet) bool {
-	if !c.Src.Contains(p.Src) || !c.Dst.Contains(p.Dst) {
+	switch c.Family {
+	case FamilyV4:
+		if !p.Src.Is4() {
+			return false
+		}
+	case FamilyV6:
+		if !p.Src.Is6() {
+			return false
+		}
+	}
+	if c.Src.IsValid() && !c.Src.Contains(p.Src) || c.Dst.IsValid() && !c.Dst.Contains(p.Dst) {
 		return false
 	}
 	if c.Proto != protoAny && c.Proto != p.Proto {
@@ -317,6 +386,8 @@ func ParseProto(s string) (uint8, error) {
 		return protoUDP, nil
 	case "icmp":
 		return protoICMP, nil
+	case "icmpv6":
+		return protoICMPv6, nil
 	}
-	return 0, fmt.Errorf("netpol: protocol %q: want tcp, udp or icmp", s)
+	return 0, fmt.Errorf("netpol: protocol %q: want tcp, udp, icmp or icmpv6", s)
 }

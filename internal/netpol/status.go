@@ -9,9 +9,14 @@ type Counter struct {
 // Add adds o to c.
 func (c *Counter) Add(o Counter) { c.Packets += o.Packets; c.Bytes += o.Bytes }
 
+// GlobalKinds are an interface's global counters, in display order:
+// packets dropped by the per-source rate limit, non-IP frames passed,
+// IPv6 packets seen (the rules then decide), malformed packets dropped,
+// IPv6 neighbour discovery passed.
+var GlobalKinds = []string{"rate_limited", "non_ip", "ipv6", "malformed", "ipv6_nd"}
+
 // Stats are an interface's counters: per rule name ("default" for the
-// default action) and the global ones (rate_limited, non_ip, ipv6,
-// malformed).
+// default action) and the global ones (GlobalKinds).
 type Stats struct {
 	Rules  map[string]Counter `json:"rules"`
 	Global map[string]Counter `json:"global"`

@@ -19,7 +19,7 @@ func TestNetpolObjectValidation(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct{ spec, want string }{
-		{`{"interfaces":[{"name":"eth0","rules":[{"action":"allow","src":"10.0.0.300/24"}]}]}`, `spec:1:64: interfaces[0].rules[0].src: "10.0.0.300/24" is not an IPv4 CIDR`},
+		{`{"interfaces":[{"name":"eth0","rules":[{"action":"allow","src":"10.0.0.300/24"}]}]}`, `spec:1:64: interfaces[0].rules[0].src: "10.0.0.300/24" is not a CIDR (like 10.1.0.0/16 or fd00:1::/64)`},
 		{`{"interfacez":[]}`, `spec:1:2: unknown key "interfacez"`},
 		{`{"interfaces":[{"name":"eth0","rules":[{"action":"allow","dport":"2000-1000"}]}]}`, `interfaces[0].rules[0].dport`},
 		{`{"interfaces":[{"name":"a/b"}]}`, `interfaces[0].name`},

@@ -39,9 +39,14 @@ type xdpIface struct {
 	// after a re-adoption or a failed write): an update writes only the
 	// entries of the inactive generation that differ (docs/netpol.md,
 	// "Update latency"). keys and vals are the batch's reused buffers.
-	held [2][]policyRule
-	keys []uint32
-	vals []policyRule
+	held  [2][]policyRule
+	held6 [2][]policyRule6
+	// adopted: the link was re-adopted from a pin and still runs the
+	// previous agent's program, to be replaced once the policy is written.
+	// replaced: the pinned maps could not be re-adopted (another layout: an
+	// upgrade, or a pin missing), so fresh maps were loaded; the link moves
+	// to them in one program replacement after they hold the policy.
+	adopted, replaced bool
 	// last, lastC and lastSlot are the last applied rules, compiled, and
 	// their counter slots.
 	last     []netpol.Rule
@@ -59,7 +64,8 @@ func newSlots() (map[string]uint32, []uint32) {
 	return map[string]uint32{}, free
 }
 
-var statNames = []string{"rate_limited", "non_ip", "ipv6", "malformed"}
+// statNames are the program's STAT_ indexes, in order.
+var statNames = []string{"rate_limited", "non_ip", "ipv6", "malformed", "ipv6_nd"}
 
 // ErrNoBPF is returned when the kernel or the process's privileges refuse
 // BPF programs; the auto backend then falls back to nftables.
@@ -113,9 +119,15 @@ func (b *xdpBackend) Apply(itf netpol.Interface) error {
 		}
 	}
 	if err := x.apply(itf); err != nil {
-		if x.link == nil {
+		switch {
+		case x.link == nil:
 			x.objs.Close()
 			os.RemoveAll(b.pinDir(itf.Name))
+		case x.adopted:
+			// The pinned program and maps stay in force; the next Apply
+			// re-adopts them again.
+			x.link.Close()
+			x.objs.Close()
 		}
 		return err
 	}
@@ -126,8 +138,48 @@ func (b *xdpBackend) Apply(itf netpol.Interface) error {
 			return err
 		}
 	}
+	if x.adopted {
+		// Only now, with the maps holding the policy, does the link run
+		// this agent's program: one atomic replacement, no window.
+		if err := x.link.Update(x.objs.OutpostPolicy); err != nil {
+			x.link.Close()
+			x.objs.Close()
+			return fmt.Errorf("netpol: %s: replace the pinned program: %w", itf.Name, err)
+		}
+		x.adopted = false
+		if x.replaced {
+			// The old maps' pins go (the old program is gone with them);
+			// the fresh maps are pinned below if the policy wants it.
+			b.unpinMaps(x.name)
+			x.replaced, x.pinned = false, false
+			if err := x.link.Unpin(); err != nil {
+				return fmt.Errorf("netpol: %s: unpin link: %w", x.name, err)
+			}
+		}
+	}
 	b.ifaces[itf.Name] = x
 	return b.setPinned(x, itf.OnAgentStop == "closed")
+}
+
+// unpinMaps removes the map pins of an interface's directory, not its link.
+func (b *xdpBackend) unpinMaps(name string) {
+	ents, _ := os.ReadDir(b.pinDir(name))
+	for _, e := range ents {
+		if e.Name() != "link" {
+			os.Remove(filepath.Join(b.pinDir(name), e.Name()))
+		}
+	}
+}
+
+// pinnedMapsPresent reports whether every map of spec is pinned in dir:
+// re-adopting with PinByName would otherwise create the missing ones empty.
+func pinnedMapsPresent(spec *ebpf.CollectionSpec, dir string) bool {
+	for name := range spec.Maps {
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // setPinned pins or unpins the link and maps of an attached interface so
@@ -138,7 +190,7 @@ func (b *xdpBackend) setPinned(x *xdpIface, want bool) error {
 		return nil
 	}
 	dir := b.pinDir(x.name)
-	maps := []*ebpf.Map{x.objs.Active, x.objs.Buckets, x.objs.Counters, x.objs.RlPorts, x.objs.Rules, x.objs.Settings, x.objs.Stats}
+	maps := []*ebpf.Map{x.objs.Active, x.objs.Buckets, x.objs.Counters, x.objs.RlPorts, x.objs.Rules, x.objs.Rules6, x.objs.Settings, x.objs.Stats}
 	if !want {
 		if err := x.link.Unpin(); err != nil {
 			return fmt.Errorf("netpol: %s: unpin link: %w", x.name, err)
@@ -175,54 +227,46 @@ func (b *xdpBackend) attach(itf netpol.Interface) (*xdpIface, error) {
 	dir := b.pinDir(itf.Name)
 	x := &xdpIface{name: itf.Name}
 	x.slots, x.free = newSlots()
-	// Re-adopt what a previous run pinned: its maps keep the policy in force
-	// until the new one is written into the inactive generation.
+	// Re-adopt what a previous run pinned: its program and maps keep the
+	// policy in force until the new one is written into the inactive
+	// generation; only then is the program replaced (Apply).
 	if l, err := link.LoadPinnedLink(filepath.Join(dir, "link"), nil); err == nil {
 		spec, err := loadPolicy()
 		if err != nil {
 			l.Close()
 			return nil, err
 		}
-		for _, m := range spec.Maps {
-			m.Pinning = ebpf.PinByName
-		}
-		opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}}
-		if err := spec.LoadAndAssign(&x.objs, opts); err != nil {
-			l.Close()
-			return nil, fmt.Errorf("netpol: %s: re-adopt pinned maps: %w", itf.Name, err)
-		}
-		// Replace the program (same maps) so a newer agent's code runs.
-		if err := l.Update(x.objs.OutpostPolicy); err != nil {
-			l.Close()
-			x.objs.Close()
-			return nil, fmt.Errorf("netpol: %s: update pinned program: %w", itf.Name, err)
-		}
-		x.link, x.pinned = l, true
-		var g uint32
-		if err := x.objs.Active.Lookup(uint32(0), &g); err == nil {
-			x.gen = g & 1
-		}
-		// The adopted generation's rules keep counting into their slots
-		// until the first switch: keep those slots out of the free list.
-		var st policyGenSettings
-		if err := x.objs.Settings.Lookup(x.gen, &st); err == nil {
-			inUse := map[uint32]bool{}
-			var r policyRule
-			for i := uint32(0); i < st.Count && i < netpol.MaxRules; i++ {
-				if x.objs.Rules.Lookup(x.gen*netpol.MaxRules+i, &r) == nil {
-					inUse[r.Counter] = true
-				}
+		if pinnedMapsPresent(spec, dir) {
+			for _, m := range spec.Maps {
+				m.Pinning = ebpf.PinByName
 			}
-			free := x.free[:0]
-			for _, slot := range x.free {
-				if inUse[slot] {
-					x.reserved = append(x.reserved, slot)
-				} else {
-					free = append(free, slot)
-				}
+			opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}}
+			err = spec.LoadAndAssign(&x.objs, opts)
+			if err == nil {
+				x.link, x.pinned, x.adopted = l, true, true
+				x.reserveAdopted()
+				return x, nil
 			}
-			x.free = free
+			if !errors.Is(err, ebpf.ErrMapIncompatible) {
+				l.Close()
+				return nil, fmt.Errorf("netpol: %s: re-adopt pinned maps: %w", itf.Name, err)
+			}
 		}
+		// The pinned maps have another layout (an agent upgrade changed
+		// them) or some are missing: load fresh maps, fill them, then move
+		// the link to the new program in one replacement. The old program
+		// keeps filtering with the old policy until then. Counters restart.
+		spec, err = loadPolicy()
+		if err != nil {
+			l.Close()
+			return nil, err
+		}
+		if err := spec.LoadAndAssign(&x.objs, nil); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("netpol: %s: load XDP program: %w", itf.Name, err)
+		}
+		x.link, x.pinned, x.adopted, x.replaced = l, true, true, true
+		x.gen = 1
 		return x, nil
 	}
 	// A fresh attach. Maps are pinned (by name, in dir) only when the policy
@@ -252,6 +296,42 @@ func (b *xdpBackend) attach(itf netpol.Interface) (*xdpIface, error) {
 	return x, nil
 }
 
+// reserveAdopted reads which generation adopted maps have active and keeps
+// the counter slots its rules count into out of the free list until the
+// first switch.
+func (x *xdpIface) reserveAdopted() {
+	var g uint32
+	if err := x.objs.Active.Lookup(uint32(0), &g); err == nil {
+		x.gen = g & 1
+	}
+	var st policyGenSettings
+	if err := x.objs.Settings.Lookup(x.gen, &st); err != nil {
+		return
+	}
+	inUse := map[uint32]bool{}
+	var r policyRule
+	for i := uint32(0); i < st.Count && i < netpol.MaxRules; i++ {
+		if x.objs.Rules.Lookup(x.gen*netpol.MaxRules+i, &r) == nil {
+			inUse[r.Counter] = true
+		}
+	}
+	var r6 policyRule6
+	for i := uint32(0); i < st.Count6 && i < netpol.MaxRules; i++ {
+		if x.objs.Rules6.Lookup(x.gen*netpol.MaxRules+i, &r6) == nil {
+			inUse[r6.Counter] = true
+		}
+	}
+	free := x.free[:0]
+	for _, slot := range x.free {
+		if inUse[slot] {
+			x.reserved = append(x.reserved, slot)
+		} else {
+			free = append(free, slot)
+		}
+	}
+	x.free = free
+}
+
 // attachLink attaches a freshly loaded program once its maps hold the
 // policy: there is no moment with the program attached and empty maps.
 func (b *xdpBackend) attachLink(x *xdpIface) error {
@@ -278,17 +358,71 @@ func (b *xdpBackend) attachLink(x *xdpIface) error {
 	return nil
 }
 
-func ipv4(a netip.Addr) uint32 {
-	b := a.As4()
-	return binary.NativeEndian.Uint32(b[:]) // network order bytes in memory
-}
-
-func mask(p netip.Prefix) uint32 {
+// ipv4Prefix is an IPv4 prefix as the program compares it: address and
+// mask in network byte order (the zero Prefix, any, is 0/0).
+func ipv4Prefix(p netip.Prefix) (addr, mask uint32) {
+	if !p.IsValid() {
+		return 0, 0
+	}
+	b := p.Addr().As4()
 	var m [4]byte
 	for i := 0; i < p.Bits(); i++ {
 		m[i/8] |= 0x80 >> (i % 8)
 	}
-	return binary.NativeEndian.Uint32(m[:])
+	return binary.NativeEndian.Uint32(b[:]), binary.NativeEndian.Uint32(m[:])
+}
+
+// ipv6Prefix is ipv4Prefix for IPv6: four words in network byte order.
+func ipv6Prefix(p netip.Prefix) (addr, mask [4]uint32) {
+	if !p.IsValid() {
+		return
+	}
+	b := p.Addr().As16()
+	var m [16]byte
+	for i := 0; i < p.Bits(); i++ {
+		m[i/8] |= 0x80 >> (i % 8)
+	}
+	for w := 0; w < 4; w++ {
+		addr[w] = binary.NativeEndian.Uint32(b[4*w:])
+		mask[w] = binary.NativeEndian.Uint32(m[4*w:])
+	}
+	return
+}
+
+// writeDiff writes want into generation base.. of an array map, skipping
+// the entries *known says the map already holds, in one batch update (one
+// by one where the kernel has no batch ops on arrays). *known is nil while
+// the writes run (unknown if they fail); the caller stores the returned
+// slice once the generation is switched to.
+func writeDiff[T comparable](m *ebpf.Map, known *[]T, base uint32, want []T) ([]T, error) {
+	held := *known
+	*known = nil
+	if cap(held) < len(want) {
+		held = append(make([]T, 0, len(want)), held...)
+	}
+	n := len(held)
+	held = held[:len(want)]
+	var keys []uint32
+	var vals []T
+	for i, v := range want {
+		if i < n && held[i] == v {
+			continue
+		}
+		held[i] = v
+		keys = append(keys, base+uint32(i))
+		vals = append(vals, v)
+	}
+	if len(keys) == 0 {
+		return held, nil
+	}
+	if _, err := m.BatchUpdate(keys, vals, nil); err != nil {
+		for i := range keys {
+			if err := m.Put(keys[i], vals[i]); err != nil {
+				return nil, fmt.Errorf("write rule %d: %w", keys[i]-base, err)
+			}
+		}
+	}
+	return held, nil
 }
 
 func (x *xdpIface) apply(itf netpol.Interface) error {
@@ -349,43 +483,41 @@ func (x *xdpIface) apply(itf netpol.Interface) error {
 	}
 	next := x.gen ^ 1
 	base := next * netpol.MaxRules
+	// The rules an IPv4 packet can match and those an IPv6 packet can, each
+	// in first-match order; a rule that names no family is in both.
+	var v4 []policyRule
+	var v6 []policyRule6
+	for i, c := range rules {
+		var action uint8
+		if c.Allow {
+			action = 1
+		}
+		if c.Family != netpol.FamilyV6 {
+			v := policyRule{SportLo: c.SPortLo, SportHi: c.SPortHi, DportLo: c.DPortLo, DportHi: c.DPortHi,
+				Proto: c.Proto, Action: action, Counter: slots[i]}
+			v.Src, v.SrcMask = ipv4Prefix(c.Src)
+			v.Dst, v.DstMask = ipv4Prefix(c.Dst)
+			v4 = append(v4, v)
+		}
+		if c.Family != netpol.FamilyV4 {
+			v := policyRule6{SportLo: c.SPortLo, SportHi: c.SPortHi, DportLo: c.DPortLo, DportHi: c.DPortHi,
+				Proto: c.Proto, Action: action, Counter: slots[i]}
+			v.Src, v.SrcMask = ipv6Prefix(c.Src)
+			v.Dst, v.DstMask = ipv6Prefix(c.Dst)
+			v6 = append(v6, v)
+		}
+	}
 	// Diff against what the inactive generation holds (the policy before
 	// the running one): only changed entries are written, in one batch.
-	held := x.held[next]
-	x.held[next] = nil // unknown until the writes succeed
-	if cap(held) < len(rules) {
-		held = append(make([]policyRule, 0, len(rules)), held...)
+	held, err := writeDiff(x.objs.Rules, &x.held[next], base, v4)
+	if err != nil {
+		undo()
+		return fmt.Errorf("netpol: %s: IPv4 rules: %w", itf.Name, err)
 	}
-	known := len(held)
-	held = held[:len(rules)]
-	x.keys, x.vals = x.keys[:0], x.vals[:0]
-	for i, c := range rules {
-		v := policyRule{
-			Src: ipv4(c.Src.Addr()), SrcMask: mask(c.Src),
-			Dst: ipv4(c.Dst.Addr()), DstMask: mask(c.Dst),
-			SportLo: c.SPortLo, SportHi: c.SPortHi, DportLo: c.DPortLo, DportHi: c.DPortHi,
-			Proto: c.Proto, Counter: slots[i],
-		}
-		if c.Allow {
-			v.Action = 1
-		}
-		if i < known && held[i] == v {
-			continue
-		}
-		held[i] = v
-		x.keys = append(x.keys, base+uint32(i))
-		x.vals = append(x.vals, v)
-	}
-	if len(x.keys) > 0 {
-		if _, err := x.objs.Rules.BatchUpdate(x.keys, x.vals, nil); err != nil {
-			// Older kernels: no batch ops on arrays.
-			for i := range x.keys {
-				if err := x.objs.Rules.Put(x.keys[i], x.vals[i]); err != nil {
-					undo()
-					return fmt.Errorf("netpol: %s: write rule %d: %w", itf.Name, x.keys[i]-base, err)
-				}
-			}
-		}
+	held6, err := writeDiff(x.objs.Rules6, &x.held6[next], base, v6)
+	if err != nil {
+		undo()
+		return fmt.Errorf("netpol: %s: IPv6 rules: %w", itf.Name, err)
 	}
 	// Rate-limited ports of the next generation.
 	var stale []uint32
@@ -399,7 +531,7 @@ func (x *xdpIface) apply(itf netpol.Interface) error {
 	for _, k := range stale {
 		x.objs.RlPorts.Delete(k)
 	}
-	s := policyGenSettings{Count: uint32(len(rules))}
+	s := policyGenSettings{Count: uint32(len(v4)), Count6: uint32(len(v6))}
 	if itf.Default == "allow" {
 		s.DefaultAction = 1
 	}
@@ -422,7 +554,7 @@ func (x *xdpIface) apply(itf netpol.Interface) error {
 		return fmt.Errorf("netpol: %s: switch generation: %w", itf.Name, err)
 	}
 	x.gen = next
-	x.held[next] = held
+	x.held[next], x.held6[next] = held, held6
 	x.free = append(x.free, x.reserved...)
 	x.reserved = nil
 	if !sameNames {

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
 )
 
 // lab is two network namespaces joined by a veth pair: the "client" side
@@ -25,6 +27,9 @@ type lab struct {
 	client, gw string // namespace names
 	clientIP   string
 	gwIP       string
+	clientIP6  string // IPv6 on the same veth pair, in net6
+	gwIP6      string
+	net6       string
 	gwIf       string
 	pinRoot    string
 }
@@ -46,7 +51,8 @@ func newLab(t testing.TB) *lab {
 	rand.Read(r[:])
 	id := hex.EncodeToString(r[:])
 	l := &lab{client: "npc-" + id, gw: "npg-" + id, clientIP: "10.211.7.1", gwIP: "10.211.7.2", gwIf: "vg" + id[:6],
-		pinRoot: "/sys/fs/bpf/outpost-test-" + id}
+		pinRoot: "/sys/fs/bpf/outpost-test-" + id,
+		net6:    "fd71:" + id[:4] + "::/64", clientIP6: "fd71:" + id[:4] + "::1", gwIP6: "fd71:" + id[:4] + "::2"}
 	run := func(args ...string) {
 		t.Helper()
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
@@ -61,10 +67,30 @@ func newLab(t testing.TB) *lab {
 	run("link", "add", vc, "netns", l.client, "type", "veth", "peer", "name", l.gwIf, "netns", l.gw)
 	run("-n", l.client, "addr", "add", l.clientIP+"/24", "dev", vc)
 	run("-n", l.gw, "addr", "add", l.gwIP+"/24", "dev", l.gwIf)
+	// nodad: usable at once, no duplicate address detection to wait for.
+	run("-n", l.client, "addr", "add", l.clientIP6+"/64", "dev", vc, "nodad")
+	run("-n", l.gw, "addr", "add", l.gwIP6+"/64", "dev", l.gwIf, "nodad")
 	run("-n", l.client, "link", "set", vc, "up")
 	run("-n", l.gw, "link", "set", l.gwIf, "up")
 	run("-n", l.client, "link", "set", "lo", "up")
 	run("-n", l.gw, "link", "set", "lo", "up")
+	// IPv6 comes up on a link when the kernel's link watcher sees its
+	// carrier, up to a second later: until then a neighbour solicitation
+	// to the gateway finds no multicast route and the first datagrams wait
+	// in the neighbour queue. Wait for both ends.
+	for _, ns := range [][2]string{{l.client, vc}, {l.gw, l.gwIf}} {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			out, _ := exec.Command("ip", "-n", ns[0], "-6", "route", "show", "table", "local", "ff00::/8").CombinedOutput()
+			if strings.Contains(string(out), "dev "+ns[1]) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("IPv6 did not come up on %s in %s: %s", ns[1], ns[0], out)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 	// Static neighbours: no ARP round trip that a deny-all could disturb.
 	return l
 }
@@ -81,10 +107,13 @@ type receiver struct {
 	out   *bufio.Reader
 }
 
-func (l *lab) listen(t *testing.T, port int) *receiver {
+func (l *lab) listen(t *testing.T, port int) *receiver { return l.listenOn(t, l.gwIP, port) }
+
+// listenOn is listen on one of the gateway's addresses (gwIP or gwIP6).
+func (l *lab) listenOn(t *testing.T, addr string, port int) *receiver {
 	t.Helper()
 	cmd := exec.Command("ip", "netns", "exec", l.gw, os.Args[0], "-test.run=^TestHelperProcess$")
-	cmd.Env = append(os.Environ(), fmt.Sprintf("NETPOL_HELPER=recv:%s:%d", l.gwIP, port))
+	cmd.Env = append(os.Environ(), fmt.Sprintf("NETPOL_HELPER=recv,%s,%d", addr, port))
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
@@ -118,9 +147,15 @@ func (r *receiver) stop(t *testing.T) int {
 
 // send sends n UDP datagrams from the client namespace, paced by gap.
 func (l *lab) send(t *testing.T, port, n int, gap time.Duration) {
+	l.sendTo(t, l.gwIP, port, n, gap, 64)
+}
+
+// sendTo sends n datagrams of size bytes to addr (gwIP or gwIP6): larger
+// than the link's MTU, each leaves as fragments.
+func (l *lab) sendTo(t *testing.T, addr string, port, n int, gap time.Duration, size int) {
 	t.Helper()
 	cmd := exec.Command("ip", "netns", "exec", l.client, os.Args[0], "-test.run=^TestHelperProcess$")
-	cmd.Env = append(os.Environ(), fmt.Sprintf("NETPOL_HELPER=send:%s:%d:%d:%d", l.gwIP, port, n, gap.Microseconds()))
+	cmd.Env = append(os.Environ(), fmt.Sprintf("NETPOL_HELPER=send,%s,%d,%d,%d,%d", addr, port, n, gap.Microseconds(), size))
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("sender: %v\n%s", err, out)
 	}
@@ -132,10 +167,10 @@ func TestHelperProcess(t *testing.T) {
 	if spec == "" {
 		t.Skip("helper process for the netns tests")
 	}
-	f := strings.Split(spec, ":")
+	f := strings.Split(spec, ",")
 	switch f[0] {
 	case "recv":
-		c, err := net.ListenPacket("udp4", f[1]+":"+f[2])
+		c, err := net.ListenPacket("udp", net.JoinHostPort(f[1], f[2]))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
@@ -161,12 +196,13 @@ func TestHelperProcess(t *testing.T) {
 	case "send":
 		n, _ := strconv.Atoi(f[3])
 		gap, _ := strconv.Atoi(f[4])
-		c, err := net.Dial("udp4", f[1]+":"+f[2])
+		size, _ := strconv.Atoi(f[5])
+		c, err := net.Dial("udp", net.JoinHostPort(f[1], f[2]))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
-		msg := make([]byte, 64)
+		msg := make([]byte, size)
 		for i := 0; i < n; i++ {
 			c.Write(msg)
 			if gap > 0 {
@@ -242,11 +278,109 @@ func TestRulesAllowDenyAndCountExactly(t *testing.T) {
 	}
 }
 
+// IPv6 rules next to IPv4 ones, on both backends: every kind allowed and
+// denied, counters exact, a rule without addresses matching both
+// families, neighbour discovery passing a deny-all, and fragmented
+// datagrams whose first fragment is matched through the fragment header.
+func TestIPv6Rules(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be, func(t *testing.T) {
+			l := newLab(t)
+			m := l.manager(t)
+			defer m.Close()
+			cfg := netpol.Config{Backend: be, Interfaces: []netpol.Interface{{
+				Name: l.gwIf, Default: "deny", OnAgentStop: "open",
+				Rules: []netpol.Rule{
+					{Name: "v4-allow-5000", Action: "allow", Src: l.clientIP, Proto: "udp", DPort: "5000"},
+					{Name: "v6-allow-5000", Action: "allow", Src: l.clientIP6, Proto: "udp", DPort: "5000"},
+					{Name: "v6-deny-5001", Action: "deny", Src: l.net6, Proto: "udp", DPort: "5001"},
+					{Name: "v6-range", Action: "allow", Src: l.net6, Dst: l.gwIP6 + "/128", Proto: "udp", DPort: "6000-6010"},
+					{Name: "any-7000", Action: "allow", Proto: "udp", DPort: "7000"},
+					{Name: "v4-only-6005", Action: "allow", Src: "0.0.0.0/0", Proto: "udp", DPort: "6005"},
+				},
+			}}}
+			if err := m.Apply(cfg); err != nil {
+				t.Fatal(err)
+			}
+			cases := []struct {
+				addr          string
+				port, n, want int
+				rule          string
+			}{
+				{l.gwIP6, 5000, 40, 40, "v6-allow-5000"},
+				{l.gwIP6, 5001, 30, 0, "v6-deny-5001"},
+				{l.gwIP6, 6005, 20, 20, "v6-range"},
+				{l.gwIP6, 5002, 10, 0, "default"},
+				{l.gwIP, 5000, 15, 15, "v4-allow-5000"},
+				{l.gwIP, 6005, 12, 12, "v4-only-6005"},
+			}
+			for _, c := range cases {
+				r := l.listenOn(t, c.addr, c.port)
+				l.sendTo(t, c.addr, c.port, c.n, 200*time.Microsecond, 64)
+				if got := r.stop(t); got != c.want {
+					t.Errorf("%s port %d: received %d of %d, want %d (%s)", c.addr, c.port, got, c.n, c.want, c.rule)
+				}
+			}
+			// One rule for both families: its counter is the sum.
+			r4, r6 := l.listenOn(t, l.gwIP, 7000), l.listenOn(t, l.gwIP6, 7000)
+			l.sendTo(t, l.gwIP, 7000, 7, 200*time.Microsecond, 64)
+			l.sendTo(t, l.gwIP6, 7000, 9, 200*time.Microsecond, 64)
+			if g4, g6 := r4.stop(t), r6.stop(t); g4 != 7 || g6 != 9 {
+				t.Errorf("any-family rule: received %d of 7 (IPv4) and %d of 9 (IPv6)", g4, g6)
+			}
+			st := m.Status().Interfaces[l.gwIf]
+			want := map[string]uint64{"v6-allow-5000": 40, "v6-deny-5001": 30, "v6-range": 20, "v4-allow-5000": 15, "v4-only-6005": 12, "any-7000": 16, "default": 10}
+			for rule, n := range want {
+				if got := st.Rules[rule].Packets; got != n {
+					t.Errorf("counter %s = %d packets, want %d (all: %+v)", rule, got, n, st.Rules)
+				}
+			}
+			if st.Global["ipv6_nd"].Packets == 0 {
+				t.Errorf("no neighbour discovery counted: %+v", st.Global)
+			}
+			if st.Global["ipv6"].Packets < 40+30+20+10+9 {
+				t.Errorf("ipv6 counter %d, want at least the %d IPv6 datagrams sent", st.Global["ipv6"].Packets, 40+30+20+10+9)
+			}
+
+			// Fragmented datagrams (3,000 bytes over a 1,500 MTU): the first
+			// fragment carries the UDP header behind the fragment header,
+			// the others no ports at all. A stateless filter passes the
+			// datagram only when a rule without ports allows the rest.
+			r := l.listenOn(t, l.gwIP6, 7000)
+			l.sendTo(t, l.gwIP6, 7000, 5, time.Millisecond, 3000)
+			if got := r.stop(t); got != 0 {
+				t.Errorf("fragments without a rule for them: %d of 5 datagrams reassembled", got)
+			}
+			before := m.Status().Interfaces[l.gwIf].Rules["any-7000"].Packets
+			cfg.Interfaces[0].Rules = append(cfg.Interfaces[0].Rules, netpol.Rule{Name: "v6-frags", Action: "allow", Src: l.clientIP6, Proto: "udp"})
+			if err := m.Apply(cfg); err != nil {
+				t.Fatal(err)
+			}
+			r = l.listenOn(t, l.gwIP6, 7000)
+			l.sendTo(t, l.gwIP6, 7000, 5, time.Millisecond, 3000)
+			if got := r.stop(t); got != 5 {
+				t.Errorf("fragmented datagrams: %d of 5 reassembled", got)
+			}
+			st = m.Status().Interfaces[l.gwIf]
+			if got := st.Rules["any-7000"].Packets - before; got != 5 {
+				t.Errorf("first fragments counted on any-7000: %d, want 5 (matched through the fragment header)", got)
+			}
+			if got := st.Rules["v6-frags"].Packets; got != 5*2 {
+				t.Errorf("later fragments on v6-frags: %d, want 10", got)
+			}
+			d, err := m.Test(l.gwIf, netpol.Packet{Src: netip.MustParseAddr(l.clientIP6), Dst: netip.MustParseAddr(l.gwIP6), Proto: netpol.ProtoUDP, DPort: 5001})
+			if err != nil || d.Allow || d.Rule != "v6-deny-5001" {
+				t.Errorf("Test(v6 5001) = %+v, %v", d, err)
+			}
+		})
+	}
+}
+
 // sendAsync sends in the background; the returned func waits for it.
 func (l *lab) sendAsync(t *testing.T, port, n int, gap time.Duration) func() {
 	t.Helper()
 	cmd := exec.Command("ip", "netns", "exec", l.client, os.Args[0], "-test.run=^TestHelperProcess$")
-	cmd.Env = append(os.Environ(), fmt.Sprintf("NETPOL_HELPER=send:%s:%d:%d:%d", l.gwIP, port, n, gap.Microseconds()))
+	cmd.Env = append(os.Environ(), fmt.Sprintf("NETPOL_HELPER=send,%s,%d,%d,%d,64", l.gwIP, port, n, gap.Microseconds()))
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -350,6 +484,20 @@ func TestRateLimitPerSource(t *testing.T) {
 			if st.Global["rate_limited"].Packets == 0 {
 				t.Fatal("no packet counted as rate_limited")
 			}
+			// An IPv6 source has its own bucket (by its /64): the IPv4
+			// flood above did not use it up, and it is limited the same way.
+			before := st.Global["rate_limited"].Packets
+			r6 := l.listenOn(t, l.gwIP6, 1883)
+			start = time.Now()
+			l.sendTo(t, l.gwIP6, 1883, 2000, 0, 64)
+			elapsed = time.Since(start)
+			got6 := r6.stop(t)
+			limit = 50 + int(50*(elapsed+time.Second).Seconds()) + 20
+			limited6 := m.Status().Interfaces[l.gwIf].Global["rate_limited"].Packets - before
+			t.Logf("%s: IPv6: 2000 sent in %s, %d received (limit %d), rate_limited %d", be, elapsed, got6, limit, limited6)
+			if got6 < 40 || got6 > limit || limited6 == 0 {
+				t.Fatalf("IPv6: received %d (want 40..%d), %d rate-limited", got6, limit, limited6)
+			}
 			// Another port is not limited.
 			r2 := l.listen(t, 1884)
 			l.send(t, 1884, 500, 100*time.Microsecond)
@@ -428,5 +576,91 @@ func TestInvalidPolicyKeepsRunningOne(t *testing.T) {
 	}
 	if h := m.Health(); !strings.Contains(h.Detail, "backend") {
 		t.Fatalf("health %+v", h)
+	}
+}
+
+// An agent upgrade that changes the layout of the BPF maps finds the old
+// agent's program and maps pinned (on_agent_stop: closed). It cannot
+// re-adopt them; it loads fresh ones, writes the policy into them, then
+// replaces the program on the pinned link in one step: the old policy
+// filters until then, and the gateway is never open nor denied wholesale.
+func TestUpgradeReplacesIncompatiblePins(t *testing.T) {
+	l := newLab(t)
+	policy := func(denyPort string) netpol.Config {
+		return netpol.Config{Backend: "ebpf", Interfaces: []netpol.Interface{{Name: l.gwIf, Default: "allow", OnAgentStop: "closed",
+			Rules: []netpol.Rule{{Name: "deny", Action: "deny", Proto: "udp", DPort: denyPort}}}}}
+	}
+	m := l.manager(t)
+	if err := m.Apply(policy("8000")); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// What an older agent left: its stats map had 4 entries, not 5.
+	dir := filepath.Join(l.pinRoot, l.gwIf)
+	if err := os.Remove(filepath.Join(dir, "stats")); err != nil {
+		t.Fatal(err)
+	}
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 16, MaxEntries: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Pin(filepath.Join(dir, "stats")); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	r := l.listen(t, 8000)
+	l.send(t, 8000, 10, 100*time.Microsecond)
+	if got := r.stop(t); got != 0 {
+		t.Fatalf("the old pinned policy let %d through", got)
+	}
+
+	m2 := l.manager(t)
+	defer func() {
+		m2.Apply(policy("8000")) // leave nothing pinned behind
+		m2.Close()
+		os.RemoveAll(l.pinRoot)
+	}()
+	if err := m2.Apply(policy("8001")); err != nil {
+		t.Fatalf("upgrade over incompatible pins: %v", err)
+	}
+	r = l.listen(t, 8000)
+	l.send(t, 8000, 10, 100*time.Microsecond)
+	if got := r.stop(t); got != 10 {
+		t.Fatalf("new policy: %d of 10 to the port no longer denied got through", got)
+	}
+	r = l.listen(t, 8001)
+	l.send(t, 8001, 10, 100*time.Microsecond)
+	if got := r.stop(t); got != 0 {
+		t.Fatalf("new policy: %d to the denied port got through", got)
+	}
+	if c := m2.Status().Interfaces[l.gwIf].Rules["deny"].Packets; c != 10 {
+		t.Fatalf("deny counter %d, want 10 (the fresh maps count)", c)
+	}
+	// The pins are the new maps now: a later agent re-adopts them.
+	st, err := ebpf.LoadPinnedMap(filepath.Join(dir, "stats"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if st.MaxEntries() != uint32(len(statNames)) {
+		t.Fatalf("pinned stats map has %d entries, want %d", st.MaxEntries(), len(statNames))
+	}
+	if err := m2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	m3 := l.manager(t)
+	if err := m3.Apply(policy("8001")); err != nil {
+		t.Fatalf("re-adopt after the upgrade: %v", err)
+	}
+	if len(m3.applied) != 1 {
+		t.Fatal("not applied")
+	}
+	m3.Close()
+	r = l.listen(t, 8001)
+	l.send(t, 8001, 10, 100*time.Microsecond)
+	if got := r.stop(t); got != 0 {
+		t.Fatalf("after the last agent stopped (closed): %d to the denied port got through", got)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/outpost-edge/outpost/internal/netpol"
+	"net/netip"
 	"time"
 
 	"github.com/google/nftables"
@@ -134,38 +135,83 @@ func (b *nftBackend) Apply(itf netpol.Interface) error {
 		return &expr.Verdict{Kind: expr.VerdictDrop}
 	}
 	def := itf.Default == "allow"
-	// Non-IP frames (ARP, ...) always pass; IPv6 takes the default action.
+	// Non-IP frames (ARP, ...) always pass. Every IPv6 packet is counted;
+	// one with an IPv4-mapped address is malformed (it would dodge the
+	// IPv4 rules at a dual-stack socket); neighbour discovery and MLD
+	// always pass.
 	add("_non_ip", append(etherIsNot(unix.ETH_P_IP, unix.ETH_P_IPV6), verdict(true))...)
-	add("_ipv6", append(etherIs(unix.ETH_P_IPV6), verdict(def))...)
+	x.addCountOnly(b, counter("_ipv6"), etherIs(unix.ETH_P_IPV6)...)
+	for _, off := range []uint32{8, 24} {
+		add("_malformed", append(append(etherIs(unix.ETH_P_IPV6), matchPrefix(off, v4Mapped)...), verdict(false))...)
+	}
+	// ICMPv6 types 130-137 and 143: MLD and neighbour discovery (see
+	// bpf/xdp_policy.c).
+	for _, types := range [][2]byte{{130, 137}, {143, 143}} {
+		add("_ipv6_nd", append(append(etherIs(unix.ETH_P_IPV6), l4proto(58)...),
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+			&expr.Range{Op: expr.CmpOpEq, Register: 1, FromData: types[:1], ToData: types[1:]},
+			verdict(true))...)
+	}
 	if rl := itf.RateLimit; rl != nil {
-		set := &nftables.Set{Table: x.table, Name: "rl", KeyType: nftables.TypeIPAddr, Dynamic: true, HasTimeout: true, Timeout: time.Minute}
-		if err := b.conn.AddSet(set, nil); err != nil {
-			return fmt.Errorf("netpol: %s: rate-limit set: %w", itf.Name, err)
+		// One bucket per IPv4 source, and per IPv6 /64 (a host picks
+		// addresses in its /64 at will).
+		sets := []struct {
+			name    string
+			eth     uint16
+			off     uint32
+			keyType nftables.SetDatatype
+			mask    []byte
+		}{
+			{"rl", unix.ETH_P_IP, 12, nftables.TypeIPAddr, nil},
+			{"rl6", unix.ETH_P_IPV6, 8, nftables.TypeIP6Addr, prefixMask(16, 64)},
 		}
-		for _, port := range rl.Ports {
-			for _, proto := range []uint8{netpol.ProtoTCP, netpol.ProtoUDP} {
-				e := etherIs(unix.ETH_P_IP)
-				e = append(e, matchByte(9, proto)...)
-				e = append(e, matchPortRange(2, uint16(port), uint16(port))...)
-				e = append(e,
-					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
-					&expr.Dynset{SrcRegKey: 1, SetName: "rl", Operation: uint32(unix.NFT_DYNSET_OP_UPDATE), Timeout: time.Minute,
-						Exprs: []expr.Any{&expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(rl.PPS), Unit: expr.LimitTimeSecond, Burst: uint32(rl.Burst), Over: true}}},
-					verdict(false))
-				add("_rate_limited", e...)
+		for _, st := range sets {
+			set := &nftables.Set{Table: x.table, Name: st.name, KeyType: st.keyType, Dynamic: true, HasTimeout: true, Timeout: time.Minute}
+			if err := b.conn.AddSet(set, nil); err != nil {
+				return fmt.Errorf("netpol: %s: rate-limit set: %w", itf.Name, err)
+			}
+			for _, port := range rl.Ports {
+				for _, proto := range []uint8{netpol.ProtoTCP, netpol.ProtoUDP} {
+					e := etherIs(st.eth)
+					e = append(e, l4proto(proto)...)
+					e = append(e, matchPortRange(2, uint16(port), uint16(port))...)
+					e = append(e, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: st.off, Len: st.keyType.Bytes})
+					if st.mask != nil {
+						e = append(e, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: uint32(len(st.mask)), Mask: st.mask, Xor: make([]byte, len(st.mask))})
+					}
+					e = append(e,
+						&expr.Dynset{SrcRegKey: 1, SetName: st.name, Operation: uint32(unix.NFT_DYNSET_OP_UPDATE), Timeout: time.Minute,
+							Exprs: []expr.Any{&expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(rl.PPS), Unit: expr.LimitTimeSecond, Burst: uint32(rl.Burst), Over: true}}},
+						verdict(false))
+					add("_rate_limited", e...)
+				}
 			}
 		}
 	}
 	for _, c := range rules {
-		e := etherIs(unix.ETH_P_IP)
-		if c.Src.Bits() > 0 {
-			e = append(e, matchPrefix(12, c.Src.Addr().As4(), c.Src.Bits())...)
-		}
-		if c.Dst.Bits() > 0 {
-			e = append(e, matchPrefix(16, c.Dst.Addr().As4(), c.Dst.Bits())...)
+		// Only IPv4 and IPv6 packets get here: a rule of either family
+		// names no ethertype.
+		var e []expr.Any
+		switch c.Family {
+		case netpol.FamilyV4:
+			e = etherIs(unix.ETH_P_IP)
+			if c.Src.Bits() > 0 {
+				e = append(e, matchPrefix(12, c.Src)...)
+			}
+			if c.Dst.Bits() > 0 {
+				e = append(e, matchPrefix(16, c.Dst)...)
+			}
+		case netpol.FamilyV6:
+			e = etherIs(unix.ETH_P_IPV6)
+			if c.Src.Bits() > 0 {
+				e = append(e, matchPrefix(8, c.Src)...)
+			}
+			if c.Dst.Bits() > 0 {
+				e = append(e, matchPrefix(24, c.Dst)...)
+			}
 		}
 		if c.Proto != 0 {
-			e = append(e, matchByte(9, c.Proto)...)
+			e = append(e, l4proto(c.Proto)...)
 		}
 		if c.SPortLo != 0 || c.SPortHi != 65535 {
 			e = append(e, matchPortRange(0, c.SPortLo, c.SPortHi)...)
@@ -176,7 +222,7 @@ func (b *nftBackend) Apply(itf netpol.Interface) error {
 		e = append(e, verdict(c.Allow))
 		add(c.Name, e...)
 	}
-	add("default", append(etherIs(unix.ETH_P_IP), verdict(def))...)
+	add("default", verdict(def))
 	// Counters of rules that are gone, in the same transaction.
 	var gone []string
 	for name, o := range x.objs {
@@ -230,22 +276,44 @@ func etherIsNot(a, b uint16) []expr.Any {
 	}
 }
 
-func matchByte(off uint32, v uint8) []expr.Any {
+// addCountOnly adds a rule that counts what its expressions match and
+// goes on to the next rule (no verdict).
+func (x *nftIface) addCountOnly(b *nftBackend, counter expr.Any, match ...expr.Any) {
+	b.conn.AddRule(&nftables.Rule{Table: x.table, Chain: x.chain, Exprs: append(match, counter)})
+}
+
+// l4proto matches the transport protocol the kernel found (after IPv6
+// extension headers; for IPv4 the header's protocol field).
+func l4proto(v uint8) []expr.Any {
 	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 1},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{v}},
 	}
 }
 
-func matchPrefix(off uint32, addr [4]byte, bits int) []expr.Any {
-	var m [4]byte
+var v4Mapped = netip.MustParsePrefix("::ffff:0.0.0.0/96")
+
+func prefixMask(n, bits int) []byte {
+	m := make([]byte, n)
 	for i := 0; i < bits; i++ {
 		m[i/8] |= 0x80 >> (i % 8)
 	}
+	return m
+}
+
+// matchPrefix matches the address at off in the network header against p
+// (4 bytes for IPv4, 16 for IPv6).
+func matchPrefix(off uint32, p netip.Prefix) []expr.Any {
+	addr := p.Addr().AsSlice()
+	if p.Addr().Is4In6() {
+		a := p.Addr().As16()
+		addr = a[:]
+	}
+	n := len(addr)
 	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: m[:], Xor: []byte{0, 0, 0, 0}},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: addr[:]},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: uint32(n)},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: uint32(n), Mask: prefixMask(n, p.Bits()), Xor: make([]byte, n)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: addr},
 	}
 }
 
@@ -294,11 +362,16 @@ func (b *nftBackend) Stats(name string) (netpol.Stats, error) {
 			st.Global["ipv6"] = c
 		case "_rate_limited":
 			st.Global["rate_limited"] = c
+		case "_malformed":
+			// IPv6 with IPv4-mapped addresses; the kernel's own parser
+			// drops broken headers before nftables sees them.
+			st.Global["malformed"] = c
+		case "_ipv6_nd":
+			st.Global["ipv6_nd"] = c
 		default:
 			st.Rules[n] = c
 		}
 	}
-	st.Global["malformed"] = netpol.Counter{} // the kernel's parser drops these before nftables
 	return st, nil
 }
 

@@ -31,6 +31,7 @@ type policyGenSettings struct {
 	DefaultAction uint32
 	RlRate        uint32
 	RlBurst       uint32
+	Count6        uint32
 }
 
 type policyRule struct {
@@ -47,6 +48,27 @@ type policyRule struct {
 	Action  uint8
 	Pad     [2]uint8
 	Counter uint32
+}
+
+type policyRule6 struct {
+	_       structs.HostLayout
+	Src     [4]uint32
+	SrcMask [4]uint32
+	Dst     [4]uint32
+	DstMask [4]uint32
+	SportLo uint16
+	SportHi uint16
+	DportLo uint16
+	DportHi uint16
+	Proto   uint8
+	Action  uint8
+	Pad     [2]uint8
+	Counter uint32
+}
+
+type policySrcKey struct {
+	_ structs.HostLayout
+	A [4]uint32
 }
 
 // loadPolicy returns the embedded CollectionSpec for policy.
@@ -103,6 +125,7 @@ type policyMapSpecs struct {
 	Counters *ebpf.MapSpec `ebpf:"counters"`
 	RlPorts  *ebpf.MapSpec `ebpf:"rl_ports"`
 	Rules    *ebpf.MapSpec `ebpf:"rules"`
+	Rules6   *ebpf.MapSpec `ebpf:"rules6"`
 	Settings *ebpf.MapSpec `ebpf:"settings"`
 	Stats    *ebpf.MapSpec `ebpf:"stats"`
 }
@@ -138,6 +161,7 @@ type policyMaps struct {
 	Counters *ebpf.Map `ebpf:"counters"`
 	RlPorts  *ebpf.Map `ebpf:"rl_ports"`
 	Rules    *ebpf.Map `ebpf:"rules"`
+	Rules6   *ebpf.Map `ebpf:"rules6"`
 	Settings *ebpf.Map `ebpf:"settings"`
 	Stats    *ebpf.Map `ebpf:"stats"`
 }
@@ -149,6 +173,7 @@ func (m *policyMaps) Close() error {
 		m.Counters,
 		m.RlPorts,
 		m.Rules,
+		m.Rules6,
 		m.Settings,
 		m.Stats,
 	)
