@@ -227,19 +227,23 @@ func compileRule(r Rule) (Compiled, error) {
 	}
 	// The family: a packet is IPv4 or IPv6, so a rule whose fields name
 	// both could never match.
-	type said struct {
-		field, value string
-		fam          uint8
-	}
-	fams := []said{{"src", r.Src, family(c.Src)}, {"dst", r.Dst, family(c.Dst)}}
-	switch c.Proto {
-	case protoICMP:
-		fams = append(fams, said{"proto", r.Proto, FamilyV4})
-	case protoICMPv6:
-		fams = append(fams, said{"proto", r.Proto, FamilyV6})
-	}
+	// (Checked without allocating: every update validates every rule.)
 	var first said
-	for _, f := range fams {
+	for i := 0; i < 3; i++ {
+		var f said
+		switch i {
+		case 0:
+			f = said{"src", r.Src, family(c.Src)}
+		case 1:
+			f = said{"dst", r.Dst, family(c.Dst)}
+		case 2:
+			switch c.Proto {
+			case protoICMP:
+				f = said{"proto", r.Proto, FamilyV4}
+			case protoICMPv6:
+				f = said{"proto", r.Proto, FamilyV6}
+			}
+		}
 		if f.fam == FamilyAny {
 			continue
 		}
@@ -258,6 +262,12 @@ func compileRule(r Rule) (Compiled, error) {
 		return c, &fieldError{"proto", "ports need proto tcp or udp"}
 	}
 	return c, nil
+}
+
+// said is which field of a rule set its family, for the error message.
+type said struct {
+	field, value string
+	fam          uint8
 }
 
 func family(p netip.Prefix) uint8 {

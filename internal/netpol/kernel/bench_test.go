@@ -25,8 +25,9 @@ func TestUpdateLatency(t *testing.T) {
 	const nRules, updates = 10000, 40
 	for _, be := range backends {
 		// every: each update changes all 10,000 rules (a new port);
-		// one: each update changes one rule (the usual edit).
-		for _, change := range []string{"every", "one"} {
+		// one: each update changes one rule (the usual edit);
+		// every-v6: every rule changes, the rules are IPv6 (/64s).
+		for _, change := range []string{"every", "one", "every-v6"} {
 			t.Run(be+"/"+change, func(t *testing.T) {
 				l := newLab(t)
 				m := l.manager(t)
@@ -38,8 +39,12 @@ func TestUpdateLatency(t *testing.T) {
 						if change == "one" && i != gen%nRules {
 							port = 1000
 						}
+						src := fmt.Sprintf("10.%d.%d.0/24", (i/256)%256, i%256)
+						if change == "every-v6" {
+							src = fmt.Sprintf("fd00:%x:%x::/64", (i/256)%256, i%256)
+						}
 						rules[i] = netpol.Rule{Name: fmt.Sprintf("r%d", i), Action: "deny",
-							Src: fmt.Sprintf("10.%d.%d.0/24", (i/256)%256, i%256), Proto: "tcp", DPort: fmt.Sprint(port)}
+							Src: src, Proto: "tcp", DPort: fmt.Sprint(port)}
 					}
 					return netpol.Config{Backend: be, Interfaces: []netpol.Interface{{Name: l.gwIf, Default: "allow", OnAgentStop: "open", Rules: rules}}}
 				}

@@ -47,6 +47,11 @@ type xdpIface struct {
 	// upgrade, or a pin missing), so fresh maps were loaded; the link moves
 	// to them in one program replacement after they hold the policy.
 	adopted, replaced bool
+	// Buffers reused by every update (10,000 rules: no garbage per update).
+	v4     []policyRule
+	v6     []policyRule6
+	batch4 batch[policyRule]
+	batch6 batch[policyRule6]
 	// last, lastC and lastSlot are the last applied rules, compiled, and
 	// their counter slots.
 	last     []netpol.Rule
@@ -389,12 +394,18 @@ func ipv6Prefix(p netip.Prefix) (addr, mask [4]uint32) {
 	return
 }
 
+// batch holds the reused key and value buffers of writeDiff.
+type batch[T comparable] struct {
+	keys []uint32
+	vals []T
+}
+
 // writeDiff writes want into generation base.. of an array map, skipping
 // the entries *known says the map already holds, in one batch update (one
 // by one where the kernel has no batch ops on arrays). *known is nil while
 // the writes run (unknown if they fail); the caller stores the returned
 // slice once the generation is switched to.
-func writeDiff[T comparable](m *ebpf.Map, known *[]T, base uint32, want []T) ([]T, error) {
+func (b *batch[T]) writeDiff(m *ebpf.Map, known *[]T, base uint32, want []T) ([]T, error) {
 	held := *known
 	*known = nil
 	if cap(held) < len(want) {
@@ -402,8 +413,8 @@ func writeDiff[T comparable](m *ebpf.Map, known *[]T, base uint32, want []T) ([]
 	}
 	n := len(held)
 	held = held[:len(want)]
-	var keys []uint32
-	var vals []T
+	keys, vals := b.keys[:0], b.vals[:0]
+	defer func() { b.keys, b.vals = keys, vals }()
 	for i, v := range want {
 		if i < n && held[i] == v {
 			continue
@@ -485,8 +496,7 @@ func (x *xdpIface) apply(itf netpol.Interface) error {
 	base := next * netpol.MaxRules
 	// The rules an IPv4 packet can match and those an IPv6 packet can, each
 	// in first-match order; a rule that names no family is in both.
-	var v4 []policyRule
-	var v6 []policyRule6
+	v4, v6 := x.v4[:0], x.v6[:0]
 	for i, c := range rules {
 		var action uint8
 		if c.Allow {
@@ -509,12 +519,13 @@ func (x *xdpIface) apply(itf netpol.Interface) error {
 	}
 	// Diff against what the inactive generation holds (the policy before
 	// the running one): only changed entries are written, in one batch.
-	held, err := writeDiff(x.objs.Rules, &x.held[next], base, v4)
+	x.v4, x.v6 = v4, v6
+	held, err := x.batch4.writeDiff(x.objs.Rules, &x.held[next], base, v4)
 	if err != nil {
 		undo()
 		return fmt.Errorf("netpol: %s: IPv4 rules: %w", itf.Name, err)
 	}
-	held6, err := writeDiff(x.objs.Rules6, &x.held6[next], base, v6)
+	held6, err := x.batch6.writeDiff(x.objs.Rules6, &x.held6[next], base, v6)
 	if err != nil {
 		undo()
 		return fmt.Errorf("netpol: %s: IPv6 rules: %w", itf.Name, err)
