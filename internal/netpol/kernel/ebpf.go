@@ -41,6 +41,10 @@ type xdpIface struct {
 	// "Update latency"). keys and vals are the batch's reused buffers.
 	held  [2][]policyRule
 	held6 [2][]policyRule6
+	// trie4 and trie6 hold what generation g of the trie maps holds (nil:
+	// unknown, read from the map before the next write).
+	trie4 [2]map[policyTrie4Key]policyTrieVal
+	trie6 [2]map[policyTrie6Key]policyTrieVal
 	// adopted: the link was re-adopted from a pin and still runs the
 	// previous agent's program, to be replaced once the policy is written.
 	// replaced: the pinned maps could not be re-adopted (another layout: an
@@ -50,6 +54,8 @@ type xdpIface struct {
 	// Buffers reused by every update (10,000 rules: no garbage per update).
 	v4     []policyRule
 	v6     []policyRule6
+	idx4   []int
+	idx6   []int
 	batch4 batch[policyRule]
 	batch6 batch[policyRule6]
 	// last, lastC and lastSlot are the last applied rules, compiled, and
@@ -195,7 +201,7 @@ func (b *xdpBackend) setPinned(x *xdpIface, want bool) error {
 		return nil
 	}
 	dir := b.pinDir(x.name)
-	maps := []*ebpf.Map{x.objs.Active, x.objs.Buckets, x.objs.Counters, x.objs.RlPorts, x.objs.Rules, x.objs.Rules6, x.objs.Settings, x.objs.Stats}
+	maps := []*ebpf.Map{x.objs.Active, x.objs.Buckets, x.objs.Counters, x.objs.RlPorts, x.objs.Rules, x.objs.Rules6, x.objs.Settings, x.objs.Stats, x.objs.Trie4, x.objs.Trie6}
 	if !want {
 		if err := x.link.Unpin(); err != nil {
 			return fmt.Errorf("netpol: %s: unpin link: %w", x.name, err)
@@ -316,14 +322,27 @@ func (x *xdpIface) reserveAdopted() {
 	inUse := map[uint32]bool{}
 	var r policyRule
 	for i := uint32(0); i < st.Count && i < netpol.MaxRules; i++ {
-		if x.objs.Rules.Lookup(x.gen*netpol.MaxRules+i, &r) == nil {
+		if x.objs.Rules.Lookup(x.gen*netpol.MaxRules+i, &r) == nil && r.Kind != kindTrie {
 			inUse[r.Counter] = true
 		}
 	}
 	var r6 policyRule6
 	for i := uint32(0); i < st.Count6 && i < netpol.MaxRules; i++ {
-		if x.objs.Rules6.Lookup(x.gen*netpol.MaxRules+i, &r6) == nil {
+		if x.objs.Rules6.Lookup(x.gen*netpol.MaxRules+i, &r6) == nil && r6.Kind != kindTrie {
 			inUse[r6.Counter] = true
+		}
+	}
+	var k4 policyTrie4Key
+	var k6 policyTrie6Key
+	var tv policyTrieVal
+	for it := x.objs.Trie4.Iterate(); it.Next(&k4, &tv); {
+		if k4.Seg>>16 == x.gen {
+			inUse[tv.Counter] = true
+		}
+	}
+	for it := x.objs.Trie6.Iterate(); it.Next(&k6, &tv); {
+		if k6.Seg>>16 == x.gen {
+			inUse[tv.Counter] = true
 		}
 	}
 	free := x.free[:0]
@@ -497,6 +516,7 @@ func (x *xdpIface) apply(itf netpol.Interface) error {
 	// The rules an IPv4 packet can match and those an IPv6 packet can, each
 	// in first-match order; a rule that names no family is in both.
 	v4, v6 := x.v4[:0], x.v6[:0]
+	idx4, idx6 := x.idx4[:0], x.idx6[:0] // v4[k] is rules[idx4[k]]
 	for i, c := range rules {
 		var action uint8
 		if c.Allow {
@@ -508,6 +528,7 @@ func (x *xdpIface) apply(itf netpol.Interface) error {
 			v.Src, v.SrcMask = ipv4Prefix(c.Src)
 			v.Dst, v.DstMask = ipv4Prefix(c.Dst)
 			v4 = append(v4, v)
+			idx4 = append(idx4, i)
 		}
 		if c.Family != netpol.FamilyV4 {
 			v := policyRule6{SportLo: c.SPortLo, SportHi: c.SPortHi, DportLo: c.DPortLo, DportHi: c.DPortHi,
@@ -515,17 +536,33 @@ func (x *xdpIface) apply(itf netpol.Interface) error {
 			v.Src, v.SrcMask = ipv6Prefix(c.Src)
 			v.Dst, v.DstMask = ipv6Prefix(c.Dst)
 			v6 = append(v6, v)
+			idx6 = append(idx6, i)
 		}
 	}
 	// Diff against what the inactive generation holds (the policy before
 	// the running one): only changed entries are written, in one batch.
-	x.v4, x.v6 = v4, v6
-	held, err := x.batch4.writeDiff(x.objs.Rules, &x.held[next], base, v4)
+	x.v4, x.v6, x.idx4, x.idx6 = v4, v6, idx4, idx6
+	// Runs of source-only rules become one trie lookup each (trie.go).
+	seg := func(k int) uint32 { return segID(next, k) }
+	list4, runs4 := compressRuns(v4, idx4, rules, slots, func(seg uint32) policyRule { return policyRule{Kind: kindTrie, Counter: seg} }, seg)
+	list6, runs6 := compressRuns(v6, idx6, rules, slots, func(seg uint32) policyRule6 { return policyRule6{Kind: kindTrie, Counter: seg} }, seg)
+	want4, want6 := trie4Entries(next, runs4), trie6Entries(next, runs6)
+	held4, heldT6 := x.trie4[next], x.trie6[next]
+	x.trie4[next], x.trie6[next] = nil, nil // unknown until the writes succeed
+	if err := syncTrie(x.objs.Trie4, next, held4, want4, func(k policyTrie4Key) uint32 { return k.Seg >> 16 }); err != nil {
+		undo()
+		return fmt.Errorf("netpol: %s: IPv4 networks: %w", itf.Name, err)
+	}
+	if err := syncTrie(x.objs.Trie6, next, heldT6, want6, func(k policyTrie6Key) uint32 { return k.Seg >> 16 }); err != nil {
+		undo()
+		return fmt.Errorf("netpol: %s: IPv6 networks: %w", itf.Name, err)
+	}
+	held, err := x.batch4.writeDiff(x.objs.Rules, &x.held[next], base, list4)
 	if err != nil {
 		undo()
 		return fmt.Errorf("netpol: %s: IPv4 rules: %w", itf.Name, err)
 	}
-	held6, err := x.batch6.writeDiff(x.objs.Rules6, &x.held6[next], base, v6)
+	held6, err := x.batch6.writeDiff(x.objs.Rules6, &x.held6[next], base, list6)
 	if err != nil {
 		undo()
 		return fmt.Errorf("netpol: %s: IPv6 rules: %w", itf.Name, err)
@@ -542,7 +579,7 @@ func (x *xdpIface) apply(itf netpol.Interface) error {
 	for _, k := range stale {
 		x.objs.RlPorts.Delete(k)
 	}
-	s := policyGenSettings{Count: uint32(len(v4)), Count6: uint32(len(v6))}
+	s := policyGenSettings{Count: uint32(len(list4)), Count6: uint32(len(list6))}
 	if itf.Default == "allow" {
 		s.DefaultAction = 1
 	}
@@ -566,6 +603,7 @@ func (x *xdpIface) apply(itf netpol.Interface) error {
 	}
 	x.gen = next
 	x.held[next], x.held6[next] = held, held6
+	x.trie4[next], x.trie6[next] = want4, want6
 	x.free = append(x.free, x.reserved...)
 	x.reserved = nil
 	if !sameNames {

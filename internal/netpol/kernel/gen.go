@@ -9,7 +9,7 @@ package kernel
 // The XDP program is compiled by clang through bpf2go; the generated Go and
 // the BPF object are committed so a normal `go build` needs no clang.
 // scripts/bpf-generate.sh regenerates them and CI fails if they differ.
-//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang -target bpfel -type rule -type rule6 -type gen_settings -type counter policy bpf/xdp_policy.c -- -I/usr/include/x86_64-linux-gnu -O2 -g -Wall
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang -target bpfel -type rule -type rule6 -type gen_settings -type counter -type trie4_key -type trie6_key -type trie_val policy bpf/xdp_policy.c -- -I/usr/include/x86_64-linux-gnu -O2 -g -Wall
 
 // The L4 load balancer's socket programs (lb.go).
 //go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang -target bpfel -type lb_key -type lb_svc -type lb_backend -type lb_ct lb bpf/lb.c -- -I/usr/include/x86_64-linux-gnu -O2 -g -Wall

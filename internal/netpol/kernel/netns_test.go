@@ -664,3 +664,86 @@ func TestUpgradeReplacesIncompatiblePins(t *testing.T) {
 		t.Fatalf("after the last agent stopped (closed): %d to the denied port got through", got)
 	}
 }
+
+// Block and allow lists of networks (runs of source-only rules) keep their
+// first-match meaning when the XDP backend turns them into longest-prefix
+// lookups: a shadowed rule stays shadowed whatever the prefix lengths,
+// counters land on the rule that decided, both families, both backends.
+func TestSourceListsFirstMatch(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be, func(t *testing.T) {
+			l := newLab(t)
+			m := l.manager(t)
+			defer m.Close()
+			filler := func(rules []netpol.Rule) []netpol.Rule {
+				for i := 0; i < 12; i++ {
+					k := len(rules)
+					rules = append(rules,
+						netpol.Rule{Name: fmt.Sprintf("f4-%d", k), Action: "deny", Src: fmt.Sprintf("192.0.2.%d/32", k)},
+						netpol.Rule{Name: fmt.Sprintf("f6-%d", k), Action: "deny", Src: fmt.Sprintf("2001:db8:%x::/48", k)})
+				}
+				return rules
+			}
+			// Policy A: the broad deny comes first, the narrower allow of
+			// the client later is shadowed. Policy B: the other way round.
+			a := filler(nil)
+			a = append(a,
+				netpol.Rule{Name: "deny-net4", Action: "deny", Src: "10.211.0.0/16"},
+				netpol.Rule{Name: "deny-net6", Action: "deny", Src: l.net6},
+				netpol.Rule{Name: "allow-client4", Action: "allow", Src: l.clientIP + "/32"},
+				netpol.Rule{Name: "allow-client6", Action: "allow", Src: l.clientIP6 + "/128"})
+			a = filler(a)
+			b := filler(nil)
+			b = append(b,
+				netpol.Rule{Name: "allow-client4", Action: "allow", Src: l.clientIP + "/32"},
+				netpol.Rule{Name: "allow-client6", Action: "allow", Src: l.clientIP6 + "/128"},
+				netpol.Rule{Name: "deny-net4", Action: "deny", Src: "10.211.0.0/16"},
+				netpol.Rule{Name: "deny-net6", Action: "deny", Src: l.net6})
+			b = filler(b)
+			for _, step := range []struct {
+				name   string
+				rules  []netpol.Rule
+				want   int
+				r4, r6 string
+			}{
+				{"deny first", a, 0, "deny-net4", "deny-net6"},
+				{"allow first", b, 10, "allow-client4", "allow-client6"},
+			} {
+				cfg := netpol.Config{Backend: be, Interfaces: []netpol.Interface{{Name: l.gwIf, Default: "allow", OnAgentStop: "open", Rules: step.rules}}}
+				if err := m.Apply(cfg); err != nil {
+					t.Fatal(err)
+				}
+				if xb, ok := m.be.(*xdpBackend); ok {
+					x := xb.ifaces[l.gwIf]
+					if n := len(x.held[x.gen]) + len(x.held6[x.gen]); n != 2 {
+						t.Fatalf("%s: the XDP rule lists hold %d entries; want one trie entry per family", step.name, n)
+					}
+				}
+				before := m.Status().Interfaces[l.gwIf].Rules
+				for _, dst := range []string{l.gwIP, l.gwIP6} {
+					r := l.listenOn(t, dst, 5555)
+					l.sendTo(t, dst, 5555, 10, 200*time.Microsecond, 64)
+					if got := r.stop(t); got != step.want {
+						t.Errorf("%s: to %s: received %d of 10, want %d", step.name, dst, got, step.want)
+					}
+				}
+				after := m.Status().Interfaces[l.gwIf].Rules
+				for _, rule := range []string{step.r4, step.r6} {
+					if got := after[rule].Packets - before[rule].Packets; got != 10 {
+						t.Errorf("%s: counter %s +%d, want +10 (all: %+v)", step.name, rule, got, after)
+					}
+				}
+				for _, src := range []string{l.clientIP, l.clientIP6} {
+					dst := l.gwIP
+					if strings.Contains(src, ":") {
+						dst = l.gwIP6
+					}
+					d, err := m.Test(l.gwIf, netpol.Packet{Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst), Proto: netpol.ProtoUDP, DPort: 5555})
+					if err != nil || (d.Rule != step.r4 && d.Rule != step.r6) {
+						t.Errorf("%s: Test(%s) = %+v, %v", step.name, src, d, err)
+					}
+				}
+			}
+		})
+	}
+}

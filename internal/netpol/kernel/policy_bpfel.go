@@ -46,7 +46,8 @@ type policyRule struct {
 	DportHi uint16
 	Proto   uint8
 	Action  uint8
-	Pad     [2]uint8
+	Kind    uint8
+	Pad     uint8
 	Counter uint32
 }
 
@@ -62,13 +63,35 @@ type policyRule6 struct {
 	DportHi uint16
 	Proto   uint8
 	Action  uint8
-	Pad     [2]uint8
+	Kind    uint8
+	Pad     uint8
 	Counter uint32
 }
 
 type policySrcKey struct {
 	_ structs.HostLayout
 	A [4]uint32
+}
+
+type policyTrie4Key struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Seg       uint32
+	Addr      uint32
+}
+
+type policyTrie6Key struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Seg       uint32
+	Addr      [4]uint32
+}
+
+type policyTrieVal struct {
+	_       structs.HostLayout
+	Action  uint8
+	Pad     [3]uint8
+	Counter uint32
 }
 
 // loadPolicy returns the embedded CollectionSpec for policy.
@@ -128,6 +151,8 @@ type policyMapSpecs struct {
 	Rules6   *ebpf.MapSpec `ebpf:"rules6"`
 	Settings *ebpf.MapSpec `ebpf:"settings"`
 	Stats    *ebpf.MapSpec `ebpf:"stats"`
+	Trie4    *ebpf.MapSpec `ebpf:"trie4"`
+	Trie6    *ebpf.MapSpec `ebpf:"trie6"`
 }
 
 // policyVariableSpecs contains global variables before they are loaded into the kernel.
@@ -164,6 +189,8 @@ type policyMaps struct {
 	Rules6   *ebpf.Map `ebpf:"rules6"`
 	Settings *ebpf.Map `ebpf:"settings"`
 	Stats    *ebpf.Map `ebpf:"stats"`
+	Trie4    *ebpf.Map `ebpf:"trie4"`
+	Trie6    *ebpf.Map `ebpf:"trie6"`
 }
 
 func (m *policyMaps) Close() error {
@@ -176,6 +203,8 @@ func (m *policyMaps) Close() error {
 		m.Rules6,
 		m.Settings,
 		m.Stats,
+		m.Trie4,
+		m.Trie6,
 	)
 }
 

@@ -42,9 +42,14 @@ struct rule {
 	__u16 dport_hi;
 	__u8 proto; // IPPROTO_*, 0 = any
 	__u8 action;
-	__u8 pad[2];
-	__u32 counter; // index in counters: stable per rule name across updates
+	__u8 kind; // KIND_RULE, or KIND_TRIE: a run of source-only rules
+	__u8 pad;
+	__u32 counter; // index in counters: stable per rule name across updates;
+	               // for KIND_TRIE the run's segment id in the trie
 };
+
+#define KIND_RULE 0
+#define KIND_TRIE 1
 
 // An IPv6 rule: addresses and masks as four 32-bit words in network order.
 struct rule6 {
@@ -58,7 +63,33 @@ struct rule6 {
 	__u16 dport_hi;
 	__u8 proto;
 	__u8 action;
-	__u8 pad[2];
+	__u8 kind;
+	__u8 pad;
+	__u32 counter;
+};
+
+// A run of consecutive rules that match on the source address alone (a
+// block or allow list of networks, typically thousands long) is one
+// KIND_TRIE entry in the rule list: one longest-prefix lookup instead of a
+// comparison per rule. User space stores, for each prefix of the run, the
+// earliest rule of the run whose network contains it, so the longest match
+// is the first match. Keys: the run's segment id (generation in its high
+// bits), then the address; prefix length 32 + the network's bits.
+struct trie4_key {
+	__u32 prefixlen;
+	__u32 seg;
+	__u32 addr;
+};
+
+struct trie6_key {
+	__u32 prefixlen;
+	__u32 seg;
+	__u32 addr[4];
+};
+
+struct trie_val {
+	__u8 action;
+	__u8 pad[3];
 	__u32 counter;
 };
 
@@ -109,6 +140,22 @@ struct {
 	__type(key, __u32);
 	__type(value, struct rule6);
 } rules6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 2 * MAX_RULES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct trie4_key);
+	__type(value, struct trie_val);
+} trie4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 2 * MAX_RULES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct trie6_key);
+	__type(value, struct trie_val);
+} trie6 SEC(".maps");
 
 // Per-rule counters, at the slot user space gave the rule's name (a name
 // kept across updates keeps its slot, so updates never reset or copy
@@ -185,6 +232,16 @@ static long match_rule(__u64 i, void *data) {
 	struct rule *r = bpf_map_lookup_elem(&rules, &key);
 	if (!r)
 		return 1;
+	if (r->kind == KIND_TRIE) {
+		struct trie4_key k = {.prefixlen = 64, .seg = r->counter, .addr = m->src};
+		struct trie_val *v = bpf_map_lookup_elem(&trie4, &k);
+		if (!v)
+			return 0;
+		m->hit = (__s32)i;
+		m->action = v->action;
+		m->counter = v->counter;
+		return 1;
+	}
 	if ((m->src & r->src_mask) != r->src || (m->dst & r->dst_mask) != r->dst)
 		return 0;
 	if (r->proto && r->proto != m->proto)
@@ -207,6 +264,17 @@ static long match_rule6(__u64 i, void *data) {
 	struct rule6 *r = bpf_map_lookup_elem(&rules6, &key);
 	if (!r)
 		return 1;
+	if (r->kind == KIND_TRIE) {
+		struct trie6_key k = {.prefixlen = 160, .seg = r->counter};
+		__builtin_memcpy(k.addr, m->src6, 16);
+		struct trie_val *v = bpf_map_lookup_elem(&trie6, &k);
+		if (!v)
+			return 0;
+		m->hit = (__s32)i;
+		m->action = v->action;
+		m->counter = v->counter;
+		return 1;
+	}
 	if (!masked_eq6(m->src6, r->src, r->src_mask) || !masked_eq6(m->dst6, r->dst, r->dst_mask))
 		return 0;
 	if (r->proto && r->proto != m->proto)
