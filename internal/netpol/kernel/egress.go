@@ -1,7 +1,9 @@
 package kernel
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,9 +27,17 @@ import (
 // carries the BPF programs), so this works also where the supervisor's
 // resource limits use cgroup v1 (the hybrid layout): a component's
 // process is in its v1 groups for limits and in its egress group here.
+//
+// The maps and every component's program links are pinned in bpffs
+// (pinDir): if the agent dies, the components it started stay under their
+// allow lists instead of running unrestricted until the next agent stops
+// them (the supervisor re-adopts no process: it stops leftovers, then
+// starts components). The next OpenEgress, which runs once the leftovers
+// are stopped, detaches and removes what is pinned and starts afresh.
 type Egress struct {
 	root    string // the directory under the cgroup2 mount holding the groups
 	mounted string // the cgroup2 mount OpenEgress made, unmounted by Close
+	pinDir  string // bpffs directory of the pinned maps and links
 	log     *slog.Logger
 
 	mu     sync.Mutex
@@ -58,7 +68,9 @@ const DefaultEgressCgroup = "/run/outpost/cgroup2"
 // root/outpost-egress, mounting cgroup2 on root first when root is not a
 // cgroup2 mount already (an existing one, /sys/fs/cgroup/unified on a
 // hybrid host, is used as it is: a host has one cgroup2 hierarchy). It
-// fails with ErrNoBPF when the kernel refuses the programs.
+// fails with ErrNoBPF when the kernel refuses the programs. What a previous
+// agent pinned for root is detached and removed first: call it once that
+// agent's leftover processes are stopped.
 func OpenEgress(root string, log *slog.Logger) (*Egress, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -71,7 +83,7 @@ func OpenEgress(root string, log *slog.Logger) (*Egress, error) {
 		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
 	}
 	dir := filepath.Join(root, "outpost-egress")
-	e := &Egress{root: dir, log: log.With("module", "netpol", "part", "egress"),
+	e := &Egress{root: dir, pinDir: egressPinDir(root), log: log.With("module", "netpol", "part", "egress"),
 		comps: map[string]*egressComp{}, byIdx: map[uint32]string{}, logged: map[egressEgressDeniedKey]bool{}}
 	if mounted {
 		e.mounted = root
@@ -80,7 +92,22 @@ func OpenEgress(root string, log *slog.Logger) (*Egress, error) {
 		e.unmount()
 		return nil, fmt.Errorf("netpol: egress: %w", err)
 	}
-	if err := loadEgressObjects(&e.objs, nil); err != nil {
+	if err := ensureBPFFS(e.pinDir); err != nil {
+		e.unmount()
+		return nil, fmt.Errorf("%w: %v", ErrNoBPF, err)
+	}
+	if n := e.clearPins(); n > 0 {
+		e.log.Info("detached the egress programs a previous agent left pinned", "links", n)
+	}
+	spec, err := loadEgress()
+	if err != nil {
+		e.unmount()
+		return nil, fmt.Errorf("%w: load egress programs: %v", ErrNoBPF, err)
+	}
+	for _, m := range spec.Maps {
+		m.Pinning = ebpf.PinByName
+	}
+	if err := spec.LoadAndAssign(&e.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: e.pinDir}}); err != nil {
 		e.unmount()
 		return nil, fmt.Errorf("%w: load egress programs: %v", ErrNoBPF, err)
 	}
@@ -88,6 +115,43 @@ func OpenEgress(root string, log *slog.Logger) (*Egress, error) {
 		e.free = append(e.free, uint32(i))
 	}
 	return e, nil
+}
+
+// egressPinDir is where the egress maps and links of the groups under root
+// are pinned: one directory per cgroup root, so agents (and tests) with
+// different roots never touch each other's pins.
+func egressPinDir(root string) string {
+	if root == DefaultEgressCgroup {
+		return "/sys/fs/bpf/outpost/egress"
+	}
+	h := sha256.Sum256([]byte(filepath.Clean(root)))
+	return "/sys/fs/bpf/outpost/egress-" + hex.EncodeToString(h[:6])
+}
+
+// clearPins detaches the links and removes the map pins a previous run
+// left in pinDir; it returns how many links it detached.
+func (e *Egress) clearPins() int {
+	n := 0
+	links, _ := filepath.Glob(filepath.Join(e.pinDir, "links", "*", "*"))
+	for _, p := range links {
+		if l, err := link.LoadPinnedLink(p, nil); err == nil {
+			l.Unpin()
+			l.Close()
+			n++
+		}
+		os.Remove(p)
+	}
+	comps, _ := filepath.Glob(filepath.Join(e.pinDir, "links", "*"))
+	for _, c := range comps {
+		os.Remove(c)
+	}
+	ents, _ := os.ReadDir(e.pinDir)
+	for _, ent := range ents {
+		if ent.Name() != "links" {
+			os.Remove(filepath.Join(e.pinDir, ent.Name()))
+		}
+	}
+	return n
 }
 
 // ensureCgroup2 mounts cgroup2 on root unless it is a cgroup2 mount
@@ -203,10 +267,23 @@ func (e *Egress) attach(component, dir string) (*egressComp, error) {
 		{e.objs.OutpostSendmsg6, ebpf.AttachCGroupUDP6Sendmsg},
 	} {
 		l, err := link.AttachCgroup(link.CgroupOptions{Path: dir, Attach: p.typ, Program: p.prog})
-		if err != nil {
-			for _, l := range c.links {
+		if err == nil {
+			// Pinned: the programs stay attached if the agent dies.
+			pin := filepath.Join(e.pinDir, "links", component, strconv.Itoa(len(c.links)))
+			if err = os.MkdirAll(filepath.Dir(pin), 0o700); err == nil {
+				if err = l.Pin(pin); err != nil {
+					l.Close()
+				}
+			} else {
 				l.Close()
 			}
+		}
+		if err != nil {
+			for _, l := range c.links {
+				l.Unpin()
+				l.Close()
+			}
+			os.RemoveAll(filepath.Join(e.pinDir, "links", component))
 			e.objs.Components.Delete(uint64(st.Ino))
 			fd.Close()
 			return nil, fmt.Errorf("%w: egress %s: attach %v: %v", ErrNoBPF, component, p.typ, err)
@@ -260,8 +337,9 @@ func (e *Egress) Remove(component string) error {
 func (e *Egress) remove(component string, c *egressComp) error {
 	var errs []error
 	for _, l := range c.links {
-		errs = append(errs, l.Close())
+		errs = append(errs, l.Unpin(), l.Close())
 	}
+	os.RemoveAll(filepath.Join(e.pinDir, "links", component))
 	var st unix.Stat_t
 	if unix.Fstat(int(c.fd.Fd()), &st) == nil {
 		e.objs.Components.Delete(uint64(st.Ino))
@@ -377,9 +455,10 @@ func sumU64(m *ebpf.Map, key uint32) (uint64, error) {
 	return s, nil
 }
 
-// Close detaches every program and removes the groups; processes still in
-// a group keep it (and lose their egress limits: the programs go with the
-// agent, see docs/netpol.md).
+// Close detaches every program, removes the groups and the pins. The
+// supervisor stops the components first; a process still in a group when
+// the agent stops cleanly loses its egress limits (when the agent dies
+// instead, the pins keep them).
 func (e *Egress) Close() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -387,6 +466,8 @@ func (e *Egress) Close() error {
 	for name, c := range e.comps {
 		errs = append(errs, e.remove(name, c))
 	}
+	e.clearPins()
+	os.RemoveAll(e.pinDir)
 	e.objs.Close()
 	e.unmount()
 	return errors.Join(errs...)

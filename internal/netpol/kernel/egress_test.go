@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -9,11 +10,14 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/outpost-edge/outpost/internal/netpol"
 )
@@ -23,6 +27,9 @@ import (
 // destination ("tcp 127.0.0.1:80", "udp [::1]:53") in order, prints one
 // verdict line per try (ok, eperm or the error) and exits.
 func init() {
+	if spec := os.Getenv("OUTPOST_EGRESS_AGENT"); spec != "" {
+		egressAgent(spec)
+	}
 	probes := os.Getenv("OUTPOST_EGRESS_PROBE")
 	if probes == "" {
 		return
@@ -58,6 +65,28 @@ func init() {
 		}
 	}
 	os.Exit(0)
+}
+
+// egressAgent is the "agent" of TestEgressSurvivesAgentKill: it puts one
+// component's group under an allow list ("root,component,allowed port"),
+// says ready, and waits to be killed.
+func egressAgent(spec string) {
+	f := strings.Split(spec, ",")
+	e, err := OpenEgress(f[0], nil)
+	if err != nil {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	a, err := netpol.CompileEgress(netpol.Egress{Host: "127.0.0.1", Port: f[2], Proto: "tcp"}, nil)
+	if err == nil {
+		_, err = e.Set(f[1], "", a)
+	}
+	if err != nil {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	fmt.Println("ready")
+	select {}
 }
 
 type syncBuf struct {
@@ -254,4 +283,69 @@ func mustStatus(t *testing.T, e *Egress) map[string]netpol.EgressStatus {
 		t.Fatal(err)
 	}
 	return st
+}
+
+// The agent killed with -9 while a component runs: the component's egress
+// programs and allow list are pinned, so it stays restricted (it is not
+// left open until the next agent stops it). The next agent detaches what
+// was pinned when it opens egress, and starts afresh.
+func TestEgressSurvivesAgentKill(t *testing.T) {
+	openEgress(t, nil) // skips where the kernel refuses the programs
+	root := t.TempDir()
+	allowed, undeclared := listen(t, "127.0.0.1"), listen(t, "127.0.0.1")
+	probes := []string{fmt.Sprintf("tcp 127.0.0.1:%d", allowed), fmt.Sprintf("tcp 127.0.0.1:%d", undeclared)}
+	group := filepath.Join(root, "outpost-egress", "comp")
+	t.Cleanup(func() {
+		os.Remove(group)
+		os.Remove(filepath.Dir(group))
+		unix.Unmount(root, unix.MNT_DETACH)
+		os.RemoveAll(egressPinDir(root))
+	})
+	agent := exec.Command(os.Args[0], "-test.run=^$")
+	agent.Env = append(os.Environ(), fmt.Sprintf("OUTPOST_EGRESS_AGENT=%s,comp,%d", root, allowed))
+	out, _ := agent.StdoutPipe()
+	agent.Stderr = os.Stderr
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "ready" {
+		agent.Process.Kill()
+		t.Fatalf("agent: %q %v", line, err)
+	}
+	probe := func(when string, want ...string) {
+		t.Helper()
+		fd, err := os.Open(group)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer fd.Close()
+		if got := runProbe(t, fd, probes); strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Fatalf("%s: allowed, undeclared = %v, want %v", when, got, want)
+		}
+	}
+	probe("agent running", "ok", "eperm")
+	agent.Process.Signal(syscall.SIGKILL)
+	agent.Wait()
+	probe("agent killed", "ok", "eperm")
+
+	e, err := OpenEgress(root, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe("next agent opened (stale programs detached)", "ok", "ok")
+	a, err := netpol.CompileEgress(netpol.Egress{Host: "127.0.0.1", Port: fmt.Sprint(allowed), Proto: "tcp"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Set("comp", "", a); err != nil {
+		t.Fatal(err)
+	}
+	probe("next agent set the list", "ok", "eperm")
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(egressPinDir(root)); !os.IsNotExist(err) {
+		t.Fatalf("pins left after Close: %v", err)
+	}
 }
