@@ -121,11 +121,13 @@ func OpenEgress(root string, log *slog.Logger) (*Egress, error) {
 // are pinned: one directory per cgroup root, so agents (and tests) with
 // different roots never touch each other's pins.
 func egressPinDir(root string) string {
+	// ':' is not allowed in interface names, whose XDP pins are
+	// /sys/fs/bpf/outpost/<iface>.
 	if root == DefaultEgressCgroup {
-		return "/sys/fs/bpf/outpost/egress"
+		return "/sys/fs/bpf/outpost/egress:cgroups"
 	}
 	h := sha256.Sum256([]byte(filepath.Clean(root)))
-	return "/sys/fs/bpf/outpost/egress-" + hex.EncodeToString(h[:6])
+	return "/sys/fs/bpf/outpost/egress:" + hex.EncodeToString(h[:6])
 }
 
 // clearPins detaches the links and removes the map pins a previous run

@@ -319,7 +319,16 @@ func (b *balancer) status() (map[string]netpol.LBStatus, string) {
 	return out, b.err
 }
 
-func (b *balancer) close() error {
+// releaser is a data plane that can outlive the agent (lbBPF: pinned).
+type releaser interface{ release() error }
+
+// stop is the agent stopping: a plane that can keep balancing without it
+// does (its last healthy backends; health checks stop), else it is closed.
+func (b *balancer) stop() error { return b.shutdown(true) }
+
+// shutdown stops the health checks and closes the plane, or, with keep,
+// releases it to run on without the agent when it can.
+func (b *balancer) shutdown(keep bool) error {
 	b.mu.Lock()
 	svcs := b.svcs
 	b.svcs = map[string]*lbService{}
@@ -334,7 +343,12 @@ func (b *balancer) close() error {
 	if b.plane == nil {
 		return nil
 	}
-	err := b.plane.close()
+	var err error
+	if r, ok := b.plane.(releaser); ok && keep {
+		err = r.release()
+	} else {
+		err = b.plane.close()
+	}
 	b.plane = nil
 	return err
 }

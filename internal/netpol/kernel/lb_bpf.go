@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -15,13 +16,99 @@ import (
 )
 
 // lbBPF balances local clients with cgroup/connect4 and getpeername4
-// programs attached to one cgroup v2 (every process below it).
+// programs attached to one cgroup v2 (every process below it), and remote
+// clients with TC programs on named interfaces.
+//
+// Its maps and links are pinned in bpffs (pinDir): when the agent stops or
+// dies, the VIPs keep being balanced over the last healthy set (health
+// checks stop with the agent) instead of failing. The next agent re-adopts
+// the pinned maps, so flows keep their backends and translations, and
+// replaces the programs on the pinned links in place (link update: no
+// moment without a program). Where the pinned maps cannot be re-adopted
+// (another layout after an upgrade), it attaches fresh programs next to
+// the old ones, programs the services, and only then detaches the old
+// ones (stale): connects never fail, though flows the old TC programs
+// translated lose their state.
 type lbBPF struct {
-	objs  lbObjects
-	links []link.Link
-	keys  map[uint32]lbLbKey // programmed services by id
-	inNS  func(func() error) error
-	tc    map[string][]link.Link // TC links by interface
+	objs   lbObjects
+	links  []link.Link
+	keys   map[uint32]lbLbKey // programmed services by id
+	inNS   func(func() error) error
+	tc     map[string][]link.Link // TC links by interface
+	pinDir string                 // "" when bpffs is unusable: nothing pinned
+	stale  []link.Link            // a previous agent's links, detached after the first set
+	// adopted are the services found in re-adopted maps: removed by the
+	// first set unless it programs them again.
+	adopted map[lbLbKey]bool
+}
+
+// pin pins l as name in pinDir (no-op without a pin directory).
+func (p *lbBPF) pin(l link.Link, name string) error {
+	if p.pinDir == "" {
+		return nil
+	}
+	return l.Pin(filepath.Join(p.pinDir, name))
+}
+
+// pinnedLinks loads the links a previous agent pinned, by name.
+func (p *lbBPF) pinnedLinks() map[string]link.Link {
+	out := map[string]link.Link{}
+	files, _ := os.ReadDir(p.pinDir)
+	for _, f := range files {
+		if !strings.HasPrefix(f.Name(), "connect4") && !strings.HasPrefix(f.Name(), "getpeername4") && !strings.HasPrefix(f.Name(), "tc-") {
+			continue
+		}
+		path := filepath.Join(p.pinDir, f.Name())
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			os.Remove(path)
+			continue
+		}
+		out[f.Name()] = l
+	}
+	return out
+}
+
+// load loads the programs, re-adopting a previous agent's pinned maps
+// where they fit; it returns the previous agent's links (nil for none).
+func (p *lbBPF) load(pinRoot string) (map[string]link.Link, bool, error) {
+	if dir := filepath.Join(pinRoot, "lb:socket"); pinRoot != "" && ensureBPFFS(dir) == nil {
+		// "lb:socket": ':' is not allowed in interface names, whose XDP
+		// pins are pinRoot/<iface>.
+		p.pinDir = dir
+	}
+	if p.pinDir == "" {
+		return nil, false, loadLbObjects(&p.objs, nil)
+	}
+	old := p.pinnedLinks()
+	spec, err := loadLb()
+	if err != nil {
+		return old, false, err
+	}
+	for _, m := range spec.Maps {
+		m.Pinning = ebpf.PinByName
+	}
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: p.pinDir}}
+	if len(old) > 0 && pinnedMapsPresent(spec, p.pinDir) {
+		if err := spec.LoadAndAssign(&p.objs, opts); err == nil {
+			var k lbLbKey
+			var v lbLbSvc
+			for it := p.objs.Svcs.Iterate(); it.Next(&k, &v); {
+				p.adopted[k] = true
+			}
+			return old, true, nil
+		} else if !errors.Is(err, ebpf.ErrMapIncompatible) {
+			return old, false, err
+		}
+	}
+	// Fresh maps: the old ones' pins go (the old programs keep them).
+	ents, _ := os.ReadDir(p.pinDir)
+	for _, e := range ents {
+		if _, isLink := old[e.Name()]; !isLink {
+			os.Remove(filepath.Join(p.pinDir, e.Name()))
+		}
+	}
+	return old, false, spec.LoadAndAssign(&p.objs, opts)
 }
 
 // lbCgroup is where the socket programs attach: Options.LBCgroup, else
@@ -57,7 +144,6 @@ func cgroup2Mount() string {
 }
 
 func newLBBPF(pinRoot, cgroup string, inNS func(func() error) error) (*lbBPF, error) {
-	_ = pinRoot // the socket programs are not pinned: balancing stops with the agent
 	if cgroup == "" {
 		return nil, fmt.Errorf("%w: no cgroup v2 hierarchy is mounted (socket load balancing attaches to one)", ErrNoBPF)
 	}
@@ -65,15 +151,61 @@ func newLBBPF(pinRoot, cgroup string, inNS func(func() error) error) (*lbBPF, er
 	if err := unix.Statfs(cgroup, &st); err != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
 		return nil, fmt.Errorf("%w: %s is not a cgroup v2 directory", ErrNoBPF, cgroup)
 	}
-	p := &lbBPF{keys: map[uint32]lbLbKey{}, inNS: inNS, tc: map[string][]link.Link{}}
-	if err := loadLbObjects(&p.objs, nil); err != nil {
+	p := &lbBPF{keys: map[uint32]lbLbKey{}, inNS: inNS, tc: map[string][]link.Link{}, adopted: map[lbLbKey]bool{}}
+	old, adopted, err := p.load(pinRoot)
+	if err != nil {
+		for _, l := range old {
+			l.Close()
+		}
 		return nil, fmt.Errorf("%w: load load-balancer programs: %v", ErrNoBPF, err)
 	}
+	progs := map[string]*ebpf.Program{"connect4": p.objs.OutpostLbConnect4, "getpeername4": p.objs.OutpostLbGetpeername4,
+		"tc-ingress": p.objs.OutpostLbTcIngress, "tc-egress": p.objs.OutpostLbTcEgress}
+	if adopted {
+		// Same maps: this agent's programs replace the old ones in place.
+		for name, l := range old {
+			kind := name
+			if strings.HasPrefix(name, "tc-") {
+				kind = name[:strings.Index(name[3:], "-")+3]
+			}
+			if err := l.Update(progs[kind]); err != nil {
+				// Cannot replace it: attach fresh below, detach it after.
+				l.Unpin()
+				p.stale = append(p.stale, l)
+				continue
+			}
+			if strings.HasPrefix(name, "tc-") {
+				iface := name[len(kind)+1:]
+				p.tc[iface] = append(p.tc[iface], l)
+			} else {
+				p.links = append(p.links, l)
+			}
+		}
+	} else {
+		for _, l := range old {
+			l.Unpin()
+			p.stale = append(p.stale, l)
+		}
+	}
+	if len(p.links) == 2 {
+		return p, nil
+	}
+	for _, l := range p.links { // partly adopted: start over for the socket links
+		l.Unpin()
+		p.stale = append(p.stale, l)
+	}
+	p.links = nil
 	for _, a := range []struct {
 		prog *ebpf.Program
 		at   ebpf.AttachType
-	}{{p.objs.OutpostLbConnect4, ebpf.AttachCGroupInet4Connect}, {p.objs.OutpostLbGetpeername4, ebpf.AttachCgroupInet4GetPeername}} {
+		name string
+	}{{p.objs.OutpostLbConnect4, ebpf.AttachCGroupInet4Connect, "connect4"}, {p.objs.OutpostLbGetpeername4, ebpf.AttachCgroupInet4GetPeername, "getpeername4"}} {
 		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: a.at, Program: a.prog})
+		if err == nil {
+			if err = p.pin(l, a.name); err != nil {
+				l.Close()
+			}
+		}
 		if err != nil {
 			p.close()
 			return nil, fmt.Errorf("%w: attach to cgroup %s: %v", ErrNoBPF, cgroup, err)
@@ -105,6 +237,7 @@ func (p *lbBPF) set(svcs []lbProgram) error {
 	for name, ls := range p.tc {
 		if !ifs[name] {
 			for _, l := range ls {
+				l.Unpin()
 				l.Close()
 			}
 			delete(p.tc, name)
@@ -124,6 +257,24 @@ func (p *lbBPF) set(svcs []lbProgram) error {
 			delete(p.keys, id)
 		}
 	}
+	// Services of re-adopted maps this agent does not run any more.
+	for k := range p.adopted {
+		programmed := false
+		for _, pk := range p.keys {
+			programmed = programmed || pk == k
+		}
+		if !programmed {
+			if err := p.objs.Svcs.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	p.adopted = map[lbLbKey]bool{}
+	// The services are programmed: the previous agent's links can go.
+	for _, l := range p.stale {
+		l.Close()
+	}
+	p.stale = nil
 	return errors.Join(errs...)
 }
 
@@ -138,17 +289,22 @@ func (p *lbBPF) attachTC(iface string) error {
 		for _, a := range []struct {
 			prog *ebpf.Program
 			at   ebpf.AttachType
-		}{{p.objs.OutpostLbTcIngress, ebpf.AttachTCXIngress}, {p.objs.OutpostLbTcEgress, ebpf.AttachTCXEgress}} {
+			name string
+		}{{p.objs.OutpostLbTcIngress, ebpf.AttachTCXIngress, "ingress"}, {p.objs.OutpostLbTcEgress, ebpf.AttachTCXEgress, "egress"}} {
 			l, err := link.AttachTCX(link.TCXOptions{Interface: idx, Program: a.prog, Attach: a.at})
 			if err != nil {
 				return err
 			}
 			ls = append(ls, l)
+			if err := p.pin(l, "tc-"+a.name+"-"+iface); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
 	if err != nil {
 		for _, l := range ls {
+			l.Unpin()
 			l.Close()
 		}
 		return fmt.Errorf("netpol: load balancer: attach TC on %s: %w", iface, err)
@@ -231,7 +387,36 @@ func (p *lbBPF) conns(id uint32, n int) ([]uint64, uint64, error) {
 	return out, nb, err
 }
 
+// close detaches everything: no service is balanced any more.
 func (p *lbBPF) close() error {
+	var errs []error
+	all := append([]link.Link(nil), p.links...)
+	for _, ls := range p.tc {
+		all = append(all, ls...)
+	}
+	for _, l := range all {
+		if p.pinDir != "" {
+			l.Unpin()
+		}
+		errs = append(errs, l.Close())
+	}
+	for _, l := range p.stale {
+		l.Close()
+	}
+	p.tc, p.links, p.stale = nil, nil, nil
+	errs = append(errs, p.objs.Close())
+	if p.pinDir != "" {
+		os.RemoveAll(p.pinDir) // the map pins
+	}
+	return errors.Join(errs...)
+}
+
+// release is the agent stopping: the pinned links keep balancing the
+// services over their last healthy backends; this process lets go of them.
+func (p *lbBPF) release() error {
+	if p.pinDir == "" {
+		return p.close()
+	}
 	var errs []error
 	for _, l := range p.links {
 		errs = append(errs, l.Close())
@@ -241,8 +426,10 @@ func (p *lbBPF) close() error {
 			errs = append(errs, l.Close())
 		}
 	}
-	p.tc = nil
-	p.links = nil
+	for _, l := range p.stale {
+		l.Close()
+	}
+	p.tc, p.links, p.stale = nil, nil, nil
 	errs = append(errs, p.objs.Close())
 	return errors.Join(errs...)
 }

@@ -303,3 +303,111 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// When the agent stops (or dies: the same handles close), eBPF load
+// balancers keep balancing over the last healthy backends: their links are
+// pinned. The next agent takes over without a connect failing: it attaches
+// its programs, programs the services, then detaches the old ones. A
+// config without load balancers removes everything.
+func TestLBSurvivesAgentStop(t *testing.T) {
+	for _, plane := range []string{"ebpf", "ebpf-tc"} {
+		t.Run(plane, func(t *testing.T) {
+			l := newLab(t)
+			if out, err := exec.Command("ip", "-n", l.client, "route", "add", "10.96.0.0/24", "via", l.gwIP).CombinedOutput(); err != nil {
+				t.Fatalf("route: %v %s", err, out)
+			}
+			opts := Options{Netns: filepath.Join("/var/run/netns", l.gw), PinRoot: l.pinRoot}
+			cg := lbTestCgroup(t)
+			if plane == "ebpf-tc" {
+				empty := filepath.Join(cg, "..", filepath.Base(cg)+"-empty")
+				if err := os.Mkdir(empty, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { os.Remove(empty) })
+				cg = empty
+			}
+			opts.LBCgroup = cg
+			addrs := []string{l.gwIP + ":9001", l.gwIP + ":9002", l.gwIP + ":9003"}
+			for i, a := range addrs {
+				l.startBackend(t, fmt.Sprintf("b%d", i+1), a)
+			}
+			cfg := lbConfig("ebpf", "round_robin", addrs)
+			if plane == "ebpf-tc" {
+				cfg.LoadBalancers[0].Interface = l.gwIf
+			}
+			spread := func(when string) {
+				t.Helper()
+				seen := map[string]int{}
+				for i := 0; i < 30; i++ {
+					c, err := dialFrom(l.client, lbVIP)
+					if err != nil {
+						t.Fatalf("%s: connect %d: %v", when, i, err)
+					}
+					name, err := ask(c)
+					c.Close()
+					if err != nil {
+						t.Fatalf("%s: ask %d: %v", when, i, err)
+					}
+					seen[name]++
+				}
+				if len(seen) != 3 {
+					t.Fatalf("%s: 30 connects reached %v, want all 3 backends", when, seen)
+				}
+			}
+			m := New(opts)
+			if err := m.Apply(cfg); err != nil {
+				t.Fatal(err)
+			}
+			spread("agent running")
+			if err := m.Close(); err != nil {
+				t.Fatal(err)
+			}
+			spread("agent stopped")
+
+			// The next agent: while it takes over, a client keeps
+			// connecting; not one connect may fail.
+			stop := make(chan struct{})
+			failed := make(chan error, 1)
+			go func() {
+				defer close(failed)
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					c, err := dialFrom(l.client, lbVIP)
+					if err == nil {
+						_, err = ask(c)
+						c.Close()
+					}
+					if err != nil {
+						failed <- err
+						return
+					}
+				}
+			}()
+			m2 := New(opts)
+			if err := m2.Apply(cfg); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(200 * time.Millisecond)
+			close(stop)
+			if err := <-failed; err != nil {
+				t.Fatalf("a connect failed while the next agent took over: %v", err)
+			}
+			spread("next agent")
+			if st := m2.Status().LoadBalancers["api"]; st.Backends[0].Connections == 0 {
+				t.Fatalf("the next agent's programs balanced nothing: %+v", st)
+			}
+			// No load balancers any more: nothing is left attached or pinned.
+			if err := m2.Apply(netpol.Config{Backend: "ebpf"}); err != nil {
+				t.Fatal(err)
+			}
+			if ents, _ := os.ReadDir(filepath.Join(l.pinRoot, "lb:socket")); len(ents) != 0 {
+				t.Fatalf("pins left: %v", ents)
+			}
+			m2.Close()
+		})
+	}
+}

@@ -270,13 +270,15 @@ func (m *Manager) Test(iface string, p netpol.Packet) (netpol.Decision, error) {
 	return netpol.Decide(itf, p)
 }
 
-// Close releases the backend (see netpol.Interface.OnAgentStop for what stays).
+// Close releases the backend (see netpol.Interface.OnAgentStop for what
+// stays); eBPF load balancers keep balancing over their last healthy
+// backends (pinned) until the next agent takes over.
 func (m *Manager) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var lerr error
 	if m.lb != nil {
-		lerr = m.lb.close()
+		lerr = m.lb.stop()
 	}
 	if m.be == nil {
 		return lerr
