@@ -8,11 +8,15 @@
 # qdisc bypassed) so that it is cheaper per packet than the filters. Needs root; the
 # namespaces are created here and deleted on exit.
 #
-# Usage: bench/netpol_drop.sh [DURATION per backend, default 5s, at most 60s]
+# Usage: bench/netpol_drop.sh [DURATION per backend, default 5s, at most 60s] [LIST]
+#   LIST: a block list of that many source networks (none matching the
+#   flood) before the flood's rule, at most 10000 (eBPF keeps it as one LPM
+#   trie; nftables and iptables evaluate it rule by rule).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 DUR=${1:-5s}
+LIST=${2:-0}
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces, BPF)" >&2; exit 1; }
 need iptables iptables
 go build -o /tmp/outpost-netpoldrop ./bench/netpoldrop
@@ -28,5 +32,5 @@ for x in "$CL $VC" "$GW $VG" "$CL lo" "$GW lo"; do set -- $x; ip -n "$1" link se
 MAC=$(ip -n "$GW" -o link show "$VG" | grep -o 'link/ether [0-9a-f:]*' | cut -d' ' -f2)
 bench_lock
 uptime
-/tmp/outpost-netpoldrop -client-ns "$CL" -gw-ns "$GW" -iface "$VG" -dst 10.214.0.2:9999 -src 10.214.0.1 -client-iface "$VC" -dst-mac "$MAC" -duration "$DUR"
+/tmp/outpost-netpoldrop -client-ns "$CL" -gw-ns "$GW" -iface "$VG" -dst 10.214.0.2:9999 -src 10.214.0.1 -client-iface "$VC" -dst-mac "$MAC" -duration "$DUR" -list "$LIST"
 uptime

@@ -45,7 +45,14 @@ func main() {
 	cdev := flag.String("client-iface", "", "client-side veth (the generator writes frames to it)")
 	dmac := flag.String("dst-mac", "", "MAC address of -iface")
 	backends := flag.String("backends", "ebpf,nftables,iptables", "backends, in order")
+	list := flag.Int("list", 0, "put a block list of this many source networks (none matching the flood) before the flood's rule (at most 10000)")
 	flag.Parse()
+	*list = min(max(*list, 0), 10000)
+	// The block list: 100.64.X.Y/32, never the flood's source.
+	var listRules []netpol.Rule
+	for i := 0; i < *list; i++ {
+		listRules = append(listRules, netpol.Rule{Name: fmt.Sprintf("block%d", i), Action: "deny", Src: fmt.Sprintf("100.64.%d.%d/32", i/256, i%256)})
+	}
 	if *dur > time.Minute {
 		*dur = time.Minute
 	}
@@ -57,8 +64,8 @@ func main() {
 		switch be {
 		case "ebpf", "nftables":
 			m := kernel.New(kernel.Options{Netns: "/var/run/netns/" + *gwNS, PinRoot: "/sys/fs/bpf/outpost-netpoldrop"})
-			cfg := netpol.Config{Backend: be, Interfaces: []netpol.Interface{{Name: *iface, Default: "allow", OnAgentStop: "open",
-				Rules: []netpol.Rule{{Name: "flood", Action: "deny", Proto: "udp", DPort: port}}}}}
+			rules := append(append([]netpol.Rule(nil), listRules...), netpol.Rule{Name: "flood", Action: "deny", Proto: "udp", DPort: port})
+			cfg := netpol.Config{Backend: be, Interfaces: []netpol.Interface{{Name: *iface, Default: "allow", OnAgentStop: "open", Rules: rules}}}
 			if err := m.Apply(cfg); err != nil {
 				log.Fatalf("%s: %v", be, err)
 			}
@@ -72,18 +79,31 @@ func main() {
 				}
 				return string(out)
 			}
-			ipt("-I", "INPUT", "-p", "udp", "--dport", port, "-j", "DROP")
+			if len(listRules) > 0 {
+				var b strings.Builder
+				b.WriteString("*filter\n")
+				for _, r := range listRules {
+					fmt.Fprintf(&b, "-A INPUT -s %s -j DROP\n", r.Src)
+				}
+				b.WriteString("COMMIT\n")
+				cmd := exec.Command("ip", "netns", "exec", *gwNS, "iptables-restore", "--noflush")
+				cmd.Stdin = strings.NewReader(b.String())
+				if out, err := cmd.CombinedOutput(); err != nil {
+					log.Fatalf("iptables-restore: %v\n%s", err, out)
+				}
+			}
+			ipt("-A", "INPUT", "-p", "udp", "--dport", port, "-j", "DROP")
 			read = func() uint64 {
 				for _, l := range strings.Split(ipt("-nvxL", "INPUT"), "\n") {
 					f := strings.Fields(l)
-					if len(f) > 2 && f[2] == "DROP" {
+					if len(f) > 2 && f[2] == "DROP" && strings.Contains(l, "dpt:"+port) {
 						n, _ := strconv.ParseUint(f[0], 10, 64)
 						return n
 					}
 				}
 				return 0
 			}
-			stop = func() { ipt("-D", "INPUT", "-p", "udp", "--dport", port, "-j", "DROP") }
+			stop = func() { ipt("-F", "INPUT") }
 		default:
 			log.Fatalf("unknown backend %q", be)
 		}
