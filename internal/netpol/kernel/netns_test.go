@@ -378,9 +378,14 @@ func TestIPv6Rules(t *testing.T) {
 
 // sendAsync sends in the background; the returned func waits for it.
 func (l *lab) sendAsync(t *testing.T, port, n int, gap time.Duration) func() {
+	return l.sendAsyncTo(t, l.gwIP, port, n, gap)
+}
+
+// sendAsyncTo is sendAsync to one of the gateway's addresses.
+func (l *lab) sendAsyncTo(t *testing.T, addr string, port, n int, gap time.Duration) func() {
 	t.Helper()
 	cmd := exec.Command("ip", "netns", "exec", l.client, os.Args[0], "-test.run=^TestHelperProcess$")
-	cmd.Env = append(os.Environ(), fmt.Sprintf("NETPOL_HELPER=send,%s,%d,%d,%d,64", l.gwIP, port, n, gap.Microseconds()))
+	cmd.Env = append(os.Environ(), fmt.Sprintf("NETPOL_HELPER=send,%s,%d,%d,%d,64", addr, port, n, gap.Microseconds()))
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -404,12 +409,15 @@ func TestReloadUnderTrafficHasNoWindow(t *testing.T) {
 			policy := func(gen int) netpol.Config {
 				rules := []netpol.Rule{
 					{Name: "allow-7000", Action: "allow", Src: l.clientIP, Proto: "udp", DPort: "7000"},
-					{Name: "deny-7001", Action: "deny", Proto: "udp", DPort: "7001"},
+					{Name: "allow6-7000", Action: "allow", Src: l.clientIP6, Proto: "udp", DPort: "7000"},
+					{Name: "deny-7001", Action: "deny", Proto: "udp", DPort: "7001"}, // both families
 				}
-				// Filler rules that change each generation, so every swap
-				// rewrites the maps or the chain.
+				// Filler rules of both families that change each
+				// generation, so every swap rewrites the maps or the chain.
 				for i := 0; i < 50+gen%7; i++ {
-					rules = append(rules, netpol.Rule{Name: fmt.Sprintf("fill-%d-%d", gen, i), Action: "deny", Src: fmt.Sprintf("172.16.%d.0/24", i), Proto: "tcp", DPort: strconv.Itoa(1000 + gen)})
+					rules = append(rules,
+						netpol.Rule{Name: fmt.Sprintf("fill-%d-%d", gen, i), Action: "deny", Src: fmt.Sprintf("172.16.%d.0/24", i), Proto: "tcp", DPort: strconv.Itoa(1000 + gen)},
+						netpol.Rule{Name: fmt.Sprintf("fill6-%d-%d", gen, i), Action: "deny", Src: fmt.Sprintf("fd00:172:%x::/64", i), Proto: "tcp", DPort: strconv.Itoa(1000 + gen)})
 				}
 				allowOther := "allow"
 				return netpol.Config{Backend: be, Interfaces: []netpol.Interface{{Name: l.gwIf, Default: allowOther, OnAgentStop: "open", Rules: rules}}}
@@ -418,13 +426,23 @@ func TestReloadUnderTrafficHasNoWindow(t *testing.T) {
 				t.Fatal(err)
 			}
 			ra, rd := l.listen(t, 7000), l.listen(t, 7001)
+			ra6, rd6 := l.listenOn(t, l.gwIP6, 7000), l.listenOn(t, l.gwIP6, 7001)
 			const n = 3000
-			waitA := l.sendAsync(t, 7000, n, 300*time.Microsecond)
-			waitD := l.sendAsync(t, 7001, n, 300*time.Microsecond)
+			waits := []func(){
+				l.sendAsync(t, 7000, n, 300*time.Microsecond),
+				l.sendAsync(t, 7001, n, 300*time.Microsecond),
+				l.sendAsyncTo(t, l.gwIP6, 7000, n, 300*time.Microsecond),
+				l.sendAsyncTo(t, l.gwIP6, 7001, n, 300*time.Microsecond),
+			}
 			swaps := 0
 			deadline := time.Now().Add(20 * time.Second)
 			done := make(chan struct{})
-			go func() { waitA(); waitD(); close(done) }()
+			go func() {
+				for _, w := range waits {
+					w()
+				}
+				close(done)
+			}()
 		loop:
 			for time.Now().Before(deadline) {
 				select {
@@ -440,17 +458,18 @@ func TestReloadUnderTrafficHasNoWindow(t *testing.T) {
 			}
 			<-done
 			got, leaked := ra.stop(t), rd.stop(t)
-			t.Logf("%s: %d swaps under traffic; allowed port received %d of %d; denied port received %d", be, swaps, got, n, leaked)
+			got6, leaked6 := ra6.stop(t), rd6.stop(t)
+			t.Logf("%s: %d swaps under traffic; allowed port received %d (IPv4) and %d (IPv6) of %d each; denied port received %d and %d", be, swaps, got, got6, n, leaked, leaked6)
 			if swaps < 5 {
 				t.Fatalf("only %d swaps happened during the traffic", swaps)
 			}
-			if got != n || leaked != 0 {
-				t.Fatalf("allowed %d of %d (want all), denied port leaked %d (want 0)", got, n, leaked)
+			if got != n || got6 != n || leaked != 0 || leaked6 != 0 {
+				t.Fatalf("allowed %d and %d of %d (want all), denied port leaked %d and %d (want 0)", got, got6, n, leaked, leaked6)
 			}
 			// A rule that keeps its name keeps counting across swaps.
 			rules := m.Status().Interfaces[l.gwIf].Rules
-			if a, d := rules["allow-7000"].Packets, rules["deny-7001"].Packets; a != n || d != n {
-				t.Errorf("counters across %d swaps: allow-7000 %d, deny-7001 %d, want %d each", swaps, a, d, n)
+			if a, a6, d := rules["allow-7000"].Packets, rules["allow6-7000"].Packets, rules["deny-7001"].Packets; a != n || a6 != n || d != 2*n {
+				t.Errorf("counters across %d swaps: allow-7000 %d, allow6-7000 %d, deny-7001 %d, want %d, %d and %d", swaps, a, a6, d, n, n, 2*n)
 			}
 		})
 	}
