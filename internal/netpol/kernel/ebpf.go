@@ -123,13 +123,22 @@ func (b *xdpBackend) Name() string { return "ebpf" }
 // and attaches a fresh one.
 func (b *xdpBackend) Apply(itf netpol.Interface) error {
 	x := b.ifaces[itf.Name]
-	if x == nil {
+	first := x == nil
+	if first {
 		var err error
 		if x, err = b.attach(itf); err != nil {
 			return err
 		}
 	}
-	if err := x.apply(itf); err != nil {
+	err := x.apply(itf)
+	if err == nil && first {
+		// Write the policy into the other generation too (and switch to
+		// it: the same policy). Updates then diff against a generation
+		// that holds it, instead of the first one rewriting everything
+		// (docs/bench/netpol.md).
+		err = x.apply(itf)
+	}
+	if err != nil {
 		switch {
 		case x.link == nil:
 			x.objs.Close()
