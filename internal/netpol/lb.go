@@ -32,7 +32,7 @@ type LBService struct {
 	Name string `yaml:"name"`
 	// VIP is the virtual IPv4 address and port clients connect to.
 	VIP string `yaml:"vip"`
-	// Proto is tcp (the only one supported).
+	// Proto is tcp (default) or udp.
 	Proto string `yaml:"proto"`
 	// Algorithm is round_robin (default) or maglev.
 	Algorithm string `yaml:"algorithm"`
@@ -46,7 +46,8 @@ type LBService struct {
 }
 
 // LBBackend is one backend: Address (ip:port) always; Component names a
-// supervised component whose health decides, else a TCP connect check.
+// supervised component whose health decides, else a TCP connect check (for
+// udp: a datagram, down when the port answers "unreachable").
 type LBBackend struct {
 	Address   string `yaml:"address"`
 	Component string `yaml:"component"`
@@ -93,7 +94,11 @@ func (c Config) ValidateLB() []error {
 		errs = append(errs, config.Field("load_balancers", "%d services; at most %d", len(c.LoadBalancers), MaxLBServices))
 	}
 	names := map[string]bool{}
-	vips := map[netip.AddrPort]string{}
+	type vipKey struct {
+		proto string
+		ap    netip.AddrPort
+	}
+	vips := map[vipKey]string{}
 	for i, s := range c.LoadBalancers {
 		p := fmt.Sprintf("load_balancers[%d]", i)
 		if s.Name == "" || len(s.Name) > 64 {
@@ -104,16 +109,22 @@ func (c Config) ValidateLB() []error {
 		names[s.Name] = true
 		if ap, err := parseV4Port(s.VIP); err != nil {
 			errs = append(errs, config.Field(p+".vip", "%v", err))
-		} else if other, dup := vips[ap]; dup {
-			errs = append(errs, config.Field(p+".vip", "%s is the VIP of %q already", ap, other))
+		} else if other, dup := vips[vipKey{s.Proto, ap}]; dup {
+			errs = append(errs, config.Field(p+".vip", "%s/%s is the VIP of %q already", ap, s.Proto, other))
 		} else {
-			vips[ap] = s.Name
+			vips[vipKey{s.Proto, ap}] = s.Name
 		}
 		if s.Interface != "" && !validIfName(s.Interface) {
 			errs = append(errs, config.Field(p+".interface", "%q is not an interface name", s.Interface))
 		}
-		if s.Proto != "tcp" {
-			errs = append(errs, config.Field(p+".proto", "%q: only tcp is balanced (UDP is not supported yet)", s.Proto))
+		switch s.Proto {
+		case "tcp":
+		case "udp":
+			if s.Interface != "" {
+				errs = append(errs, config.Field(p+".interface", "remote clients (interface) are balanced for tcp only; udp is balanced for local clients"))
+			}
+		default:
+			errs = append(errs, config.Field(p+".proto", "%q: want tcp or udp", s.Proto))
 		}
 		if s.Algorithm != "round_robin" && s.Algorithm != "maglev" {
 			errs = append(errs, config.Field(p+".algorithm", "%q: want round_robin or maglev", s.Algorithm))
@@ -163,6 +174,14 @@ func parseV4Port(s string) (netip.AddrPort, error) {
 		return ap, fmt.Errorf("%q: port 0", s)
 	}
 	return ap, nil
+}
+
+// ProtoNumber is the service's IP protocol number (6 or 17).
+func (s LBService) ProtoNumber() uint8 {
+	if s.Proto == "udp" {
+		return protoUDP
+	}
+	return protoTCP
 }
 
 // AddrPort is the parsed VIP (valid after Validate).

@@ -41,7 +41,7 @@ func TestMaglevBalancedAndMinimalDisruption(t *testing.T) {
 func TestLBValidate(t *testing.T) {
 	c := Config{LoadBalancers: []LBService{
 		{Name: "a", VIP: "10.96.0.1:80", Backends: []LBBackend{{Address: "127.0.0.1:8080"}}},
-		{Name: "a", VIP: "[::1]:80", Proto: "udp", Algorithm: "random", Backends: []LBBackend{{Address: "x"}, {Address: "127.0.0.1:1"}, {Address: "127.0.0.1:1"}}},
+		{Name: "a", VIP: "[::1]:80", Proto: "sctp", Algorithm: "random", Backends: []LBBackend{{Address: "x"}, {Address: "127.0.0.1:1"}, {Address: "127.0.0.1:1"}}},
 	}}
 	c.SetDefaults()
 	err := c.Validate()
@@ -58,6 +58,23 @@ func TestLBValidate(t *testing.T) {
 	}
 	if strings.Contains(err.Error(), "load_balancers[0]") {
 		t.Errorf("valid service reported: %v", err)
+	}
+	// udp: the same VIP:port as a tcp service is another service; the
+	// TC path (interface) is tcp only; two udp services on one VIP clash.
+	u := Config{LoadBalancers: []LBService{
+		{Name: "t", VIP: "10.96.0.1:53", Backends: []LBBackend{{Address: "127.0.0.1:5353"}}},
+		{Name: "u", VIP: "10.96.0.1:53", Proto: "udp", Backends: []LBBackend{{Address: "127.0.0.1:5353"}}},
+		{Name: "u2", VIP: "10.96.0.1:53", Proto: "udp", Interface: "eth0", Backends: []LBBackend{{Address: "127.0.0.1:5354"}}},
+	}}
+	u.SetDefaults()
+	err = u.Validate()
+	for _, want := range []string{`load_balancers[2].vip: 10.96.0.1:53/udp is the VIP of "u" already`, "load_balancers[2].interface: remote clients (interface) are balanced for tcp only"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("udp: error lacks %q:\n%v", want, err)
+		}
+	}
+	if err != nil && (strings.Contains(err.Error(), "load_balancers[0]") || strings.Contains(err.Error(), "load_balancers[1]")) {
+		t.Errorf("valid tcp and udp services on one VIP refused: %v", err)
 	}
 	ok := Config{LoadBalancers: c.LoadBalancers[:1]}
 	ok.SetDefaults()

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"sort"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/outpost-edge/outpost/internal/netpol"
@@ -236,7 +237,7 @@ func (b *balancer) probe(s *lbService) bool {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			res[i] = b.check(be, h.Timeout.D())
+			res[i] = b.check(be, s.svc.Proto, h.Timeout.D())
 		}()
 	}
 	wg.Wait()
@@ -267,8 +268,9 @@ func (b *balancer) probe(s *lbService) bool {
 }
 
 // check is the component's health where the backend is a supervised
-// component the agent knows, else a TCP connect in the configured netns.
-func (b *balancer) check(be netpol.LBBackend, timeout time.Duration) error {
+// component the agent knows, else a TCP connect (or a UDP datagram) in the
+// configured netns.
+func (b *balancer) check(be netpol.LBBackend, proto string, timeout time.Duration) error {
 	if be.Component != "" && b.m.opts.ComponentHealthy != nil {
 		if ok, known := b.m.opts.ComponentHealthy(be.Component); known {
 			if !ok {
@@ -278,17 +280,36 @@ func (b *balancer) check(be netpol.LBBackend, timeout time.Duration) error {
 		}
 	}
 	var c net.Conn
+	udp := proto == "udp"
 	err := b.m.inNS(func() error {
 		var err error
 		// The socket is made on this (namespace-switched) thread; the
 		// namespace of a socket is fixed when it is created.
-		c, err = net.DialTimeout("tcp4", be.Address, timeout)
+		if udp {
+			c, err = net.Dial("udp4", be.Address)
+		} else {
+			c, err = net.DialTimeout("tcp4", be.Address, timeout)
+		}
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	return c.Close()
+	defer c.Close()
+	if !udp {
+		return nil
+	}
+	// UDP has no handshake: an empty datagram, and the port is down when
+	// the host answers "port unreachable" (ECONNREFUSED on the connected
+	// socket); silence or a reply within the timeout counts as up.
+	if _, err := c.Write(nil); err != nil {
+		return err
+	}
+	c.SetReadDeadline(time.Now().Add(timeout))
+	if _, err := c.Read(make([]byte, 1)); errors.Is(err, syscall.ECONNREFUSED) {
+		return fmt.Errorf("udp %s: port unreachable", be.Address)
+	}
+	return nil
 }
 
 // status reports every service (m.mu held).

@@ -50,12 +50,20 @@ func (p *lbBPF) pin(l link.Link, name string) error {
 	return l.Pin(filepath.Join(p.pinDir, name))
 }
 
+// socketHooks are the cgroup hooks of the socket plane, by pin name.
+var socketHooks = map[string]ebpf.AttachType{
+	"connect4":     ebpf.AttachCGroupInet4Connect,
+	"getpeername4": ebpf.AttachCgroupInet4GetPeername,
+	"sendmsg4":     ebpf.AttachCGroupUDP4Sendmsg,
+	"recvmsg4":     ebpf.AttachCGroupUDP4Recvmsg,
+}
+
 // pinnedLinks loads the links a previous agent pinned, by name.
 func (p *lbBPF) pinnedLinks() map[string]link.Link {
 	out := map[string]link.Link{}
 	files, _ := os.ReadDir(p.pinDir)
 	for _, f := range files {
-		if !strings.HasPrefix(f.Name(), "connect4") && !strings.HasPrefix(f.Name(), "getpeername4") && !strings.HasPrefix(f.Name(), "tc-") {
+		if _, sock := socketHooks[f.Name()]; !sock && !strings.HasPrefix(f.Name(), "tc-") {
 			continue
 		}
 		path := filepath.Join(p.pinDir, f.Name())
@@ -160,6 +168,7 @@ func newLBBPF(pinRoot, cgroup string, inNS func(func() error) error) (*lbBPF, er
 		return nil, fmt.Errorf("%w: load load-balancer programs: %v", ErrNoBPF, err)
 	}
 	progs := map[string]*ebpf.Program{"connect4": p.objs.OutpostLbConnect4, "getpeername4": p.objs.OutpostLbGetpeername4,
+		"sendmsg4": p.objs.OutpostLbSendmsg4, "recvmsg4": p.objs.OutpostLbRecvmsg4,
 		"tc-ingress": p.objs.OutpostLbTcIngress, "tc-egress": p.objs.OutpostLbTcEgress}
 	if adopted {
 		// Same maps: this agent's programs replace the old ones in place.
@@ -187,7 +196,7 @@ func newLBBPF(pinRoot, cgroup string, inNS func(func() error) error) (*lbBPF, er
 			p.stale = append(p.stale, l)
 		}
 	}
-	if len(p.links) == 2 {
+	if len(p.links) == len(socketHooks) {
 		return p, nil
 	}
 	for _, l := range p.links { // partly adopted: start over for the socket links
@@ -195,14 +204,10 @@ func newLBBPF(pinRoot, cgroup string, inNS func(func() error) error) (*lbBPF, er
 		p.stale = append(p.stale, l)
 	}
 	p.links = nil
-	for _, a := range []struct {
-		prog *ebpf.Program
-		at   ebpf.AttachType
-		name string
-	}{{p.objs.OutpostLbConnect4, ebpf.AttachCGroupInet4Connect, "connect4"}, {p.objs.OutpostLbGetpeername4, ebpf.AttachCgroupInet4GetPeername, "getpeername4"}} {
-		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: a.at, Program: a.prog})
+	for _, name := range []string{"connect4", "getpeername4", "sendmsg4", "recvmsg4"} {
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: socketHooks[name], Program: progs[name]})
 		if err == nil {
-			if err = p.pin(l, a.name); err != nil {
+			if err = p.pin(l, name); err != nil {
 				l.Close()
 			}
 		}
@@ -315,14 +320,21 @@ func (p *lbBPF) attachTC(iface string) error {
 
 func (p *lbBPF) setOne(s lbProgram) error {
 	vip := s.svc.AddrPort()
-	key := lbLbKey{Vip: be32(vip.Addr()), Vport: be16port(vip.Port()), Proto: unix.IPPROTO_TCP}
+	key := lbLbKey{Vip: be32(vip.Addr()), Vport: be16port(vip.Port()), Proto: uint16(s.svc.ProtoNumber())}
 	if old, ok := p.keys[s.id]; ok && old != key {
 		p.objs.Svcs.Delete(old)
 	}
 	base := s.id * netpol.MaxLBBackends
+	up := make(map[int]bool, len(s.healthy))
+	for _, idx := range s.healthy {
+		up[idx] = true
+	}
 	for i, be := range s.svc.Backends {
 		ap := be.AddrPort()
 		v := lbLbBackend{Ip: be32(ap.Addr()), Port: be16port(ap.Port())}
+		if up[i] {
+			v.Up = 1 // a socket that had it may keep it
+		}
 		if err := p.objs.Backends.Put(base+uint32(i), v); err != nil {
 			return err
 		}

@@ -32,7 +32,7 @@ type lbLbBackend struct {
 	_    structs.HostLayout
 	Ip   uint32
 	Port uint16
-	Pad  uint16
+	Up   uint16
 }
 
 type lbLbCt struct {
@@ -41,7 +41,7 @@ type lbLbCt struct {
 	Bip   uint32
 	Vport uint16
 	Bport uint16
-	Pad   uint32
+	Slot  uint32
 }
 
 type lbLbKey struct {
@@ -103,6 +103,8 @@ type lbSpecs struct {
 type lbProgramSpecs struct {
 	OutpostLbConnect4     *ebpf.ProgramSpec `ebpf:"outpost_lb_connect4"`
 	OutpostLbGetpeername4 *ebpf.ProgramSpec `ebpf:"outpost_lb_getpeername4"`
+	OutpostLbRecvmsg4     *ebpf.ProgramSpec `ebpf:"outpost_lb_recvmsg4"`
+	OutpostLbSendmsg4     *ebpf.ProgramSpec `ebpf:"outpost_lb_sendmsg4"`
 	OutpostLbTcEgress     *ebpf.ProgramSpec `ebpf:"outpost_lb_tc_egress"`
 	OutpostLbTcIngress    *ebpf.ProgramSpec `ebpf:"outpost_lb_tc_ingress"`
 }
@@ -188,6 +190,8 @@ type lbVariables struct {
 type lbPrograms struct {
 	OutpostLbConnect4     *ebpf.Program `ebpf:"outpost_lb_connect4"`
 	OutpostLbGetpeername4 *ebpf.Program `ebpf:"outpost_lb_getpeername4"`
+	OutpostLbRecvmsg4     *ebpf.Program `ebpf:"outpost_lb_recvmsg4"`
+	OutpostLbSendmsg4     *ebpf.Program `ebpf:"outpost_lb_sendmsg4"`
 	OutpostLbTcEgress     *ebpf.Program `ebpf:"outpost_lb_tc_egress"`
 	OutpostLbTcIngress    *ebpf.Program `ebpf:"outpost_lb_tc_ingress"`
 }
@@ -196,6 +200,8 @@ func (p *lbPrograms) Close() error {
 	return _LbClose(
 		p.OutpostLbConnect4,
 		p.OutpostLbGetpeername4,
+		p.OutpostLbRecvmsg4,
+		p.OutpostLbSendmsg4,
 		p.OutpostLbTcEgress,
 		p.OutpostLbTcIngress,
 	)

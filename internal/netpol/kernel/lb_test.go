@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,6 +30,26 @@ func TestLBHelperProcess(t *testing.T) {
 		t.Skip("helper process")
 	}
 	name, addr, _ := strings.Cut(spec, "@")
+	if a, ok := strings.CutPrefix(addr, "udp:"); ok {
+		// A UDP backend: answers every non-empty datagram with its name
+		// (the health check's empty datagrams get no answer).
+		pc, err := net.ListenPacket("udp4", a)
+		if err != nil {
+			fmt.Println("error", err)
+			os.Exit(1)
+		}
+		fmt.Println("ready")
+		buf := make([]byte, 512)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				os.Exit(0)
+			}
+			if n > 0 {
+				pc.WriteTo([]byte(name+"\n"), from)
+			}
+		}
+	}
 	ln, err := net.Listen("tcp4", addr)
 	if err != nil {
 		fmt.Println("error", err)
@@ -80,29 +101,36 @@ func (p *lbBackendProc) stop() {
 // dialFrom connects to addr from inside namespace ns (the socket stays in
 // the namespace it was made in).
 func dialFrom(ns, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := inNetns(ns, func() (err error) { c, err = net.DialTimeout("tcp4", addr, 10*time.Second); return })
+	return c, err
+}
+
+// inNetns runs fn on a thread switched into namespace ns.
+func inNetns(ns string, fn func() error) error {
 	runtime.LockOSThread()
 	orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
 	if err != nil {
 		runtime.UnlockOSThread()
-		return nil, err
+		return err
 	}
 	defer orig.Close()
 	f, err := os.Open(filepath.Join("/var/run/netns", ns))
 	if err != nil {
 		runtime.UnlockOSThread()
-		return nil, err
+		return err
 	}
 	defer f.Close()
 	if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
 		runtime.UnlockOSThread()
-		return nil, err
+		return err
 	}
-	c, derr := net.DialTimeout("tcp4", addr, 10*time.Second)
+	ferr := fn()
 	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
 		panic(err) // the thread stays locked and dies with the test
 	}
 	runtime.UnlockOSThread()
-	return c, derr
+	return ferr
 }
 
 // ask sends a line and returns the backend's name.
@@ -408,6 +436,112 @@ func TestLBSurvivesAgentStop(t *testing.T) {
 				t.Fatalf("pins left: %v", ents)
 			}
 			m2.Close()
+		})
+	}
+}
+
+// UDP services: connected sockets spread over the backends and keep theirs
+// (getpeername shows the VIP); an unconnected socket's datagrams stick to
+// one backend and their replies come from the VIP (recvmsg4); a backend
+// whose port becomes unreachable is taken out by the UDP health check,
+// and a socket that had it moves to a healthy one (socket plane; nftables
+// keeps a UDP flow's conntrack entry until it times out).
+func TestLBUDP(t *testing.T) {
+	for _, plane := range []string{"ebpf", "nftables"} {
+		t.Run(plane, func(t *testing.T) {
+			l := newLab(t)
+			if out, err := exec.Command("ip", "-n", l.client, "route", "add", "10.96.0.0/24", "via", l.gwIP).CombinedOutput(); err != nil {
+				t.Fatalf("route: %v %s", err, out)
+			}
+			opts := Options{Netns: filepath.Join("/var/run/netns", l.gw), PinRoot: l.pinRoot}
+			if plane == "ebpf" {
+				opts.LBCgroup = lbTestCgroup(t)
+			}
+			m := New(opts)
+			defer m.Apply(netpol.Config{Backend: plane}) // remove, not leave pinned
+			addrs := []string{l.gwIP + ":9101", l.gwIP + ":9102", l.gwIP + ":9103"}
+			procs := map[string]*lbBackendProc{}
+			for i, a := range addrs {
+				name := fmt.Sprintf("b%d", i+1)
+				procs[name] = l.startBackend(t, name, "udp:"+a)
+			}
+			cfg := lbConfig(plane, "round_robin", addrs)
+			cfg.LoadBalancers[0].Proto = "udp"
+			if err := m.Apply(cfg); err != nil {
+				t.Fatal(err)
+			}
+			askUDP := func(c net.Conn) (string, error) {
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				if _, err := c.Write([]byte("who")); err != nil {
+					return "", err
+				}
+				b := make([]byte, 64)
+				n, err := c.Read(b)
+				return strings.TrimSpace(string(b[:n])), err
+			}
+			seen := map[string]int{}
+			for i := 0; i < 30; i++ {
+				var c net.Conn
+				if err := inNetns(l.client, func() (err error) { c, err = net.Dial("udp4", lbVIP); return }); err != nil {
+					t.Fatal(err)
+				}
+				name, err := askUDP(c)
+				if err != nil {
+					t.Fatalf("connected socket %d: %v", i, err)
+				}
+				if plane == "ebpf" && c.RemoteAddr().String() != lbVIP {
+					t.Fatalf("getpeername shows %s, want the VIP", c.RemoteAddr())
+				}
+				again, err := askUDP(c)
+				if err != nil || again != name {
+					t.Fatalf("connected socket %d moved from %s to %q (%v)", i, name, again, err)
+				}
+				c.Close()
+				seen[name]++
+			}
+			if plane == "ebpf" && (seen["b1"] != 10 || seen["b2"] != 10 || seen["b3"] != 10) {
+				t.Fatalf("round robin over 30 UDP sockets: %v, want 10 each", seen)
+			}
+			if len(seen) != 3 {
+				t.Fatalf("30 UDP sockets reached %v, want all 3 backends", seen)
+			}
+			// An unconnected socket: sendto the VIP, replies from the VIP.
+			var pc net.PacketConn
+			if err := inNetns(l.client, func() (err error) { pc, err = net.ListenPacket("udp4", ":0"); return }); err != nil {
+				t.Fatal(err)
+			}
+			defer pc.Close()
+			vip := net.UDPAddrFromAddrPort(netip.MustParseAddrPort(lbVIP))
+			sendto := func() (string, error) {
+				pc.SetDeadline(time.Now().Add(5 * time.Second))
+				if _, err := pc.WriteTo([]byte("who"), vip); err != nil {
+					return "", err
+				}
+				b := make([]byte, 64)
+				n, from, err := pc.ReadFrom(b)
+				if err == nil && from.String() != lbVIP {
+					return "", fmt.Errorf("reply from %s, want the VIP %s", from, lbVIP)
+				}
+				return strings.TrimSpace(string(b[:n])), err
+			}
+			first, err := sendto()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < 10; i++ {
+				if got, err := sendto(); err != nil || got != first {
+					t.Fatalf("unconnected socket: datagram %d answered by %q (%v), want %s", i, got, err, first)
+				}
+			}
+			// Its backend's port goes away: the UDP check takes it out.
+			procs[first].stop()
+			waitFor(t, func() bool { return !m.lbHealthy("api", first) }, first+" marked down by the UDP check")
+			if plane == "ebpf" {
+				got, err := sendto()
+				if err != nil || got == first || got == "" {
+					t.Fatalf("after %s went down, the unconnected socket got %q (%v)", first, got, err)
+				}
+			}
 		})
 	}
 }

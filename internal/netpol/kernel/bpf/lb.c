@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 //
 // Outpost's L4 load balancer for local clients, at the socket level:
-// cgroup/connect4 points a TCP socket that connects to a virtual IP:port
-// at one of the service's backends before the first packet is sent (so an
-// established flow never moves when the backend set changes), and
-// cgroup/getpeername4 shows the virtual address again. The socket's cookie
-// maps to its original destination in an LRU hash (connection tracking).
+// cgroup/connect4 points a TCP or UDP socket that connects to a virtual
+// IP:port at one of the service's backends before the first packet is sent
+// (so an established flow never moves when the backend set changes),
+// cgroup/sendmsg4 does the same for an unconnected UDP socket's datagrams,
+// and cgroup/getpeername4 and cgroup/recvmsg4 show the virtual address
+// again. The socket's cookie maps to its original destination and backend
+// in an LRU hash (connection tracking).
 //
 // User space (lb.go) owns the maps: svcs (VIP -> id, healthy count,
 // algorithm), backends (id*MAX_BACKENDS + i), maglev (id*MAGLEV_SIZE + i
@@ -42,7 +44,7 @@ struct lb_svc {
 struct lb_backend {
 	__u32 ip;   // network byte order
 	__u16 port; // network byte order
-	__u16 pad;
+	__u16 up;   // 1 while the backend is healthy
 };
 
 struct lb_ct {
@@ -50,7 +52,7 @@ struct lb_ct {
 	__u32 bip;
 	__u16 vport;
 	__u16 bport;
-	__u32 pad;
+	__u32 slot; // the backend's slot in backends, + 1
 };
 
 struct {
@@ -123,13 +125,13 @@ static __always_inline __u32 mix(__u32 h, __u32 v)
 	return h * 5 + 0xe6546b64;
 }
 
-SEC("cgroup/connect4")
-int outpost_lb_connect4(struct bpf_sock_addr *ctx)
+// pick chooses a backend of service k for the socket with this cookie
+// (maglev hashes the socket, source address and VIP; round robin walks the
+// healthy backends) and counts it. It returns 0 and the backend, 1 when k
+// is no service (leave the address alone), -1 when nothing is healthy.
+static __always_inline int pick(struct lb_key *k, __u64 cookie, __u32 src_ip, struct lb_backend *out, __u32 *slot)
 {
-	if (ctx->protocol != IPPROTO_TCP)
-		return 1;
-	struct lb_key k = {.vip = ctx->user_ip4, .vport = (__u16)ctx->user_port, .proto = IPPROTO_TCP};
-	struct lb_svc *s = bpf_map_lookup_elem(&svcs, &k);
+	struct lb_svc *s = bpf_map_lookup_elem(&svcs, k);
 	if (!s)
 		return 1;
 	__u32 id = s->id, n = s->count;
@@ -139,20 +141,17 @@ int outpost_lb_connect4(struct bpf_sock_addr *ctx)
 		__u64 *c = bpf_map_lookup_elem(&nobackend, &id);
 		if (c)
 			*c += 1;
-		return 0; // connect() fails with EPERM: nothing healthy
+		return -1;
 	}
-	__u64 cookie = bpf_get_socket_cookie(ctx);
 	__u32 idx;
 	if (s->algo == ALGO_MAGLEV) {
 		// The source port is not chosen yet at connect(): the 5-tuple
 		// known here is the socket (cookie), source address, VIP and port.
 		__u32 h = mix(0x4f757470, (__u32)cookie);
 		h = mix(h, (__u32)(cookie >> 32));
-		h = mix(h, k.vip);
-		h = mix(h, k.vport);
-		struct bpf_sock *sk = ctx->sk;
-		if (sk)
-			h = mix(h, sk->src_ip4);
+		h = mix(h, k->vip);
+		h = mix(h, k->vport);
+		h = mix(h, src_ip);
 		__u32 slot = id * MAGLEV_SIZE + h % MAGLEV_SIZE;
 		__u32 *b = bpf_map_lookup_elem(&maglev, &slot);
 		if (!b)
@@ -177,18 +176,71 @@ int outpost_lb_connect4(struct bpf_sock_addr *ctx)
 	struct lb_backend *be = bpf_map_lookup_elem(&backends, &bk);
 	if (!be || be->ip == 0)
 		return 1;
-	struct lb_ct e = {.vip = k.vip, .vport = k.vport, .bip = be->ip, .bport = be->port};
-	bpf_map_update_elem(&ct, &cookie, &e, BPF_ANY);
-	ctx->user_ip4 = be->ip;
-	ctx->user_port = be->port;
+	*out = *be;
+	*slot = bk;
 	__u64 *c = bpf_map_lookup_elem(&conns, &bk);
 	if (c)
 		*c += 1;
+	return 0;
+}
+
+// balance points a TCP or UDP socket's destination at a backend when it is
+// a VIP. A socket keeps the backend it got (ct by cookie) while that
+// backend is up: a connected socket never moves, and an unconnected UDP
+// socket's datagrams to one VIP go to one backend, like a flow, until it
+// fails its health check.
+static __always_inline int balance(struct bpf_sock_addr *ctx)
+{
+	__u32 proto = ctx->protocol;
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return 1;
+	struct lb_key k = {.vip = ctx->user_ip4, .vport = (__u16)ctx->user_port, .proto = (__u16)proto};
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct lb_ct *e = bpf_map_lookup_elem(&ct, &cookie);
+	struct lb_backend be = {};
+	int reuse = 0;
+	if (e && e->vip == k.vip && e->vport == k.vport && e->slot > 0 && bpf_map_lookup_elem(&svcs, &k)) {
+		__u32 slot = e->slot - 1;
+		struct lb_backend *cur = bpf_map_lookup_elem(&backends, &slot);
+		if (cur && cur->up && cur->ip == e->bip && cur->port == e->bport) {
+			be = *cur;
+			reuse = 1;
+		}
+	}
+	if (!reuse) {
+		__u32 src = 0, slot = 0;
+		struct bpf_sock *sk = ctx->sk;
+		if (sk)
+			src = sk->src_ip4;
+		int r = pick(&k, cookie, src, &be, &slot);
+		if (r > 0)
+			return 1;
+		if (r < 0)
+			return 0; // EPERM: nothing healthy
+		struct lb_ct ne = {.vip = k.vip, .vport = k.vport, .bip = be.ip, .bport = be.port, .slot = slot + 1};
+		bpf_map_update_elem(&ct, &cookie, &ne, BPF_ANY);
+	}
+	ctx->user_ip4 = be.ip;
+	ctx->user_port = be.port;
 	return 1;
 }
 
-SEC("cgroup/getpeername4")
-int outpost_lb_getpeername4(struct bpf_sock_addr *ctx)
+SEC("cgroup/connect4")
+int outpost_lb_connect4(struct bpf_sock_addr *ctx)
+{
+	return balance(ctx);
+}
+
+// An unconnected UDP socket's sendto()/sendmsg() to a VIP.
+SEC("cgroup/sendmsg4")
+int outpost_lb_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return balance(ctx);
+}
+
+// unbalance shows the VIP where the kernel reports the backend's address:
+// getpeername() of a connected socket, the source of a received datagram.
+static __always_inline void unbalance(struct bpf_sock_addr *ctx)
 {
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	struct lb_ct *e = bpf_map_lookup_elem(&ct, &cookie);
@@ -196,6 +248,19 @@ int outpost_lb_getpeername4(struct bpf_sock_addr *ctx)
 		ctx->user_ip4 = e->vip;
 		ctx->user_port = e->vport;
 	}
+}
+
+SEC("cgroup/getpeername4")
+int outpost_lb_getpeername4(struct bpf_sock_addr *ctx)
+{
+	unbalance(ctx);
+	return 1;
+}
+
+SEC("cgroup/recvmsg4")
+int outpost_lb_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	unbalance(ctx);
 	return 1;
 }
 
