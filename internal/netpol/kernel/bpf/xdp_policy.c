@@ -226,6 +226,20 @@ static __always_inline void count(void *map, __u32 idx, __u64 bytes) {
 	}
 }
 
+// take records rule i as the match (first match wins: the loop stops).
+static __always_inline long take(struct match_ctx *m, __u64 i, __u8 action, __u32 counter) {
+	m->hit = (__s32)i;
+	m->action = action;
+	m->counter = counter;
+	return 1;
+}
+
+// l4_match checks a rule's protocol and port ranges, the same in both
+// families.
+static __always_inline int l4_match(struct match_ctx *m, __u8 proto, __u16 slo, __u16 shi, __u16 dlo, __u16 dhi) {
+	return (!proto || proto == m->proto) && m->sport >= slo && m->sport <= shi && m->dport >= dlo && m->dport <= dhi;
+}
+
 static long match_rule(__u64 i, void *data) {
 	struct match_ctx *m = data;
 	__u32 key = m->gen * MAX_RULES + (__u32)i;
@@ -235,23 +249,13 @@ static long match_rule(__u64 i, void *data) {
 	if (r->kind == KIND_TRIE) {
 		struct trie4_key k = {.prefixlen = 64, .seg = r->counter, .addr = m->src};
 		struct trie_val *v = bpf_map_lookup_elem(&trie4, &k);
-		if (!v)
-			return 0;
-		m->hit = (__s32)i;
-		m->action = v->action;
-		m->counter = v->counter;
-		return 1;
+		return v ? take(m, i, v->action, v->counter) : 0;
 	}
 	if ((m->src & r->src_mask) != r->src || (m->dst & r->dst_mask) != r->dst)
 		return 0;
-	if (r->proto && r->proto != m->proto)
+	if (!l4_match(m, r->proto, r->sport_lo, r->sport_hi, r->dport_lo, r->dport_hi))
 		return 0;
-	if (m->sport < r->sport_lo || m->sport > r->sport_hi || m->dport < r->dport_lo || m->dport > r->dport_hi)
-		return 0;
-	m->hit = (__s32)i;
-	m->action = r->action;
-	m->counter = r->counter;
-	return 1; // first match wins
+	return take(m, i, r->action, r->counter);
 }
 
 static __always_inline int masked_eq6(const __u32 *a, const __u32 *v, const __u32 *mask) {
@@ -268,23 +272,13 @@ static long match_rule6(__u64 i, void *data) {
 		struct trie6_key k = {.prefixlen = 160, .seg = r->counter};
 		__builtin_memcpy(k.addr, m->src6, 16);
 		struct trie_val *v = bpf_map_lookup_elem(&trie6, &k);
-		if (!v)
-			return 0;
-		m->hit = (__s32)i;
-		m->action = v->action;
-		m->counter = v->counter;
-		return 1;
+		return v ? take(m, i, v->action, v->counter) : 0;
 	}
 	if (!masked_eq6(m->src6, r->src, r->src_mask) || !masked_eq6(m->dst6, r->dst, r->dst_mask))
 		return 0;
-	if (r->proto && r->proto != m->proto)
+	if (!l4_match(m, r->proto, r->sport_lo, r->sport_hi, r->dport_lo, r->dport_hi))
 		return 0;
-	if (m->sport < r->sport_lo || m->sport > r->sport_hi || m->dport < r->dport_lo || m->dport > r->dport_hi)
-		return 0;
-	m->hit = (__s32)i;
-	m->action = r->action;
-	m->counter = r->counter;
-	return 1;
+	return take(m, i, r->action, r->counter);
 }
 
 // rate_ok takes one token from the source's bucket; false when it is empty.
@@ -309,6 +303,35 @@ static __always_inline int rate_ok(struct src_key *src, struct gen_settings *s) 
 	}
 	b->tokens_milli = tokens - 1000;
 	return 1;
+}
+
+// read_ports fills the match's ports from a TCP or UDP header at l4 (any
+// other protocol has none); -1 when the header is cut short.
+static __always_inline int read_ports(struct match_ctx *m, __u8 proto, void *l4, void *end) {
+	if (proto == IPPROTO_TCP) {
+		struct tcphdr *t = l4;
+		if ((void *)(t + 1) > end)
+			return -1;
+		m->sport = bpf_ntohs(t->source);
+		m->dport = bpf_ntohs(t->dest);
+	} else if (proto == IPPROTO_UDP) {
+		struct udphdr *u = l4;
+		if ((void *)(u + 1) > end)
+			return -1;
+		m->sport = bpf_ntohs(u->source);
+		m->dport = bpf_ntohs(u->dest);
+	}
+	return 0;
+}
+
+// rate_limited takes a token from the source's bucket when the packet's
+// protocol and destination port are under the rate limit; true when the
+// bucket is empty (drop).
+static __always_inline int rate_limited(struct match_ctx *m, struct gen_settings *s, struct src_key *src) {
+	if (!s->rl_rate || (m->proto != IPPROTO_TCP && m->proto != IPPROTO_UDP))
+		return 0;
+	__u32 pk = m->gen << 16 | m->dport;
+	return bpf_map_lookup_elem(&rl_ports, &pk) && !rate_ok(src, s);
 }
 
 // verdict counts the packet on the rule it hit (or the default) and
@@ -402,23 +425,11 @@ static __noinline int ipv6_policy(struct xdp_md *ctx, __u32 gen, struct gen_sett
 		return XDP_DROP;
 	}
 	m.proto = nh;
-	if (first_fragment && nh == IPPROTO_TCP) {
-		struct tcphdr *t = p;
-		if ((void *)(t + 1) > end) {
-			count(&stats, STAT_MALFORMED, len);
-			return XDP_DROP;
-		}
-		m.sport = bpf_ntohs(t->source);
-		m.dport = bpf_ntohs(t->dest);
-	} else if (first_fragment && nh == IPPROTO_UDP) {
-		struct udphdr *u = p;
-		if ((void *)(u + 1) > end) {
-			count(&stats, STAT_MALFORMED, len);
-			return XDP_DROP;
-		}
-		m.sport = bpf_ntohs(u->source);
-		m.dport = bpf_ntohs(u->dest);
-	} else if (first_fragment && nh == IPPROTO_ICMPV6) {
+	if (first_fragment && read_ports(&m, nh, p, end)) {
+		count(&stats, STAT_MALFORMED, len);
+		return XDP_DROP;
+	}
+	if (first_fragment && nh == IPPROTO_ICMPV6) {
 		__u8 *type = p;
 		if ((void *)(type + 1) > end) {
 			count(&stats, STAT_MALFORMED, len);
@@ -436,13 +447,10 @@ static __noinline int ipv6_policy(struct xdp_md *ctx, __u32 gen, struct gen_sett
 		}
 	}
 
-	if (s->rl_rate && (nh == IPPROTO_TCP || nh == IPPROTO_UDP)) {
-		__u32 pk = gen << 16 | m.dport;
-		struct src_key k = {.a = {m.src6[0], m.src6[1], 0, 0}};
-		if (bpf_map_lookup_elem(&rl_ports, &pk) && !rate_ok(&k, s)) {
-			count(&stats, STAT_RATE_LIMITED, len);
-			return XDP_DROP;
-		}
+	struct src_key k = {.a = {m.src6[0], m.src6[1], 0, 0}}; // the source's /64
+	if (rate_limited(&m, s, &k)) {
+		count(&stats, STAT_RATE_LIMITED, len);
+		return XDP_DROP;
 	}
 
 	__u32 n = s->count6;
@@ -486,31 +494,14 @@ int outpost_policy(struct xdp_md *ctx) {
 	struct match_ctx m = {.gen = gen, .src = ip->saddr, .dst = ip->daddr, .proto = ip->protocol, .hit = -1};
 	void *l4 = (void *)ip + ip->ihl * 4;
 	int first_fragment = (ip->frag_off & bpf_htons(0x1fff)) == 0;
-	if (first_fragment && ip->protocol == IPPROTO_TCP) {
-		struct tcphdr *t = l4;
-		if ((void *)(t + 1) > end) {
-			count(&stats, STAT_MALFORMED, len);
-			return XDP_DROP;
-		}
-		m.sport = bpf_ntohs(t->source);
-		m.dport = bpf_ntohs(t->dest);
-	} else if (first_fragment && ip->protocol == IPPROTO_UDP) {
-		struct udphdr *u = l4;
-		if ((void *)(u + 1) > end) {
-			count(&stats, STAT_MALFORMED, len);
-			return XDP_DROP;
-		}
-		m.sport = bpf_ntohs(u->source);
-		m.dport = bpf_ntohs(u->dest);
+	if (first_fragment && read_ports(&m, ip->protocol, l4, end)) {
+		count(&stats, STAT_MALFORMED, len);
+		return XDP_DROP;
 	}
-
-	if (s->rl_rate && (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP)) {
-		__u32 pk = gen << 16 | m.dport;
-		struct src_key k = {.a = {0, 0, bpf_htonl(0xffff), m.src}};
-		if (bpf_map_lookup_elem(&rl_ports, &pk) && !rate_ok(&k, s)) {
-			count(&stats, STAT_RATE_LIMITED, len);
-			return XDP_DROP;
-		}
+	struct src_key k = {.a = {0, 0, bpf_htonl(0xffff), m.src}}; // ::ffff:a.b.c.d
+	if (rate_limited(&m, s, &k)) {
+		count(&stats, STAT_RATE_LIMITED, len);
+		return XDP_DROP;
 	}
 
 	__u32 n = s->count;
