@@ -398,11 +398,7 @@ func ipv4Prefix(p netip.Prefix) (addr, mask uint32) {
 		return 0, 0
 	}
 	b := p.Addr().As4()
-	var m [4]byte
-	for i := 0; i < p.Bits(); i++ {
-		m[i/8] |= 0x80 >> (i % 8)
-	}
-	return binary.NativeEndian.Uint32(b[:]), binary.NativeEndian.Uint32(m[:])
+	return binary.NativeEndian.Uint32(b[:]), binary.NativeEndian.Uint32(prefixMask(4, p.Bits()))
 }
 
 // ipv6Prefix is ipv4Prefix for IPv6: four words in network byte order.
@@ -411,10 +407,7 @@ func ipv6Prefix(p netip.Prefix) (addr, mask [4]uint32) {
 		return
 	}
 	b := p.Addr().As16()
-	var m [16]byte
-	for i := 0; i < p.Bits(); i++ {
-		m[i/8] |= 0x80 >> (i % 8)
-	}
+	m := prefixMask(16, p.Bits())
 	for w := 0; w < 4; w++ {
 		addr[w] = binary.NativeEndian.Uint32(b[4*w:])
 		mask[w] = binary.NativeEndian.Uint32(m[4*w:])
@@ -555,7 +548,7 @@ func (x *xdpIface) apply(itf netpol.Interface) error {
 	seg := func(k int) uint32 { return segID(next, k) }
 	list4, runs4 := compressRuns(v4, idx4, rules, slots, func(seg uint32) policyRule { return policyRule{Kind: kindTrie, Counter: seg} }, seg)
 	list6, runs6 := compressRuns(v6, idx6, rules, slots, func(seg uint32) policyRule6 { return policyRule6{Kind: kindTrie, Counter: seg} }, seg)
-	want4, want6 := trie4Entries(next, runs4), trie6Entries(next, runs6)
+	want4, want6 := trieEntries(next, runs4, trie4Key), trieEntries(next, runs6, trie6Key)
 	held4, heldT6 := x.trie4[next], x.trie6[next]
 	x.trie4[next], x.trie6[next] = nil, nil // unknown until the writes succeed
 	if err := syncTrie(x.objs.Trie4, next, held4, want4, func(k policyTrie4Key) uint32 { return k.Seg >> 16 }); err != nil {

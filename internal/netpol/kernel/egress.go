@@ -313,9 +313,7 @@ func toAllow(a netpol.EgressAllow) egressEgressAllow {
 		n = 16
 		v.Family = 6
 	}
-	for i := 0; i < bits && i < n*8; i++ {
-		mb[i/8] |= 0x80 >> (i % 8)
-	}
+	copy(mb[:], prefixMask(n, min(bits, n*8)))
 	for i := range 4 {
 		v.Addr[i] = binary.NativeEndian.Uint32(ab[4*i:])
 		v.Mask[i] = binary.NativeEndian.Uint32(mb[4*i:])

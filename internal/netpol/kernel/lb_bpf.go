@@ -400,14 +400,22 @@ func (p *lbBPF) conns(id uint32, n int) ([]uint64, uint64, error) {
 }
 
 // close detaches everything: no service is balanced any more.
-func (p *lbBPF) close() error {
+func (p *lbBPF) close() error { return p.shut(true) }
+
+// release is the agent stopping: the pinned links keep balancing the
+// services over their last healthy backends; this process lets go of them.
+func (p *lbBPF) release() error { return p.shut(p.pinDir == "") }
+
+// shut closes this process's handles; detach also unpins the links and
+// removes the map pins, so the programs go with the handles.
+func (p *lbBPF) shut(detach bool) error {
 	var errs []error
 	all := append([]link.Link(nil), p.links...)
 	for _, ls := range p.tc {
 		all = append(all, ls...)
 	}
 	for _, l := range all {
-		if p.pinDir != "" {
+		if detach && p.pinDir != "" {
 			l.Unpin()
 		}
 		errs = append(errs, l.Close())
@@ -417,31 +425,8 @@ func (p *lbBPF) close() error {
 	}
 	p.tc, p.links, p.stale = nil, nil, nil
 	errs = append(errs, p.objs.Close())
-	if p.pinDir != "" {
+	if detach && p.pinDir != "" {
 		os.RemoveAll(p.pinDir) // the map pins
 	}
-	return errors.Join(errs...)
-}
-
-// release is the agent stopping: the pinned links keep balancing the
-// services over their last healthy backends; this process lets go of them.
-func (p *lbBPF) release() error {
-	if p.pinDir == "" {
-		return p.close()
-	}
-	var errs []error
-	for _, l := range p.links {
-		errs = append(errs, l.Close())
-	}
-	for _, ls := range p.tc {
-		for _, l := range ls {
-			errs = append(errs, l.Close())
-		}
-	}
-	for _, l := range p.stale {
-		l.Close()
-	}
-	p.tc, p.links, p.stale = nil, nil, nil
-	errs = append(errs, p.objs.Close())
 	return errors.Join(errs...)
 }

@@ -193,20 +193,22 @@ func TestLB(t *testing.T) {
 	}
 }
 
-func testLB(t *testing.T, plane, algo string) {
+// newLBLab is a lab whose client routes the VIPs' network to the gateway,
+// and the Manager options for a plane: "ebpf" (the test process in the
+// LB's cgroup: socket balancing), "ebpf-tc" (the LB on an empty cgroup, so
+// only the TC path on the gateway's interface balances the test's
+// connects) or "nftables".
+func newLBLab(t *testing.T, plane string) (*lab, Options) {
+	t.Helper()
 	l := newLab(t)
 	if out, err := exec.Command("ip", "-n", l.client, "route", "add", "10.96.0.0/24", "via", l.gwIP).CombinedOutput(); err != nil {
 		t.Fatalf("route: %v %s", err, out)
 	}
 	opts := Options{Netns: filepath.Join("/var/run/netns", l.gw), PinRoot: l.pinRoot}
-	cfgPlane, remote := plane, false
-	if plane == "ebpf" {
+	switch plane {
+	case "ebpf":
 		opts.LBCgroup = lbTestCgroup(t)
-	}
-	if plane == "ebpf-tc" {
-		// Remote clients: the test process is not in the LB's cgroup
-		// (a fresh empty one), so only the TC path on the gateway's
-		// interface balances its connects.
+	case "ebpf-tc":
 		cg := lbTestCgroup(t)
 		empty := filepath.Join(cg, "..", filepath.Base(cg)+"-empty")
 		if err := os.Mkdir(empty, 0o755); err != nil {
@@ -214,6 +216,14 @@ func testLB(t *testing.T, plane, algo string) {
 		}
 		t.Cleanup(func() { os.Remove(empty) })
 		opts.LBCgroup = empty
+	}
+	return l, opts
+}
+
+func testLB(t *testing.T, plane, algo string) {
+	l, opts := newLBLab(t, plane)
+	cfgPlane, remote := plane, false
+	if plane == "ebpf-tc" {
 		cfgPlane, remote = "ebpf", true
 	}
 	m := New(opts)
@@ -340,21 +350,7 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 func TestLBSurvivesAgentStop(t *testing.T) {
 	for _, plane := range []string{"ebpf", "ebpf-tc"} {
 		t.Run(plane, func(t *testing.T) {
-			l := newLab(t)
-			if out, err := exec.Command("ip", "-n", l.client, "route", "add", "10.96.0.0/24", "via", l.gwIP).CombinedOutput(); err != nil {
-				t.Fatalf("route: %v %s", err, out)
-			}
-			opts := Options{Netns: filepath.Join("/var/run/netns", l.gw), PinRoot: l.pinRoot}
-			cg := lbTestCgroup(t)
-			if plane == "ebpf-tc" {
-				empty := filepath.Join(cg, "..", filepath.Base(cg)+"-empty")
-				if err := os.Mkdir(empty, 0o755); err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { os.Remove(empty) })
-				cg = empty
-			}
-			opts.LBCgroup = cg
+			l, opts := newLBLab(t, plane)
 			addrs := []string{l.gwIP + ":9001", l.gwIP + ":9002", l.gwIP + ":9003"}
 			for i, a := range addrs {
 				l.startBackend(t, fmt.Sprintf("b%d", i+1), a)
@@ -449,14 +445,7 @@ func TestLBSurvivesAgentStop(t *testing.T) {
 func TestLBUDP(t *testing.T) {
 	for _, plane := range []string{"ebpf", "nftables"} {
 		t.Run(plane, func(t *testing.T) {
-			l := newLab(t)
-			if out, err := exec.Command("ip", "-n", l.client, "route", "add", "10.96.0.0/24", "via", l.gwIP).CombinedOutput(); err != nil {
-				t.Fatalf("route: %v %s", err, out)
-			}
-			opts := Options{Netns: filepath.Join("/var/run/netns", l.gw), PinRoot: l.pinRoot}
-			if plane == "ebpf" {
-				opts.LBCgroup = lbTestCgroup(t)
-			}
+			l, opts := newLBLab(t, plane)
 			m := New(opts)
 			defer m.Apply(netpol.Config{Backend: plane}) // remove, not leave pinned
 			addrs := []string{l.gwIP + ":9101", l.gwIP + ":9102", l.gwIP + ":9103"}

@@ -293,6 +293,8 @@ func l4proto(v uint8) []expr.Any {
 
 var v4Mapped = netip.MustParsePrefix("::ffff:0.0.0.0/96")
 
+// prefixMask is the n-byte network mask of a prefix of the given length
+// (network byte order), for nftables and the BPF maps alike.
 func prefixMask(n, bits int) []byte {
 	m := make([]byte, n)
 	for i := 0; i < bits; i++ {

@@ -121,30 +121,30 @@ func trieValue(r runRule) policyTrieVal {
 	return v
 }
 
-func trie4Entries(gen uint32, runs []map[netip.Prefix]runRule) map[policyTrie4Key]policyTrieVal {
-	out := map[policyTrie4Key]policyTrieVal{}
+// trieEntries is a generation's trie content: every network of every run,
+// under the key key gives it in the run's segment.
+func trieEntries[K comparable](gen uint32, runs []map[netip.Prefix]runRule, key func(p netip.Prefix, seg uint32) K) map[K]policyTrieVal {
+	out := map[K]policyTrieVal{}
 	for k, run := range runs {
 		for p, r := range run {
-			a := p.Addr().As4()
-			out[policyTrie4Key{Prefixlen: uint32(32 + p.Bits()), Seg: segID(gen, k), Addr: binary.NativeEndian.Uint32(a[:])}] = trieValue(r)
+			out[key(p, segID(gen, k))] = trieValue(r)
 		}
 	}
 	return out
 }
 
-func trie6Entries(gen uint32, runs []map[netip.Prefix]runRule) map[policyTrie6Key]policyTrieVal {
-	out := map[policyTrie6Key]policyTrieVal{}
-	for k, run := range runs {
-		for p, r := range run {
-			a := p.Addr().As16()
-			key := policyTrie6Key{Prefixlen: uint32(32 + p.Bits()), Seg: segID(gen, k)}
-			for w := 0; w < 4; w++ {
-				key.Addr[w] = binary.NativeEndian.Uint32(a[4*w:])
-			}
-			out[key] = trieValue(r)
-		}
+func trie4Key(p netip.Prefix, seg uint32) policyTrie4Key {
+	a := p.Addr().As4()
+	return policyTrie4Key{Prefixlen: uint32(32 + p.Bits()), Seg: seg, Addr: binary.NativeEndian.Uint32(a[:])}
+}
+
+func trie6Key(p netip.Prefix, seg uint32) policyTrie6Key {
+	a := p.Addr().As16()
+	key := policyTrie6Key{Prefixlen: uint32(32 + p.Bits()), Seg: seg}
+	for w := 0; w < 4; w++ {
+		key.Addr[w] = binary.NativeEndian.Uint32(a[4*w:])
 	}
-	return out
+	return key
 }
 
 // syncTrie makes generation gen's entries of a trie map equal want: held
