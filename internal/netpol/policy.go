@@ -227,23 +227,14 @@ func compileRule(r Rule) (Compiled, error) {
 	}
 	// The family: a packet is IPv4 or IPv6, so a rule whose fields name
 	// both could never match.
-	// (Checked without allocating: every update validates every rule.)
+	// (An array, not a slice: no allocation, and every update validates
+	// every rule.)
 	var first said
-	for i := 0; i < 3; i++ {
-		var f said
-		switch i {
-		case 0:
-			f = said{"src", r.Src, family(c.Src)}
-		case 1:
-			f = said{"dst", r.Dst, family(c.Dst)}
-		case 2:
-			switch c.Proto {
-			case protoICMP:
-				f = said{"proto", r.Proto, FamilyV4}
-			case protoICMPv6:
-				f = said{"proto", r.Proto, FamilyV6}
-			}
-		}
+	for _, f := range [...]said{
+		{"src", r.Src, family(c.Src)},
+		{"dst", r.Dst, family(c.Dst)},
+		{"proto", r.Proto, protoFamily(c.Proto)},
+	} {
 		if f.fam == FamilyAny {
 			continue
 		}
@@ -268,6 +259,18 @@ func compileRule(r Rule) (Compiled, error) {
 type said struct {
 	field, value string
 	fam          uint8
+}
+
+// protoFamily is the family a protocol implies: ICMP is IPv4's, ICMPv6
+// IPv6's; the others go with either.
+func protoFamily(proto uint8) uint8 {
+	switch proto {
+	case protoICMP:
+		return FamilyV4
+	case protoICMPv6:
+		return FamilyV6
+	}
+	return FamilyAny
 }
 
 func family(p netip.Prefix) uint8 {

@@ -466,8 +466,7 @@ func (e *Egress) Close() error {
 	for name, c := range e.comps {
 		errs = append(errs, e.remove(name, c))
 	}
-	e.clearPins()
-	os.RemoveAll(e.pinDir)
+	os.RemoveAll(e.pinDir) // the map pins (remove unpinned the links)
 	e.objs.Close()
 	e.unmount()
 	return errors.Join(errs...)

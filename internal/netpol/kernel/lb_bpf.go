@@ -173,9 +173,12 @@ func newLBBPF(pinRoot, cgroup string, inNS func(func() error) error) (*lbBPF, er
 	if adopted {
 		// Same maps: this agent's programs replace the old ones in place.
 		for name, l := range old {
+			// Pin names: a socket hook's, or tc-<ingress|egress>-<iface>.
 			kind := name
-			if strings.HasPrefix(name, "tc-") {
-				kind = name[:strings.Index(name[3:], "-")+3]
+			dir, iface, isTC := strings.Cut(strings.TrimPrefix(name, "tc-"), "-")
+			isTC = isTC && strings.HasPrefix(name, "tc-")
+			if isTC {
+				kind = "tc-" + dir
 			}
 			if err := l.Update(progs[kind]); err != nil {
 				// Cannot replace it: attach fresh below, detach it after.
@@ -183,8 +186,7 @@ func newLBBPF(pinRoot, cgroup string, inNS func(func() error) error) (*lbBPF, er
 				p.stale = append(p.stale, l)
 				continue
 			}
-			if strings.HasPrefix(name, "tc-") {
-				iface := name[len(kind)+1:]
+			if isTC {
 				p.tc[iface] = append(p.tc[iface], l)
 			} else {
 				p.links = append(p.links, l)
